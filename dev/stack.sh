@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# chatlog's local service stack without Docker: Kafka 4 (KRaft, one node), Cassandra 5 (the local CQL
+# database; production runs ScyllaDB), Redis, and the Prometheus tools.
+#
+#   dev/stack.sh up     [kafka|cassandra|redis|all]   install what is missing, start, wait until ready
+#   dev/stack.sh down   [kafka|cassandra|redis|all]   stop (data is kept)
+#   dev/stack.sh status                               what runs, on which port
+#   dev/stack.sh env                                  the CHATLOG_* variables the tests and tools read
+#   dev/stack.sh reset                                down + delete all data (jars stay cached)
+#
+# Idempotent: `up` on a running service only checks it; `down` then `up` starts again on the same data.
+# Readiness is the service's own signal (Kafka's and Cassandra's startup log lines, Redis PING), not an
+# open port. Jars come from Maven Central once and are cached, so a warm start takes seconds.
+#
+# Overridable by environment:
+#   CHATLOG_STACK_DIR (default ~/.cache/chatlog/stack) data, logs/ and pid files
+#   CHATLOG_CACHE_DIR (default ~/.cache/chatlog)       resolved jar folders
+#   CHATLOG_KAFKA_PORT 9092, CHATLOG_KAFKA_CONTROLLER_PORT 9093,
+#   CHATLOG_CQL_PORT 9042, CHATLOG_CASSANDRA_STORAGE_PORT 7000, CHATLOG_REDIS_PORT 6390
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE_DIR="${CHATLOG_CACHE_DIR:-$HOME/.cache/chatlog}"
+STACK_DIR="${CHATLOG_STACK_DIR:-$CACHE_DIR/stack}"
+LOG_DIR="$STACK_DIR/logs"
+RUN_DIR="$STACK_DIR/run"
+DATA_DIR="$STACK_DIR/data"
+
+KAFKA_PORT="${CHATLOG_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${CHATLOG_KAFKA_CONTROLLER_PORT:-9093}"
+CQL_PORT="${CHATLOG_CQL_PORT:-9042}"
+CASSANDRA_STORAGE_PORT="${CHATLOG_CASSANDRA_STORAGE_PORT:-7000}"
+REDIS_PORT="${CHATLOG_REDIS_PORT:-6390}"
+
+KAFKA_START_TIMEOUT="${CHATLOG_KAFKA_START_TIMEOUT:-180}"
+CASSANDRA_START_TIMEOUT="${CHATLOG_CASSANDRA_START_TIMEOUT:-240}"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------- tools
+
+need_java() {
+  command -v java >/dev/null 2>&1 || die "Java 17 is required (Kafka 4 and Cassandra 5 run on it): apt-get install openjdk-17-jre-headless"
+  local v
+  v="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+  [ "$v" = "17" ] || die "Java 17 is required, found Java '$v' (Cassandra 5.0 supports 11 and 17 only; Kafka 4 needs 17+). Put a JDK 17 first on PATH or set JAVA_HOME."
+}
+
+need_maven() {
+  command -v mvn >/dev/null 2>&1 || die "Maven is required to fetch the Kafka and Cassandra jars once: apt-get install maven"
+}
+
+apt_install() { # apt_install PACKAGE... ; installs only what is missing
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is missing; install these Debian packages by hand: ${missing[*]}"
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# resolve_jars NAME -> prints the lib folder; resolves dev/maven/NAME/pom.xml once into the cache.
+resolve_jars() {
+  local name="$1" pom="$HERE/maven/$1/pom.xml"
+  local key
+  key="$(sha1sum "$pom" | cut -c1-12)"
+  local lib="$CACHE_DIR/lib/$name-$key"
+  if [ ! -f "$lib/.complete" ]; then
+    need_maven
+    log "resolving $name jars from Maven Central (once; cached in $lib)"
+    rm -rf "$lib"
+    mkdir -p "$lib"
+    (cd "$HERE/maven/$name" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$lib" >"$LOG_DIR/mvn-$name.log" 2>&1) \
+      || die "maven could not resolve the $name jars; see $LOG_DIR/mvn-$name.log"
+    touch "$lib/.complete"
+  fi
+  printf '%s' "$lib"
+}
+
+# ------------------------------------------------------------------------------------------- process
+
+pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for_line NAME LOGFILE START_BYTE PATTERN TIMEOUT: waits for PATTERN in the log written after
+# START_BYTE, failing fast if the process dies.
+wait_for_line() {
+  local name="$1" file="$2" from="$3" pattern="$4" timeout="$5" waited=0
+  while true; do
+    if [ -f "$file" ] && tail -c "+$((from + 1))" "$file" | grep -q -- "$pattern"; then
+      return 0
+    fi
+    pid_alive "$name" || { tail -n 40 "$file" >&2 || true; die "$name exited during start-up; log: $file"; }
+    [ "$waited" -ge "$((timeout * 5))" ] && { tail -n 40 "$file" >&2 || true; die "$name not ready after ${timeout}s; log: $file"; }
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+}
+
+stop_pid() { # stop_pid NAME: TERM, then KILL after 30 s
+  local name="$1"
+  if pid_alive "$name"; then
+    local pid i
+    pid="$(cat "$RUN_DIR/$name.pid")"
+    log "stopping $name (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then log "$name did not stop in 30 s; killing"; kill -9 "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$RUN_DIR/$name.pid"
+}
+
+# ---------------------------------------------------------------------------------------------- kafka
+
+kafka_start() {
+  if pid_alive kafka; then log "kafka already running on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  need_java
+  local lib
+  lib="$(resolve_jars kafka)"
+  local dir="$DATA_DIR/kafka" conf="$STACK_DIR/conf/kafka"
+  mkdir -p "$dir" "$conf"
+  cat >"$conf/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+EOF
+  cat >"$conf/log4j2.properties" <<'EOF'
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+EOF
+  local java_opts=(-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=file:$conf/log4j2.properties")
+  if [ ! -f "$dir/meta.properties" ]; then
+    local cluster_id
+    # 16 random bytes, base64url without padding, never starting with '-'.
+    cluster_id="A$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' | cut -c2-22)"
+    log "formatting kafka storage (cluster $cluster_id)"
+    java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+      -c "$conf/server.properties" -g >"$LOG_DIR/kafka-format.log" 2>&1 \
+      || { cat "$LOG_DIR/kafka-format.log" >&2; die "kafka storage format failed"; }
+  fi
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set CHATLOG_KAFKA_PORT"
+  local logf="$LOG_DIR/kafka.log"
+  touch "$logf"
+  KAFKA_FROM="$(stat -c %s "$logf")"
+  log "starting kafka on 127.0.0.1:$KAFKA_PORT"
+  setsid nohup java "${java_opts[@]}" -cp "$lib/*" kafka.Kafka "$conf/server.properties" \
+    >>"$logf" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/kafka.pid"
+}
+
+kafka_wait() {
+  [ -n "${KAFKA_FROM:-}" ] || return 0
+  wait_for_line kafka "$LOG_DIR/kafka.log" "$KAFKA_FROM" "Kafka Server started" "$KAFKA_START_TIMEOUT"
+  log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+}
+
+# ------------------------------------------------------------------------------------------ cassandra
+
+cassandra_start() {
+  if pid_alive cassandra; then log "cassandra already running on 127.0.0.1:$CQL_PORT"; return 0; fi
+  need_java
+  local lib
+  lib="$(resolve_jars cassandra)"
+  local dir="$DATA_DIR/cassandra" conf="$STACK_DIR/conf/cassandra"
+  mkdir -p "$dir" "$conf"
+  cat >"$conf/cassandra.yaml" <<EOF
+cluster_name: chatlog-local
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+data_file_directories: [$dir/data]
+commitlog_directory: $dir/commitlog
+saved_caches_directory: $dir/saved_caches
+hints_directory: $dir/hints
+cdc_raw_directory: $dir/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:$CASSANDRA_STORAGE_PORT"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: $CASSANDRA_STORAGE_PORT
+native_transport_port: $CQL_PORT
+start_native_transport: true
+native_transport_allow_older_protocols: true
+endpoint_snitch: SimpleSnitch
+auto_snapshot: false
+# Cassandra's defaults, kept explicit: the consumer must cap batch bytes below these itself.
+batch_size_warn_threshold: 5KiB
+batch_size_fail_threshold: 50KiB
+EOF
+  cat >"$conf/logback.xml" <<'EOF'
+<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="STDOUT"/></root>
+</configuration>
+EOF
+  port_open "$CQL_PORT" && die "port $CQL_PORT is taken by another process; set CHATLOG_CQL_PORT"
+  local jvm17=(
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+    --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+    --add-exports java.management/com.sun.jmx.remote.security=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+    --add-exports java.sql/java.sql=ALL-UNNAMED
+    --add-exports java.base/java.lang.ref=ALL-UNNAMED
+    --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+    --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+    --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+    --add-opens java.base/java.lang.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+    --add-opens java.base/java.io=ALL-UNNAMED
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+    --add-opens java.base/java.lang=ALL-UNNAMED
+    --add-opens java.base/java.util=ALL-UNNAMED
+    --add-opens java.base/java.nio=ALL-UNNAMED
+    --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+    --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+  )
+  local logf="$LOG_DIR/cassandra.log"
+  touch "$logf"
+  CASSANDRA_FROM="$(stat -c %s "$logf")"
+  log "starting cassandra on 127.0.0.1:$CQL_PORT"
+  setsid nohup java -Xms1g -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=300 -Xss256k -XX:+ExitOnOutOfMemoryError \
+    "${jvm17[@]}" \
+    "-javaagent:$lib/jamm-0.4.0.jar" \
+    -Djava.net.preferIPv4Stack=true \
+    "-Dcassandra.config=file://$conf/cassandra.yaml" \
+    -Dcassandra-foreground=yes \
+    "-Dcassandra.storagedir=$dir" \
+    "-Dcassandra.logdir=$LOG_DIR" \
+    "-Dlogback.configurationFile=$conf/logback.xml" \
+    -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+    -Dcassandra.unsafesystem=true \
+    -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon \
+    >>"$logf" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/cassandra.pid"
+}
+
+cassandra_wait() {
+  [ -n "${CASSANDRA_FROM:-}" ] || return 0
+  wait_for_line cassandra "$LOG_DIR/cassandra.log" "$CASSANDRA_FROM" "Startup complete" "$CASSANDRA_START_TIMEOUT"
+  log "cassandra ready on 127.0.0.1:$CQL_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------- redis
+
+redis_start() {
+  apt_install redis-server redis-tools
+  if pid_alive redis && [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
+    log "redis already running on 127.0.0.1:$REDIS_PORT"; return 0
+  fi
+  port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another process; set CHATLOG_REDIS_PORT"
+  log "starting redis on 127.0.0.1:$REDIS_PORT"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$DATA_DIR" \
+    || die "redis-server failed; log: $LOG_DIR/redis.log"
+  local i
+  for i in $(seq 1 100); do
+    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && { log "redis ready on 127.0.0.1:$REDIS_PORT"; return 0; }
+    sleep 0.1
+  done
+  die "redis did not answer PING; log: $LOG_DIR/redis.log"
+}
+
+# ------------------------------------------------------------------------------------ the other tools
+
+tools_install() {
+  # promtool (Prometheus), docker-compose (validates the compose file without an engine), python3 +
+  # fastavro (the independent Avro implementation of the interop test).
+  apt_install prometheus docker-compose python3
+  local py="${CHATLOG_PYTHON:-python3}"
+  if ! "$py" -c 'import fastavro' 2>/dev/null; then
+    log "installing fastavro for $py from PyPI"
+    "$py" -m pip install -q fastavro >/dev/null 2>&1 \
+      || "$py" -m pip install -q --break-system-packages fastavro >/dev/null \
+      || die "could not pip install fastavro for $py"
+  fi
+}
+
+# ----------------------------------------------------------------------------------------------- main
+
+print_env() {
+  cat <<EOF
+export CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export CHATLOG_CQL_NODES=127.0.0.1:$CQL_PORT
+export CHATLOG_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
+export CHATLOG_STACK_LOGS=$LOG_DIR
+EOF
+}
+
+status() {
+  local s
+  for s in kafka cassandra redis; do
+    if pid_alive "$s"; then echo "$s: running (pid $(cat "$RUN_DIR/$s.pid"))"; else echo "$s: stopped"; fi
+  done
+  echo "logs: $LOG_DIR"
+}
+
+main() {
+  local cmd="${1:-}" what="${2:-all}"
+  mkdir -p "$LOG_DIR" "$RUN_DIR" "$DATA_DIR"
+  case "$cmd" in
+    up)
+      case "$what" in
+        all)
+          tools_install
+          redis_start
+          # Kafka and Cassandra start in parallel: launch both, then wait for both.
+          kafka_start
+          cassandra_start
+          kafka_wait
+          cassandra_wait
+          print_env >"$STACK_DIR/env"
+          log "stack ready; variables in $STACK_DIR/env; logs in $LOG_DIR"
+          ;;
+        kafka) kafka_start; kafka_wait ;;
+        cassandra) cassandra_start; cassandra_wait ;;
+        redis) redis_start ;;
+        tools) tools_install ;;
+        *) die "unknown service '$what' (kafka|cassandra|redis|tools|all)" ;;
+      esac
+      ;;
+    down)
+      case "$what" in
+        all) stop_pid kafka; stop_pid cassandra; stop_pid redis ;;
+        kafka|cassandra|redis) stop_pid "$what" ;;
+        *) die "unknown service '$what' (kafka|cassandra|redis|all)" ;;
+      esac
+      ;;
+    status) status ;;
+    env) print_env ;;
+    reset) stop_pid kafka; stop_pid cassandra; stop_pid redis; rm -rf "$DATA_DIR" "$STACK_DIR/conf"; log "data deleted" ;;
+    *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,148 @@
+//! How to reach the CQL database and Redis. Both structs reject unknown keys, so a typo in a config
+//! file is an error instead of a silently ignored setting.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result, Secret};
+
+/// The CQL database (ScyllaDB in production, Cassandra locally).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CqlConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// The keyspace that holds chatlog's tables.
+    pub keyspace: String,
+    /// The keyspace's replication map as CQL, used only when the migrator creates the keyspace.
+    /// Locally `{'class': 'SimpleStrategy', 'replication_factor': 1}`; in production
+    /// `{'class': 'NetworkTopologyStrategy', '<dc>': 3}`.
+    pub replication: String,
+    /// Username for password authentication (none when empty).
+    pub username: String,
+    /// Password for password authentication.
+    pub password: Secret,
+    /// Timeout of one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Timeout of establishing a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        CqlConfig {
+            nodes: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "chatlog".to_owned(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            username: String::new(),
+            password: Secret::default(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CqlConfig {
+    /// Checks what the driver cannot: a keyspace name that is safe to splice into CQL text.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("cql.nodes is empty".into()));
+        }
+        let ks = &self.keyspace;
+        let ok = !ks.is_empty()
+            && ks.len() <= 48
+            && ks.starts_with(|c: char| c.is_ascii_alphabetic())
+            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(Error::Config(format!(
+                "cql.keyspace {ks:?} must be 1-48 characters of [A-Za-z0-9_] starting with a letter"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens a driver session to the configured nodes (no keyspace selected: every statement names
+    /// it, so one session can also run the migrations that create it).
+    pub async fn connect(&self) -> Result<scylla::client::session::Session> {
+        self.validate()?;
+        let mut builder = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(&self.nodes)
+            .connection_timeout(self.connect_timeout);
+        if !self.username.is_empty() {
+            builder = builder.user(&self.username, self.password.expose());
+        }
+        let profile = scylla::client::execution_profile::ExecutionProfile::builder()
+            .request_timeout(Some(self.request_timeout))
+            .build();
+        builder = builder.default_execution_profile_handle(profile.into_handle());
+        builder.build().await.map_err(|e| Error::CqlConnect {
+            nodes: self.nodes.clone(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// Redis (a single server or a proxy; keys are Cluster-ready through their hash tags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user@]host:port/db` or `rediss://` for TLS. Put the password in `password`, not here.
+    pub url: String,
+    /// Password (Redis AUTH); empty for none.
+    pub password: Secret,
+    /// Timeout of one command.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Timeout of establishing a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6390/".to_owned(),
+            password: Secret::default(),
+            response_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The client for this config (connects lazily).
+    pub fn client(&self) -> Result<redis::Client> {
+        let mut info: redis::ConnectionInfo = self
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e| Error::Config(format!("redis.url: {e}")))?;
+        if !self.password.expose().is_empty() {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(self.password.expose());
+            info = info.set_redis_settings(settings);
+        }
+        redis::Client::open(info).map_err(|e| Error::Redis {
+            what: "open client",
+            source: e,
+        })
+    }
+
+    /// A multiplexed connection that reconnects by itself.
+    pub async fn connect(&self) -> Result<redis::aio::ConnectionManager> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connect_timeout));
+        redis::aio::ConnectionManager::new_with_config(self.client()?, config)
+            .await
+            .map_err(|e| Error::Redis {
+                what: "connect",
+                source: e,
+            })
+    }
+}

@@ -1,0 +1,33 @@
+//! Redis key formats. Every key of one session carries the hash tag `{<session_id>}` so that all of
+//! them live in one Redis Cluster slot and one Lua script may touch them together.
+
+/// The prefix of every chatlog key.
+pub const PREFIX: &str = "chatlog";
+
+/// The ZSET window of a session's newest messages: score = seq, member = Avro single-object bytes.
+pub fn window(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:win")
+}
+
+/// The seq allocator's hash of a session: `cur` (last handed out) and `max` (reserved ceiling).
+pub fn seq(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:seq")
+}
+
+/// The idempotency record of one `(session_id, client_msg_id)`: the seq and msg_id handed out.
+pub fn client_msg(session_id: &str, client_msg_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:cmid:{client_msg_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_session_share_a_hash_tag() {
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&window("s1")), "{s1}");
+        assert_eq!(tag(&seq("s1")), "{s1}");
+        assert_eq!(tag(&client_msg("s1", "c-9")), "{s1}");
+    }
+}

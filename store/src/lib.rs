@@ -1,0 +1,76 @@
+//! chatlog's storage layout — the one owner of every CQL statement, migration, Redis key and Lua
+//! script. The consumer (writer) and the history reader (Logic) both call this crate, so the layout
+//! cannot drift between them.
+//!
+//! Layout:
+//! - [`config`]: how to reach the CQL database and Redis (documented, `deny_unknown_fields`).
+//! - [`secret`]: a string that never prints (passwords, keys).
+//! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
+//! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod keys;
+pub mod migrate;
+pub mod secret;
+
+pub use config::{CqlConfig, RedisConfig};
+pub use secret::Secret;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Could not connect to the CQL database.
+    #[error("cannot connect to CQL nodes {nodes:?}: {source}")]
+    CqlConnect {
+        /// The contact points tried.
+        nodes: Vec<String>,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A CQL statement failed.
+    #[error("CQL {what}: {source}")]
+    Cql {
+        /// What was being done.
+        what: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A Redis command failed.
+    #[error("redis {what}: {source}")]
+    Redis {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A migration is invalid or differs from the one already applied.
+    #[error("migration {version:04}: {message}")]
+    Migration {
+        /// The migration's number.
+        version: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn cql(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Cql {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

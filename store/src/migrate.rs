@@ -1,0 +1,173 @@
+//! The numbered migrations of `cql/`, applied by chatlog's own code (no cqlsh needed).
+//!
+//! Migration 1 creates the keyspace; every later one is recorded in
+//! `<keyspace>.schema_migrations` with a checksum, so applying twice is a no-op and an edited,
+//! already-applied migration is an error instead of a silent divergence. Statements are written with
+//! `IF NOT EXISTS`, and the record is an LWT insert, so two consumers starting at once are safe.
+
+use scylla::client::session::Session;
+
+use crate::{CqlConfig, Error, Result};
+
+/// One migration file, embedded at build time.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Its number (the file's `NNNN_` prefix).
+    pub version: u32,
+    /// The file name.
+    pub name: &'static str,
+    /// The CQL text with `{keyspace}` and `{replication}` placeholders.
+    pub text: &'static str,
+}
+
+/// Every migration, in order. Add a file to `cql/` and a line here.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_keyspace.cql",
+        text: include_str!("../../cql/0001_keyspace.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_messages.cql",
+        text: include_str!("../../cql/0002_messages.cql"),
+    },
+];
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Migrations applied by this call.
+    pub applied: Vec<u32>,
+    /// Migrations found already recorded.
+    pub skipped: Vec<u32>,
+}
+
+impl Migration {
+    /// The statements of this migration for `config`: comments removed, split at `;`.
+    pub fn statements(&self, config: &CqlConfig) -> Vec<String> {
+        let text: String = self
+            .text
+            .lines()
+            .map(|l| l.split("--").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.replace("{keyspace}", &config.keyspace)
+            .replace("{replication}", &config.replication)
+            .split(';')
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// FNV-1a of the file text: stable across builds and platforms, enough to spot an edit.
+    pub fn checksum(&self) -> i64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h as i64
+    }
+}
+
+/// Applies every migration not yet recorded. Safe to call at every start.
+pub async fn apply(session: &Session, config: &CqlConfig) -> Result<Report> {
+    config.validate()?;
+    let ks = &config.keyspace;
+    let mut report = Report::default();
+    // The keyspace must exist before the table that records migrations can.
+    let first = &MIGRATIONS[0];
+    run_statements(session, first, config).await?;
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations \
+         (version int PRIMARY KEY, name text, checksum bigint, applied_at timestamp)"
+    );
+    session
+        .query_unpaged(create, ())
+        .await
+        .map_err(|e| Error::cql("create schema_migrations", e))?;
+    let select = format!("SELECT version, checksum FROM {ks}.schema_migrations");
+    let applied: Vec<(i32, i64)> = session
+        .query_unpaged(select, ())
+        .await
+        .map_err(|e| Error::cql("read schema_migrations", e))?
+        .into_rows_result()
+        .map_err(|e| Error::cql("read schema_migrations", e))?
+        .rows::<(i32, i64)>()
+        .map_err(|e| Error::cql("read schema_migrations", e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::cql("read schema_migrations", e))?;
+    for m in MIGRATIONS {
+        if let Some((_, sum)) = applied.iter().find(|(v, _)| *v as u32 == m.version) {
+            if *sum != m.checksum() {
+                return Err(Error::Migration {
+                    version: m.version,
+                    message: format!(
+                        "{} was edited after it was applied (checksum {} recorded, {} now); \
+                         add a new migration instead",
+                        m.name,
+                        sum,
+                        m.checksum()
+                    ),
+                });
+            }
+            report.skipped.push(m.version);
+            continue;
+        }
+        if m.version != first.version {
+            run_statements(session, m, config).await?;
+        }
+        let record = format!(
+            "INSERT INTO {ks}.schema_migrations (version, name, checksum, applied_at) \
+             VALUES (?, ?, ?, toTimestamp(now())) IF NOT EXISTS"
+        );
+        session
+            .query_unpaged(record, (m.version as i32, m.name, m.checksum()))
+            .await
+            .map_err(|e| Error::cql(format!("record migration {}", m.name), e))?;
+        tracing::info!(version = m.version, name = m.name, "applied CQL migration");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+async fn run_statements(session: &Session, m: &Migration, config: &CqlConfig) -> Result<()> {
+    for stmt in m.statements(config) {
+        session
+            .query_unpaged(stmt.as_str(), ())
+            .await
+            .map_err(|e| Error::cql(format!("migration {} `{stmt}`", m.name), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_named_by_number() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn statements_fill_placeholders_and_drop_comments() {
+        let config = CqlConfig {
+            keyspace: "ks_test".into(),
+            ..CqlConfig::default()
+        };
+        let stmts = MIGRATIONS[0].statements(&config);
+        assert_eq!(stmts.len(), 1);
+        assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks_test WITH replication = {'class': 'SimpleStrategy'"));
+        assert!(!stmts[0].contains("--"));
+        for m in MIGRATIONS {
+            for s in m.statements(&config) {
+                assert!(!s.contains('{') || s.contains("replication"), "unfilled placeholder in {s}");
+            }
+        }
+    }
+}
