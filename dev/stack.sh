@@ -331,6 +331,7 @@ export CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export CHATLOG_CQL_NODES=127.0.0.1:$CQL_PORT
 export CHATLOG_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 export CHATLOG_STACK_LOGS=$LOG_DIR
+export CHATLOG_KAFKA_LIB=$CACHE_DIR/lib/kafka-$(sha1sum "$HERE/maven/kafka/pom.xml" | cut -c1-12)
 EOF
 }
 

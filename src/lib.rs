@@ -49,3 +49,73 @@ pub fn stack_hint(service: &str, address: &str) -> String {
          (logs in ~/.cache/chatlog/stack/logs)"
     )
 }
+
+/// A [`chatlog_store::CqlConfig`] for the local stack and `keyspace`.
+pub fn cql_config(keyspace: &str) -> chatlog_store::CqlConfig {
+    chatlog_store::CqlConfig {
+        nodes: cql_nodes(),
+        keyspace: keyspace.to_owned(),
+        ..chatlog_store::CqlConfig::default()
+    }
+}
+
+/// A [`chatlog_store::RedisConfig`] for the local stack.
+pub fn redis_config() -> chatlog_store::RedisConfig {
+    chatlog_store::RedisConfig {
+        url: redis_url(),
+        ..chatlog_store::RedisConfig::default()
+    }
+}
+
+/// A new keyspace named `<prefix>_…` with every migration applied, and a session to it.
+pub async fn fresh_keyspace(
+    prefix: &str,
+) -> (
+    std::sync::Arc<scylla::client::session::Session>,
+    chatlog_store::CqlConfig,
+) {
+    let config = cql_config(&unique(prefix));
+    let session = config.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}",
+            stack_hint("CQL database", &cql_nodes().join(","))
+        )
+    });
+    chatlog_store::migrate::apply(&session, &config)
+        .await
+        .expect("apply migrations");
+    (std::sync::Arc::new(session), config)
+}
+
+/// A reconnecting connection to the local stack's Redis.
+pub async fn redis_connection() -> redis::aio::ConnectionManager {
+    redis_config()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Redis", &redis_url())))
+}
+
+/// Creates topic `name` with `partitions` partitions (replication 1) and waits until it exists.
+pub async fn create_topic(name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let timeout = std::time::Duration::from_secs(30);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = tokio::time::timeout(
+        timeout,
+        admin.create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &opts,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{}", stack_hint("Kafka", &kafka_bootstrap())))
+    .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Kafka", &kafka_bootstrap())));
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}

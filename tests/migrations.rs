@@ -11,10 +11,12 @@ async fn migrations_apply_once_and_record_themselves() {
         keyspace: unique("mig"),
         ..CqlConfig::default()
     };
-    let session = config
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("CQL database", &cql_nodes().join(","))));
+    let session = config.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}",
+            stack_hint("CQL database", &cql_nodes().join(","))
+        )
+    });
 
     let first = migrate::apply(&session, &config).await.unwrap();
     let all: Vec<u32> = migrate::MIGRATIONS.iter().map(|m| m.version).collect();
@@ -22,7 +24,11 @@ async fn migrations_apply_once_and_record_themselves() {
     assert!(first.skipped.is_empty());
 
     let second = migrate::apply(&session, &config).await.unwrap();
-    assert!(second.applied.is_empty(), "second run applied {:?}", second.applied);
+    assert!(
+        second.applied.is_empty(),
+        "second run applied {:?}",
+        second.applied
+    );
     assert_eq!(second.skipped, all);
 
     let ks = &config.keyspace;
@@ -40,7 +46,10 @@ async fn migrations_apply_once_and_record_themselves() {
         .collect::<Result<_, _>>()
         .unwrap();
     for t in ["messages", "session_seq", "schema_migrations"] {
-        assert!(tables.iter().any(|(n,)| n == t), "table {t} missing: {tables:?}");
+        assert!(
+            tables.iter().any(|(n,)| n == t),
+            "table {t} missing: {tables:?}"
+        );
     }
     session
         .query_unpaged(format!("DROP KEYSPACE {ks}"), ())

@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use chatlog::{cql_nodes, kafka_bootstrap, redis_url, stack_hint, unique};
+use chatlog::{cql_nodes, create_topic, kafka_bootstrap, redis_url, stack_hint, unique};
 use futures::TryStreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -20,24 +18,6 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn create_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .expect("admin client");
-    let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-    let results = tokio::time::timeout(
-        KAFKA_TIMEOUT,
-        admin.create_topics(&[NewTopic::new(name, 1, TopicReplication::Fixed(1))], &opts),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{}", stack_hint("Kafka", &kafka_bootstrap())))
-    .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Kafka", &kafka_bootstrap())));
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
-}
 
 fn consumer(group: &str, isolation: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -53,7 +33,8 @@ fn consumer(group: &str, isolation: &str) -> BaseConsumer {
 /// Reads `topic` partition 0 until a record with payload `until` arrives; returns every payload read.
 fn read_until(consumer: &BaseConsumer, topic: &str, until: &str) -> Vec<String> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).expect("assign");
     let deadline = std::time::Instant::now() + KAFKA_TIMEOUT;
     let mut seen = Vec::new();
@@ -76,8 +57,8 @@ fn kafka_transactions_hide_aborted_records_and_commit_offsets() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = unique("smoke_out");
     let input = unique("smoke_in");
-    rt.block_on(create_topic(&out));
-    rt.block_on(create_topic(&input));
+    rt.block_on(create_topic(&out, 1));
+    rt.block_on(create_topic(&input, 1));
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
@@ -87,7 +68,12 @@ fn kafka_transactions_hide_aborted_records_and_commit_offsets() {
         .expect("transactional producer");
     producer
         .init_transactions(KAFKA_TIMEOUT)
-        .unwrap_or_else(|e| panic!("init_transactions: {e}: {}", stack_hint("Kafka", &kafka_bootstrap())));
+        .unwrap_or_else(|e| {
+            panic!(
+                "init_transactions: {e}: {}",
+                stack_hint("Kafka", &kafka_bootstrap())
+            )
+        });
 
     producer.begin_transaction().unwrap();
     producer
@@ -105,10 +91,18 @@ fn kafka_transactions_hide_aborted_records_and_commit_offsets() {
     producer.commit_transaction(Timeout::Never).unwrap();
 
     // read_uncommitted sees both, which proves the aborted record really reached the log ...
-    let all = read_until(&consumer(&unique("g"), "read_uncommitted"), &out, "committed-1");
+    let all = read_until(
+        &consumer(&unique("g"), "read_uncommitted"),
+        &out,
+        "committed-1",
+    );
     assert_eq!(all, ["aborted-1", "committed-1"]);
     // ... and read_committed hides it.
-    let committed = read_until(&consumer(&unique("g"), "read_committed"), &out, "committed-1");
+    let committed = read_until(
+        &consumer(&unique("g"), "read_committed"),
+        &out,
+        "committed-1",
+    );
     assert_eq!(committed, ["committed-1"]);
 
     // Consume-transform-produce: the input offset is committed by the transaction, not the consumer.
@@ -195,7 +189,10 @@ async fn cql_prepared_insert_unlogged_batch_and_paged_select() {
         .prepare(format!("INSERT INTO {ks}.t (p, c, v) VALUES (?, ?, ?)"))
         .await
         .unwrap();
-    session.execute_unpaged(&insert, ("p1", 0, "single")).await.unwrap();
+    session
+        .execute_unpaged(&insert, ("p1", 0, "single"))
+        .await
+        .unwrap();
 
     let mut batch = Batch::new(BatchType::Unlogged);
     let mut values = Vec::new();
@@ -219,7 +216,11 @@ async fn cql_prepared_insert_unlogged_batch_and_paged_select() {
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(rows.len(), 11, "paging must return every row across 4 pages");
+    assert_eq!(
+        rows.len(),
+        11,
+        "paging must return every row across 4 pages"
+    );
     assert_eq!(rows[0], (0, "single".to_owned()));
     assert_eq!(rows[10], (10, "batched-10".to_owned()));
     session
@@ -275,5 +276,9 @@ async fn redis_zset_and_evalsha() {
         .await
         .unwrap();
     assert_eq!(n, 30);
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
 }

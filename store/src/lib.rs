@@ -7,12 +7,16 @@
 //! - [`secret`]: a string that never prints (passwords, keys).
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
+//! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
+//! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod keys;
+pub mod messages;
 pub mod migrate;
 pub mod secret;
+pub mod window;
 
 pub use config::{CqlConfig, RedisConfig};
 pub use secret::Secret;

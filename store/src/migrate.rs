@@ -150,7 +150,11 @@ mod tests {
     fn migrations_are_numbered_in_order_and_named_by_number() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version as usize, i + 1);
-            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "{}",
+                m.name
+            );
         }
     }
 
@@ -162,11 +166,16 @@ mod tests {
         };
         let stmts = MIGRATIONS[0].statements(&config);
         assert_eq!(stmts.len(), 1);
-        assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks_test WITH replication = {'class': 'SimpleStrategy'"));
+        assert!(stmts[0].starts_with(
+            "CREATE KEYSPACE IF NOT EXISTS ks_test WITH replication = {'class': 'SimpleStrategy'"
+        ));
         assert!(!stmts[0].contains("--"));
         for m in MIGRATIONS {
             for s in m.statements(&config) {
-                assert!(!s.contains('{') || s.contains("replication"), "unfilled placeholder in {s}");
+                assert!(
+                    !s.contains('{') || s.contains("replication"),
+                    "unfilled placeholder in {s}"
+                );
             }
         }
     }

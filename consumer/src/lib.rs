@@ -1,0 +1,2 @@
+//! chatlog consumer (being built).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! chatlog producer (being built).
+#![forbid(unsafe_code)]

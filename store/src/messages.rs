@@ -1,0 +1,358 @@
+//! The `messages` table: its statements, the bucket rule, row ↔ [`ChatMessage`] mapping and the
+//! batch writer the consumer uses.
+//!
+//! Writes are deterministic and idempotent: every row is written `USING TIMESTAMP <server_time µs>`
+//! of its message, so replaying a batch rewrites identical cells with the identical timestamp (the
+//! state and `writetime()` are the same as without the replay), and a replay of an older version can
+//! never overwrite a newer edit. Batches are UNLOGGED and hold rows of one partition only, capped by
+//! count and bytes (Cassandra fails batches over 50 KiB by default, ScyllaDB over 1 MiB).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chatlog_schemas::{ChatMessage, ContentType, SessionType};
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Rows per partition bucket unless configured otherwise: `bucket = seq / bucket_size`.
+pub const DEFAULT_BUCKET_SIZE: i64 = 1000;
+
+/// The bucket (second part of the partition key) of `seq`.
+pub fn bucket_of(seq: i64, bucket_size: i64) -> i64 {
+    seq.max(0) / bucket_size.max(1)
+}
+
+/// The columns of a message row, in the order every statement here uses.
+const COLUMNS: &str = "session_id, bucket, seq, msg_id, client_msg_id, session_type, sender_id, \
+                       content_type, content, send_time, server_time, ext";
+
+/// `INSERT` of one message with its own write timestamp (the last bind marker).
+pub fn insert_cql(keyspace: &str) -> String {
+    format!(
+        "INSERT INTO {keyspace}.messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         USING TIMESTAMP ?"
+    )
+}
+
+/// `SELECT` of the rows of one partition with `lo <= seq <= hi`, newest first (the clustering order).
+pub fn select_range_desc_cql(keyspace: &str) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM {keyspace}.messages \
+         WHERE session_id = ? AND bucket = ? AND seq >= ? AND seq <= ?"
+    )
+}
+
+/// Like [`select_range_desc_cql`], oldest first.
+pub fn select_range_asc_cql(keyspace: &str) -> String {
+    format!("{} ORDER BY seq ASC", select_range_desc_cql(keyspace))
+}
+
+/// `SELECT seq, writetime(content)` of one partition: used to check that replays keep write times.
+pub fn select_writetimes_cql(keyspace: &str) -> String {
+    format!(
+        "SELECT seq, writetime(content) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?"
+    )
+}
+
+/// One `messages` row as the driver reads it.
+pub type MessageRow = (
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    i8,
+    String,
+    i8,
+    Vec<u8>,
+    CqlTimestamp,
+    i64,
+    Option<BTreeMap<String, String>>,
+);
+
+/// Flattens the row and its timestamp into the 13 bind values of [`insert_cql`].
+#[allow(clippy::type_complexity)]
+fn insert_bind(
+    m: &ChatMessage,
+    bucket_size: i64,
+) -> (
+    &String,
+    i64,
+    i64,
+    &String,
+    &String,
+    i8,
+    &String,
+    i8,
+    &Vec<u8>,
+    CqlTimestamp,
+    i64,
+    &BTreeMap<String, String>,
+    i64,
+) {
+    (
+        &m.session_id,
+        bucket_of(m.seq, bucket_size),
+        m.seq,
+        &m.msg_id,
+        &m.client_msg_id,
+        m.session_type.index() as i8,
+        &m.sender_id,
+        m.content_type.index() as i8,
+        &m.content,
+        CqlTimestamp(m.send_time_ms),
+        m.server_time_us,
+        &m.ext,
+        m.server_time_us,
+    )
+}
+
+/// The message a row holds.
+pub fn row_to_message(row: MessageRow) -> ChatMessage {
+    let (
+        session_id,
+        _bucket,
+        seq,
+        msg_id,
+        client_msg_id,
+        session_type,
+        sender_id,
+        content_type,
+        content,
+        send_time,
+        server_time,
+        ext,
+    ) = row;
+    ChatMessage {
+        msg_id,
+        client_msg_id,
+        session_id,
+        session_type: SessionType::from_index(session_type as u32).unwrap_or(SessionType::Single),
+        seq,
+        sender_id,
+        content_type: ContentType::from_index(content_type as u32).unwrap_or(ContentType::Unknown),
+        content,
+        send_time_ms: send_time.0,
+        server_time_us: server_time,
+        ext: ext.unwrap_or_default(),
+    }
+}
+
+/// An upper bound of the bytes one row adds to a batch (values plus per-statement overhead).
+pub fn approx_row_bytes(m: &ChatMessage) -> usize {
+    const OVERHEAD: usize = 96;
+    OVERHEAD
+        + m.session_id.len()
+        + m.msg_id.len()
+        + m.client_msg_id.len()
+        + m.sender_id.len()
+        + m.content.len()
+        + m.ext
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+}
+
+/// Limits of the batch writer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchLimits {
+    /// Rows of one session per partition bucket: `bucket = seq / bucket_size`. Fixed for the life
+    /// of a deployment (readers must use the same value).
+    pub bucket_size: i64,
+    /// Most rows in one UNLOGGED batch.
+    pub max_rows: usize,
+    /// Most bytes (estimated) in one batch; keep it below the server's batch fail threshold
+    /// (Cassandra 50 KiB, ScyllaDB 1 MiB by default). A single larger row is written alone.
+    pub max_bytes: usize,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            bucket_size: DEFAULT_BUCKET_SIZE,
+            max_rows: 100,
+            max_bytes: 40 * 1024,
+            concurrency: 16,
+        }
+    }
+}
+
+/// Splits `messages` into write groups: one partition each, at most `max_rows` rows and `max_bytes`
+/// (estimated) each, a row larger than `max_bytes` alone. Order inside a group follows the input.
+pub fn plan_batches<'a>(
+    messages: &'a [ChatMessage],
+    limits: &BatchLimits,
+) -> Vec<Vec<&'a ChatMessage>> {
+    let mut by_partition: BTreeMap<(&str, i64), Vec<&ChatMessage>> = BTreeMap::new();
+    for m in messages {
+        by_partition
+            .entry((m.session_id.as_str(), bucket_of(m.seq, limits.bucket_size)))
+            .or_default()
+            .push(m);
+    }
+    let mut groups = Vec::new();
+    for rows in by_partition.into_values() {
+        let mut current: Vec<&ChatMessage> = Vec::new();
+        let mut bytes = 0;
+        for m in rows {
+            let size = approx_row_bytes(m);
+            if !current.is_empty()
+                && (current.len() >= limits.max_rows.max(1) || bytes + size > limits.max_bytes)
+            {
+                groups.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.push(m);
+        }
+        if !current.is_empty() {
+            groups.push(current);
+        }
+    }
+    groups
+}
+
+/// What one [`MessageWriter::write`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Rows written.
+    pub rows: usize,
+    /// Statements sent (batches and single inserts).
+    pub requests: usize,
+}
+
+/// Writes messages as UNLOGGED single-partition batches with bounded concurrency.
+#[derive(Clone)]
+pub struct MessageWriter {
+    session: Arc<Session>,
+    insert: PreparedStatement,
+    limits: BatchLimits,
+}
+
+impl MessageWriter {
+    /// Prepares the insert statement of `keyspace`.
+    pub async fn new(session: Arc<Session>, keyspace: &str, limits: BatchLimits) -> Result<Self> {
+        let mut insert = session
+            .prepare(insert_cql(keyspace))
+            .await
+            .map_err(|e| Error::cql("prepare messages insert", e))?;
+        // Safe to retry: the same row with the same write timestamp.
+        insert.set_is_idempotent(true);
+        Ok(MessageWriter {
+            session,
+            insert,
+            limits,
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    /// Writes every message; returns when all are acknowledged, or the first error.
+    pub async fn write(&self, messages: &[ChatMessage]) -> Result<WriteStats> {
+        let groups = plan_batches(messages, &self.limits);
+        let requests = groups.len();
+        futures::stream::iter(groups.into_iter().map(|group| self.write_group(group)))
+            .buffer_unordered(self.limits.concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(WriteStats {
+            rows: messages.len(),
+            requests,
+        })
+    }
+
+    async fn write_group(&self, group: Vec<&ChatMessage>) -> Result<()> {
+        let bucket_size = self.limits.bucket_size;
+        if let [only] = group.as_slice() {
+            self.session
+                .execute_unpaged(&self.insert, insert_bind(only, bucket_size))
+                .await
+                .map_err(|e| Error::cql("insert message", e))?;
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        let values: Vec<_> = group
+            .iter()
+            .map(|m| {
+                batch.append_statement(self.insert.clone());
+                insert_bind(m, bucket_size)
+            })
+            .collect();
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| Error::cql("unlogged batch of messages", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(session: &str, seq: i64, content_len: usize) -> ChatMessage {
+        ChatMessage {
+            msg_id: format!("m{seq}"),
+            client_msg_id: format!("c{seq}"),
+            session_id: session.into(),
+            session_type: SessionType::Single,
+            seq,
+            sender_id: "u".into(),
+            content_type: ContentType::Text,
+            content: vec![b'x'; content_len],
+            send_time_ms: 1,
+            server_time_us: 1000 + seq,
+            ext: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn buckets_split_partitions() {
+        assert_eq!(bucket_of(0, 1000), 0);
+        assert_eq!(bucket_of(999, 1000), 0);
+        assert_eq!(bucket_of(1000, 1000), 1);
+    }
+
+    #[test]
+    fn batches_hold_one_partition_and_respect_caps() {
+        let limits = BatchLimits {
+            bucket_size: 10,
+            max_rows: 3,
+            max_bytes: 1000,
+            concurrency: 1,
+        };
+        let mut msgs: Vec<_> = (1..=12).map(|s| msg("a", s, 10)).collect();
+        msgs.push(msg("b", 1, 10));
+        msgs.push(msg("b", 2, 5000)); // larger than max_bytes: alone
+        let groups = plan_batches(&msgs, &limits);
+        for g in &groups {
+            let key = (&g[0].session_id, bucket_of(g[0].seq, 10));
+            assert!(
+                g.iter()
+                    .all(|m| (&m.session_id, bucket_of(m.seq, 10)) == key)
+            );
+            assert!(g.len() <= 3);
+            assert!(g.len() == 1 || g.iter().map(|m| approx_row_bytes(m)).sum::<usize>() <= 1000);
+        }
+        let total: usize = groups.iter().map(Vec::len).sum();
+        assert_eq!(total, msgs.len());
+        assert!(
+            groups
+                .iter()
+                .any(|g| g.len() == 1 && g[0].content.len() == 5000)
+        );
+    }
+}

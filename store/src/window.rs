@@ -1,0 +1,190 @@
+//! The Redis window of each session: a ZSET of its newest messages, written by the consumer and read
+//! by history.
+//!
+//! Key [`crate::keys::window`]; score = seq; member = 16 lowercase hex digits of the message's
+//! `server_time_us` (its version) followed by the message's Avro single-object bytes. The version
+//! prefix lets the Lua script keep one member per seq and never replace a newer version with an older
+//! one, without decoding Avro in Lua. Re-adding an identical member is a no-op, so replays are harmless.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use serde::Deserialize;
+
+use crate::{Error, Result, keys};
+
+/// Bytes of the version prefix of a member.
+pub const VERSION_LEN: usize = 16;
+
+/// The window member of a message: version prefix + its Avro bytes.
+pub fn member(server_time_us: i64, avro: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(VERSION_LEN + avro.len());
+    m.extend_from_slice(format!("{:016x}", server_time_us.max(0) as u64).as_bytes());
+    m.extend_from_slice(avro);
+    m
+}
+
+/// Splits a member into its version and Avro bytes; `None` if it is not one of ours.
+pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
+    if member.len() < VERSION_LEN {
+        return None;
+    }
+    let (prefix, avro) = member.split_at(VERSION_LEN);
+    let version = i64::from_str_radix(std::str::from_utf8(prefix).ok()?, 16).ok()?;
+    Some((version, avro))
+}
+
+/// Appends messages to one window. KEYS[1] = window; ARGV = size, ttl_ms, then (seq, member) pairs.
+/// Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size` seqs and
+/// refresh the TTL. Returns the window's cardinality.
+pub const APPEND_LUA: &str = r#"
+local key = KEYS[1]
+local size = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local seq = ARGV[i]
+  local member = ARGV[i + 1]
+  local version = string.sub(member, 1, 16)
+  local keep_existing = false
+  for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
+    if existing ~= member then
+      if string.sub(existing, 1, 16) > version then
+        keep_existing = true
+      else
+        redis.call('ZREM', key, existing)
+      end
+    end
+  end
+  if not keep_existing then
+    redis.call('ZADD', key, seq, member)
+  end
+end
+local n = redis.call('ZCARD', key)
+if n > size then
+  redis.call('ZREMRANGEBYRANK', key, 0, n - size - 1)
+  n = size
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', key, ttl)
+end
+return n
+"#;
+
+/// Window settings shared by writer and reader.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Newest messages kept per session.
+    pub size: usize,
+    /// Idle time after which a session's window expires (refreshed by every write).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: 200,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// One message to put in a window.
+#[derive(Debug, Clone)]
+pub struct WindowEntry {
+    /// The message's seq (the score).
+    pub seq: i64,
+    /// The member: see [`member`].
+    pub member: Vec<u8>,
+}
+
+/// Writes windows: one script call per session, all sessions of a batch pipelined in one round trip.
+#[derive(Clone)]
+pub struct WindowWriter {
+    config: WindowConfig,
+    script: redis::Script,
+}
+
+impl WindowWriter {
+    /// A writer with `config`.
+    pub fn new(config: WindowConfig) -> Self {
+        WindowWriter {
+            config,
+            script: redis::Script::new(APPEND_LUA),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    /// Appends each session's entries to its window (sessions keyed by id). Idempotent.
+    pub async fn append<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+    ) -> Result<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        match self.append_once(con, sessions).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // The server lost its script cache (restart, SCRIPT FLUSH): load and go again.
+                self.script
+                    .prepare_invoke()
+                    .load_async(con)
+                    .await
+                    .map_err(|e| Error::Redis {
+                        what: "load window script",
+                        source: e,
+                    })?;
+                self.append_once(con, sessions).await
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Redis {
+            what: "append to windows",
+            source: e,
+        })
+    }
+
+    async fn append_once<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+    ) -> redis::RedisResult<()> {
+        let ttl_ms = self.config.ttl.as_millis().min(i64::MAX as u128) as i64;
+        let mut pipe = redis::pipe();
+        for (session_id, entries) in sessions {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(1)
+                .arg(keys::window(session_id))
+                .arg(self.config.size)
+                .arg(ttl_ms);
+            for e in entries {
+                cmd.arg(e.seq).arg(&e.member);
+            }
+            pipe.ignore();
+        }
+        pipe.query_async::<()>(con).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_round_trips_and_orders_by_version() {
+        let a = member(5, b"avro");
+        let b = member(300, b"avro");
+        assert_eq!(parse_member(&a), Some((5, &b"avro"[..])));
+        assert!(a[..VERSION_LEN] < b[..VERSION_LEN]);
+        assert_eq!(parse_member(b"short"), None);
+    }
+}
