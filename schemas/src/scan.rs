@@ -1,0 +1,164 @@
+//! A bounds check of an Avro binary datum against its writer schema, run before apache-avro
+//! decodes bytes written under a schema other than the current one.
+//!
+//! apache-avro trusts block counts and lengths up to its global allocation limit (512 MiB by
+//! default) and reserves memory for them up front, so a few crafted bytes could make it try to
+//! allocate gigabytes (an abort, not an error). This walk reads every varint, length and count,
+//! rejects any count or length the remaining input cannot back, checks enum and union indexes, and
+//! requires the datum to end exactly at the end of the input. After it passes, apache-avro only
+//! ever sees sizes bounded by the input length.
+
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+use apache_avro::schema::{DecimalSchema, EnumSchema, FixedSchema, RecordSchema};
+
+use crate::error::DecodeError;
+use crate::wire::Cursor;
+
+/// Maximum nesting depth of a datum (guards the recursion on recursive schemas).
+const MAX_DEPTH: usize = 64;
+
+/// Named types of a schema by full name, to follow `Schema::Ref`.
+#[derive(Debug, Default)]
+pub(crate) struct Names(HashMap<String, Schema>);
+
+impl Names {
+    /// Collects every named type (record, enum, fixed) defined in `schema`.
+    pub(crate) fn collect(schema: &Schema) -> Names {
+        let mut names = Names::default();
+        names.walk(schema);
+        names
+    }
+
+    fn walk(&mut self, schema: &Schema) {
+        match schema {
+            Schema::Record(r) => {
+                self.0.insert(r.name.fullname(None), schema.clone());
+                for f in &r.fields {
+                    self.walk(&f.schema);
+                }
+            }
+            Schema::Enum(EnumSchema { name, .. }) | Schema::Fixed(FixedSchema { name, .. }) => {
+                self.0.insert(name.fullname(None), schema.clone());
+            }
+            Schema::Array(a) => self.walk(&a.items),
+            Schema::Map(m) => self.walk(&m.types),
+            Schema::Union(u) => {
+                for v in u.variants() {
+                    self.walk(v);
+                }
+            }
+            Schema::Decimal(DecimalSchema { inner, .. }) => self.walk(inner),
+            _ => {}
+        }
+    }
+}
+
+/// Checks that `datum` is exactly one well-formed datum of `schema`.
+pub(crate) fn check_datum(schema: &Schema, names: &Names, datum: &[u8]) -> Result<(), DecodeError> {
+    let mut c = Cursor::new(datum);
+    skip(schema, names, &mut c, 0)?;
+    c.finish()
+}
+
+fn malformed(msg: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed(msg.into())
+}
+
+fn skip(
+    schema: &Schema,
+    names: &Names,
+    c: &mut Cursor<'_>,
+    depth: usize,
+) -> Result<(), DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(malformed("datum nested too deeply"));
+    }
+    match schema {
+        Schema::Null => {}
+        Schema::Boolean => match c.byte()? {
+            0 | 1 => {}
+            b => return Err(malformed(format!("invalid boolean byte {b:#04x}"))),
+        },
+        Schema::Int | Schema::Date | Schema::TimeMillis => {
+            c.int()?;
+        }
+        Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => {
+            c.long()?;
+        }
+        Schema::Float => {
+            c.take(4)?;
+        }
+        Schema::Double => {
+            c.take(8)?;
+        }
+        Schema::Bytes | Schema::String | Schema::BigDecimal | Schema::Uuid => {
+            c.bytes()?;
+        }
+        Schema::Decimal(DecimalSchema { inner, .. }) => skip(inner, names, c, depth + 1)?,
+        Schema::Fixed(FixedSchema { size, .. }) => {
+            c.take(*size)?;
+        }
+        Schema::Duration => {
+            c.take(12)?;
+        }
+        Schema::Enum(EnumSchema { name, symbols, .. }) => {
+            let i = c.int()?;
+            if usize::try_from(i).map_or(true, |i| i >= symbols.len()) {
+                return Err(malformed(format!(
+                    "enum {} index {i} out of range",
+                    name.fullname(None)
+                )));
+            }
+        }
+        Schema::Union(u) => {
+            let i = c.long()?;
+            let variant = usize::try_from(i)
+                .ok()
+                .and_then(|i| u.variants().get(i))
+                .ok_or_else(|| malformed(format!("union index {i} out of range")))?;
+            skip(variant, names, c, depth + 1)?;
+        }
+        Schema::Record(RecordSchema { fields, .. }) => {
+            for f in fields {
+                skip(&f.schema, names, c, depth + 1)?;
+            }
+        }
+        Schema::Array(a) => loop {
+            let n = c.block_count()?;
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                skip(&a.items, names, c, depth + 1)?;
+            }
+        },
+        Schema::Map(m) => loop {
+            let n = c.block_count()?;
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                c.bytes()?;
+                skip(&m.types, names, c, depth + 1)?;
+            }
+        },
+        Schema::Ref { name } => {
+            let full = name.fullname(None);
+            let target = names
+                .0
+                .get(&full)
+                .ok_or_else(|| malformed(format!("unresolved schema reference {full}")))?;
+            skip(target, names, c, depth + 1)?;
+        }
+    }
+    Ok(())
+}
