@@ -1,0 +1,253 @@
+//! The consumer's configuration: a TOML file, then `CHATLOG_*` environment variables and CLI flags
+//! on top (see `chatlog-consumer --help`). Every struct rejects unknown keys; durations are written
+//! the human way (`"250ms"`, `"30s"`). The defaults work with the local stack of `dev/stack.sh`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chatlog_store::messages::BatchLimits;
+use chatlog_store::window::WindowConfig;
+use chatlog_store::{CqlConfig, RedisConfig};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Everything the consumer needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka: topics, group, transactions.
+    pub kafka: KafkaConfig,
+    /// How records are gathered into one transaction.
+    pub batch: BatchConfig,
+    /// The CQL database.
+    pub cql: CqlConfig,
+    /// UNLOGGED batch limits and write concurrency for the `messages` table.
+    pub writer: BatchLimits,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// The per-session window kept in Redis.
+    pub window: WindowConfig,
+    /// Retries of CQL and Redis writes.
+    pub retry: RetryConfig,
+    /// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+    /// Apply the CQL migrations at start (the `migrate` subcommand does it alone).
+    pub migrate_on_start: bool,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// The topic the producer library writes.
+    pub topic: String,
+    /// Where poison records go, with `chatlog-dlq-*` reason headers, inside the same transaction.
+    pub dlq_topic: String,
+    /// The consumer group of the fleet.
+    pub group_id: String,
+    /// Stable and unique per consumer instance (e.g. `chatlog-consumer-<ordinal>`): a restarted
+    /// instance with the same id fences its zombie predecessor.
+    pub transactional_id: String,
+    /// Static group membership id (optional): a restart within the session timeout keeps the
+    /// assignment without a rebalance.
+    pub group_instance_id: Option<String>,
+    /// Group session timeout: how long a silent member keeps its partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Longest time between two polls before the member is evicted; batches, retries and commits
+    /// stay well below it.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// Transaction timeout: the broker aborts a transaction open longer than this.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Extra librdkafka properties applied to both the consumer and the producer (TLS, SASL…).
+    /// Values are never logged.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic: "chat.messages".into(),
+            dlq_topic: "chat.messages.dlq".into(),
+            group_id: "chatlog-persist".into(),
+            transactional_id: "chatlog-consumer-0".into(),
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(300),
+            transaction_timeout: Duration::from_secs(60),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// How records are gathered into one transaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most records in one transaction.
+    pub max_records: usize,
+    /// Longest wait for more records once the first one of a batch arrived.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest record value accepted; larger ones go to the DLQ as `oversize`.
+    pub max_record_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: 2000,
+            linger: Duration::from_millis(50),
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Retries of CQL and Redis writes (exponential backoff with a budget per batch).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First backoff.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Time one batch may spend retrying a stage; past it the batch is dropped uncommitted, the
+    /// consumer rewinds and polls again (so it never exceeds `max_poll_interval`), then retries.
+    #[serde(with = "humantime_serde")]
+    pub stage_budget: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            stage_budget: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT: time to finish and commit the current batch before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<()> {
+        self.cql.validate()?;
+        let k = &self.kafka;
+        for (name, v) in [
+            ("kafka.topic", &k.topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.transactional_id", &k.transactional_id),
+        ] {
+            if v.is_empty() {
+                return Err(Error::Config(format!("{name} is empty")));
+            }
+        }
+        if k.topic == k.dlq_topic {
+            return Err(Error::Config("kafka.dlq_topic must differ from kafka.topic".into()));
+        }
+        if self.batch.max_records == 0 {
+            return Err(Error::Config("batch.max_records must be at least 1".into()));
+        }
+        if self.window.size == 0 {
+            return Err(Error::Config("window.size must be at least 1".into()));
+        }
+        // One batch must fit comfortably in a transaction and between two polls.
+        let budget = self.retry.stage_budget * 2 + self.batch.linger;
+        if budget >= k.transaction_timeout.min(k.max_poll_interval) {
+            return Err(Error::Config(format!(
+                "2 × retry.stage_budget + batch.linger ({budget:?}) must stay below \
+                 kafka.transaction_timeout and kafka.max_poll_interval"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[kafka]\ntopicc = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("topicc"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_typed() {
+        let c = Config::from_toml("[batch]\nlinger = \"250ms\"\n[retry]\nstage_budget = \"5s\"\n")
+            .unwrap();
+        assert_eq!(c.batch.linger, Duration::from_millis(250));
+        assert_eq!(c.retry.stage_budget, Duration::from_secs(5));
+        assert!(Config::from_toml("[batch]\nlinger = 250\n").is_err());
+    }
+
+    #[test]
+    fn budgets_must_fit_the_transaction() {
+        let mut c = Config::default();
+        c.retry.stage_budget = Duration::from_secs(30);
+        assert!(c.validate().is_err());
+    }
+}

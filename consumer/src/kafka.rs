@@ -1,0 +1,196 @@
+//! The Kafka side: client configuration, the rebalance/statistics context, DLQ records and the
+//! classification of transactional errors.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::decode::Poison;
+use crate::telemetry;
+
+/// A (topic, partition).
+pub type Tp = (String, i32);
+
+/// Rebalance and statistics callbacks. They run inside `poll` on the pipeline thread and only
+/// record what happened; the pipeline acts on it between polls.
+#[derive(Default)]
+pub struct Context {
+    revoked: Mutex<BTreeSet<Tp>>,
+    assigned: Mutex<BTreeSet<Tp>>,
+}
+
+impl Context {
+    /// Partitions revoked (or lost) since the last call.
+    pub fn take_revoked(&self) -> BTreeSet<Tp> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The partitions currently assigned.
+    pub fn assigned(&self) -> BTreeSet<Tp> {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn tps(tpl: &TopicPartitionList) -> impl Iterator<Item = Tp> + '_ {
+    tpl.elements()
+        .into_iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                // librdkafka reports -1 for partitions this member does not consume.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(telemetry::LAG, "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        use rdkafka::consumer::Consumer;
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let kind = if consumer.assignment_lost() {
+                "lost"
+            } else {
+                "revoke"
+            };
+            metrics::counter!(telemetry::REBALANCES, "kind" => kind).increment(1);
+            let gone: Vec<Tp> = tps(tpl).collect();
+            tracing::info!(kind, partitions = ?gone, "partitions leaving this consumer");
+            let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for tp in gone {
+                assigned.remove(&tp);
+                revoked.insert(tp);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            metrics::counter!(telemetry::REBALANCES, "kind" => "assign").increment(1);
+            let added: Vec<Tp> = tps(tpl).collect();
+            tracing::info!(partitions = ?added, "partitions assigned to this consumer");
+            let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for tp in added {
+                revoked.remove(&tp);
+                assigned.insert(tp);
+            }
+        }
+    }
+}
+
+fn base(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The group consumer: manual offsets (committed by the transaction), read_committed,
+/// cooperative-sticky assignment.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval.as_millis().to_string(),
+        )
+        .set("statistics.interval.ms", "5000");
+    if let Some(id) = &config.group_instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
+/// The transactional producer (one per consumer instance, KIP-447).
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("transactional.id", &config.transactional_id)
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        )
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    c
+}
+
+/// The transactional producer type.
+pub type TxProducer = ThreadedProducer<DefaultProducerContext>;
+
+/// The headers of a DLQ record: why, and where the record came from.
+pub fn dlq_headers(p: &Poison) -> OwnedHeaders {
+    let partition = p.record.origin.partition.to_string();
+    let offset = p.record.origin.offset.to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "chatlog-dlq-reason",
+            value: Some(p.reason),
+        })
+        .insert(Header {
+            key: "chatlog-dlq-detail",
+            value: Some(p.detail.as_str()),
+        })
+        .insert(Header {
+            key: "chatlog-dlq-topic",
+            value: Some(p.record.origin.topic.as_str()),
+        })
+        .insert(Header {
+            key: "chatlog-dlq-partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "chatlog-dlq-offset",
+            value: Some(offset.as_str()),
+        })
+}
+
+/// What to do about a failed transactional call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnFailure {
+    /// Call it again (e.g. a commit that timed out).
+    Retry,
+    /// Abort the transaction, rewind to the committed offsets and redo the batch.
+    Abort,
+    /// The producer is unusable (fenced by a newer instance, or a broken state): exit.
+    Fatal,
+}
+
+/// Classifies an error of a transactional call.
+pub fn classify(e: &KafkaError) -> TxnFailure {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => TxnFailure::Fatal,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => TxnFailure::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() => TxnFailure::Retry,
+        _ => TxnFailure::Abort,
+    }
+}

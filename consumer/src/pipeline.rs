@@ -1,0 +1,472 @@
+//! The consumer loop. It reads top to bottom as the protocol (see ARCHITECTURE.md):
+//!
+//! ```text
+//! init_transactions                                 fatal → exit; a newer instance fenced us
+//! loop:
+//!   collect   poll until max_records or linger      revoked partitions' records are dropped
+//!   decode    good messages | poison (reason)
+//!   cql       UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
+//!   redis     one Lua call per session, pipelined   idempotent: one versioned member per seq
+//!   commit    begin; DLQ records; send_offsets(last + 1, fresh group metadata); commit
+//!   on abortable error: abort, rewind to the batch's first offsets, back off, poll again
+//! ```
+//!
+//! CQL and Redis are written before the transaction opens, so the transaction stays short and a
+//! crash at any point leaves work that a replay redoes with identical results (0 lost: offsets move
+//! only after both writes; 0 duplicated: every write is keyed by (session, seq) and deterministic).
+//!
+//! The loop runs on a dedicated OS thread, because rdkafka's consumer and transactional calls
+//! block; the CQL and Redis writes run on the tokio runtime through its [`Handle`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatlog_schemas::Codec;
+use chatlog_store::messages::MessageWriter;
+use chatlog_store::window::{self, WindowEntry, WindowWriter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::decode::{self, Decoded, Good, Origin, Poison, Record};
+use crate::kafka::{self, Context, TxProducer, TxnFailure};
+use crate::telemetry::{self, Health};
+use crate::{Error, Result};
+
+/// Why a batch did not commit.
+enum Failed {
+    /// Nothing was committed: rewind to the batch's first offsets and redo it after a backoff.
+    Rewind(String),
+    /// The process must exit (fenced, or the transactional producer is broken).
+    Fatal(String),
+}
+
+/// A connected consumer instance, ready to [`run`](Pipeline::run).
+pub struct Pipeline {
+    config: Config,
+    consumer: BaseConsumer<Context>,
+    producer: TxProducer,
+    codec: Codec,
+    writer: MessageWriter,
+    windows: WindowWriter,
+    redis: redis::aio::ConnectionManager,
+    runtime: Handle,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+}
+
+impl Pipeline {
+    /// Connects to CQL (applying migrations if configured), Redis and Kafka. Must be called on the
+    /// tokio runtime that will serve the writes.
+    pub async fn connect(
+        config: Config,
+        shutdown: CancellationToken,
+        health: Arc<Health>,
+    ) -> Result<Pipeline> {
+        config.validate()?;
+        let session = config.cql.connect().await?;
+        if config.migrate_on_start {
+            chatlog_store::migrate::apply(&session, &config.cql).await?;
+        }
+        let writer = MessageWriter::new(
+            Arc::new(session),
+            &config.cql.keyspace,
+            config.writer.clone(),
+        )
+        .await?;
+        let redis = config.redis.connect().await?;
+        let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)
+            .create_with_context(Context::default())
+            .map_err(|e| Error::Kafka(format!("create consumer: {e}")))?;
+        let producer: TxProducer = kafka::producer_config(&config.kafka)
+            .create()
+            .map_err(|e| Error::Kafka(format!("create transactional producer: {e}")))?;
+        let codec = Codec::new(config.batch.max_record_bytes);
+        Ok(Pipeline {
+            windows: WindowWriter::new(config.window.clone()),
+            config,
+            consumer,
+            producer,
+            codec,
+            writer,
+            redis,
+            runtime: Handle::current(),
+            shutdown,
+            health,
+        })
+    }
+
+    /// Runs until shutdown (returns `Ok`) or a fatal error. Blocks: call it on its own thread.
+    pub fn run(self) -> Result<()> {
+        let kafka = &self.config.kafka;
+        self.producer
+            .init_transactions(kafka.transaction_timeout)
+            .map_err(|e| Error::Fatal(format!("init_transactions: {e}")))?;
+        self.consumer
+            .subscribe(&[&kafka.topic])
+            .map_err(|e| Error::Kafka(format!("subscribe {}: {e}", kafka.topic)))?;
+        self.health.set_ready(true);
+        tracing::info!(
+            topic = %kafka.topic,
+            group = %kafka.group_id,
+            transactional_id = %kafka.transactional_id,
+            "consuming"
+        );
+        let mut backoff = self.config.retry.initial_backoff;
+        while !self.shutdown.is_cancelled() {
+            let batch = self.collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let first_offsets = first_offsets(&batch);
+            match self.process(batch) {
+                Ok(()) => backoff = self.config.retry.initial_backoff,
+                Err(Failed::Rewind(why)) => {
+                    tracing::warn!(reason = %why, ?backoff, "batch not committed; rewinding");
+                    self.rewind(&first_offsets);
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                }
+                Err(Failed::Fatal(why)) => {
+                    self.health.set_ready(false);
+                    return Err(Error::Fatal(why));
+                }
+            }
+        }
+        self.health.set_ready(false);
+        tracing::info!("shutdown: last batch committed, leaving the group");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Polls until `max_records` records, `linger` after the first one, or shutdown.
+    fn collect(&self) -> Vec<Record> {
+        let max = self.config.batch.max_records;
+        let mut batch = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < max && !self.shutdown.is_cancelled() {
+            let wait = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    left
+                }
+            };
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    batch.push(Record {
+                        origin: Origin {
+                            topic: m.topic().to_owned(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                        },
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                    deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            // A partition revoked during this poll is no longer ours: its uncommitted records
+            // belong to the next owner, which reads them again from the committed offset.
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                let before = batch.len();
+                batch.retain(|r| !revoked.contains(&(r.origin.topic.clone(), r.origin.partition)));
+                let dropped = before - batch.len();
+                if dropped > 0 {
+                    metrics::counter!(telemetry::REVOKED_DROPPED).increment(dropped as u64);
+                    tracing::info!(dropped, "dropped uncommitted records of revoked partitions");
+                }
+            }
+        }
+        batch
+    }
+
+    /// decode → cql → redis → commit, for one batch.
+    fn process(&self, batch: Vec<Record>) -> Result<(), Failed> {
+        let records = batch.len();
+        let next_offsets = next_offsets(&batch);
+
+        let started = Instant::now();
+        let mut good: Vec<Good> = Vec::with_capacity(records);
+        let mut poison: Vec<Poison> = Vec::new();
+        for record in batch {
+            match decode::decode(&self.codec, self.config.batch.max_record_bytes, record) {
+                Decoded::Good(g) => good.push(g),
+                Decoded::Poison(p) => poison.push(p),
+            }
+        }
+        observe_stage("decode", started);
+
+        if !good.is_empty() {
+            let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
+            let started = Instant::now();
+            self.retry("cql", || self.runtime.block_on(self.writer.write(&messages)))?;
+            observe_stage("cql", started);
+
+            let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
+            for g in &good {
+                sessions
+                    .entry(g.message.session_id.clone())
+                    .or_default()
+                    .push(WindowEntry {
+                        seq: g.message.seq,
+                        member: window::member(g.message.server_time_us, &g.avro),
+                    });
+            }
+            let started = Instant::now();
+            self.retry("redis", || {
+                let mut con = self.redis.clone();
+                self.runtime
+                    .block_on(self.windows.append(&mut con, &sessions))
+            })?;
+            observe_stage("redis", started);
+            let now_us = now_micros();
+            for g in &good {
+                let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
+                metrics::histogram!(telemetry::E2E_LATENCY).record(latency);
+            }
+        }
+
+        let started = Instant::now();
+        self.commit(&poison, &next_offsets)?;
+        observe_stage("commit", started);
+
+        metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
+        metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted").increment(good.len() as u64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "dlq").increment(poison.len() as u64);
+        for p in &poison {
+            metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
+            tracing::warn!(
+                reason = p.reason,
+                detail = %p.detail,
+                partition = p.record.origin.partition,
+                offset = p.record.origin.offset,
+                "record sent to the DLQ"
+            );
+        }
+        tracing::debug!(records, persisted = good.len(), dlq = poison.len(), "batch committed");
+        Ok(())
+    }
+
+    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent.
+    fn retry<T>(
+        &self,
+        stage: &'static str,
+        mut write: impl FnMut() -> chatlog_store::Result<T>,
+    ) -> Result<T, Failed> {
+        let started = Instant::now();
+        let mut backoff = self.config.retry.initial_backoff;
+        loop {
+            match write() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if started.elapsed() + backoff > self.config.retry.stage_budget
+                        || self.shutdown.is_cancelled()
+                    {
+                        return Err(Failed::Rewind(format!("{stage} write failed: {e}")));
+                    }
+                    metrics::counter!(telemetry::RETRIES, "stage" => stage).increment(1);
+                    tracing::warn!(stage, error = %e, ?backoff, "write failed; retrying");
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One Kafka transaction: DLQ records + the consumed offsets.
+    fn commit(&self, poison: &[Poison], next_offsets: &TopicPartitionList) -> Result<(), Failed> {
+        let timeout = self.config.kafka.transaction_timeout;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.fail("begin_transaction", &e))?;
+        let attempt = (|| {
+            for p in poison {
+                self.send_dlq(p)?;
+            }
+            // No group metadata: not (or no longer) in the group; abort and rejoin.
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+            self.producer
+                .send_offsets_to_transaction(next_offsets, &group, timeout)?;
+            loop {
+                match self.producer.commit_transaction(timeout) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
+                        metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
+                        tracing::warn!(error = %e, "commit_transaction failed; retrying");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })();
+        match attempt {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let failed = self.fail("commit", &e);
+                if let Failed::Rewind(_) = failed {
+                    metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+                    if let Err(abort) = self.producer.abort_transaction(timeout) {
+                        // After a transaction timeout librdkafka can refuse to abort; only a new
+                        // producer (a restart of this instance) recovers.
+                        return Err(Failed::Fatal(format!(
+                            "abort_transaction failed after `{e}`: {abort}"
+                        )));
+                    }
+                }
+                Err(failed)
+            }
+        }
+    }
+
+    fn send_dlq(&self, p: &Poison) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.config.kafka.dlq_topic)
+            .headers(kafka::dlq_headers(p));
+        if let Some(key) = p.record.key.as_deref() {
+            record = record.key(key);
+        }
+        if let Some(payload) = p.record.payload.as_deref() {
+            record = record.payload(payload);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue drains as the broker acknowledges; wait for room.
+                    self.producer.flush(Duration::from_millis(100))?;
+                    record = back;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn fail(&self, what: &str, e: &KafkaError) -> Failed {
+        match kafka::classify(e) {
+            TxnFailure::Fatal => Failed::Fatal(format!("{what}: {e}")),
+            TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),
+        }
+    }
+
+    /// Seeks each partition of a failed batch back to its first offset, so the next polls read
+    /// the batch again. Partitions revoked meanwhile are skipped: their new owner starts from the
+    /// committed offset anyway.
+    fn rewind(&self, first_offsets: &BTreeMap<(String, i32), i64>) {
+        let assigned = self.consumer.context().assigned();
+        for ((topic, partition), offset) in first_offsets {
+            if !assigned.contains(&(topic.clone(), *partition)) {
+                continue;
+            }
+            if let Err(e) = self.consumer.seek(
+                topic,
+                *partition,
+                Offset::Offset(*offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(topic, partition, offset, error = %e, "seek failed");
+            }
+        }
+    }
+
+    /// Sleeps up to `d`, waking early on shutdown.
+    fn pause(&self, d: Duration) {
+        let shutdown = self.shutdown.clone();
+        self.runtime.block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn observe_stage(stage: &'static str, started: Instant) {
+    metrics::histogram!(telemetry::STAGE_DURATION, "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The first offset of each partition in the batch (where a rewind goes back to).
+fn first_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
+    let mut first = BTreeMap::new();
+    for r in batch {
+        first
+            .entry((r.origin.topic.clone(), r.origin.partition))
+            .and_modify(|o: &mut i64| *o = (*o).min(r.origin.offset))
+            .or_insert(r.origin.offset);
+    }
+    first
+}
+
+/// The offsets to commit: last processed + 1 per partition.
+fn next_offsets(batch: &[Record]) -> TopicPartitionList {
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for r in batch {
+        let e = last
+            .entry((r.origin.topic.as_str(), r.origin.partition))
+            .or_insert(r.origin.offset);
+        *e = (*e).max(r.origin.offset);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in last {
+        // A batch holds only assigned partitions, so adding cannot fail on a bad offset.
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1));
+    }
+    tpl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(partition: i32, offset: i64) -> Record {
+        Record {
+            origin: Origin {
+                topic: "t".into(),
+                partition,
+                offset,
+            },
+            key: None,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn offsets_to_commit_are_last_plus_one() {
+        let batch = [rec(0, 5), rec(1, 9), rec(0, 7), rec(0, 6)];
+        let tpl = next_offsets(&batch);
+        assert_eq!(
+            tpl.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(8)
+        );
+        assert_eq!(
+            tpl.find_partition("t", 1).unwrap().offset(),
+            Offset::Offset(10)
+        );
+        let first = first_offsets(&batch);
+        assert_eq!(first[&("t".to_owned(), 0)], 5);
+        assert_eq!(first[&("t".to_owned(), 1)], 9);
+    }
+}
