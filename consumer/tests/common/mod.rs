@@ -1,0 +1,368 @@
+//! Shared harness of the consumer's end-to-end tests: a fresh keyspace and topics per test, the real
+//! `chatlog-consumer` binary as a child process, a raw Kafka producer (tests choose seqs, order and
+//! poison bytes themselves) and readers of what landed in CQL, Redis and the DLQ.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
+use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of, select_writetimes_cql};
+use chatlog_store::{CqlConfig, keys, window};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use scylla::client::session::Session;
+
+/// One test's world.
+pub struct Env {
+    pub topic: String,
+    pub dlq: String,
+    pub group: String,
+    pub cql: CqlConfig,
+    pub session: Arc<Session>,
+    pub codec: Codec,
+    pub window_size: usize,
+    producer: FutureProducer,
+}
+
+/// A base for server times, so every test run writes distinct, realistic timestamps.
+pub fn base_time_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// A deterministic message of `session` with `seq`; `version` distinguishes edits of one seq.
+pub fn message(session: &str, seq: i64, base_us: i64, version: i64) -> ChatMessage {
+    ChatMessage {
+        msg_id: format!("{session}-m{seq}"),
+        client_msg_id: format!("{session}-c{seq}"),
+        session_id: session.to_owned(),
+        session_type: SessionType::Group,
+        seq,
+        sender_id: format!("user-{}", seq % 7),
+        content_type: ContentType::Text,
+        content: format!("hello {seq} v{version}").into_bytes(),
+        send_time_ms: base_us / 1000,
+        server_time_us: base_us + seq * 10 + version,
+        ext: BTreeMap::new(),
+    }
+}
+
+impl Env {
+    pub async fn new(prefix: &str, partitions: i32, window_size: usize) -> Env {
+        let (session, cql) = chatlog::fresh_keyspace(prefix).await;
+        let topic = chatlog::unique(&format!("{prefix}_in"));
+        let dlq = chatlog::unique(&format!("{prefix}_dlq"));
+        chatlog::create_topic(&topic, partitions).await;
+        chatlog::create_topic(&dlq, 1).await;
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        Env {
+            group: chatlog::unique(&format!("{prefix}_group")),
+            topic,
+            dlq,
+            cql,
+            session,
+            codec: Codec::default(),
+            window_size,
+            producer,
+        }
+    }
+
+    /// Produces `(key, value)` records and waits for every acknowledgement.
+    pub async fn produce_raw(&self, records: &[(Option<String>, Option<Vec<u8>>)]) {
+        let sends = records.iter().map(|(key, value)| {
+            let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic);
+            if let Some(k) = key {
+                r = r.key(k.as_str());
+            }
+            if let Some(v) = value {
+                r = r.payload(v.as_slice());
+            }
+            self.producer.send(r, Duration::from_secs(30))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.expect("produce");
+        }
+    }
+
+    /// Produces messages keyed by their session.
+    pub async fn produce(&self, messages: &[ChatMessage]) {
+        let records: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                (
+                    Some(m.session_id.clone()),
+                    Some(self.codec.encode(m).expect("encode")),
+                )
+            })
+            .collect();
+        for chunk in records.chunks(1000) {
+            self.produce_raw(chunk).await;
+        }
+    }
+
+    /// Starts the real consumer binary for this env.
+    pub fn spawn_consumer(&self, transactional_id: &str, extra: &[&str]) -> ConsumerProc {
+        let log = std::env::temp_dir().join(format!("{}.log", chatlog::unique(transactional_id)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"));
+        cmd.args(["--bootstrap-servers", &chatlog::kafka_bootstrap()])
+            .args(["--topic", &self.topic])
+            .args(["--dlq-topic", &self.dlq])
+            .args(["--group-id", &self.group])
+            .args(["--transactional-id", transactional_id])
+            .args(["--cql-nodes", &self.cql.nodes.join(",")])
+            .args(["--keyspace", &self.cql.keyspace])
+            .args(["--redis-url", &chatlog::redis_url()])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--window-size", &self.window_size.to_string()])
+            .args(extra)
+            .env_remove("CHATLOG_CONSUMER_CONFIG")
+            .env("CHATLOG_LOG", "info,chatlog_consumer=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        let child = cmd.spawn().expect("spawn chatlog-consumer");
+        ConsumerProc { child, log }
+    }
+
+    /// `(seq, msg_id, writetime)` of every row of `session` (buckets 0..=max_bucket).
+    pub async fn rows(&self, session: &str, max_seq: i64) -> Vec<(i64, i64)> {
+        let stmt = self
+            .session
+            .prepare(select_writetimes_cql(&self.cql.keyspace))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for bucket in 0..=bucket_of(max_seq, DEFAULT_BUCKET_SIZE) {
+            let rows = self
+                .session
+                .execute_unpaged(&stmt, (session, bucket))
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            for r in rows.rows::<(i64, Option<i64>)>().unwrap() {
+                let (seq, wt) = r.unwrap();
+                out.push((seq, wt.unwrap_or(-1)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Total rows over `sessions`.
+    pub async fn count(&self, sessions: &[String], max_seq: i64) -> usize {
+        let mut n = 0;
+        for s in sessions {
+            n += self.rows(s, max_seq).await.len();
+        }
+        n
+    }
+
+    /// Polls the database until `sessions` hold `expected` rows in all, or panics after `limit`
+    /// with the consumer logs.
+    pub async fn wait_for_rows(
+        &self,
+        sessions: &[String],
+        max_seq: i64,
+        expected: usize,
+        limit: Duration,
+        procs: &[&ConsumerProc],
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.count(sessions, max_seq).await;
+            if n >= expected {
+                assert_eq!(n, expected, "more rows than messages");
+                return;
+            }
+            if Instant::now() > deadline {
+                for p in procs {
+                    eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
+                }
+                panic!("only {n} of {expected} rows after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The messages in `session`'s window, ascending by seq, decoded.
+    pub async fn window(&self, session: &str) -> Vec<ChatMessage> {
+        let mut con = chatlog::redis_connection().await;
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(keys::window(session))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        members
+            .iter()
+            .map(|m| {
+                let (version, avro) = window::parse_member(m).expect("window member format");
+                let msg = self.codec.decode(avro).expect("window member decodes");
+                assert_eq!(version, msg.server_time_us, "member version = server time");
+                msg
+            })
+            .collect()
+    }
+
+    /// Reads the DLQ with read_committed until `expected` records arrived (then 1 s more, to
+    /// catch extra ones); returns (reason header, payload) pairs.
+    pub fn read_dlq(&self, expected: usize) -> Vec<(String, Option<Vec<u8>>)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("group.id", chatlog::unique("dlq_reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.dlq]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut quiet_until: Option<Instant> = None;
+        while Instant::now() < deadline {
+            if let Some(q) = quiet_until
+                && Instant::now() > q
+            {
+                break;
+            }
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                let reason = m
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "chatlog-dlq-reason")
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .unwrap_or_default();
+                out.push((reason, m.payload().map(<[u8]>::to_vec)));
+                if out.len() >= expected && quiet_until.is_none() {
+                    quiet_until = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        out
+    }
+
+    /// Asserts every session holds exactly seqs `1..=per_session`, each written at its message's
+    /// server time, and that each window holds exactly the newest `window_size` messages.
+    pub async fn assert_exact(&self, sessions: &[String], per_session: i64, base_us: i64) {
+        for s in sessions {
+            let rows = self.rows(s, per_session).await;
+            let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let want: Vec<i64> = (1..=per_session).collect();
+            assert_eq!(seqs, want, "rows of {s}");
+            for (seq, wt) in rows {
+                assert_eq!(
+                    wt,
+                    message(s, seq, base_us, 0).server_time_us,
+                    "writetime of {s}/{seq} must be the message's server time"
+                );
+            }
+            let window: Vec<i64> = self.window(s).await.iter().map(|m| m.seq).collect();
+            let lo = (per_session - self.window_size as i64 + 1).max(1);
+            let want: Vec<i64> = (lo..=per_session).collect();
+            assert_eq!(window, want, "window of {s}");
+        }
+    }
+}
+
+/// A running `chatlog-consumer`.
+pub struct ConsumerProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl ConsumerProc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: finish and commit the current batch, then exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let log = self.log_text();
+                self.kill9();
+                panic!("consumer did not exit within {limit:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ConsumerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` unique session ids.
+pub fn sessions(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| chatlog::unique(&format!("{prefix}{i}"))).collect()
+}
+
+/// Every message of `sessions` with seqs `1..=per_session`, interleaved across sessions.
+pub fn all_messages(sessions: &[String], per_session: i64, base_us: i64) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    for seq in 1..=per_session {
+        for s in sessions {
+            out.push(message(s, seq, base_us, 0));
+        }
+    }
+    out
+}
+
+/// The distinct partitions a log reports as assigned.
+pub fn assigned_partitions(log: &str) -> BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains("partitions assigned to this consumer"))
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,0 +1,90 @@
+//! The fleet: consumers of one group split the partitions; members join and leave under load with
+//! nothing lost or duplicated; a second process with the same transactional id fences the first,
+//! which exits non-zero.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, all_messages, assigned_partitions, base_time_us, sessions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
+    let env = std::sync::Arc::new(Env::new("group", 6, 25).await);
+    let sessions = sessions("g", 60);
+    let base = base_time_us();
+    let per_session = 100;
+    let messages = all_messages(&sessions, per_session, base);
+    let total = messages.len();
+    let args = ["--max-records", "200", "--linger", "20ms"];
+
+    let mut a = env.spawn_consumer(&chatlog::unique("group_a"), &args);
+    let b = env.spawn_consumer(&chatlog::unique("group_b"), &args);
+
+    // Load arrives while the membership changes.
+    let producer = {
+        let env = env.clone();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            for chunk in messages.chunks(500) {
+                env.produce(chunk).await;
+            }
+        })
+    };
+
+    wait_until(&env, &sessions, per_session, total / 5).await;
+    let c = env.spawn_consumer(&chatlog::unique("group_c"), &args);
+    wait_until(&env, &sessions, per_session, total / 2).await;
+    a.terminate();
+    let status = a.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "a leaving member exits 0 ({status})");
+    producer.await.unwrap();
+
+    env.wait_for_rows(&sessions, per_session, total, Duration::from_secs(180), &[&b, &c])
+        .await;
+    env.assert_exact(&sessions, per_session, base).await;
+
+    // Both original members held partitions at some point: the group really split the work.
+    for (name, log) in [("a", a.log_text()), ("b", b.log_text())] {
+        assert!(!assigned_partitions(&log).is_empty(), "{name} never got partitions:\n{log}");
+    }
+    assert!(!assigned_partitions(&c.log_text()).is_empty(), "the joiner got partitions");
+}
+
+async fn wait_until(env: &Env, sessions: &[String], per_session: i64, rows: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.count(sessions, per_session).await < rows {
+        assert!(Instant::now() < deadline, "stuck below {rows} rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_transactional_id_fences_the_first() {
+    let env = Env::new("fence", 1, 10).await;
+    let sessions = sessions("f", 4);
+    let base = base_time_us();
+    let first = all_messages(&sessions, 10, base);
+    env.produce(&first).await;
+
+    let txn = chatlog::unique("fence_txn");
+    let mut old = env.spawn_consumer(&txn, &[]);
+    env.wait_for_rows(&sessions, 10, first.len(), Duration::from_secs(60), &[&old])
+        .await;
+
+    // The new instance (a restart elsewhere) takes the id over; the old one is now a zombie.
+    let new = env.spawn_consumer(&txn, &[]);
+    new.wait_log("consuming", Duration::from_secs(60));
+    let more: Vec<_> = all_messages(&sessions, 20, base)
+        .into_iter()
+        .filter(|m| m.seq > 10)
+        .collect();
+    env.produce(&more).await;
+
+    let status = old.wait_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(3), "the fenced instance exits with code 3");
+    assert!(old.log_text().contains("fatal"), "the reason is logged");
+    env.wait_for_rows(&sessions, 20, first.len() + more.len(), Duration::from_secs(90), &[&new])
+        .await;
+    env.assert_exact(&sessions, 20, base).await;
+}
