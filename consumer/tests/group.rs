@@ -19,14 +19,18 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
     let args = ["--max-records", "200", "--linger", "20ms"];
 
     let mut a = env.spawn_consumer(&chatlog::unique("group_a"), &args);
+    a.wait_log("partitions assigned", Duration::from_secs(60));
     let b = env.spawn_consumer(&chatlog::unique("group_b"), &args);
+    b.wait_log("partitions assigned", Duration::from_secs(60));
 
-    // Load arrives while the membership changes.
+    // Load arrives, paced over ~12 s, while the membership changes.
     let producer = {
         let env = env.clone();
         let messages = messages.clone();
         tokio::spawn(async move {
-            for chunk in messages.chunks(500) {
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            for chunk in messages.chunks(50) {
+                pace.tick().await;
                 env.produce(chunk).await;
             }
         })
@@ -34,6 +38,7 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
 
     wait_until(&env, &sessions, per_session, total / 5).await;
     let c = env.spawn_consumer(&chatlog::unique("group_c"), &args);
+    c.wait_log("partitions assigned", Duration::from_secs(60));
     wait_until(&env, &sessions, per_session, total / 2).await;
     a.terminate();
     let status = a.wait_exit(Duration::from_secs(60));
