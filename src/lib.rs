@@ -119,3 +119,31 @@ pub async fn create_topic(name: &str, partitions: i32) {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
 }
+
+/// Creates topic `name` unless it exists (partitions as given for a new one).
+pub async fn ensure_topic(name: &str, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .expect("metadata client");
+    let exists = probe
+        .fetch_metadata(Some(name), std::time::Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false);
+    if !exists {
+        create_topic(name, partitions).await;
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -200,7 +200,9 @@ impl Config {
             }
         }
         if k.topic == k.dlq_topic {
-            return Err(Error::Config("kafka.dlq_topic must differ from kafka.topic".into()));
+            return Err(Error::Config(
+                "kafka.dlq_topic must differ from kafka.topic".into(),
+            ));
         }
         if self.batch.max_records == 0 {
             return Err(Error::Config("batch.max_records must be at least 1".into()));

@@ -70,7 +70,10 @@ pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded
         return poison(record, "empty", "record has no value".into());
     };
     if payload.len() > max_record_bytes {
-        let detail = format!("value of {} bytes exceeds {max_record_bytes}", payload.len());
+        let detail = format!(
+            "value of {} bytes exceeds {max_record_bytes}",
+            payload.len()
+        );
         return poison(record, "oversize", detail);
     }
     let message = match codec.decode(payload) {
@@ -160,17 +163,28 @@ mod tests {
     fn every_bad_record_gets_a_reason() {
         let codec = Codec::default();
         let good = codec.encode(&message()).unwrap();
-        assert_eq!(reason(decode(&codec, 1 << 20, record(Some("s1"), None))), "empty");
+        assert_eq!(
+            reason(decode(&codec, 1 << 20, record(Some("s1"), None))),
+            "empty"
+        );
         assert_eq!(
             reason(decode(&codec, 10, record(Some("s1"), Some(good.clone())))),
             "oversize"
         );
         assert_eq!(
-            reason(decode(&codec, 1 << 20, record(Some("other"), Some(good.clone())))),
+            reason(decode(
+                &codec,
+                1 << 20,
+                record(Some("other"), Some(good.clone()))
+            )),
             "key_mismatch"
         );
         assert_eq!(
-            reason(decode(&codec, 1 << 20, record(Some("s1"), Some(b"garbage!!!!!".to_vec())))),
+            reason(decode(
+                &codec,
+                1 << 20,
+                record(Some("s1"), Some(b"garbage!!!!!".to_vec()))
+            )),
             "bad_magic"
         );
         let mut unknown = good.clone();

@@ -51,13 +51,23 @@ struct Cli {
     #[arg(long, env = "CHATLOG_CQL_USERNAME", global = true)]
     cql_username: Option<String>,
     /// CQL password (prefer the environment variable; never printed).
-    #[arg(long, env = "CHATLOG_CQL_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CHATLOG_CQL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     cql_password: Option<Secret>,
     /// Redis URL (redis:// or rediss://), without the password.
     #[arg(long, env = "CHATLOG_REDIS_URL", global = true)]
     redis_url: Option<String>,
     /// Redis password (prefer the environment variable; never printed).
-    #[arg(long, env = "CHATLOG_REDIS_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CHATLOG_REDIS_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     redis_password: Option<Secret>,
     /// Newest messages kept per session window.
     #[arg(long, env = "CHATLOG_WINDOW_SIZE", global = true)]
@@ -75,7 +85,12 @@ struct Cli {
     #[arg(long, env = "CHATLOG_MIGRATE_ON_START", global = true)]
     migrate_on_start: bool,
     /// Log format.
-    #[arg(long, env = "CHATLOG_LOG_FORMAT", default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "CHATLOG_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -241,9 +256,10 @@ async fn run(config: Config) -> Result<(), Error> {
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };

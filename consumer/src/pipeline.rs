@@ -213,7 +213,9 @@ impl Pipeline {
         if !good.is_empty() {
             let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
             let started = Instant::now();
-            self.retry("cql", || self.runtime.block_on(self.writer.write(&messages)))?;
+            self.retry("cql", || {
+                self.runtime.block_on(self.writer.write(&messages))
+            })?;
             observe_stage("cql", started);
 
             let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
@@ -246,7 +248,8 @@ impl Pipeline {
 
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
         metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);
-        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted").increment(good.len() as u64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted")
+            .increment(good.len() as u64);
         metrics::counter!(telemetry::RECORDS, "outcome" => "dlq").increment(poison.len() as u64);
         for p in &poison {
             metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
@@ -258,7 +261,12 @@ impl Pipeline {
                 "record sent to the DLQ"
             );
         }
-        tracing::debug!(records, persisted = good.len(), dlq = poison.len(), "batch committed");
+        tracing::debug!(
+            records,
+            persisted = good.len(),
+            dlq = poison.len(),
+            "batch committed"
+        );
         Ok(())
     }
 

@@ -22,9 +22,15 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
     let poison_count = 20;
     let mut records = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        records.push((Some(m.session_id.clone()), Some(env.codec.encode(m).unwrap())));
+        records.push((
+            Some(m.session_id.clone()),
+            Some(env.codec.encode(m).unwrap()),
+        ));
         if i % (total / poison_count) == 0 {
-            records.push((Some(m.session_id.clone()), Some(format!("junk {i}").into_bytes())));
+            records.push((
+                Some(m.session_id.clone()),
+                Some(format!("junk {i}").into_bytes()),
+            ));
         }
     }
     let poisoned = records.len() - total;
@@ -50,7 +56,11 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
                 last = n;
                 break;
             }
-            assert!(Instant::now() < deadline, "no progress; log:\n{}", consumer.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no progress; log:\n{}",
+                consumer.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         consumer.kill9();
@@ -59,14 +69,27 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
             break;
         }
     }
-    assert!(kills >= 3, "the consumer finished before it could be killed enough ({kills})");
+    assert!(
+        kills >= 3,
+        "the consumer finished before it could be killed enough ({kills})"
+    );
 
     let consumer = env.spawn_consumer(&txn, &args);
-    env.wait_for_rows(&sessions, per_session, total, Duration::from_secs(180), &[&consumer])
-        .await;
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        total,
+        Duration::from_secs(180),
+        &[&consumer],
+    )
+    .await;
     env.assert_exact(&sessions, per_session, base).await;
 
     let dlq = env.read_dlq(poisoned);
-    assert_eq!(dlq.len(), poisoned, "each poison record exactly once in the DLQ");
+    assert_eq!(
+        dlq.len(),
+        poisoned,
+        "each poison record exactly once in the DLQ"
+    );
     assert!(dlq.iter().all(|(reason, _)| reason == "bad_magic"));
 }

@@ -45,15 +45,27 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
     assert!(status.success(), "a leaving member exits 0 ({status})");
     producer.await.unwrap();
 
-    env.wait_for_rows(&sessions, per_session, total, Duration::from_secs(180), &[&b, &c])
-        .await;
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        total,
+        Duration::from_secs(180),
+        &[&b, &c],
+    )
+    .await;
     env.assert_exact(&sessions, per_session, base).await;
 
     // Both original members held partitions at some point: the group really split the work.
     for (name, log) in [("a", a.log_text()), ("b", b.log_text())] {
-        assert!(!assigned_partitions(&log).is_empty(), "{name} never got partitions:\n{log}");
+        assert!(
+            !assigned_partitions(&log).is_empty(),
+            "{name} never got partitions:\n{log}"
+        );
     }
-    assert!(!assigned_partitions(&c.log_text()).is_empty(), "the joiner got partitions");
+    assert!(
+        !assigned_partitions(&c.log_text()).is_empty(),
+        "the joiner got partitions"
+    );
 }
 
 async fn wait_until(env: &Env, sessions: &[String], per_session: i64, rows: usize) {
@@ -87,9 +99,19 @@ async fn a_second_process_with_the_same_transactional_id_fences_the_first() {
     env.produce(&more).await;
 
     let status = old.wait_exit(Duration::from_secs(90));
-    assert_eq!(status.code(), Some(3), "the fenced instance exits with code 3");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the fenced instance exits with code 3"
+    );
     assert!(old.log_text().contains("fatal"), "the reason is logged");
-    env.wait_for_rows(&sessions, 20, first.len() + more.len(), Duration::from_secs(90), &[&new])
-        .await;
+    env.wait_for_rows(
+        &sessions,
+        20,
+        first.len() + more.len(),
+        Duration::from_secs(90),
+        &[&new],
+    )
+    .await;
     env.assert_exact(&sessions, 20, base).await;
 }

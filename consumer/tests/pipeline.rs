@@ -14,17 +14,27 @@ async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
     let sessions = sessions("s", 30);
     let base = base_time_us();
     let per_session = 100; // > window size, and most sessions' records land in one batch
-    env.produce(&all_messages(&sessions, per_session, base)).await;
+    env.produce(&all_messages(&sessions, per_session, base))
+        .await;
 
     let mut consumer = env.spawn_consumer(&chatlog::unique("happy_txn"), &[]);
     let total = sessions.len() * per_session as usize;
-    env.wait_for_rows(&sessions, per_session, total, Duration::from_secs(120), &[&consumer])
-        .await;
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        total,
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
     env.assert_exact(&sessions, per_session, base).await;
 
     // The window's members are the producer's bytes, decodable to the very message sent.
     let w = env.window(&sessions[0]).await;
-    assert_eq!(w.last().unwrap(), &message(&sessions[0], per_session, base, 0));
+    assert_eq!(
+        w.last().unwrap(),
+        &message(&sessions[0], per_session, base, 0)
+    );
 
     consumer.terminate();
     let status = consumer.wait_exit(Duration::from_secs(30));
@@ -37,7 +47,10 @@ async fn out_of_order_seqs_and_old_versions_never_replace_the_newest() {
     let s = chatlog::unique("ooo");
     let base = base_time_us();
     // Two producers interleave one session's seqs in reverse order.
-    let mut msgs: Vec<_> = (1..=50).rev().map(|seq| message(&s, seq, base, 0)).collect();
+    let mut msgs: Vec<_> = (1..=50)
+        .rev()
+        .map(|seq| message(&s, seq, base, 0))
+        .collect();
     let (evens, odds): (Vec<_>, Vec<_>) = msgs.drain(..).partition(|m| m.seq % 2 == 0);
     let other = Env::new("order2", 1, 10).await; // a second, independent producer client
     let other_codec = other.codec.clone();
@@ -53,18 +66,32 @@ async fn out_of_order_seqs_and_old_versions_never_replace_the_newest() {
     env.produce(&[message(&s, 50, base, 0)]).await;
 
     let consumer = env.spawn_consumer(&chatlog::unique("order_txn"), &["--max-records", "7"]);
-    env.wait_for_rows(std::slice::from_ref(&s), 50, 50, Duration::from_secs(120), &[&consumer])
-        .await;
+    env.wait_for_rows(
+        std::slice::from_ref(&s),
+        50,
+        50,
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
     // Wait until the last record (the stale replay) is committed: the group's offset reaches the end.
     wait_committed(&env, 52).await;
 
     let window = env.window(&s).await;
     let seqs: Vec<i64> = window.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (41..=50).collect::<Vec<_>>());
-    assert_eq!(window.last().unwrap(), &edited, "the window keeps the newest version");
+    assert_eq!(
+        window.last().unwrap(),
+        &edited,
+        "the window keeps the newest version"
+    );
 
     let rows = env.rows(&s, 50).await;
-    assert_eq!(rows.last().unwrap(), &(50, edited.server_time_us), "CQL keeps the newest version");
+    assert_eq!(
+        rows.last().unwrap(),
+        &(50, edited.server_time_us),
+        "CQL keeps the newest version"
+    );
 }
 
 async fn wait_committed(env: &Env, offset: i64) {
@@ -85,7 +112,10 @@ async fn wait_committed(env: &Env, offset: i64) {
         if committed.find_partition(&env.topic, 0).unwrap().offset() == Offset::Offset(offset) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "offset {offset} never committed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offset {offset} never committed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -112,10 +142,18 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
             .unwrap()
     };
     let k = |s: &str| Some(s.to_owned());
-    let bad = vec![
-        (k(&sessions[0]), Some(b"\x00garbage bytes".to_vec()), "bad_magic"),
+    let bad = [
+        (
+            k(&sessions[0]),
+            Some(b"\x00garbage bytes".to_vec()),
+            "bad_magic",
+        ),
         (k(&sessions[0]), Some(unknown_fp), "unknown_fingerprint"),
-        (k(&sessions[1]), Some(valid[..valid.len() / 2].to_vec()), "truncated"),
+        (
+            k(&sessions[1]),
+            Some(valid[..valid.len() / 2].to_vec()),
+            "truncated",
+        ),
         (k(&sessions[1]), Some(vec![0xC3; 4096]), "oversize"),
         (k(&sessions[2]), Some(invalid_seq), "invalid"),
         (k("someone-else"), Some(valid.clone()), "key_mismatch"),
@@ -126,7 +164,12 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
     let mut records = Vec::new();
     let encoded: Vec<_> = good
         .iter()
-        .map(|m| (Some(m.session_id.clone()), Some(env.codec.encode(m).unwrap())))
+        .map(|m| {
+            (
+                Some(m.session_id.clone()),
+                Some(env.codec.encode(m).unwrap()),
+            )
+        })
         .collect();
     for (i, chunk) in encoded.chunks(encoded.len() / bad.len()).enumerate() {
         records.extend_from_slice(chunk);
@@ -137,13 +180,23 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
     env.produce_raw(&records).await;
 
     let config = std::env::temp_dir().join(format!("{}.toml", chatlog::unique("poison_cfg")));
-    std::fs::write(&config, "[batch]\nmax_record_bytes = 2048\nlinger = \"20ms\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[batch]\nmax_record_bytes = 2048\nlinger = \"20ms\"\n",
+    )
+    .unwrap();
     let consumer = env.spawn_consumer(
         &chatlog::unique("poison_txn"),
         &["--config", config.to_str().unwrap()],
     );
-    env.wait_for_rows(&sessions, per_session, good.len(), Duration::from_secs(120), &[&consumer])
-        .await;
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
     env.assert_exact(&sessions, per_session, base).await;
 
     let dlq = env.read_dlq(bad.len());
@@ -158,12 +211,18 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
         .collect();
     let mut got = got;
     got.sort();
-    assert_eq!(got, want, "every poison record exactly once in the DLQ with its reason");
+    assert_eq!(
+        got, want,
+        "every poison record exactly once in the DLQ with its reason"
+    );
     for (reason, payload) in &dlq {
         let original = bad
             .iter()
             .find(|b| b.2 == reason || (reason == "malformed" && b.2 == "truncated"))
             .unwrap();
-        assert_eq!(payload, &original.1, "the DLQ keeps the original bytes of {reason}");
+        assert_eq!(
+            payload, &original.1,
+            "the DLQ keeps the original bytes of {reason}"
+        );
     }
 }

@@ -1,2 +1,63 @@
-//! chatlog producer (being built).
+//! chatlog's producer, the library Logic links to store a chat message: it acknowledges a message
+//! once Kafka has it, and never loses it.
+//!
+//! For each [`NewMessage`], [`Producer::send`]:
+//! 1. validates it against the configured [`Limits`] — an invalid
+//!    message is an [`Error::Invalid`] and nothing is allocated or sent;
+//! 2. allocates its per-session `seq` with [`chatlog_store::seq::SeqAllocator`] (Redis fast
+//!    path, CQL LWT segments; a `client_msg_id` seen before gets its first seq, msg_id and
+//!    server time back);
+//! 3. encodes it as Avro single-object bytes ([`chatlog_schemas::Codec`]);
+//! 4. produces it keyed by `session_id` with an idempotent producer (`acks=all`,
+//!    `partitioner=murmur2_random`, the Java client's partitioner), and returns [`Sent`] once it
+//!    is acknowledged.
+//!
+//! Retrying a failed send with the same `client_msg_id` is always safe: the duplicate allocation
+//! re-produces the identical bytes, and the consumer's writes are idempotent. Use
+//! [`Error::is_retriable`] to decide. In-flight sends are bounded
+//! ([`ProducerConfig::max_in_flight`]): beyond it, `send` waits (backpressure).
+//!
+//! Metrics (through the `metrics` facade): `chatlog_producer_records_total{result=ok|invalid|error}`,
+//! `chatlog_producer_send_duration_seconds`, and the allocator's
+//! `chatlog_seq_allocations_total{path=fast|segment|recover}`.
+//!
+//! # Example: Logic's send handler
+//!
+//! ```no_run
+//! use std::{collections::BTreeMap, sync::Arc, time::Duration};
+//! use chatlog_producer::{ContentType, NewMessage, Producer, ProducerConfig, SessionType};
+//!
+//! # async fn logic() -> Result<(), Box<dyn std::error::Error>> {
+//! let cql = chatlog_store::CqlConfig::default();
+//! let session = Arc::new(cql.connect().await?);
+//! let redis = chatlog_store::RedisConfig::default().connect().await?;
+//! let producer = Producer::new(ProducerConfig::default(), session, &cql.keyspace, redis).await?;
+//!
+//! let sent = producer
+//!     .send(NewMessage {
+//!         client_msg_id: "c-7f3a".into(),
+//!         session_id: "g:42".into(),
+//!         session_type: SessionType::Group,
+//!         sender_id: "u:1".into(),
+//!         content_type: ContentType::Text,
+//!         content: b"hello".to_vec(),
+//!         send_time_ms: 1_700_000_000_000,
+//!         ext: BTreeMap::new(),
+//!     })
+//!     .await?;
+//! println!("ack seq={} msg_id={}", sent.seq, sent.msg_id);
+//!
+//! producer.close(Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod producer;
+
+pub use chatlog_schemas::{ContentType, Limits, SessionType, ValidationError};
+pub use chatlog_store::seq::{AllocPath, Allocation, SeqAllocator, SeqConfig};
+pub use config::{Compression, FORCED_KAFKA_SETTINGS, ProducerConfig};
+pub use error::{Error, Result, code_retriable, kafka_retriable};
+pub use producer::{NewMessage, Producer, SCHEMA_HEADER, Sent, max_encoded_len};

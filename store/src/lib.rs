@@ -9,13 +9,19 @@
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
 //! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
 //! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
+//! - [`history`]: the history reader — window first, CQL for the rest, coalesced fallbacks.
+//! - [`verify`]: compares a session's window with the newest rows of CQL (operators' check).
+//! - [`seq`]: per-session seq allocation — Redis fast path, CQL LWT segments, recovery after Redis loss.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod history;
 pub mod keys;
 pub mod messages;
 pub mod migrate;
 pub mod secret;
+pub mod seq;
+pub mod verify;
 pub mod window;
 
 pub use config::{CqlConfig, RedisConfig};

@@ -60,6 +60,25 @@ pub fn select_writetimes_cql(keyspace: &str) -> String {
     )
 }
 
+/// `SELECT` of the rows of one partition whose seq is in a bound list (`seq IN ?`): history's `get`.
+pub fn select_seqs_cql(keyspace: &str) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM {keyspace}.messages WHERE session_id = ? AND bucket = ? AND seq IN ?"
+    )
+}
+
+/// `SELECT seq` of the newest row of one partition (the clustering order is `seq DESC`): whether a
+/// bucket holds anything, and its highest seq. History probes buckets with it.
+pub fn select_bucket_max_seq_cql(keyspace: &str) -> String {
+    format!("SELECT seq FROM {keyspace}.messages WHERE session_id = ? AND bucket = ? LIMIT 1")
+}
+
+/// `SELECT max_seq` of a session from `session_seq`: the seq allocator's reserved ceiling, an upper
+/// bound of every seq ever handed out for the session (history reads it, never writes it).
+pub fn select_session_max_seq_cql(keyspace: &str) -> String {
+    format!("SELECT max_seq FROM {keyspace}.session_seq WHERE session_id = ?")
+}
+
 /// One `messages` row as the driver reads it.
 pub type MessageRow = (
     String,

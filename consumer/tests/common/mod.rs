@@ -345,7 +345,9 @@ impl Drop for ConsumerProc {
 
 /// `n` unique session ids.
 pub fn sessions(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| chatlog::unique(&format!("{prefix}{i}"))).collect()
+    (0..n)
+        .map(|i| chatlog::unique(&format!("{prefix}{i}")))
+        .collect()
 }
 
 /// Every message of `sessions` with seqs `1..=per_session`, interleaved across sessions.

@@ -1,0 +1,158 @@
+//! Typed errors of the producer and whether retrying a send can help.
+
+use chatlog_schemas::{EncodeError, ValidationError};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Why a send (or the producer) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The message breaks the configured limits or field rules. Nothing was allocated or sent;
+    /// retrying the same input fails the same way.
+    #[error("invalid message: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The seq could not be allocated (Redis or CQL unreachable, contention). Nothing was sent;
+    /// a retry with the same `client_msg_id` is safe.
+    #[error("seq allocation failed: {0}")]
+    Allocation(#[source] chatlog_store::Error),
+    /// The message could not be encoded although it passed validation (a bug: the producer sizes
+    /// the codec for the configured limits).
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] EncodeError),
+    /// Kafka did not accept the record. If `retriable`, sending again with the same
+    /// `client_msg_id` re-produces the identical record (same seq, msg_id and server time).
+    #[error("kafka ({}): {source}", if *retriable { "retriable" } else { "not retriable" })]
+    Kafka {
+        /// Whether a retry can succeed (timeouts, full queue, broker unavailable).
+        retriable: bool,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The producer was closed.
+    #[error("producer is closed")]
+    Closed,
+    /// The configuration is invalid.
+    #[error("invalid producer configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether sending the same message again (same `client_msg_id`) may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Kafka { retriable, .. } => *retriable,
+            // Redis or CQL may be back; the idempotency record makes the retry safe.
+            Error::Allocation(e) => !matches!(e, chatlog_store::Error::Config(_)),
+            Error::Invalid(_) | Error::Encode(_) | Error::Closed | Error::Config(_) => false,
+        }
+    }
+
+    /// A short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid",
+            Error::Allocation(_) => "allocation",
+            Error::Encode(_) => "encode",
+            Error::Kafka { .. } => "kafka",
+            Error::Closed => "closed",
+            Error::Config(_) => "config",
+        }
+    }
+
+    pub(crate) fn kafka(source: KafkaError) -> Self {
+        Error::Kafka {
+            retriable: kafka_retriable(&source),
+            source,
+        }
+    }
+}
+
+/// Whether a Kafka error is transient: queue full, timeouts, transport and leadership changes
+/// are; authentication, authorization, configuration, oversize records and fatal (fenced
+/// idempotent producer) errors are not.
+pub fn kafka_retriable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Canceled | KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {
+            false
+        }
+        _ => e.rdkafka_error_code().is_some_and(code_retriable),
+    }
+}
+
+/// Whether an rdkafka error code is transient (see [`kafka_retriable`]).
+pub fn code_retriable(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::QueueFull
+            | C::MessageTimedOut
+            | C::TimedOutQueue
+            | C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::NetworkException
+            | C::BrokerNotAvailable
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::ReplicaNotAvailable
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::ISRInsufficient
+            | C::KafkaStorageError
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::ThrottlingQuotaExceeded
+            | C::Retry
+            | C::PurgeInflight
+            | C::PurgeQueue
+            | C::Interrupted
+            | C::WaitCache
+    )
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_kafka_errors_are_retriable_and_fatal_ones_are_not() {
+        let produce = |c| Error::kafka(KafkaError::MessageProduction(c));
+        for c in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(produce(c).is_retriable(), "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::Authentication,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidConfig,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::ProducerFenced,
+        ] {
+            assert!(!produce(c).is_retriable(), "{c:?}");
+        }
+        assert!(!Error::kafka(KafkaError::ClientCreation("x".into())).is_retriable());
+        assert!(!Error::Closed.is_retriable());
+        assert!(!Error::Invalid(ValidationError::EmptyId { field: "sender_id" }).is_retriable());
+        assert!(
+            Error::Allocation(chatlog_store::Error::Redis {
+                what: "x",
+                source: redis::RedisError::from((redis::ErrorKind::Io, "down")),
+            })
+            .is_retriable()
+        );
+    }
+}

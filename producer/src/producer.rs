@@ -1,0 +1,411 @@
+//! The [`Producer`]: validate → allocate the seq → encode → produce, with bounded in-flight sends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatlog_schemas::{ChatMessage, Codec, ContentType, Limits, SessionType};
+use chatlog_store::seq::{Allocation, SeqAllocator};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::{Error, ProducerConfig, Result};
+
+/// The record header that names the writer schema (when [`ProducerConfig::schema_header`] is on).
+pub const SCHEMA_HEADER: &str = "chatlog-schema";
+
+/// Per-session ordering locks (sessions share them by hash): allocation and enqueueing of one
+/// session happen in call order, so Kafka order equals seq order.
+const ORDER_LOCKS: usize = 1024;
+
+/// A message Logic wants to store: everything but the server-assigned fields (`msg_id`, `seq`,
+/// `server_time`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The client's idempotency key: a retried send with the same key gets the same seq and
+    /// msg_id (within [`SeqConfig::dedup_ttl`](chatlog_store::seq::SeqConfig::dedup_ttl)).
+    pub client_msg_id: String,
+    /// Conversation id: the Kafka key, so a session always lands on the same partition.
+    pub session_id: String,
+    /// Kind of conversation.
+    pub session_type: SessionType,
+    /// User id of the sender.
+    pub sender_id: String,
+    /// Kind of payload.
+    pub content_type: ContentType,
+    /// Opaque payload.
+    pub content: Vec<u8>,
+    /// Client send time, ms since the Unix epoch.
+    pub send_time_ms: i64,
+    /// Free-form string extensions.
+    pub ext: BTreeMap<String, String>,
+}
+
+/// What a successful send stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id (UUIDv7), the first one for a duplicate.
+    pub msg_id: String,
+    /// The message's seq in its session.
+    pub seq: i64,
+    /// The server time (µs) written into the message, the first one for a duplicate.
+    pub server_time_us: i64,
+    /// The Kafka partition it was written to.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// `true` if this `client_msg_id` had been sent before: the identical record was produced
+    /// again (the consumer's writes are idempotent).
+    pub duplicate: bool,
+}
+
+/// Produces chat messages for Logic. Cheap to clone; clones share the Kafka client, the seq
+/// allocator and the in-flight bound, and [`close`](Producer::close) closes all of them.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kafka: FutureProducer,
+    topic: String,
+    codec: Codec,
+    limits: Limits,
+    seq: SeqAllocator,
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
+    order: Vec<tokio::sync::Mutex<()>>,
+    schema_header: Option<String>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("topic", &self.inner.topic)
+            .field("max_in_flight", &self.inner.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record handed to librdkafka, waiting for its delivery report.
+struct Pending {
+    alloc: Allocation,
+    delivery: JoinHandle<
+        std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, ()>,
+    >,
+}
+
+impl Producer {
+    /// Validates `config`, creates the Kafka client and the seq allocator (which prepares its
+    /// statements in `keyspace`, the keyspace holding `session_seq`).
+    pub async fn new(
+        config: ProducerConfig,
+        session: Arc<Session>,
+        keyspace: &str,
+        redis: ConnectionManager,
+    ) -> Result<Producer> {
+        config.validate()?;
+        let kafka: FutureProducer = config.client_config().create().map_err(Error::kafka)?;
+        let seq = SeqAllocator::new(session, keyspace, redis, config.seq.clone())
+            .await
+            .map_err(Error::Allocation)?;
+        let codec = Codec::builder()
+            .limits(config.limits)
+            .max_encoded_bytes(max_encoded_len(&config.limits))
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let schema_header = config
+            .schema_header
+            .then(|| format!("{:016x}", codec.current_fingerprint()));
+        let max_in_flight = u32::try_from(config.max_in_flight)
+            .map_err(|_| Error::Config("max_in_flight is too large".into()))?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                kafka,
+                topic: config.topic,
+                codec,
+                limits: config.limits,
+                seq,
+                permits: Arc::new(Semaphore::new(config.max_in_flight)),
+                max_in_flight,
+                order: (0..ORDER_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                schema_header,
+            }),
+        })
+    }
+
+    /// The seq allocator this producer uses.
+    pub fn allocator(&self) -> &SeqAllocator {
+        &self.inner.seq
+    }
+
+    /// Sends one message: validates it (an invalid message allocates and sends nothing), allocates
+    /// its seq (or finds the first allocation of its `client_msg_id`), encodes it and waits until
+    /// Kafka has it (`acks=all`). Waits first if [`max_in_flight`](ProducerConfig::max_in_flight)
+    /// sends are under way.
+    pub async fn send(&self, message: NewMessage) -> Result<Sent> {
+        let start = Instant::now();
+        let result = match self.enqueue(message).await {
+            Ok(pending) => pending.finish().await,
+            Err(e) => Err(e),
+        };
+        observe(&result, start);
+        result
+    }
+
+    /// Sends several messages concurrently; result `i` belongs to message `i`. Messages of one
+    /// session get increasing seqs and are written to Kafka in input order.
+    pub async fn send_batch(&self, messages: Vec<NewMessage>) -> Vec<Result<Sent>> {
+        let start = Instant::now();
+        let count = messages.len();
+        let mut by_session: HashMap<String, Vec<(usize, NewMessage)>> = HashMap::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            by_session
+                .entry(m.session_id.clone())
+                .or_default()
+                .push((i, m));
+        }
+        let sessions = by_session.into_values().map(|group| async move {
+            // In order within the session: each one is enqueued before the next is allocated.
+            let mut pending = Vec::with_capacity(group.len());
+            for (i, m) in group {
+                pending.push((i, self.enqueue(m).await));
+            }
+            let finished = pending.into_iter().map(|(i, p)| async move {
+                let r = match p {
+                    Ok(p) => p.finish().await,
+                    Err(e) => Err(e),
+                };
+                (i, r)
+            });
+            futures::future::join_all(finished).await
+        });
+        let mut results: Vec<Option<Result<Sent>>> = (0..count).map(|_| None).collect();
+        for (i, r) in futures::future::join_all(sessions)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            observe(&r, start);
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .collect()
+    }
+
+    /// Waits until every send started before this call is acknowledged or failed, then until
+    /// librdkafka's queue is empty. Sends started meanwhile wait for the flush.
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let all = self.drain(timeout).await?;
+        drop(all);
+        self.flush_kafka(deadline.saturating_duration_since(Instant::now()))
+            .await
+    }
+
+    /// Flushes (see [`flush`](Producer::flush)), then closes the producer: later sends, on this
+    /// handle's clones too, fail with [`Error::Closed`]. The Kafka client is dropped with the last
+    /// clone.
+    pub async fn close(self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let drained = self.drain(timeout).await;
+        self.inner.permits.close();
+        let flushed = self
+            .flush_kafka(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        drained.map(drop).and(flushed)
+    }
+
+    /// Takes every in-flight permit: all earlier sends are done.
+    async fn drain(&self, timeout: Duration) -> Result<OwnedSemaphorePermit> {
+        let permits = self.inner.permits.clone();
+        match tokio::time::timeout(
+            timeout,
+            permits.acquire_many_owned(self.inner.max_in_flight),
+        )
+        .await
+        {
+            Ok(Ok(all)) => Ok(all),
+            Ok(Err(_closed)) => Err(Error::Closed),
+            Err(_elapsed) => Err(Error::kafka(KafkaError::Flush(
+                RDKafkaErrorCode::OperationTimedOut,
+            ))),
+        }
+    }
+
+    async fn flush_kafka(&self, timeout: Duration) -> Result<()> {
+        let kafka = self.inner.kafka.clone();
+        tokio::task::spawn_blocking(move || kafka.flush(timeout))
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(Error::kafka)
+    }
+
+    /// Validate, wait for a permit, allocate and enqueue; the delivery is awaited by a task that
+    /// holds the permit, so the in-flight bound holds even if the caller stops waiting.
+    async fn enqueue(&self, m: NewMessage) -> Result<Pending> {
+        let inner = &*self.inner;
+        let mut message = ChatMessage {
+            msg_id: uuid::Uuid::now_v7().to_string(),
+            client_msg_id: m.client_msg_id,
+            session_id: m.session_id,
+            session_type: m.session_type,
+            seq: 1, // placeholder until allocated
+            sender_id: m.sender_id,
+            content_type: m.content_type,
+            content: m.content,
+            send_time_ms: m.send_time_ms,
+            server_time_us: now_us(),
+            ext: m.ext,
+        };
+        message.validate(&inner.limits)?;
+        let permit = inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let order = inner.order[order_index(&message.session_id)].lock().await;
+        message.server_time_us = now_us();
+        let alloc = inner
+            .seq
+            .allocate(
+                &message.session_id,
+                &message.client_msg_id,
+                &message.msg_id,
+                message.server_time_us,
+            )
+            .await
+            .map_err(Error::Allocation)?;
+        message.seq = alloc.seq;
+        message.msg_id.clone_from(&alloc.msg_id);
+        message.server_time_us = alloc.server_time_us;
+        let payload = inner.codec.encode(&message).map_err(Error::Encode)?;
+        let mut record = FutureRecord::to(&inner.topic)
+            .key(message.session_id.as_bytes())
+            .payload(&payload)
+            // Deterministic, so a re-produced duplicate is the identical record.
+            .timestamp(alloc.server_time_us / 1000);
+        if let Some(fp) = &inner.schema_header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: SCHEMA_HEADER,
+                value: Some(fp.as_bytes()),
+            }));
+        }
+        let delivery: DeliveryFuture = inner
+            .kafka
+            .send_result(record)
+            .map_err(|(e, _record)| Error::kafka(e))?;
+        drop(order);
+        let delivery = tokio::spawn(async move {
+            let r = delivery.await.map_err(|_canceled| ());
+            drop(permit);
+            r
+        });
+        Ok(Pending { alloc, delivery })
+    }
+}
+
+impl Pending {
+    async fn finish(self) -> Result<Sent> {
+        let delivered = match self.delivery.await {
+            Ok(Ok(Ok(d))) => d,
+            Ok(Ok(Err((e, _message)))) => return Err(Error::kafka(e)),
+            // The client was dropped, or the runtime is shutting down.
+            Ok(Err(())) | Err(_) => return Err(Error::Closed),
+        };
+        Ok(Sent {
+            msg_id: self.alloc.msg_id,
+            seq: self.alloc.seq,
+            server_time_us: self.alloc.server_time_us,
+            partition: delivered.partition,
+            offset: delivered.offset,
+            duplicate: self.alloc.duplicate,
+        })
+    }
+}
+
+fn observe(result: &Result<Sent>, start: Instant) {
+    let label = match result {
+        Ok(_) => "ok",
+        Err(Error::Invalid(_)) => "invalid",
+        Err(_) => "error",
+    };
+    metrics::counter!("chatlog_producer_records_total", "result" => label).increment(1);
+    metrics::histogram!("chatlog_producer_send_duration_seconds")
+        .record(start.elapsed().as_secs_f64());
+}
+
+fn order_index(session_id: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    session_id.hash(&mut h);
+    (h.finish() % ORDER_LOCKS as u64) as usize
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+/// An upper bound of the encoded size of any message within `limits` (header, every field at its
+/// largest, varint length prefixes), so valid messages never fail encoding as oversize.
+pub fn max_encoded_len(limits: &Limits) -> usize {
+    const VARINT: usize = 10;
+    let ids = 4 * (limits.max_id_bytes + VARINT);
+    let msg_id = 36 + VARINT;
+    let scalars = 6 * VARINT; // session_type, seq, content_type, send_time, server_time, ext count
+    let ext = limits.max_ext_bytes + limits.max_ext_entries * 2 * VARINT + 2 * VARINT;
+    chatlog_schemas::HEADER_LEN + ids + msg_id + scalars + limits.max_content_bytes + VARINT + ext
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_valid_message_fits_the_codec() {
+        let limits = Limits {
+            max_content_bytes: 1000,
+            max_id_bytes: 20,
+            max_ext_entries: 3,
+            max_ext_bytes: 60,
+        };
+        let id = "x".repeat(20);
+        let ext = (0..3)
+            .map(|i| (format!("k{i}"), "v".repeat(18)))
+            .collect::<BTreeMap<_, _>>();
+        let m = ChatMessage {
+            msg_id: id.clone(),
+            client_msg_id: id.clone(),
+            session_id: id.clone(),
+            session_type: SessionType::System,
+            seq: i64::MAX,
+            sender_id: id,
+            content_type: ContentType::Unknown,
+            content: vec![0xFF; 1000],
+            send_time_ms: i64::MAX,
+            server_time_us: i64::MAX,
+            ext,
+        };
+        m.validate(&limits).unwrap();
+        let codec = Codec::builder()
+            .limits(limits)
+            .max_encoded_bytes(max_encoded_len(&limits))
+            .build()
+            .unwrap();
+        let bytes = codec.encode(&m).unwrap();
+        assert!(bytes.len() <= max_encoded_len(&limits));
+    }
+}

@@ -1,0 +1,1292 @@
+//! The history reader Logic calls: a session's messages from its Redis window first, from the CQL
+//! `messages` table for whatever the window cannot answer, merged into one [`Page`].
+//!
+//! # Requests
+//!
+//! | call | returns | continue with |
+//! |---|---|---|
+//! | [`History::latest`]`(s, n)` | the newest `n` messages | [`History::before`]`(s, page.next)` |
+//! | [`History::before`]`(s, x, limit)` | up to `limit` messages with `seq < x`, the newest of them (scroll back) | [`History::before`]`(s, page.next)` |
+//! | [`History::after`]`(s, x, limit)` | up to `limit` messages with `seq > x`, the oldest of them (client sync) | [`History::after`]`(s, page.next)` |
+//! | [`History::get`]`(s, seqs)` | the requested seqs that exist | — |
+//!
+//! Every page lists its messages in ascending seq. `limit`/`n` are capped at
+//! [`HistoryConfig::max_limit`]; a capped page says so through [`Page::next`].
+//!
+//! # Covered range and `missing`
+//!
+//! Seqs are allocated per session before a message is produced and never reused, but not every seq
+//! becomes a message: seq recovery after a Redis loss skips the rest of a reserved segment. A client
+//! that sees a hole must learn that the hole is permanent, or it asks again forever. So each page
+//! carries [`Page::covered`], a closed seq range for which the page is *complete*: every message
+//! with a seq in it is in [`Page::messages`], and every other seq in it is in [`Page::missing`].
+//!
+//! A seq is reported missing only when it is proven not to exist:
+//! - it is absent from a source that is complete for it (the window inside its own range, see
+//!   below, or the table), **and**
+//! - a message with a higher seq is known to exist (so the seq lies below the session's head), or
+//!   the seq is below 1 (seqs start at 1).
+//!
+//! The second condition is what keeps seqs that are merely not written *yet* (allocated, still in
+//! Kafka) out of `missing`: they are always above the newest message known. Concretely:
+//! - `latest`: `[lo, head]` with `head` = the session's highest seq known (the window's newest
+//!   member, else the newest row found in the table) and `lo` = the oldest message returned, or 1
+//!   when the whole history was read.
+//! - `before(x)`: `[lo, x - 1]` when a message `>= x` is known to exist (in the window, or row `x`
+//!   itself, which the table read includes for this purpose), else `[lo, newest returned]`; `lo` as
+//!   for `latest`.
+//! - `after(x)`: `[x + 1, newest returned]`. Empty (`None`) when nothing newer than `x` exists.
+//! - `get`: `[lowest requested, min(highest requested, head)]`; requested seqs above the head are in
+//!   neither list (they may still be written).
+//!
+//! A seq that was allocated but is still on its way through Kafka while *newer* seqs are already
+//! stored (two Logic instances producing out of order) can be reported missing for that short
+//! time; a client that wants certainty re-reads holes near the head once before giving up on them.
+//!
+//! # When the window answers
+//!
+//! The window ([`crate::window`]) is a ZSET of the newest `W` members of a session, one member per
+//! seq. The consumer writes **every** message of a session into its window, and the only removals
+//! are trimming (which drops the *lowest* seqs) and expiry/deletion of the whole key. Hence, at any
+//! moment, the window is complete for the range `[min, max]` of its own members: a seq between them
+//! that is not a member was either never written (a gap, so not in CQL either) or is still in
+//! flight (see above). It also means the window's `max` is the session's head. The window *covers*
+//! a request when it is non-empty and its lowest seq is `<=` the lowest seq the request needs:
+//! - `latest(n)`: it holds `n` members, or its lowest member is seq 1;
+//! - `before(x, limit)`: it holds `limit` members below `x`, or its lowest member is seq 1;
+//! - `after(x, limit)`: its lowest member is `<= x + 1`;
+//! - `get`: per seq, those inside `[min, max]`.
+//!
+//! Otherwise the table is read for the part below the window's lowest member only (the window
+//! answers the rest), and both are merged: deduplicated by seq, the higher `server_time_us` wins.
+//! When the window is empty or unreadable (expired, `FLUSHALL`, Redis down, a member that does not
+//! decode) the table answers alone: history degrades to the database, never to an error.
+//!
+//! Caveat: a window deleted *between* two messages that Kafka delivered out of seq order (seq 6
+//! stored before the deletion, seq 5 after) restarts with `{5}` while the head is 6, until the next
+//! message. The window cannot detect this; [`crate::verify::verify_window`] can.
+//!
+//! # Reading the table
+//!
+//! Rows live in partitions `(session_id, bucket = seq / bucket_size)`. Reads walk buckets (newest
+//! first for `latest`/`before`, oldest first for `after`) with paged prepared statements, each bucket
+//! read limited to the rows still needed. Two walks need a bound:
+//! - `latest` without a window must find the head. Its upper bound is the seq allocator's ceiling
+//!   `session_seq.max_seq`, which is `>=` every seq ever handed out and at most one reserved segment
+//!   above the head. Without a ceiling row (data written without the allocator) the highest
+//!   non-empty bucket is probed, [`HistoryConfig::max_empty_buckets`] buckets at a time, in
+//!   parallel, from bucket 0 up until a whole group is empty.
+//! - Any descending walk stops after [`HistoryConfig::max_empty_buckets`] consecutive empty buckets
+//!   (`K`). The page then covers what was scanned and sets [`Page::next`] below it, so the caller
+//!   continues where the walk stopped; nothing is claimed about unscanned seqs. Choose
+//!   `K > largest segment / bucket_size` so that a walk from the ceiling always reaches the head and
+//!   a recovery gap never splits a page (default 16: segments up to 15 000 with buckets of 1000).
+//! - An ascending walk without a window stops at the ceiling; without a ceiling row, after `K`
+//!   consecutive empty buckets (then `next` is `None`: the walk cannot tell a long gap from the
+//!   head, and a cursor must never skip seqs that may still be written).
+//!
+//! # Single-flight
+//!
+//! Identical concurrent requests (same session, same call, same arguments) run once: the first
+//! registers a shared future, the others await it (counted by [`History::coalesced`]). A hot
+//! session with a cold window thus costs one database read however many clients ask at once
+//! ([`History::db_reads`]). A joiner may receive a result that started moments before its own call;
+//! history is not read-your-writes anyway (writes reach the window through Kafka). The entry is
+//! removed when the first waiter finishes, or when the last waiter is dropped.
+//!
+//! # No refill
+//!
+//! History never writes the window from the table, for three reasons:
+//! 1. Refilling a range that does not reach the head (any `before`, or an old `latest` read racing
+//!    with newer writes after a deletion) breaks the invariant above: a window `{1..50}` written
+//!    into an empty key while the head is 300 would answer `latest` with 50, and `{100..150}` next to
+//!    `{301..305}` would make 151..300 look like gaps. A refill of old seqs into a full window is
+//!    merely useless: the Lua trims them again at once (it keeps the newest `W`).
+//! 2. The table stores the v1 columns only. A member re-encoded from a row differs from the
+//!    consumer's original bytes (written by a newer schema version, or by another encoder) at the
+//!    *same* version, and the window Lua replaces a different member of equal version, so a refill
+//!    could overwrite richer bytes with poorer ones.
+//! 3. The consumer refills the window by itself with every new message, from the head down.
+//!
+//! # Metrics
+//!
+//! `chatlog_history_requests_total{op,source}`, `chatlog_history_request_duration_seconds{op}`,
+//! `chatlog_history_db_reads_total`, `chatlog_history_db_queries_total`,
+//! `chatlog_history_coalesced_total`, `chatlog_history_window_errors_total{reason}`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chatlog_schemas::{ChatMessage, Codec};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{StreamExt, TryStreamExt};
+use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use serde::Deserialize;
+
+use crate::messages::{self, MessageRow};
+use crate::window::{self, WindowConfig};
+use crate::{CqlConfig, Error, Result, keys};
+
+/// Settings of the history reader.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// The window settings the consumer writes with (history only reads; `size` is the `W` that
+    /// [`crate::verify::verify_window`] compares).
+    pub window: WindowConfig,
+    /// Rows per partition bucket; must equal the writer's
+    /// [`BatchLimits::bucket_size`](crate::messages::BatchLimits::bucket_size).
+    pub bucket_size: i64,
+    /// `K`: a table walk stops after this many consecutive empty buckets (see the module docs).
+    pub max_empty_buckets: u32,
+    /// The largest `n`/`limit` served in one page; larger requests are capped (and say so through
+    /// [`Page::next`]).
+    pub max_limit: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            window: WindowConfig::default(),
+            bucket_size: messages::DEFAULT_BUCKET_SIZE,
+            max_empty_buckets: 16,
+            max_limit: 1000,
+        }
+    }
+}
+
+/// Where a page's messages came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The Redis window alone (no database read).
+    Window,
+    /// The database; the window contributed no message (empty, unreadable, or not overlapping).
+    Database,
+    /// Both: the window contributed messages and the database the rest.
+    Both,
+}
+
+impl Source {
+    /// The metric label of this source.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Window => "window",
+            Source::Database => "database",
+            Source::Both => "both",
+        }
+    }
+}
+
+/// One answer of [`History`]. See the module docs for the exact meaning of `covered`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The messages, ascending seq, one per seq.
+    pub messages: Vec<ChatMessage>,
+    /// Seqs inside [`covered`](Page::covered) that do not exist (never written, e.g. gaps left by
+    /// seq recovery), ascending. A client can stop asking for them.
+    pub missing: Vec<i64>,
+    /// The closed seq range this page is complete for: each seq in it is either in `messages` or in
+    /// `missing` (for [`History::get`]: each *requested* seq in it). `None` when nothing is proven.
+    pub covered: Option<RangeInclusive<i64>>,
+    /// Where the messages came from.
+    pub source: Source,
+    /// The cursor of the next page in the same direction, `None` when there is nothing more now:
+    /// pass it as `seq` to [`History::before`] (after `latest`/`before`) or [`History::after`]
+    /// (after `after`). Always `None` for `get`.
+    pub next: Option<i64>,
+}
+
+impl Page {
+    fn empty(source: Source) -> Page {
+        Page {
+            messages: Vec::new(),
+            missing: Vec::new(),
+            covered: None,
+            source,
+            next: None,
+        }
+    }
+
+    /// Whether another page may follow in the same direction (`next.is_some()`).
+    pub fn has_more(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The seqs of the messages, ascending.
+    pub fn seqs(&self) -> Vec<i64> {
+        self.messages.iter().map(|m| m.seq).collect()
+    }
+
+    /// A page of `messages` (ascending, deduplicated) complete for `covered`; `missing` is derived.
+    fn covering(
+        messages: Vec<ChatMessage>,
+        covered: Option<(i64, i64)>,
+        source: Source,
+        next: Option<i64>,
+    ) -> Page {
+        let covered = covered.filter(|(lo, hi)| lo <= hi);
+        let missing = covered
+            .map(|(lo, hi)| missing_in(&messages, lo, hi))
+            .unwrap_or_default();
+        Page {
+            messages,
+            missing,
+            covered: covered.map(|(lo, hi)| lo..=hi),
+            source,
+            next,
+        }
+    }
+}
+
+/// The seqs of `lo..=hi` that no message in `messages` (ascending) has.
+fn missing_in(messages: &[ChatMessage], lo: i64, hi: i64) -> Vec<i64> {
+    let mut present = messages.iter().map(|m| m.seq).peekable();
+    let mut missing = Vec::new();
+    for seq in lo..=hi {
+        while present.next_if(|&s| s < seq).is_some() {}
+        if present.next_if_eq(&seq).is_none() {
+            missing.push(seq);
+        }
+    }
+    missing
+}
+
+/// Merges window messages and table rows: one message per seq, ascending; when both have a seq
+/// the higher `server_time_us` wins (the window on a tie).
+fn merge(
+    window: impl IntoIterator<Item = ChatMessage>,
+    rows: impl IntoIterator<Item = ChatMessage>,
+) -> Vec<ChatMessage> {
+    let mut by_seq: BTreeMap<i64, ChatMessage> = BTreeMap::new();
+    for m in rows {
+        keep_newer(&mut by_seq, m);
+    }
+    for m in window {
+        if by_seq
+            .get(&m.seq)
+            .is_none_or(|old| m.server_time_us >= old.server_time_us)
+        {
+            by_seq.insert(m.seq, m);
+        }
+    }
+    by_seq.into_values().collect()
+}
+
+fn keep_newer(by_seq: &mut BTreeMap<i64, ChatMessage>, m: ChatMessage) {
+    if by_seq
+        .get(&m.seq)
+        .is_none_or(|old| m.server_time_us > old.server_time_us)
+    {
+        by_seq.insert(m.seq, m);
+    }
+}
+
+/// One request as the single-flight map keys it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Request {
+    Latest(usize),
+    Before(i64, usize),
+    After(i64, usize),
+    Get(Vec<i64>),
+}
+
+impl Request {
+    fn op(&self) -> &'static str {
+        match self {
+            Request::Latest(_) => "latest",
+            Request::Before(..) => "before",
+            Request::After(..) => "after",
+            Request::Get(_) => "get",
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, std::result::Result<Page, Arc<Error>>>>;
+
+/// An error shared by every waiter of one coalesced request.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SharedError(Arc<Error>);
+
+/// A message decoded from a window member.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowMember {
+    /// The score.
+    pub(crate) seq: i64,
+    /// The member's version prefix.
+    pub(crate) version: i64,
+    /// The decoded message, or why it does not decode.
+    pub(crate) message: std::result::Result<ChatMessage, String>,
+}
+
+/// A consistent snapshot of the part of a window a request needs.
+struct WindowView {
+    /// Lowest seq in the window.
+    min: i64,
+    /// Highest seq in the window (the session's head).
+    max: i64,
+    /// The members the request asked for, ascending.
+    members: Vec<ChatMessage>,
+}
+
+/// What a window read asks for, besides the window's bounds.
+enum WindowQuery<'a> {
+    Latest(usize),
+    Before(i64, usize),
+    After(i64, usize),
+    Get(&'a [i64]),
+}
+
+/// A descending table walk.
+#[derive(Debug, Default)]
+pub(crate) struct DescScan {
+    /// Rows found, descending seq.
+    pub(crate) rows: Vec<ChatMessage>,
+    /// The walk stopped because it found `limit` rows.
+    pub(crate) limited: bool,
+    /// The walk read everything down to seq 1.
+    pub(crate) complete: bool,
+    /// The lowest seq the walk has covered (rows below it are unknown unless `complete`).
+    pub(crate) bottom: i64,
+}
+
+impl DescScan {
+    /// The lower end of what this walk proves, and the `before` cursor below it.
+    fn lower(&self) -> (i64, Option<i64>) {
+        let lo = if self.limited {
+            self.rows.last().map_or(self.bottom, |m| m.seq)
+        } else if self.complete {
+            1
+        } else {
+            self.bottom
+        };
+        let next = (!self.complete || self.limited)
+            .then_some(lo)
+            .filter(|&s| s > 1);
+        (lo, next)
+    }
+}
+
+/// An ascending table walk.
+#[derive(Debug, Default)]
+pub(crate) struct AscScan {
+    /// Rows found, ascending seq.
+    pub(crate) rows: Vec<ChatMessage>,
+    /// The walk stopped because it found `limit` rows.
+    pub(crate) limited: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Order {
+    Asc,
+    Desc,
+}
+
+struct Statements {
+    range_desc: PreparedStatement,
+    range_asc: PreparedStatement,
+    seqs: PreparedStatement,
+    bucket_max: PreparedStatement,
+    session_max: PreparedStatement,
+}
+
+struct Inner {
+    session: Arc<Session>,
+    redis: ConnectionManager,
+    codec: Codec,
+    config: HistoryConfig,
+    statements: Statements,
+    inflight: Mutex<HashMap<(String, Request), (u64, Flight)>>,
+    flight_ids: AtomicU64,
+    db_reads: AtomicU64,
+    db_queries: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+/// The history reader: window first, CQL for the rest, identical concurrent requests coalesced.
+/// Cheap to clone (one shared state).
+#[derive(Clone)]
+pub struct History {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("config", &self.inner.config)
+            .field("db_reads", &self.db_reads())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a single-flight entry when its first waiter finishes or its last waiter goes away.
+struct FlightGuard<'a> {
+    inner: &'a Inner,
+    key: Option<(String, Request)>,
+    id: u64,
+    /// This waiter's clone of the flight: awaited through the guard, so it lives exactly as long.
+    flight: Flight,
+    finished: bool,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut map = lock(&self.inner.inflight);
+        let Some((id, flight)) = map.get(&key) else {
+            return;
+        };
+        // The map holds one clone and this waiter another (`self.flight`, dropped after this
+        // body), so 2 means nobody else waits.
+        if *id == self.id && (self.finished || flight.strong_count().is_none_or(|n| n <= 2)) {
+            map.remove(&key);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn prepare_err(what: &'static str) -> impl FnOnce(scylla::errors::PrepareError) -> Error {
+    move |e| Error::cql(format!("prepare {what}"), e)
+}
+
+impl History {
+    /// Prepares the statements of `keyspace` and returns the reader. `redis` is the connection the
+    /// windows are read through; `codec` decodes window members.
+    pub async fn new(
+        session: Arc<Session>,
+        keyspace: &str,
+        redis: ConnectionManager,
+        codec: Codec,
+        config: HistoryConfig,
+    ) -> Result<History> {
+        CqlConfig {
+            keyspace: keyspace.to_owned(),
+            ..CqlConfig::default()
+        }
+        .validate()?;
+        if config.bucket_size < 1 || config.max_limit < 1 || config.max_empty_buckets < 1 {
+            return Err(Error::Config(
+                "history: bucket_size, max_limit and max_empty_buckets must be >= 1".into(),
+            ));
+        }
+        let prepare = |cql: String, what: &'static str| {
+            let session = session.clone();
+            async move {
+                let mut s = session.prepare(cql).await.map_err(prepare_err(what))?;
+                s.set_is_idempotent(true);
+                Ok::<_, Error>(s)
+            }
+        };
+        let statements = Statements {
+            range_desc: prepare(messages::select_range_desc_cql(keyspace), "range desc").await?,
+            range_asc: prepare(messages::select_range_asc_cql(keyspace), "range asc").await?,
+            seqs: prepare(messages::select_seqs_cql(keyspace), "seqs").await?,
+            bucket_max: prepare(messages::select_bucket_max_seq_cql(keyspace), "bucket max")
+                .await?,
+            session_max: prepare(messages::select_session_max_seq_cql(keyspace), "ceiling").await?,
+        };
+        Ok(History {
+            inner: Arc::new(Inner {
+                session,
+                redis,
+                codec,
+                config,
+                statements,
+                inflight: Mutex::new(HashMap::new()),
+                flight_ids: AtomicU64::new(0),
+                db_reads: AtomicU64::new(0),
+                db_queries: AtomicU64::new(0),
+                coalesced: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &HistoryConfig {
+        &self.inner.config
+    }
+
+    /// Database reads so far: requests (after coalescing) that needed the table, each possibly
+    /// several CQL statements. Also `chatlog_history_db_reads_total`.
+    pub fn db_reads(&self) -> u64 {
+        self.inner.db_reads.load(Ordering::Relaxed)
+    }
+
+    /// CQL statements executed so far (one per bucket read, probe or ceiling lookup). Also
+    /// `chatlog_history_db_queries_total`.
+    pub fn db_queries(&self) -> u64 {
+        self.inner.db_queries.load(Ordering::Relaxed)
+    }
+
+    /// Requests that joined an identical request already in flight instead of running. Also
+    /// `chatlog_history_coalesced_total`.
+    pub fn coalesced(&self) -> u64 {
+        self.inner.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// The newest `n` messages of `session_id` (capped at [`HistoryConfig::max_limit`]).
+    /// Covered range `[lo, head]`; `next` continues with [`History::before`].
+    pub async fn latest(&self, session_id: &str, n: usize) -> Result<Page> {
+        self.run(
+            session_id,
+            Request::Latest(n.min(self.inner.config.max_limit)),
+        )
+        .await
+    }
+
+    /// Up to `limit` messages with `seq < before`, the newest of them (scroll back). Covered range
+    /// `[lo, before - 1]` when a message `>= before` exists; `next` continues further back.
+    pub async fn before(&self, session_id: &str, before: i64, limit: usize) -> Result<Page> {
+        let limit = limit.min(self.inner.config.max_limit);
+        self.run(session_id, Request::Before(before, limit)).await
+    }
+
+    /// Up to `limit` messages with `seq > after`, the oldest of them (client sync from its last
+    /// seq; 0 = from the start). Covered range `[after + 1, newest returned]`; `next` continues.
+    pub async fn after(&self, session_id: &str, after: i64, limit: usize) -> Result<Page> {
+        let limit = limit.min(self.inner.config.max_limit);
+        self.run(session_id, Request::After(after.max(0), limit))
+            .await
+    }
+
+    /// The messages with the given seqs (any order, duplicates ignored). Requested seqs proven not
+    /// to exist are in `missing`; those above the newest message known are in neither list.
+    pub async fn get(&self, session_id: &str, seqs: &[i64]) -> Result<Page> {
+        let mut seqs = seqs.to_vec();
+        seqs.sort_unstable();
+        seqs.dedup();
+        self.run(session_id, Request::Get(seqs)).await
+    }
+
+    /// Runs `request`, or joins an identical one in flight.
+    async fn run(&self, session_id: &str, request: Request) -> Result<Page> {
+        let key = (session_id.to_owned(), request);
+        let (id, flight, joined) = {
+            let mut map = lock(&self.inner.inflight);
+            match map.get(&key) {
+                Some((id, flight)) => (*id, flight.clone(), true),
+                None => {
+                    let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
+                    let this = self.clone();
+                    let (sid, req) = key.clone();
+                    let flight: Flight =
+                        async move { this.execute(&sid, &req).await.map_err(Arc::new) }
+                            .boxed()
+                            .shared();
+                    map.insert(key.clone(), (id, flight.clone()));
+                    (id, flight, false)
+                }
+            }
+        };
+        if joined {
+            self.inner.coalesced.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("chatlog_history_coalesced_total").increment(1);
+        }
+        let mut guard = FlightGuard {
+            inner: &self.inner,
+            key: Some(key),
+            id,
+            flight,
+            finished: false,
+        };
+        let out = (&mut guard.flight).await;
+        guard.finished = true;
+        drop(guard);
+        out.map_err(|e| Error::Cql {
+            what: "history read".into(),
+            source: Box::new(SharedError(e)),
+        })
+    }
+
+    async fn execute(&self, session_id: &str, request: &Request) -> Result<Page> {
+        let started = Instant::now();
+        let page = match request {
+            Request::Latest(n) => self.exec_latest(session_id, *n).await,
+            Request::Before(x, limit) => self.exec_before(session_id, *x, *limit).await,
+            Request::After(x, limit) => self.exec_after(session_id, *x, *limit).await,
+            Request::Get(seqs) => self.exec_get(session_id, seqs).await,
+        }?;
+        let op = request.op();
+        metrics::counter!("chatlog_history_requests_total", "op" => op, "source" => page.source.as_str())
+            .increment(1);
+        metrics::histogram!("chatlog_history_request_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        Ok(page)
+    }
+
+    fn count_db_read(&self) {
+        self.inner.db_reads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("chatlog_history_db_reads_total").increment(1);
+    }
+
+    async fn exec_latest(&self, sid: &str, n: usize) -> Result<Page> {
+        if n == 0 {
+            return Ok(Page::empty(Source::Window));
+        }
+        match self.read_window(sid, WindowQuery::Latest(n)).await {
+            Some(w) if w.members.len() >= n || w.min <= 1 => {
+                // The window holds the newest n, or the whole history (it starts at seq 1).
+                let lo = if w.members.len() < n {
+                    1
+                } else {
+                    w.members.first().map_or(1, |m| m.seq)
+                };
+                let next = Some(lo).filter(|&s| s > 1);
+                Ok(Page::covering(
+                    w.members,
+                    Some((lo, w.max)),
+                    Source::Window,
+                    next,
+                ))
+            }
+            Some(w) => {
+                self.count_db_read();
+                let scan = self.scan_desc(sid, w.min - 1, n - w.members.len()).await?;
+                let (lo, next) = scan.lower();
+                let messages = merge(w.members, scan.rows);
+                Ok(Page::covering(
+                    messages,
+                    Some((lo, w.max)),
+                    Source::Both,
+                    next,
+                ))
+            }
+            None => {
+                self.count_db_read();
+                let Some(bound) = self.head_bound(sid).await? else {
+                    return Ok(Page::empty(Source::Database));
+                };
+                let scan = self.scan_desc(sid, bound, n).await?;
+                Ok(desc_page(scan, None))
+            }
+        }
+    }
+
+    async fn exec_before(&self, sid: &str, x: i64, limit: usize) -> Result<Page> {
+        if x <= 1 || limit == 0 {
+            return Ok(Page::empty(Source::Window));
+        }
+        match self.read_window(sid, WindowQuery::Before(x, limit)).await {
+            Some(w) if w.min < x => {
+                // The window has members below x (at least its lowest one).
+                let hi = if w.max >= x { x - 1 } else { w.max };
+                if w.members.len() >= limit || w.min <= 1 {
+                    let lo = if w.members.len() >= limit {
+                        w.members.first().map_or(1, |m| m.seq)
+                    } else {
+                        1
+                    };
+                    let next = Some(lo).filter(|&s| s > 1);
+                    return Ok(Page::covering(
+                        w.members,
+                        Some((lo, hi)),
+                        Source::Window,
+                        next,
+                    ));
+                }
+                self.count_db_read();
+                let scan = self
+                    .scan_desc(sid, w.min - 1, limit - w.members.len())
+                    .await?;
+                let (lo, next) = scan.lower();
+                let messages = merge(w.members, scan.rows);
+                Ok(Page::covering(messages, Some((lo, hi)), Source::Both, next))
+            }
+            Some(_) => {
+                // The whole window is at or above x: it proves that x - 1 is below the head.
+                self.count_db_read();
+                let scan = self.scan_desc(sid, x - 1, limit).await?;
+                Ok(desc_page(scan, Some(x - 1)))
+            }
+            None => {
+                self.count_db_read();
+                // Include x itself: if it exists, everything below it is below the head.
+                let mut scan = self.scan_desc(sid, x, limit + 1).await?;
+                let x_exists = scan.rows.first().is_some_and(|m| m.seq == x);
+                if x_exists {
+                    scan.rows.remove(0);
+                } else {
+                    scan.rows.truncate(limit);
+                }
+                Ok(desc_page(scan, x_exists.then_some(x - 1)))
+            }
+        }
+    }
+
+    async fn exec_after(&self, sid: &str, x: i64, limit: usize) -> Result<Page> {
+        if limit == 0 {
+            return Ok(Page::empty(Source::Window));
+        }
+        let lo = x.saturating_add(1);
+        match self.read_window(sid, WindowQuery::After(x, limit)).await {
+            Some(w) if w.min <= lo => {
+                let Some(hi) = w.members.last().map(|m| m.seq) else {
+                    return Ok(Page::empty(Source::Window));
+                };
+                let next = Some(hi).filter(|&h| h < w.max);
+                Ok(Page::covering(
+                    w.members,
+                    Some((lo, hi)),
+                    Source::Window,
+                    next,
+                ))
+            }
+            Some(w) => {
+                self.count_db_read();
+                let scan = self.scan_asc(sid, lo, Some(w.min - 1), limit).await?;
+                if scan.limited {
+                    let hi = scan.rows.last().map_or(lo, |m| m.seq);
+                    return Ok(Page::covering(
+                        scan.rows,
+                        Some((lo, hi)),
+                        Source::Database,
+                        Some(hi),
+                    ));
+                }
+                let take = limit - scan.rows.len();
+                let from_window: Vec<ChatMessage> = w.members.into_iter().take(take).collect();
+                let source = if from_window.is_empty() {
+                    Source::Database
+                } else {
+                    Source::Both
+                };
+                let messages = merge(from_window, scan.rows);
+                let Some(hi) = messages.last().map(|m| m.seq) else {
+                    return Ok(Page::empty(source));
+                };
+                let next = Some(hi).filter(|&h| h < w.max);
+                Ok(Page::covering(messages, Some((lo, hi)), source, next))
+            }
+            None => {
+                self.count_db_read();
+                let ceiling = self.ceiling(sid).await?;
+                if ceiling.is_some_and(|c| c < lo) {
+                    return Ok(Page::empty(Source::Database));
+                }
+                let scan = self.scan_asc(sid, lo, ceiling, limit).await?;
+                let Some(hi) = scan.rows.last().map(|m| m.seq) else {
+                    return Ok(Page::empty(Source::Database));
+                };
+                let next = scan.limited.then_some(hi);
+                Ok(Page::covering(
+                    scan.rows,
+                    Some((lo, hi)),
+                    Source::Database,
+                    next,
+                ))
+            }
+        }
+    }
+
+    async fn exec_get(&self, sid: &str, seqs: &[i64]) -> Result<Page> {
+        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+            return Ok(Page::empty(Source::Window));
+        };
+        let valid: Vec<i64> = seqs.iter().copied().filter(|&s| s >= 1).collect();
+        let mut found: BTreeMap<i64, ChatMessage> = BTreeMap::new();
+        let mut missing: Vec<i64> = seqs.iter().copied().filter(|&s| s < 1).collect();
+        // Seqs below 1 never exist: the head is at least 0.
+        let mut head = 0;
+        let mut to_db = Vec::new();
+        let mut from_window = false;
+        let window = if valid.is_empty() {
+            None
+        } else {
+            self.read_window(sid, WindowQuery::Get(&valid)).await
+        };
+        match window {
+            Some(w) => {
+                head = w.max;
+                let mut members: BTreeMap<i64, ChatMessage> =
+                    w.members.into_iter().map(|m| (m.seq, m)).collect();
+                for &s in &valid {
+                    if (w.min..=w.max).contains(&s) {
+                        match members.remove(&s) {
+                            Some(m) => {
+                                found.insert(s, m);
+                                from_window = true;
+                            }
+                            None => missing.push(s),
+                        }
+                    } else {
+                        to_db.push(s);
+                    }
+                }
+            }
+            None => to_db = valid,
+        }
+        let window_known = head > 0;
+        let source = if to_db.is_empty() {
+            Source::Window
+        } else {
+            self.count_db_read();
+            for m in self.lookup(sid, &to_db).await? {
+                head = head.max(m.seq);
+                keep_newer(&mut found, m);
+            }
+            // Without a window, the head decides which unfound seqs are gaps: look it up only
+            // when some unfound seq lies above every row found.
+            if !window_known && to_db.iter().any(|s| *s > head && !found.contains_key(s)) {
+                head = head.max(self.find_head(sid).await?.unwrap_or(0));
+            }
+            missing.extend(
+                to_db
+                    .iter()
+                    .copied()
+                    .filter(|s| s < &head && !found.contains_key(s)),
+            );
+            if from_window {
+                Source::Both
+            } else {
+                Source::Database
+            }
+        };
+        missing.sort_unstable();
+        let hi = last.min(head);
+        Ok(Page {
+            messages: found.into_values().collect(),
+            missing,
+            covered: (first <= hi).then_some(first..=hi),
+            source,
+            next: None,
+        })
+    }
+
+    // ------------------------------------------------------------------------------- the window
+
+    /// Reads what `query` needs from the window, with the window's bounds, in one atomic round
+    /// trip. `None` when the window is empty or cannot be used (Redis error, undecodable member):
+    /// the caller then reads the table.
+    async fn read_window(&self, sid: &str, query: WindowQuery<'_>) -> Option<WindowView> {
+        let key = keys::window(sid);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+        pipe.cmd("ZRANGE")
+            .arg(&key)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES");
+        match query {
+            WindowQuery::Latest(n) => {
+                pipe.cmd("ZREVRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("+inf")
+                    .arg("-inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(n);
+            }
+            WindowQuery::Before(x, limit) => {
+                pipe.cmd("ZREVRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({x}"))
+                    .arg("-inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            }
+            WindowQuery::After(x, limit) => {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({x}"))
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            }
+            WindowQuery::Get(seqs) => {
+                for s in seqs {
+                    pipe.cmd("ZRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(s)
+                        .arg(s)
+                        .arg("WITHSCORES");
+                }
+            }
+        }
+        let mut con = self.inner.redis.clone();
+        let replies: Vec<Vec<(Vec<u8>, f64)>> = match pipe.query_async(&mut con).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(session_id = sid, error = %e, "history: window unreadable, reading the database");
+                metrics::counter!("chatlog_history_window_errors_total", "reason" => "redis")
+                    .increment(1);
+                return None;
+            }
+        };
+        let mut replies = replies.into_iter();
+        let min = replies.next()?.first().map(|(_, s)| *s as i64)?;
+        let max = replies.next()?.first().map(|(_, s)| *s as i64)?;
+        let mut members = Vec::new();
+        for (member, score) in replies.flatten() {
+            let m = self.decode_member(&member, score);
+            match m.message {
+                Ok(message) if message.session_id == sid => members.push(message),
+                Ok(_) => {
+                    return self.window_unusable(sid, m.seq, "member of another session".into());
+                }
+                Err(why) => return self.window_unusable(sid, m.seq, why),
+            }
+        }
+        members.sort_by_key(|m| m.seq);
+        Some(WindowView { min, max, members })
+    }
+
+    fn window_unusable(&self, sid: &str, seq: i64, why: String) -> Option<WindowView> {
+        tracing::warn!(
+            session_id = sid,
+            seq,
+            why,
+            "history: window member unusable, reading the database"
+        );
+        metrics::counter!("chatlog_history_window_errors_total", "reason" => "member").increment(1);
+        None
+    }
+
+    /// Decodes one window member (`score` = its seq) and checks that it holds that seq.
+    pub(crate) fn decode_member(&self, member: &[u8], score: f64) -> WindowMember {
+        let seq = score as i64;
+        let Some((version, avro)) = window::parse_member(member) else {
+            return WindowMember {
+                seq,
+                version: -1,
+                message: Err("no version prefix".into()),
+            };
+        };
+        let message = match self.inner.codec.decode(avro) {
+            Ok(m) if m.seq == seq => Ok(m),
+            Ok(m) => Err(format!("holds seq {} under score {seq}", m.seq)),
+            Err(e) => Err(format!("does not decode: {e}")),
+        };
+        WindowMember {
+            seq,
+            version,
+            message,
+        }
+    }
+
+    pub(crate) fn redis(&self) -> ConnectionManager {
+        self.inner.redis.clone()
+    }
+
+    // -------------------------------------------------------------------------------- the table
+
+    /// An upper bound of the session's head for a walk down: the allocator's ceiling, else the
+    /// highest seq found by probing buckets. `None`: the session has no message.
+    pub(crate) async fn head_bound(&self, sid: &str) -> Result<Option<i64>> {
+        match self.ceiling(sid).await? {
+            Some(c) => Ok(Some(c)),
+            None => self.probe_head(sid).await,
+        }
+    }
+
+    /// The session's highest stored seq: the newest row below the ceiling, or the probe's result.
+    async fn find_head(&self, sid: &str) -> Result<Option<i64>> {
+        match self.ceiling(sid).await? {
+            Some(c) => Ok(self.scan_desc(sid, c, 1).await?.rows.first().map(|m| m.seq)),
+            None => self.probe_head(sid).await,
+        }
+    }
+
+    /// `session_seq.max_seq` of the session, if it has a row.
+    async fn ceiling(&self, sid: &str) -> Result<Option<i64>> {
+        self.count_query();
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(&self.inner.statements.session_max, (sid,))
+            .await
+            .map_err(|e| Error::cql("read session_seq ceiling", e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql("read session_seq ceiling", e))?;
+        let row = rows
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| Error::cql("read session_seq ceiling", e))?;
+        Ok(row.and_then(|(max,)| max))
+    }
+
+    /// The highest seq of the highest non-empty bucket, probing `K` buckets at a time from bucket 0
+    /// up until a whole group is empty.
+    async fn probe_head(&self, sid: &str) -> Result<Option<i64>> {
+        let k = i64::from(self.inner.config.max_empty_buckets);
+        let mut head = None;
+        let mut base = 0i64;
+        loop {
+            let maxima =
+                futures::future::try_join_all((base..base + k).map(|b| self.bucket_max(sid, b)))
+                    .await?;
+            match maxima.into_iter().flatten().max() {
+                Some(m) => head = Some(m),
+                None => return Ok(head),
+            }
+            base += k;
+        }
+    }
+
+    async fn bucket_max(&self, sid: &str, bucket: i64) -> Result<Option<i64>> {
+        self.count_query();
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(&self.inner.statements.bucket_max, (sid, bucket))
+            .await
+            .map_err(|e| Error::cql("probe bucket", e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql("probe bucket", e))?;
+        let row = rows
+            .maybe_first_row::<(i64,)>()
+            .map_err(|e| Error::cql("probe bucket", e))?;
+        Ok(row.map(|(seq,)| seq))
+    }
+
+    fn count_query(&self) {
+        self.inner.db_queries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("chatlog_history_db_queries_total").increment(1);
+    }
+
+    /// Rows with `seq <= hi`, newest first, until `limit` rows, seq 1, or `K` consecutive empty
+    /// buckets.
+    pub(crate) async fn scan_desc(&self, sid: &str, hi: i64, limit: usize) -> Result<DescScan> {
+        let bs = self.inner.config.bucket_size;
+        let k = self.inner.config.max_empty_buckets;
+        let mut scan = DescScan::default();
+        if hi < 1 {
+            scan.complete = true;
+            scan.bottom = 1;
+            return Ok(scan);
+        }
+        let mut bucket = messages::bucket_of(hi, bs);
+        let mut empties = 0;
+        loop {
+            let lo_b = bucket * bs;
+            let hi_b = hi.min(lo_b.saturating_add(bs - 1));
+            let want = limit - scan.rows.len();
+            let rows = self
+                .range(Order::Desc, sid, bucket, lo_b, hi_b, want)
+                .await?;
+            empties = if rows.is_empty() { empties + 1 } else { 0 };
+            scan.rows.extend(rows);
+            if scan.rows.len() >= limit {
+                scan.limited = true;
+                scan.bottom = scan.rows.last().map_or(lo_b, |m| m.seq);
+                return Ok(scan);
+            }
+            if bucket == 0 {
+                scan.complete = true;
+                scan.bottom = 1;
+                return Ok(scan);
+            }
+            if empties >= k {
+                scan.bottom = lo_b.max(1);
+                return Ok(scan);
+            }
+            bucket -= 1;
+        }
+    }
+
+    /// Rows with `lo <= seq (<= hi)`, oldest first, until `limit` rows or `hi`; without `hi`,
+    /// until `K` consecutive empty buckets.
+    pub(crate) async fn scan_asc(
+        &self,
+        sid: &str,
+        lo: i64,
+        hi: Option<i64>,
+        limit: usize,
+    ) -> Result<AscScan> {
+        let bs = self.inner.config.bucket_size;
+        let k = self.inner.config.max_empty_buckets;
+        let lo = lo.max(1);
+        let mut scan = AscScan::default();
+        if hi.is_some_and(|h| h < lo) || limit == 0 {
+            return Ok(scan);
+        }
+        let mut bucket = messages::bucket_of(lo, bs);
+        let mut empties = 0;
+        loop {
+            let start = bucket.saturating_mul(bs);
+            let end = start.saturating_add(bs - 1);
+            let hi_b = hi.map_or(end, |h| h.min(end));
+            let want = limit - scan.rows.len();
+            let rows = self
+                .range(Order::Asc, sid, bucket, lo.max(start), hi_b, want)
+                .await?;
+            empties = if rows.is_empty() { empties + 1 } else { 0 };
+            scan.rows.extend(rows);
+            if scan.rows.len() >= limit {
+                scan.limited = true;
+                return Ok(scan);
+            }
+            match hi {
+                Some(h) if hi_b >= h => return Ok(scan),
+                None if empties >= k => return Ok(scan),
+                _ => {}
+            }
+            bucket += 1;
+        }
+    }
+
+    /// Up to `limit` rows of one bucket with `lo <= seq <= hi`, paged.
+    async fn range(
+        &self,
+        order: Order,
+        sid: &str,
+        bucket: i64,
+        lo: i64,
+        hi: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>> {
+        let mut statement = match order {
+            Order::Asc => self.inner.statements.range_asc.clone(),
+            Order::Desc => self.inner.statements.range_desc.clone(),
+        };
+        statement.set_page_size(limit.clamp(1, 1000) as i32);
+        self.count_query();
+        let pager = self
+            .inner
+            .session
+            .execute_iter(statement, (sid, bucket, lo, hi))
+            .await
+            .map_err(|e| Error::cql("history range read", e))?;
+        let rows: Vec<MessageRow> = pager
+            .rows_stream::<MessageRow>()
+            .map_err(|e| Error::cql("history range read", e))?
+            .take(limit)
+            .try_collect()
+            .await
+            .map_err(|e| Error::cql("history range read", e))?;
+        Ok(rows.into_iter().map(messages::row_to_message).collect())
+    }
+
+    /// The rows of the given seqs (ascending input), one `IN` query per bucket, 8 at a time.
+    async fn lookup(&self, sid: &str, seqs: &[i64]) -> Result<Vec<ChatMessage>> {
+        let bs = self.inner.config.bucket_size;
+        let mut by_bucket: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for &s in seqs {
+            by_bucket
+                .entry(messages::bucket_of(s, bs))
+                .or_default()
+                .push(s);
+        }
+        let per_bucket = futures::stream::iter(by_bucket.into_iter().map(|(bucket, seqs)| {
+            self.count_query();
+            let statement = self.inner.statements.seqs.clone();
+            async move {
+                let pager = self
+                    .inner
+                    .session
+                    .execute_iter(statement, (sid, bucket, seqs))
+                    .await
+                    .map_err(|e| Error::cql("history seq lookup", e))?;
+                pager
+                    .rows_stream::<MessageRow>()
+                    .map_err(|e| Error::cql("history seq lookup", e))?
+                    .map_ok(messages::row_to_message)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| Error::cql("history seq lookup", e))
+            }
+        }))
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await?;
+        Ok(per_bucket.into_iter().flatten().collect())
+    }
+}
+
+/// The page of a descending walk that answered alone; `proven_hi` is the top of the covered range
+/// when a message above it is known to exist, else the newest row found is.
+fn desc_page(scan: DescScan, proven_hi: Option<i64>) -> Page {
+    let (lo, next) = scan.lower();
+    let hi = proven_hi.or_else(|| scan.rows.first().map(|m| m.seq));
+    let mut messages = scan.rows;
+    messages.reverse();
+    match hi {
+        Some(hi) => Page::covering(messages, Some((lo, hi)), Source::Database, next),
+        // Nothing found and nothing known above: no claim, but continue below an early stop.
+        None => Page {
+            next,
+            ..Page::empty(Source::Database)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatlog_schemas::{ContentType, SessionType};
+
+    fn msg(seq: i64, server_time_us: i64) -> ChatMessage {
+        ChatMessage {
+            msg_id: format!("m{seq}"),
+            client_msg_id: format!("c{seq}"),
+            session_id: "s".into(),
+            session_type: SessionType::Single,
+            seq,
+            sender_id: "u".into(),
+            content_type: ContentType::Text,
+            content: vec![],
+            send_time_ms: 1,
+            server_time_us,
+            ext: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn merge_dedupes_and_newer_version_wins() {
+        let window = vec![msg(3, 10), msg(4, 5), msg(5, 7)];
+        let rows = vec![msg(4, 9), msg(1, 1), msg(3, 10), msg(2, 1)];
+        let merged = merge(window, rows);
+        let got: Vec<(i64, i64)> = merged.iter().map(|m| (m.seq, m.server_time_us)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 1), (3, 10), (4, 9), (5, 7)]);
+    }
+
+    #[test]
+    fn missing_are_the_holes_of_the_covered_range() {
+        let ms: Vec<_> = [2, 3, 5, 8].iter().map(|&s| msg(s, 1)).collect();
+        assert_eq!(missing_in(&ms, 1, 9), vec![1, 4, 6, 7, 9]);
+        assert_eq!(missing_in(&ms, 3, 5), vec![4]);
+        let page = Page::covering(ms, Some((2, 8)), Source::Window, None);
+        assert_eq!(page.missing, vec![4, 6, 7]);
+        assert_eq!(page.covered, Some(2..=8));
+    }
+
+    #[test]
+    fn desc_scan_bounds() {
+        let limited = DescScan {
+            rows: vec![msg(9, 1), msg(7, 1)],
+            limited: true,
+            complete: false,
+            bottom: 7,
+        };
+        assert_eq!(limited.lower(), (7, Some(7)));
+        let complete = DescScan {
+            rows: vec![msg(9, 1)],
+            limited: false,
+            complete: true,
+            bottom: 1,
+        };
+        assert_eq!(complete.lower(), (1, None));
+        let stopped = DescScan {
+            rows: vec![],
+            limited: false,
+            complete: false,
+            bottom: 40,
+        };
+        assert_eq!(stopped.lower(), (40, Some(40)));
+        // Nothing found, nothing known above: no covered range, but a cursor below the stop.
+        let page = desc_page(stopped, None);
+        assert_eq!((page.covered, page.next), (None, Some(40)));
+    }
+}

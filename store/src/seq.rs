@@ -1,0 +1,763 @@
+//! Per-session seq allocation: strictly increasing, and never repeated even if Redis loses every
+//! key (seed §4.3 `IncrSeqID`, used by Logic through the producer).
+//!
+//! # Layout
+//!
+//! - Redis hash [`keys::seq`] of a session: `cur` (last seq handed out), `max` (ceiling of the
+//!   segment installed in Redis), `step` (size of that segment), `at` (when it was installed, ms).
+//! - Redis string [`keys::client_msg`] per `(session, client_msg_id)`: `"<seq>:<server_time_us>:<msg_id>"`
+//!   of the first allocation, kept for [`SeqConfig::dedup_ttl`].
+//! - CQL row `session_seq(session_id, max_seq)`: the ceiling of every segment ever reserved, moved
+//!   only by lightweight transactions (Paxos).
+//!
+//! # Paths
+//!
+//! - **Fast** ([`FAST_LUA`], one `EVALSHA`): an existing idempotency record is returned as a
+//!   duplicate; else if `cur < max` then `cur + 1` is handed out and the record written with a TTL.
+//! - **Segment**: `cur == max`. The next segment `[ceiling + 1, ceiling + step]` is reserved with
+//!   `UPDATE … SET max_seq = ? IF max_seq = ?` (a brand-new session: `INSERT … IF NOT EXISTS`) and
+//!   installed with [`INSTALL_LUA`], which only ever moves `cur` and `max` **up**. A lost race
+//!   returns the current ceiling in the LWT's own result row, so no separate SERIAL read is needed.
+//!   The step adapts between [`SeqConfig::min_segment`] and [`SeqConfig::max_segment`] (Meituan
+//!   Leaf style): doubled when the previous segment lasted less than
+//!   [`SeqConfig::segment_target_lifetime`], halved when it lasted more than twice that.
+//! - **Recover**: the hash is missing but the CQL ceiling exists (Redis lost its data, or the hash
+//!   expired after [`SeqConfig::idle_ttl`]). The hash is recreated as `cur = max = ceiling` — zero
+//!   capacity — so the next seq comes from a fresh segment above the ceiling: a gap, never a repeat
+//!   (WeChat seqsvr does the same).
+//!
+//! # Why seqs never repeat
+//!
+//! Every seq handed out is `<= max` in Redis, and `max` is only ever set to the top of a segment
+//! that a successful LWT reserved, so `max <=` the CQL ceiling at all times. A segment is installed
+//! at most once (an install is never retried after an ambiguous failure) and an install sets
+//! `cur >= low - 1`, where `low - 1` was the ceiling when the segment was reserved — above every seq
+//! handed out before. An install that finds the hash **missing** is refused (the segment is dropped
+//! as a gap): it may be stale, i.e. reserved before Redis lost a newer, larger segment's progress,
+//! and recreating the hash from it would hand out seqs below ones already handed out. Only the
+//! zero-capacity recovery hash (from the ceiling read by the LWT itself) and the very first segment
+//! of a new session (nothing can have been handed out before it) may create the hash.
+//!
+//! In-process, the segment path of one session is single-flight (a sharded async mutex), so N
+//! concurrent callers that find the segment used up cause one LWT, not N contended Paxos rounds;
+//! several processes race through the LWT, and the loser re-reads the ceiling from the LWT's reply.
+//!
+//! # Known limits
+//!
+//! - **Redis failover with asynchronous replication** can roll `cur` back while the hash still
+//!   exists (the promoted replica missed the last `HINCRBY`s): seqs would then **repeat**. Not
+//!   built here; mitigations: `WAIT 1 <ms>` after each allocation (a replica acknowledged it, at
+//!   the cost of one replica round trip), or a fencing epoch — keep an epoch in CQL, bump it on
+//!   failover (a sentinel/cluster hook, or when the allocator sees Redis' `run_id` change) and store
+//!   it in the hash; a hash with an old epoch is treated as missing, which forces the recover path
+//!   above the CQL ceiling. Deleting every `chatlog:{*}:seq` hash after a failover is the manual form
+//!   of the same fence: recovery from the ceiling is always safe.
+//! - Idempotency records live in Redis: a retry after Redis lost them is allocated a new seq (the
+//!   message is stored twice, under two seqs). Readers may deduplicate by `client_msg_id`.
+//! - A double failure — Redis losing its data *twice* while one allocator is paused between the
+//!   first LWT of a brand-new session and its install — can hand out a seq lower than one already
+//!   handed out (still never a repeat).
+//! - Gaps are normal: after recovery, after a lost LWT race, and at every idle expiry.
+//!
+//! # Metrics
+//!
+//! `chatlog_seq_allocations_total{path=fast|segment|recover}`, once per new allocation (a
+//! duplicate allocates nothing and is not counted).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use serde::Deserialize;
+
+use crate::{CqlConfig, Error, Result, keys};
+
+/// The fast path. KEYS: seq hash, idempotency record. ARGV: candidate msg_id, server_time_us,
+/// record TTL ms, hash idle TTL ms (0 = none).
+///
+/// Returns `{status, record, a, b, c}`: `0` allocated (`a` = seq); `1` duplicate (`record` =
+/// `"<seq>:<server_time_us>:<msg_id>"`); `2` hash missing; `3` segment used up (`a` = max,
+/// `b` = step, `c` = installed-at ms).
+pub const FAST_LUA: &str = r#"
+local rec = redis.call('GET', KEYS[2])
+if rec then
+  return {1, rec, 0, 0, 0}
+end
+local h = redis.call('HMGET', KEYS[1], 'cur', 'max', 'step', 'at')
+if not h[1] or not h[2] then
+  return {2, '', 0, 0, 0}
+end
+local max = tonumber(h[2])
+if tonumber(h[1]) >= max then
+  return {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'cur', 1)
+redis.call('SET', KEYS[2], string.format('%d', seq) .. ':' .. ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
+if ARGV[4] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return {0, '', seq, 0, 0}
+"#;
+
+/// Installs a reserved segment, moving values only up. KEYS: seq hash. ARGV: `low - 1`, `high`,
+/// step, now ms, hash idle TTL ms (0 = none), create (`1` = may create a missing hash).
+///
+/// `cur = max(cur, low - 1)`, `max = max(max, high)`. A missing hash is created only when `create`
+/// is `1`; otherwise the install is refused. Returns 1 if installed, 0 if refused.
+pub const INSTALL_LUA: &str = r#"
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if not exists and ARGV[6] ~= '1' then
+  return 0
+end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'cur') or '0')
+local max = tonumber(redis.call('HGET', KEYS[1], 'max') or '0')
+if not exists or tonumber(ARGV[1]) > cur then
+  redis.call('HSET', KEYS[1], 'cur', ARGV[1])
+end
+if not exists or tonumber(ARGV[2]) > max then
+  redis.call('HSET', KEYS[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4])
+end
+if ARGV[5] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"#;
+
+/// `INSERT` of a new session's first ceiling (LWT).
+pub fn insert_ceiling_cql(keyspace: &str) -> String {
+    format!("INSERT INTO {keyspace}.session_seq (session_id, max_seq) VALUES (?, ?) IF NOT EXISTS")
+}
+
+/// `UPDATE` of a session's ceiling from an expected value (LWT). Binds: new, session, expected.
+pub fn update_ceiling_cql(keyspace: &str) -> String {
+    format!("UPDATE {keyspace}.session_seq SET max_seq = ? WHERE session_id = ? IF max_seq = ?")
+}
+
+/// `SELECT` of a session's ceiling (run at SERIAL consistency: sees every committed LWT).
+pub fn select_ceiling_cql(keyspace: &str) -> String {
+    format!("SELECT max_seq FROM {keyspace}.session_seq WHERE session_id = ?")
+}
+
+/// The serial consistency of the Paxos phase of the ceiling LWTs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialMode {
+    /// `SERIAL`: linearizable across every datacenter. Required if more than one datacenter may
+    /// allocate seqs of the same session.
+    #[default]
+    Serial,
+    /// `LOCAL_SERIAL`: linearizable within the local datacenter only (faster; safe only when a
+    /// session's seqs are allocated from one datacenter).
+    LocalSerial,
+}
+
+impl SerialMode {
+    fn serial(self) -> SerialConsistency {
+        match self {
+            SerialMode::Serial => SerialConsistency::Serial,
+            SerialMode::LocalSerial => SerialConsistency::LocalSerial,
+        }
+    }
+
+    fn read(self) -> Consistency {
+        match self {
+            SerialMode::Serial => Consistency::Serial,
+            SerialMode::LocalSerial => Consistency::LocalSerial,
+        }
+    }
+
+    fn commit(self) -> Consistency {
+        match self {
+            SerialMode::Serial => Consistency::Quorum,
+            SerialMode::LocalSerial => Consistency::LocalQuorum,
+        }
+    }
+}
+
+/// Settings of the seq allocator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeqConfig {
+    /// Smallest segment reserved per LWT (also the first segment of a session). Default 100.
+    pub min_segment: i64,
+    /// Largest segment reserved per LWT; also the largest gap a Redis loss can cause. Default
+    /// 10 000.
+    pub max_segment: i64,
+    /// A segment used up faster than this makes the next one twice as large; one that lasted more
+    /// than twice this makes the next one half as large. Default 1 minute.
+    #[serde(with = "humantime_serde")]
+    pub segment_target_lifetime: Duration,
+    /// How long an idempotency record `(session, client_msg_id) → allocation` is kept: a retried
+    /// send within this time gets the first allocation back. Default 24 hours.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    /// A session's Redis seq hash expires after this long without an allocation (memory of idle
+    /// sessions); the next allocation then takes the recover path, leaving a gap. `0s` = never.
+    /// Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+    /// Serial consistency of the ceiling LWTs (`serial` or `local_serial`). Default `serial`.
+    pub serial_consistency: SerialMode,
+    /// Rounds (fast path, reservation) one allocation may take before giving up under contention.
+    /// Default 16.
+    pub max_attempts: u32,
+}
+
+impl Default for SeqConfig {
+    fn default() -> Self {
+        SeqConfig {
+            min_segment: 100,
+            max_segment: 10_000,
+            segment_target_lifetime: Duration::from_secs(60),
+            dedup_ttl: Duration::from_secs(24 * 3600),
+            idle_ttl: Duration::from_secs(30 * 24 * 3600),
+            serial_consistency: SerialMode::Serial,
+            max_attempts: 16,
+        }
+    }
+}
+
+impl SeqConfig {
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.min_segment < 1 {
+            return Err(Error::Config("seq.min_segment must be >= 1".into()));
+        }
+        if self.max_segment < self.min_segment {
+            return Err(Error::Config(
+                "seq.max_segment must be >= seq.min_segment".into(),
+            ));
+        }
+        if self.dedup_ttl.as_millis() < 1 {
+            return Err(Error::Config("seq.dedup_ttl must be at least 1ms".into()));
+        }
+        if self.max_attempts < 2 {
+            return Err(Error::Config("seq.max_attempts must be >= 2".into()));
+        }
+        Ok(())
+    }
+
+    /// The size of the next segment, given the previous one's size and how long it lasted.
+    pub fn next_step(&self, prev_step: i64, installed_at_ms: i64, now_ms: i64) -> i64 {
+        let (min, max) = (self.min_segment, self.max_segment.max(self.min_segment));
+        if prev_step <= 0 {
+            return min;
+        }
+        let prev = prev_step.clamp(min, max);
+        if installed_at_ms <= 0 {
+            return prev;
+        }
+        let lived = now_ms.saturating_sub(installed_at_ms).max(0);
+        let target = duration_ms(self.segment_target_lifetime).max(1);
+        let next = if lived < target {
+            prev.saturating_mul(2)
+        } else if lived > target.saturating_mul(2) {
+            prev / 2
+        } else {
+            prev
+        };
+        next.clamp(min, max)
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+/// Which path an allocation took (the `path` label of `chatlog_seq_allocations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllocPath {
+    /// One Redis script call.
+    Fast,
+    /// A new segment was reserved in CQL first.
+    Segment,
+    /// The Redis hash was missing while the CQL ceiling existed: restarted above the ceiling.
+    Recover,
+}
+
+impl AllocPath {
+    /// The metric label: `fast`, `segment` or `recover`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocPath::Fast => "fast",
+            AllocPath::Segment => "segment",
+            AllocPath::Recover => "recover",
+        }
+    }
+}
+
+/// What [`SeqAllocator::allocate`] handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The message's seq in its session (>= 1).
+    pub seq: i64,
+    /// The message id: the caller's candidate, or the first call's id for a duplicate.
+    pub msg_id: String,
+    /// Server time in µs: the caller's, or the first call's for a duplicate.
+    pub server_time_us: i64,
+    /// `true` if this `(session, client_msg_id)` was allocated before (within the dedup TTL): the
+    /// values are the first allocation's, so a retried send re-produces identical bytes.
+    pub duplicate: bool,
+    /// The path this call took.
+    pub path: AllocPath,
+}
+
+/// Why the allocator gave up (the source inside [`Error::Cql`] / [`Error::Redis`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SeqError {
+    /// Every attempt lost a race (another allocator kept moving the ceiling, or Redis kept losing
+    /// the hash).
+    #[error("no seq after {0} attempts (contention on the session's ceiling)")]
+    Contention(u32),
+}
+
+/// What the fast script said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fast {
+    Allocated(i64),
+    Duplicate(Allocation),
+    Missing,
+    Exhausted { max: i64, step: i64, at_ms: i64 },
+}
+
+/// What is known about the CQL row after an LWT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ceiling {
+    /// Not known: expect the Redis `max` to be the ceiling.
+    Unknown,
+    /// The row does not exist.
+    Absent,
+    /// The row holds this value.
+    At(i64),
+}
+
+/// The outcome of one LWT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reserve {
+    /// Reserved `[low, high]`.
+    Won { low: i64, high: i64 },
+    /// Someone else moved the ceiling first; here is what it is now.
+    Lost(Ceiling),
+}
+
+/// Parses an idempotency record `"<seq>:<server_time_us>:<msg_id>"`.
+fn parse_record(record: &[u8]) -> Option<(i64, i64, String)> {
+    let text = std::str::from_utf8(record).ok()?;
+    let mut parts = text.splitn(3, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let time = parts.next()?.parse().ok()?;
+    let msg_id = parts.next()?.to_owned();
+    Some((seq, time, msg_id))
+}
+
+/// Number of in-process single-flight locks of the segment path (sessions share them by hash).
+const SEGMENT_LOCKS: usize = 64;
+
+/// Allocates seqs: Redis fast path, CQL LWT segments, recovery after Redis loss. Cheap to clone
+/// (clones share connections, statements and locks).
+#[derive(Clone)]
+pub struct SeqAllocator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Arc<Session>,
+    redis: ConnectionManager,
+    config: SeqConfig,
+    insert: PreparedStatement,
+    update: PreparedStatement,
+    select: PreparedStatement,
+    fast: redis::Script,
+    install: redis::Script,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for SeqAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqAllocator")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SeqAllocator {
+    /// Prepares the ceiling statements of `keyspace` (which must already hold `session_seq`).
+    pub async fn new(
+        session: Arc<Session>,
+        keyspace: &str,
+        redis: ConnectionManager,
+        config: SeqConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        CqlConfig {
+            keyspace: keyspace.to_owned(),
+            ..CqlConfig::default()
+        }
+        .validate()?;
+        let mode = config.serial_consistency;
+        let prepare = |cql: String, what: &'static str| {
+            let session = session.clone();
+            async move {
+                session
+                    .prepare(cql)
+                    .await
+                    .map_err(|e| Error::cql(format!("prepare {what}"), e))
+            }
+        };
+        let mut insert = prepare(insert_ceiling_cql(keyspace), "session_seq insert").await?;
+        let mut update = prepare(update_ceiling_cql(keyspace), "session_seq update").await?;
+        let mut select = prepare(select_ceiling_cql(keyspace), "session_seq select").await?;
+        for lwt in [&mut insert, &mut update] {
+            // Not idempotent: a driver retry of an applied LWT would report "not applied".
+            lwt.set_is_idempotent(false);
+            lwt.set_consistency(mode.commit());
+            lwt.set_serial_consistency(Some(mode.serial()));
+        }
+        select.set_consistency(mode.read());
+        select.set_is_idempotent(true);
+        Ok(SeqAllocator {
+            inner: Arc::new(Inner {
+                session,
+                redis,
+                config,
+                insert,
+                update,
+                select,
+                fast: redis::Script::new(FAST_LUA),
+                install: redis::Script::new(INSTALL_LUA),
+                locks: (0..SEGMENT_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &SeqConfig {
+        &self.inner.config
+    }
+
+    /// Allocates the next seq of `session_id` for `client_msg_id`, or returns the first allocation
+    /// of that `client_msg_id` (marked duplicate) if it is still remembered.
+    ///
+    /// `candidate_msg_id` and `server_time_us` are stored and returned unless this is a duplicate.
+    pub async fn allocate(
+        &self,
+        session_id: &str,
+        client_msg_id: &str,
+        candidate_msg_id: &str,
+        server_time_us: i64,
+    ) -> Result<Allocation> {
+        let inner = &*self.inner;
+        let mut path = AllocPath::Fast;
+        let mut ceiling = Ceiling::Unknown;
+        let mut guard = None;
+        for _ in 0..inner.config.max_attempts {
+            let step = match self
+                .fast(session_id, client_msg_id, candidate_msg_id, server_time_us)
+                .await?
+            {
+                Fast::Allocated(seq) => {
+                    metrics::counter!("chatlog_seq_allocations_total", "path" => path.as_str())
+                        .increment(1);
+                    return Ok(Allocation {
+                        seq,
+                        msg_id: candidate_msg_id.to_owned(),
+                        server_time_us,
+                        duplicate: false,
+                        path,
+                    });
+                }
+                Fast::Duplicate(first) => return Ok(Allocation { path, ..first }),
+                step => step,
+            };
+            if guard.is_none() {
+                // Single-flight per session in this process; then look again: whoever held the
+                // lock may have installed a segment meanwhile.
+                guard = Some(inner.locks[lock_index(session_id)].lock().await);
+                continue;
+            }
+            match step {
+                Fast::Missing => match self
+                    .reserve(session_id, 0, Ceiling::Absent, inner.config.min_segment)
+                    .await?
+                {
+                    Reserve::Won { low, high } => {
+                        // The session's first segment: nothing was handed out before it.
+                        self.install(session_id, low - 1, high, true).await?;
+                        path = path.max(AllocPath::Segment);
+                    }
+                    Reserve::Lost(found) => {
+                        // Redis lost the hash (or it expired): restart from the ceiling with zero
+                        // capacity, so the next seq comes from a new segment above it.
+                        let top = match found {
+                            Ceiling::At(c) => c,
+                            Ceiling::Absent | Ceiling::Unknown => 0,
+                        };
+                        self.install(session_id, top, top, true).await?;
+                        ceiling = found;
+                        path = AllocPath::Recover;
+                        tracing::info!(
+                            session_id,
+                            ceiling = top,
+                            "seq hash missing in Redis; recovered above the CQL ceiling"
+                        );
+                    }
+                },
+                Fast::Exhausted { max, step, at_ms } => {
+                    let size = inner.config.next_step(step, at_ms, now_ms());
+                    match self.reserve(session_id, max, ceiling, size).await? {
+                        Reserve::Won { low, high } => {
+                            // Refused only if the hash vanished meanwhile: the segment becomes
+                            // a gap and the next round recovers.
+                            self.install(session_id, low - 1, high, false).await?;
+                            ceiling = Ceiling::At(high);
+                            path = path.max(AllocPath::Segment);
+                        }
+                        Reserve::Lost(found) => ceiling = found,
+                    }
+                }
+                Fast::Allocated(_) | Fast::Duplicate(_) => unreachable!("returned above"),
+            }
+        }
+        Err(Error::cql(
+            format!("allocate a seq for session {session_id:?}"),
+            SeqError::Contention(inner.config.max_attempts),
+        ))
+    }
+
+    /// The session's CQL ceiling, read at SERIAL consistency (`None` for a session never seen).
+    pub async fn ceiling(&self, session_id: &str) -> Result<Option<i64>> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(&self.inner.select, (session_id,))
+            .await
+            .map_err(|e| Error::cql("read session_seq", e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql("read session_seq", e))?;
+        let row = rows
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| Error::cql("read session_seq", e))?;
+        Ok(row.and_then(|(v,)| v))
+    }
+
+    async fn fast(
+        &self,
+        session_id: &str,
+        client_msg_id: &str,
+        candidate_msg_id: &str,
+        server_time_us: i64,
+    ) -> Result<Fast> {
+        let inner = &*self.inner;
+        let mut con = inner.redis.clone();
+        let (status, record, a, b, c): (i64, Vec<u8>, i64, i64, i64) = inner
+            .fast
+            .key(keys::seq(session_id))
+            .key(keys::client_msg(session_id, client_msg_id))
+            .arg(candidate_msg_id)
+            .arg(server_time_us)
+            .arg(duration_ms(inner.config.dedup_ttl).max(1))
+            .arg(duration_ms(inner.config.idle_ttl))
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| Error::Redis {
+                what: "seq fast path",
+                source: e,
+            })?;
+        match status {
+            0 => Ok(Fast::Allocated(a)),
+            1 => {
+                let (seq, server_time_us, msg_id) = parse_record(&record)
+                    .ok_or_else(|| bad_reply("idempotency record", &record))?;
+                Ok(Fast::Duplicate(Allocation {
+                    seq,
+                    msg_id,
+                    server_time_us,
+                    duplicate: true,
+                    path: AllocPath::Fast,
+                }))
+            }
+            2 => Ok(Fast::Missing),
+            3 => Ok(Fast::Exhausted {
+                max: a,
+                step: b,
+                at_ms: c,
+            }),
+            other => Err(bad_reply("fast path status", other.to_string().as_bytes())),
+        }
+    }
+
+    /// Reserves the `size` seqs above `max(ceiling, floor)` (floor = Redis `max`): an LWT `UPDATE`
+    /// from the expected ceiling, or `INSERT IF NOT EXISTS` when the row is not expected to exist.
+    async fn reserve(
+        &self,
+        session_id: &str,
+        floor: i64,
+        ceiling: Ceiling,
+        size: i64,
+    ) -> Result<Reserve> {
+        let inner = &*self.inner;
+        let expected = match ceiling {
+            Ceiling::Unknown if floor > 0 => Some(floor),
+            Ceiling::Unknown | Ceiling::Absent => None,
+            Ceiling::At(c) => Some(c),
+        };
+        let (result, what) = match expected {
+            None => {
+                let high = floor + size;
+                (
+                    inner
+                        .session
+                        .execute_unpaged(&inner.insert, (session_id, high))
+                        .await,
+                    "insert session_seq",
+                )
+            }
+            Some(c) => {
+                let high = c.max(floor) + size;
+                (
+                    inner
+                        .session
+                        .execute_unpaged(&inner.update, (high, session_id, c))
+                        .await,
+                    "update session_seq",
+                )
+            }
+        };
+        let rows = result
+            .map_err(|e| Error::cql(what, e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql(what, e))?;
+        let max_col = rows.column_specs().get_by_name("max_seq").map(|(i, _)| i);
+        let row: Row = rows
+            .first_row()
+            .map_err(|e| Error::cql(format!("{what}: LWT result"), e))?;
+        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
+        let base = expected.unwrap_or(0).max(floor);
+        if applied {
+            return Ok(Reserve::Won {
+                low: base + 1,
+                high: base + size,
+            });
+        }
+        let current = max_col.and_then(|i| match row.columns.get(i) {
+            Some(Some(CqlValue::BigInt(v))) => Some(*v),
+            _ => None,
+        });
+        Ok(Reserve::Lost(match current {
+            Some(v) => Ceiling::At(v),
+            None => Ceiling::Absent,
+        }))
+    }
+
+    /// Installs `[low, high]`; `false` if refused (hash missing and `create` not allowed).
+    async fn install(&self, session_id: &str, cur: i64, high: i64, create: bool) -> Result<bool> {
+        let inner = &*self.inner;
+        let mut con = inner.redis.clone();
+        let installed: i64 = inner
+            .install
+            .key(keys::seq(session_id))
+            .arg(cur)
+            .arg(high)
+            .arg(high - cur)
+            .arg(now_ms())
+            .arg(duration_ms(inner.config.idle_ttl))
+            .arg(if create { "1" } else { "0" })
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| Error::Redis {
+                what: "install seq segment",
+                source: e,
+            })?;
+        Ok(installed == 1)
+    }
+}
+
+fn lock_index(session_id: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    session_id.hash(&mut h);
+    (h.finish() % SEGMENT_LOCKS as u64) as usize
+}
+
+fn bad_reply(what: &'static str, got: &[u8]) -> Error {
+    Error::Redis {
+        what: "seq fast path",
+        source: redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            what,
+            String::from_utf8_lossy(got).into_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(min: i64, max: i64) -> SeqConfig {
+        SeqConfig {
+            min_segment: min,
+            max_segment: max,
+            segment_target_lifetime: Duration::from_secs(60),
+            ..SeqConfig::default()
+        }
+    }
+
+    #[test]
+    fn step_doubles_when_fast_halves_when_slow_and_stays_in_bounds() {
+        let c = config(100, 1000);
+        let now = 10_000_000;
+        assert_eq!(c.next_step(0, 0, now), 100, "first segment is the minimum");
+        assert_eq!(c.next_step(100, now - 1_000, now), 200);
+        assert_eq!(c.next_step(800, now - 1_000, now), 1000, "capped");
+        assert_eq!(
+            c.next_step(400, now - 90_000, now),
+            400,
+            "within 1-2x target: same"
+        );
+        assert_eq!(c.next_step(400, now - 200_000, now), 200);
+        assert_eq!(c.next_step(150, now - 200_000, now), 100, "floored");
+        assert_eq!(c.next_step(5000, 0, now), 1000, "unknown age: clamped only");
+        assert_eq!(
+            c.next_step(200, now + 5_000, now),
+            400,
+            "clock skew counts as fast"
+        );
+    }
+
+    #[test]
+    fn records_parse_and_msg_ids_may_hold_colons() {
+        assert_eq!(
+            parse_record(b"42:1700000000000000:0190-ab:cd"),
+            Some((42, 1_700_000_000_000_000, "0190-ab:cd".to_owned()))
+        );
+        assert_eq!(parse_record(b"x:1:m"), None);
+        assert_eq!(parse_record(b"1:2"), None);
+    }
+
+    #[test]
+    fn config_rejects_bad_bounds() {
+        SeqConfig::default().validate().unwrap();
+        assert!(config(10, 5).validate().is_err());
+        assert!(config(0, 5).validate().is_err());
+        let c = SeqConfig {
+            dedup_ttl: Duration::ZERO,
+            ..SeqConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

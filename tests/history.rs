@@ -1,0 +1,480 @@
+//! History against the local stack: messages written with the store's own writers (the table with
+//! `MessageWriter`, windows with `WindowWriter`, as the consumer does), read back through
+//! `History` from the window, the table, or both.
+//!
+//! Each test has its own keyspace and session. Concurrency is driven by `join_all` on one task,
+//! so every call of a batch is registered before any I/O completes: no sleeps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chatlog::{fresh_keyspace, redis_connection, unique};
+use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
+use chatlog_store::history::{History, HistoryConfig, Page, Source};
+use chatlog_store::messages::{BatchLimits, MessageWriter};
+use chatlog_store::verify::verify_window;
+use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
+use chatlog_store::{CqlConfig, keys};
+use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
+
+struct Fixture {
+    cql: Arc<Session>,
+    config: CqlConfig,
+    redis: ConnectionManager,
+    codec: Codec,
+    messages: MessageWriter,
+    window: WindowWriter,
+    history: History,
+    sid: String,
+    written: BTreeMap<i64, ChatMessage>,
+}
+
+fn history_config(window_size: usize, bucket_size: i64) -> HistoryConfig {
+    HistoryConfig {
+        window: WindowConfig {
+            size: window_size,
+            ..WindowConfig::default()
+        },
+        bucket_size,
+        ..HistoryConfig::default()
+    }
+}
+
+async fn fixture(window_size: usize, bucket_size: i64) -> Fixture {
+    let (cql, config) = fresh_keyspace("history").await;
+    let redis = redis_connection().await;
+    let codec = Codec::default();
+    let hc = history_config(window_size, bucket_size);
+    let messages = MessageWriter::new(
+        cql.clone(),
+        &config.keyspace,
+        BatchLimits {
+            bucket_size,
+            ..BatchLimits::default()
+        },
+    )
+    .await
+    .expect("message writer");
+    let history = History::new(
+        cql.clone(),
+        &config.keyspace,
+        redis.clone(),
+        codec.clone(),
+        hc.clone(),
+    )
+    .await
+    .expect("history");
+    Fixture {
+        cql,
+        config,
+        redis,
+        codec,
+        messages,
+        window: WindowWriter::new(hc.window),
+        history,
+        sid: unique("sess"),
+        written: BTreeMap::new(),
+    }
+}
+
+fn message(sid: &str, seq: i64) -> ChatMessage {
+    ChatMessage {
+        msg_id: uuid::Uuid::now_v7().to_string(),
+        client_msg_id: format!("c-{seq}"),
+        session_id: sid.to_owned(),
+        session_type: SessionType::Group,
+        seq,
+        sender_id: format!("user-{}", seq % 3),
+        content_type: ContentType::Text,
+        content: format!("message {seq}").into_bytes(),
+        send_time_ms: 1_700_000_000_000 + seq,
+        server_time_us: 1_700_000_000_000_000 + seq * 1000,
+        ext: BTreeMap::from([("k".to_owned(), format!("v{seq}"))]),
+    }
+}
+
+impl Fixture {
+    fn member(&self, m: &ChatMessage) -> Vec<u8> {
+        window::member(m.server_time_us, &self.codec.encode(m).expect("encode"))
+    }
+
+    /// Writes `seqs` to the table and the window, as the consumer would.
+    async fn write(&mut self, seqs: impl IntoIterator<Item = i64>) {
+        let msgs: Vec<ChatMessage> = seqs.into_iter().map(|s| message(&self.sid, s)).collect();
+        self.messages.write(&msgs).await.expect("write rows");
+        let entries = msgs
+            .iter()
+            .map(|m| WindowEntry {
+                seq: m.seq,
+                member: self.member(m),
+            })
+            .collect();
+        let mut con = self.redis.clone();
+        self.window
+            .append(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
+            .await
+            .expect("append window");
+        self.written.extend(msgs.into_iter().map(|m| (m.seq, m)));
+    }
+
+    /// Deletes the window, as FLUSHALL or expiry would.
+    async fn drop_window(&self) {
+        let mut con = self.redis.clone();
+        redis::cmd("DEL")
+            .arg(keys::window(&self.sid))
+            .query_async::<()>(&mut con)
+            .await
+            .expect("DEL window");
+    }
+
+    async fn window_seqs(&self) -> Vec<i64> {
+        let mut con = self.redis.clone();
+        let scored: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+            .arg(keys::window(&self.sid))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut con)
+            .await
+            .expect("ZRANGE");
+        scored.into_iter().map(|(_, s)| s as i64).collect()
+    }
+
+    /// Sets the allocator's ceiling row, as the seq allocator would have.
+    async fn set_ceiling(&self, max_seq: i64) {
+        self.cql
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {}.session_seq (session_id, max_seq) VALUES (?, ?)",
+                    self.config.keyspace
+                ),
+                (&self.sid, max_seq),
+            )
+            .await
+            .expect("insert ceiling");
+    }
+
+    /// Asserts the page's messages are exactly the written ones with these seqs.
+    fn assert_messages(&self, page: &Page, seqs: impl IntoIterator<Item = i64>) {
+        let want: Vec<&ChatMessage> = seqs.into_iter().map(|s| &self.written[&s]).collect();
+        let got: Vec<&ChatMessage> = page.messages.iter().collect();
+        assert_eq!(got, want, "page {page:?}");
+    }
+}
+
+#[tokio::test]
+async fn window_hit_reads_no_database() {
+    let mut fx = fixture(200, 1000).await;
+    fx.write(1..=30).await;
+
+    let page = fx.history.latest(&fx.sid, 10).await.unwrap();
+    fx.assert_messages(&page, 21..=30);
+    assert_eq!(page.source, Source::Window);
+    assert_eq!(page.covered, Some(21..=30));
+    assert!(page.missing.is_empty());
+    assert_eq!(page.next, Some(21));
+
+    let page = fx.history.before(&fx.sid, 21, 5).await.unwrap();
+    fx.assert_messages(&page, 16..=20);
+    assert_eq!(
+        (page.source, page.covered.clone()),
+        (Source::Window, Some(16..=20))
+    );
+
+    let page = fx.history.after(&fx.sid, 25, 100).await.unwrap();
+    fx.assert_messages(&page, 26..=30);
+    assert_eq!((page.source, page.next), (Source::Window, None));
+
+    let page = fx.history.after(&fx.sid, 10, 5).await.unwrap();
+    fx.assert_messages(&page, 11..=15);
+    assert_eq!(page.next, Some(15));
+
+    let page = fx.history.get(&fx.sid, &[5, 3, 5]).await.unwrap();
+    fx.assert_messages(&page, [3, 5]);
+    assert_eq!(page.source, Source::Window);
+
+    // The whole history fits the window: latest(n > len) is still a window hit.
+    let page = fx.history.latest(&fx.sid, 100).await.unwrap();
+    fx.assert_messages(&page, 1..=30);
+    assert_eq!((page.covered.clone(), page.next), (Some(1..=30), None));
+
+    assert_eq!(fx.history.db_reads(), 0);
+    assert_eq!(fx.history.db_queries(), 0);
+}
+
+#[tokio::test]
+async fn partial_cover_merges_window_and_database() {
+    let mut fx = fixture(5, 1000).await;
+    fx.write(1..=20).await;
+    assert_eq!(fx.window_seqs().await, (16..=20).collect::<Vec<_>>());
+
+    let page = fx.history.before(&fx.sid, 18, 10).await.unwrap();
+    fx.assert_messages(&page, 8..=17);
+    assert_eq!(page.source, Source::Both);
+    assert_eq!(page.covered, Some(8..=17));
+    assert_eq!(page.next, Some(8));
+    assert_eq!(fx.history.db_reads(), 1);
+
+    let page = fx.history.latest(&fx.sid, 8).await.unwrap();
+    fx.assert_messages(&page, 13..=20);
+    assert_eq!(page.source, Source::Both);
+
+    let page = fx.history.after(&fx.sid, 10, 8).await.unwrap();
+    fx.assert_messages(&page, 11..=18);
+    assert_eq!((page.source, page.next), (Source::Both, Some(18)));
+
+    // Entirely below the window: the window only proves that 9 is below the head.
+    let page = fx.history.before(&fx.sid, 10, 100).await.unwrap();
+    fx.assert_messages(&page, 1..=9);
+    assert_eq!(page.source, Source::Database);
+    assert_eq!((page.covered.clone(), page.next), (Some(1..=9), None));
+
+    let page = fx.history.get(&fx.sid, &[2, 19]).await.unwrap();
+    fx.assert_messages(&page, [2, 19]);
+    assert_eq!(page.source, Source::Both);
+    assert_eq!(fx.history.db_reads(), 5);
+}
+
+#[tokio::test]
+async fn window_gone_serves_from_database() {
+    let mut fx = fixture(200, 1000).await;
+    fx.write(1..=30).await;
+    fx.drop_window().await;
+
+    let page = fx.history.latest(&fx.sid, 10).await.unwrap();
+    fx.assert_messages(&page, 21..=30);
+    assert_eq!(page.source, Source::Database);
+    assert_eq!((page.covered.clone(), page.next), (Some(21..=30), Some(21)));
+
+    let page = fx.history.before(&fx.sid, 21, 10).await.unwrap();
+    fx.assert_messages(&page, 11..=20);
+    assert_eq!((page.source, page.next), (Source::Database, Some(11)));
+
+    let page = fx.history.after(&fx.sid, 25, 100).await.unwrap();
+    fx.assert_messages(&page, 26..=30);
+    assert_eq!((page.source, page.next), (Source::Database, None));
+
+    // 31 is above the newest message: neither returned nor missing.
+    let page = fx.history.get(&fx.sid, &[1, 30, 31]).await.unwrap();
+    fx.assert_messages(&page, [1, 30]);
+    assert!(page.missing.is_empty());
+    assert_eq!(page.covered, Some(1..=30));
+
+    assert_eq!(fx.history.db_reads(), 4);
+    // History never refills the window.
+    assert!(fx.window_seqs().await.is_empty());
+
+    // New messages restart the window; history uses it for what it holds and the table for the rest.
+    fx.write(31..=32).await;
+    let page = fx.history.latest(&fx.sid, 5).await.unwrap();
+    fx.assert_messages(&page, 28..=32);
+    assert_eq!(page.source, Source::Both);
+}
+
+#[tokio::test]
+async fn gaps_are_reported_missing() {
+    let mut fx = fixture(200, 1000).await;
+    fx.write((1..=10).filter(|s| ![4, 7].contains(s))).await;
+    let present: Vec<i64> = (1..=10).filter(|s| ![4, 7].contains(s)).collect();
+
+    for from_window in [true, false] {
+        if !from_window {
+            fx.drop_window().await;
+        }
+        let source = if from_window {
+            Source::Window
+        } else {
+            Source::Database
+        };
+        let page = fx.history.latest(&fx.sid, 20).await.unwrap();
+        fx.assert_messages(&page, present.clone());
+        assert_eq!(page.missing, vec![4, 7]);
+        assert_eq!((page.covered.clone(), page.next), (Some(1..=10), None));
+        assert_eq!(page.source, source);
+
+        let page = fx.history.after(&fx.sid, 0, 100).await.unwrap();
+        assert_eq!(
+            (page.seqs(), page.missing.clone()),
+            (present.clone(), vec![4, 7])
+        );
+
+        let page = fx.history.before(&fx.sid, 11, 100).await.unwrap();
+        assert_eq!(
+            (page.seqs(), page.missing.clone()),
+            (present.clone(), vec![4, 7])
+        );
+
+        // 8 exists, so 7 is a gap even though no message between 7 and 8 is returned.
+        let page = fx.history.before(&fx.sid, 8, 2).await.unwrap();
+        assert_eq!(page.seqs(), vec![5, 6]);
+        assert_eq!((page.missing.clone(), page.next), (vec![7], Some(5)));
+
+        let page = fx.history.get(&fx.sid, &[3, 4, 7, 11]).await.unwrap();
+        assert_eq!((page.seqs(), page.missing.clone()), (vec![3], vec![4, 7]));
+    }
+}
+
+#[tokio::test]
+async fn session_spanning_buckets() {
+    let mut fx = fixture(20, 10).await;
+    // Bucket 4 (40..=49) is empty, 63 is a gap; the window holds 76..=95.
+    let present: Vec<i64> = (1..=95)
+        .filter(|s| !(40..=49).contains(s) && *s != 63)
+        .collect();
+    fx.write(present.clone()).await;
+    assert_eq!(fx.window_seqs().await, (76..=95).collect::<Vec<_>>());
+
+    let page = fx.history.before(&fx.sid, 60, 25).await.unwrap();
+    let want: Vec<i64> = (25..=39).chain(50..=59).collect();
+    fx.assert_messages(&page, want);
+    assert_eq!(page.missing, (40..=49).collect::<Vec<_>>());
+    assert_eq!((page.source, page.next), (Source::Database, Some(25)));
+
+    let page = fx.history.after(&fx.sid, 30, 40).await.unwrap();
+    let want: Vec<i64> = (31..=39).chain(50..=62).chain(64..=81).collect();
+    fx.assert_messages(&page, want);
+    let missing: Vec<i64> = (40..=49).chain([63]).collect();
+    assert_eq!(page.missing, missing);
+    assert_eq!((page.source, page.next), (Source::Both, Some(81)));
+
+    // Window gone; the allocator's ceiling is 25 above the head (3 empty buckets above it).
+    fx.drop_window().await;
+    fx.set_ceiling(120).await;
+    let page = fx.history.latest(&fx.sid, 30).await.unwrap();
+    fx.assert_messages(&page, 66..=95);
+    assert_eq!((page.source, page.next), (Source::Database, Some(66)));
+
+    // Scroll back with the cursors until the start: every message once, every gap reported.
+    let (mut seqs, mut missing, mut next) = (page.seqs(), page.missing.clone(), page.next);
+    while let Some(cursor) = next {
+        let page = fx.history.before(&fx.sid, cursor, 30).await.unwrap();
+        seqs.splice(0..0, page.seqs());
+        missing.splice(0..0, page.missing.clone());
+        next = page.next;
+    }
+    assert_eq!(seqs, present);
+    assert_eq!(missing, (40..=49).chain([63]).collect::<Vec<_>>());
+
+    let page = fx.history.after(&fx.sid, 0, 1000).await.unwrap();
+    assert_eq!((page.seqs(), page.next), (present.clone(), None));
+
+    // With K = 2 the walk from the ceiling stops before the head: no claim, a cursor below it.
+    let short = History::new(
+        fx.cql.clone(),
+        &fx.config.keyspace,
+        fx.redis.clone(),
+        fx.codec.clone(),
+        HistoryConfig {
+            max_empty_buckets: 2,
+            ..history_config(20, 10)
+        },
+    )
+    .await
+    .unwrap();
+    let mut page = short.latest(&fx.sid, 5).await.unwrap();
+    assert!(page.messages.is_empty() && page.covered.is_none());
+    assert_eq!(page.next, Some(110));
+    let mut cursors = Vec::new();
+    while page.messages.is_empty() {
+        let cursor = page.next.expect("a cursor below the early stop");
+        cursors.push(cursor);
+        page = short.before(&fx.sid, cursor, 5).await.unwrap();
+    }
+    assert_eq!(cursors, vec![110, 100]);
+    fx.assert_messages(&page, 91..=95);
+}
+
+#[tokio::test]
+async fn concurrent_identical_fallbacks_read_the_database_once() {
+    let mut fx = fixture(10, 1000).await;
+    fx.write(1..=50).await;
+    fx.drop_window().await;
+
+    let (reads, coalesced) = (fx.history.db_reads(), fx.history.coalesced());
+    let pages =
+        futures::future::join_all((0..50).map(|_| fx.history.before(&fx.sid, 40, 20))).await;
+    for page in &pages {
+        let page = page.as_ref().unwrap();
+        fx.assert_messages(page, 20..=39);
+        assert_eq!(page.source, Source::Database);
+    }
+    assert_eq!(fx.history.db_reads() - reads, 1);
+    assert_eq!(fx.history.coalesced() - coalesced, 49);
+
+    // Finished requests leave the single-flight map: the next identical call reads again.
+    fx.history.before(&fx.sid, 40, 20).await.unwrap();
+    assert_eq!(fx.history.db_reads() - reads, 2);
+
+    // So do abandoned ones: a request dropped mid-flight is not joined by the next one.
+    let mut abandoned = Box::pin(fx.history.before(&fx.sid, 40, 20));
+    assert!(futures::poll!(&mut abandoned).is_pending());
+    drop(abandoned);
+    let coalesced = fx.history.coalesced();
+    fx.history.before(&fx.sid, 40, 20).await.unwrap();
+    assert_eq!(fx.history.coalesced(), coalesced);
+}
+
+#[tokio::test]
+async fn verify_window_finds_planted_differences() {
+    let mut fx = fixture(10, 1000).await;
+    fx.write(1..=30).await;
+
+    let report = verify_window(&fx.history, &fx.sid).await.unwrap();
+    assert!(report.is_consistent(), "{report}");
+    assert_eq!(report.window_range, Some((21, 30)));
+    assert!(report.older_than_window.is_empty(), "{report}");
+
+    // Plant: a hole (25), an extra member (40), different content (28), a different version (27),
+    // and garbage (35).
+    let key = keys::window(&fx.sid);
+    let mut con = fx.redis.clone();
+    let m25 = fx.member(&fx.written[&25]);
+    let m28 = fx.member(&fx.written[&28]);
+    let m27 = fx.member(&fx.written[&27]);
+    let mut changed = fx.written[&28].clone();
+    changed.content = b"tampered".to_vec();
+    let mut newer = fx.written[&27].clone();
+    newer.server_time_us += 1;
+    let extra = message(&fx.sid, 40);
+    redis::pipe()
+        .cmd("ZREM")
+        .arg(&key)
+        .arg(&m25)
+        .arg(&m28)
+        .arg(&m27)
+        .cmd("ZADD")
+        .arg(&key)
+        .arg(28)
+        .arg(fx.member(&changed))
+        .arg(27)
+        .arg(fx.member(&newer))
+        .arg(40)
+        .arg(fx.member(&extra))
+        .arg(35)
+        .arg(b"not a member".as_slice())
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+
+    let report = verify_window(&fx.history, &fx.sid).await.unwrap();
+    assert!(!report.is_consistent());
+    assert_eq!(report.missing_in_window, vec![25], "{report}");
+    assert_eq!(report.extra_in_window, vec![40], "{report}");
+    assert_eq!(report.undecodable, vec![35], "{report}");
+    let diffs: Vec<(i64, bool, bool)> = report
+        .differing
+        .iter()
+        .map(|d| (d.seq, d.content_differs, d.window_version != d.db_version))
+        .collect();
+    assert_eq!(
+        diffs,
+        vec![(27, false, true), (28, true, false)],
+        "{report}"
+    );
+
+    // An undecodable member makes history distrust the window and read the table.
+    let page = fx.history.latest(&fx.sid, 5).await.unwrap();
+    fx.assert_messages(&page, 26..=30);
+    assert_eq!(page.source, Source::Database);
+}

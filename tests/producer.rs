@@ -1,0 +1,452 @@
+//! The producer against the real stack: per-session partition and order, validation before
+//! allocation, identical re-production of a retried send, the Java client's partitioning, close.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatlog::{create_topic, fresh_keyspace, kafka_bootstrap, redis_connection, unique};
+use chatlog_producer::{
+    ContentType, Error, NewMessage, Producer, ProducerConfig, SCHEMA_HEADER, Sent, SeqConfig,
+    SessionType,
+};
+use chatlog_schemas::{ChatMessage, Codec, Limits};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    timestamp: Option<i64>,
+    schema_header: Option<Vec<u8>>,
+}
+
+fn config(topic: &str) -> ProducerConfig {
+    ProducerConfig {
+        bootstrap_servers: kafka_bootstrap(),
+        topic: topic.to_owned(),
+        linger: Duration::from_millis(1),
+        seq: SeqConfig {
+            min_segment: 10,
+            max_segment: 40,
+            ..SeqConfig::default()
+        },
+        ..ProducerConfig::default()
+    }
+}
+
+/// A topic with `partitions`, a fresh keyspace and a producer on them.
+async fn setup(partitions: i32, tweak: impl FnOnce(&mut ProducerConfig)) -> (Producer, String) {
+    let (producer, topic, _) = setup_with_keyspace(partitions, tweak).await;
+    (producer, topic)
+}
+
+/// Like [`setup`], also returning the keyspace.
+async fn setup_with_keyspace(
+    partitions: i32,
+    tweak: impl FnOnce(&mut ProducerConfig),
+) -> (Producer, String, String) {
+    let topic = unique("producer");
+    create_topic(&topic, partitions).await;
+    let (session, cql) = fresh_keyspace("producer").await;
+    let mut c = config(&topic);
+    tweak(&mut c);
+    let producer = Producer::new(c, session, &cql.keyspace, redis_connection().await)
+        .await
+        .expect("producer");
+    (producer, topic, cql.keyspace)
+}
+
+fn message(session_id: &str, client_msg_id: &str, text: &str) -> NewMessage {
+    NewMessage {
+        client_msg_id: client_msg_id.to_owned(),
+        session_id: session_id.to_owned(),
+        session_type: SessionType::Group,
+        sender_id: "u-1".to_owned(),
+        content_type: ContentType::Text,
+        content: text.as_bytes().to_vec(),
+        send_time_ms: 1_700_000_000_000,
+        ext: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+    }
+}
+
+/// Reads every partition of `topic` from the beginning until `count` records arrived.
+async fn read_back(topic: &str, partitions: i32, count: usize) -> Vec<Record> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("group.id", unique("readback"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut out = Vec::new();
+        while out.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {} of {count} records from {topic}",
+                out.len()
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.expect("consume");
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    timestamp: m.timestamp().to_millis(),
+                    schema_header: m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == SCHEMA_HEADER)
+                            .and_then(|h| h.value.map(<[u8]>::to_vec))
+                    }),
+                });
+            }
+        }
+        // Nothing beyond what was expected.
+        assert!(
+            consumer.poll(Duration::from_millis(500)).is_none(),
+            "more than {count} records in {topic}"
+        );
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_session_lands_on_one_partition_in_send_order() {
+    let (producer, topic) = setup(6, |c| c.schema_header = true).await;
+    let sessions: Vec<String> = (0..4).map(|_| unique("sess")).collect();
+    const PER_SESSION: usize = 25;
+    let mut sent: HashMap<String, Vec<Sent>> = HashMap::new();
+    // Sessions 0 and 1: one send after another.
+    for i in 0..PER_SESSION {
+        for s in &sessions[..2] {
+            let r = producer
+                .send(message(s, &format!("c{i}"), &format!("{s} #{i}")))
+                .await
+                .expect("send");
+            sent.entry(s.clone()).or_default().push(r);
+        }
+    }
+    // Sessions 2 and 3: one interleaved batch.
+    let batch: Vec<NewMessage> = (0..PER_SESSION)
+        .flat_map(|i| {
+            sessions[2..]
+                .iter()
+                .map(move |s| message(s, &format!("c{i}"), &format!("{s} #{i}")))
+        })
+        .collect();
+    let inputs: Vec<String> = batch.iter().map(|m| m.session_id.clone()).collect();
+    for (s, r) in inputs.into_iter().zip(producer.send_batch(batch).await) {
+        sent.entry(s).or_default().push(r.expect("batch send"));
+    }
+    producer.flush(TIMEOUT).await.expect("flush");
+
+    let records = read_back(&topic, 6, sessions.len() * PER_SESSION).await;
+    let codec = Codec::default();
+    let mut by_session: HashMap<String, Vec<(Record, ChatMessage)>> = HashMap::new();
+    for r in records {
+        let m = codec.decode(&r.payload).expect("decode");
+        assert_eq!(r.key, m.session_id.as_bytes(), "key = session id");
+        assert_eq!(r.timestamp, Some(m.server_time_us / 1000));
+        assert_eq!(
+            r.schema_header.as_deref(),
+            Some(format!("{:016x}", codec.current_fingerprint()).as_bytes())
+        );
+        by_session
+            .entry(m.session_id.clone())
+            .or_default()
+            .push((r, m));
+    }
+    for s in &sessions {
+        let mut got = by_session.remove(s).expect("session read back");
+        got.sort_by_key(|(r, _)| r.offset);
+        let partition = got[0].0.partition;
+        assert!(got.iter().all(|(r, _)| r.partition == partition));
+        let expected = &sent[s];
+        assert_eq!(got.len(), PER_SESSION);
+        for (i, ((r, m), e)) in got.iter().zip(expected).enumerate() {
+            assert_eq!(m.seq, i as i64 + 1, "offset order = seq order = send order");
+            assert_eq!(m.content, format!("{s} #{i}").into_bytes());
+            assert_eq!(m.client_msg_id, format!("c{i}"));
+            assert_eq!(
+                (m.seq, &m.msg_id, m.server_time_us),
+                (e.seq, &e.msg_id, e.server_time_us)
+            );
+            assert_eq!((r.partition, r.offset), (e.partition, e.offset));
+            assert!(!e.duplicate);
+            uuid::Uuid::parse_str(&m.msg_id).expect("msg_id is a UUID");
+            assert_eq!(
+                uuid::Uuid::parse_str(&m.msg_id).unwrap().get_version_num(),
+                7
+            );
+        }
+    }
+    producer.close(TIMEOUT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_input_is_rejected_before_any_seq_is_allocated() {
+    let (producer, topic) = setup(2, |c| {
+        c.limits = Limits {
+            max_content_bytes: 16,
+            max_ext_entries: 2,
+            ..Limits::default()
+        };
+    })
+    .await;
+    let s = unique("sess");
+    assert_eq!(producer.send(message(&s, "c0", "ok")).await.unwrap().seq, 1);
+
+    let mut invalid = Vec::new();
+    invalid.push(NewMessage {
+        sender_id: String::new(),
+        ..message(&s, "c1", "x")
+    });
+    invalid.push(NewMessage {
+        client_msg_id: String::new(),
+        ..message(&s, "", "x")
+    });
+    invalid.push(message(&s, "c2", "seventeen bytes!!"));
+    invalid.push(NewMessage {
+        ext: (0..3).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+        ..message(&s, "c3", "x")
+    });
+    invalid.push(NewMessage {
+        send_time_ms: -1,
+        ..message(&s, "c4", "x")
+    });
+    invalid.push(NewMessage {
+        session_id: "s".repeat(129),
+        ..message(&s, "c5", "x")
+    });
+    for m in invalid {
+        let err = producer.send(m.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{m:?} gave {err}");
+        assert!(!err.is_retriable());
+    }
+    assert_eq!(producer.send(message(&s, "c6", "ok")).await.unwrap().seq, 2);
+
+    // In a batch: the invalid one fails alone, the others go on in order.
+    let results = producer
+        .send_batch(vec![
+            message(&s, "c7", "ok"),
+            message(&s, "c8", "far too long for the limit"),
+            message(&s, "c9", "ok"),
+        ])
+        .await;
+    assert_eq!(results[0].as_ref().unwrap().seq, 3);
+    assert!(matches!(results[1], Err(Error::Invalid(_))));
+    assert_eq!(results[2].as_ref().unwrap().seq, 4);
+    assert_eq!(producer.allocator().ceiling(&s).await.unwrap(), Some(10));
+
+    let records = read_back(&topic, 2, 4).await;
+    let codec = Codec::default();
+    let mut seqs: Vec<i64> = records
+        .iter()
+        .map(|r| codec.decode(&r.payload).unwrap().seq)
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2, 3, 4], "invalid messages were never produced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_send_reproduces_the_identical_record() {
+    let (producer, topic) = setup(3, |_| {}).await;
+    let s = unique("sess");
+    let first = producer.send(message(&s, "c-1", "hello")).await.unwrap();
+    let again = producer.send(message(&s, "c-1", "hello")).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(
+        (
+            &again.msg_id,
+            again.seq,
+            again.server_time_us,
+            again.partition
+        ),
+        (
+            &first.msg_id,
+            first.seq,
+            first.server_time_us,
+            first.partition
+        )
+    );
+    assert_eq!(again.offset, first.offset + 1);
+    let records = read_back(&topic, 3, 2).await;
+    assert_eq!(records[0].payload, records[1].payload, "byte-identical");
+    assert_eq!(records[0].key, records[1].key);
+    assert_eq!(records[0].timestamp, records[1].timestamp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_produce_is_retriable_and_the_retry_keeps_the_allocation() {
+    let (producer, topic, keyspace) = setup_with_keyspace(3, |_| {}).await;
+    let s = unique("sess");
+    // Same Redis and keyspace, but Kafka unreachable: the seq is allocated, the produce times out.
+    let dead = {
+        let mut c = config(&topic);
+        c.bootstrap_servers = "127.0.0.1:1".into();
+        c.message_timeout = Duration::from_millis(500);
+        let cql = chatlog::cql_config(&keyspace);
+        let session = Arc::new(cql.connect().await.unwrap());
+        Producer::new(c, session, &keyspace, redis_connection().await)
+            .await
+            .unwrap()
+    };
+    let err = dead.send(message(&s, "c-1", "hello")).await.unwrap_err();
+    assert!(matches!(err, Error::Kafka { .. }), "{err}");
+    assert!(err.is_retriable(), "{err}");
+
+    let retried = producer.send(message(&s, "c-1", "hello")).await.unwrap();
+    assert!(retried.duplicate, "the retry found the first allocation");
+    assert_eq!(retried.seq, 1);
+    let next = producer.send(message(&s, "c-2", "next")).await.unwrap();
+    assert_eq!(next.seq, 2);
+    let records = read_back(&topic, 3, 2).await;
+    assert_eq!(records.len(), 2);
+}
+
+/// Where the Kafka jars are: `$CHATLOG_KAFKA_LIB`, else `~/.cache/chatlog/lib/kafka-*`.
+fn kafka_lib() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CHATLOG_KAFKA_LIB").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cache = home.join(".cache/chatlog/lib");
+    let found = std::fs::read_dir(&cache).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("kafka-"))
+            })
+            .find(|p| {
+                std::fs::read_dir(p).is_ok_and(|mut files| {
+                    files.any(|f| {
+                        f.ok().is_some_and(|f| {
+                            f.file_name()
+                                .to_str()
+                                .is_some_and(|n| n.starts_with("kafka-clients-"))
+                        })
+                    })
+                })
+            })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Kafka jars: set CHATLOG_KAFKA_LIB (`eval \"$(dev/stack.sh env)\"`) or run \
+             `dev/stack.sh up kafka`, which puts them in {}/kafka-*",
+            cache.display()
+        )
+    })
+}
+
+/// The Java client's partition of each key, computed by the real kafka-clients jar.
+fn java_partitions(partitions: i32, keys: &[String]) -> Vec<i32> {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/java/Murmur2Partition.java");
+    let classpath = format!("{}/*", kafka_lib().display());
+    let mut child = Command::new("java")
+        .arg("-cp")
+        .arg(&classpath)
+        .arg(&source)
+        .arg(partitions.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run java (Java 17 is needed by the local stack anyway)");
+    let mut stdin = child.stdin.take().unwrap();
+    for k in keys {
+        writeln!(stdin, "{k}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "java {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().expect("a partition number"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_go_to_the_partition_the_java_client_would_choose() {
+    const PARTITIONS: i32 = 6;
+    let (producer, _topic) = setup(PARTITIONS, |_| {}).await;
+    let mut keys: Vec<String> = (0..16).map(|_| unique("sess")).collect();
+    keys.extend(
+        ["g:42", "单聊:alice:bob", "séance-ß", "\u{1F600}-emoji"]
+            .iter()
+            .map(|k| format!("{k}-{}", unique("x"))),
+    );
+    let java = tokio::task::spawn_blocking({
+        let keys = keys.clone();
+        move || java_partitions(PARTITIONS, &keys)
+    })
+    .await
+    .unwrap();
+    assert_eq!(java.len(), keys.len());
+    let sent = producer
+        .send_batch(keys.iter().map(|k| message(k, "c-1", "hi")).collect())
+        .await;
+    let mut spread = std::collections::BTreeSet::new();
+    for ((key, expected), sent) in keys.iter().zip(&java).zip(sent) {
+        let sent = sent.expect("send");
+        assert_eq!(sent.partition, *expected, "session {key:?}");
+        spread.insert(sent.partition);
+    }
+    assert!(
+        spread.len() > 1,
+        "20 keys all on one partition: not hashing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_close_every_clone_refuses_to_send() {
+    let (producer, _topic) = setup(1, |c| c.max_in_flight = 2).await;
+    let s = unique("sess");
+    // More messages than in-flight permits: backpressure, not failure.
+    let results = producer
+        .send_batch(
+            (0..20)
+                .map(|i| message(&s, &format!("c{i}"), "x"))
+                .collect(),
+        )
+        .await;
+    let seqs: Vec<i64> = results.into_iter().map(|r| r.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let clone = producer.clone();
+    producer.close(TIMEOUT).await.unwrap();
+    let err = clone.send(message(&s, "c-late", "x")).await.unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err}");
+    assert!(matches!(clone.flush(TIMEOUT).await, Err(Error::Closed)));
+}

@@ -1,0 +1,394 @@
+//! The seq allocator against the real stack (Redis + CQL): unique and increasing under concurrency
+//! (one process and two), across many segments, after Redis loses a session's keys, and idempotent
+//! per `client_msg_id`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chatlog::{fresh_keyspace, redis_connection, unique};
+use chatlog_store::keys;
+use chatlog_store::seq::{AllocPath, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig};
+use redis::aio::ConnectionManager;
+
+fn small(min: i64, max: i64) -> SeqConfig {
+    SeqConfig {
+        min_segment: min,
+        max_segment: max,
+        ..SeqConfig::default()
+    }
+}
+
+async fn allocator(keyspace_prefix: &str, config: SeqConfig) -> (SeqAllocator, String) {
+    let (session, cql) = fresh_keyspace(keyspace_prefix).await;
+    let alloc = SeqAllocator::new(session, &cql.keyspace, redis_connection().await, config)
+        .await
+        .expect("seq allocator");
+    (alloc, cql.keyspace)
+}
+
+/// Deletes every Redis key of one session (what FLUSHALL does to it, without touching others').
+async fn lose_redis_keys(con: &mut ConnectionManager, session_id: &str) -> usize {
+    let pattern = format!("{}:{{{session_id}}}:*", keys::PREFIX);
+    let mut cursor = 0u64;
+    let mut found: Vec<String> = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await
+            .expect("SCAN");
+        found.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if !found.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&found)
+            .query_async(con)
+            .await
+            .expect("DEL");
+    }
+    found.len()
+}
+
+async fn redis_hash(con: &mut ConnectionManager, session_id: &str) -> (i64, i64, i64) {
+    let (cur, max, step): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(keys::seq(session_id))
+        .arg("cur")
+        .arg("max")
+        .arg("step")
+        .query_async(con)
+        .await
+        .expect("HMGET");
+    (cur.unwrap_or(0), max.unwrap_or(0), step.unwrap_or(0))
+}
+
+/// One allocation and when its call started and ended.
+#[derive(Debug, Clone)]
+struct Timed {
+    start: Instant,
+    end: Instant,
+    alloc: Allocation,
+}
+
+/// Real-time order: an allocation that ended before another started has the smaller seq.
+fn assert_linearizable(all: &[Timed]) {
+    let mut by_end: Vec<&Timed> = all.iter().collect();
+    by_end.sort_by_key(|t| t.end);
+    let mut prefix_max = Vec::with_capacity(by_end.len());
+    let mut m = i64::MIN;
+    for t in &by_end {
+        m = m.max(t.alloc.seq);
+        prefix_max.push(m);
+    }
+    for b in all {
+        let ended_before = by_end.partition_point(|a| a.end < b.start);
+        if ended_before > 0 {
+            let max_before = prefix_max[ended_before - 1];
+            assert!(
+                max_before < b.alloc.seq,
+                "seq {} (path {:?}) handed out after seq {max_before} had been",
+                b.alloc.seq,
+                b.alloc.path
+            );
+        }
+    }
+}
+
+fn assert_unique(all: &[Timed]) {
+    let mut seen = HashSet::new();
+    for t in all {
+        assert!(t.alloc.seq >= 1);
+        assert!(seen.insert(t.alloc.seq), "seq {} repeated", t.alloc.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_allocations_across_two_allocators_are_unique_and_increasing() {
+    // Two allocators = two Logic processes: own Redis connection, own in-process locks; they race
+    // through the CQL LWT. Small segments force dozens of reservations.
+    let (a, keyspace) = allocator("seqconc", small(5, 20)).await;
+    let (session2, _) = {
+        let config = chatlog::cql_config(&keyspace);
+        (Arc::new(config.connect().await.unwrap()), ())
+    };
+    let b = SeqAllocator::new(session2, &keyspace, redis_connection().await, small(5, 20))
+        .await
+        .unwrap();
+    let sid = unique("sess");
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 60;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let alloc = if task % 2 == 0 { a.clone() } else { b.clone() };
+        let sid = sid.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(PER_TASK);
+            for i in 0..PER_TASK {
+                let start = Instant::now();
+                let alloc = alloc
+                    .allocate(&sid, &format!("t{task}-{i}"), &format!("m{task}-{i}"), 1)
+                    .await
+                    .expect("allocate");
+                mine.push(Timed {
+                    start,
+                    end: Instant::now(),
+                    alloc,
+                });
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        let mine = h.await.unwrap();
+        for w in mine.windows(2) {
+            assert!(w[0].alloc.seq < w[1].alloc.seq, "a task saw seqs go down");
+        }
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), TASKS * PER_TASK);
+    assert_unique(&all);
+    assert_linearizable(&all);
+    assert!(all.iter().all(|t| !t.alloc.duplicate));
+    let segments = all
+        .iter()
+        .filter(|t| t.alloc.path == AllocPath::Segment)
+        .count();
+    assert!(
+        segments >= (TASKS * PER_TASK) / 20,
+        "only {segments} segment allocations"
+    );
+
+    let ceiling = a.ceiling(&sid).await.unwrap().expect("ceiling row");
+    let top = all.iter().map(|t| t.alloc.seq).max().unwrap();
+    let (cur, max, _) = redis_hash(&mut redis_connection().await, &sid).await;
+    assert_eq!(cur, top, "cur is the last seq handed out");
+    assert!(
+        max <= ceiling,
+        "redis max {max} above the CQL ceiling {ceiling}"
+    );
+    assert!(top <= ceiling);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_redis_loses_the_keys_every_new_seq_is_above_every_old_one() {
+    let (alloc, _) = allocator("seqloss", small(10, 40)).await;
+    let mut con = redis_connection().await;
+    let sid = unique("sess");
+    let mut old = Vec::new();
+    for i in 0..25 {
+        old.push(
+            alloc
+                .allocate(&sid, &format!("a{i}"), "m", 1)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(old.first().unwrap().seq, 1);
+    assert_eq!(old.first().unwrap().path, AllocPath::Segment);
+    let old_max = old.iter().map(|a| a.seq).max().unwrap();
+    assert!(lose_redis_keys(&mut con, &sid).await >= 2);
+
+    let first = alloc.allocate(&sid, "b0", "m", 1).await.unwrap();
+    assert_eq!(first.path, AllocPath::Recover);
+    assert!(first.seq > old_max, "{} not above {old_max}", first.seq);
+    let ceiling_before = alloc.ceiling(&sid).await.unwrap().unwrap();
+    assert!(first.seq <= ceiling_before);
+    let mut prev = first.seq;
+    for i in 1..30 {
+        let a = alloc
+            .allocate(&sid, &format!("b{i}"), "m", 1)
+            .await
+            .unwrap();
+        assert!(a.seq > prev);
+        assert_ne!(a.path, AllocPath::Recover);
+        prev = a.seq;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_loss_during_concurrent_allocation_keeps_real_time_order() {
+    let (alloc, _) = allocator("seqlossconc", small(5, 20)).await;
+    let sid = unique("sess");
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 50;
+    const LOSSES: usize = 3;
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let (alloc, sid, done, progress) =
+            (alloc.clone(), sid.clone(), done.clone(), progress.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..PER_TASK {
+                let start = Instant::now();
+                let a = alloc
+                    .allocate(&sid, &format!("t{task}-{i}"), "m", 1)
+                    .await
+                    .expect("allocate");
+                mine.push(Timed {
+                    start,
+                    end: Instant::now(),
+                    alloc: a,
+                });
+                done.fetch_add(1, Ordering::SeqCst);
+                progress.notify_one();
+            }
+            mine
+        }));
+    }
+    // Lose the session's keys whenever another fifth of the work is done (progress-driven, no
+    // timing assumptions).
+    let mut con = redis_connection().await;
+    let total = TASKS * PER_TASK;
+    for loss in 1..=LOSSES {
+        let at = total * loss / (LOSSES + 2);
+        while done.load(Ordering::SeqCst) < at {
+            progress.notified().await;
+        }
+        lose_redis_keys(&mut con, &sid).await;
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        let mine = h.await.unwrap();
+        for w in mine.windows(2) {
+            assert!(w[0].alloc.seq < w[1].alloc.seq, "a task saw seqs go down");
+        }
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), total);
+    assert_unique(&all);
+    assert_linearizable(&all);
+    let recovers = all
+        .iter()
+        .filter(|t| t.alloc.path == AllocPath::Recover)
+        .count();
+    assert!(
+        (1..=LOSSES * TASKS).contains(&recovers),
+        "{recovers} recover paths for {LOSSES} losses"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_client_msg_id_gets_the_first_allocation_back() {
+    let (alloc, _) = allocator("seqdup", SeqConfig::default()).await;
+    let sid = unique("sess");
+    let first = alloc.allocate(&sid, "c-1", "msg-a", 111).await.unwrap();
+    assert!(!first.duplicate);
+    let again = alloc.allocate(&sid, "c-1", "msg-b", 222).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.seq, again.msg_id.as_str(), again.server_time_us),
+        (first.seq, "msg-a", 111)
+    );
+    let next = alloc.allocate(&sid, "c-2", "msg-c", 333).await.unwrap();
+    assert_eq!(next.seq, first.seq + 1, "a duplicate consumes no seq");
+
+    // Sixteen concurrent sends of one client_msg_id: one allocation, fifteen duplicates of it.
+    let tries = futures::future::join_all((0..16).map(|i| {
+        let (alloc, sid) = (alloc.clone(), sid.clone());
+        async move {
+            alloc
+                .allocate(&sid, "c-3", &format!("m{i}"), i)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(tries.iter().filter(|a| !a.duplicate).count(), 1);
+    let winner = tries.iter().find(|a| !a.duplicate).unwrap();
+    for t in &tries {
+        assert_eq!(
+            (t.seq, &t.msg_id, t.server_time_us),
+            (winner.seq, &winner.msg_id, winner.server_time_us)
+        );
+    }
+    assert_eq!(winner.seq, next.seq + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_grow_when_used_up_quickly() {
+    let config = SeqConfig {
+        segment_target_lifetime: Duration::from_secs(3600),
+        ..small(4, 32)
+    };
+    let (alloc, _) = allocator("seqstep", config).await;
+    let sid = unique("sess");
+    let mut segment_calls = 0;
+    for i in 0..200 {
+        let a = alloc
+            .allocate(&sid, &format!("c{i}"), "m", 1)
+            .await
+            .unwrap();
+        assert_eq!(a.seq, i + 1, "one allocator, no loss: no gaps");
+        segment_calls += usize::from(a.path == AllocPath::Segment);
+    }
+    let (_, max, step) = redis_hash(&mut redis_connection().await, &sid).await;
+    assert_eq!(step, 32, "4 → 8 → 16 → 32, then capped");
+    // 4+8+16 = 28, then 32 each: 1 + 1 + 1 + ceil(172 / 32) = 9 reservations.
+    assert_eq!(segment_calls, 9);
+    assert_eq!(alloc.ceiling(&sid).await.unwrap(), Some(max));
+}
+
+#[tokio::test]
+async fn install_script_only_moves_values_up_and_never_recreates_a_lost_hash() {
+    let mut con = redis_connection().await;
+    let key = keys::seq(&unique("sess"));
+    let script = redis::Script::new(INSTALL_LUA);
+    let install = |cur: i64, high: i64, create: bool| {
+        let mut inv = script.prepare_invoke();
+        inv.key(&key)
+            .arg(cur)
+            .arg(high)
+            .arg(high - cur)
+            .arg(1)
+            .arg(60_000)
+            .arg(if create { "1" } else { "0" });
+        inv
+    };
+    let r: i64 = install(0, 10, false).invoke_async(&mut con).await.unwrap();
+    assert_eq!(r, 0, "a missing hash is not recreated from a segment");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!exists);
+    let r: i64 = install(0, 10, true).invoke_async(&mut con).await.unwrap();
+    assert_eq!(r, 1);
+    let r: i64 = install(20, 30, false).invoke_async(&mut con).await.unwrap();
+    assert_eq!(r, 1);
+    let (cur, max): (i64, i64) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("cur")
+        .arg("max")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!((cur, max), (20, 30));
+    // A stale, lower segment changes nothing.
+    let _: i64 = install(10, 20, false).invoke_async(&mut con).await.unwrap();
+    let (cur, max): (i64, i64) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("cur")
+        .arg("max")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!((cur, max), (20, 30));
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
