@@ -35,7 +35,7 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
     Some((version, avro))
 }
 
-/// Appends messages to one window. KEYS[1] = window; ARGV = size, ttl_ms, then (seq, member) pairs.
+/// Appends messages to one window. `KEYS[1]` = window; `ARGV` = size, ttl_ms, then (seq, member) pairs.
 /// Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size` seqs and
 /// refresh the TTL. Returns the window's cardinality.
 pub const APPEND_LUA: &str = r#"

@@ -1,0 +1,1 @@
+//! chatlog chaos harness (being built).
