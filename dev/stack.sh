@@ -313,7 +313,7 @@ redis_start() {
 tools_install() {
   # promtool (Prometheus), docker-compose (validates the compose file without an engine), python3 +
   # fastavro (the independent Avro implementation of the interop test).
-  apt_install prometheus docker-compose python3
+  apt_install prometheus docker-compose python3 openssl
   local py="${CHATLOG_PYTHON:-python3}"
   if ! "$py" -c 'import fastavro' 2>/dev/null; then
     log "installing fastavro for $py from PyPI"

@@ -1,10 +1,48 @@
 #!/usr/bin/env bash
-# The whole test suite against the real local stack: brings the stack up (installing what is missing),
-# then runs every test of the workspace. Extra arguments go to `cargo test`.
+# Every test, against the real local stack: brings the stack up (installing what is missing), checks
+# formatting, lints and the dependency policy, then runs the whole test suite of the workspace.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+log_dir="${CHATLOG_STACK_DIR:-${CHATLOG_CACHE_DIR:-$HOME/.cache/chatlog}/stack}/logs"
+mkdir -p "$log_dir"
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+# cargo-deny builds from source once; do it while the stack starts.
+deny_pid=""
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "installing cargo-deny in the background (log: $log_dir/cargo-deny-install.log)"
+  cargo install --locked cargo-deny@0.20.2 >"$log_dir/cargo-deny-install.log" 2>&1 &
+  deny_pid=$!
+fi
+
+step "local stack"
 dev/stack.sh up
 # shellcheck disable=SC1090
 eval "$(dev/stack.sh env)"
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "dependency policy (cargo deny)"
+if [ -n "$deny_pid" ]; then
+  wait "$deny_pid" || { tail -20 "$log_dir/cargo-deny-install.log" >&2; exit 1; }
+fi
+cargo deny --log-level error check licenses bans sources
+# The RustSec database comes from GitHub; where it cannot be fetched, say so instead of passing
+# silently or failing for a reason that is not ours.
+if advisories="$(cargo deny --log-level error check advisories 2>&1)"; then
+  echo "advisories ok"
+elif grep -q "failed to fetch advisory database" <<<"$advisories"; then
+  echo "advisories NOT CHECKED: the RustSec database cannot be fetched from this network"
+else
+  echo "$advisories" >&2
+  exit 1
+fi
+
+step "tests"
 cargo test --workspace --all-targets --locked "$@"

@@ -147,3 +147,67 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// A free TCP port on 127.0.0.1 (bound once and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private `redis-server` owned by one test (for AUTH/TLS tests that must not touch the shared
+/// one), killed on drop.
+pub struct TestRedis {
+    /// The port it listens on (TLS port when started with TLS).
+    pub port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl TestRedis {
+    /// Starts `redis-server` with `args` (use `{port}` for the port) and waits until `ready`
+    /// succeeds (e.g. a PING through the client under test) or 10 s pass.
+    pub fn start(args: &[String], port: u16) -> TestRedis {
+        let dir = TempDir::new("redis");
+        let child = std::process::Command::new("redis-server")
+            .args(args)
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; dev/stack.sh installs it)");
+        TestRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/<unique prefix>`.
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -2,12 +2,12 @@
 //! on top (see `chatlog-consumer --help`). Every struct rejects unknown keys; durations are written
 //! the human way (`"250ms"`, `"30s"`). The defaults work with the local stack of `dev/stack.sh`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use chatlog_store::messages::BatchLimits;
+use chatlog_store::security::{KafkaSecurity, Properties};
 use chatlog_store::window::WindowConfig;
 use chatlog_store::{CqlConfig, RedisConfig};
 use serde::Deserialize;
@@ -68,9 +68,11 @@ pub struct KafkaConfig {
     /// Transaction timeout: the broker aborts a transaction open longer than this.
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
-    /// Extra librdkafka properties applied to both the consumer and the producer (TLS, SASL…).
-    /// Values are never logged.
-    pub properties: BTreeMap<String, String>,
+    /// TLS and SASL of both Kafka clients.
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties applied to both the consumer and the producer. Values of
+    /// secret-looking keys never print; prefer `security` for credentials.
+    pub properties: Properties,
 }
 
 impl Default for KafkaConfig {
@@ -85,7 +87,8 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             transaction_timeout: Duration::from_secs(60),
-            properties: BTreeMap::new(),
+            security: KafkaSecurity::default(),
+            properties: Properties::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl Config {
                 return Err(Error::Config(format!("{name} is empty")));
             }
         }
+        k.security.properties()?;
         if k.topic == k.dlq_topic {
             return Err(Error::Config(
                 "kafka.dlq_topic must differ from kafka.topic".into(),

@@ -13,7 +13,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::decode::Poison;
-use crate::telemetry;
+use crate::{Result, telemetry};
 
 /// A (topic, partition).
 pub type Tp = (String, i32);
@@ -97,19 +97,22 @@ impl ConsumerContext for Context {
     }
 }
 
-fn base(config: &KafkaConfig) -> ClientConfig {
+fn base(config: &KafkaConfig) -> Result<ClientConfig> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
-    for (k, v) in &config.properties {
+    for (k, v) in config.security.properties()? {
         c.set(k, v);
     }
-    c
+    for (k, v) in config.properties.iter() {
+        c.set(k, v);
+    }
+    Ok(c)
 }
 
 /// The group consumer: manual offsets (committed by the transaction), read_committed,
 /// cooperative-sticky assignment.
-pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = base(config);
+pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
+    let mut c = base(config)?;
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -128,12 +131,12 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     if let Some(id) = &config.group_instance_id {
         c.set("group.instance.id", id);
     }
-    c
+    Ok(c)
 }
 
 /// The transactional producer (one per consumer instance, KIP-447).
-pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = base(config);
+pub fn producer_config(config: &KafkaConfig) -> Result<ClientConfig> {
+    let mut c = base(config)?;
     c.set("transactional.id", &config.transactional_id)
         .set(
             "transaction.timeout.ms",
@@ -141,7 +144,7 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
         )
         .set("enable.idempotence", "true")
         .set("acks", "all");
-    c
+    Ok(c)
 }
 
 /// The transactional producer type.
@@ -192,5 +195,53 @@ pub fn classify(e: &KafkaError) -> TxnFailure {
         KafkaError::Transaction(t) if t.txn_requires_abort() => TxnFailure::Abort,
         KafkaError::Transaction(t) if t.is_retriable() => TxnFailure::Retry,
         _ => TxnFailure::Abort,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatlog_store::Secret;
+    use chatlog_store::security::{KafkaProtocol, KafkaSecurity};
+
+    use super::*;
+
+    #[test]
+    fn security_settings_reach_both_clients() {
+        let config = KafkaConfig {
+            security: KafkaSecurity {
+                protocol: KafkaProtocol::SaslSsl,
+                sasl_mechanism: Some("SCRAM-SHA-512".into()),
+                sasl_username: Some("chatlog".into()),
+                sasl_password: Secret::new("pw-123"),
+                ssl_ca_location: Some("/etc/kafka/ca.pem".into()),
+                ..KafkaSecurity::default()
+            },
+            ..KafkaConfig::default()
+        };
+        for c in [
+            consumer_config(&config).unwrap(),
+            producer_config(&config).unwrap(),
+        ] {
+            assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(c.get("sasl.username"), Some("chatlog"));
+            assert_eq!(c.get("sasl.password"), Some("pw-123"));
+            assert_eq!(c.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+        }
+        assert!(!format!("{config:?}").contains("pw-123"));
+    }
+
+    #[test]
+    fn consumer_reads_committed_with_manual_offsets() {
+        let c = consumer_config(&KafkaConfig::default()).unwrap();
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        let p = producer_config(&KafkaConfig::default()).unwrap();
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("transactional.id"), Some("chatlog-consumer-0"));
     }
 }

@@ -41,6 +41,15 @@ struct Cli {
     /// Transactional id: stable and unique per instance (e.g. chatlog-consumer-<ordinal>).
     #[arg(long, env = "CHATLOG_TRANSACTIONAL_ID", global = true)]
     transactional_id: Option<String>,
+    /// Kafka SASL password (prefer the environment variable; never printed). The rest of the
+    /// TLS/SASL settings live in the config file's `[kafka.security]`.
+    #[arg(
+        long,
+        env = "CHATLOG_KAFKA_SASL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    kafka_sasl_password: Option<Secret>,
     /// CQL contact points, comma-separated host:port.
     #[arg(long, env = "CHATLOG_CQL_NODES", global = true, value_delimiter = ',')]
     cql_nodes: Option<Vec<String>>,
@@ -135,6 +144,9 @@ impl Cli {
         set(&mut c.redis.url, &self.redis_url);
         if let Some(v) = &self.cql_nodes {
             c.cql.nodes.clone_from(v);
+        }
+        if let Some(v) = &self.kafka_sasl_password {
+            c.kafka.security.sasl_password = v.clone();
         }
         if let Some(v) = &self.cql_password {
             c.cql.password = v.clone();

@@ -82,10 +82,10 @@ impl Pipeline {
         )
         .await?;
         let redis = config.redis.connect().await?;
-        let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)
+        let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)?
             .create_with_context(Context::default())
             .map_err(|e| Error::Kafka(format!("create consumer: {e}")))?;
-        let producer: TxProducer = kafka::producer_config(&config.kafka)
+        let producer: TxProducer = kafka::producer_config(&config.kafka)?
             .create()
             .map_err(|e| Error::Kafka(format!("create transactional producer: {e}")))?;
         let codec = Codec::new(config.batch.max_record_bytes);

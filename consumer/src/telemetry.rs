@@ -247,6 +247,11 @@ impl Health {
         }
     }
 
+    /// Whether the pipeline reported membership of the group (false until it does).
+    pub fn is_in_group(&self) -> bool {
+        self.group.load(Ordering::Relaxed) == GROUP_IN
+    }
+
     /// Whether it is ready.
     pub fn is_ready(&self) -> bool {
         self.not_ready_reason().is_none()
@@ -354,8 +359,10 @@ mod tests {
         assert!(h.is_ready(), "membership untracked: connected is enough");
         h.set_in_group(false);
         assert!(!h.is_ready());
+        assert!(!h.is_in_group());
         h.set_in_group(true);
         assert!(h.is_ready());
+        assert!(h.is_in_group());
         h.set_ready(false);
         assert!(!h.is_ready());
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::security::TlsFiles;
 use crate::{Error, Result, Secret};
 
 /// The CQL database (ScyllaDB in production, Cassandra locally).
@@ -29,6 +30,8 @@ pub struct CqlConfig {
     /// Timeout of establishing a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// TLS to the nodes (none: plaintext).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for CqlConfig {
@@ -41,6 +44,7 @@ impl Default for CqlConfig {
             password: Secret::default(),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -74,6 +78,9 @@ impl CqlConfig {
         if !self.username.is_empty() {
             builder = builder.user(&self.username, self.password.expose());
         }
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_context(Some(cql_tls_context(tls)?));
+        }
         let profile = scylla::client::execution_profile::ExecutionProfile::builder()
             .request_timeout(Some(self.request_timeout))
             .build();
@@ -83,6 +90,34 @@ impl CqlConfig {
             source: Box::new(e),
         })
     }
+}
+
+/// The OpenSSL context of CQL connections.
+fn cql_tls_context(tls: &TlsFiles) -> Result<openssl::ssl::SslContext> {
+    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
+    let err = |e: openssl::error::ErrorStack| Error::Config(format!("CQL TLS: {e}"));
+    let mut ctx = SslContextBuilder::new(SslMethod::tls_client()).map_err(err)?;
+    ctx.set_ca_file(&tls.ca_file)
+        .map_err(|e| Error::Config(format!("CQL TLS ca_file {}: {e}", tls.ca_file.display())))?;
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            ctx.set_certificate_chain_file(cert).map_err(err)?;
+            ctx.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(err)?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "CQL TLS cert_file and key_file must be given together".into(),
+            ));
+        }
+    }
+    ctx.set_verify(if tls.verify_peer {
+        SslVerifyMode::PEER
+    } else {
+        SslVerifyMode::NONE
+    });
+    Ok(ctx.build())
 }
 
 /// Redis (a single server or a proxy; keys are Cluster-ready through their hash tags).
@@ -99,6 +134,8 @@ pub struct RedisConfig {
     /// Timeout of establishing a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// TLS files for a `rediss://` URL (none: the system's trust store).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for RedisConfig {
@@ -108,6 +145,7 @@ impl Default for RedisConfig {
             password: Secret::default(),
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -115,8 +153,14 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// The client for this config (connects lazily).
     pub fn client(&self) -> Result<redis::Client> {
-        let mut info: redis::ConnectionInfo = self
-            .url
+        // With `verify_peer = false` the client skips certificate checks (redis-rs: `#insecure`).
+        let url = match &self.tls {
+            Some(tls) if !tls.verify_peer && !self.url.contains('#') => {
+                format!("{}#insecure", self.url)
+            }
+            _ => self.url.clone(),
+        };
+        let mut info: redis::ConnectionInfo = url
             .as_str()
             .parse()
             .map_err(|e| Error::Config(format!("redis.url: {e}")))?;
@@ -127,7 +171,26 @@ impl RedisConfig {
                 .set_password(self.password.expose());
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info).map_err(|e| Error::Redis {
+        let client = match &self.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                if !self.url.starts_with("rediss://") {
+                    return Err(Error::Config(
+                        "redis.tls is set but redis.url does not start with rediss://".into(),
+                    ));
+                }
+                let (ca, client) = tls.read()?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: client.map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }),
+                    root_cert: Some(ca),
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+        };
+        client.map_err(|e| Error::Redis {
             what: "open client",
             source: e,
         })

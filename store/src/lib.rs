@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: how to reach the CQL database and Redis (documented, `deny_unknown_fields`).
 //! - [`secret`]: a string that never prints (passwords, keys).
+//! - [`security`]: TLS files, Kafka TLS/SASL, client properties whose secrets never print.
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
 //! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod messages;
 pub mod migrate;
 pub mod secret;
+pub mod security;
 pub mod seq;
 pub mod verify;
 pub mod window;

@@ -115,6 +115,16 @@ impl Env {
 
     /// Starts the real consumer binary for this env.
     pub fn spawn_consumer(&self, transactional_id: &str, extra: &[&str]) -> ConsumerProc {
+        self.spawn_consumer_with_env(transactional_id, extra, &[])
+    }
+
+    /// Like [`Env::spawn_consumer`], with extra environment variables.
+    pub fn spawn_consumer_with_env(
+        &self,
+        transactional_id: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> ConsumerProc {
         let log = std::env::temp_dir().join(format!("{}.log", chatlog::unique(transactional_id)));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"));
@@ -125,14 +135,18 @@ impl Env {
             .args(["--transactional-id", transactional_id])
             .args(["--cql-nodes", &self.cql.nodes.join(",")])
             .args(["--keyspace", &self.cql.keyspace])
-            .args(["--redis-url", &chatlog::redis_url()])
+
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--window-size", &self.window_size.to_string()])
             .args(extra)
             .env_remove("CHATLOG_CONSUMER_CONFIG")
             .env("CHATLOG_LOG", "info,chatlog_consumer=debug")
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));
+        if !extra.contains(&"--redis-url") {
+            cmd.args(["--redis-url", &chatlog::redis_url()]);
+        }
         let child = cmd.spawn().expect("spawn chatlog-consumer");
         ConsumerProc { child, log }
     }

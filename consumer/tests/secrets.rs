@@ -1,0 +1,143 @@
+//! Secrets never appear in `--help`, in the printed configuration, or in the logs of a consumer that
+//! runs with every kind of credential set (Redis AUTH against a password-protected Redis, a CQL
+//! password, a Kafka SASL password and a secret librdkafka property).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use chatlog::{TestRedis, free_port, unique};
+use common::{Env, all_messages, base_time_us, sessions};
+
+fn secrets() -> [String; 4] {
+    [
+        unique("cqlpw"),
+        unique("redispw"),
+        unique("saslpw"),
+        unique("propsecret"),
+    ]
+}
+
+fn assert_clean(text: &str, secrets: &[String], what: &str) {
+    for s in secrets {
+        assert!(!text.contains(s.as_str()), "{what} shows a secret:\n{text}");
+    }
+}
+
+#[test]
+fn help_and_printed_config_never_show_secrets() {
+    let secrets = secrets();
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("secrets_cfg")));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n\"linger.ms\" = \"7\"\n",
+            secrets[3]
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("CHATLOG_CQL_PASSWORD", &secrets[0])
+            .env("CHATLOG_REDIS_PASSWORD", &secrets[1])
+            .env("CHATLOG_KAFKA_SASL_PASSWORD", &secrets[2])
+            .output()
+            .unwrap();
+        (
+            out.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (status, help) = run(&["--help"]);
+    assert!(status.success());
+    assert!(
+        help.contains("CHATLOG_CQL_PASSWORD"),
+        "the variable is documented:\n{help}"
+    );
+    assert_clean(&help, &secrets, "--help");
+
+    // A SASL password without SASL is refused — and the refusal names no secret.
+    let (status, refused) = run(&["config"]);
+    assert!(
+        !status.success(),
+        "SASL password without SASL protocol must be refused"
+    );
+    assert_clean(&refused, &secrets, "the refusal");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
+        .args(["config", "--config"])
+        .arg(&config)
+        .env("CHATLOG_CQL_PASSWORD", &secrets[0])
+        .env("CHATLOG_REDIS_PASSWORD", &secrets[1])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("linger.ms") && printed.contains("***"),
+        "{printed}"
+    );
+    assert_clean(&printed, &secrets, "the printed configuration");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_running_consumer_never_show_secrets() {
+    let secrets = secrets();
+    let env = Env::new("secrets", 1, 10).await;
+    let port = free_port();
+    let _redis = TestRedis::start(
+        &[
+            "--port".into(),
+            port.to_string(),
+            "--requirepass".into(),
+            secrets[1].clone(),
+        ],
+        port,
+    );
+    let sessions = sessions("sec", 3);
+    let base = base_time_us();
+    env.produce(&all_messages(&sessions, 5, base)).await;
+
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("secrets_run")));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n",
+            secrets[3]
+        ),
+    )
+    .unwrap();
+    let redis_url = format!("redis://127.0.0.1:{port}/");
+    // The CQL password is sent to a node that does not ask for it; Redis really checks AUTH.
+    let mut consumer = env.spawn_consumer_with_env(
+        &unique("secrets_txn"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--redis-url",
+            &redis_url,
+            "--log-format",
+            "json",
+        ],
+        &[
+            ("CHATLOG_CQL_PASSWORD", secrets[0].as_str()),
+            ("CHATLOG_REDIS_PASSWORD", secrets[1].as_str()),
+            ("CHATLOG_LOG", "debug"),
+        ],
+    );
+    env.wait_for_rows(&sessions, 5, 15, Duration::from_secs(60), &[&consumer])
+        .await;
+    consumer.terminate();
+    assert!(consumer.wait_exit(Duration::from_secs(30)).success());
+    let log = consumer.log_text();
+    assert!(log.contains("consuming"), "the consumer ran:\n{log}");
+    assert_clean(&log, &secrets, "the consumer's log");
+}
