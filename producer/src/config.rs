@@ -1,10 +1,10 @@
 //! [`ProducerConfig`]: where to produce, how to batch, and how much may be in flight. Unknown keys
 //! are rejected, so a typo in a config file is an error instead of a silently ignored setting.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chatlog_schemas::Limits;
+use chatlog_store::security::{KafkaSecurity, Properties};
 use chatlog_store::seq::SeqConfig;
 use serde::{Deserialize, Deserializer};
 
@@ -78,9 +78,12 @@ pub struct ProducerConfig {
     /// record. The payload carries the fingerprint anyway; the header lets tools route records
     /// without reading payloads.
     pub schema_header: bool,
-    /// Extra librdkafka settings (e.g. `security.protocol`, `sasl.*`, `client.id`), applied after
-    /// the ones above. The settings of [`FORCED_KAFKA_SETTINGS`] cannot be changed.
-    pub kafka: BTreeMap<String, String>,
+    /// TLS and SASL of the Kafka client.
+    pub security: KafkaSecurity,
+    /// Extra librdkafka settings (e.g. `client.id`), applied after the ones above; values of
+    /// secret-looking keys never print. The settings of [`FORCED_KAFKA_SETTINGS`] cannot be
+    /// changed.
+    pub kafka: Properties,
 }
 
 impl Default for ProducerConfig {
@@ -95,7 +98,8 @@ impl Default for ProducerConfig {
             limits: Limits::default(),
             seq: SeqConfig::default(),
             schema_header: false,
-            kafka: BTreeMap::new(),
+            security: KafkaSecurity::default(),
+            kafka: Properties::default(),
         }
     }
 }
@@ -151,7 +155,10 @@ impl ProducerConfig {
         if self.message_timeout < Duration::from_millis(1) {
             return bad("message_timeout must be at least 1ms".into());
         }
-        for (key, value) in &self.kafka {
+        self.security
+            .properties()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        for (key, value) in self.kafka.iter() {
             let forced = FORCED_KAFKA_SETTINGS
                 .iter()
                 .find(|(k, _)| k == key || (*k == "acks" && key == "request.required.acks"));
@@ -170,8 +177,9 @@ impl ProducerConfig {
         Ok(())
     }
 
-    /// The librdkafka configuration: the settings above, then `kafka`, then the forced ones.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
+    /// The librdkafka configuration: the settings above, `security`, then `kafka`, then the
+    /// forced ones.
+    pub fn client_config(&self) -> Result<rdkafka::ClientConfig> {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers)
             .set("compression.type", self.compression.as_str())
@@ -182,13 +190,20 @@ impl ProducerConfig {
                 "queue.buffering.max.messages",
                 self.max_in_flight.max(100_000).to_string(),
             );
-        for (k, v) in &self.kafka {
+        let security = self
+            .security
+            .properties()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        for (k, v) in security {
+            c.set(k, v);
+        }
+        for (k, v) in self.kafka.iter() {
             c.set(k, v);
         }
         for (k, v) in FORCED_KAFKA_SETTINGS {
             c.set(k, v);
         }
-        c
+        Ok(c)
     }
 }
 
@@ -232,7 +247,7 @@ mod tests {
         assert_eq!(c.limits.max_id_bytes, Limits::default().max_id_bytes);
         assert_eq!(c.seq.dedup_ttl, Duration::from_secs(3600));
         assert_eq!(c.seq.idle_ttl, Duration::ZERO);
-        let kc = c.client_config();
+        let kc = c.client_config().unwrap();
         assert_eq!(kc.get("partitioner"), Some("murmur2_random"));
         assert_eq!(kc.get("enable.idempotence"), Some("true"));
         assert_eq!(kc.get("compression.type"), Some("snappy"));
@@ -264,7 +279,7 @@ mod tests {
             ("request.required.acks", "1"),
         ] {
             let mut c = ProducerConfig::default();
-            c.kafka.insert(k.into(), v.into());
+            c.kafka.0.insert(k.into(), v.into());
             assert!(matches!(c.validate(), Err(Error::Config(_))), "{k}={v}");
         }
         let mut c = ProducerConfig {
@@ -275,5 +290,42 @@ mod tests {
         c.max_in_flight = 1;
         c.seq.max_segment = 1;
         assert!(c.validate().is_err(), "seq config is validated too");
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use chatlog_store::Secret;
+    use chatlog_store::security::KafkaProtocol;
+
+    use super::*;
+
+    #[test]
+    fn security_reaches_the_client_and_never_prints() {
+        let c = ProducerConfig {
+            security: KafkaSecurity {
+                protocol: KafkaProtocol::SaslSsl,
+                sasl_mechanism: Some("PLAIN".into()),
+                sasl_username: Some("logic".into()),
+                sasl_password: Secret::new("pw-logic-42"),
+                ..KafkaSecurity::default()
+            },
+            ..ProducerConfig::default()
+        };
+        c.validate().unwrap();
+        let kc = c.client_config().unwrap();
+        assert_eq!(kc.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(kc.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(kc.get("sasl.username"), Some("logic"));
+        assert_eq!(kc.get("sasl.password"), Some("pw-logic-42"));
+        assert!(!format!("{c:?}").contains("pw-logic-42"));
+        let broken = ProducerConfig {
+            security: KafkaSecurity {
+                protocol: KafkaProtocol::SaslSsl,
+                ..KafkaSecurity::default()
+            },
+            ..ProducerConfig::default()
+        };
+        assert!(broken.validate().is_err() && broken.client_config().is_err());
     }
 }

@@ -111,7 +111,7 @@ impl Producer {
         redis: ConnectionManager,
     ) -> Result<Producer> {
         config.validate()?;
-        let kafka: FutureProducer = config.client_config().create().map_err(Error::kafka)?;
+        let kafka: FutureProducer = config.client_config()?.create().map_err(Error::kafka)?;
         let seq = SeqAllocator::new(session, keyspace, redis, config.seq.clone())
             .await
             .map_err(Error::Allocation)?;

@@ -179,13 +179,15 @@ impl RedisConfig {
                         "redis.tls is set but redis.url does not start with rediss://".into(),
                     ));
                 }
-                let (ca, client) = tls.read()?;
+                let pem = tls.read()?;
                 let certificates = redis::TlsCertificates {
-                    client_tls: client.map(|(client_cert, client_key)| redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
+                    client_tls: pem.client.map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
                     }),
-                    root_cert: Some(ca),
+                    root_cert: Some(pem.ca),
                 };
                 redis::Client::build_with_tls(info, certificates)
             }

@@ -31,9 +31,18 @@ fn yes() -> bool {
     true
 }
 
+/// The contents of [`TlsFiles`].
+#[derive(Clone)]
+pub struct TlsPem {
+    /// The CA certificate(s), PEM.
+    pub ca: Vec<u8>,
+    /// The client certificate and its key, PEM, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl TlsFiles {
-    /// Reads the files: (CA PEM, optional (cert PEM, key PEM)).
-    pub fn read(&self) -> Result<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)> {
+    /// Reads the files.
+    pub fn read(&self) -> Result<TlsPem> {
         let read = |p: &PathBuf| {
             std::fs::read(p)
                 .map_err(|e| Error::Config(format!("cannot read TLS file {}: {e}", p.display())))
@@ -48,7 +57,7 @@ impl TlsFiles {
                 ));
             }
         };
-        Ok((ca, client))
+        Ok(TlsPem { ca, client })
     }
 }
 
