@@ -51,10 +51,17 @@ impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
+                // Offsets are committed by the transaction, which librdkafka does not see as a
+                // commit; the pipeline stores them too, so `consumer_lag_stored` is the lag.
                 // librdkafka reports -1 for partitions this member does not consume.
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                let lag = if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else {
+                    p.consumer_lag
+                };
+                if *partition >= 0 && lag >= 0 {
                     metrics::gauge!(telemetry::LAG, "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
+                        .set(lag as f64);
                 }
             }
         }

@@ -112,6 +112,7 @@ impl Pipeline {
         self.consumer
             .subscribe(&[&kafka.topic])
             .map_err(|e| Error::Kafka(format!("subscribe {}: {e}", kafka.topic)))?;
+        self.health.set_in_group(false);
         self.health.set_ready(true);
         tracing::info!(
             topic = %kafka.topic,
@@ -177,6 +178,14 @@ impl Pipeline {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
+            }
+            // librdkafka reports a rebalance protocol only once the member has joined its group.
+            if !self.health.is_in_group() {
+                let joined = !matches!(
+                    self.consumer.rebalance_protocol(),
+                    rdkafka::consumer::RebalanceProtocol::None
+                );
+                self.health.set_in_group(joined);
             }
             // A partition revoked during this poll is no longer ours: its uncommitted records
             // belong to the next owner, which reads them again from the committed offset.
@@ -245,6 +254,11 @@ impl Pipeline {
         let started = Instant::now();
         self.commit(&poison, &next_offsets)?;
         observe_stage("commit", started);
+        // Mirror the committed offsets into librdkafka's offset store: its statistics then report
+        // the lag (`consumer_lag_stored`); auto-commit is off, so nothing else reads them.
+        if let Err(e) = self.consumer.store_offsets(&next_offsets) {
+            tracing::debug!(error = %e, "store_offsets after commit");
+        }
 
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
         metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);

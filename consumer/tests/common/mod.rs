@@ -135,7 +135,6 @@ impl Env {
             .args(["--transactional-id", transactional_id])
             .args(["--cql-nodes", &self.cql.nodes.join(",")])
             .args(["--keyspace", &self.cql.keyspace])
-
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--window-size", &self.window_size.to_string()])
             .args(extra)
@@ -200,6 +199,9 @@ impl Env {
             let n = self.count(sessions, max_seq).await;
             if n >= expected {
                 assert_eq!(n, expected, "more rows than messages");
+                // Rows land before the window and the commit of their batch: wait for the end.
+                self.wait_drained(deadline.saturating_duration_since(Instant::now()), procs)
+                    .await;
                 return;
             }
             if Instant::now() > deadline {
@@ -209,6 +211,52 @@ impl Env {
                 panic!("only {n} of {expected} rows after {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls until the group's committed offsets reach the end of every partition of the topic:
+    /// every batch read so far is fully processed (CQL, Redis, DLQ and commit).
+    pub async fn wait_drained(&self, limit: Duration, procs: &[&ConsumerProc]) {
+        use rdkafka::{Offset, TopicPartitionList};
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let metadata = probe.fetch_metadata(Some(&self.topic), timeout).unwrap();
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        let deadline = Instant::now() + limit.max(Duration::from_secs(5));
+        loop {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition(&self.topic, *p);
+            }
+            let committed = probe.committed_offsets(tpl, timeout).unwrap();
+            let behind: Vec<_> = partitions
+                .iter()
+                .filter(|p| {
+                    let (_, high) = probe.fetch_watermarks(&self.topic, **p, timeout).unwrap();
+                    let done = committed
+                        .find_partition(&self.topic, **p)
+                        .map(|e| e.offset());
+                    done != Some(Offset::Offset(high)) && high > 0
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                for p in procs {
+                    eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
+                }
+                panic!("partitions {behind:?} not fully committed within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
