@@ -54,6 +54,7 @@
 
 mod config;
 mod error;
+pub mod metrics;
 mod producer;
 
 pub use chatlog_schemas::{ContentType, Limits, SessionType, ValidationError};

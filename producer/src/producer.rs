@@ -111,6 +111,7 @@ impl Producer {
         redis: ConnectionManager,
     ) -> Result<Producer> {
         config.validate()?;
+        crate::metrics::describe();
         let kafka: FutureProducer = config.client_config()?.create().map_err(Error::kafka)?;
         let seq = SeqAllocator::new(session, keyspace, redis, config.seq.clone())
             .await
@@ -341,9 +342,8 @@ fn observe(result: &Result<Sent>, start: Instant) {
         Err(Error::Invalid(_)) => "invalid",
         Err(_) => "error",
     };
-    metrics::counter!("chatlog_producer_records_total", "result" => label).increment(1);
-    metrics::histogram!("chatlog_producer_send_duration_seconds")
-        .record(start.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::RECORDS, "result" => label).increment(1);
+    metrics::histogram!(crate::metrics::SEND_DURATION).record(start.elapsed().as_secs_f64());
 }
 
 fn order_index(session_id: &str) -> usize {

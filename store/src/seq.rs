@@ -180,6 +180,9 @@ impl SerialMode {
     }
 }
 
+/// The counter of allocations by path (`fast`, `segment`, `recover`).
+pub const ALLOCATIONS_METRIC: &str = "chatlog_seq_allocations_total";
+
 /// Settings of the seq allocator.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -471,8 +474,7 @@ impl SeqAllocator {
                 .await?
             {
                 Fast::Allocated(seq) => {
-                    metrics::counter!("chatlog_seq_allocations_total", "path" => path.as_str())
-                        .increment(1);
+                    metrics::counter!(ALLOCATIONS_METRIC, "path" => path.as_str()).increment(1);
                     return Ok(Allocation {
                         seq,
                         msg_id: candidate_msg_id.to_owned(),

@@ -1,0 +1,29 @@
+//! The metrics this library records through the `metrics` facade, so Logic's own exporter shows
+//! them. Names follow Prometheus conventions; labels are bounded (never a session id).
+//!
+//! With `metrics-exporter-prometheus`, set buckets for [`SEND_DURATION`] (e.g. 0.5 ms … 1 s) or it
+//! renders as a summary.
+
+/// Sends by result: `ok`, `invalid` (refused before anything was allocated), `error`.
+pub const RECORDS: &str = "chatlog_producer_records_total";
+/// Time of one `send`, validation to Kafka acknowledgement, in seconds.
+pub const SEND_DURATION: &str = "chatlog_producer_send_duration_seconds";
+/// Seq allocations by path: `fast` (Redis), `segment` (a new CQL segment), `recover` (after Redis
+/// lost the session).
+pub const SEQ_ALLOCATIONS: &str = chatlog_store::seq::ALLOCATIONS_METRIC;
+
+/// Registers the help text and units of every metric with the installed recorder. Called by
+/// [`Producer::new`](crate::Producer::new); harmless to call again.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        RECORDS,
+        "Messages sent through the chatlog producer, by result."
+    );
+    describe_histogram!(
+        SEND_DURATION,
+        Unit::Seconds,
+        "Time of one send, from validation to Kafka's acknowledgement."
+    );
+    describe_counter!(SEQ_ALLOCATIONS, "Per-session seq allocations, by path.");
+}
