@@ -7,6 +7,7 @@
 #   dev/stack.sh status                               what runs, on which port
 #   dev/stack.sh env                                  the CHATLOG_* variables the tests and tools read
 #   dev/stack.sh reset                                down + delete all data (jars stay cached)
+#   dev/stack.sh is-up                                exit 0 if Kafka, Cassandra and Redis all run
 #
 # Idempotent: `up` on a running service only checks it; `down` then `up` starts again on the same data.
 # Readiness is the service's own signal (Kafka's and Cassandra's startup log lines, Redis PING), not an
@@ -375,6 +376,7 @@ main() {
       esac
       ;;
     status) status ;;
+    is-up) pid_alive kafka && pid_alive cassandra && pid_alive redis ;;
     env) print_env ;;
     reset) stop_pid kafka; stop_pid cassandra; stop_pid redis; rm -rf "$DATA_DIR" "$STACK_DIR/conf"; log "data deleted" ;;
     *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;

@@ -18,6 +18,11 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 
 step "local stack"
+# Tests leave keyspaces and topics behind. When the services must be started anyway (a fresh session,
+# CI), start them on empty data so that never piles up; a running stack is reused as it is.
+if ! dev/stack.sh is-up; then
+  dev/stack.sh reset
+fi
 dev/stack.sh up
 # shellcheck disable=SC1090
 eval "$(dev/stack.sh env)"
