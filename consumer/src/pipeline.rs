@@ -126,8 +126,9 @@ impl Pipeline {
             if batch.is_empty() {
                 continue;
             }
+            let polled_at = Instant::now();
             let first_offsets = first_offsets(&batch);
-            match self.process(batch) {
+            match self.process(batch, polled_at) {
                 Ok(()) => backoff = self.config.retry.initial_backoff,
                 Err(Failed::Rewind(why)) => {
                     tracing::warn!(reason = %why, ?backoff, "batch not committed; rewinding");
@@ -203,8 +204,8 @@ impl Pipeline {
         batch
     }
 
-    /// decode → cql → redis → commit, for one batch.
-    fn process(&self, batch: Vec<Record>) -> Result<(), Failed> {
+    /// decode → cql → redis → commit, for one batch polled at `polled_at`.
+    fn process(&self, batch: Vec<Record>, polled_at: Instant) -> Result<(), Failed> {
         let records = batch.len();
         let next_offsets = next_offsets(&batch);
 
@@ -222,7 +223,7 @@ impl Pipeline {
         if !good.is_empty() {
             let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
             let started = Instant::now();
-            self.retry("cql", || {
+            self.retry("cql", None, || {
                 self.runtime.block_on(self.writer.write(&messages))
             })?;
             observe_stage("cql", started);
@@ -237,8 +238,14 @@ impl Pipeline {
                         member: window::member(g.message.server_time_us, &g.avro),
                     });
             }
+            // Self-fencing. A process frozen longer than the session timeout (VM or container
+            // pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a
+            // zombie are harmless (same rows, same timestamps), but window writes after a Redis
+            // loss could put old messages below the new owner's, leaving a hole that history would
+            // trust. So the window is only written while the batch is younger than the fence.
+            let fence = polled_at + self.config.kafka.session_timeout.mul_f64(0.8);
             let started = Instant::now();
-            self.retry("redis", || {
+            self.retry("redis", Some(fence), || {
                 let mut con = self.redis.clone();
                 self.runtime
                     .block_on(self.windows.append(&mut con, &sessions))
@@ -284,15 +291,24 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent.
+    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent. With a `fence`, no
+    /// attempt starts after that instant: the batch is rewound instead.
     fn retry<T>(
         &self,
         stage: &'static str,
+        fence: Option<Instant>,
         mut write: impl FnMut() -> chatlog_store::Result<T>,
     ) -> Result<T, Failed> {
         let started = Instant::now();
         let mut backoff = self.config.retry.initial_backoff;
         loop {
+            if fence.is_some_and(|f| Instant::now() > f) {
+                metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+                return Err(Failed::Rewind(format!(
+                    "{stage}: the batch is older than 80% of the session timeout; this consumer \
+                     may have been evicted, so it does not write and re-reads instead"
+                )));
+            }
             match write() {
                 Ok(v) => return Ok(v),
                 Err(e) => {

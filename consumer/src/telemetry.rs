@@ -73,7 +73,7 @@ pub const OUTCOMES: &[&str] = &["persisted", "dlq"];
 /// Values of the `stage` label of [`STAGE_DURATION`].
 pub const STAGES: &[&str] = &["decode", "cql", "redis", "commit"];
 /// Values of the `stage` label of [`RETRIES`].
-pub const RETRY_STAGES: &[&str] = &["cql", "redis", "commit"];
+pub const RETRY_STAGES: &[&str] = &["cql", "redis", "commit", "fenced"];
 /// Values of the `result` label of [`TRANSACTIONS`].
 pub const TRANSACTION_RESULTS: &[&str] = &["committed", "aborted"];
 /// Values of the `kind` label of [`REBALANCES`].

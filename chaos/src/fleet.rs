@@ -1,0 +1,396 @@
+//! The consumer fleet and its supervisor: real `chatlog-consumer` processes, each with a stable
+//! ordinal and transactional id (`chaos-<run>-<ordinal>`). An instance that exits without being
+//! asked to (exit 3 after being fenced or after a broker restart, a crash) is restarted with the
+//! same ordinal after a short backoff, as an orchestrator would; every exit is counted by status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::events::Events;
+use crate::stack::{self, Stack};
+
+/// What every instance is started with.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The binary.
+    pub bin: PathBuf,
+    /// `--topic`.
+    pub topic: String,
+    /// `--dlq-topic`.
+    pub dlq: String,
+    /// `--group-id`.
+    pub group: String,
+    /// `--keyspace`.
+    pub keyspace: String,
+    /// `--window-size`.
+    pub window_size: usize,
+    /// Prefix of the transactional ids: `<prefix>-<ordinal>`.
+    pub txn_prefix: String,
+    /// The TOML config file passed with `--config` (poison size limit).
+    pub config_file: PathBuf,
+    /// Folder of the per-ordinal logs.
+    pub log_dir: PathBuf,
+}
+
+/// Exit and restart counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStats {
+    /// Processes started (first starts and restarts).
+    pub spawns: usize,
+    /// kill -9 sent by the harness.
+    pub killed: usize,
+    /// SIGTERM sent by the harness (rebalances and the final stop).
+    pub terminated: usize,
+    /// Exits the harness did not cause, by exit status (e.g. `exit status: 3`): each was restarted.
+    pub unexpected_exits: BTreeMap<String, usize>,
+    /// Exits after SIGTERM, by status; anything but `exit status: 0` means the graceful path failed.
+    pub terminate_exits: BTreeMap<String, usize>,
+}
+
+struct Member {
+    ordinal: usize,
+    child: Option<Child>,
+    started: Instant,
+    /// Restart not before this (after an unexpected exit).
+    restart_at: Option<Instant>,
+    failures_in_a_row: u32,
+    /// Asked to stop: not restarted.
+    retiring: bool,
+}
+
+struct State {
+    members: Vec<Member>,
+    next_ordinal: usize,
+    stats: FleetStats,
+    stopped: bool,
+}
+
+/// The supervised fleet (cheap to clone; the monitor task holds a clone).
+#[derive(Clone)]
+pub struct Fleet {
+    spec: Arc<Spec>,
+    stack: Arc<Stack>,
+    events: Events,
+    state: Arc<Mutex<State>>,
+}
+
+impl Fleet {
+    /// Starts `n` instances (ordinals `0..n`) and the supervisor task.
+    pub fn start(spec: Spec, stack: Stack, events: Events, n: usize) -> anyhow::Result<Fleet> {
+        std::fs::create_dir_all(&spec.log_dir)?;
+        let fleet = Fleet {
+            spec: Arc::new(spec),
+            stack: Arc::new(stack),
+            events,
+            state: Arc::new(Mutex::new(State {
+                members: Vec::new(),
+                next_ordinal: 0,
+                stats: FleetStats::default(),
+                stopped: false,
+            })),
+        };
+        for _ in 0..n {
+            fleet.add()?;
+        }
+        let monitor = fleet.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if !monitor.supervise() {
+                    break;
+                }
+            }
+        });
+        Ok(fleet)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log file of an ordinal.
+    pub fn log_path(&self, ordinal: usize) -> PathBuf {
+        self.spec.log_dir.join(format!("consumer-{ordinal}.log"))
+    }
+
+    fn spawn(&self, ordinal: usize, stats: &mut FleetStats) -> anyhow::Result<Child> {
+        let spec = &self.spec;
+        let log_path = self.log_path(ordinal);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        use std::io::Write;
+        let _ = writeln!(
+            log,
+            "===== chaos: start of consumer-{ordinal} at {:.3}s =====",
+            self.events.now()
+        );
+        let child = Command::new(&spec.bin)
+            .arg("--config")
+            .arg(&spec.config_file)
+            .args(["--bootstrap-servers", &self.stack.kafka])
+            .args(["--topic", &spec.topic])
+            .args(["--dlq-topic", &spec.dlq])
+            .args(["--group-id", &spec.group])
+            .args([
+                "--transactional-id",
+                &format!("{}-{ordinal}", spec.txn_prefix),
+            ])
+            .args(["--cql-nodes", &self.stack.cql_nodes.join(",")])
+            .args(["--keyspace", &spec.keyspace])
+            .args(["--redis-url", &self.stack.redis_url])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--window-size", &spec.window_size.to_string()])
+            .env_remove("CHATLOG_CONSUMER_CONFIG")
+            .env("CHATLOG_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("start {}", spec.bin.display()))?;
+        stats.spawns += 1;
+        Ok(child)
+    }
+
+    /// Starts one more instance with a new ordinal; returns the ordinal.
+    pub fn add(&self) -> anyhow::Result<usize> {
+        let mut st = self.lock();
+        let ordinal = st.next_ordinal;
+        st.next_ordinal += 1;
+        let child = self.spawn(ordinal, &mut st.stats)?;
+        self.events
+            .log(format!("consumer-{ordinal} started (pid {})", child.id()));
+        st.members.push(Member {
+            ordinal,
+            child: Some(child),
+            started: Instant::now(),
+            restart_at: None,
+            failures_in_a_row: 0,
+            retiring: false,
+        });
+        Ok(ordinal)
+    }
+
+    /// One supervisor round: reap exits, restart what should run. `false` once stopped.
+    fn supervise(&self) -> bool {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.stopped {
+            return false;
+        }
+        // Retiring members are reaped by `retire`, never restarted.
+        for m in st.members.iter_mut().filter(|m| !m.retiring) {
+            if let Some(child) = m.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                m.child = None;
+                let status = status.to_string();
+                *st.stats.unexpected_exits.entry(status.clone()).or_default() += 1;
+                // Back off 1, 2, 4 … 16 s while it keeps failing quickly (e.g. broker down).
+                if m.started.elapsed() < Duration::from_secs(30) {
+                    m.failures_in_a_row += 1;
+                } else {
+                    m.failures_in_a_row = 1;
+                }
+                let backoff = Duration::from_secs(1 << (m.failures_in_a_row - 1).min(4));
+                self.events.log(format!(
+                    "consumer-{} exited by itself ({status}); restarting in {backoff:?}; log {}",
+                    m.ordinal,
+                    self.log_path(m.ordinal).display()
+                ));
+                m.restart_at = Some(Instant::now() + backoff);
+            }
+            if m.child.is_none() && m.restart_at.is_some_and(|t| Instant::now() >= t) {
+                match self.spawn(m.ordinal, &mut st.stats) {
+                    Ok(child) => {
+                        self.events.log(format!(
+                            "consumer-{} restarted (pid {})",
+                            m.ordinal,
+                            child.id()
+                        ));
+                        m.child = Some(child);
+                        m.started = Instant::now();
+                        m.restart_at = None;
+                    }
+                    Err(e) => {
+                        self.events
+                            .log(format!("consumer-{} restart failed: {e:#}", m.ordinal));
+                        m.restart_at = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Ordinals of the running instances (preferring those up for at least `min_uptime`).
+    pub fn running(&self, min_uptime: Duration) -> Vec<usize> {
+        let st = self.lock();
+        let up: Vec<usize> = st
+            .members
+            .iter()
+            .filter(|m| m.child.is_some() && !m.retiring)
+            .filter(|m| m.started.elapsed() >= min_uptime)
+            .map(|m| m.ordinal)
+            .collect();
+        if !up.is_empty() {
+            return up;
+        }
+        st.members
+            .iter()
+            .filter(|m| m.child.is_some() && !m.retiring)
+            .map(|m| m.ordinal)
+            .collect()
+    }
+
+    /// The pid of a running instance.
+    pub fn pid(&self, ordinal: usize) -> Option<u32> {
+        self.lock()
+            .members
+            .iter()
+            .find(|m| m.ordinal == ordinal)
+            .and_then(|m| m.child.as_ref().map(Child::id))
+    }
+
+    /// kill -9 of `ordinal`, then an immediate restart with the same ordinal (and transactional id).
+    pub fn kill9_and_restart(&self, ordinal: usize) -> anyhow::Result<String> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let m = st
+            .members
+            .iter_mut()
+            .find(|m| m.ordinal == ordinal && m.child.is_some())
+            .context("no such running consumer")?;
+        let mut child = m.child.take().context("not running")?;
+        let pid = child.id();
+        let uptime = m.started.elapsed();
+        child.kill().context("SIGKILL")?;
+        let _ = child.wait();
+        st.stats.killed += 1;
+        let new = self.spawn(ordinal, &mut st.stats)?;
+        let detail = format!(
+            "consumer-{ordinal} (pid {pid}, up {:.1}s) killed with SIGKILL, restarted as pid {}",
+            uptime.as_secs_f64(),
+            new.id()
+        );
+        m.child = Some(new);
+        m.started = Instant::now();
+        m.restart_at = None;
+        Ok(detail)
+    }
+
+    /// SIGTERM to `ordinal`, which is not restarted; waits up to `limit` for it to exit and
+    /// returns its exit status (kill -9 after the limit).
+    pub async fn retire(&self, ordinal: usize, limit: Duration) -> anyhow::Result<String> {
+        let pid = {
+            let mut st = self.lock();
+            let m = st
+                .members
+                .iter_mut()
+                .find(|m| m.ordinal == ordinal && m.child.is_some())
+                .context("no such running consumer")?;
+            m.retiring = true;
+            let pid = m.child.as_ref().map(Child::id).context("not running")?;
+            st.stats.terminated += 1;
+            pid
+        };
+        stack::signal(pid, "-TERM")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let mut st = self.lock();
+                let Some(m) = st.members.iter_mut().find(|m| m.ordinal == ordinal) else {
+                    anyhow::bail!("consumer-{ordinal} vanished while retiring");
+                };
+                if let Some(child) = m.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    m.child = None;
+                    let status = status.to_string();
+                    *st.stats.terminate_exits.entry(status.clone()).or_default() += 1;
+                    st.members.retain(|m| m.ordinal != ordinal);
+                    return Ok(status);
+                }
+                if Instant::now() > deadline {
+                    if let Some(mut child) = m.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    st.members.retain(|m| m.ordinal != ordinal);
+                    *st.stats
+                        .terminate_exits
+                        .entry("no exit within the limit (killed)".into())
+                        .or_default() += 1;
+                    return Ok(format!("did not exit within {limit:?}; killed"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every instance gracefully (SIGTERM, kill -9 after `limit`) and the supervisor.
+    pub async fn stop(&self, limit: Duration) -> FleetStats {
+        let ordinals: Vec<usize> = {
+            let mut st = self.lock();
+            // Nothing is restarted from now on.
+            for m in st.members.iter_mut() {
+                m.retiring = true;
+            }
+            st.members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .map(|m| m.ordinal)
+                .collect()
+        };
+        let stops = ordinals.iter().map(|&o| self.retire(o, limit));
+        for (o, r) in ordinals.iter().zip(futures::future::join_all(stops).await) {
+            match r {
+                Ok(status) => self.events.log(format!("consumer-{o} stopped: {status}")),
+                Err(e) => self.events.log(format!("consumer-{o} stop: {e:#}")),
+            }
+        }
+        let mut st = self.lock();
+        st.stopped = true;
+        self.kill_all(&mut st);
+        st.stats.clone()
+    }
+
+    fn kill_all(&self, st: &mut State) {
+        for m in st.members.iter_mut() {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> FleetStats {
+        self.lock().stats.clone()
+    }
+
+    /// The log folder.
+    pub fn log_dir(&self) -> &Path {
+        &self.spec.log_dir
+    }
+}
+
+/// Kills every instance still running when the last handle of a run goes (error paths).
+pub struct FleetGuard(pub Fleet);
+
+impl Drop for FleetGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.stopped = true;
+        self.0.kill_all(&mut st);
+    }
+}

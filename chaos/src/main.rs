@@ -1,0 +1,200 @@
+//! `chatlog-chaos`: one chaos run against the stack the `CHATLOG_*` variables name (see
+//! `dev/chaos.sh` and docs/RELIABILITY.md). Prints the summary line, writes the figures as JSON
+//! with `--json`, and exits 1 if anything was lost, duplicated, reordered or a window was wrong
+//! (2 if the run itself could not be carried out).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chatlog_chaos::{Options, Size};
+use clap::Parser;
+
+/// chatlog chaos harness: load + faults through the whole pipeline, then a history check.
+///
+/// DANGER: it restarts Kafka and Redis (FLUSHALL) and pauses Cassandra of the stack that
+/// CHATLOG_STACK_DIR / CHATLOG_*_PORT select. Never point it at a stack others are using.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, max_term_width = 100)]
+struct Cli {
+    /// The preset: ci (50k messages, 9 faults, minutes) or full (1M messages, 26 faults).
+    #[arg(long, default_value = "ci")]
+    size: Size,
+    /// Messages to send.
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Sessions they are spread over.
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Sends in flight at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Target send rate, messages/s (the faults are spread over messages / rate seconds).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Consumer instances.
+    #[arg(long)]
+    consumers: Option<usize>,
+    /// kill -9 of random consumers.
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Rebalances (a consumer joins, later one leaves).
+    #[arg(long)]
+    rebalances: Option<usize>,
+    /// Kafka broker restarts.
+    #[arg(long)]
+    kafka_restarts: Option<usize>,
+    /// Redis restarts with FLUSHALL.
+    #[arg(long)]
+    redis_restarts: Option<usize>,
+    /// Cassandra SIGSTOP pauses.
+    #[arg(long)]
+    cassandra_pauses: Option<usize>,
+    /// Seconds Cassandra stays stopped.
+    #[arg(long)]
+    cassandra_pause_secs: Option<u64>,
+    /// Consumer pauses: SIGSTOP to a random consumer, SIGCONT later (a zombie). Default 0.
+    #[arg(long)]
+    consumer_pauses: Option<usize>,
+    /// Seconds a paused consumer stays stopped (default 20, above the 10 s session timeout).
+    #[arg(long)]
+    consumer_pause_secs: Option<u64>,
+    /// FLUSHALL Redis while a consumer is paused.
+    #[arg(long)]
+    pause_flush: bool,
+    /// Zombie writers (composed fault: a consumer frozen in its CQL stage past its session timeout
+    /// while Redis loses its data, then resumed). Default 0.
+    #[arg(long)]
+    zombies: Option<usize>,
+    /// Share of poison records (0.01 = 1 %).
+    #[arg(long)]
+    poison_ratio: Option<f64>,
+    /// Share of acknowledged messages resent with the same client_msg_id.
+    #[arg(long)]
+    resend_ratio: Option<f64>,
+    /// Window size W of the consumers.
+    #[arg(long)]
+    window_size: Option<usize>,
+    /// Partitions of the run's topic.
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Seconds to wait for the pipeline to drain.
+    #[arg(long)]
+    drain_timeout_secs: Option<u64>,
+    /// Seed of every random choice (default: the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The chatlog-consumer binary (default target/debug for ci, target/release for full).
+    #[arg(long, env = "CHATLOG_CONSUMER_BIN")]
+    consumer_bin: Option<PathBuf>,
+    /// The workspace root (where dev/stack.sh is).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// Parent folder of the run folder (events.log, consumer logs, report.json).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Also write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not print the event log (it is still written to the run folder).
+    #[arg(long)]
+    quiet: bool,
+    /// Checker self-test: corrupt the stores in known ways before checking (the run must report
+    /// exactly 2 lost, 2 duplicated, 1 reordered, 1 window mismatch).
+    #[arg(long)]
+    sabotage: bool,
+}
+
+impl Cli {
+    fn options(&self) -> Options {
+        let mut o = Options::preset(self.size);
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { o.$f = v; } )* };
+        }
+        set!(
+            messages,
+            sessions,
+            concurrency,
+            rate,
+            consumers,
+            kills,
+            rebalances,
+            kafka_restarts,
+            redis_restarts,
+            cassandra_pauses,
+            consumer_pauses,
+            zombies,
+            poison_ratio,
+            resend_ratio,
+            window_size,
+            partitions,
+            seed,
+            consumer_bin,
+            workspace,
+            run_dir
+        );
+        if let Some(s) = self.cassandra_pause_secs {
+            o.cassandra_pause = Duration::from_secs(s);
+        }
+        o.sabotage = self.sabotage;
+        o.pause_flush |= self.pause_flush;
+        if let Some(s) = self.consumer_pause_secs {
+            o.consumer_pause = Duration::from_secs(s);
+        }
+        if let Some(s) = self.drain_timeout_secs {
+            o.drain_timeout = Duration::from_secs(s);
+        }
+        o
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let report = match chatlog_chaos::run(cli.options(), cli.quiet).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaos: run failed: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &cli.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| std::fs::write(path, b).map_err(anyhow::Error::from));
+        if let Err(e) = written {
+            eprintln!("chaos: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    for (what, examples) in &report.findings.examples {
+        eprintln!("chaos: {what}:");
+        for e in examples {
+            eprintln!("  {e}");
+        }
+    }
+    eprintln!(
+        "chaos: run folder {} (events.log, consumer-*.log, report.json); {:.0}s",
+        report.run.dir.display(),
+        report.duration_secs
+    );
+    println!("{}", report.summary);
+    if let Some(note) = report.note() {
+        println!("{note}");
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        if report.unacked > 0 {
+            println!("chaos: {} messages were never acknowledged", report.unacked);
+        }
+        if report.faults_injected != report.faults_planned {
+            println!(
+                "chaos: {} of {} planned faults injected",
+                report.faults_injected, report.faults_planned
+            );
+        }
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,260 @@
+//! What one chaos run does: the two documented sizes and every knob they set.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The two documented sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// ~50k messages, 5 consumer kills and one of each other fault: a few minutes, run by the test
+    /// suite (`chaos/tests/ci.rs`).
+    Ci,
+    /// 1,000,000 messages, 20 kills, 3 rebalances, a Kafka restart, a Redis restart with FLUSHALL,
+    /// Cassandra paused 10 s, 1 % poison: run on demand (`dev/chaos.sh full`).
+    Full,
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ci" => Ok(Size::Ci),
+            "full" => Ok(Size::Full),
+            other => Err(format!("unknown size {other:?} (ci|full)")),
+        }
+    }
+}
+
+/// Every setting of a run. Start from [`Options::preset`] and override fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    /// The preset this started from.
+    pub size: Size,
+    /// Messages sent through the producer library (each acknowledged once).
+    pub messages: usize,
+    /// Sessions they are spread over; each session sends sequentially (one in flight).
+    pub sessions: usize,
+    /// Sends in flight at once over all sessions.
+    pub concurrency: usize,
+    /// Target send rate (messages/s); the load lasts about `messages / rate` seconds and the
+    /// faults are spread over that time.
+    pub rate: f64,
+    /// Consumer instances of the fleet.
+    pub consumers: usize,
+    /// kill -9 of a random consumer (restarted by the harness).
+    pub kills: usize,
+    /// Rebalances: an extra consumer joins, later a random member leaves with SIGTERM.
+    pub rebalances: usize,
+    /// Kafka broker restarts (`dev/stack.sh down kafka; up kafka`).
+    pub kafka_restarts: usize,
+    /// Redis restarts followed by FLUSHALL (every window, seq hash and idempotency record lost).
+    pub redis_restarts: usize,
+    /// Cassandra SIGSTOP … SIGCONT pauses.
+    pub cassandra_pauses: usize,
+    /// How long Cassandra stays stopped.
+    pub cassandra_pause: Duration,
+    /// Consumer pauses: SIGSTOP to a random consumer, SIGCONT after `consumer_pause` (longer than
+    /// the group session timeout, so its partitions move on and it resumes as a zombie). Not part
+    /// of the documented sizes (0 there).
+    pub consumer_pauses: usize,
+    /// How long a paused consumer stays stopped.
+    pub consumer_pause: Duration,
+    /// FLUSHALL Redis while a consumer is paused (a zombie then resumes against an empty Redis).
+    pub pause_flush: bool,
+    /// Zombie writers, a composed fault (see [`crate::faults`]): a consumer frozen inside its CQL
+    /// stage past its session timeout while Redis loses its data, then resumed. Not part of the
+    /// documented sizes (0 there).
+    pub zombies: usize,
+    /// Poison records, as a share of `messages` (0.01 = 1 %), produced raw to the same topic.
+    pub poison_ratio: f64,
+    /// Share of acknowledged messages sent a second time with the same client_msg_id (a client
+    /// retry after a lost ack): must get the same seq back.
+    pub resend_ratio: f64,
+    /// Window size `W` of the consumers.
+    pub window_size: usize,
+    /// Partitions of the run's topic.
+    pub partitions: i32,
+    /// How long to wait for the pipeline to drain after the load and the faults.
+    pub drain_timeout: Duration,
+    /// Seed of every random choice (fault order and timing, victims, poison kinds, content).
+    pub seed: u64,
+    /// The `chatlog-consumer` binary.
+    pub consumer_bin: PathBuf,
+    /// The workspace root (where `dev/stack.sh` is).
+    pub workspace: PathBuf,
+    /// Where consumer logs and the event log go.
+    pub run_dir: PathBuf,
+    /// Checker self-test: after the drain, corrupt the stores and the recorded history in known
+    /// ways (see [`crate::sabotage`]); the run must then report exactly
+    /// [`crate::sabotage::EXPECTED`].
+    pub sabotage: bool,
+}
+
+impl Options {
+    /// The settings of a documented size (consumer binary, workspace and run folder defaulted;
+    /// see [`default_consumer_bin`]).
+    pub fn preset(size: Size) -> Options {
+        let workspace = workspace_root();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7);
+        let common = Options {
+            size,
+            messages: 50_000,
+            sessions: 250,
+            concurrency: 250,
+            rate: 600.0,
+            consumers: 3,
+            kills: 5,
+            rebalances: 1,
+            kafka_restarts: 1,
+            redis_restarts: 1,
+            cassandra_pauses: 1,
+            cassandra_pause: Duration::from_secs(10),
+            consumer_pauses: 0,
+            consumer_pause: Duration::from_secs(20),
+            pause_flush: false,
+            zombies: 0,
+            poison_ratio: 0.01,
+            resend_ratio: 0.005,
+            window_size: 20,
+            partitions: 8,
+            drain_timeout: Duration::from_secs(240),
+            seed,
+            consumer_bin: default_consumer_bin(&workspace, "debug"),
+            workspace,
+            run_dir: std::env::temp_dir().join("chatlog-chaos"),
+            sabotage: false,
+        };
+        match size {
+            Size::Ci => common,
+            Size::Full => Options {
+                messages: 1_000_000,
+                sessions: 1000,
+                concurrency: 500,
+                rate: 2500.0,
+                kills: 20,
+                rebalances: 3,
+                drain_timeout: Duration::from_secs(900),
+                consumer_bin: default_consumer_bin(&common.workspace, "release"),
+                ..common
+            },
+        }
+    }
+
+    /// Faults this run injects.
+    pub fn planned_faults(&self) -> usize {
+        self.kills
+            + self.rebalances
+            + self.kafka_restarts
+            + self.redis_restarts
+            + self.cassandra_pauses
+            + self.consumer_pauses
+            + self.zombies
+    }
+
+    /// How long the load should last at [`Options::rate`].
+    pub fn load_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.messages as f64 / self.rate.max(1.0))
+    }
+
+    /// Poison records to produce.
+    pub fn poison_count(&self) -> usize {
+        (self.messages as f64 * self.poison_ratio).round() as usize
+    }
+
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.messages >= 1, "--messages must be at least 1");
+        anyhow::ensure!(
+            (1..=self.messages).contains(&self.sessions),
+            "--sessions must be 1..=messages"
+        );
+        anyhow::ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(self.consumers >= 1, "--consumers must be at least 1");
+        anyhow::ensure!(self.window_size >= 1, "--window-size must be at least 1");
+        anyhow::ensure!(self.partitions >= 1, "--partitions must be at least 1");
+        anyhow::ensure!(self.rate > 0.0, "--rate must be positive");
+        anyhow::ensure!(
+            (0.0..=0.5).contains(&self.poison_ratio) && (0.0..=0.5).contains(&self.resend_ratio),
+            "--poison-ratio and --resend-ratio must be within 0..=0.5"
+        );
+        Ok(())
+    }
+}
+
+/// The workspace root this crate was built in (`chaos/..`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// `CHATLOG_CONSUMER_BIN`, else `<workspace>/target/<profile>/chatlog-consumer` (honouring
+/// `CARGO_TARGET_DIR`).
+pub fn default_consumer_bin(workspace: &std::path::Path, profile: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("CHATLOG_CONSUMER_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join(profile).join("chatlog-consumer")
+}
+
+/// The debug `chatlog-consumer` of this workspace for tests: `CHATLOG_CONSUMER_BIN` if set, else
+/// `target/debug/chatlog-consumer`, built with `cargo build -p chatlog-consumer` when it is
+/// missing or older than the sources it is built from.
+pub fn debug_consumer_bin() -> anyhow::Result<PathBuf> {
+    let workspace = workspace_root();
+    let bin = default_consumer_bin(&workspace, "debug");
+    if std::env::var_os("CHATLOG_CONSUMER_BIN").is_some_and(|p| !p.is_empty()) {
+        return Ok(bin);
+    }
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let stale = match built {
+        None => true,
+        Some(t) => ["consumer", "store", "schemas", "cql"]
+            .iter()
+            .any(|dir| newer_than(&workspace.join(dir), t)),
+    };
+    if stale {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "chatlog-consumer"])
+            .current_dir(&workspace)
+            .status()
+            .map_err(|e| anyhow::anyhow!("cannot run `cargo build -p chatlog-consumer`: {e}"))?;
+        anyhow::ensure!(
+            status.success(),
+            "`cargo build -p chatlog-consumer` failed ({status})"
+        );
+    }
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} missing after `cargo build -p chatlog-consumer`",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Whether any file under `dir` (skipping `target` and tests) was modified after `t`.
+fn newer_than(dir: &std::path::Path, t: std::time::SystemTime) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        let name = e.file_name();
+        if path.is_dir() {
+            name != "target" && name != "tests" && newer_than(&path, t)
+        } else {
+            e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > t)
+        }
+    })
+}

@@ -1,0 +1,143 @@
+//! The checker's self-test (`--sabotage`): after the drain, damage the stores and the recorded
+//! history in known ways, one per kind of finding, so a run must report exactly [`EXPECTED`]. A
+//! checker that reports zeros on a damaged store would be worthless; this proves it is not.
+//!
+//! | damage | finding |
+//! |---|---|
+//! | the CQL row of session 0's first message deleted | 1 lost (missing row) |
+//! | session 1's first message written again at seq 0 | 1 duplicated (stored twice) |
+//! | the newest member of session 2's window removed (a stale window) | 1 window mismatch |
+//! | the recorded Kafka offsets of session 3's 6th and 7th acks swapped | 1 reordered |
+//! | one DLQ record produced again, outside any transaction | 1 duplicated (DLQ) |
+//! | the recorded offset of poison record 0 moved | 1 lost (poison missing from the DLQ) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chatlog_store::keys;
+use chatlog_store::messages::{BatchLimits, MessageWriter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use scylla::client::session::Session;
+
+use crate::RunInfo;
+use crate::events::Events;
+use crate::load::{LoadResult, Plan};
+use crate::stack::Stack;
+
+/// (lost, duplicated, reordered, window mismatches) a sabotaged run reports.
+pub const EXPECTED: (usize, usize, usize, usize) = (2, 2, 1, 1);
+
+/// Applies the damage of the module docs.
+pub async fn corrupt(
+    load: &mut LoadResult,
+    plan: &Plan,
+    session: &Arc<Session>,
+    run: &RunInfo,
+    stack: &Stack,
+    events: &Events,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        plan.sessions >= 4 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
+        "--sabotage needs at least 4 sessions of 50 messages (more than W) and 2 poison records"
+    );
+    let ack = |s: usize, j: usize| {
+        load.acks[s][j]
+            .clone()
+            .with_context(|| format!("session {s} message {j} was not acknowledged"))
+    };
+
+    // Session 0: the first message's row disappears.
+    let first = ack(0, 0)?;
+    let delete = session
+        .prepare(format!(
+            "DELETE FROM {}.messages WHERE session_id = ? AND bucket = ? AND seq = ?",
+            run.keyspace
+        ))
+        .await?;
+    session
+        .execute_unpaged(
+            &delete,
+            (
+                plan.session_id(0),
+                chatlog_store::messages::bucket_of(
+                    first.seq,
+                    chatlog_store::messages::DEFAULT_BUCKET_SIZE,
+                ),
+                first.seq,
+            ),
+        )
+        .await?;
+
+    // Session 1: the first message again at seq 0.
+    let mut copy = plan.stored(&ack(1, 0)?);
+    copy.seq = 0;
+    MessageWriter::new(session.clone(), &run.keyspace, BatchLimits::default())
+        .await?
+        .write(&[copy])
+        .await?;
+
+    // Session 2: the window loses its newest member.
+    let mut redis = stack.redis().await?;
+    let _: Vec<(Vec<u8>, f64)> = redis::cmd("ZPOPMAX")
+        .arg(keys::window(&plan.session_id(2)))
+        .query_async(&mut redis)
+        .await?;
+
+    // Session 3: two acks' offsets swapped in the history.
+    let (a, b) = (ack(3, 5)?, ack(3, 6)?);
+    if let Some(x) = load.acks[3][5].as_mut() {
+        x.offset = b.offset;
+    }
+    if let Some(y) = load.acks[3][6].as_mut() {
+        y.offset = a.offset;
+    }
+
+    // Poison record 0 "was written elsewhere".
+    load.poison[0].offset += 1_000_000;
+
+    // One DLQ record twice.
+    let (kafka, dlq) = (stack.kafka.clone(), run.dlq.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka)
+            .set("group.id", chatlog::unique("chaos_sabotage"))
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&dlq, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let m = loop {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                break m?.detach();
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the DLQ is empty");
+        };
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka)
+            .create()?;
+        let mut record = FutureRecord::<[u8], [u8]>::to(&dlq);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = m.payload() {
+            record = record.payload(p);
+        }
+        if let Some(h) = m.headers() {
+            record = record.headers(h.clone());
+        }
+        futures::executor::block_on(producer.send(record, Duration::from_secs(30)))
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    })
+    .await??;
+    events.log(format!(
+        "SABOTAGE: deleted 1 row, wrote 1 copy, removed 1 window member, swapped 2 offsets, moved 1 \
+         poison offset, duplicated 1 DLQ record; expected (lost, duplicated, reordered, window) = {EXPECTED:?}"
+    ));
+    Ok(())
+}

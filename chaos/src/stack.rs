@@ -1,0 +1,282 @@
+//! The stack under test: its addresses (the `CHATLOG_*` variables of `dev/stack.sh env`), the
+//! checks that it is up, and the service-level faults (`dev/stack.sh down|up`, SIGSTOP/SIGCONT of
+//! Cassandra, FLUSHALL).
+//!
+//! The harness restarts Kafka and Redis through `dev/stack.sh` **with the current environment**, so
+//! `CHATLOG_STACK_DIR` and the `CHATLOG_*_PORT` variables select which stack it acts on. Before
+//! anything it checks that those variables and the addresses it tests (`CHATLOG_KAFKA_BOOTSTRAP`,
+//! `CHATLOG_CQL_NODES`, `CHATLOG_REDIS_URL`) name the same stack: restarting one Kafka while
+//! testing another would be a meaningless (and, on a shared machine, harmful) run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// Where the stack is and how to drive it.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Kafka bootstrap servers.
+    pub kafka: String,
+    /// CQL contact points.
+    pub cql_nodes: Vec<String>,
+    /// Redis URL.
+    pub redis_url: String,
+    /// `dev/stack.sh`.
+    pub script: PathBuf,
+    /// The stack's state folder (`CHATLOG_STACK_DIR`, default `~/.cache/chatlog/stack`).
+    pub dir: PathBuf,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn port_of(address: &str) -> Option<u16> {
+    let host_port = address
+        .trim_start_matches("redis://")
+        .trim_start_matches("rediss://")
+        .split('/')
+        .next()?;
+    let host_port = host_port.rsplit('@').next()?;
+    host_port.rsplit(':').next()?.parse().ok()
+}
+
+impl Stack {
+    /// The stack named by the environment; refuses addresses that do not belong to the stack
+    /// `dev/stack.sh` would act on.
+    pub fn from_env(workspace: &Path) -> anyhow::Result<Stack> {
+        let script = workspace.join("dev/stack.sh");
+        anyhow::ensure!(
+            script.is_file(),
+            "{} not found (pass --workspace)",
+            script.display()
+        );
+        let dir = match env("CHATLOG_STACK_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let cache = env("CHATLOG_CACHE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(env("HOME").unwrap_or_else(|| "/root".into()))
+                            .join(".cache/chatlog")
+                    });
+                cache.join("stack")
+            }
+        };
+        let stack = Stack {
+            kafka: chatlog::kafka_bootstrap(),
+            cql_nodes: chatlog::cql_nodes(),
+            redis_url: chatlog::redis_url(),
+            script,
+            dir,
+        };
+        let port = |name: &str, default: u16| -> anyhow::Result<u16> {
+            env(name)
+                .map(|v| v.parse().with_context(|| format!("{name}={v:?}")))
+                .unwrap_or(Ok(default))
+        };
+        let pairs = [
+            (
+                "CHATLOG_KAFKA_BOOTSTRAP",
+                stack.kafka.clone(),
+                "CHATLOG_KAFKA_PORT",
+                port("CHATLOG_KAFKA_PORT", 9092)?,
+            ),
+            (
+                "CHATLOG_CQL_NODES",
+                stack.cql_nodes.join(","),
+                "CHATLOG_CQL_PORT",
+                port("CHATLOG_CQL_PORT", 9042)?,
+            ),
+            (
+                "CHATLOG_REDIS_URL",
+                stack.redis_url.clone(),
+                "CHATLOG_REDIS_PORT",
+                port("CHATLOG_REDIS_PORT", 6390)?,
+            ),
+        ];
+        for (addr_var, address, port_var, port) in pairs {
+            let first = address.split(',').next().unwrap_or_default();
+            if port_of(first) != Some(port) {
+                bail!(
+                    "{addr_var}={address} is not the stack dev/stack.sh drives ({port_var} = {port}): \
+                     the harness would restart one service and test another. \
+                     Run `eval \"$(dev/stack.sh env)\"` with the same variables."
+                );
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Fails loudly unless Kafka, CQL and Redis answer and Cassandra's pid file is ours.
+    pub async fn preflight(&self) -> anyhow::Result<()> {
+        let kafka = self.kafka.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let probe: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &kafka)
+                .create()?;
+            probe
+                .fetch_metadata(None, Duration::from_secs(15))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Kafka", &kafka)))?;
+            Ok(())
+        })
+        .await??;
+        let cql = chatlog_store::CqlConfig {
+            nodes: self.cql_nodes.clone(),
+            ..Default::default()
+        };
+        cql.connect().await.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                chatlog::stack_hint("CQL database", &self.cql_nodes.join(","))
+            )
+        })?;
+        let mut redis = self.redis().await?;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Redis", &self.redis_url))
+            })?;
+        anyhow::ensure!(pong == "PONG", "Redis answered {pong:?} to PING");
+        self.cassandra_pid()?;
+        Ok(())
+    }
+
+    /// A reconnecting Redis connection.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        chatlog_store::RedisConfig {
+            url: self.redis_url.clone(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Redis", &self.redis_url)))
+    }
+
+    /// Runs `dev/stack.sh <args>` with the current environment (which selects the stack).
+    pub async fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = tokio::process::Command::new(&self.script)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("run {}", self.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "dev/stack.sh {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The pid of the stack's Cassandra, checked to be a Cassandra of this stack folder.
+    pub fn cassandra_pid(&self) -> anyhow::Result<u32> {
+        let file = self.dir.join("run/cassandra.pid");
+        let pid: u32 = std::fs::read_to_string(&file)
+            .with_context(|| {
+                format!(
+                    "cannot read {} (the harness pauses the Cassandra that dev/stack.sh started; \
+                     set CHATLOG_STACK_DIR to its folder)",
+                    file.display()
+                )
+            })?
+            .trim()
+            .parse()
+            .with_context(|| format!("{} holds no pid", file.display()))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).with_context(|| {
+            format!(
+                "Cassandra (pid {pid} from {}) is not running",
+                file.display()
+            )
+        })?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        anyhow::ensure!(
+            cmdline.contains("CassandraDaemon") && cmdline.contains(&*self.dir.to_string_lossy()),
+            "pid {pid} from {} is not this stack's Cassandra",
+            file.display()
+        );
+        Ok(pid)
+    }
+
+    /// Creates a topic (replication 1) and waits until its metadata shows every partition.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = tokio::time::timeout(
+            Duration::from_secs(60),
+            admin.create_topics(
+                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+                &opts,
+            ),
+        )
+        .await
+        .context("create topic: timed out")??;
+        for r in results {
+            r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+        }
+        let (kafka, name) = (self.kafka.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let probe: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &kafka)
+                .create()?;
+            for _ in 0..100 {
+                if let Ok(m) = probe.fetch_metadata(Some(&name), Duration::from_secs(5))
+                    && m.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!("topic {name} has no leaders after 10 s")
+        })
+        .await?
+    }
+}
+
+/// Sends `signal` (e.g. `-STOP`) to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .context("run kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed: {status}");
+    Ok(())
+}
+
+/// Sends SIGCONT to a paused process when dropped: Cassandra is never left stopped, even if the
+/// harness fails or panics during the pause.
+pub struct ResumeGuard(pub u32);
+
+impl Drop for ResumeGuard {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "-CONT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_read_from_each_address_form() {
+        assert_eq!(port_of("127.0.0.1:19092"), Some(19092));
+        assert_eq!(port_of("redis://127.0.0.1:6390/"), Some(6390));
+        assert_eq!(port_of("redis://user@host:16390/0"), Some(16390));
+        assert_eq!(port_of("host"), None);
+    }
+}
