@@ -13,7 +13,6 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 
 use crate::{Error, ProducerConfig, Result};
 
@@ -93,12 +92,30 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// A record handed to librdkafka, waiting for its delivery report.
+/// A record handed to librdkafka, waiting for its delivery report. It holds its in-flight permit
+/// until the report arrives: [`finish`](Pending::finish) releases it then, and a `Pending` dropped
+/// before (the caller stopped waiting) hands the wait to a task, so the bound holds either way.
+///
+/// Awaiting the report in the caller's own task, rather than in a task spawned per record, saves a
+/// spawn and a cross-thread wake-up per send: with both on the hot path the producer spent about
+/// half of its CPU in the kernel's scheduler and futexes (P3 of `dev/bench.sh`).
 struct Pending {
     alloc: Allocation,
-    delivery: JoinHandle<
-        std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, ()>,
-    >,
+    delivery: Option<DeliveryFuture>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let (Some(delivery), Some(permit)) = (self.delivery.take(), self.permit.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = delivery.await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 impl Producer {
@@ -176,13 +193,16 @@ impl Producer {
         }
         let sessions = by_session.into_values().map(|group| async move {
             // In order within the session: each one is enqueued before the next is allocated.
+            // Its delivery is awaited by a task meanwhile, which releases the in-flight permit as
+            // soon as Kafka answers: the next enqueue may be waiting for that permit.
             let mut pending = Vec::with_capacity(group.len());
             for (i, m) in group {
-                pending.push((i, self.enqueue(m).await));
+                let p = self.enqueue(m).await.map(|p| tokio::spawn(p.finish()));
+                pending.push((i, p));
             }
             let finished = pending.into_iter().map(|(i, p)| async move {
                 let r = match p {
-                    Ok(p) => p.finish().await,
+                    Ok(task) => task.await.unwrap_or(Err(Error::Closed)),
                     Err(e) => Err(e),
                 };
                 (i, r)
@@ -252,8 +272,8 @@ impl Producer {
             .map_err(Error::kafka)
     }
 
-    /// Validate, wait for a permit, allocate and enqueue; the delivery is awaited by a task that
-    /// holds the permit, so the in-flight bound holds even if the caller stops waiting.
+    /// Validate, wait for a permit, allocate and enqueue. The [`Pending`] holds the permit until
+    /// the delivery report, so the in-flight bound holds even if the caller stops waiting.
     async fn enqueue(&self, m: NewMessage) -> Result<Pending> {
         let inner = &*self.inner;
         let mut message = ChatMessage {
@@ -308,25 +328,32 @@ impl Producer {
             .send_result(record)
             .map_err(|(e, _record)| Error::kafka(e))?;
         drop(order);
-        let delivery = tokio::spawn(async move {
-            let r = delivery.await.map_err(|_canceled| ());
-            drop(permit);
-            r
-        });
-        Ok(Pending { alloc, delivery })
+        Ok(Pending {
+            alloc,
+            delivery: Some(delivery),
+            permit: Some(permit),
+        })
     }
 }
 
 impl Pending {
-    async fn finish(self) -> Result<Sent> {
-        let delivered = match self.delivery.await {
-            Ok(Ok(Ok(d))) => d,
-            Ok(Ok(Err((e, _message)))) => return Err(Error::kafka(e)),
+    async fn finish(mut self) -> Result<Sent> {
+        // Awaited in place: if this future is dropped meanwhile, `self` (still holding the delivery
+        // and the permit) is dropped with it and its `Drop` takes over the wait.
+        let report = match self.delivery.as_mut() {
+            Some(delivery) => delivery.await,
+            None => return Err(Error::Closed),
+        };
+        self.delivery = None;
+        self.permit = None;
+        let delivered = match report {
+            Ok(Ok(d)) => d,
+            Ok(Err((e, _message))) => return Err(Error::kafka(e)),
             // The client was dropped, or the runtime is shutting down.
-            Ok(Err(())) | Err(_) => return Err(Error::Closed),
+            Err(_canceled) => return Err(Error::Closed),
         };
         Ok(Sent {
-            msg_id: self.alloc.msg_id,
+            msg_id: std::mem::take(&mut self.alloc.msg_id),
             seq: self.alloc.seq,
             server_time_us: self.alloc.server_time_us,
             partition: delivered.partition,

@@ -38,27 +38,53 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
 /// Appends messages to one window. `KEYS[1]` = window; `ARGV` = size, ttl_ms, then (seq, member) pairs.
 /// Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size` seqs and
 /// refresh the TTL. Returns the window's cardinality.
+///
+/// The common case is a seq above the window's highest one (a new message): it has no member to
+/// compare with, so such seqs — when each appears once in the call — are added by one variadic
+/// ZADD instead of a ZRANGEBYSCORE and a ZADD each. Only seqs at or below the head (replays, late
+/// arrivals, edits) and seqs given twice take the per-seq path, in their order. Profiled with
+/// `dev/bench.sh` (P1/P4): the window stage took about a third of the consumer's batch time, spent
+/// in these per-seq calls.
 pub const APPEND_LUA: &str = r#"
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+local head = tonumber(top[2])
+local times = {}
+for i = 3, #ARGV, 2 do
+  times[ARGV[i]] = (times[ARGV[i]] or 0) + 1
+end
+local fresh = {}
 for i = 3, #ARGV, 2 do
   local seq = ARGV[i]
   local member = ARGV[i + 1]
-  local version = string.sub(member, 1, 16)
-  local keep_existing = false
-  for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
-    if existing ~= member then
-      if string.sub(existing, 1, 16) > version then
-        keep_existing = true
-      else
-        redis.call('ZREM', key, existing)
+  if times[seq] == 1 and (head == nil or tonumber(seq) > head) then
+    fresh[#fresh + 1] = seq
+    fresh[#fresh + 1] = member
+    if #fresh >= 1000 then
+      redis.call('ZADD', key, unpack(fresh))
+      fresh = {}
+    end
+  else
+    local version = string.sub(member, 1, 16)
+    local keep_existing = false
+    for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
+      if existing ~= member then
+        if string.sub(existing, 1, 16) > version then
+          keep_existing = true
+        else
+          redis.call('ZREM', key, existing)
+        end
       end
     end
+    if not keep_existing then
+      redis.call('ZADD', key, seq, member)
+    end
   end
-  if not keep_existing then
-    redis.call('ZADD', key, seq, member)
-  end
+end
+if #fresh > 0 then
+  redis.call('ZADD', key, unpack(fresh))
 end
 local n = redis.call('ZCARD', key)
 if n > size then

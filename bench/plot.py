@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Plots of a chatlog-bench run: bench/plot.py RESULTS_JSON OUT_DIR
+
+- throughput.png: every cumulative counter of the run as a rate over time (one line per scenario;
+  the scenarios run one after another, so the lines follow each other along the time axis);
+- latency_cdf.png: P4's acknowledgement -> Redis window visibility latency, as a CDF;
+- rss.png: the consumer's resident memory over time (P7).
+"""
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rates(series, window=0.5):
+    """(t, v) cumulative samples -> (t, rate) over windows of about `window` seconds."""
+    out_t, out_r = [], []
+    if not series:
+        return out_t, out_r
+    t0, v0 = series[0]
+    for t, v in series[1:]:
+        if t - t0 >= window:
+            out_t.append(t)
+            out_r.append((v - v0) / (t - t0))
+            t0, v0 = t, v
+    return out_t, out_r
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    results = json.load(open(sys.argv[1]))
+    out = sys.argv[2]
+    os.makedirs(out, exist_ok=True)
+    figs = results["figures"]
+    cpus = results["machine"]["cpus"]
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for name, series in sorted(results["series"].items()):
+        if "RSS" in name:
+            continue
+        t, r = rates(series)
+        if t:
+            ax.plot(t, r, label=name, linewidth=1.2)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("messages (rows) per second")
+    title = "chatlog-bench: throughput over time"
+    if "P1" in figs:
+        p1 = figs["P1"]
+        title += f" (P1 drain {p1['ours']:.0f} msg/s = {p1['value']:.2f}x the raw loader)"
+    ax.set_title(title + f"; {cpus} CPUs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "throughput.png"), dpi=110)
+    plt.close(fig)
+
+    cdf = results.get("latency_cdf") or []
+    if cdf:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        qs = [q for q, _ in cdf]
+        ms = [v for _, v in cdf]
+        ax.plot(ms, qs, drawstyle="steps-post", linewidth=1.5)
+        for q in (0.5, 0.9, 0.99):
+            v = next((m for qq, m in cdf if qq >= q), None)
+            if v is not None:
+                ax.axhline(q, color="grey", alpha=0.3, linewidth=0.8)
+                ax.annotate(f"p{int(q * 100)} {v:.1f} ms", (v, q), fontsize=8,
+                            xytext=(5, -12), textcoords="offset points")
+        ax.axvline(100, color="red", alpha=0.5, linestyle="--", label="goal: p99 <= 100 ms")
+        d = results["details"].get("P4", {})
+        ax.set_title(
+            "P4: Logic ack -> visible in the Redis window "
+            f"({d.get('achieved_rate', 0):.0f} msg/s, {d.get('samples', 0)} samples)")
+        ax.set_xlabel("latency, ms (log)")
+        ax.set_xscale("log")
+        ax.set_ylabel("fraction of messages")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "latency_cdf.png"), dpi=110)
+        plt.close(fig)
+
+    rss = [s for n, s in results["series"].items() if "RSS" in n]
+    if rss and rss[0]:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot([t for t, _ in rss[0]], [v for _, v in rss[0]], linewidth=1.2)
+        ax.axhline(200, color="red", alpha=0.5, linestyle="--", label="goal: peak <= 200 MiB")
+        ax.set_title("P7: chatlog-consumer resident memory")
+        ax.set_xlabel("seconds since the run started")
+        ax.set_ylabel("VmRSS, MiB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "rss.png"), dpi=110)
+        plt.close(fig)
+    print(f"plots: {out}/throughput.png, latency_cdf.png, rss.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+//! `chatlog-bench`: runs P1…P7 next to their references (see the `chatlog_bench` crate docs and
+//! BENCHMARKS.md), prints the table and writes `<out-dir>/results.json`. `dev/bench.sh` builds it,
+//! runs it and draws the plots.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = chatlog_bench::Options::parse();
+    let plan = options.plan()?;
+    eprintln!(
+        "[bench] plan: {}",
+        serde_json::to_string(&plan).unwrap_or_default()
+    );
+    let results = chatlog_bench::run(&plan).await?;
+    let path = plan.out_dir.join("results.json");
+    chatlog_bench::write_json(&results, &path)?;
+    println!();
+    println!(
+        "chatlog benchmarks ({} CPUs, {}; load at start {}), {:.0} s:",
+        results.machine.cpus,
+        results.machine.cpu,
+        results.machine.loadavg_at_start,
+        results.seconds
+    );
+    println!();
+    print!("{}", results.table());
+    println!();
+    println!("results: {}", path.display());
+    Ok(())
+}

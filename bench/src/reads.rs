@@ -1,0 +1,217 @@
+//! P5 and P6: history `latest(50)` reads/s next to `redis-benchmark ZREVRANGE <window> 0 49`, and
+//! seq allocations/s next to `redis-benchmark INCR`, at the same concurrency (callers = clients).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chatlog_store::history::{History, Source};
+use chatlog_store::seq::SeqAllocator;
+
+use crate::cpu::seconds as cpu_seconds;
+
+/// A throughput figure with the CPU it cost, per operation, in this process (the client) and in
+/// the Redis server: what explains a ratio on a machine where both share the same cores.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Measured {
+    /// Operations per second.
+    pub rate: f64,
+    /// Operations done.
+    pub ops: u64,
+    /// Client CPU (user + system) per operation, µs.
+    pub client_cpu_us: f64,
+    /// Redis server CPU per operation, µs.
+    pub redis_cpu_us: f64,
+}
+
+/// The Redis server's process id (`INFO server`), when it runs on this machine.
+pub async fn redis_pid(redis: &mut redis::aio::ConnectionManager) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(redis)
+        .await
+        .ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    std::fs::metadata(format!("/proc/{pid}/stat"))
+        .ok()
+        .map(|_| pid)
+}
+
+/// Runs `work`, returning its result with the CPU seconds this process and `redis` used meanwhile.
+async fn with_cpu<T>(
+    redis: Option<u32>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, f64, f64)> {
+    let me = std::process::id();
+    let (c0, r0) = (cpu_seconds(me), redis.and_then(cpu_seconds));
+    let out = work.await?;
+    let (c1, r1) = (cpu_seconds(me), redis.and_then(cpu_seconds));
+    let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
+    Ok((out, d(c0, c1), d(r0, r1)))
+}
+
+/// `callers` concurrent loops of `op(caller, n)` for `seconds`, with their CPU cost.
+async fn loops<F, Fut>(redis: Option<u32>, callers: usize, seconds: f64, op: F) -> Result<Measured>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let counter = done.clone();
+    let run = async move {
+        let tasks: Vec<_> = (0..callers)
+            .map(|c| {
+                let op = op.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < until {
+                        op(c, n).await?;
+                        n += 1;
+                    }
+                    done.fetch_add(n, Ordering::Relaxed);
+                    Ok::<_, anyhow::Error>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let (wall, client, server) = with_cpu(redis, run).await?;
+    let ops = counter.load(Ordering::Relaxed);
+    let per = |cpu: f64| cpu * 1e6 / ops.max(1) as f64;
+    Ok(Measured {
+        rate: ops as f64 / wall,
+        ops,
+        client_cpu_us: per(client),
+        redis_cpu_us: per(server),
+    })
+}
+
+/// `latest(session, 50)` reads/s, caller `i` reading `sessions[i]`; every page must come from
+/// the window alone with 50 messages.
+pub async fn history_reads(
+    history: &History,
+    redis: Option<u32>,
+    sessions: &[String],
+    callers: usize,
+    seconds: f64,
+) -> Result<Measured> {
+    if sessions.len() < callers {
+        bail!(
+            "{callers} callers need as many sessions, have {}",
+            sessions.len()
+        );
+    }
+    let sessions: Arc<Vec<String>> = Arc::new(sessions[..callers].to_vec());
+    let history = history.clone();
+    loops(redis, callers, seconds, move |c, _| {
+        let history = history.clone();
+        let sessions = sessions.clone();
+        async move {
+            let page = history.latest(&sessions[c], 50).await?;
+            if page.source != Source::Window || page.messages.len() != 50 {
+                bail!(
+                    "latest(50) of {} came from {:?} with {} messages",
+                    sessions[c],
+                    page.source,
+                    page.messages.len()
+                );
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Seq allocations/s, caller `i` allocating on `sessions[i]` (segments must be large enough that
+/// the fast path answers every call).
+pub async fn seq_allocations(
+    alloc: &SeqAllocator,
+    redis: Option<u32>,
+    sessions: &[String],
+    callers: usize,
+    seconds: f64,
+) -> Result<Measured> {
+    let sessions: Arc<Vec<String>> = Arc::new(sessions[..callers].to_vec());
+    let alloc = alloc.clone();
+    loops(redis, callers, seconds, move |c, n| {
+        let alloc = alloc.clone();
+        let sessions = sessions.clone();
+        async move {
+            alloc
+                .allocate(&sessions[c], &format!("b{c}-{n}"), "m", 1)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// `redis-benchmark -c clients -n requests <command…>` against the stack's Redis: requests/s and
+/// the CPU per request of redis-benchmark itself (the client) and of the server.
+pub fn redis_benchmark(
+    redis: Option<u32>,
+    clients: usize,
+    requests: usize,
+    command: &[&str],
+) -> Result<Measured> {
+    let url = chatlog::redis_url();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("6390")
+        .to_owned();
+    // `times` (after the benchmark, in the same shell) prints the children's user and system CPU.
+    let r0 = redis.and_then(cpu_seconds);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("redis-benchmark \"$@\" && times")
+        .arg("sh")
+        .args(["-h", "127.0.0.1", "-p", &port, "--csv"])
+        .args(["-c", &clients.to_string(), "-n", &requests.to_string()])
+        .args(command)
+        .output()
+        .context("run redis-benchmark (Debian package redis-tools)")?;
+    let r1 = redis.and_then(cpu_seconds);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms",…  then  "<command>","12345.67",…
+    let row = text
+        .lines()
+        .find(|l| !l.starts_with("\"test\"") && l.starts_with('"'))
+        .with_context(|| format!("redis-benchmark printed no result: {text}"))?;
+    let rps = row
+        .split("\",\"")
+        .nth(1)
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .with_context(|| format!("redis-benchmark result {row:?}"))?;
+    // `times`: "0m0.000000s 0m0.000000s" (the shell) then the children's line.
+    let client_cpu = crate::cpu::shell_times(&text);
+    let server_cpu = match (r0, r1) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
+    let per = |cpu: f64| cpu * 1e6 / requests.max(1) as f64;
+    Ok(Measured {
+        rate: rps,
+        ops: requests as u64,
+        client_cpu_us: per(client_cpu),
+        redis_cpu_us: per(server_cpu),
+    })
+}

@@ -1,0 +1,128 @@
+//! The window script's fast path (one variadic ZADD for new seqs above the head) must leave exactly
+//! what the original per-seq script leaves. Differential test against the local stack's Redis:
+//! random windows, random batches with replays, late seqs, duplicate seqs and older/newer
+//! versions, both scripts applied to twin keys, the resulting ZSETs compared.
+
+use chatlog_store::window::APPEND_LUA;
+use redis::aio::ConnectionManager;
+
+/// The script before the fast path (store/src/window.rs at the consumer's first release).
+const REFERENCE_LUA: &str = r#"
+local key = KEYS[1]
+local size = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local seq = ARGV[i]
+  local member = ARGV[i + 1]
+  local version = string.sub(member, 1, 16)
+  local keep_existing = false
+  for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
+    if existing ~= member then
+      if string.sub(existing, 1, 16) > version then
+        keep_existing = true
+      else
+        redis.call('ZREM', key, existing)
+      end
+    end
+  end
+  if not keep_existing then
+    redis.call('ZADD', key, seq, member)
+  end
+end
+local n = redis.call('ZCARD', key)
+if n > size then
+  redis.call('ZREMRANGEBYRANK', key, 0, n - size - 1)
+  n = size
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', key, ttl)
+end
+return n
+"#;
+
+/// A small deterministic generator (no dependency needed for a test's randomness).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn member(seq: u64, version: u64, variant: u64) -> Vec<u8> {
+    let mut m = format!("{version:016x}").into_bytes();
+    m.extend_from_slice(format!("avro-of-{seq}-{variant}").as_bytes());
+    m
+}
+
+async fn append(
+    con: &mut ConnectionManager,
+    script: &redis::Script,
+    key: &str,
+    size: u64,
+    entries: &[(u64, Vec<u8>)],
+) -> i64 {
+    let mut inv = script.key(key);
+    inv.arg(size).arg(60_000);
+    for (seq, m) in entries {
+        inv.arg(*seq).arg(m.as_slice());
+    }
+    inv.invoke_async(con).await.expect("script")
+}
+
+async fn dump(con: &mut ConnectionManager, key: &str) -> Vec<(Vec<u8>, f64)> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(con)
+        .await
+        .expect("zrange")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
+    let mut con = chatlog::redis_connection().await;
+    let reference = redis::Script::new(REFERENCE_LUA);
+    let fast = redis::Script::new(APPEND_LUA);
+    let run = chatlog::unique("winlua");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for case in 0..300 {
+        let (a, b) = (
+            format!("chatlog:{{{run}}}:a{case}"),
+            format!("chatlog:{{{run}}}:b{case}"),
+        );
+        let size = 1 + rng.below(30);
+        let top = 5 + rng.below(60);
+        // Two or three appends per case: the state after one is the start of the next.
+        for _ in 0..2 + rng.below(2) {
+            let entries: Vec<(u64, Vec<u8>)> = (0..rng.below(25))
+                .map(|_| {
+                    let seq = 1 + rng.below(top + 10);
+                    (seq, member(seq, rng.below(4), rng.below(2)))
+                })
+                .collect();
+            let na = append(&mut con, &reference, &a, size, &entries).await;
+            let nb = append(&mut con, &fast, &b, size, &entries).await;
+            assert_eq!(na, nb, "case {case}: cardinality");
+            assert_eq!(
+                dump(&mut con, &a).await,
+                dump(&mut con, &b).await,
+                "case {case}: after appending {entries:?}"
+            );
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(&a)
+            .arg(&b)
+            .query_async(&mut con)
+            .await
+            .expect("del");
+    }
+}

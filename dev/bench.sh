@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# chatlog's benchmarks, side by side with their references, in one run (issue 8; see BENCHMARKS.md):
+#
+#   dev/bench.sh            the full run (~3-4 minutes on 2 cores, plus the release build)
+#   dev/bench.sh --quick    a smoke run (seconds)
+#   dev/bench.sh --help     every size and setting (messages, sessions, consumer batch/linger, …)
+#
+# Brings the local stack up if it is not (dev/stack.sh up is idempotent), builds chatlog-bench and
+# chatlog-consumer in release mode, runs P1..P7, prints the table, writes target/bench/results.json
+# and draws target/bench/{throughput,latency_cdf,rss}.png (matplotlib; installed from PyPI if missing).
+# Extra arguments go to chatlog-bench.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+
+for a in "$@"; do
+  if [ "$a" = "--help" ] || [ "$a" = "-h" ]; then
+    cargo run -q --release -p chatlog-bench -- --help
+    exit 0
+  fi
+done
+
+dev/stack.sh up
+# shellcheck disable=SC1090
+eval "$(dev/stack.sh env)"
+command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is missing: apt-get install redis-tools" >&2; exit 1; }
+
+cargo build --release --locked -p chatlog-bench -p chatlog-consumer
+
+out=target/bench
+mkdir -p "$out"
+target/release/chatlog-bench --consumer-bin target/release/chatlog-consumer --out-dir "$out" "$@"
+
+py="${CHATLOG_PYTHON:-python3}"
+if ! "$py" -c 'import matplotlib' 2>/dev/null; then
+  echo "[bench] installing matplotlib for $py from PyPI" >&2
+  "$py" -m pip install -q matplotlib >/dev/null 2>&1 \
+    || "$py" -m pip install -q --break-system-packages matplotlib >/dev/null \
+    || { echo "[bench] could not install matplotlib: no plots (results are in $out/results.json)" >&2; exit 0; }
+fi
+"$py" bench/plot.py "$out/results.json" "$out"
