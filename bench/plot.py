@@ -41,9 +41,10 @@ def main():
 
     fig, ax = plt.subplots(figsize=(11, 5))
     for name, series in sorted(results["series"].items()):
-        if "RSS" in name:
-            continue
-        t, r = rates(series)
+        if "(ms)" in name or "(MiB)" in name:
+            continue  # not cumulative counters
+        span = series[-1][0] - series[0][0] if series else 0
+        t, r = rates(series, window=min(0.5, max(0.1, span / 12)))
         if t:
             ax.plot(t, r, label=name, linewidth=1.2)
     ax.set_xlabel("seconds since the run started")
@@ -61,10 +62,19 @@ def main():
 
     cdf = results.get("latency_cdf") or []
     if cdf:
-        fig, ax = plt.subplots(figsize=(8, 5))
+        worst = next((s for n, s in results["series"].items() if n.startswith("P4 worst")), [])
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+        if worst:
+            ax2.plot([t for t, _ in worst], [v for _, v in worst], linewidth=1.0)
+            ax2.axhline(100, color="red", alpha=0.5, linestyle="--")
+            ax2.set_title("P4: slowest message per 250 ms")
+            ax2.set_xlabel("seconds since the run started")
+            ax2.set_ylabel("ms")
+            ax2.grid(alpha=0.3)
         qs = [q for q, _ in cdf]
         ms = [v for _, v in cdf]
         ax.plot(ms, qs, drawstyle="steps-post", linewidth=1.5)
+        ax.set_ylim(0, 1.01)
         for q in (0.5, 0.9, 0.99):
             v = next((m for qq, m in cdf if qq >= q), None)
             if v is not None:
@@ -74,7 +84,7 @@ def main():
         ax.axvline(100, color="red", alpha=0.5, linestyle="--", label="goal: p99 <= 100 ms")
         d = results["details"].get("P4", {})
         ax.set_title(
-            "P4: Logic ack -> visible in the Redis window "
+            "P4: Logic ack -> visible in the Redis window\n"
             f"({d.get('achieved_rate', 0):.0f} msg/s, {d.get('samples', 0)} samples)")
         ax.set_xlabel("latency, ms (log)")
         ax.set_xscale("log")
@@ -85,7 +95,7 @@ def main():
         fig.savefig(os.path.join(out, "latency_cdf.png"), dpi=110)
         plt.close(fig)
 
-    rss = [s for n, s in results["series"].items() if "RSS" in n]
+    rss = [s for n, s in results["series"].items() if "(MiB)" in n]
     if rss and rss[0]:
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.plot([t for t, _ in rss[0]], [v for _, v in rss[0]], linewidth=1.2)

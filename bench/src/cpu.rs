@@ -142,3 +142,42 @@ fn shell_time(t: &str) -> Option<f64> {
     let (m, s) = t.strip_suffix('s')?.split_once('m')?;
     Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
+
+/// Whole-machine CPU counters from `/proc/stat` (jiffies): busy (user, nice, system, irq,
+/// softirq), idle (idle, iowait) and steal (time the hypervisor gave to other guests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    busy: f64,
+    idle: f64,
+    steal: f64,
+}
+
+impl MachineCpu {
+    /// Now.
+    pub fn now() -> MachineCpu {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+            return MachineCpu::default();
+        };
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+        MachineCpu {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        }
+    }
+
+    /// From `self` to `later`: `{"busy": fraction, "steal": fraction}` of all CPUs' time.
+    pub fn until(&self, later: &MachineCpu) -> serde_json::Value {
+        let busy = later.busy - self.busy;
+        let idle = later.idle - self.idle;
+        let steal = later.steal - self.steal;
+        let total = (busy + idle + steal).max(1.0);
+        serde_json::json!({"busy": busy / total, "steal": steal / total})
+    }
+}

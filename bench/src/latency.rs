@@ -38,6 +38,8 @@ pub struct Paced {
     pub achieved_rate: f64,
     /// Cumulative acknowledgements over time.
     pub series_acked: Series,
+    /// The slowest latency seen in each 250 ms of the run: `(seconds since origin, ms)`.
+    pub worst_per_interval: Series,
 }
 
 type Pending = Vec<BTreeMap<i64, Instant>>;
@@ -63,18 +65,22 @@ pub async fn run(
         600_000_000,
         3,
     )?));
+    let worst: Arc<Mutex<BTreeMap<u64, f64>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let acked = Arc::new(AtomicU64::new(0));
     let sending = Arc::new(AtomicBool::new(true));
 
     let poller = {
         let pending = pending.clone();
         let hist = hist.clone();
+        let worst = worst.clone();
         let sending = sending.clone();
         let keys: Vec<String> = workload.sessions[..probes]
             .iter()
             .map(|s| keys::window(s))
             .collect();
-        tokio::spawn(async move { poll(redis, keys, pending, hist, sending).await })
+        tokio::spawn(
+            async move { poll(redis, keys, pending, hist, sending, (worst, origin)).await },
+        )
     };
 
     let counter = acked.clone();
@@ -116,6 +122,10 @@ pub async fn run(
     let unresolved = poller.await??;
     let acked = acked.load(Ordering::Relaxed);
     let hist = lock(&hist).clone();
+    let worst_per_interval = lock(&worst)
+        .iter()
+        .map(|(k, ms)| (*k as f64 * WORST_INTERVAL, *ms))
+        .collect();
     Ok(Paced {
         hist,
         sent,
@@ -123,8 +133,14 @@ pub async fn run(
         unresolved,
         achieved_rate: acked as f64 / send_seconds,
         series_acked: sampler.finish(),
+        worst_per_interval,
     })
 }
+
+/// Seconds per bucket of [`Paced::worst_per_interval`].
+const WORST_INTERVAL: f64 = 0.25;
+
+type Worst = (Arc<Mutex<BTreeMap<u64, f64>>>, Instant);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -138,6 +154,7 @@ async fn poll(
     pending: Arc<Mutex<Pending>>,
     hist: Arc<Mutex<Histogram<u64>>>,
     sending: Arc<AtomicBool>,
+    (worst, origin): Worst,
 ) -> Result<u64> {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,8 +194,10 @@ async fn poll(
             }
         };
         let now = Instant::now();
+        let bucket = (now.duration_since(origin).as_secs_f64() / WORST_INTERVAL) as u64;
         let mut p = lock(&pending);
         let mut h = lock(&hist);
+        let mut w = lock(&worst);
         for (&i, reply) in watched.iter().zip(replies) {
             let Some(&(_, top)) = reply.first() else {
                 continue;
@@ -188,6 +207,8 @@ async fn poll(
             for (_, at) in std::mem::replace(&mut p[i], rest) {
                 let us = now.saturating_duration_since(at).as_micros() as u64;
                 let _ = h.record(us.max(1));
+                let slot = w.entry(bucket).or_insert(0.0);
+                *slot = slot.max(us as f64 / 1000.0);
             }
         }
     }
