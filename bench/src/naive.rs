@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chatlog_schemas::{ChatMessage, Codec};
-use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of, insert_cql};
+use chatlog_schemas::Codec;
+use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, insert_bind, insert_cql};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, TopicPartitionList};
 use scylla::client::session::Session;
-use scylla::value::CqlTimestamp;
 use tokio::runtime::Handle;
 
 use crate::child::ConsumerTarget;
@@ -71,7 +70,7 @@ pub fn run(
             .decode(m.payload().unwrap_or_default())
             .context("decode")?;
         runtime
-            .block_on(session.execute_unpaged(&insert, bind(&message)))
+            .block_on(session.execute_unpaged(&insert, insert_bind(&message, DEFAULT_BUCKET_SIZE)))
             .context("insert")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
@@ -93,39 +92,4 @@ pub fn run(
         seconds,
         series,
     })
-}
-
-#[allow(clippy::type_complexity)]
-fn bind(
-    m: &ChatMessage,
-) -> (
-    &str,
-    i64,
-    i64,
-    &str,
-    &str,
-    i8,
-    &str,
-    i8,
-    &[u8],
-    CqlTimestamp,
-    i64,
-    &std::collections::BTreeMap<String, String>,
-    i64,
-) {
-    (
-        &m.session_id,
-        bucket_of(m.seq, DEFAULT_BUCKET_SIZE),
-        m.seq,
-        &m.msg_id,
-        &m.client_msg_id,
-        m.session_type.index() as i8,
-        &m.sender_id,
-        m.content_type.index() as i8,
-        &m.content,
-        CqlTimestamp(m.send_time_ms),
-        m.server_time_us,
-        &m.ext,
-        m.server_time_us,
-    )
 }

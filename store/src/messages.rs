@@ -97,7 +97,7 @@ pub type MessageRow = (
 
 /// Flattens the row and its timestamp into the 13 bind values of [`insert_cql`].
 #[allow(clippy::type_complexity)]
-fn insert_bind(
+pub fn insert_bind(
     m: &ChatMessage,
     bucket_size: i64,
 ) -> (
