@@ -6,7 +6,7 @@
 //! 3. Window reads/s measured by plain loops — one caller, and 50 callers on 50 sessions — next to
 //!    `redis-benchmark -n 100000 -q ZREVRANGE <key> 0 49` (default 50 clients; and `-c 1`) on a
 //!    plain key holding the same 200 members. The ratio is information, never an assertion: one
-//!    history call is a MULTI/EXEC of three ZSET reads plus Avro decoding of 50 messages.
+//!    history `latest` is one ZREVRANGE of the window plus Avro decoding of 50 messages.
 //!
 //! Takes ~30 s. Creates a keyspace `bench_history_…` and drops it at the end.
 
