@@ -202,7 +202,7 @@ impl Options {
             record_bytes: Workload::new("x", 1, content_bytes).record_bytes(),
             producer_concurrency: pick(self.producer_concurrency, 2048, 512),
             consumer: ConsumerSettings {
-                max_records: pick(self.max_records, 2000, 2000),
+                max_records: pick(self.max_records, 10_000, 2000),
                 linger_ms: self.linger_ms.unwrap_or(5),
                 writer_concurrency: pick(self.writer_concurrency, 16, 16),
                 writer_max_rows: 100,

@@ -97,9 +97,15 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// Most records in one transaction.
+    /// Most records in one transaction. Larger batches make fuller per-partition CQL batches and
+    /// fewer transactions at high load; under light load batches stay small (see `linger`).
     pub max_records: usize,
-    /// Longest wait for more records once the first one of a batch arrived.
+    /// Most record bytes (values and keys) in one transaction: bounds the memory a batch of large
+    /// records can take. A batch holds at least one record.
+    pub max_bytes: usize,
+    /// Longest wait for more records once the first one of a batch arrived: the latency a lone
+    /// message pays to share a transaction. Under load a batch fills while the previous one is
+    /// written, so this matters only when traffic is light.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// Largest record value accepted; larger ones go to the DLQ as `oversize`.
@@ -109,8 +115,9 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_records: 2000,
-            linger: Duration::from_millis(50),
+            max_records: 10_000,
+            max_bytes: 32 * 1024 * 1024,
+            linger: Duration::from_millis(10),
             max_record_bytes: 1024 * 1024,
         }
     }
@@ -211,6 +218,11 @@ impl Config {
         if self.batch.max_records == 0 {
             return Err(Error::Config("batch.max_records must be at least 1".into()));
         }
+        if self.batch.max_bytes < self.batch.max_record_bytes {
+            return Err(Error::Config(
+                "batch.max_bytes must be at least batch.max_record_bytes".into(),
+            ));
+        }
         if self.window.size == 0 {
             return Err(Error::Config("window.size must be at least 1".into()));
         }
@@ -248,6 +260,14 @@ mod tests {
         assert_eq!(c.batch.linger, Duration::from_millis(250));
         assert_eq!(c.retry.stage_budget, Duration::from_secs(5));
         assert!(Config::from_toml("[batch]\nlinger = 250\n").is_err());
+    }
+
+    #[test]
+    fn a_batch_holds_at_least_one_record_of_the_largest_size() {
+        let mut c = Config::default();
+        c.batch.max_bytes = c.batch.max_record_bytes - 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("batch.max_bytes"), "{err}");
     }
 
     #[test]

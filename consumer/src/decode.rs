@@ -25,6 +25,13 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
 }
 
+impl Record {
+    /// Bytes of its key and value.
+    pub fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// A record that decoded into a valid message.
 #[derive(Debug, Clone)]
 pub struct Good {

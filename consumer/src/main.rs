@@ -84,7 +84,7 @@ struct Cli {
     /// Most records per transaction.
     #[arg(long, env = "CHATLOG_MAX_RECORDS", global = true)]
     max_records: Option<usize>,
-    /// Longest wait for more records once a batch has one (e.g. 50ms).
+    /// Longest wait for more records once a batch has one (e.g. 10ms).
     #[arg(long, env = "CHATLOG_LINGER", global = true, value_parser = humantime_serde::re::humantime::parse_duration)]
     linger: Option<Duration>,
     /// Listen address of /metrics, /healthz, /readyz (port 0: any free port).

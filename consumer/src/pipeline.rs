@@ -5,8 +5,9 @@
 //! loop:
 //!   collect   poll until max_records or linger      revoked partitions' records are dropped
 //!   decode    good messages | poison (reason)
-//!   cql       UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
-//!   redis     one Lua call per session, pipelined   idempotent: one versioned member per seq
+//!   write     at the same time:
+//!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
+//!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq
 //!   commit    begin; DLQ records; send_offsets(last + 1, fresh group metadata); commit
 //!   on abortable error: abort, rewind to the batch's first offsets, back off, poll again
 //! ```
@@ -148,12 +149,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Polls until `max_records` records, `linger` after the first one, or shutdown.
+    /// Polls until `max_records` records or `max_bytes`, `linger` after the first one, or
+    /// shutdown.
     fn collect(&self) -> Vec<Record> {
         let max = self.config.batch.max_records;
+        let max_bytes = self.config.batch.max_bytes;
         let mut batch = Vec::new();
+        let mut bytes = 0;
         let mut deadline: Option<Instant> = None;
-        while batch.len() < max && !self.shutdown.is_cancelled() {
+        while batch.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled() {
             let wait = match deadline {
                 None => Duration::from_millis(100),
                 Some(d) => {
@@ -166,6 +170,7 @@ impl Pipeline {
             };
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
+                    bytes += m.key_len() + m.payload_len();
                     batch.push(Record {
                         origin: Origin {
                             topic: m.topic().to_owned(),
@@ -194,6 +199,7 @@ impl Pipeline {
             if !revoked.is_empty() {
                 let before = batch.len();
                 batch.retain(|r| !revoked.contains(&(r.origin.topic.clone(), r.origin.partition)));
+                bytes = batch.iter().map(Record::bytes).sum();
                 let dropped = before - batch.len();
                 if dropped > 0 {
                     metrics::counter!(telemetry::REVOKED_DROPPED).increment(dropped as u64);
@@ -204,7 +210,7 @@ impl Pipeline {
         batch
     }
 
-    /// decode → cql → redis → commit, for one batch polled at `polled_at`.
+    /// decode → write (cql ‖ redis) → commit, for one batch polled at `polled_at`.
     fn process(&self, batch: Vec<Record>, polled_at: Instant) -> Result<(), Failed> {
         let records = batch.len();
         let next_offsets = next_offsets(&batch);
@@ -221,36 +227,7 @@ impl Pipeline {
         observe_stage("decode", started);
 
         if !good.is_empty() {
-            let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
-            let started = Instant::now();
-            self.retry("cql", None, || {
-                self.runtime.block_on(self.writer.write(&messages))
-            })?;
-            observe_stage("cql", started);
-
-            let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
-            for g in &good {
-                sessions
-                    .entry(g.message.session_id.clone())
-                    .or_default()
-                    .push(WindowEntry {
-                        seq: g.message.seq,
-                        member: window::member(g.message.server_time_us, &g.avro),
-                    });
-            }
-            // Self-fencing. A process frozen longer than the session timeout (VM or container
-            // pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a
-            // zombie are harmless (same rows, same timestamps), but window writes after a Redis
-            // loss could put old messages below the new owner's, leaving a hole that history would
-            // trust. So the window is only written while the batch is younger than the fence.
-            let fence = polled_at + self.config.kafka.session_timeout.mul_f64(0.8);
-            let started = Instant::now();
-            self.retry("redis", Some(fence), || {
-                let mut con = self.redis.clone();
-                self.runtime
-                    .block_on(self.windows.append(&mut con, &sessions))
-            })?;
-            observe_stage("redis", started);
+            self.write(&good, polled_at)?;
             let now_us = now_micros();
             for g in &good {
                 let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
@@ -291,14 +268,71 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent. With a `fence`, no
-    /// attempt starts after that instant: the batch is rewound instead.
-    fn retry<T>(
+    /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same
+    /// time.
+    ///
+    /// Running both at once takes the CQL stage out of the ack → window latency. It can make a
+    /// message visible in its window a few milliseconds before its row exists, which readers
+    /// cannot tell from a message that arrives late (history reads the window first and trusts
+    /// it between its lowest and highest seq). One case could be seen: a session with more
+    /// messages in this batch than the window keeps would trim some of them at once, and a reader
+    /// then looking below the window would find neither copy. Those sessions' windows are written
+    /// after the CQL stage, as before.
+    fn write(&self, good: &[Good], polled_at: Instant) -> Result<(), Failed> {
+        let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
+        let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
+        for g in good {
+            sessions
+                .entry(g.message.session_id.clone())
+                .or_default()
+                .push(WindowEntry {
+                    seq: g.message.seq,
+                    member: window::member(g.message.server_time_us, &g.avro),
+                });
+        }
+        let window_size = self.windows.config().size;
+        let (with_cql, after_cql): (BTreeMap<_, _>, BTreeMap<_, _>) = sessions
+            .into_iter()
+            .partition(|(_, entries)| entries.len() <= window_size);
+        // Self-fencing. A process frozen longer than the session timeout (VM or container
+        // pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a
+        // zombie are harmless (same rows, same timestamps), but window writes after a Redis
+        // loss could put old messages below the new owner's, leaving a hole that history would
+        // trust. So the window is only written while the batch is younger than the fence.
+        let fence = polled_at + self.config.kafka.session_timeout.mul_f64(0.8);
+        self.runtime.block_on(async {
+            let cql = self.retry("cql", None, || self.writer.write(&messages));
+            let redis = self.retry("redis", Some(fence), || {
+                let mut con = self.redis.clone();
+                let sessions = &with_cql;
+                async move { self.windows.append(&mut con, sessions).await }
+            });
+            tokio::try_join!(cql, redis)?;
+            if !after_cql.is_empty() {
+                self.retry("redis", Some(fence), || {
+                    let mut con = self.redis.clone();
+                    let sessions = &after_cql;
+                    async move { self.windows.append(&mut con, sessions).await }
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent, and records the
+    /// stage's duration. With a `fence`, no attempt starts after that instant: the batch is
+    /// rewound instead.
+    async fn retry<T, F, Fut>(
         &self,
         stage: &'static str,
         fence: Option<Instant>,
-        mut write: impl FnMut() -> chatlog_store::Result<T>,
-    ) -> Result<T, Failed> {
+        mut write: F,
+    ) -> Result<T, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = chatlog_store::Result<T>>,
+    {
         let started = Instant::now();
         let mut backoff = self.config.retry.initial_backoff;
         loop {
@@ -309,8 +343,11 @@ impl Pipeline {
                      may have been evicted, so it does not write and re-reads instead"
                 )));
             }
-            match write() {
-                Ok(v) => return Ok(v),
+            match write().await {
+                Ok(v) => {
+                    observe_stage(stage, started);
+                    return Ok(v);
+                }
                 Err(e) => {
                     if started.elapsed() + backoff > self.config.retry.stage_budget
                         || self.shutdown.is_cancelled()
@@ -319,7 +356,7 @@ impl Pipeline {
                     }
                     metrics::counter!(telemetry::RETRIES, "stage" => stage).increment(1);
                     tracing::warn!(stage, error = %e, ?backoff, "write failed; retrying");
-                    self.pause(backoff);
+                    self.sleep(backoff).await;
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }
             }
@@ -424,13 +461,15 @@ impl Pipeline {
 
     /// Sleeps up to `d`, waking early on shutdown.
     fn pause(&self, d: Duration) {
-        let shutdown = self.shutdown.clone();
-        self.runtime.block_on(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
+        self.runtime.block_on(self.sleep(d));
+    }
+
+    /// Sleeps up to `d`, waking early on shutdown.
+    async fn sleep(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
 }
 

@@ -199,7 +199,7 @@ impl Env {
             let n = self.count(sessions, max_seq).await;
             if n >= expected {
                 assert_eq!(n, expected, "more rows than messages");
-                // Rows land before the window and the commit of their batch: wait for the end.
+                // Rows and windows land before their batch commits: wait for the commit.
                 self.wait_drained(deadline.saturating_duration_since(Instant::now()), procs)
                     .await;
                 return;
