@@ -316,6 +316,64 @@ async fn a_repeated_client_msg_id_gets_the_first_allocation_back() {
     assert_eq!(winner.seq, next.seq + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_of_one_session_share_calls_and_keep_every_seq() {
+    // Small segments, so that calls also run out of capacity halfway through their requests.
+    let (alloc, _) = allocator("seqgroup", small(16, 64)).await;
+    let sid = unique("sess");
+    let n = 400;
+    let all = futures::future::join_all((0..n).map(|i| {
+        let (alloc, sid) = (alloc.clone(), sid.clone());
+        tokio::spawn(async move { alloc.allocate(&sid, &format!("c{i}"), "m", i).await })
+    }))
+    .await;
+    let mut seqs: Vec<i64> = all
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .inspect(|a| assert!(!a.duplicate))
+        .map(|a| a.seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "one allocator: no gap, no repeat"
+    );
+    let calls = alloc.fast_calls();
+    eprintln!("{calls} fast-path calls for {n} concurrent requests");
+    assert!(
+        calls < n as u64,
+        "{calls} fast-path calls for {n} concurrent requests: nothing was coalesced"
+    );
+
+    // Callers that give up while their call is in flight strand nobody queued behind them.
+    let sid = unique("sess");
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (alloc, sid) = (alloc.clone(), sid.clone());
+            tokio::spawn(async move { alloc.allocate(&sid, &format!("k{i}"), "m", i).await })
+        })
+        .collect();
+    for t in tasks.iter().step_by(3) {
+        t.abort();
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), t).await {
+            Ok(Ok(a)) => done.push(a.unwrap().seq),
+            Ok(Err(e)) => assert!(e.is_cancelled(), "{e}"),
+            Err(_) => panic!("an allocation hung after other callers were cancelled"),
+        }
+    }
+    assert!(
+        done.len() >= 200 - 67,
+        "{} allocations finished",
+        done.len()
+    );
+    let unique_seqs: HashSet<i64> = done.iter().copied().collect();
+    assert_eq!(unique_seqs.len(), done.len(), "no seq handed out twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_grow_when_used_up_quickly() {
     let config = SeqConfig {

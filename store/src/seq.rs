@@ -14,6 +14,10 @@
 //!
 //! - **Fast** ([`FAST_LUA`], one `EVALSHA`): an existing idempotency record is returned as a
 //!   duplicate; else if `cur < max` then `cur + 1` is handed out and the record written with a TTL.
+//!   Calls for one session are coalesced (group commit): while a session's call is in flight, the
+//!   requests that arrive for it queue, and the next call serves all of them in arrival order (up
+//!   to [`FAST_BATCH`]). An idle session pays one call as before; a busy one pays one call — one
+//!   round trip, one script run, one hash update — per batch instead of per message.
 //! - **Segment**: `cur == max`. The next segment `[ceiling + 1, ceiling + step]` is reserved with
 //!   `UPDATE … SET max_seq = ? IF max_seq = ?` (a brand-new session: `INSERT … IF NOT EXISTS`) and
 //!   installed with [`INSTALL_LUA`], which only ever moves `cur` and `max` **up**. A lost race
@@ -64,9 +68,11 @@
 //! `chatlog_seq_allocations_total{path=fast|segment|recover}`, once per new allocation (a
 //! duplicate allocates nothing and is not counted).
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -78,32 +84,50 @@ use serde::Deserialize;
 
 use crate::{CqlConfig, Error, Result, keys};
 
-/// The fast path. KEYS: seq hash, idempotency record. ARGV: candidate msg_id, server_time_us,
-/// record TTL ms, hash idle TTL ms (0 = none).
+/// The fast path for up to [`FAST_BATCH`] requests of one session. KEYS: seq hash, then one
+/// idempotency record per request. ARGV: record TTL ms, hash idle TTL ms (0 = none), then per
+/// request its candidate msg_id and server_time_us.
 ///
-/// Returns `{status, record, a, b, c}`: `0` allocated (`a` = seq); `1` duplicate (`record` =
-/// `"<seq>:<server_time_us>:<msg_id>"`); `2` hash missing; `3` segment used up (`a` = max,
-/// `b` = step, `c` = installed-at ms).
+/// Returns one `{status, record, a, b, c}` per request, in order: `0` allocated (`a` = seq); `1`
+/// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
+/// the same call had the same id); `2` hash missing; `3` segment used up (`a` = max, `b` = step,
+/// `c` = installed-at ms). Requests are served in order, so seqs follow the order of KEYS.
 pub const FAST_LUA: &str = r#"
-local rec = redis.call('GET', KEYS[2])
-if rec then
-  return {1, rec, 0, 0, 0}
-end
 local h = redis.call('HMGET', KEYS[1], 'cur', 'max', 'step', 'at')
-if not h[1] or not h[2] then
-  return {2, '', 0, 0, 0}
+local exists = h[1] and h[2]
+local cur, max, first
+if exists then
+  cur = tonumber(h[1])
+  max = tonumber(h[2])
+  first = cur
 end
-local max = tonumber(h[2])
-if tonumber(h[1]) >= max then
-  return {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
+local out = {}
+for i = 2, #KEYS do
+  local rec = redis.call('GET', KEYS[i])
+  if rec then
+    out[#out + 1] = {1, rec, 0, 0, 0}
+  elseif not exists then
+    out[#out + 1] = {2, '', 0, 0, 0}
+  elseif cur >= max then
+    out[#out + 1] = {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
+  else
+    cur = cur + 1
+    local j = 2 * i - 1
+    redis.call('SET', KEYS[i], string.format('%d', cur) .. ':' .. ARGV[j + 1] .. ':' .. ARGV[j], 'PX', ARGV[1])
+    out[#out + 1] = {0, '', cur, 0, 0}
+  end
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'cur', 1)
-redis.call('SET', KEYS[2], string.format('%d', seq) .. ':' .. ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
-if ARGV[4] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if exists and cur > first then
+  redis.call('HINCRBY', KEYS[1], 'cur', cur - first)
+  if ARGV[2] ~= '0' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
 end
-return {0, '', seq, 0, 0}
+return out
 "#;
+
+/// Most requests of one session served by one fast-path call.
+pub const FAST_BATCH: usize = 128;
 
 /// Installs a reserved segment, moving values only up. KEYS: seq hash. ARGV: `low - 1`, `high`,
 /// step, now ms, hash idle TTL ms (0 = none), create (`1` = may create a missing hash).
@@ -366,6 +390,9 @@ fn parse_record(record: &[u8]) -> Option<(i64, i64, String)> {
     Some((seq, time, msg_id))
 }
 
+/// Most rounds one allocation waits for other callers' segment reservations before giving up.
+const WAIT_ROUNDS: u32 = 1024;
+
 /// Number of in-process single-flight locks of the segment path (sessions share them by hash).
 const SEGMENT_LOCKS: usize = 64;
 
@@ -386,6 +413,18 @@ struct Inner {
     fast: redis::Script,
     install: redis::Script,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Per session with a fast-path call in flight: the requests waiting for the next call.
+    queues: Vec<std::sync::Mutex<HashMap<String, Vec<Request>>>>,
+    /// Fast-path calls made (each serves one or more requests).
+    fast_calls: AtomicU64,
+}
+
+/// A fast-path request waiting for its session's next call.
+struct Request {
+    client_msg_id: String,
+    candidate_msg_id: String,
+    server_time_us: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Fast>>,
 }
 
 impl std::fmt::Debug for SeqAllocator {
@@ -444,6 +483,10 @@ impl SeqAllocator {
                 locks: (0..SEGMENT_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
+                queues: (0..SEGMENT_LOCKS)
+                    .map(|_| std::sync::Mutex::new(HashMap::new()))
+                    .collect(),
+                fast_calls: AtomicU64::new(0),
             }),
         })
     }
@@ -451,6 +494,12 @@ impl SeqAllocator {
     /// The settings in force.
     pub fn config(&self) -> &SeqConfig {
         &self.inner.config
+    }
+
+    /// Fast-path Redis calls made so far by this allocator and its clones; below the number of
+    /// allocations when concurrent requests of a session were coalesced.
+    pub fn fast_calls(&self) -> u64 {
+        self.inner.fast_calls.load(Ordering::Relaxed)
     }
 
     /// Allocates the next seq of `session_id` for `client_msg_id`, or returns the first allocation
@@ -468,7 +517,12 @@ impl SeqAllocator {
         let mut path = AllocPath::Fast;
         let mut ceiling = Ceiling::Unknown;
         let mut guard = None;
-        for _ in 0..inner.config.max_attempts {
+        // Rounds that reserved (or tried to) count against `max_attempts`; rounds that only waited
+        // for another caller's reservation have their own, larger bound: each of those means
+        // somebody else made progress.
+        let mut attempts = 0;
+        let mut waits = 0;
+        while attempts < inner.config.max_attempts && waits < WAIT_ROUNDS {
             let step = match self
                 .fast(session_id, client_msg_id, candidate_msg_id, server_time_us)
                 .await?
@@ -487,11 +541,21 @@ impl SeqAllocator {
                 step => step,
             };
             if guard.is_none() {
-                // Single-flight per session in this process; then look again: whoever held the
-                // lock may have installed a segment meanwhile.
-                guard = Some(inner.locks[lock_index(session_id)].lock().await);
+                // Single-flight per session in this process. A free lock: take it and look again
+                // before reserving. A taken one: another caller is reserving; wait for it, then
+                // look again without the lock, so that the callers who waited are served together
+                // by the (coalesced) fast path, not one at a time under the lock.
+                let lock = &inner.locks[lock_index(session_id)];
+                match lock.try_lock() {
+                    Ok(taken) => guard = Some(taken),
+                    Err(_) => {
+                        drop(lock.lock().await);
+                        waits += 1;
+                    }
+                }
                 continue;
             }
+            attempts += 1;
             match step {
                 Fast::Missing => match self
                     .reserve(session_id, 0, Ceiling::Absent, inner.config.min_segment)
@@ -557,6 +621,8 @@ impl SeqAllocator {
         Ok(row.and_then(|(v,)| v))
     }
 
+    /// One fast-path request. The first request of an idle session calls Redis at once; requests
+    /// arriving while that call is in flight queue and are served together by the next call.
     async fn fast(
         &self,
         session_id: &str,
@@ -564,43 +630,111 @@ impl SeqAllocator {
         candidate_msg_id: &str,
         server_time_us: i64,
     ) -> Result<Fast> {
-        let inner = &*self.inner;
-        let mut con = inner.redis.clone();
-        let (status, record, a, b, c): (i64, Vec<u8>, i64, i64, i64) = inner
-            .fast
-            .key(keys::seq(session_id))
-            .key(keys::client_msg(session_id, client_msg_id))
-            .arg(candidate_msg_id)
-            .arg(server_time_us)
-            .arg(duration_ms(inner.config.dedup_ttl).max(1))
-            .arg(duration_ms(inner.config.idle_ttl))
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| Error::Redis {
-                what: "seq fast path",
-                source: e,
-            })?;
-        match status {
-            0 => Ok(Fast::Allocated(a)),
-            1 => {
-                let (seq, server_time_us, msg_id) = parse_record(&record)
-                    .ok_or_else(|| bad_reply("idempotency record", &record))?;
-                Ok(Fast::Duplicate(Allocation {
-                    seq,
-                    msg_id,
-                    server_time_us,
-                    duplicate: true,
-                    path: AllocPath::Fast,
-                }))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = Request {
+            client_msg_id: client_msg_id.to_owned(),
+            candidate_msg_id: candidate_msg_id.to_owned(),
+            server_time_us,
+            reply,
+        };
+        let lead = {
+            let mut queues = self.queue(session_id);
+            match queues.get_mut(session_id) {
+                Some(waiting) => {
+                    waiting.push(request);
+                    None
+                }
+                None => {
+                    // The session's entry marks its call in flight until `NextCall` drops.
+                    queues.insert(session_id.to_owned(), Vec::new());
+                    Some(request)
+                }
             }
-            2 => Ok(Fast::Missing),
-            3 => Ok(Fast::Exhausted {
-                max: a,
-                step: b,
-                at_ms: c,
-            }),
-            other => Err(bad_reply("fast path status", other.to_string().as_bytes())),
+        };
+        let Some(request) = lead else {
+            return answer.await.unwrap_or_else(|_| {
+                Err(bad_reply(
+                    "fast path",
+                    b"the call serving this request was dropped",
+                ))
+            });
+        };
+        let _next = NextCall {
+            allocator: self.clone(),
+            session_id: session_id.to_owned(),
+        };
+        let mut results = self
+            .call_fast(session_id, std::slice::from_ref(&request))
+            .await;
+        results.pop().expect("one result per request")
+    }
+
+    fn queue(&self, session_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Request>>> {
+        // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
+        self.inner.queues[lock_index(session_id)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Serves the requests queued for `session_id`, a call at a time, until none is left; then
+    /// marks the session idle.
+    async fn serve_queued(self, session_id: String) {
+        loop {
+            let batch = {
+                let mut queues = self.queue(&session_id);
+                let Some(waiting) = queues.get_mut(&session_id) else {
+                    return;
+                };
+                if waiting.is_empty() {
+                    queues.remove(&session_id);
+                    return;
+                }
+                let n = waiting.len().min(FAST_BATCH);
+                waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let results = self.call_fast(&session_id, &batch).await;
+            for (request, result) in batch.into_iter().zip(results) {
+                // A waiter that went away does not need its answer (its seq becomes a gap).
+                let _ = request.reply.send(result);
+            }
         }
+    }
+
+    /// One `EVALSHA` of [`FAST_LUA`] for `requests` (all of `session_id`): one result each.
+    async fn call_fast(&self, session_id: &str, requests: &[Request]) -> Vec<Result<Fast>> {
+        let inner = &*self.inner;
+        inner.fast_calls.fetch_add(1, Ordering::Relaxed);
+        let mut con = inner.redis.clone();
+        let mut call = inner.fast.key(keys::seq(session_id));
+        call.arg(duration_ms(inner.config.dedup_ttl).max(1))
+            .arg(duration_ms(inner.config.idle_ttl));
+        for r in requests {
+            call.key(keys::client_msg(session_id, &r.client_msg_id))
+                .arg(&r.candidate_msg_id)
+                .arg(r.server_time_us);
+        }
+        let replies: Vec<(i64, Vec<u8>, i64, i64, i64)> = match call.invoke_async(&mut con).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                return requests
+                    .iter()
+                    .map(|_| {
+                        Err(Error::Redis {
+                            what: "seq fast path",
+                            source: e.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        if replies.len() != requests.len() {
+            let got = format!("{} results for {} requests", replies.len(), requests.len());
+            return requests
+                .iter()
+                .map(|_| Err(bad_reply("fast path result count", got.as_bytes())))
+                .collect();
+        }
+        replies.into_iter().map(fast_result).collect()
     }
 
     /// Reserves the `size` seqs above `max(ceiling, floor)` (floor = Redis `max`): an LWT `UPDATE`
@@ -686,6 +820,65 @@ impl SeqAllocator {
                 source: e,
             })?;
         Ok(installed == 1)
+    }
+}
+
+/// When the call of a session's first request ends (or its caller goes away), the requests queued
+/// meanwhile are served by a task of their own, so no waiter depends on a caller that may be
+/// cancelled.
+struct NextCall {
+    allocator: SeqAllocator,
+    session_id: String,
+}
+
+impl Drop for NextCall {
+    fn drop(&mut self) {
+        let session_id = std::mem::take(&mut self.session_id);
+        let idle = {
+            let mut queues = self.allocator.queue(&session_id);
+            let idle = queues.get(&session_id).is_none_or(Vec::is_empty);
+            if idle {
+                queues.remove(&session_id);
+            }
+            idle
+        };
+        if idle {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(self.allocator.clone().serve_queued(session_id));
+            }
+            Err(_) => {
+                // No runtime left (shutting down): the waiters get an error, not a hang.
+                self.allocator.queue(&session_id).remove(&session_id);
+            }
+        }
+    }
+}
+
+/// One `{status, record, a, b, c}` of [`FAST_LUA`].
+fn fast_result((status, record, a, b, c): (i64, Vec<u8>, i64, i64, i64)) -> Result<Fast> {
+    match status {
+        0 => Ok(Fast::Allocated(a)),
+        1 => {
+            let (seq, server_time_us, msg_id) =
+                parse_record(&record).ok_or_else(|| bad_reply("idempotency record", &record))?;
+            Ok(Fast::Duplicate(Allocation {
+                seq,
+                msg_id,
+                server_time_us,
+                duplicate: true,
+                path: AllocPath::Fast,
+            }))
+        }
+        2 => Ok(Fast::Missing),
+        3 => Ok(Fast::Exhausted {
+            max: a,
+            step: b,
+            at_ms: c,
+        }),
+        other => Err(bad_reply("fast path status", other.to_string().as_bytes())),
     }
 }
 
