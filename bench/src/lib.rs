@@ -857,6 +857,9 @@ async fn pipeline(
 }
 
 /// P5 and P6.
+/// Redis connections of the history reader in P5 (`RedisConfig::connect_many`).
+const HISTORY_CONNECTIONS: usize = 4;
+
 async fn reads(
     plan: &Plan,
     world: &World,
@@ -869,11 +872,19 @@ async fn reads(
     let redis = world.redis.clone();
     // ------------------------------------------------------------------------------- P5: history
     let callers = plan.callers;
-    eprintln!("[bench] P5: history latest(50), {callers} callers");
+    eprintln!(
+        "[bench] P5: history latest(50), {callers} callers, {HISTORY_CONNECTIONS} Redis connections"
+    );
+    let connections = chatlog_store::RedisConfig {
+        url: chatlog::redis_url(),
+        ..Default::default()
+    }
+    .connect_many(HISTORY_CONNECTIONS)
+    .await?;
     let history = History::new(
         session.clone(),
         e2e_ks,
-        redis.clone(),
+        connections,
         Codec::default(),
         HistoryConfig::default(),
     )
@@ -882,6 +893,17 @@ async fn reads(
     let rpid = reads::redis_pid(&mut redis.clone()).await;
     let sessions = &workload.sessions;
     let reads_many = reads::history_reads(&history, rpid, sessions, callers, secs).await?;
+    // The same on one multiplexed connection: what the connection set buys.
+    let one_connection = History::new(
+        session.clone(),
+        e2e_ks,
+        redis.clone(),
+        Codec::default(),
+        HistoryConfig::default(),
+    )
+    .await?;
+    let reads_one_connection =
+        reads::history_reads(&one_connection, rpid, sessions, callers, secs).await?;
     let reads_one = reads::history_reads(&history, rpid, sessions, 1, secs).await?;
     let window_key = chatlog_store::keys::window(&workload.sessions[0]);
     // About as long as our loop ran, at least 2000 requests.
@@ -892,6 +914,10 @@ async fn reads(
     eprintln!(
         "[bench]   history {:.0}/s vs redis-benchmark {:.0}/s ({callers}); {:.0}/s vs {:.0}/s (1)",
         reads_many.rate, rb_many.rate, reads_one.rate, rb_one.rate
+    );
+    eprintln!(
+        "[bench]   history on one connection, {callers} callers: {:.0}/s",
+        reads_one_connection.rate
     );
     eprintln!(
         "[bench]   CPU µs/op client+redis: history {:.1}+{:.1}, redis-benchmark {:.1}+{:.1}",
@@ -914,6 +940,9 @@ async fn reads(
     details.insert(
         "P5".into(),
         json!({"callers": callers, "history": reads_many, "redis_benchmark": rb_many,
+               "connections": HISTORY_CONNECTIONS,
+               "one_connection": {"history": reads_one_connection,
+                                  "ratio": reads_one_connection.rate / rb_many.rate.max(1e-9)},
                "one_caller": {"history": reads_one, "redis_benchmark": rb_one,
                               "ratio": reads_one.rate / rb_one.rate.max(1e-9)}}),
     );

@@ -110,12 +110,26 @@ pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded
     })
 }
 
+/// A valid message for unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(session_id: &str, seq: i64, server_time_us: i64) -> ChatMessage {
+    ChatMessage {
+        msg_id: format!("m{seq}"),
+        client_msg_id: format!("c{seq}"),
+        session_id: session_id.into(),
+        session_type: chatlog_schemas::SessionType::Group,
+        seq,
+        sender_id: "u1".into(),
+        content_type: chatlog_schemas::ContentType::Text,
+        content: b"hi".to_vec(),
+        send_time_ms: 1,
+        server_time_us,
+        ext: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use chatlog_schemas::{ContentType, SessionType};
-
     use super::*;
 
     fn record(key: Option<&str>, payload: Option<Vec<u8>>) -> Record {
@@ -131,19 +145,7 @@ mod tests {
     }
 
     fn message() -> ChatMessage {
-        ChatMessage {
-            msg_id: "m1".into(),
-            client_msg_id: "c1".into(),
-            session_id: "s1".into(),
-            session_type: SessionType::Group,
-            seq: 1,
-            sender_id: "u1".into(),
-            content_type: ContentType::Text,
-            content: b"hi".to_vec(),
-            send_time_ms: 1,
-            server_time_us: 1000,
-            ext: BTreeMap::new(),
-        }
+        test_message("s1", 1, 1000)
     }
 
     fn reason(d: Decoded) -> &'static str {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_schemas::Codec;
+use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::messages::MessageWriter;
 use chatlog_store::window::{self, WindowEntry, WindowWriter};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -269,31 +269,9 @@ impl Pipeline {
     }
 
     /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same
-    /// time.
-    ///
-    /// Running both at once takes the CQL stage out of the ack → window latency. It can make a
-    /// message visible in its window a few milliseconds before its row exists, which readers
-    /// cannot tell from a message that arrives late (history reads the window first and trusts
-    /// it between its lowest and highest seq). One case could be seen: a session with more
-    /// messages in this batch than the window keeps would trim some of them at once, and a reader
-    /// then looking below the window would find neither copy. Those sessions' windows are written
-    /// after the CQL stage, as before.
+    /// time (see [`WritePlan`] for the one ordering kept).
     fn write(&self, good: &[Good], polled_at: Instant) -> Result<(), Failed> {
-        let messages: Vec<_> = good.iter().map(|g| g.message.clone()).collect();
-        let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
-        for g in good {
-            sessions
-                .entry(g.message.session_id.clone())
-                .or_default()
-                .push(WindowEntry {
-                    seq: g.message.seq,
-                    member: window::member(g.message.server_time_us, &g.avro),
-                });
-        }
-        let window_size = self.windows.config().size;
-        let (with_cql, after_cql): (BTreeMap<_, _>, BTreeMap<_, _>) = sessions
-            .into_iter()
-            .partition(|(_, entries)| entries.len() <= window_size);
+        let plan = WritePlan::new(good, self.windows.config().size);
         // Self-fencing. A process frozen longer than the session timeout (VM or container
         // pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a
         // zombie are harmless (same rows, same timestamps), but window writes after a Redis
@@ -301,23 +279,37 @@ impl Pipeline {
         // trust. So the window is only written while the batch is younger than the fence.
         let fence = polled_at + self.config.kafka.session_timeout.mul_f64(0.8);
         self.runtime.block_on(async {
-            let cql = self.retry("cql", None, || self.writer.write(&messages));
-            let redis = self.retry("redis", Some(fence), || {
-                let mut con = self.redis.clone();
-                let sessions = &with_cql;
-                async move { self.windows.append(&mut con, sessions).await }
-            });
-            tokio::try_join!(cql, redis)?;
-            if !after_cql.is_empty() {
-                self.retry("redis", Some(fence), || {
-                    let mut con = self.redis.clone();
-                    let sessions = &after_cql;
-                    async move { self.windows.append(&mut con, sessions).await }
-                })
-                .await?;
-            }
-            Ok(())
+            let rows = self.retry("cql", None, || self.writer.write(&plan.rows));
+            let windows = async {
+                if plan.windows.is_empty() {
+                    return Ok(());
+                }
+                self.append_windows(&plan.windows, fence).await
+            };
+            let trimmed_first = async {
+                if plan.trimmed_rows.is_empty() {
+                    return Ok(());
+                }
+                self.retry("cql", None, || self.writer.write(&plan.trimmed_rows))
+                    .await?;
+                self.append_windows(&plan.windows_after_trimmed_rows, fence)
+                    .await
+            };
+            tokio::try_join!(rows, windows, trimmed_first).map(drop)
         })
+    }
+
+    /// Appends to windows, retried like any write, never after `fence`.
+    async fn append_windows(
+        &self,
+        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+        fence: Instant,
+    ) -> Result<(), Failed> {
+        self.retry("redis", Some(fence), || {
+            let mut con = self.redis.clone();
+            async move { self.windows.append(&mut con, sessions).await }
+        })
+        .await
     }
 
     /// Runs a CQL/Redis write until it succeeds or the stage budget is spent, and records the
@@ -473,6 +465,71 @@ impl Pipeline {
     }
 }
 
+/// How one batch's good messages are written: rows to CQL and windows to Redis at the same time,
+/// which takes the CQL stage out of the ack → window latency.
+///
+/// A message may then be in its window a few milliseconds before its row exists, which a reader
+/// cannot tell from a message that arrives late: history reads the window first and trusts it
+/// between its lowest and highest seq. One case could be seen: a session with more messages in
+/// the batch than the window keeps. The script trims the older ones at once, and a reader looking
+/// below the window would find neither copy. So for such a session the rows of those older
+/// messages (`trimmed_rows`) are written first, and its window only after them — it gets only the
+/// newest `window size` seqs, as the older ones would be trimmed anyway.
+#[derive(Debug, Default)]
+struct WritePlan {
+    /// Rows written at once.
+    rows: Vec<ChatMessage>,
+    /// Windows written at once.
+    windows: BTreeMap<String, Vec<WindowEntry>>,
+    /// Rows of messages a window append would trim at once.
+    trimmed_rows: Vec<ChatMessage>,
+    /// Windows written once `trimmed_rows` are.
+    windows_after_trimmed_rows: BTreeMap<String, Vec<WindowEntry>>,
+}
+
+impl WritePlan {
+    fn new(good: &[Good], window_size: usize) -> WritePlan {
+        let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
+        for g in good {
+            by_session
+                .entry(g.message.session_id.as_str())
+                .or_default()
+                .push(g);
+        }
+        let mut plan = WritePlan::default();
+        for (session_id, mut messages) in by_session {
+            let entry = |g: &Good| WindowEntry {
+                seq: g.message.seq,
+                member: window::member(g.message.server_time_us, &g.avro),
+            };
+            let mut seqs: Vec<i64> = messages.iter().map(|g| g.message.seq).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            if seqs.len() <= window_size {
+                plan.rows.extend(messages.iter().map(|g| g.message.clone()));
+                plan.windows.insert(
+                    session_id.to_owned(),
+                    messages.iter().map(|g| entry(g)).collect(),
+                );
+                continue;
+            }
+            // Keep the newest `window_size` distinct seqs (every version of them) for the window.
+            let lowest_kept = seqs[seqs.len() - window_size];
+            messages.sort_by_key(|g| g.message.seq);
+            let split = messages.partition_point(|g| g.message.seq < lowest_kept);
+            let (trimmed, kept) = messages.split_at(split);
+            plan.trimmed_rows
+                .extend(trimmed.iter().map(|g| g.message.clone()));
+            plan.rows.extend(kept.iter().map(|g| g.message.clone()));
+            plan.windows_after_trimmed_rows.insert(
+                session_id.to_owned(),
+                kept.iter().map(|g| entry(g)).collect(),
+            );
+        }
+        plan
+    }
+}
+
 fn observe_stage(stage: &'static str, started: Instant) {
     metrics::histogram!(telemetry::STAGE_DURATION, "stage" => stage)
         .record(started.elapsed().as_secs_f64());
@@ -528,6 +585,65 @@ mod tests {
             key: None,
             payload: None,
         }
+    }
+
+    fn good(session_id: &str, seq: i64, version: i64) -> Good {
+        Good {
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset: seq,
+            },
+            message: decode::test_message(session_id, seq, version),
+            avro: vec![seq as u8],
+        }
+    }
+
+    fn seqs_of(rows: &[ChatMessage], session_id: &str) -> Vec<i64> {
+        let mut seqs: Vec<i64> = rows
+            .iter()
+            .filter(|m| m.session_id == session_id)
+            .map(|m| m.seq)
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
+    #[test]
+    fn windows_go_with_the_rows_unless_the_append_would_trim_messages_of_the_batch() {
+        // Window size 3. Session "few": 3 messages → written at once. Session "many": seqs 1..=5
+        // with seq 5 twice (an edit) and out of order → seqs 1, 2 first, then the newest 3 seqs.
+        let batch = [
+            good("few", 7, 1),
+            good("many", 5, 1),
+            good("many", 2, 1),
+            good("few", 8, 1),
+            good("many", 1, 1),
+            good("many", 4, 1),
+            good("many", 3, 1),
+            good("many", 5, 2),
+            good("few", 9, 1),
+        ];
+        let plan = WritePlan::new(&batch, 3);
+        assert_eq!(seqs_of(&plan.rows, "few"), [7, 8, 9]);
+        assert_eq!(seqs_of(&plan.rows, "many"), [3, 4, 5, 5]);
+        assert_eq!(seqs_of(&plan.trimmed_rows, "many"), [1, 2]);
+        assert!(seqs_of(&plan.trimmed_rows, "few").is_empty());
+        let window_seqs = |w: &BTreeMap<String, Vec<WindowEntry>>, s: &str| {
+            let mut seqs: Vec<i64> = w.get(s).into_iter().flatten().map(|e| e.seq).collect();
+            seqs.sort_unstable();
+            seqs
+        };
+        assert_eq!(window_seqs(&plan.windows, "few"), [7, 8, 9]);
+        assert!(!plan.windows.contains_key("many"));
+        assert_eq!(
+            window_seqs(&plan.windows_after_trimmed_rows, "many"),
+            [3, 4, 5, 5],
+            "both versions of seq 5: the script keeps the newer"
+        );
+        assert!(!plan.windows_after_trimmed_rows.contains_key("few"));
+        // Every message is written exactly once.
+        assert_eq!(plan.rows.len() + plan.trimmed_rows.len(), batch.len());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! How to reach the CQL database and Redis. Both structs reject unknown keys, so a typo in a config
 //! file is an error instead of a silently ignored setting.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -209,5 +211,63 @@ impl RedisConfig {
                 what: "connect",
                 source: e,
             })
+    }
+}
+
+impl RedisConfig {
+    /// `n` connections (at least one), used in turn by readers such as
+    /// [`History`](crate::history::History).
+    pub async fn connect_many(&self, n: usize) -> Result<RedisConnections> {
+        let mut all = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
+            all.push(self.connect().await?);
+        }
+        Ok(RedisConnections::new(all))
+    }
+}
+
+/// Multiplexed Redis connections used in turn. One multiplexed connection carries any number of
+/// concurrent commands, but a single task reads and parses all of its replies; with many
+/// concurrent readers of large replies (50-message windows) that task is the bottleneck, and a few
+/// connections spread the parsing over the runtime's threads. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConnections {
+    all: Arc<[redis::aio::ConnectionManager]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl RedisConnections {
+    /// Uses `all` in turn; an empty list is a programming error.
+    ///
+    /// # Panics
+    /// If `all` is empty.
+    pub fn new(all: Vec<redis::aio::ConnectionManager>) -> RedisConnections {
+        assert!(!all.is_empty(), "RedisConnections needs a connection");
+        RedisConnections {
+            all: all.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The next connection in turn.
+    pub fn get(&self) -> redis::aio::ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.all.len();
+        self.all[i].clone()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Always `false`: there is at least one.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl From<redis::aio::ConnectionManager> for RedisConnections {
+    fn from(one: redis::aio::ConnectionManager) -> Self {
+        RedisConnections::new(vec![one])
     }
 }

@@ -130,7 +130,7 @@ use serde::Deserialize;
 
 use crate::messages::{self, MessageRow};
 use crate::window::{self, WindowConfig};
-use crate::{CqlConfig, Error, Result, keys};
+use crate::{CqlConfig, Error, RedisConnections, Result, keys};
 
 /// Settings of the history reader.
 #[derive(Debug, Clone, Deserialize)]
@@ -401,7 +401,7 @@ struct Statements {
 
 struct Inner {
     session: Arc<Session>,
-    redis: ConnectionManager,
+    redis: RedisConnections,
     codec: Codec,
     config: HistoryConfig,
     statements: Statements,
@@ -462,12 +462,13 @@ fn prepare_err(what: &'static str) -> impl FnOnce(scylla::errors::PrepareError) 
 }
 
 impl History {
-    /// Prepares the statements of `keyspace` and returns the reader. `redis` is the connection the
-    /// windows are read through; `codec` decodes window members.
+    /// Prepares the statements of `keyspace` and returns the reader. `redis` is the connection (or
+    /// [`RedisConnections`], used in turn) the windows are read through; `codec` decodes window
+    /// members.
     pub async fn new(
         session: Arc<Session>,
         keyspace: &str,
-        redis: ConnectionManager,
+        redis: impl Into<RedisConnections>,
         codec: Codec,
         config: HistoryConfig,
     ) -> Result<History> {
@@ -500,7 +501,7 @@ impl History {
         Ok(History {
             inner: Arc::new(Inner {
                 session,
-                redis,
+                redis: redis.into(),
                 codec,
                 config,
                 statements,
@@ -923,7 +924,7 @@ impl History {
                 }
             }
         }
-        let mut con = self.inner.redis.clone();
+        let mut con = self.inner.redis.get();
         let replies: Vec<Vec<(Vec<u8>, f64)>> = match pipe.query_async(&mut con).await {
             Ok(r) => r,
             Err(e) => return window_unreadable(sid, &e),
@@ -950,7 +951,7 @@ impl History {
     /// (redis-rs builds a value per element) and drops Redis' formatting of 50 scores; client CPU
     /// went from ~90 to ~50 µs and Redis CPU from ~28 to ~13 µs per `latest(50)`.
     async fn read_window_latest(&self, sid: &str, n: usize) -> Option<WindowView> {
-        let mut con = self.inner.redis.clone();
+        let mut con = self.inner.redis.get();
         let reply: Vec<Vec<u8>> = match redis::cmd("ZREVRANGE")
             .arg(keys::window(sid))
             .arg(0)
@@ -1056,7 +1057,7 @@ impl History {
     }
 
     pub(crate) fn redis(&self) -> ConnectionManager {
-        self.inner.redis.clone()
+        self.inner.redis.get()
     }
 
     // -------------------------------------------------------------------------------- the table

@@ -26,7 +26,7 @@ pub mod seq;
 pub mod verify;
 pub mod window;
 
-pub use config::{CqlConfig, RedisConfig};
+pub use config::{CqlConfig, RedisConfig, RedisConnections};
 pub use secret::Secret;
 
 /// Errors of the storage layer.
