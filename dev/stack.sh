@@ -18,6 +18,9 @@
 #   CHATLOG_CACHE_DIR (default ~/.cache/chatlog)       resolved jar folders
 #   CHATLOG_KAFKA_PORT 9092, CHATLOG_KAFKA_CONTROLLER_PORT 9093,
 #   CHATLOG_CQL_PORT 9042, CHATLOG_CASSANDRA_STORAGE_PORT 7000, CHATLOG_REDIS_PORT 6390
+#   CHATLOG_CASSANDRA_HEAP (default 3g): Cassandra's JVM heap. With 1 GB, old-generation collections
+#   of 250-430 ms stopped the database every few minutes under the benchmarks; Cassandra's own
+#   default on a 16+ GB machine is larger still.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +38,7 @@ REDIS_PORT="${CHATLOG_REDIS_PORT:-6390}"
 
 KAFKA_START_TIMEOUT="${CHATLOG_KAFKA_START_TIMEOUT:-180}"
 CASSANDRA_START_TIMEOUT="${CHATLOG_CASSANDRA_START_TIMEOUT:-240}"
+CASSANDRA_HEAP="${CHATLOG_CASSANDRA_HEAP:-3g}"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -267,7 +271,7 @@ EOF
   touch "$logf"
   CASSANDRA_FROM="$(stat -c %s "$logf")"
   log "starting cassandra on 127.0.0.1:$CQL_PORT"
-  setsid nohup java -Xms1g -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=300 -Xss256k -XX:+ExitOnOutOfMemoryError \
+  setsid nohup java "-Xms$CASSANDRA_HEAP" "-Xmx$CASSANDRA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=100 -Xss256k -XX:+ExitOnOutOfMemoryError \
     "${jvm17[@]}" \
     "-javaagent:$lib/jamm-0.4.0.jar" \
     -Djava.net.preferIPv4Stack=true \
