@@ -206,6 +206,60 @@ async fn each_session_lands_on_one_partition_in_send_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_of_one_session_share_seq_calls_and_keep_kafka_in_seq_order() {
+    let (producer, topic) = setup(3, |_| {}).await;
+    let session = unique("hot");
+    const SENDS: usize = 300;
+    let tasks: Vec<_> = (0..SENDS)
+        .map(|i| {
+            let (producer, session) = (producer.clone(), session.clone());
+            tokio::spawn(async move {
+                producer
+                    .send(message(&session, &format!("c{i}"), &format!("#{i}")))
+                    .await
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        t.await.unwrap().expect("send");
+        acked += 1;
+    }
+    producer.flush(TIMEOUT).await.expect("flush");
+    let calls = producer.allocator().fast_calls();
+    assert!(
+        calls < acked as u64,
+        "{calls} seq calls for {acked} concurrent sends: no turn served more than one"
+    );
+
+    let records = read_back(&topic, 3, acked).await;
+    let codec = Codec::default();
+    let mut got: Vec<(Record, ChatMessage)> = records
+        .into_iter()
+        .map(|r| {
+            let m = codec.decode(&r.payload).expect("decode");
+            (r, m)
+        })
+        .filter(|(_, m)| m.session_id == session)
+        .collect();
+    got.sort_by_key(|(r, _)| r.offset);
+    assert_eq!(got.len(), SENDS);
+    for pair in got.windows(2) {
+        let ((_, a), (_, b)) = (&pair[0], &pair[1]);
+        assert!(
+            a.seq < b.seq,
+            "offset order = seq order ({} then {})",
+            a.seq,
+            b.seq
+        );
+        assert!(
+            a.server_time_us <= b.server_time_us,
+            "server time follows seq order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_input_is_rejected_before_any_seq_is_allocated() {
     let (producer, topic) = setup(2, |c| {
         c.limits = Limits {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatlog_schemas::{ChatMessage, Codec, ContentType, Limits, SessionType};
-use chatlog_store::seq::{Allocation, SeqAllocator};
+use chatlog_store::seq::{AllocRequest, Allocation, SeqAllocator};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
@@ -19,9 +19,11 @@ use crate::{Error, ProducerConfig, Result};
 /// The record header that names the writer schema (when [`ProducerConfig::schema_header`] is on).
 pub const SCHEMA_HEADER: &str = "chatlog-schema";
 
-/// Per-session ordering locks (sessions share them by hash): allocation and enqueueing of one
-/// session happen in call order, so Kafka order equals seq order.
-const ORDER_LOCKS: usize = 1024;
+/// Shards of the per-session send queues (sessions share them by hash).
+const ORDER_SHARDS: usize = 1024;
+
+/// Most sends of one session allocated and enqueued together.
+const TURN_BATCH: usize = chatlog_store::seq::FAST_BATCH;
 
 /// A message Logic wants to store: everything but the server-assigned fields (`msg_id`, `seq`,
 /// `server_time`).
@@ -79,8 +81,16 @@ struct Inner {
     seq: SeqAllocator,
     permits: Arc<Semaphore>,
     max_in_flight: u32,
-    order: Vec<tokio::sync::Mutex<()>>,
+    /// Per session with a turn under way: the sends waiting for the next turn.
+    turns: Vec<std::sync::Mutex<HashMap<String, Vec<Waiting>>>>,
     schema_header: Option<String>,
+}
+
+/// A validated send with its in-flight permit, waiting for its session's next turn.
+struct Waiting {
+    message: ChatMessage,
+    permit: OwnedSemaphorePermit,
+    reply: tokio::sync::oneshot::Sender<Result<Pending>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -152,8 +162,8 @@ impl Producer {
                 seq,
                 permits: Arc::new(Semaphore::new(config.max_in_flight)),
                 max_in_flight,
-                order: (0..ORDER_LOCKS)
-                    .map(|_| tokio::sync::Mutex::new(()))
+                turns: (0..ORDER_SHARDS)
+                    .map(|_| std::sync::Mutex::new(HashMap::new()))
                     .collect(),
                 schema_header,
             }),
@@ -272,11 +282,18 @@ impl Producer {
             .map_err(Error::kafka)
     }
 
-    /// Validate, wait for a permit, allocate and enqueue. The [`Pending`] holds the permit until
-    /// the delivery report, so the in-flight bound holds even if the caller stops waiting.
+    /// Validate, wait for a permit, then allocate and enqueue in the session's order. The
+    /// [`Pending`] holds the permit until the delivery report, so the in-flight bound holds even if
+    /// the caller stops waiting.
+    ///
+    /// A session's sends take turns, so Kafka order equals seq order. A turn serves every send
+    /// of the session that queued while the previous turn ran (group commit): one seq call for
+    /// all of them ([`SeqAllocator::allocate_many`]), then each is handed to librdkafka in seq
+    /// order. An idle session's send runs its turn at once, alone. A send queued behind a turn is
+    /// produced even if its caller stops waiting (its `client_msg_id` makes a retry identical).
     async fn enqueue(&self, m: NewMessage) -> Result<Pending> {
         let inner = &*self.inner;
-        let mut message = ChatMessage {
+        let message = ChatMessage {
             msg_id: uuid::Uuid::now_v7().to_string(),
             client_msg_id: m.client_msg_id,
             session_id: m.session_id,
@@ -296,18 +313,114 @@ impl Producer {
             .acquire_owned()
             .await
             .map_err(|_| Error::Closed)?;
-        let order = inner.order[order_index(&message.session_id)].lock().await;
-        message.server_time_us = now_us();
-        let alloc = inner
-            .seq
-            .allocate(
-                &message.session_id,
-                &message.client_msg_id,
-                &message.msg_id,
-                message.server_time_us,
-            )
-            .await
-            .map_err(Error::Allocation)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let session_id = message.session_id.clone();
+        let waiting = Waiting {
+            message,
+            permit,
+            reply,
+        };
+        let lead = {
+            let mut turns = self.turns(&session_id);
+            match turns.get_mut(&session_id) {
+                Some(queue) => {
+                    queue.push(waiting);
+                    None
+                }
+                None => {
+                    // The session's entry marks its turn under way until `NextTurn` drops.
+                    turns.insert(session_id.clone(), Vec::new());
+                    Some(waiting)
+                }
+            }
+        };
+        let Some(own) = lead else {
+            return answer.await.unwrap_or(Err(Error::Closed));
+        };
+        let _next = NextTurn {
+            producer: self.clone(),
+            session_id: session_id.clone(),
+        };
+        let mut results = self
+            .produce_in_order(&session_id, vec![(own.message, own.permit)])
+            .await;
+        results.pop().unwrap_or(Err(Error::Closed))
+    }
+
+    fn turns(&self, session_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiting>>> {
+        // Nothing panics while holding this lock; take it anyway if something did.
+        self.inner.turns[order_index(session_id)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the turns of the sends queued for `session_id` until none is left, then marks the
+    /// session idle.
+    async fn serve_turns(self, session_id: String) {
+        loop {
+            let batch = {
+                let mut turns = self.turns(&session_id);
+                let Some(queue) = turns.get_mut(&session_id) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    turns.remove(&session_id);
+                    return;
+                }
+                let n = queue.len().min(TURN_BATCH);
+                queue.drain(..n).collect::<Vec<_>>()
+            };
+            let (sends, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|w| ((w.message, w.permit), w.reply))
+                .unzip();
+            let results = self.produce_in_order(&session_id, sends).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away: its `Pending` drops and waits for the report itself.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// One turn: allocates the seqs of `sends` (all of `session_id`) in one go and hands the
+    /// records to librdkafka in that order. Result `i` belongs to send `i`.
+    async fn produce_in_order(
+        &self,
+        session_id: &str,
+        sends: Vec<(ChatMessage, OwnedSemaphorePermit)>,
+    ) -> Vec<Result<Pending>> {
+        let inner = &*self.inner;
+        let mut sends = sends;
+        let requests: Vec<AllocRequest> = sends
+            .iter_mut()
+            .map(|(message, _)| {
+                // Stamped in turn order, so server times increase with seqs.
+                message.server_time_us = now_us();
+                AllocRequest {
+                    client_msg_id: message.client_msg_id.clone(),
+                    candidate_msg_id: message.msg_id.clone(),
+                    server_time_us: message.server_time_us,
+                }
+            })
+            .collect();
+        let allocations = inner.seq.allocate_many(session_id, &requests).await;
+        sends
+            .into_iter()
+            .zip(allocations)
+            .map(|((message, permit), alloc)| {
+                self.produce(message, alloc.map_err(Error::Allocation)?, permit)
+            })
+            .collect()
+    }
+
+    /// Encodes `message` with its allocation and hands it to librdkafka.
+    fn produce(
+        &self,
+        mut message: ChatMessage,
+        alloc: Allocation,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pending> {
+        let inner = &*self.inner;
         message.seq = alloc.seq;
         message.msg_id.clone_from(&alloc.msg_id);
         message.server_time_us = alloc.server_time_us;
@@ -327,12 +440,44 @@ impl Producer {
             .kafka
             .send_result(record)
             .map_err(|(e, _record)| Error::kafka(e))?;
-        drop(order);
         Ok(Pending {
             alloc,
             delivery: Some(delivery),
             permit: Some(permit),
         })
+    }
+}
+
+/// When a session's turn ends (or its caller goes away), the sends queued meanwhile are served by
+/// a task of their own, so no waiting send depends on a caller that may be cancelled.
+struct NextTurn {
+    producer: Producer,
+    session_id: String,
+}
+
+impl Drop for NextTurn {
+    fn drop(&mut self) {
+        let session_id = std::mem::take(&mut self.session_id);
+        let idle = {
+            let mut turns = self.producer.turns(&session_id);
+            let idle = turns.get(&session_id).is_none_or(Vec::is_empty);
+            if idle {
+                turns.remove(&session_id);
+            }
+            idle
+        };
+        if idle {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(self.producer.clone().serve_turns(session_id));
+            }
+            Err(_) => {
+                // No runtime left (shutting down): the waiting sends fail as closed.
+                self.producer.turns(&session_id).remove(&session_id);
+            }
+        }
     }
 }
 
@@ -376,7 +521,7 @@ fn observe(result: &Result<Sent>, start: Instant) {
 fn order_index(session_id: &str) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     session_id.hash(&mut h);
-    (h.finish() % ORDER_LOCKS as u64) as usize
+    (h.finish() % ORDER_SHARDS as u64) as usize
 }
 
 fn now_us() -> i64 {

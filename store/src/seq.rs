@@ -419,11 +419,20 @@ struct Inner {
     fast_calls: AtomicU64,
 }
 
+/// One allocation asked of [`SeqAllocator::allocate_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocRequest {
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The msg_id to store unless this is a duplicate.
+    pub candidate_msg_id: String,
+    /// The server time to store unless this is a duplicate, µs.
+    pub server_time_us: i64,
+}
+
 /// A fast-path request waiting for its session's next call.
 struct Request {
-    client_msg_id: String,
-    candidate_msg_id: String,
-    server_time_us: i64,
+    args: AllocRequest,
     reply: tokio::sync::oneshot::Sender<Result<Fast>>,
 }
 
@@ -605,6 +614,53 @@ impl SeqAllocator {
         ))
     }
 
+    /// Allocates one seq per request of `session_id`, in request order (seqs increase along
+    /// `requests`; duplicates get their first allocation back): one fast-path call per
+    /// [`FAST_BATCH`] requests, and the single-request path for any that the fast path could not
+    /// serve (segment used up, hash missing). Result `i` belongs to request `i`.
+    ///
+    /// For callers that must keep an order of their own, like the producer, which hands a
+    /// session's records to Kafka in seq order.
+    pub async fn allocate_many(
+        &self,
+        session_id: &str,
+        requests: &[AllocRequest],
+    ) -> Vec<Result<Allocation>> {
+        let mut out = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(FAST_BATCH) {
+            let results = self.call_fast(session_id, chunk).await;
+            for (r, result) in chunk.iter().zip(results) {
+                out.push(match result {
+                    Ok(Fast::Allocated(seq)) => {
+                        metrics::counter!(ALLOCATIONS_METRIC, "path" => AllocPath::Fast.as_str())
+                            .increment(1);
+                        Ok(Allocation {
+                            seq,
+                            msg_id: r.candidate_msg_id.clone(),
+                            server_time_us: r.server_time_us,
+                            duplicate: false,
+                            path: AllocPath::Fast,
+                        })
+                    }
+                    Ok(Fast::Duplicate(first)) => Ok(first),
+                    // In order: every later request of the chunk also found no capacity (or is a
+                    // duplicate), so allocating this one now keeps seqs increasing.
+                    Ok(Fast::Missing | Fast::Exhausted { .. }) => {
+                        self.allocate(
+                            session_id,
+                            &r.client_msg_id,
+                            &r.candidate_msg_id,
+                            r.server_time_us,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        out
+    }
+
     /// The session's CQL ceiling, read at SERIAL consistency (`None` for a session never seen).
     pub async fn ceiling(&self, session_id: &str) -> Result<Option<i64>> {
         let rows = self
@@ -632,9 +688,11 @@ impl SeqAllocator {
     ) -> Result<Fast> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = Request {
-            client_msg_id: client_msg_id.to_owned(),
-            candidate_msg_id: candidate_msg_id.to_owned(),
-            server_time_us,
+            args: AllocRequest {
+                client_msg_id: client_msg_id.to_owned(),
+                candidate_msg_id: candidate_msg_id.to_owned(),
+                server_time_us,
+            },
             reply,
         };
         let lead = {
@@ -664,7 +722,7 @@ impl SeqAllocator {
             session_id: session_id.to_owned(),
         };
         let mut results = self
-            .call_fast(session_id, std::slice::from_ref(&request))
+            .call_fast(session_id, std::slice::from_ref(&request.args))
             .await;
         results.pop().expect("one result per request")
     }
@@ -692,16 +750,18 @@ impl SeqAllocator {
                 let n = waiting.len().min(FAST_BATCH);
                 waiting.drain(..n).collect::<Vec<_>>()
             };
-            let results = self.call_fast(&session_id, &batch).await;
-            for (request, result) in batch.into_iter().zip(results) {
+            let (args, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|r| (r.args, r.reply)).unzip();
+            let results = self.call_fast(&session_id, &args).await;
+            for (reply, result) in replies.into_iter().zip(results) {
                 // A waiter that went away does not need its answer (its seq becomes a gap).
-                let _ = request.reply.send(result);
+                let _ = reply.send(result);
             }
         }
     }
 
     /// One `EVALSHA` of [`FAST_LUA`] for `requests` (all of `session_id`): one result each.
-    async fn call_fast(&self, session_id: &str, requests: &[Request]) -> Vec<Result<Fast>> {
+    async fn call_fast(&self, session_id: &str, requests: &[AllocRequest]) -> Vec<Result<Fast>> {
         let inner = &*self.inner;
         inner.fast_calls.fetch_add(1, Ordering::Relaxed);
         let mut con = inner.redis.clone();
