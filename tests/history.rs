@@ -194,6 +194,14 @@ async fn window_hit_reads_no_database() {
     fx.assert_messages(&page, [3, 5]);
     assert_eq!(page.source, Source::Window);
 
+    // More distinct seqs than a page holds: refused, not answered in part.
+    let too_many: Vec<i64> = (1..=fx.history.config().max_limit as i64 + 1).collect();
+    let err = fx.history.get(&fx.sid, &too_many).await.unwrap_err();
+    assert!(
+        matches!(err, chatlog_store::Error::Request(_)) && err.to_string().contains("max_limit"),
+        "{err}"
+    );
+
     // The whole history fits the window: latest(n > len) is still a window hit.
     let page = fx.history.latest(&fx.sid, 100).await.unwrap();
     fx.assert_messages(&page, 1..=30);

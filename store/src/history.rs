@@ -563,11 +563,20 @@ impl History {
     }
 
     /// The messages with the given seqs (any order, duplicates ignored). Requested seqs proven not
-    /// to exist are in `missing`; those above the newest message known are in neither list.
+    /// to exist are in `missing`; those above the newest message known are in neither list. More
+    /// than [`HistoryConfig::max_limit`] distinct seqs is an [`Error::Request`]: a page never holds
+    /// more, and quietly answering part of the request would read as "the rest do not exist".
     pub async fn get(&self, session_id: &str, seqs: &[i64]) -> Result<Page> {
         let mut seqs = seqs.to_vec();
         seqs.sort_unstable();
         seqs.dedup();
+        let max = self.inner.config.max_limit;
+        if seqs.len() > max {
+            return Err(Error::Request(format!(
+                "history get: {} seqs asked, at most {max} (history.max_limit) per call",
+                seqs.len()
+            )));
+        }
         self.run(session_id, Request::Get(seqs)).await
     }
 

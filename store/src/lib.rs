@@ -70,6 +70,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A request is outside the limits (for example more seqs than a history page holds).
+    #[error("invalid request: {0}")]
+    Request(String),
 }
 
 impl Error {
