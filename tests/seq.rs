@@ -222,15 +222,32 @@ async fn redis_loss_during_concurrent_allocation_keeps_real_time_order() {
     const TASKS: usize = 16;
     const PER_TASK: usize = 50;
     const LOSSES: usize = 3;
-    let done = Arc::new(AtomicUsize::new(0));
+    // Losses happen while the allocation goes on: the even tasks stop at checkpoints (a fifth of
+    // their work, two fifths, …) until the loss is done, the odd ones never stop. Progress-driven,
+    // no timing assumptions; an allocator that finishes fast cannot outrun the losses.
+    let arrived = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
+    let (losses_done, losses_seen) = tokio::sync::watch::channel(0usize);
+    let checkpoint = |loss: usize| PER_TASK * loss / (LOSSES + 2);
     let mut handles = Vec::new();
     for task in 0..TASKS {
-        let (alloc, sid, done, progress) =
-            (alloc.clone(), sid.clone(), done.clone(), progress.clone());
+        let (alloc, sid, arrived, progress) = (
+            alloc.clone(),
+            sid.clone(),
+            arrived.clone(),
+            progress.clone(),
+        );
+        let mut losses_seen = losses_seen.clone();
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for i in 0..PER_TASK {
+                if task % 2 == 0
+                    && let Some(loss) = (1..=LOSSES).find(|&l| checkpoint(l) == i)
+                {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    progress.notify_one();
+                    losses_seen.wait_for(|&done| done >= loss).await.unwrap();
+                }
                 let start = Instant::now();
                 let a = alloc
                     .allocate(&sid, &format!("t{task}-{i}"), "m", 1)
@@ -241,22 +258,18 @@ async fn redis_loss_during_concurrent_allocation_keeps_real_time_order() {
                     end: Instant::now(),
                     alloc: a,
                 });
-                done.fetch_add(1, Ordering::SeqCst);
-                progress.notify_one();
             }
             mine
         }));
     }
-    // Lose the session's keys whenever another fifth of the work is done (progress-driven, no
-    // timing assumptions).
     let mut con = redis_connection().await;
     let total = TASKS * PER_TASK;
     for loss in 1..=LOSSES {
-        let at = total * loss / (LOSSES + 2);
-        while done.load(Ordering::SeqCst) < at {
+        while arrived.load(Ordering::SeqCst) < loss * TASKS / 2 {
             progress.notified().await;
         }
         lose_redis_keys(&mut con, &sid).await;
+        losses_done.send_replace(loss);
     }
     let mut all = Vec::new();
     for h in handles {
@@ -275,7 +288,10 @@ async fn redis_loss_during_concurrent_allocation_keeps_real_time_order() {
         .count();
     assert!(
         (1..=LOSSES * TASKS).contains(&recovers),
-        "{recovers} recover paths for {LOSSES} losses"
+        "{recovers} recover paths for {LOSSES} losses; paths seen {:?}",
+        all.iter()
+            .map(|t| t.alloc.path)
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
 

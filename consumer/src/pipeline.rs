@@ -3,7 +3,7 @@
 //! ```text
 //! init_transactions                                 fatal → exit; a newer instance fenced us
 //! loop:
-//!   collect   poll until max_records or linger      revoked partitions' records are dropped
+//!   collect   poll until max_records, max_bytes or linger   revoked partitions' records dropped
 //!   decode    good messages | poison (reason)
 //!   write     at the same time:
 //!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time

@@ -26,7 +26,9 @@ use crate::{Error, Result};
 pub const RECORDS: &str = "chatlog_consumer_records_total";
 /// Records per committed batch (histogram).
 pub const BATCH_RECORDS: &str = "chatlog_consumer_batch_records";
-/// Time spent per stage (`decode`, `cql`, `redis`, `commit`), histogram in seconds.
+/// Time spent per stage (`decode`, `cql`, `redis`, `commit`), histogram in seconds. `cql` and
+/// `redis` run at the same time, and are observed twice in a batch whose hot sessions have their
+/// older rows written first (see `WritePlan`): they do not add up to a batch's duration.
 pub const STAGE_DURATION: &str = "chatlog_stage_duration_seconds";
 /// From a message's server time to its visibility in the Redis window, histogram in seconds.
 pub const E2E_LATENCY: &str = "chatlog_e2e_latency_seconds";

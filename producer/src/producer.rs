@@ -289,8 +289,9 @@ impl Producer {
     /// A session's sends take turns, so Kafka order equals seq order. A turn serves every send
     /// of the session that queued while the previous turn ran (group commit): one seq call for
     /// all of them ([`SeqAllocator::allocate_many`]), then each is handed to librdkafka in seq
-    /// order. An idle session's send runs its turn at once, alone. A send queued behind a turn is
-    /// produced even if its caller stops waiting (its `client_msg_id` makes a retry identical).
+    /// order. An idle session's send starts a turn at once, alone. Turns run in a task, so a send
+    /// is produced even if its caller stops waiting (its `client_msg_id` makes a retry
+    /// identical).
     async fn enqueue(&self, m: NewMessage) -> Result<Pending> {
         let inner = &*self.inner;
         let message = ChatMessage {
@@ -320,31 +321,34 @@ impl Producer {
             permit,
             reply,
         };
-        let lead = {
+        let idle = {
             let mut turns = self.turns(&session_id);
             match turns.get_mut(&session_id) {
                 Some(queue) => {
                     queue.push(waiting);
-                    None
+                    false
                 }
                 None => {
-                    // The session's entry marks its turn under way until `NextTurn` drops.
-                    turns.insert(session_id.clone(), Vec::new());
-                    Some(waiting)
+                    // The entry marks the session's turns under way until `Turns` ends.
+                    turns.insert(session_id.clone(), vec![waiting]);
+                    true
                 }
             }
         };
-        let Some(own) = lead else {
-            return answer.await.unwrap_or(Err(Error::Closed));
-        };
-        let _next = NextTurn {
-            producer: self.clone(),
-            session_id: session_id.clone(),
-        };
-        let mut results = self
-            .produce_in_order(&session_id, vec![(own.message, own.permit)])
-            .await;
-        results.pop().unwrap_or(Err(Error::Closed))
+        if idle {
+            // Turns run in a task of their own, never in a caller's future: a caller that stops
+            // waiting cannot leave a seq allocated but not produced while later turns go on.
+            let turns = Turns {
+                producer: self.clone(),
+                session_id,
+                finished: false,
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(turns.run())),
+                Err(_) => drop(turns),
+            }
+        }
+        answer.await.unwrap_or(Err(Error::Closed))
     }
 
     fn turns(&self, session_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiting>>> {
@@ -352,34 +356,6 @@ impl Producer {
         self.inner.turns[order_index(session_id)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Runs the turns of the sends queued for `session_id` until none is left, then marks the
-    /// session idle.
-    async fn serve_turns(self, session_id: String) {
-        loop {
-            let batch = {
-                let mut turns = self.turns(&session_id);
-                let Some(queue) = turns.get_mut(&session_id) else {
-                    return;
-                };
-                if queue.is_empty() {
-                    turns.remove(&session_id);
-                    return;
-                }
-                let n = queue.len().min(TURN_BATCH);
-                queue.drain(..n).collect::<Vec<_>>()
-            };
-            let (sends, replies): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|w| ((w.message, w.permit), w.reply))
-                .unzip();
-            let results = self.produce_in_order(&session_id, sends).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away: its `Pending` drops and waits for the report itself.
-                let _ = reply.send(result);
-            }
-        }
     }
 
     /// One turn: allocates the seqs of `sends` (all of `session_id`) in one go and hands the
@@ -448,35 +424,54 @@ impl Producer {
     }
 }
 
-/// When a session's turn ends (or its caller goes away), the sends queued meanwhile are served by
-/// a task of their own, so no waiting send depends on a caller that may be cancelled.
-struct NextTurn {
+/// Runs the turns of one session's queued sends until none is left. Dropped before that (a
+/// panic, a runtime shutting down), it removes the session's queue: its senders get
+/// [`Error::Closed`] instead of waiting forever, and the next send starts afresh.
+struct Turns {
     producer: Producer,
     session_id: String,
+    finished: bool,
 }
 
-impl Drop for NextTurn {
-    fn drop(&mut self) {
-        let session_id = std::mem::take(&mut self.session_id);
-        let idle = {
-            let mut turns = self.producer.turns(&session_id);
-            let idle = turns.get(&session_id).is_none_or(Vec::is_empty);
-            if idle {
-                turns.remove(&session_id);
+impl Turns {
+    async fn run(mut self) {
+        loop {
+            let batch = {
+                let mut turns = self.producer.turns(&self.session_id);
+                let Some(queue) = turns.get_mut(&self.session_id) else {
+                    self.finished = true;
+                    return;
+                };
+                if queue.is_empty() {
+                    turns.remove(&self.session_id);
+                    self.finished = true;
+                    return;
+                }
+                let n = queue.len().min(TURN_BATCH);
+                queue.drain(..n).collect::<Vec<_>>()
+            };
+            let (sends, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|w| ((w.message, w.permit), w.reply))
+                .unzip();
+            let results = self
+                .producer
+                .produce_in_order(&self.session_id, sends)
+                .await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away: its `Pending` drops and waits for the report itself.
+                let _ = reply.send(result);
             }
-            idle
-        };
-        if idle {
-            return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(self.producer.clone().serve_turns(session_id));
-            }
-            Err(_) => {
-                // No runtime left (shutting down): the waiting sends fail as closed.
-                self.producer.turns(&session_id).remove(&session_id);
-            }
+    }
+}
+
+impl Drop for Turns {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.producer
+                .turns(&self.session_id)
+                .remove(&self.session_id);
         }
     }
 }

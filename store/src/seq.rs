@@ -102,8 +102,11 @@ if exists then
   first = cur
 end
 local out = {}
+local new = {}
+local records = {}
+-- Reads only: an error here (say WRONGTYPE) changes nothing.
 for i = 2, #KEYS do
-  local rec = redis.call('GET', KEYS[i])
+  local rec = records[KEYS[i]] or redis.call('GET', KEYS[i])
   if rec then
     out[#out + 1] = {1, rec, 0, 0, 0}
   elseif not exists then
@@ -113,14 +116,21 @@ for i = 2, #KEYS do
   else
     cur = cur + 1
     local j = 2 * i - 1
-    redis.call('SET', KEYS[i], string.format('%d', cur) .. ':' .. ARGV[j + 1] .. ':' .. ARGV[j], 'PX', ARGV[1])
+    rec = string.format('%d', cur) .. ':' .. ARGV[j + 1] .. ':' .. ARGV[j]
+    records[KEYS[i]] = rec
+    new[#new + 1] = KEYS[i]
     out[#out + 1] = {0, '', cur, 0, 0}
   end
 end
+-- Move cur before writing any record: a failure after this point leaves a gap, never a record
+-- naming a seq that cur could hand out again.
 if exists and cur > first then
   redis.call('HINCRBY', KEYS[1], 'cur', cur - first)
   if ARGV[2] ~= '0' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+  for _, key in ipairs(new) do
+    redis.call('SET', key, records[key], 'PX', ARGV[1])
   end
 end
 return out
@@ -349,6 +359,10 @@ pub enum SeqError {
     /// the hash).
     #[error("no seq after {0} attempts (contention on the session's ceiling)")]
     Contention(u32),
+    /// Other callers of this process kept reserving segments that were used up before this
+    /// request was served.
+    #[error("no seq after waiting for {0} segment reservations of other callers")]
+    Waited(u32),
 }
 
 /// What the fast script said.
@@ -610,7 +624,11 @@ impl SeqAllocator {
         }
         Err(Error::cql(
             format!("allocate a seq for session {session_id:?}"),
-            SeqError::Contention(inner.config.max_attempts),
+            if waits >= WAIT_ROUNDS {
+                SeqError::Waited(waits)
+            } else {
+                SeqError::Contention(attempts)
+            },
         ))
     }
 
@@ -627,35 +645,40 @@ impl SeqAllocator {
         requests: &[AllocRequest],
     ) -> Vec<Result<Allocation>> {
         let mut out = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(FAST_BATCH) {
+        while out.len() < requests.len() {
+            let rest = &requests[out.len()..];
+            let chunk = &rest[..rest.len().min(FAST_BATCH)];
             let results = self.call_fast(session_id, chunk).await;
             for (r, result) in chunk.iter().zip(results) {
-                out.push(match result {
+                match result {
                     Ok(Fast::Allocated(seq)) => {
                         metrics::counter!(ALLOCATIONS_METRIC, "path" => AllocPath::Fast.as_str())
                             .increment(1);
-                        Ok(Allocation {
+                        out.push(Ok(Allocation {
                             seq,
                             msg_id: r.candidate_msg_id.clone(),
                             server_time_us: r.server_time_us,
                             duplicate: false,
                             path: AllocPath::Fast,
-                        })
+                        }));
                     }
-                    Ok(Fast::Duplicate(first)) => Ok(first),
-                    // In order: every later request of the chunk also found no capacity (or is a
-                    // duplicate), so allocating this one now keeps seqs increasing.
+                    Ok(Fast::Duplicate(first)) => out.push(Ok(first)),
+                    Err(e) => out.push(Err(e)),
+                    // No capacity left: this one takes the full path (a new segment), and the
+                    // rest go through the fast path again, in order, with the new segment.
                     Ok(Fast::Missing | Fast::Exhausted { .. }) => {
-                        self.allocate(
-                            session_id,
-                            &r.client_msg_id,
-                            &r.candidate_msg_id,
-                            r.server_time_us,
-                        )
-                        .await
+                        let alloc = self
+                            .allocate(
+                                session_id,
+                                &r.client_msg_id,
+                                &r.candidate_msg_id,
+                                r.server_time_us,
+                            )
+                            .await;
+                        out.push(alloc);
+                        break;
                     }
-                    Err(e) => Err(e),
-                });
+                }
             }
         }
         out
@@ -711,10 +734,14 @@ impl SeqAllocator {
         };
         let Some(request) = lead else {
             return answer.await.unwrap_or_else(|_| {
-                Err(bad_reply(
-                    "fast path",
-                    b"the call serving this request was dropped",
-                ))
+                Err(Error::Redis {
+                    what: "seq fast path",
+                    source: redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the call serving this request ended without an answer",
+                        "its task panicked or the runtime shut down".to_owned(),
+                    )),
+                })
             });
         };
         let _next = NextCall {
@@ -732,32 +759,6 @@ impl SeqAllocator {
         self.inner.queues[lock_index(session_id)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Serves the requests queued for `session_id`, a call at a time, until none is left; then
-    /// marks the session idle.
-    async fn serve_queued(self, session_id: String) {
-        loop {
-            let batch = {
-                let mut queues = self.queue(&session_id);
-                let Some(waiting) = queues.get_mut(&session_id) else {
-                    return;
-                };
-                if waiting.is_empty() {
-                    queues.remove(&session_id);
-                    return;
-                }
-                let n = waiting.len().min(FAST_BATCH);
-                waiting.drain(..n).collect::<Vec<_>>()
-            };
-            let (args, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|r| (r.args, r.reply)).unzip();
-            let results = self.call_fast(&session_id, &args).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A waiter that went away does not need its answer (its seq becomes a gap).
-                let _ = reply.send(result);
-            }
-        }
     }
 
     /// One `EVALSHA` of [`FAST_LUA`] for `requests` (all of `session_id`): one result each.
@@ -905,14 +906,62 @@ impl Drop for NextCall {
         if idle {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(self.allocator.clone().serve_queued(session_id));
+        // Built before the spawn: if the task never runs (no runtime here, or one shutting
+        // down), dropping it still releases the session and its waiters.
+        let serving = Serving {
+            allocator: self.allocator.clone(),
+            session_id,
+            finished: false,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(serving.run());
+        }
+    }
+}
+
+/// Serves the requests queued for one session, a call at a time, until none is left. Dropped
+/// before that (a panic, a runtime shutting down), it removes the session's queue: its waiters
+/// get an error instead of waiting forever, and the next request starts afresh.
+struct Serving {
+    allocator: SeqAllocator,
+    session_id: String,
+    finished: bool,
+}
+
+impl Serving {
+    async fn run(mut self) {
+        loop {
+            let batch = {
+                let mut queues = self.allocator.queue(&self.session_id);
+                let Some(waiting) = queues.get_mut(&self.session_id) else {
+                    self.finished = true;
+                    return;
+                };
+                if waiting.is_empty() {
+                    queues.remove(&self.session_id);
+                    self.finished = true;
+                    return;
+                }
+                let n = waiting.len().min(FAST_BATCH);
+                waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let (args, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|r| (r.args, r.reply)).unzip();
+            let results = self.allocator.call_fast(&self.session_id, &args).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A waiter that went away does not need its answer (its seq becomes a gap).
+                let _ = reply.send(result);
             }
-            Err(_) => {
-                // No runtime left (shutting down): the waiters get an error, not a hang.
-                self.allocator.queue(&session_id).remove(&session_id);
-            }
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.allocator
+                .queue(&self.session_id)
+                .remove(&self.session_id);
         }
     }
 }
