@@ -294,6 +294,11 @@ async fn invalid_input_is_rejected_before_any_seq_is_allocated() {
         session_id: "s".repeat(129),
         ..message(&s, "c5", "x")
     });
+    // A `}` would cut the session's Redis Cluster hash tag short.
+    invalid.push(NewMessage {
+        session_id: format!("}}{s}"),
+        ..message(&s, "c5b", "x")
+    });
     for m in invalid {
         let err = producer.send(m.clone()).await.unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{m:?} gave {err}");

@@ -48,6 +48,15 @@ pub enum ValidationError {
         /// Field name as in the schema, e.g. `"msg_id"`.
         field: &'static str,
     },
+    /// `session_id` contains `}`. The session's Redis keys are `chatlog:{<session_id>}:…`, and
+    /// Redis Cluster hashes what lies between the first `{` and the next `}`: a `}` inside the id
+    /// would cut that hash tag short (or empty it), and the session's keys could land in
+    /// different slots, where its scripts fail with CROSSSLOT.
+    #[error("field `{field}` must not contain `}}` (it would end the Redis Cluster hash tag)")]
+    HashTagBreaker {
+        /// Field name as in the schema.
+        field: &'static str,
+    },
     /// An id field is longer than [`Limits::max_id_bytes`].
     #[error("field `{field}` is {len} bytes, over the limit of {max}")]
     IdTooLong {
@@ -109,6 +118,7 @@ impl ValidationError {
     pub fn reason(&self) -> &'static str {
         match self {
             ValidationError::EmptyId { .. } => "empty_id",
+            ValidationError::HashTagBreaker { .. } => "hash_tag_breaker",
             ValidationError::IdTooLong { .. } => "id_too_long",
             ValidationError::SeqNotPositive { .. } => "seq_not_positive",
             ValidationError::ContentTooLarge { .. } => "content_too_large",
@@ -123,6 +133,7 @@ impl ValidationError {
     pub fn field(&self) -> &'static str {
         match self {
             ValidationError::EmptyId { field }
+            | ValidationError::HashTagBreaker { field }
             | ValidationError::IdTooLong { field, .. }
             | ValidationError::NegativeTime { field, .. } => field,
             ValidationError::SeqNotPositive { .. } => "seq",
@@ -158,6 +169,11 @@ impl ChatMessage {
         check_id("msg_id", &self.msg_id, limits)?;
         check_id("client_msg_id", &self.client_msg_id, limits)?;
         check_id("session_id", &self.session_id, limits)?;
+        if self.session_id.contains('}') {
+            return Err(ValidationError::HashTagBreaker {
+                field: "session_id",
+            });
+        }
         if self.seq < 1 {
             return Err(ValidationError::SeqNotPositive { seq: self.seq });
         }
@@ -256,6 +272,16 @@ mod tests {
             ),
             (Box::new(|m| m.session_id.clear()), "empty_id", "session_id"),
             (Box::new(|m| m.sender_id.clear()), "empty_id", "sender_id"),
+            (
+                Box::new(|m| m.session_id = "}g:42".into()),
+                "hash_tag_breaker",
+                "session_id",
+            ),
+            (
+                Box::new(|m| m.session_id = "g}42".into()),
+                "hash_tag_breaker",
+                "session_id",
+            ),
             (
                 Box::new(|m| m.session_id = "s".repeat(129)),
                 "id_too_long",

@@ -15,12 +15,17 @@ fn id() -> impl Strategy<Value = String> {
     "\\PC{1,32}"
 }
 
+/// Session ids: like [`id`], without `}` (it would end the Redis Cluster hash tag).
+fn session_id() -> impl Strategy<Value = String> {
+    "[^}\\p{C}]{1,32}"
+}
+
 fn message() -> impl Strategy<Value = ChatMessage> {
     (
         (
             id(),
             id(),
-            id(),
+            session_id(),
             prop::sample::select(SessionType::ALL.to_vec()),
         ),
         (
