@@ -1,11 +1,11 @@
 //! The [`Producer`]: validate → allocate the seq → encode → produce, with bounded in-flight sends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatlog_schemas::{ChatMessage, Codec, ContentType, Limits, SessionType};
+use chatlog_store::queues::SessionQueues;
 use chatlog_store::seq::{AllocRequest, Allocation, SeqAllocator};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -82,7 +82,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     max_in_flight: u32,
     /// Per session with a turn under way: the sends waiting for the next turn.
-    turns: Vec<std::sync::Mutex<HashMap<String, Vec<Waiting>>>>,
+    turns: Arc<SessionQueues<Waiting>>,
     schema_header: Option<String>,
 }
 
@@ -162,9 +162,7 @@ impl Producer {
                 seq,
                 permits: Arc::new(Semaphore::new(config.max_in_flight)),
                 max_in_flight,
-                turns: (0..ORDER_SHARDS)
-                    .map(|_| std::sync::Mutex::new(HashMap::new()))
-                    .collect(),
+                turns: Arc::new(SessionQueues::new(ORDER_SHARDS)),
                 schema_header,
             }),
         })
@@ -321,41 +319,39 @@ impl Producer {
             permit,
             reply,
         };
-        let idle = {
-            let mut turns = self.turns(&session_id);
-            match turns.get_mut(&session_id) {
-                Some(queue) => {
-                    queue.push(waiting);
-                    false
-                }
-                None => {
-                    // The entry marks the session's turns under way until `Turns` ends.
-                    turns.insert(session_id.clone(), vec![waiting]);
-                    true
-                }
-            }
-        };
-        if idle {
+        if let Some(first) = inner.turns.queue_or_lead(&session_id, waiting) {
             // Turns run in a task of their own, never in a caller's future: a caller that stops
             // waiting cannot leave a seq allocated but not produced while later turns go on.
-            let turns = Turns {
-                producer: self.clone(),
+            let producer = self.clone();
+            let sid = session_id.clone();
+            let turns = inner.turns.clone().drain(
                 session_id,
-                finished: false,
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(turns.run())),
-                Err(_) => drop(turns),
+                vec![first],
+                TURN_BATCH,
+                move |batch: Vec<Waiting>| {
+                    let (producer, sid) = (producer.clone(), sid.clone());
+                    async move { producer.turn(&sid, batch).await }
+                },
+            );
+            // Without a runtime the drain is dropped unrun, and the send fails as closed.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(turns);
             }
         }
         answer.await.unwrap_or(Err(Error::Closed))
     }
 
-    fn turns(&self, session_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiting>>> {
-        // Nothing panics while holding this lock; take it anyway if something did.
-        self.inner.turns[order_index(session_id)]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// One turn: the sends in `batch` (all of `session_id`), each answered with its [`Pending`].
+    async fn turn(&self, session_id: &str, batch: Vec<Waiting>) {
+        let (sends, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|w| ((w.message, w.permit), w.reply))
+            .unzip();
+        let results = self.produce_in_order(session_id, sends).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that went away: its `Pending` drops and waits for the report itself.
+            let _ = reply.send(result);
+        }
     }
 
     /// One turn: allocates the seqs of `sends` (all of `session_id`) in one go and hands the
@@ -363,10 +359,9 @@ impl Producer {
     async fn produce_in_order(
         &self,
         session_id: &str,
-        sends: Vec<(ChatMessage, OwnedSemaphorePermit)>,
+        mut sends: Vec<(ChatMessage, OwnedSemaphorePermit)>,
     ) -> Vec<Result<Pending>> {
         let inner = &*self.inner;
-        let mut sends = sends;
         let requests: Vec<AllocRequest> = sends
             .iter_mut()
             .map(|(message, _)| {
@@ -424,58 +419,6 @@ impl Producer {
     }
 }
 
-/// Runs the turns of one session's queued sends until none is left. Dropped before that (a
-/// panic, a runtime shutting down), it removes the session's queue: its senders get
-/// [`Error::Closed`] instead of waiting forever, and the next send starts afresh.
-struct Turns {
-    producer: Producer,
-    session_id: String,
-    finished: bool,
-}
-
-impl Turns {
-    async fn run(mut self) {
-        loop {
-            let batch = {
-                let mut turns = self.producer.turns(&self.session_id);
-                let Some(queue) = turns.get_mut(&self.session_id) else {
-                    self.finished = true;
-                    return;
-                };
-                if queue.is_empty() {
-                    turns.remove(&self.session_id);
-                    self.finished = true;
-                    return;
-                }
-                let n = queue.len().min(TURN_BATCH);
-                queue.drain(..n).collect::<Vec<_>>()
-            };
-            let (sends, replies): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|w| ((w.message, w.permit), w.reply))
-                .unzip();
-            let results = self
-                .producer
-                .produce_in_order(&self.session_id, sends)
-                .await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away: its `Pending` drops and waits for the report itself.
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-impl Drop for Turns {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.producer
-                .turns(&self.session_id)
-                .remove(&self.session_id);
-        }
-    }
-}
-
 impl Pending {
     async fn finish(mut self) -> Result<Sent> {
         // Awaited in place: if this future is dropped meanwhile, `self` (still holding the delivery
@@ -511,12 +454,6 @@ fn observe(result: &Result<Sent>, start: Instant) {
     };
     metrics::counter!(crate::metrics::RECORDS, "result" => label).increment(1);
     metrics::histogram!(crate::metrics::SEND_DURATION).record(start.elapsed().as_secs_f64());
-}
-
-fn order_index(session_id: &str) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    session_id.hash(&mut h);
-    (h.finish() % ORDER_SHARDS as u64) as usize
 }
 
 fn now_us() -> i64 {

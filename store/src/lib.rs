@@ -12,6 +12,7 @@
 //! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
 //! - [`history`]: the history reader — window first, CQL for the rest, coalesced fallbacks.
 //! - [`verify`]: compares a session's window with the newest rows of CQL (operators' check).
+//! - [`queues`]: per-session queues for group commit (seq allocation, the producer's turns).
 //! - [`seq`]: per-session seq allocation — Redis fast path, CQL LWT segments, recovery after Redis loss.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod history;
 pub mod keys;
 pub mod messages;
 pub mod migrate;
+pub mod queues;
 pub mod secret;
 pub mod security;
 pub mod seq;

@@ -68,7 +68,6 @@
 //! `chatlog_seq_allocations_total{path=fast|segment|recover}`, once per new allocation (a
 //! duplicate allocates nothing and is not counted).
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -82,6 +81,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use serde::Deserialize;
 
+use crate::queues::SessionQueues;
 use crate::{CqlConfig, Error, Result, keys};
 
 /// The fast path for up to [`FAST_BATCH`] requests of one session. KEYS: seq hash, then one
@@ -428,7 +428,7 @@ struct Inner {
     install: redis::Script,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Per session with a fast-path call in flight: the requests waiting for the next call.
-    queues: Vec<std::sync::Mutex<HashMap<String, Vec<Request>>>>,
+    queues: Arc<SessionQueues<Request>>,
     /// Fast-path calls made (each serves one or more requests).
     fast_calls: AtomicU64,
 }
@@ -506,9 +506,7 @@ impl SeqAllocator {
                 locks: (0..SEGMENT_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
-                queues: (0..SEGMENT_LOCKS)
-                    .map(|_| std::sync::Mutex::new(HashMap::new()))
-                    .collect(),
+                queues: Arc::new(SessionQueues::new(SEGMENT_LOCKS)),
                 fast_calls: AtomicU64::new(0),
             }),
         })
@@ -718,21 +716,8 @@ impl SeqAllocator {
             },
             reply,
         };
-        let lead = {
-            let mut queues = self.queue(session_id);
-            match queues.get_mut(session_id) {
-                Some(waiting) => {
-                    waiting.push(request);
-                    None
-                }
-                None => {
-                    // The session's entry marks its call in flight until `NextCall` drops.
-                    queues.insert(session_id.to_owned(), Vec::new());
-                    Some(request)
-                }
-            }
-        };
-        let Some(request) = lead else {
+        // The session stays busy until `NextCall` drops.
+        let Some(request) = self.inner.queues.queue_or_lead(session_id, request) else {
             return answer.await.unwrap_or_else(|_| {
                 Err(Error::Redis {
                     what: "seq fast path",
@@ -752,13 +737,6 @@ impl SeqAllocator {
             .call_fast(session_id, std::slice::from_ref(&request.args))
             .await;
         results.pop().expect("one result per request")
-    }
-
-    fn queue(&self, session_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Request>>> {
-        // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
-        self.inner.queues[lock_index(session_id)]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One `EVALSHA` of [`FAST_LUA`] for `requests` (all of `session_id`): one result each.
@@ -894,74 +872,34 @@ struct NextCall {
 
 impl Drop for NextCall {
     fn drop(&mut self) {
-        let session_id = std::mem::take(&mut self.session_id);
-        let idle = {
-            let mut queues = self.allocator.queue(&session_id);
-            let idle = queues.get(&session_id).is_none_or(Vec::is_empty);
-            if idle {
-                queues.remove(&session_id);
-            }
-            idle
-        };
-        if idle {
+        let queues = &self.allocator.inner.queues;
+        if queues.release(&self.session_id) {
             return;
         }
+        let allocator = self.allocator.clone();
+        let session_id = std::mem::take(&mut self.session_id);
         // Built before the spawn: if the task never runs (no runtime here, or one shutting
         // down), dropping it still releases the session and its waiters.
-        let serving = Serving {
-            allocator: self.allocator.clone(),
-            session_id,
-            finished: false,
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(serving.run());
-        }
-    }
-}
-
-/// Serves the requests queued for one session, a call at a time, until none is left. Dropped
-/// before that (a panic, a runtime shutting down), it removes the session's queue: its waiters
-/// get an error instead of waiting forever, and the next request starts afresh.
-struct Serving {
-    allocator: SeqAllocator,
-    session_id: String,
-    finished: bool,
-}
-
-impl Serving {
-    async fn run(mut self) {
-        loop {
-            let batch = {
-                let mut queues = self.allocator.queue(&self.session_id);
-                let Some(waiting) = queues.get_mut(&self.session_id) else {
-                    self.finished = true;
-                    return;
-                };
-                if waiting.is_empty() {
-                    queues.remove(&self.session_id);
-                    self.finished = true;
-                    return;
+        let drain = queues.clone().drain(
+            session_id.clone(),
+            Vec::new(),
+            FAST_BATCH,
+            move |batch: Vec<Request>| {
+                let (allocator, session_id) = (allocator.clone(), session_id.clone());
+                async move {
+                    let (args, replies): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|r| (r.args, r.reply)).unzip();
+                    let results = allocator.call_fast(&session_id, &args).await;
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        // A waiter that went away does not need its answer (its seq becomes a
+                        // gap).
+                        let _ = reply.send(result);
+                    }
                 }
-                let n = waiting.len().min(FAST_BATCH);
-                waiting.drain(..n).collect::<Vec<_>>()
-            };
-            let (args, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|r| (r.args, r.reply)).unzip();
-            let results = self.allocator.call_fast(&self.session_id, &args).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A waiter that went away does not need its answer (its seq becomes a gap).
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.allocator
-                .queue(&self.session_id)
-                .remove(&self.session_id);
+            },
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain);
         }
     }
 }
