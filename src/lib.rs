@@ -148,6 +148,32 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs `program` with `args`, `input` on its standard input, and returns what it did (status,
+/// stdout, stderr). Panics, naming the program, if it cannot be started.
+pub fn run_with_input(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = program.as_ref();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.to_string_lossy()));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .expect("write to stdin");
+    child.wait_with_output().expect("wait for the program")
+}
+
 /// A free TCP port on 127.0.0.1 (bound once and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

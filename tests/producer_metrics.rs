@@ -4,8 +4,6 @@
 //! (Its own test binary: the global recorder can be installed once per process.)
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chatlog::{create_topic, fresh_keyspace, kafka_bootstrap, redis_connection, unique};
@@ -77,20 +75,8 @@ async fn producer_metrics_reach_the_applications_exporter() {
         "{text}"
     );
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; dev/stack.sh installs it)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
+    // promtool: Debian package prometheus; dev/stack.sh installs it.
+    let out = chatlog::run_with_input("promtool", &["check", "metrics"], text.as_bytes());
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}",

@@ -406,21 +406,14 @@ fn read(rel: &str) -> String {
 /// YAML text as JSON, through PyYAML (the YAML library docker-compose itself is built on).
 fn yaml_to_json(text: &str) -> Value {
     let python = tool("python3", "python3");
-    let mut child = Command::new(python)
-        .arg("-c")
-        .arg("import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chatlog::run_with_input(
+        python,
+        &[
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ],
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "PyYAML could not parse the YAML (install the Debian package `python3-yaml`, a dependency \
@@ -545,20 +538,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     println!("---- /metrics sample ----\n{text}");
 
     // promtool lints the exposition (naming, units, help text, histogram shape).
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chatlog::run_with_input(&promtool, &["check", "metrics"], text.as_bytes());
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- exposition\n{text}",
