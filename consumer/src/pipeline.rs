@@ -170,8 +170,7 @@ impl Pipeline {
             };
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
-                    bytes += m.key_len() + m.payload_len();
-                    batch.push(Record {
+                    let record = Record {
                         origin: Origin {
                             topic: m.topic().to_owned(),
                             partition: m.partition(),
@@ -179,7 +178,9 @@ impl Pipeline {
                         },
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
-                    });
+                    };
+                    bytes += record.bytes();
+                    batch.push(record);
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
