@@ -254,16 +254,6 @@ impl RedisConnections {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.all.len();
         self.all[i].clone()
     }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.all.len()
-    }
-
-    /// Always `false`: there is at least one.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 impl From<redis::aio::ConnectionManager> for RedisConnections {
