@@ -9,6 +9,15 @@ log_dir="${CHATLOG_STACK_DIR:-${CHATLOG_CACHE_DIR:-$HOME/.cache/chatlog}/stack}/
 mkdir -p "$log_dir"
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
+# A clean build of every test target needs about 3 GiB (plus the stack's data); a full disk shows up
+# later as a linker "Bus error", so say it plainly up front.
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_kib="$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')"
+if [ "${free_kib:-0}" -lt $((5 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kib / 1024)) MiB free under $target_dir; a clean test build needs ~3 GiB" >&2
+fi
+
 # cargo-deny builds from source once; do it while the stack starts.
 deny_pid=""
 if ! command -v cargo-deny >/dev/null 2>&1; then
