@@ -213,6 +213,27 @@ impl TestRedis {
     }
 }
 
+impl TestRedis {
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, replicates
+    /// nothing, until [`thaw`](Self::thaw). Dropping a frozen server still kills it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server: {status}");
+    }
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();

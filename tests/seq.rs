@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chatlog::{fresh_keyspace, redis_connection, unique};
-use chatlog_store::keys;
+use chatlog::{TestRedis, free_port, fresh_keyspace, redis_connection, unique};
 use chatlog_store::seq::{AllocPath, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig};
+use chatlog_store::{RedisConfig, keys};
 use redis::aio::ConnectionManager;
 
 fn small(min: i64, max: i64) -> SeqConfig {
@@ -465,4 +465,143 @@ async fn install_script_only_moves_values_up_and_never_recreates_a_lost_hash() {
         .query_async(&mut con)
         .await
         .unwrap();
+}
+
+/// A private primary with one replica, linked (`master_link_status:up` on the replica).
+async fn primary_and_replica() -> (TestRedis, ConnectionManager, TestRedis, ConnectionManager) {
+    let primary_port = free_port();
+    let primary = TestRedis::start(&["--port".into(), primary_port.to_string()], primary_port);
+    let replica_port = free_port();
+    let replica = TestRedis::start(
+        &[
+            "--port".into(),
+            replica_port.to_string(),
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ],
+        replica_port,
+    );
+    let connect = |port: u16| async move {
+        let config = RedisConfig {
+            url: format!("redis://127.0.0.1:{port}/"),
+            ..RedisConfig::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match config.connect().await {
+                Ok(con) => return con,
+                Err(e) if Instant::now() > deadline => panic!("redis on {port}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    let primary_con = connect(primary_port).await;
+    let mut replica_con = connect(replica_port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut replica_con)
+            .await
+            .expect("INFO replication");
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never linked: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (primary, primary_con, replica, replica_con)
+}
+
+/// With `wait_replicas = 1` a seq is handed out only once the replica holds it, so a failover to
+/// that replica cannot hand it out again: right after every allocation returns, the replica's
+/// `cur` is already at or above it (across segment installs, too). With the replica frozen the
+/// allocation fails with `NotReplicated` instead of handing out a seq only the primary knows; once
+/// the replica is back, the retry of the same `client_msg_id` gets that seq, now replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_every_seq_handed_out_is_already_on_the_replica() {
+    let (_primary, primary_con, replica, mut replica_con) = primary_and_replica().await;
+    let (session, cql) = fresh_keyspace("seq_wait").await;
+    let timeout = Duration::from_millis(300);
+    let mut primary_admin = primary_con.clone();
+    let alloc = SeqAllocator::new(
+        session,
+        &cql.keyspace,
+        primary_con,
+        SeqConfig {
+            wait_replicas: 1,
+            wait_timeout: timeout,
+            ..small(3, 3)
+        },
+    )
+    .await
+    .expect("seq allocator");
+    let sid = unique("wait");
+    let mut last = 0;
+    for i in 0..20 {
+        let a = alloc
+            .allocate(&sid, &format!("c{i}"), &format!("m{i}"), i)
+            .await
+            .expect("allocate with a replica");
+        assert!(a.seq > last, "seq {} after {last}", a.seq);
+        last = a.seq;
+        let (on_replica, _, _) = redis_hash(&mut replica_con, &sid).await;
+        assert!(
+            on_replica >= a.seq,
+            "seq {} was handed out while the replica's cur was {on_replica}",
+            a.seq
+        );
+    }
+
+    replica.freeze();
+    let started = Instant::now();
+    let err = alloc
+        .allocate(&sid, "frozen", "m-frozen", 99)
+        .await
+        .expect_err("no replica can acknowledge");
+    replica.thaw();
+    assert!(
+        matches!(
+            err,
+            chatlog_store::Error::NotReplicated {
+                wanted: 1,
+                acked: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert!(started.elapsed() >= timeout, "WAIT gave up early");
+
+    let retried = alloc
+        .allocate(&sid, "frozen", "m-retry", 100)
+        .await
+        .expect("the replica is back");
+    assert_eq!(
+        retried.seq,
+        last + 1,
+        "the retry gets the seq of the failed call"
+    );
+    assert_eq!(retried.msg_id, "m-frozen", "…and its first msg_id");
+    let (on_replica, _, _) = redis_hash(&mut replica_con, &sid).await;
+    assert!(on_replica >= retried.seq);
+
+    // A Redis that forgot the script (restart, SCRIPT FLUSH): the pipeline loads it and goes on.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut primary_admin)
+        .await
+        .expect("SCRIPT FLUSH");
+    let after_flush = alloc
+        .allocate(&sid, "after-flush", "m-after-flush", 101)
+        .await
+        .expect("allocate after SCRIPT FLUSH");
+    assert!(after_flush.seq > retried.seq && !after_flush.duplicate);
+    let (on_replica, _, _) = redis_hash(&mut replica_con, &sid).await;
+    assert!(on_replica >= after_flush.seq);
 }

@@ -75,6 +75,20 @@ pub enum Error {
     /// A request is outside the limits (for example more seqs than a history page holds).
     #[error("invalid request: {0}")]
     Request(String),
+    /// Fewer Redis replicas than `seq.wait_replicas` acknowledged a seq allocation in time; its
+    /// seqs were not handed out. Retriable: the same `client_msg_id` gets its seq back.
+    #[error(
+        "redis replication: {acked} of {wanted} replicas acknowledged the seq allocation within \
+         {timeout:?} (see INFO replication; seq.wait_replicas = 0 turns the wait off)"
+    )]
+    NotReplicated {
+        /// `seq.wait_replicas`.
+        wanted: u32,
+        /// Replicas that acknowledged (Redis `WAIT`'s reply).
+        acked: i64,
+        /// `seq.wait_timeout`.
+        timeout: std::time::Duration,
+    },
 }
 
 impl Error {

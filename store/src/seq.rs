@@ -49,13 +49,17 @@
 //! # Known limits
 //!
 //! - **Redis failover with asynchronous replication** can roll `cur` back while the hash still
-//!   exists (the promoted replica missed the last `HINCRBY`s): seqs would then **repeat**. Not
-//!   built here; mitigations: `WAIT 1 <ms>` after each allocation (a replica acknowledged it, at
-//!   the cost of one replica round trip), or a fencing epoch — keep an epoch in CQL, bump it on
-//!   failover (a sentinel/cluster hook, or when the allocator sees Redis' `run_id` change) and store
-//!   it in the hash; a hash with an old epoch is treated as missing, which forces the recover path
-//!   above the CQL ceiling. Deleting every `chatlog:{*}:seq` hash after a failover is the manual form
-//!   of the same fence: recovery from the ceiling is always safe.
+//!   exists (the promoted replica missed the last `HINCRBY`s): seqs would then **repeat**.
+//!   [`SeqConfig::wait_replicas`] closes this for failovers to a replica that acknowledged: the
+//!   fast-path call goes out in one pipeline with `WAIT <replicas> <timeout>`, and its seqs are
+//!   handed out only when that many replicas hold them (else [`Error::NotReplicated`]; the seqs
+//!   become a gap, and a retry with the same `client_msg_id` gets its seq back once replicated).
+//!   Segment installs need no wait: a promoted replica that missed one still has `cur == max` of
+//!   the segment before (every fast-path step of it was acknowledged), so it reserves a new segment
+//!   above the CQL ceiling — a gap. Redis does not promise that a failover picks an acknowledging
+//!   replica (Sentinel and Cluster prefer the most up-to-date one); deleting every
+//!   `chatlog:{*}:seq` hash after a failover is the manual fence that always holds: recovery from
+//!   the ceiling is always safe.
 //! - Idempotency records live in Redis: a retry after Redis lost them is allocated a new seq (the
 //!   message is stored twice, under two seqs). Readers may deduplicate by `client_msg_id`.
 //! - A double failure — Redis losing its data *twice* while one allocator is paused between the
@@ -244,6 +248,18 @@ pub struct SeqConfig {
     /// Rounds (fast path, reservation) one allocation may take before giving up under contention.
     /// Default 16.
     pub max_attempts: u32,
+    /// Redis replicas that must hold an allocation before its seq is handed out (Redis `WAIT`,
+    /// sent in the same pipeline as the fast-path call), so that a failover to one of them cannot
+    /// hand the seq out again. `0` (default): no wait — for a Redis without replicas. With
+    /// replicas, `1` costs one replica round trip per fast-path call (calls are per batch of a
+    /// session's concurrent sends, see the module docs).
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take to gather [`wait_replicas`](Self::wait_replicas) acknowledgements;
+    /// fewer by then fails the allocation with [`Error::NotReplicated`] (retriable). While it waits,
+    /// later commands on the allocator's Redis connection queue behind it; keep it well below the
+    /// Redis `response_timeout` (2 s by default). Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for SeqConfig {
@@ -256,6 +272,8 @@ impl Default for SeqConfig {
             idle_ttl: Duration::from_secs(30 * 24 * 3600),
             serial_consistency: SerialMode::Serial,
             max_attempts: 16,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -276,6 +294,13 @@ impl SeqConfig {
         }
         if self.max_attempts < 2 {
             return Err(Error::Config("seq.max_attempts must be >= 2".into()));
+        }
+        if self.wait_replicas > 0 && self.wait_timeout.as_millis() < 1 {
+            return Err(Error::Config(
+                "seq.wait_timeout must be at least 1ms when seq.wait_replicas > 0 (0 would make \
+                 Redis WAIT block forever)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -752,18 +777,10 @@ impl SeqAllocator {
                 .arg(&r.candidate_msg_id)
                 .arg(r.server_time_us);
         }
-        let replies: Vec<(i64, Vec<u8>, i64, i64, i64)> = match call.invoke_async(&mut con).await {
+        let replies = match self.invoke_fast(&mut con, &call).await {
             Ok(replies) => replies,
             Err(e) => {
-                return requests
-                    .iter()
-                    .map(|_| {
-                        Err(Error::Redis {
-                            what: "seq fast path",
-                            source: e.clone(),
-                        })
-                    })
-                    .collect();
+                return requests.iter().map(|_| Err(copy_error(&e))).collect();
             }
         };
         if replies.len() != requests.len() {
@@ -774,6 +791,47 @@ impl SeqAllocator {
                 .collect();
         }
         replies.into_iter().map(fast_result).collect()
+    }
+
+    /// Runs one fast-path invocation. With [`SeqConfig::wait_replicas`], the script and `WAIT` go
+    /// out as one pipeline on one connection — `WAIT` covers exactly the writes before it on that
+    /// connection — and the replies count only if enough replicas acknowledged.
+    async fn invoke_fast(
+        &self,
+        con: &mut ConnectionManager,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<FastReply>> {
+        let config = &self.inner.config;
+        let redis_err = |source| Error::Redis {
+            what: "seq fast path",
+            source,
+        };
+        if config.wait_replicas == 0 {
+            return call.invoke_async(con).await.map_err(redis_err);
+        }
+        let timeout_ms = duration_ms(config.wait_timeout).max(1);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(call)
+            .cmd("WAIT")
+            .arg(config.wait_replicas)
+            .arg(timeout_ms);
+        let reply: redis::RedisResult<(Vec<FastReply>, i64)> = match pipe.query_async(con).await {
+            // A restarted or flushed Redis forgot the script: load it, then the same pipeline.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call.load_async(con).await.map_err(redis_err)?;
+                pipe.query_async(con).await
+            }
+            other => other,
+        };
+        let (replies, acked) = reply.map_err(redis_err)?;
+        if acked < i64::from(config.wait_replicas) {
+            return Err(Error::NotReplicated {
+                wanted: config.wait_replicas,
+                acked,
+                timeout: config.wait_timeout,
+            });
+        }
+        Ok(replies)
     }
 
     /// Reserves the `size` seqs above `max(ceiling, floor)` (floor = Redis `max`): an LWT `UPDATE`
@@ -905,7 +963,38 @@ impl Drop for NextCall {
 }
 
 /// One `{status, record, a, b, c}` of [`FAST_LUA`].
-fn fast_result((status, record, a, b, c): (i64, Vec<u8>, i64, i64, i64)) -> Result<Fast> {
+/// The error of a fast-path call, once for each request it served ([`Error`] is not `Clone`; the
+/// two kinds [`SeqAllocator::invoke_fast`] returns are copied as they are).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Redis { what, source } => Error::Redis {
+            what,
+            source: source.clone(),
+        },
+        Error::NotReplicated {
+            wanted,
+            acked,
+            timeout,
+        } => Error::NotReplicated {
+            wanted: *wanted,
+            acked: *acked,
+            timeout: *timeout,
+        },
+        other => Error::Redis {
+            what: "seq fast path",
+            source: redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "seq fast path failed",
+                other.to_string(),
+            )),
+        },
+    }
+}
+
+/// One request's reply of [`FAST_LUA`]: `{status, record, a, b, c}`.
+type FastReply = (i64, Vec<u8>, i64, i64, i64);
+
+fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
     match status {
         0 => Ok(Fast::Allocated(a)),
         1 => {
@@ -1001,5 +1090,22 @@ mod tests {
             ..SeqConfig::default()
         };
         assert!(c.validate().is_err());
+        // WAIT with a zero timeout blocks forever: refused, but only when the wait is on.
+        let c = SeqConfig {
+            wait_replicas: 1,
+            wait_timeout: Duration::ZERO,
+            ..SeqConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("wait_timeout")
+        );
+        let c = SeqConfig {
+            wait_timeout: Duration::ZERO,
+            ..SeqConfig::default()
+        };
+        c.validate().unwrap();
     }
 }
