@@ -485,6 +485,8 @@ async fn primary_and_replica() -> (TestRedis, ConnectionManager, TestRedis, Conn
     let connect = |port: u16| async move {
         let config = RedisConfig {
             url: format!("redis://127.0.0.1:{port}/"),
+            // Above the longest WAIT below: a loaded CI machine can take seconds to replicate.
+            response_timeout: Duration::from_secs(15),
             ..RedisConfig::default()
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -526,20 +528,26 @@ async fn primary_and_replica() -> (TestRedis, ConnectionManager, TestRedis, Conn
 async fn with_wait_replicas_every_seq_handed_out_is_already_on_the_replica() {
     let (_primary, primary_con, replica, mut replica_con) = primary_and_replica().await;
     let (session, cql) = fresh_keyspace("seq_wait").await;
-    let timeout = Duration::from_millis(300);
     let mut primary_admin = primary_con.clone();
-    let alloc = SeqAllocator::new(
-        session,
-        &cql.keyspace,
-        primary_con,
-        SeqConfig {
-            wait_replicas: 1,
-            wait_timeout: timeout,
-            ..small(3, 3)
-        },
-    )
-    .await
-    .expect("seq allocator");
+    // Patient where the replica is healthy (a loaded machine may take a while to replicate), short
+    // where it is frozen; both allocate from the same Redis and ceiling table.
+    let allocator = |timeout: Duration| {
+        SeqAllocator::new(
+            session.clone(),
+            &cql.keyspace,
+            primary_con.clone(),
+            SeqConfig {
+                wait_replicas: 1,
+                wait_timeout: timeout,
+                ..small(3, 3)
+            },
+        )
+    };
+    let alloc = allocator(Duration::from_secs(10))
+        .await
+        .expect("seq allocator");
+    let timeout = Duration::from_millis(300);
+    let impatient = allocator(timeout).await.expect("seq allocator");
     let sid = unique("wait");
     let mut last = 0;
     for i in 0..20 {
@@ -559,7 +567,7 @@ async fn with_wait_replicas_every_seq_handed_out_is_already_on_the_replica() {
 
     replica.freeze();
     let started = Instant::now();
-    let err = alloc
+    let err = impatient
         .allocate(&sid, "frozen", "m-frozen", 99)
         .await
         .expect_err("no replica can acknowledge");
