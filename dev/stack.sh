@@ -39,6 +39,9 @@ REDIS_PORT="${CHATLOG_REDIS_PORT:-6390}"
 KAFKA_START_TIMEOUT="${CHATLOG_KAFKA_START_TIMEOUT:-180}"
 CASSANDRA_START_TIMEOUT="${CHATLOG_CASSANDRA_START_TIMEOUT:-240}"
 CASSANDRA_HEAP="${CHATLOG_CASSANDRA_HEAP:-3g}"
+# Cassandra's default superuser, a well-known local development credential (never a production one).
+CQL_USERNAME=cassandra
+CQL_PASSWORD=cassandra
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -197,11 +200,18 @@ kafka_wait() {
 # ------------------------------------------------------------------------------------------ cassandra
 
 cassandra_start() {
-  if pid_alive cassandra; then log "cassandra already running on 127.0.0.1:$CQL_PORT"; return 0; fi
+  if pid_alive cassandra; then
+    log "cassandra already running on 127.0.0.1:$CQL_PORT"
+    grep -q PasswordAuthenticator "$STACK_DIR/conf/cassandra/cassandra.yaml" 2>/dev/null \
+      || log "WARNING: this cassandra was started without logins (an older dev/stack.sh); the tests expect them: dev/stack.sh down cassandra && dev/stack.sh up"
+    return 0
+  fi
   need_java
   local lib
   lib="$(resolve_jars cassandra)"
   local dir="$DATA_DIR/cassandra" conf="$STACK_DIR/conf/cassandra"
+  CASSANDRA_FRESH=0
+  [ -d "$dir/data" ] || CASSANDRA_FRESH=1
   mkdir -p "$dir" "$conf"
   cat >"$conf/cassandra.yaml" <<EOF
 cluster_name: chatlog-local
@@ -230,6 +240,10 @@ auto_snapshot: false
 # Memtable cells off the JVM heap: far less for G1 to copy. With heap memtables, young collections
 # of 250-320 ms stopped the database under the benchmarks (GCInspector in logs/cassandra.log).
 memtable_allocation_type: offheap_objects
+# Logins required, as in production: every test and tool connects with credentials (the default
+# superuser; print_env exports them), so CQL auth is exercised on every connection.
+authenticator:
+  class_name: org.apache.cassandra.auth.PasswordAuthenticator
 # Cassandra's defaults, kept explicit: the consumer must cap batch bytes below these itself.
 batch_size_warn_threshold: 5KiB
 batch_size_fail_threshold: 50KiB
@@ -284,6 +298,7 @@ EOF
     "-Dcassandra.logdir=$LOG_DIR" \
     "-Dlogback.configurationFile=$conf/logback.xml" \
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+    -Dcassandra.superuser_setup_delay_ms=0 \
     -Dcassandra.unsafesystem=true \
     -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon \
     >>"$logf" 2>&1 </dev/null &
@@ -293,6 +308,11 @@ EOF
 cassandra_wait() {
   [ -n "${CASSANDRA_FROM:-}" ] || return 0
   wait_for_line cassandra "$LOG_DIR/cassandra.log" "$CASSANDRA_FROM" "Startup complete" "$CASSANDRA_START_TIMEOUT"
+  # On fresh data the default superuser is created just after start-up, asynchronously, and logins
+  # fail until then; on existing data it exists already (and nothing is logged).
+  if [ "${CASSANDRA_FRESH:-0}" = 1 ]; then
+    wait_for_line cassandra "$LOG_DIR/cassandra.log" "$CASSANDRA_FROM" "Created default superuser role" 60
+  fi
   log "cassandra ready on 127.0.0.1:$CQL_PORT"
 }
 
@@ -337,6 +357,8 @@ print_env() {
   cat <<EOF
 export CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export CHATLOG_CQL_NODES=127.0.0.1:$CQL_PORT
+export CHATLOG_CQL_USERNAME=$CQL_USERNAME
+export CHATLOG_CQL_PASSWORD=$CQL_PASSWORD
 export CHATLOG_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 export CHATLOG_STACK_LOGS=$LOG_DIR
 export CHATLOG_KAFKA_LIB=$CACHE_DIR/lib/kafka-$(sha1sum "$HERE/maven/kafka/pom.xml" | cut -c1-12)

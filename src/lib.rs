@@ -18,6 +18,26 @@ pub fn cql_nodes() -> Vec<String> {
         .collect()
 }
 
+/// The CQL login of the local stack: its Cassandra requires one (the default superuser, a local
+/// development credential), so every test connects with credentials, as production does.
+pub fn cql_username() -> String {
+    env_or("CHATLOG_CQL_USERNAME", "cassandra")
+}
+
+/// The password of [`cql_username`].
+pub fn cql_password() -> chatlog_store::Secret {
+    chatlog_store::Secret::new(env_or("CHATLOG_CQL_PASSWORD", "cassandra"))
+}
+
+/// The CQL login as the environment variables `chatlog-consumer` reads, for its child processes
+/// (not on the command line, where `ps` would show the password).
+pub fn cql_login_env() -> [(&'static str, String); 2] {
+    [
+        ("CHATLOG_CQL_USERNAME", cql_username()),
+        ("CHATLOG_CQL_PASSWORD", cql_password().expose().to_owned()),
+    ]
+}
+
 /// The Redis URL of the local stack.
 pub fn redis_url() -> String {
     env_or("CHATLOG_REDIS_URL", "redis://127.0.0.1:6390/")
@@ -55,6 +75,8 @@ pub fn cql_config(keyspace: &str) -> chatlog_store::CqlConfig {
     chatlog_store::CqlConfig {
         nodes: cql_nodes(),
         keyspace: keyspace.to_owned(),
+        username: cql_username(),
+        password: cql_password(),
         ..chatlog_store::CqlConfig::default()
     }
 }

@@ -1,7 +1,7 @@
 //! The CQL migrations of `cql/` applied by chatlog's own migrator against the real database:
 //! the first run applies all, the second is a no-op, and the tables exist.
 
-use chatlog::{cql_nodes, stack_hint, unique};
+use chatlog::{cql_nodes, cql_password, cql_username, stack_hint, unique};
 use chatlog_store::{CqlConfig, migrate};
 
 #[tokio::test]
@@ -9,6 +9,8 @@ async fn migrations_apply_once_and_record_themselves() {
     let config = CqlConfig {
         nodes: cql_nodes(),
         keyspace: unique("mig"),
+        username: cql_username(),
+        password: cql_password(),
         ..CqlConfig::default()
     };
     let session = config.connect().await.unwrap_or_else(|e| {

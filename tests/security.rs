@@ -204,7 +204,6 @@ async fn cql_tls_settings_are_applied() {
     // The local Cassandra speaks plaintext: a TLS session must fail its handshake, which proves the
     // TLS context is really used.
     let config = CqlConfig {
-        nodes: chatlog::cql_nodes(),
         connect_timeout: Duration::from_secs(3),
         tls: Some(TlsFiles {
             ca_file: certs.0.join("ca.pem"),
@@ -212,7 +211,7 @@ async fn cql_tls_settings_are_applied() {
             key_file: None,
             verify_peer: true,
         }),
-        ..CqlConfig::default()
+        ..chatlog::cql_config("chatlog")
     };
     assert!(
         config.connect().await.is_err(),
@@ -236,4 +235,60 @@ async fn cql_tls_settings_are_applied() {
     };
     let err = missing.connect().await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}
+
+/// The stack's Cassandra checks logins (PasswordAuthenticator). A role's login connects and
+/// queries; a wrong password and a missing login are refused with errors that say it is about
+/// authentication and never show the password.
+#[tokio::test]
+async fn cql_logins_are_checked_and_the_password_never_shows_in_errors() {
+    let admin = chatlog::cql_config("chatlog")
+        .connect()
+        .await
+        .expect("the stack's login");
+    let role = unique("cql_role");
+    let password = unique("pw-cql");
+    admin
+        .query_unpaged(
+            format!("CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true"),
+            &[],
+        )
+        .await
+        .expect("CREATE ROLE");
+    let with_role = CqlConfig {
+        username: role.clone(),
+        password: Secret::new(password.clone()),
+        connect_timeout: Duration::from_secs(5),
+        ..chatlog::cql_config("chatlog")
+    };
+    let session = with_role.connect().await.expect("the role's login");
+    session
+        .query_unpaged("SELECT release_version FROM system.local", &[])
+        .await
+        .expect("a query as the role");
+
+    let wrong = CqlConfig {
+        password: Secret::new(format!("{password}-wrong")),
+        ..with_role.clone()
+    };
+    let err = wrong.connect().await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+    assert!(
+        !err.contains(&password),
+        "an error shows the password: {err}"
+    );
+    assert!(!format!("{wrong:?}").contains(&password));
+
+    let anonymous = CqlConfig {
+        username: String::new(),
+        password: Secret::default(),
+        ..with_role
+    };
+    let err = anonymous.connect().await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+
+    admin
+        .query_unpaged(format!("DROP ROLE {role}"), &[])
+        .await
+        .expect("DROP ROLE");
 }

@@ -164,6 +164,7 @@ async fn cql_prepared_insert_unlogged_batch_and_paged_select() {
     let nodes = cql_nodes();
     let session = SessionBuilder::new()
         .known_nodes(&nodes)
+        .user(chatlog::cql_username(), chatlog::cql_password().expose())
         .connection_timeout(Duration::from_secs(5))
         .build()
         .await

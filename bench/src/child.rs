@@ -102,6 +102,7 @@ impl ConsumerChild {
             .arg("--config")
             .arg(config)
             .env("CHATLOG_LOG", "warn,chatlog_consumer=info")
+            .envs(chatlog::cql_login_env())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()

@@ -151,6 +151,7 @@ impl Fleet {
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--window-size", &spec.window_size.to_string()])
             .env_remove("CHATLOG_CONSUMER_CONFIG")
+            .envs(chatlog::cql_login_env())
             .env("CHATLOG_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

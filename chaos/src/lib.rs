@@ -187,6 +187,8 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     let cql_config = chatlog_store::CqlConfig {
         nodes: stack.cql_nodes.clone(),
         keyspace: run_info.keyspace.clone(),
+        username: chatlog::cql_username(),
+        password: chatlog::cql_password(),
         request_timeout: Duration::from_secs(12),
         ..Default::default()
     };

@@ -128,6 +128,8 @@ impl Stack {
         .await??;
         let cql = chatlog_store::CqlConfig {
             nodes: self.cql_nodes.clone(),
+            username: chatlog::cql_username(),
+            password: chatlog::cql_password(),
             ..Default::default()
         };
         cql.connect().await.map_err(|e| {

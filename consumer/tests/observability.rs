@@ -738,6 +738,7 @@ async fn readyz_is_503_while_kafka_is_unreachable() {
         .args(["--redis-url", &chatlog::redis_url()])
         .args(["--http-listen", "127.0.0.1:0"])
         .env_remove("CHATLOG_CONSUMER_CONFIG")
+        .envs(chatlog::cql_login_env())
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()

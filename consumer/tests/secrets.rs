@@ -1,6 +1,6 @@
 //! Secrets never appear in `--help`, in the printed configuration, or in the logs of a consumer that
 //! runs with every kind of credential set (Redis AUTH against a password-protected Redis, a CQL
-//! password, a Kafka SASL password and a secret librdkafka property).
+//! login checked by the stack's Cassandra, a Kafka SASL password and a secret librdkafka property).
 
 mod common;
 
@@ -116,7 +116,23 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     )
     .unwrap();
     let redis_url = format!("redis://127.0.0.1:{port}/");
-    // The CQL password is sent to a node that does not ask for it; Redis really checks AUTH.
+    // Both servers check the passwords: Redis AUTH, and the stack's Cassandra the login of a role
+    // of this test's own that carries the secret password.
+    let role = unique("secrets_role");
+    let cql_admin = |cql: String| {
+        let session = env.session.clone();
+        async move {
+            session
+                .query_unpaged(cql.clone(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", cql.split(" WITH").next().unwrap_or("")));
+        }
+    };
+    cql_admin(format!(
+        "CREATE ROLE {role} WITH PASSWORD = '{}' AND LOGIN = true",
+        secrets[0]
+    ))
+    .await;
     let mut consumer = env.spawn_consumer_with_env(
         &unique("secrets_txn"),
         &[
@@ -128,6 +144,7 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
             "json",
         ],
         &[
+            ("CHATLOG_CQL_USERNAME", role.as_str()),
             ("CHATLOG_CQL_PASSWORD", secrets[0].as_str()),
             ("CHATLOG_REDIS_PASSWORD", secrets[1].as_str()),
             ("CHATLOG_LOG", "debug"),
@@ -140,4 +157,5 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     let log = consumer.log_text();
     assert!(log.contains("consuming"), "the consumer ran:\n{log}");
     assert_clean(&log, &secrets, "the consumer's log");
+    cql_admin(format!("DROP ROLE {role}")).await;
 }

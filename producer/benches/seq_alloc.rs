@@ -32,6 +32,9 @@ fn bench(c: &mut Criterion) {
             .map(str::to_owned)
             .collect(),
         keyspace: "chatlog_bench".to_owned(),
+        // The local stack's login (dev/stack.sh env).
+        username: env_or("CHATLOG_CQL_USERNAME", "cassandra"),
+        password: chatlog_store::Secret::new(env_or("CHATLOG_CQL_PASSWORD", "cassandra")),
         ..CqlConfig::default()
     };
     let redis_cfg = RedisConfig {

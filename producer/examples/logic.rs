@@ -21,6 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Startup: the storage layout's keyspace must be migrated (the consumer does it too).
     let cql = chatlog_store::CqlConfig {
         nodes: vec![env("CHATLOG_CQL_NODES", "127.0.0.1:9042")],
+        // A login when the database asks for one (the local stack's: `dev/stack.sh env`).
+        username: env("CHATLOG_CQL_USERNAME", ""),
+        password: chatlog_store::Secret::new(env("CHATLOG_CQL_PASSWORD", "")),
         ..Default::default()
     };
     let session = Arc::new(cql.connect().await?);

@@ -78,6 +78,9 @@ async fn setup() -> Fixture {
     let t = tag();
     let mut cql_config = CqlConfig {
         keyspace: format!("bench_history_{t}"),
+        // The local stack's login (dev/stack.sh env).
+        username: env("CHATLOG_CQL_USERNAME", "cassandra"),
+        password: chatlog_store::Secret::new(env("CHATLOG_CQL_PASSWORD", "cassandra")),
         ..CqlConfig::default()
     };
     cql_config.nodes = env("CHATLOG_CQL_NODES", "127.0.0.1:9042")

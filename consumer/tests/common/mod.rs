@@ -140,6 +140,7 @@ impl Env {
             .args(extra)
             .env_remove("CHATLOG_CONSUMER_CONFIG")
             .env("CHATLOG_LOG", "info,chatlog_consumer=debug")
+            .envs(chatlog::cql_login_env())
             .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));
