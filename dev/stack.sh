@@ -16,7 +16,7 @@
 # Overridable by environment:
 #   CHATLOG_STACK_DIR (default ~/.cache/chatlog/stack) data, logs/ and pid files
 #   CHATLOG_CACHE_DIR (default ~/.cache/chatlog)       resolved jar folders
-#   CHATLOG_KAFKA_PORT 9092, CHATLOG_KAFKA_CONTROLLER_PORT 9093,
+#   CHATLOG_KAFKA_PORT 9092, CHATLOG_KAFKA_CONTROLLER_PORT 9093, CHATLOG_KAFKA_SASL_PORT 9094,
 #   CHATLOG_CQL_PORT 9042, CHATLOG_CASSANDRA_STORAGE_PORT 7000, CHATLOG_REDIS_PORT 6390
 #   CHATLOG_CASSANDRA_HEAP (default 3g): Cassandra's JVM heap. With 1 GB, old-generation collections
 #   of 250-430 ms stopped the database every few minutes under the benchmarks; Cassandra's own
@@ -32,6 +32,10 @@ DATA_DIR="$STACK_DIR/data"
 
 KAFKA_PORT="${CHATLOG_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${CHATLOG_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_SASL_PORT="${CHATLOG_KAFKA_SASL_PORT:-9094}"
+# The SASL/PLAIN listener's one user, a local development credential (never a production one).
+KAFKA_SASL_USERNAME=chatlog
+KAFKA_SASL_PASSWORD=chatlog-local-sasl
 CQL_PORT="${CHATLOG_CQL_PORT:-9042}"
 CASSANDRA_STORAGE_PORT="${CHATLOG_CASSANDRA_STORAGE_PORT:-7000}"
 REDIS_PORT="${CHATLOG_REDIS_PORT:-6390}"
@@ -128,7 +132,12 @@ stop_pid() { # stop_pid NAME: TERM, then KILL after 30 s
 # ---------------------------------------------------------------------------------------------- kafka
 
 kafka_start() {
-  if pid_alive kafka; then log "kafka already running on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  if pid_alive kafka; then
+    log "kafka already running on 127.0.0.1:$KAFKA_PORT"
+    grep -q SASL_PLAINTEXT "$STACK_DIR/conf/kafka/server.properties" 2>/dev/null \
+      || log "WARNING: this kafka was started without the SASL listener (an older dev/stack.sh); the tests expect it: dev/stack.sh down kafka && dev/stack.sh up"
+    return 0
+  fi
   need_java
   local lib
   lib="$(resolve_jars kafka)"
@@ -138,11 +147,15 @@ kafka_start() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+# A second listener that requires a SASL/PLAIN login, so the clients' SASL settings are tested
+# against a real broker (the PLAINTEXT one serves everything else).
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USERNAME="$KAFKA_SASL_PASSWORD";
 log.dirs=$dir
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -182,6 +195,7 @@ EOF
       || { cat "$LOG_DIR/kafka-format.log" >&2; die "kafka storage format failed"; }
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set CHATLOG_KAFKA_PORT"
+  port_open "$KAFKA_SASL_PORT" && die "port $KAFKA_SASL_PORT is taken by another process; set CHATLOG_KAFKA_SASL_PORT"
   local logf="$LOG_DIR/kafka.log"
   touch "$logf"
   KAFKA_FROM="$(stat -c %s "$logf")"
@@ -356,6 +370,9 @@ tools_install() {
 print_env() {
   cat <<EOF
 export CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export CHATLOG_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_PORT
+export CHATLOG_STACK_KAFKA_SASL_USERNAME=$KAFKA_SASL_USERNAME
+export CHATLOG_STACK_KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD
 export CHATLOG_CQL_NODES=127.0.0.1:$CQL_PORT
 export CHATLOG_CQL_USERNAME=$CQL_USERNAME
 export CHATLOG_CQL_PASSWORD=$CQL_PASSWORD

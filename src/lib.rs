@@ -10,6 +10,29 @@ pub fn kafka_bootstrap() -> String {
     env_or("CHATLOG_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 }
 
+/// The local stack's Kafka listener that requires a SASL/PLAIN login, and its one user.
+#[derive(Debug, Clone)]
+pub struct KafkaSasl {
+    /// Bootstrap address of the SASL_PLAINTEXT listener.
+    pub bootstrap: String,
+    /// The listener's user.
+    pub username: String,
+    /// That user's password (a local development credential).
+    pub password: chatlog_store::Secret,
+}
+
+/// Where and how to log in to the local stack's SASL listener (`dev/stack.sh env`).
+pub fn kafka_sasl() -> KafkaSasl {
+    KafkaSasl {
+        bootstrap: env_or("CHATLOG_STACK_KAFKA_SASL_BOOTSTRAP", "127.0.0.1:9094"),
+        username: env_or("CHATLOG_STACK_KAFKA_SASL_USERNAME", "chatlog"),
+        password: chatlog_store::Secret::new(env_or(
+            "CHATLOG_STACK_KAFKA_SASL_PASSWORD",
+            "chatlog-local-sasl",
+        )),
+    }
+}
+
 /// The CQL contact points of the local stack.
 pub fn cql_nodes() -> Vec<String> {
     env_or("CHATLOG_CQL_NODES", "127.0.0.1:9042")

@@ -509,3 +509,66 @@ async fn after_close_every_clone_refuses_to_send() {
     assert!(matches!(err, Error::Closed), "{err}");
     assert!(matches!(clone.flush(TIMEOUT).await, Err(Error::Closed)));
 }
+
+/// The stack's Kafka has a listener that requires a SASL/PLAIN login: the producer's SASL settings
+/// log in there and a message gets through (and is read back through the plaintext listener); with
+/// a wrong password nothing is acknowledged, and no error shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sasl_login_is_used_and_a_wrong_password_never_shows() {
+    use chatlog_store::Secret;
+    use chatlog_store::security::{KafkaProtocol, KafkaSecurity};
+    let sasl = chatlog::kafka_sasl();
+    let security = |password: Secret| KafkaSecurity {
+        protocol: KafkaProtocol::SaslPlaintext,
+        sasl_mechanism: Some("PLAIN".into()),
+        sasl_username: Some(sasl.username.clone()),
+        sasl_password: password,
+        ..KafkaSecurity::default()
+    };
+    let (producer, topic, keyspace) = setup_with_keyspace(1, |c| {
+        c.bootstrap_servers = sasl.bootstrap.clone();
+        c.security = security(sasl.password.clone());
+    })
+    .await;
+    let sid = unique("sasl");
+    let sent = producer
+        .send(message(&sid, "c-sasl", "over SASL"))
+        .await
+        .expect("sent through the SASL listener");
+    assert_eq!(sent.seq, 1);
+    let records = read_back(&topic, 1, 1).await;
+    assert_eq!(records.len(), 1);
+
+    let wrong = unique("wrong-sasl-pw");
+    let mut c = config(&topic);
+    c.bootstrap_servers = sasl.bootstrap.clone();
+    c.security = security(Secret::new(wrong.clone()));
+    c.message_timeout = Duration::from_secs(3);
+    let session = Arc::new(chatlog::cql_config(&keyspace).connect().await.unwrap());
+    let err = match Producer::new(c, session, &keyspace, redis_connection().await).await {
+        Err(e) => e.to_string(),
+        Ok(refused) => {
+            let e = refused
+                .send(message(&sid, "c-wrong", "refused"))
+                .await
+                .expect_err("a wrong SASL password must not get a message through");
+            format!("{e} {e:?}")
+        }
+    };
+    assert!(!err.contains(&wrong), "an error shows the password: {err}");
+    let (low, high) = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .create()
+            .expect("consumer");
+        c.fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .expect("watermarks")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        high - low,
+        1,
+        "only the message with the right login arrived"
+    );
+}

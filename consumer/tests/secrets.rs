@@ -88,9 +88,15 @@ fn help_and_printed_config_never_show_secrets() {
     assert_clean(&printed, &secrets, "the printed configuration");
 }
 
+/// The consumer runs with real logins everywhere: Kafka through the stack's SASL/PLAIN listener
+/// (transactions, offsets and the DLQ producer all log in), Cassandra as a role of the test's own,
+/// Redis with AUTH. It persists the messages, and none of the passwords reaches its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_a_running_consumer_never_show_secrets() {
-    let secrets = secrets();
+    let sasl = chatlog::kafka_sasl();
+    let mut secrets = secrets().to_vec();
+    // The listener's password is fixed by the stack; it stands in for the SASL secret here.
+    secrets[2] = sasl.password.expose().to_owned();
     let env = Env::new("secrets", 1, 10).await;
     let port = free_port();
     let _redis = TestRedis::start(
@@ -110,8 +116,9 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     std::fs::write(
         &config,
         format!(
-            "[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n",
-            secrets[3]
+            "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
+             sasl_username = {:?}\n\n[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n",
+            sasl.username, secrets[3]
         ),
     )
     .unwrap();
@@ -140,6 +147,8 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
             config.to_str().unwrap(),
             "--redis-url",
             &redis_url,
+            "--bootstrap-servers",
+            &sasl.bootstrap,
             "--log-format",
             "json",
         ],
@@ -147,6 +156,7 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
             ("CHATLOG_CQL_USERNAME", role.as_str()),
             ("CHATLOG_CQL_PASSWORD", secrets[0].as_str()),
             ("CHATLOG_REDIS_PASSWORD", secrets[1].as_str()),
+            ("CHATLOG_KAFKA_SASL_PASSWORD", secrets[2].as_str()),
             ("CHATLOG_LOG", "debug"),
         ],
     );

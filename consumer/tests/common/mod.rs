@@ -128,8 +128,11 @@ impl Env {
         let log = std::env::temp_dir().join(format!("{}.log", chatlog::unique(transactional_id)));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"));
-        cmd.args(["--bootstrap-servers", &chatlog::kafka_bootstrap()])
-            .args(["--topic", &self.topic])
+        // `extra` may name other brokers (the SASL listener).
+        if !extra.contains(&"--bootstrap-servers") {
+            cmd.args(["--bootstrap-servers", &chatlog::kafka_bootstrap()]);
+        }
+        cmd.args(["--topic", &self.topic])
             .args(["--dlq-topic", &self.dlq])
             .args(["--group-id", &self.group])
             .args(["--transactional-id", transactional_id])
