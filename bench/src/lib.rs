@@ -794,20 +794,12 @@ async fn pipeline(
 
     // P4 figures.
     let h = &paced.hist;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    eprintln!(
-        "[bench]   P4 p50 {:.1} ms p99 {:.1} ms ({} samples)",
-        ms(0.5),
-        ms(0.99),
-        h.len()
-    );
+    let ms = |q: f64| ms_at(h, q);
+    eprintln!("[bench]   P4 {}", latency_line(h));
     let qh = &quarter.hist;
-    let qms = |q: f64| qh.value_at_quantile(q) as f64 / 1000.0;
     eprintln!(
-        "[bench]   P4 at a quarter: p50 {:.1} ms p99 {:.1} ms ({} samples), machine {:.0} % busy",
-        qms(0.5),
-        qms(0.99),
-        qh.len(),
+        "[bench]   P4 at a quarter: {}, machine {:.0} % busy",
+        latency_line(qh),
         quarter_machine["busy"].as_f64().unwrap_or(0.0) * 100.0
     );
     figures.insert(
@@ -819,29 +811,27 @@ async fn pipeline(
             Goal::AtMost(100.0),
         ),
     );
-    details.insert(
-        "P4".into(),
-        json!({
-            "target_rate": paced_rate, "achieved_rate": paced.achieved_rate,
-            "sent": paced.sent, "acked": paced.acked, "samples": h.len(),
-            "unresolved": paced.unresolved, "probes": plan.latency_probes,
-            "poll_interval_ms": latency::POLL_INTERVAL.as_secs_f64() * 1000.0,
-            "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
-            "max_ms": h.max() as f64 / 1000.0, "mean_ms": h.mean() / 1000.0,
-            "consumer": plan.consumer, "consumer_stages": paced_stages,
-            "machine_cpu": paced_machine,
-            "cpu_cores_by_process": paced_cpu.iter()
-                .map(|(k, v)| (k.clone(), v / plan.latency_seconds))
-                .collect::<BTreeMap<_, _>>(),
-            "quarter_rate": {
-                "target_rate": quarter_rate, "achieved_rate": quarter.achieved_rate,
-                "samples": qh.len(), "unresolved": quarter.unresolved,
-                "p50_ms": qms(0.5), "p90_ms": qms(0.9), "p99_ms": qms(0.99),
-                "p999_ms": qms(0.999), "max_ms": qh.max() as f64 / 1000.0,
-                "machine_cpu": quarter_machine,
-            },
-        }),
-    );
+    let mut quarter_details = json!({
+        "target_rate": quarter_rate, "achieved_rate": quarter.achieved_rate,
+        "samples": qh.len(), "unresolved": quarter.unresolved,
+        "machine_cpu": quarter_machine,
+    });
+    add_percentiles(&mut quarter_details, qh);
+    let mut p4_details = json!({
+        "target_rate": paced_rate, "achieved_rate": paced.achieved_rate,
+        "sent": paced.sent, "acked": paced.acked, "samples": h.len(),
+        "unresolved": paced.unresolved, "probes": plan.latency_probes,
+        "poll_interval_ms": latency::POLL_INTERVAL.as_secs_f64() * 1000.0,
+        "mean_ms": h.mean() / 1000.0,
+        "consumer": plan.consumer, "consumer_stages": paced_stages,
+        "machine_cpu": paced_machine,
+        "cpu_cores_by_process": paced_cpu.iter()
+            .map(|(k, v)| (k.clone(), v / plan.latency_seconds))
+            .collect::<BTreeMap<_, _>>(),
+        "quarter_rate": quarter_details,
+    });
+    add_percentiles(&mut p4_details, h);
+    details.insert("P4".into(), p4_details);
     let cdf = &mut *out.cdf;
     cdf.extend((1..100).map(|p| p as f64 / 100.0).map(|q| (q, ms(q))));
     for q in [0.995, 0.999, 0.9999, 1.0] {
@@ -1087,6 +1077,34 @@ async fn wait_committed(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The value of latency histogram `h` (µs) at quantile `q`, in ms.
+fn ms_at(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// `p50 … ms p99 … ms (n samples)` of latency histogram `h`, for the progress lines.
+fn latency_line(h: &hdrhistogram::Histogram<u64>) -> String {
+    format!(
+        "p50 {:.1} ms p99 {:.1} ms ({} samples)",
+        ms_at(h, 0.5),
+        ms_at(h, 0.99),
+        h.len()
+    )
+}
+
+/// Adds the reported percentiles of latency histogram `h` (ms) to the JSON object `to`.
+fn add_percentiles(to: &mut serde_json::Value, h: &hdrhistogram::Histogram<u64>) {
+    for (key, q) in [
+        ("p50_ms", 0.5),
+        ("p90_ms", 0.9),
+        ("p99_ms", 0.99),
+        ("p999_ms", 0.999),
+    ] {
+        to[key] = json!(ms_at(h, q));
+    }
+    to["max_ms"] = json!(h.max() as f64 / 1000.0);
 }
 
 /// Writes `results` as pretty JSON to `path`.
