@@ -780,7 +780,10 @@ impl SeqAllocator {
         let replies = match self.invoke_fast(&mut con, &call).await {
             Ok(replies) => replies,
             Err(e) => {
-                return requests.iter().map(|_| Err(copy_error(&e))).collect();
+                return requests
+                    .iter()
+                    .map(|_| Err(self.fast_call_error(e.clone())))
+                    .collect();
             }
         };
         if replies.len() != requests.len() {
@@ -800,12 +803,9 @@ impl SeqAllocator {
         &self,
         con: &mut ConnectionManager,
         call: &redis::ScriptInvocation<'_>,
-    ) -> Result<Vec<FastReply>> {
+    ) -> Result<Vec<FastReply>, FastCallError> {
         let config = &self.inner.config;
-        let redis_err = |source| Error::Redis {
-            what: "seq fast path",
-            source,
-        };
+        let redis_err = FastCallError::Redis;
         if config.wait_replicas == 0 {
             return call.invoke_async(con).await.map_err(redis_err);
         }
@@ -825,13 +825,24 @@ impl SeqAllocator {
         };
         let (replies, acked) = reply.map_err(redis_err)?;
         if acked < i64::from(config.wait_replicas) {
-            return Err(Error::NotReplicated {
-                wanted: config.wait_replicas,
-                acked,
-                timeout: config.wait_timeout,
-            });
+            return Err(FastCallError::NotReplicated { acked });
         }
         Ok(replies)
+    }
+
+    /// The error of a failed fast-path call, for one of the requests it served.
+    fn fast_call_error(&self, e: FastCallError) -> Error {
+        match e {
+            FastCallError::Redis(source) => Error::Redis {
+                what: "seq fast path",
+                source,
+            },
+            FastCallError::NotReplicated { acked } => Error::NotReplicated {
+                wanted: self.inner.config.wait_replicas,
+                acked,
+                timeout: self.inner.config.wait_timeout,
+            },
+        }
     }
 
     /// Reserves the `size` seqs above `max(ceiling, floor)` (floor = Redis `max`): an LWT `UPDATE`
@@ -963,32 +974,15 @@ impl Drop for NextCall {
 }
 
 /// One `{status, record, a, b, c}` of [`FAST_LUA`].
-/// The error of a fast-path call, once for each request it served ([`Error`] is not `Clone`; the
-/// two kinds [`SeqAllocator::invoke_fast`] returns are copied as they are).
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Redis { what, source } => Error::Redis {
-            what,
-            source: source.clone(),
-        },
-        Error::NotReplicated {
-            wanted,
-            acked,
-            timeout,
-        } => Error::NotReplicated {
-            wanted: *wanted,
-            acked: *acked,
-            timeout: *timeout,
-        },
-        other => Error::Redis {
-            what: "seq fast path",
-            source: redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "seq fast path failed",
-                other.to_string(),
-            )),
-        },
-    }
+/// Why a fast-path call failed. `Clone` (unlike [`Error`]): every request the call served gets
+/// its own copy.
+#[derive(Debug, Clone)]
+enum FastCallError {
+    Redis(redis::RedisError),
+    /// Fewer replicas than `wait_replicas` acknowledged (Redis `WAIT`'s reply).
+    NotReplicated {
+        acked: i64,
+    },
 }
 
 /// One request's reply of [`FAST_LUA`]: `{status, record, a, b, c}`.
