@@ -203,9 +203,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Stop the consumer as an orchestrator would: SIGTERM, then it commits and exits 0.
-    let _ = Command::new("kill")
-        .args(["-TERM", &consumer.id().to_string()])
-        .status();
+    let _ = chatlog::signal(consumer.id(), "-TERM");
     let status = consumer.wait()?;
     println!("  consumer stopped    {status}");
     anyhow::ensure!(

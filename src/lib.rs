@@ -132,6 +132,32 @@ pub async fn fresh_keyspace(
     (std::sync::Arc::new(session), config)
 }
 
+/// Creates a login role `<prefix>_…` with `password` through `admin` (a superuser session; the
+/// stack's Cassandra checks logins and authorizes everything) and returns its name.
+pub async fn create_cql_role(
+    admin: &scylla::client::session::Session,
+    prefix: &str,
+    password: &str,
+) -> String {
+    let role = unique(prefix);
+    admin
+        .query_unpaged(
+            format!("CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CREATE ROLE {role}: {e}"));
+    role
+}
+
+/// Drops a role made by [`create_cql_role`].
+pub async fn drop_cql_role(admin: &scylla::client::session::Session, role: &str) {
+    admin
+        .query_unpaged(format!("DROP ROLE {role}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("DROP ROLE {role}: {e}"));
+}
+
 /// A reconnecting connection to the local stack's Redis.
 pub async fn redis_connection() -> redis::aio::ConnectionManager {
     redis_config()
@@ -256,27 +282,28 @@ impl TestRedis {
             _dir: dir,
         }
     }
-}
 
-impl TestRedis {
     /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, replicates
     /// nothing, until [`thaw`](Self::thaw). Dropping a frozen server still kills it.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        signal(self.child.id(), "-STOP").expect("freeze redis-server");
     }
 
     /// Resumes a frozen server (SIGCONT).
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        signal(self.child.id(), "-CONT").expect("thaw redis-server");
     }
+}
 
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} redis-server: {status}");
-    }
+/// Sends `signal` (e.g. `-STOP`, `-TERM`) to process `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .context("run kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed: {status}");
+    Ok(())
 }
 
 impl Drop for TestRedis {

@@ -246,15 +246,8 @@ async fn cql_logins_are_checked_and_the_password_never_shows_in_errors() {
         .connect()
         .await
         .expect("the stack's login");
-    let role = unique("cql_role");
     let password = unique("pw-cql");
-    admin
-        .query_unpaged(
-            format!("CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true"),
-            &[],
-        )
-        .await
-        .expect("CREATE ROLE");
+    let role = chatlog::create_cql_role(&admin, "cql_role", &password).await;
     let with_role = CqlConfig {
         username: role.clone(),
         password: Secret::new(password.clone()),
@@ -287,8 +280,5 @@ async fn cql_logins_are_checked_and_the_password_never_shows_in_errors() {
     let err = anonymous.connect().await.unwrap_err().to_string();
     assert!(err.to_lowercase().contains("auth"), "{err}");
 
-    admin
-        .query_unpaged(format!("DROP ROLE {role}"), &[])
-        .await
-        .expect("DROP ROLE");
+    chatlog::drop_cql_role(&admin, &role).await;
 }

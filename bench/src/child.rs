@@ -184,9 +184,7 @@ impl ConsumerChild {
 
     /// SIGTERM, then waits (SIGKILL after `patience`).
     pub fn stop(mut self, patience: Duration) -> Result<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        let _ = chatlog::signal(self.pid, "-TERM");
         let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = self.child.try_wait()? {

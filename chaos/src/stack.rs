@@ -9,7 +9,6 @@
 //! testing another would be a meaningless (and, on a shared machine, harmful) run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -250,15 +249,7 @@ impl Stack {
     }
 }
 
-/// Sends `signal` (e.g. `-STOP`) to `pid` with kill(1).
-pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .context("run kill")?;
-    anyhow::ensure!(status.success(), "kill {signal} {pid} failed: {status}");
-    Ok(())
-}
+pub use chatlog::signal;
 
 /// Sends SIGCONT to a paused process when dropped: Cassandra is never left stopped, even if the
 /// harness fails or panics during the pause.

@@ -125,21 +125,7 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     let redis_url = format!("redis://127.0.0.1:{port}/");
     // Both servers check the passwords: Redis AUTH, and the stack's Cassandra the login of a role
     // of this test's own that carries the secret password.
-    let role = unique("secrets_role");
-    let cql_admin = |cql: String| {
-        let session = env.session.clone();
-        async move {
-            session
-                .query_unpaged(cql.clone(), &[])
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", cql.split(" WITH").next().unwrap_or("")));
-        }
-    };
-    cql_admin(format!(
-        "CREATE ROLE {role} WITH PASSWORD = '{}' AND LOGIN = true",
-        secrets[0]
-    ))
-    .await;
+    let role = chatlog::create_cql_role(&env.session, "secrets_role", &secrets[0]).await;
     let mut consumer = env.spawn_consumer_with_env(
         &unique("secrets_txn"),
         &[
@@ -167,5 +153,5 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     let log = consumer.log_text();
     assert!(log.contains("consuming"), "the consumer ran:\n{log}");
     assert_clean(&log, &secrets, "the consumer's log");
-    cql_admin(format!("DROP ROLE {role}")).await;
+    chatlog::drop_cql_role(&env.session, &role).await;
 }

@@ -367,9 +367,7 @@ impl ConsumerProc {
 
     /// SIGTERM: finish and commit the current batch, then exit.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = chatlog::signal(self.child.id(), "-TERM");
     }
 
     /// Waits for the process to exit.
