@@ -116,6 +116,13 @@ wait_for_line() {
   done
 }
 
+# A running service keeps the configuration it was started with; one started by an older version of
+# this script lacks what the tests now rely on until it is restarted.
+warn_if_started_without() { # NAME CONFIG_FILE PATTERN WHAT
+  grep -q -- "$3" "$2" 2>/dev/null \
+    || log "WARNING: this $1 was started without $4 (an older dev/stack.sh); the tests expect it: dev/stack.sh down $1 && dev/stack.sh up"
+}
+
 stop_pid() { # stop_pid NAME: TERM, then KILL after 30 s
   local name="$1"
   if pid_alive "$name"; then
@@ -134,8 +141,7 @@ stop_pid() { # stop_pid NAME: TERM, then KILL after 30 s
 kafka_start() {
   if pid_alive kafka; then
     log "kafka already running on 127.0.0.1:$KAFKA_PORT"
-    grep -q SASL_PLAINTEXT "$STACK_DIR/conf/kafka/server.properties" 2>/dev/null \
-      || log "WARNING: this kafka was started without the SASL listener (an older dev/stack.sh); the tests expect it: dev/stack.sh down kafka && dev/stack.sh up"
+    warn_if_started_without kafka "$STACK_DIR/conf/kafka/server.properties" SASL_PLAINTEXT "the SASL listener"
     return 0
   fi
   need_java
@@ -216,8 +222,7 @@ kafka_wait() {
 cassandra_start() {
   if pid_alive cassandra; then
     log "cassandra already running on 127.0.0.1:$CQL_PORT"
-    grep -q PasswordAuthenticator "$STACK_DIR/conf/cassandra/cassandra.yaml" 2>/dev/null \
-      || log "WARNING: this cassandra was started without logins (an older dev/stack.sh); the tests expect them: dev/stack.sh down cassandra && dev/stack.sh up"
+    warn_if_started_without cassandra "$STACK_DIR/conf/cassandra/cassandra.yaml" PasswordAuthenticator "logins"
     return 0
   fi
   need_java
