@@ -915,12 +915,9 @@ async fn reads(
     eprintln!(
         "[bench] P5: history latest(50), {callers} callers, {HISTORY_CONNECTIONS} Redis connections"
     );
-    let connections = chatlog_store::RedisConfig {
-        url: chatlog::redis_url(),
-        ..Default::default()
-    }
-    .connect_many(HISTORY_CONNECTIONS)
-    .await?;
+    let connections = chatlog::redis_config()
+        .connect_many(HISTORY_CONNECTIONS)
+        .await?;
     let history = History::new(
         session.clone(),
         e2e_ks,
@@ -931,9 +928,9 @@ async fn reads(
     .await?;
     let secs = plan.loop_seconds;
     let rpid = reads::redis_pid(&mut redis.clone()).await;
-    // After the write scenarios Cassandra compacts for a while; neither P5 nor P6 uses it, but it
-    // takes CPU from whichever side runs first. Wait for it as the loader does, and run each of
-    // ours right next to its reference so both meet the same machine.
+    // Cassandra may still be compacting (a previous run, the stack's start); neither P5 nor P6 uses
+    // it, but it takes CPU from whichever side runs first. Wait for it as the loader does, and run
+    // each of ours right next to its reference so both meet the same machine.
     let patience = Duration::from_secs(if plan.quick { 0 } else { 30 });
     let settled = cpu::Procs::detect(rpid)
         .settle("cassandra", 0.3, patience)
