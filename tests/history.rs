@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatlog::{fresh_keyspace, redis_connection, unique};
 use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
@@ -102,7 +103,23 @@ impl Fixture {
     /// Writes `seqs` to the table and the window, as the consumer would.
     async fn write(&mut self, seqs: impl IntoIterator<Item = i64>) {
         let msgs: Vec<ChatMessage> = seqs.into_iter().map(|s| message(&self.sid, s)).collect();
-        self.messages.write(&msgs).await.expect("write rows");
+        self.write_messages(msgs).await;
+    }
+
+    /// Writes `msgs` to the table and the window, as the consumer would.
+    async fn write_messages(&mut self, msgs: Vec<ChatMessage>) {
+        self.write_rows(&msgs).await;
+        self.append_window(&msgs).await;
+    }
+
+    /// Writes `msgs` to the table only (the window does not learn of them).
+    async fn write_rows(&mut self, msgs: &[ChatMessage]) {
+        self.messages.write(msgs).await.expect("write rows");
+        self.written.extend(msgs.iter().map(|m| (m.seq, m.clone())));
+    }
+
+    /// Appends `msgs` to the window with the consumer's window writer.
+    async fn append_window(&self, msgs: &[ChatMessage]) {
         let entries = msgs
             .iter()
             .map(|m| WindowEntry {
@@ -115,7 +132,18 @@ impl Fixture {
             .append(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
             .await
             .expect("append window");
-        self.written.extend(msgs.into_iter().map(|m| (m.seq, m)));
+    }
+
+    /// Adds `msgs` to the window with a raw ZADD, bypassing the writer's rules (the state a
+    /// rollback, a replay or an older writer can leave).
+    async fn zadd_window(&self, msgs: &[ChatMessage]) {
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(keys::window(&self.sid));
+        for m in msgs {
+            cmd.arg(m.seq).arg(self.member(m));
+        }
+        let mut con = self.redis.clone();
+        cmd.query_async::<()>(&mut con).await.expect("ZADD window");
     }
 
     /// Deletes the window, as FLUSHALL or expiry would.
@@ -158,6 +186,14 @@ impl Fixture {
     /// Asserts the page's messages are exactly the written ones with these seqs.
     fn assert_messages(&self, page: &Page, seqs: impl IntoIterator<Item = i64>) {
         let want: Vec<&ChatMessage> = seqs.into_iter().map(|s| &self.written[&s]).collect();
+        let want_seqs: Vec<i64> = want.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            page.seqs(),
+            want_seqs,
+            "seqs; missing {:?}, covered {:?}",
+            page.missing,
+            page.covered
+        );
         let got: Vec<&ChatMessage> = page.messages.iter().collect();
         assert_eq!(got, want, "page {page:?}");
     }
@@ -290,14 +326,22 @@ async fn gaps_are_reported_missing() {
         if !from_window {
             fx.drop_window().await;
         }
+        // A hole in the window is confirmed against the table before it is reported: the
+        // window answers with the database's help.
         let source = if from_window {
-            Source::Window
+            Source::Both
         } else {
             Source::Database
         };
+        let queries = fx.history.db_queries();
         let page = fx.history.latest(&fx.sid, 20).await.unwrap();
         fx.assert_messages(&page, present.clone());
         assert_eq!(page.missing, vec![4, 7]);
+        assert!(page.pending.is_empty());
+        if from_window {
+            // Both holes lie in one bucket: one `seq IN` query.
+            assert_eq!(fx.history.db_queries() - queries, 1);
+        }
         assert_eq!((page.covered.clone(), page.next), (Some(1..=10), None));
         assert_eq!(page.source, source);
 
@@ -485,4 +529,220 @@ async fn verify_window_finds_planted_differences() {
     let page = fx.history.latest(&fx.sid, 5).await.unwrap();
     fx.assert_messages(&page, 26..=30);
     assert_eq!(page.source, Source::Database);
+}
+
+/// The state a Redis rollback leaves (a restart from an old snapshot, a failover to a lagging
+/// replica): the window went back to `{1..100}`, the messages 101..150 written after the snapshot
+/// are only in the table, and new messages 151..160 landed in the window above the old head. The
+/// window's hole 101..150 is not a gap: history confirms it against the table and returns the rows.
+#[tokio::test]
+async fn rollback_hole_in_window_is_read_from_the_table() {
+    let mut fx = fixture(200, 1000).await;
+    let all: Vec<ChatMessage> = (1..=160).map(|s| message(&fx.sid, s)).collect();
+    fx.write_rows(&all).await;
+    fx.append_window(&all[..100]).await;
+    fx.append_window(&all[150..]).await;
+    let window: Vec<i64> = (1..=100).chain(151..=160).collect();
+    assert_eq!(fx.window_seqs().await, window);
+
+    let page = fx.history.latest(&fx.sid, 100).await.unwrap();
+    fx.assert_messages(&page, 61..=160);
+    assert_eq!(page.missing, Vec::<i64>::new(), "{:?}", page.covered);
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(61..=160), Some(61))
+    );
+    assert_eq!(page.source, Source::Both);
+
+    let page = fx.history.latest(&fx.sid, 200).await.unwrap();
+    fx.assert_messages(&page, 1..=160);
+    assert!(page.missing.is_empty());
+    assert_eq!((page.covered.clone(), page.next), (Some(1..=160), None));
+
+    let page = fx.history.before(&fx.sid, 161, 60).await.unwrap();
+    fx.assert_messages(&page, 101..=160);
+    assert!(page.missing.is_empty());
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(101..=160), Some(101))
+    );
+
+    let page = fx.history.before(&fx.sid, 140, 30).await.unwrap();
+    fx.assert_messages(&page, 110..=139);
+    assert!(page.missing.is_empty());
+    assert_eq!(page.covered, Some(110..=139));
+
+    // Sync from 90: the oldest 30 after it, through the hole, then on to the head.
+    let page = fx.history.after(&fx.sid, 90, 30).await.unwrap();
+    fx.assert_messages(&page, 91..=120);
+    assert!(page.missing.is_empty());
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(91..=120), Some(120))
+    );
+    let page = fx.history.after(&fx.sid, 120, 100).await.unwrap();
+    fx.assert_messages(&page, 121..=160);
+    assert!(page.missing.is_empty());
+    assert_eq!(page.next, None);
+    let page = fx.history.after(&fx.sid, 0, 1000).await.unwrap();
+    fx.assert_messages(&page, 1..=160);
+    assert!(page.missing.is_empty());
+
+    let page = fx
+        .history
+        .get(&fx.sid, &[50, 101, 125, 150, 155])
+        .await
+        .unwrap();
+    fx.assert_messages(&page, [50, 101, 125, 150, 155]);
+    assert!(page.missing.is_empty());
+    assert_eq!(page.covered, Some(50..=155));
+}
+
+/// A late old seq below a short window (a DLQ replay, a rewind, a window that expired, a zombie
+/// after FLUSHALL) makes `{150}` into `{120, 150}`; 121..149 are in the table, not gaps.
+#[tokio::test]
+async fn late_old_seq_below_the_window_is_no_gap() {
+    let mut fx = fixture(200, 1000).await;
+    let rows: Vec<ChatMessage> = (120..=150).map(|s| message(&fx.sid, s)).collect();
+    fx.write_rows(&rows).await;
+    fx.append_window(&rows[30..]).await;
+    // Raw ZADD: whatever the writer's rules, this is the state an older writer or a replay leaves.
+    fx.zadd_window(&rows[..1]).await;
+    assert_eq!(fx.window_seqs().await, vec![120, 150]);
+
+    let page = fx.history.latest(&fx.sid, 31).await.unwrap();
+    fx.assert_messages(&page, 120..=150);
+    assert!(page.missing.is_empty(), "{page:?}");
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(120..=150), Some(120))
+    );
+
+    let page = fx.history.before(&fx.sid, 151, 31).await.unwrap();
+    fx.assert_messages(&page, 120..=150);
+    assert!(page.missing.is_empty());
+
+    let page = fx.history.after(&fx.sid, 119, 100).await.unwrap();
+    fx.assert_messages(&page, 120..=150);
+    assert!(page.missing.is_empty());
+    assert_eq!((page.covered.clone(), page.next), (Some(120..=150), None));
+
+    let page = fx.history.after(&fx.sid, 125, 10).await.unwrap();
+    fx.assert_messages(&page, 126..=135);
+    assert!(page.missing.is_empty());
+
+    let page = fx
+        .history
+        .get(&fx.sid, &[121, 135, 149, 150])
+        .await
+        .unwrap();
+    fx.assert_messages(&page, [121, 135, 149, 150]);
+    assert!(page.missing.is_empty());
+}
+
+/// Now, in microseconds since the Unix epoch (the unit of `server_time_us`).
+fn now_us() -> i64 {
+    chatlog::now_ms() * 1000
+}
+
+/// A gap is `pending` while the message right above it is younger than the settle horizon, and
+/// `missing` once it is older; seqs above the head are in neither list. Ages come from the
+/// messages' `server_time_us`, set in the past: no sleeping.
+#[tokio::test]
+async fn pending_gaps_younger_than_the_settle_horizon() {
+    let mut fx = fixture(200, 1000).await;
+    // 3 and 8 are gaps; 4 (above 3) was stored long ago, 9 (above 8) a minute ago.
+    let minute_ago = now_us() - 60_000_000;
+    let msgs: Vec<ChatMessage> = [1, 2, 4, 5, 6, 7, 9, 10]
+        .into_iter()
+        .map(|s| {
+            let mut m = message(&fx.sid, s);
+            if s >= 9 {
+                m.server_time_us = minute_ago + s;
+            }
+            m
+        })
+        .collect();
+    fx.write_messages(msgs).await;
+    let present = vec![1, 2, 4, 5, 6, 7, 9, 10];
+    let reader = |horizon: Duration| {
+        History::new(
+            fx.cql.clone(),
+            &fx.config.keyspace,
+            fx.redis.clone(),
+            fx.codec.clone(),
+            HistoryConfig {
+                settle_horizon: horizon,
+                ..history_config(200, 1000)
+            },
+        )
+    };
+    let hour = reader(Duration::from_secs(3600)).await.unwrap();
+    let second = reader(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        HistoryConfig::default().settle_horizon,
+        Duration::from_secs(60)
+    );
+
+    for from_window in [true, false] {
+        if !from_window {
+            fx.drop_window().await;
+        }
+        let page = hour.latest(&fx.sid, 20).await.unwrap();
+        fx.assert_messages(&page, present.clone());
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3], vec![8])
+        );
+        assert_eq!(page.covered, Some(1..=10));
+
+        let page = hour.after(&fx.sid, 0, 100).await.unwrap();
+        assert_eq!(page.seqs(), present);
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3], vec![8])
+        );
+        let page = hour.after(&fx.sid, 7, 100).await.unwrap();
+        assert_eq!((page.seqs(), page.pending.clone()), (vec![9, 10], vec![8]));
+
+        let page = hour.before(&fx.sid, 11, 100).await.unwrap();
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3], vec![8])
+        );
+        // 8 is the top of the covered range: aged by 9, the message at the cursor.
+        let page = hour.before(&fx.sid, 9, 3).await.unwrap();
+        assert_eq!(page.seqs(), vec![5, 6, 7]);
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![], vec![8])
+        );
+        assert_eq!(page.covered, Some(5..=8));
+
+        // 11 is above the head: in neither list.
+        let page = hour.get(&fx.sid, &[3, 4, 8, 11]).await.unwrap();
+        assert_eq!(page.seqs(), vec![4]);
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3], vec![8])
+        );
+        assert_eq!(page.covered, Some(3..=10));
+
+        // With a one-second horizon, the minute-old gap is settled: missing.
+        let page = second.latest(&fx.sid, 20).await.unwrap();
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3, 8], vec![])
+        );
+        let page = second.get(&fx.sid, &[3, 8, 11]).await.unwrap();
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![3, 8], vec![])
+        );
+        let page = second.before(&fx.sid, 9, 3).await.unwrap();
+        assert_eq!(
+            (page.missing.clone(), page.pending.clone()),
+            (vec![8], vec![])
+        );
+    }
 }

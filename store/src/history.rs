@@ -118,7 +118,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatlog_schemas::{ChatMessage, Codec};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -147,6 +147,13 @@ pub struct HistoryConfig {
     /// The largest `n`/`limit` served in one page; larger requests are capped (and say so through
     /// [`Page::next`]).
     pub max_limit: usize,
+    /// The settle horizon: a gap is reported in [`Page::pending`] while the nearest existing
+    /// message above it is younger than this (by its `server_time_us`), in [`Page::missing`]
+    /// afterwards. Set it to at least the producer's `message_timeout` (30 s by default,
+    /// librdkafka retries included) plus Logic's retry window: a seq whose send is still being
+    /// retried must not be reported missing. Default 60 s. Written like `"60s"`, `"2m"`.
+    #[serde(with = "humantime_serde")]
+    pub settle_horizon: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -156,6 +163,7 @@ impl Default for HistoryConfig {
             bucket_size: messages::DEFAULT_BUCKET_SIZE,
             max_empty_buckets: 16,
             max_limit: 1000,
+            settle_horizon: Duration::from_secs(60),
         }
     }
 }
@@ -187,11 +195,17 @@ impl Source {
 pub struct Page {
     /// The messages, ascending seq, one per seq.
     pub messages: Vec<ChatMessage>,
-    /// Seqs inside [`covered`](Page::covered) that do not exist (never written, e.g. gaps left by
-    /// seq recovery), ascending. A client can stop asking for them.
+    /// Seqs inside [`covered`](Page::covered) that do not exist and never will (never written,
+    /// e.g. gaps left by seq recovery), ascending. Final: a client can stop asking for them.
     pub missing: Vec<i64>,
-    /// The closed seq range this page is complete for: each seq in it is either in `messages` or in
-    /// `missing` (for [`History::get`]: each *requested* seq in it). `None` when nothing is proven.
+    /// Seqs inside [`covered`](Page::covered) that do not exist *yet*: gaps younger than
+    /// [`HistoryConfig::settle_horizon`] (a send still being retried, or overtaken by a newer
+    /// seq). Ascending, disjoint from `missing`. Ask again once the horizon has passed; each
+    /// becomes a message or moves to `missing`.
+    pub pending: Vec<i64>,
+    /// The closed seq range this page is complete for: each seq in it is in exactly one of
+    /// `messages`, `missing` and `pending` (for [`History::get`]: each *requested* seq in it).
+    /// `None` when nothing is proven.
     pub covered: Option<RangeInclusive<i64>>,
     /// Where the messages came from.
     pub source: Source,
@@ -206,6 +220,7 @@ impl Page {
         Page {
             messages: Vec::new(),
             missing: Vec::new(),
+            pending: Vec::new(),
             covered: None,
             source,
             next: None,
@@ -221,39 +236,102 @@ impl Page {
     pub fn seqs(&self) -> Vec<i64> {
         self.messages.iter().map(|m| m.seq).collect()
     }
+}
 
-    /// A page of `messages` (ascending, deduplicated) complete for `covered`; `missing` is derived.
-    fn covering(
+/// A page before its gaps are sorted into `missing` and `pending` ([`History::finish`]).
+struct Draft {
+    /// Ascending, one per seq.
+    messages: Vec<ChatMessage>,
+    /// The range the page is complete for, if any (`lo > hi`: none).
+    covered: Option<(i64, i64)>,
+    source: Source,
+    next: Option<i64>,
+    /// The nearest message known above the top of `covered` as (seq, `server_time_us`), when
+    /// that top is not a message of the page (e.g. `before(x)`: the message at or above `x`). A
+    /// gap at the top is aged by the first row between the two, or by this one.
+    above: Option<(i64, i64)>,
+}
+
+impl Draft {
+    fn new(
         messages: Vec<ChatMessage>,
-        covered: Option<(i64, i64)>,
+        covered: (i64, i64),
         source: Source,
         next: Option<i64>,
-    ) -> Page {
-        let covered = covered.filter(|(lo, hi)| lo <= hi);
-        let missing = covered
-            .map(|(lo, hi)| missing_in(&messages, lo, hi))
-            .unwrap_or_default();
-        Page {
+    ) -> Draft {
+        Draft {
             messages,
-            missing,
-            covered: covered.map(|(lo, hi)| lo..=hi),
+            covered: Some(covered),
             source,
             next,
+            above: None,
         }
     }
 }
 
-/// The seqs of `lo..=hi` that no message in `messages` (ascending) has.
-fn missing_in(messages: &[ChatMessage], lo: i64, hi: i64) -> Vec<i64> {
-    let mut present = messages.iter().map(|m| m.seq).peekable();
-    let mut missing = Vec::new();
-    for seq in lo..=hi {
-        while present.next_if(|&s| s < seq).is_some() {}
-        if present.next_if_eq(&seq).is_none() {
-            missing.push(seq);
+/// The maximal runs `(a, b)` of seqs of `lo..=hi` that no message in `messages` (ascending) has,
+/// ascending. At most `messages.len() + 1` runs, whatever their lengths.
+fn runs_in(messages: &[ChatMessage], lo: i64, hi: i64) -> Vec<(i64, i64)> {
+    let mut runs = Vec::new();
+    let mut next = lo;
+    for m in messages {
+        if m.seq < next {
+            continue;
+        }
+        if m.seq > hi {
+            break;
+        }
+        if m.seq > next {
+            runs.push((next, m.seq - 1));
+        }
+        match m.seq.checked_add(1) {
+            Some(n) => next = n,
+            None => return runs,
         }
     }
-    missing
+    if next <= hi {
+        runs.push((next, hi));
+    }
+    runs
+}
+
+/// Whether a gap whose nearest message above was stored at `above_us` is still young at `now_us`.
+/// Unknown (`None`): young, since nothing proves it old.
+fn young(above_us: Option<i64>, now_us: i64, horizon_us: i64) -> bool {
+    above_us.is_none_or(|t| now_us.saturating_sub(t) < horizon_us)
+}
+
+/// Sorts the gaps of `lo..=hi` in `messages` (ascending) into (missing, pending). A run of absent
+/// seqs is aged by the message right above it; the top run (ending at `hi`) by `top_us`.
+fn classify(
+    messages: &[ChatMessage],
+    runs: &[(i64, i64)],
+    top_us: Option<i64>,
+    now_us: i64,
+    horizon_us: i64,
+) -> (Vec<i64>, Vec<i64>) {
+    let (mut missing, mut pending) = (Vec::new(), Vec::new());
+    for &(a, b) in runs {
+        let i = messages.partition_point(|m| m.seq <= b);
+        let above = match messages.get(i) {
+            Some(m) => Some(m.server_time_us),
+            None => top_us,
+        };
+        let list = if young(above, now_us, horizon_us) {
+            &mut pending
+        } else {
+            &mut missing
+        };
+        list.extend(a..=b);
+    }
+    (missing, pending)
+}
+
+/// Now as microseconds since the Unix epoch (the unit of `server_time_us`).
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Merges window messages and table rows: one message per seq, ascending; when both have a seq
@@ -334,6 +412,10 @@ struct WindowView {
     min: i64,
     /// Highest seq in the window (the session's head).
     max: i64,
+    /// The `server_time_us` of the member at `min` (its version prefix).
+    min_time: i64,
+    /// The `server_time_us` of the member at `max`.
+    max_time: i64,
     /// The members the request asked for, ascending.
     members: Vec<ChatMessage>,
 }
@@ -383,6 +465,58 @@ pub(crate) struct AscScan {
     pub(crate) rows: Vec<ChatMessage>,
     /// The walk stopped because it found `limit` rows.
     pub(crate) limited: bool,
+}
+
+/// Hole seqs of one bucket up to which [`History::fill_holes`] reads them with one `seq IN` query
+/// (exactly those seqs); more are read with one range query across them.
+const HOLE_IN_MAX: i64 = 100;
+
+/// A window's members with their holes confirmed against the table ([`History::fill_holes`]).
+struct Filled {
+    /// Members and the rows found in their holes, ascending, at most the request's `limit`.
+    messages: Vec<ChatMessage>,
+    /// Where the proven range ends on the walked side: the lowest proven seq for `Desc`, the
+    /// highest for `Asc`. The request's own end unless `stopped`.
+    bound: i64,
+    /// The page is full (`limit` messages) or the walk stopped early: the page ends at `bound`.
+    stopped: bool,
+    /// Whether the table was read.
+    read: bool,
+}
+
+impl Filled {
+    /// Keeps the first `limit` messages in walk order (the newest for `Desc`); a page cut that
+    /// way, or one holding exactly `limit`, ends at its last kept message.
+    fn cap(
+        mut messages: Vec<ChatMessage>,
+        mut bound: i64,
+        mut stopped: bool,
+        limit: usize,
+        order: Order,
+    ) -> Filled {
+        if limit > 0 && messages.len() >= limit {
+            let edge = match order {
+                Order::Desc => {
+                    messages.drain(..messages.len() - limit);
+                    messages.first()
+                }
+                Order::Asc => {
+                    messages.truncate(limit);
+                    messages.last()
+                }
+            };
+            if let Some(m) = edge {
+                bound = m.seq;
+                stopped = true;
+            }
+        }
+        Filled {
+            messages,
+            bound,
+            stopped,
+            read: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -654,33 +788,11 @@ impl History {
         if n == 0 {
             return Ok(Page::empty(Source::Window));
         }
-        match self.read_window(sid, WindowQuery::Latest(n)).await {
-            Some(w) if w.members.len() >= n || w.min <= 1 => {
-                // The window holds the newest n, or the whole history (it starts at seq 1).
-                let lo = if w.members.len() < n {
-                    1
-                } else {
-                    w.members.first().map_or(1, |m| m.seq)
-                };
-                let next = Some(lo).filter(|&s| s > 1);
-                Ok(Page::covering(
-                    w.members,
-                    Some((lo, w.max)),
-                    Source::Window,
-                    next,
-                ))
-            }
+        let draft = match self.read_window(sid, WindowQuery::Latest(n)).await {
+            // The window's newest n (or all of it, when it holds fewer), trusted up to its head.
             Some(w) => {
-                self.count_db_read();
-                let scan = self.scan_desc(sid, w.min - 1, n - w.members.len()).await?;
-                let (lo, next) = scan.lower();
-                let messages = merge(w.members, scan.rows);
-                Ok(Page::covering(
-                    messages,
-                    Some((lo, w.max)),
-                    Source::Both,
-                    next,
-                ))
+                self.desc_from_window(sid, w.members, w.min, w.max, n)
+                    .await?
             }
             None => {
                 self.count_db_read();
@@ -688,60 +800,97 @@ impl History {
                     return Ok(Page::empty(Source::Database));
                 };
                 let scan = self.scan_desc(sid, bound, n).await?;
-                Ok(desc_page(scan, None))
+                desc_page(scan, None)
             }
-        }
+        };
+        self.finish(sid, draft).await
     }
 
     async fn exec_before(&self, sid: &str, x: i64, limit: usize) -> Result<Page> {
         if x <= 1 || limit == 0 {
             return Ok(Page::empty(Source::Window));
         }
-        match self.read_window(sid, WindowQuery::Before(x, limit)).await {
+        let draft = match self.read_window(sid, WindowQuery::Before(x, limit)).await {
             Some(w) if w.min < x => {
                 // The window has members below x (at least its lowest one).
-                let hi = if w.max >= x { x - 1 } else { w.max };
-                if w.members.len() >= limit || w.min <= 1 {
-                    let lo = if w.members.len() >= limit {
-                        w.members.first().map_or(1, |m| m.seq)
-                    } else {
-                        1
-                    };
-                    let next = Some(lo).filter(|&s| s > 1);
-                    return Ok(Page::covering(
-                        w.members,
-                        Some((lo, hi)),
-                        Source::Window,
-                        next,
-                    ));
-                }
-                self.count_db_read();
-                let scan = self
-                    .scan_desc(sid, w.min - 1, limit - w.members.len())
+                let (hi, above) = if w.max >= x {
+                    (x - 1, Some((w.max, w.max_time)))
+                } else {
+                    (w.max, None)
+                };
+                let mut draft = self
+                    .desc_from_window(sid, w.members, w.min, hi, limit)
                     .await?;
-                let (lo, next) = scan.lower();
-                let messages = merge(w.members, scan.rows);
-                Ok(Page::covering(messages, Some((lo, hi)), Source::Both, next))
+                draft.above = above;
+                draft
             }
-            Some(_) => {
+            Some(w) => {
                 // The whole window is at or above x: it proves that x - 1 is below the head.
                 self.count_db_read();
                 let scan = self.scan_desc(sid, x - 1, limit).await?;
-                Ok(desc_page(scan, Some(x - 1)))
+                let mut draft = desc_page(scan, Some(x - 1));
+                draft.above = Some((w.min, w.min_time));
+                draft
             }
             None => {
                 self.count_db_read();
                 // Include x itself: if it exists, everything below it is below the head.
                 let mut scan = self.scan_desc(sid, x, limit + 1).await?;
                 let x_exists = scan.rows.first().is_some_and(|m| m.seq == x);
-                if x_exists {
-                    scan.rows.remove(0);
+                let above = if x_exists {
+                    let row_x = scan.rows.remove(0);
+                    Some((x, row_x.server_time_us))
                 } else {
                     scan.rows.truncate(limit);
-                }
-                Ok(desc_page(scan, x_exists.then_some(x - 1)))
+                    None
+                };
+                let mut draft = desc_page(scan, x_exists.then_some(x - 1));
+                draft.above = above;
+                draft
             }
+        };
+        self.finish(sid, draft).await
+    }
+
+    /// The descending page (`latest`, `before`) of a window read: `members` are the window's
+    /// newest members at or below `hi` (at most `limit`; all of them when fewer), `wmin` the
+    /// window's lowest member. The window's holes between the lowest member and `hi` are confirmed
+    /// against the table first; when that leaves room and the window does not start at seq 1, the
+    /// table continues below `wmin`.
+    async fn desc_from_window(
+        &self,
+        sid: &str,
+        members: Vec<ChatMessage>,
+        wmin: i64,
+        hi: i64,
+        limit: usize,
+    ) -> Result<Draft> {
+        let first = members.first().map_or(wmin, |m| m.seq);
+        let filled = self
+            .fill_holes(sid, members, first, hi, limit, Order::Desc)
+            .await?;
+        let source = if filled.read {
+            Source::Both
+        } else {
+            Source::Window
+        };
+        if filled.stopped || wmin <= 1 {
+            if filled.read {
+                self.count_db_read();
+            }
+            // Stopped: the page ends at the bound. Otherwise the window, holes confirmed, holds the
+            // whole history up to `hi` (it starts at seq 1).
+            let lo = if filled.stopped { filled.bound } else { 1 };
+            let next = Some(lo).filter(|&s| s > 1);
+            return Ok(Draft::new(filled.messages, (lo, hi), source, next));
         }
+        self.count_db_read();
+        let scan = self
+            .scan_desc(sid, wmin - 1, limit - filled.messages.len())
+            .await?;
+        let (lo, next) = scan.lower();
+        let messages = merge(filled.messages, scan.rows);
+        Ok(Draft::new(messages, (lo, hi), Source::Both, next))
     }
 
     async fn exec_after(&self, sid: &str, x: i64, limit: usize) -> Result<Page> {
@@ -749,44 +898,52 @@ impl History {
             return Ok(Page::empty(Source::Window));
         }
         let lo = x.saturating_add(1);
-        match self.read_window(sid, WindowQuery::After(x, limit)).await {
+        let draft = match self.read_window(sid, WindowQuery::After(x, limit)).await {
             Some(w) if w.min <= lo => {
                 let Some(hi) = w.members.last().map(|m| m.seq) else {
                     return Ok(Page::empty(Source::Window));
                 };
-                let next = Some(hi).filter(|&h| h < w.max);
-                Ok(Page::covering(
-                    w.members,
-                    Some((lo, hi)),
-                    Source::Window,
-                    next,
-                ))
+                let filled = self
+                    .fill_holes(sid, w.members, lo, hi, limit, Order::Asc)
+                    .await?;
+                let source = if filled.read {
+                    self.count_db_read();
+                    Source::Both
+                } else {
+                    Source::Window
+                };
+                let next = Some(filled.bound).filter(|&h| h < w.max);
+                Draft::new(filled.messages, (lo, filled.bound), source, next)
             }
             Some(w) => {
                 self.count_db_read();
                 let scan = self.scan_asc(sid, lo, Some(w.min - 1), limit).await?;
                 if scan.limited {
                     let hi = scan.rows.last().map_or(lo, |m| m.seq);
-                    return Ok(Page::covering(
-                        scan.rows,
-                        Some((lo, hi)),
-                        Source::Database,
-                        Some(hi),
-                    ));
-                }
-                let take = limit - scan.rows.len();
-                let from_window: Vec<ChatMessage> = w.members.into_iter().take(take).collect();
-                let source = if from_window.is_empty() {
-                    Source::Database
+                    Draft::new(scan.rows, (lo, hi), Source::Database, Some(hi))
                 } else {
-                    Source::Both
-                };
-                let messages = merge(from_window, scan.rows);
-                let Some(hi) = messages.last().map(|m| m.seq) else {
-                    return Ok(Page::empty(source));
-                };
-                let next = Some(hi).filter(|&h| h < w.max);
-                Ok(Page::covering(messages, Some((lo, hi)), source, next))
+                    let take = limit - scan.rows.len();
+                    let from_window: Vec<ChatMessage> = w.members.into_iter().take(take).collect();
+                    let (source, hi, from_window) = match from_window.last().map(|m| m.seq) {
+                        Some(top) => {
+                            let filled = self
+                                .fill_holes(sid, from_window, w.min, top, take, Order::Asc)
+                                .await?;
+                            (Source::Both, Some(filled.bound), filled.messages)
+                        }
+                        None => (
+                            Source::Database,
+                            scan.rows.last().map(|m| m.seq),
+                            Vec::new(),
+                        ),
+                    };
+                    let Some(hi) = hi else {
+                        return Ok(Page::empty(source));
+                    };
+                    let messages = merge(from_window, scan.rows);
+                    let next = Some(hi).filter(|&h| h < w.max);
+                    Draft::new(messages, (lo, hi), source, next)
+                }
             }
             None => {
                 self.count_db_read();
@@ -799,14 +956,10 @@ impl History {
                     return Ok(Page::empty(Source::Database));
                 };
                 let next = scan.limited.then_some(hi);
-                Ok(Page::covering(
-                    scan.rows,
-                    Some((lo, hi)),
-                    Source::Database,
-                    next,
-                ))
+                Draft::new(scan.rows, (lo, hi), Source::Database, next)
             }
-        }
+        };
+        self.finish(sid, draft).await
     }
 
     async fn exec_get(&self, sid: &str, seqs: &[i64]) -> Result<Page> {
@@ -815,9 +968,10 @@ impl History {
         };
         let valid: Vec<i64> = seqs.iter().copied().filter(|&s| s >= 1).collect();
         let mut found: BTreeMap<i64, ChatMessage> = BTreeMap::new();
+        // Seqs below 1 never exist, whatever their age.
         let mut missing: Vec<i64> = seqs.iter().copied().filter(|&s| s < 1).collect();
-        // Seqs below 1 never exist: the head is at least 0.
-        let mut head = 0;
+        // The newest message known, (seq, server_time_us).
+        let mut head: Option<(i64, i64)> = None;
         let mut to_db = Vec::new();
         let mut from_window = false;
         let window = if valid.is_empty() {
@@ -827,44 +981,54 @@ impl History {
         };
         match window {
             Some(w) => {
-                head = w.max;
+                head = Some((w.max, w.max_time));
                 let mut members: BTreeMap<i64, ChatMessage> =
                     w.members.into_iter().map(|m| (m.seq, m)).collect();
                 for &s in &valid {
-                    if (w.min..=w.max).contains(&s) {
-                        match members.remove(&s) {
-                            Some(m) => {
-                                found.insert(s, m);
-                                from_window = true;
-                            }
-                            None => missing.push(s),
+                    match members.remove(&s) {
+                        Some(m) => {
+                            found.insert(s, m);
+                            from_window = true;
                         }
-                    } else {
-                        to_db.push(s);
+                        // Below the window, above it, or a hole in it: the table decides.
+                        None => to_db.push(s),
                     }
                 }
             }
             None => to_db = valid,
         }
-        let window_known = head > 0;
+        let window_known = head.is_some();
+        let mut gaps = Vec::new();
         let source = if to_db.is_empty() {
             Source::Window
         } else {
             self.count_db_read();
             for m in self.lookup(sid, &to_db).await? {
-                head = head.max(m.seq);
                 keep_newer(&mut found, m);
+            }
+            if let Some((&s, m)) = found.last_key_value()
+                && head.is_none_or(|(h, _)| s > h)
+            {
+                head = Some((s, m.server_time_us));
             }
             // Without a window, the head decides which unfound seqs are gaps: look it up only
             // when some unfound seq lies above every row found.
-            if !window_known && to_db.iter().any(|s| *s > head && !found.contains_key(s)) {
-                head = head.max(self.find_head(sid).await?.unwrap_or(0));
+            let head_seq = head.map_or(0, |(h, _)| h);
+            if !window_known
+                && to_db
+                    .iter()
+                    .any(|s| *s > head_seq && !found.contains_key(s))
+                && let Some(h) = self.find_head(sid).await?
+                && h.0 > head_seq
+            {
+                head = Some(h);
             }
-            missing.extend(
+            let head_seq = head.map_or(0, |(h, _)| h);
+            gaps.extend(
                 to_db
                     .iter()
                     .copied()
-                    .filter(|s| s < &head && !found.contains_key(s)),
+                    .filter(|s| *s < head_seq && !found.contains_key(s)),
             );
             if from_window {
                 Source::Both
@@ -872,15 +1036,231 @@ impl History {
                 Source::Database
             }
         };
+        let (gap_missing, pending) = self.age_gaps(sid, &gaps, &found, head).await?;
+        missing.extend(gap_missing);
         missing.sort_unstable();
-        let hi = last.min(head);
+        let hi = last.min(head.map_or(0, |(h, _)| h));
         Ok(Page {
             messages: found.into_values().collect(),
             missing,
+            pending,
             covered: (first <= hi).then_some(first..=hi),
             source,
             next: None,
         })
+    }
+
+    /// Sorts the gaps of a `get` (ascending, each below `head`) into (missing, pending), each
+    /// aged by the nearest existing message above it: the nearest of `found`, `head` and the
+    /// first row the table has between the gap and them.
+    async fn age_gaps(
+        &self,
+        sid: &str,
+        gaps: &[i64],
+        found: &BTreeMap<i64, ChatMessage>,
+        head: Option<(i64, i64)>,
+    ) -> Result<(Vec<i64>, Vec<i64>)> {
+        let (mut missing, mut pending) = (Vec::new(), Vec::new());
+        if gaps.is_empty() {
+            return Ok((missing, pending));
+        }
+        let (now, horizon) = (now_us(), self.horizon_us());
+        // Walking down: the nearest message known above the current gap, and the lowest seq from
+        // which up to it the table is known to hold nothing.
+        let mut nearest = head;
+        let mut clear_from = head.map_or(i64::MAX, |(h, _)| h);
+        for &s in gaps.iter().rev() {
+            if let Some((&k, m)) = found.range(s.saturating_add(1)..).next()
+                && nearest.is_none_or(|(n, _)| k < n)
+            {
+                nearest = Some((k, m.server_time_us));
+                clear_from = k;
+            }
+            let top = clear_from.min(nearest.map_or(i64::MAX, |(n, _)| n)) - 1;
+            if s < top
+                && let Some(row) = self.first_row(sid, s + 1, top).await?
+            {
+                nearest = Some(row);
+            }
+            clear_from = s;
+            if young(nearest.map(|(_, t)| t), now, horizon) {
+                pending.push(s);
+            } else {
+                missing.push(s);
+            }
+        }
+        missing.reverse();
+        pending.reverse();
+        Ok((missing, pending))
+    }
+
+    fn horizon_us(&self) -> i64 {
+        i64::try_from(self.inner.config.settle_horizon.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Turns a draft into the page: its gaps, aged against the settle horizon, become `missing`
+    /// or `pending`. A gap at the top of the covered range is aged by the first row above it
+    /// (looked up up to `K` buckets, below `draft.above`), else by `draft.above`.
+    async fn finish(&self, sid: &str, draft: Draft) -> Result<Page> {
+        let Draft {
+            messages,
+            covered,
+            source,
+            next,
+            above,
+        } = draft;
+        let Some((lo, hi)) = covered.filter(|(lo, hi)| lo <= hi) else {
+            return Ok(Page {
+                messages,
+                next,
+                ..Page::empty(source)
+            });
+        };
+        let runs = runs_in(&messages, lo, hi);
+        let top_us = match runs.last() {
+            Some(&(_, b)) if b == hi => match above {
+                Some((k, t)) if k == hi + 1 => Some(t),
+                Some((k, t)) => Some(
+                    self.first_row(sid, hi + 1, k - 1)
+                        .await?
+                        .map_or(t, |(_, found)| found),
+                ),
+                None => None,
+            },
+            _ => None,
+        };
+        let (missing, pending) = classify(&messages, &runs, top_us, now_us(), self.horizon_us());
+        Ok(Page {
+            messages,
+            missing,
+            pending,
+            covered: Some(lo..=hi),
+            source,
+            next,
+        })
+    }
+
+    /// Confirms the holes a window read left between `lo` and `hi` against the table and adds
+    /// the rows found to `members` (ascending, from the window, at most `limit`).
+    ///
+    /// The walk goes in `order` (`Desc` from `hi` for `latest`/`before`, `Asc` from `lo` for
+    /// `after`) and reads only buckets that hold a hole: one `seq IN` query for the hole seqs of
+    /// a bucket when they are at most [`HOLE_IN_MAX`], else one range read across them limited
+    /// to the rows the page still has room for. It stops as soon as the page holds `limit`
+    /// messages on the walked side, or after `K` consecutive bucket reads that found nothing in
+    /// buckets without a member (a hole longer than the walk may go: the page ends there, as a
+    /// table walk's does). No hole: no query.
+    async fn fill_holes(
+        &self,
+        sid: &str,
+        members: Vec<ChatMessage>,
+        lo: i64,
+        hi: i64,
+        limit: usize,
+        order: Order,
+    ) -> Result<Filled> {
+        let desc = matches!(order, Order::Desc);
+        let mut runs = runs_in(&members, lo, hi);
+        let bound = if desc { lo } else { hi };
+        if runs.is_empty() || limit == 0 {
+            return Ok(Filled::cap(members, bound, false, limit, order));
+        }
+        if desc {
+            runs.reverse();
+        }
+        let bs = self.inner.config.bucket_size;
+        let k = self.inner.config.max_empty_buckets;
+        let is_member = |s: i64| members.binary_search_by_key(&s, |m| m.seq).is_ok();
+        let count_in = |a: i64, b: i64| {
+            members.partition_point(|m| m.seq <= b) - members.partition_point(|m| m.seq < a)
+        };
+        let mut found: Vec<ChatMessage> = Vec::new();
+        let mut found_new = 0usize;
+        let mut empties = 0u32;
+        let mut cut = None;
+        // The part of run `i` still to read, in walk order.
+        let mut cursor = runs.first().map(|&(a, b)| (0usize, a, b));
+        while let Some((ri, ra, rb)) = cursor.take() {
+            let bucket = messages::bucket_of(if desc { rb } else { ra }, bs);
+            let start = bucket.saturating_mul(bs);
+            let end = start.saturating_add(bs - 1);
+            // The holes of this bucket, in walk order.
+            let mut segs: Vec<(i64, i64)> = Vec::new();
+            let mut holes = 0i64;
+            let (mut i, mut a, mut b) = (ri, ra, rb);
+            loop {
+                let (sa, sb) = (a.max(start), b.min(end));
+                if sa > sb {
+                    cursor = Some((i, a, b));
+                    break;
+                }
+                segs.push((sa, sb));
+                holes = holes.saturating_add(sb - sa + 1);
+                if desc && a < start {
+                    cursor = Some((i, a, start - 1));
+                    break;
+                }
+                if !desc && b > end {
+                    cursor = Some((i, end + 1, b));
+                    break;
+                }
+                i += 1;
+                match runs.get(i) {
+                    Some(&(na, nb)) => (a, b) = (na, nb),
+                    None => break,
+                }
+            }
+            let (span_lo, span_hi) = match (segs.first(), segs.last()) {
+                (Some(&(fa, fb)), Some(&(la, lb))) => {
+                    if desc {
+                        (la, fb)
+                    } else {
+                        (fa, lb)
+                    }
+                }
+                _ => break,
+            };
+            // Messages the page already holds on the walked side of this bucket's holes.
+            let passed = if desc {
+                count_in(span_hi.saturating_add(1), i64::MAX)
+            } else {
+                count_in(i64::MIN, span_lo - 1)
+            } + found_new;
+            if passed >= limit {
+                break;
+            }
+            let want = limit - passed;
+            let rows = if holes <= HOLE_IN_MAX {
+                let seqs: Vec<i64> = segs.iter().flat_map(|&(a, b)| a..=b).collect();
+                self.lookup_bucket(sid, bucket, seqs).await?
+            } else {
+                let room = want.saturating_add(count_in(span_lo, span_hi));
+                self.range(order, sid, bucket, span_lo, span_hi, room)
+                    .await?
+            };
+            empties = if rows.is_empty() && count_in(start, end) == 0 {
+                empties + 1
+            } else {
+                0
+            };
+            found_new += rows.iter().filter(|m| !is_member(m.seq)).count();
+            found.extend(rows);
+            if empties >= k && cursor.is_some() {
+                cut = Some(if desc { start.max(lo) } else { end.min(hi) });
+                break;
+            }
+        }
+        let mut messages = merge(members, found);
+        let (bound, stopped) = match cut {
+            Some(c) => {
+                messages.retain(|m| if desc { m.seq >= c } else { m.seq <= c });
+                (c, true)
+            }
+            None => (bound, false),
+        };
+        let mut filled = Filled::cap(messages, bound, stopped, limit, order);
+        filled.read = true;
+        Ok(filled)
     }
 
     // ------------------------------------------------------------------------------- the window
@@ -939,10 +1319,24 @@ impl History {
             Err(e) => return window_unreadable(sid, &e),
         };
         let mut replies = replies.into_iter();
-        let min = replies.next()?.first().map(|(_, s)| *s as i64)?;
-        let max = replies.next()?.first().map(|(_, s)| *s as i64)?;
+        // A bound's time is its version prefix (no decoding); one that does not parse counts as
+        // "now or later", which keeps the gaps it ages pending rather than calling them missing.
+        let bound = |reply: Option<Vec<(Vec<u8>, f64)>>| {
+            reply?.first().map(|(member, score)| {
+                let time = window::parse_member(member).map_or(i64::MAX, |(v, _)| v);
+                (*score as i64, time)
+            })
+        };
+        let (min, min_time) = bound(replies.next())?;
+        let (max, max_time) = bound(replies.next())?;
         let members = self.decode_members(sid, replies.flatten())?;
-        Some(WindowView { min, max, members })
+        Some(WindowView {
+            min,
+            max,
+            min_time,
+            max_time,
+            members,
+        })
     }
 
     /// The window read of `latest(n)`: one `ZREVRANGE key 0 n-1` — atomic by itself — instead of
@@ -1001,9 +1395,15 @@ impl History {
             }
         }
         members.reverse();
-        let min = members.first()?.seq;
-        let max = members.last()?.seq;
-        Some(WindowView { min, max, members })
+        let (min, min_time) = members.first().map(|m| (m.seq, m.server_time_us))?;
+        let (max, max_time) = members.last().map(|m| (m.seq, m.server_time_us))?;
+        Some(WindowView {
+            min,
+            max,
+            min_time,
+            max_time,
+            members,
+        })
     }
 
     /// Decodes window members (member, score) into messages of `sid`, ascending seq; `None` if any
@@ -1080,12 +1480,41 @@ impl History {
         }
     }
 
-    /// The session's highest stored seq: the newest row below the ceiling, or the probe's result.
-    async fn find_head(&self, sid: &str) -> Result<Option<i64>> {
-        match self.ceiling(sid).await? {
-            Some(c) => Ok(self.scan_desc(sid, c, 1).await?.rows.first().map(|m| m.seq)),
-            None => self.probe_head(sid).await,
+    /// The session's newest stored message as (seq, `server_time_us`): the newest row below the
+    /// ceiling, or the probe's result.
+    async fn find_head(&self, sid: &str) -> Result<Option<(i64, i64)>> {
+        let head = match self.ceiling(sid).await? {
+            Some(c) => return Ok(self.scan_desc(sid, c, 1).await?.rows.first().map(stamp)),
+            None => self.probe_head(sid).await?,
+        };
+        match head {
+            Some(h) => Ok(self.lookup(sid, &[h]).await?.first().map(stamp)),
+            None => Ok(None),
         }
+    }
+
+    /// The first row with `lo <= seq <= hi` as (seq, `server_time_us`), looked for in at most `K`
+    /// buckets from `lo` up.
+    async fn first_row(&self, sid: &str, lo: i64, hi: i64) -> Result<Option<(i64, i64)>> {
+        let bs = self.inner.config.bucket_size;
+        let first = messages::bucket_of(lo, bs);
+        let last = first.saturating_add(i64::from(self.inner.config.max_empty_buckets));
+        for bucket in first..last {
+            let start = bucket.saturating_mul(bs);
+            let end = start.saturating_add(bs - 1);
+            let (from, to) = (lo.max(start), hi.min(end));
+            if from > to {
+                break;
+            }
+            let rows = self.range(Order::Asc, sid, bucket, from, to, 1).await?;
+            if let Some(m) = rows.first() {
+                return Ok(Some(stamp(m)));
+            }
+            if end >= hi {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// `session_seq.max_seq` of the session, if it has a row.
@@ -1267,29 +1696,39 @@ impl History {
                 .or_default()
                 .push(s);
         }
-        let per_bucket = futures::stream::iter(by_bucket.into_iter().map(|(bucket, seqs)| {
-            self.count_query();
-            let statement = self.inner.statements.seqs.clone();
-            async move {
-                let pager = self
-                    .inner
-                    .session
-                    .execute_iter(statement, (sid, bucket, seqs))
-                    .await
-                    .map_err(|e| Error::cql("history seq lookup", e))?;
-                pager
-                    .rows_stream::<MessageRow>()
-                    .map_err(|e| Error::cql("history seq lookup", e))?
-                    .map_ok(messages::row_to_message)
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(|e| Error::cql("history seq lookup", e))
-            }
-        }))
+        let per_bucket = futures::stream::iter(
+            by_bucket
+                .into_iter()
+                .map(|(bucket, seqs)| self.lookup_bucket(sid, bucket, seqs)),
+        )
         .buffer_unordered(8)
         .try_collect::<Vec<_>>()
         .await?;
         Ok(per_bucket.into_iter().flatten().collect())
+    }
+
+    /// The rows of `seqs` (all in `bucket`), one `seq IN` query.
+    async fn lookup_bucket(
+        &self,
+        sid: &str,
+        bucket: i64,
+        seqs: Vec<i64>,
+    ) -> Result<Vec<ChatMessage>> {
+        self.count_query();
+        let statement = self.inner.statements.seqs.clone();
+        let pager = self
+            .inner
+            .session
+            .execute_iter(statement, (sid, bucket, seqs))
+            .await
+            .map_err(|e| Error::cql("history seq lookup", e))?;
+        pager
+            .rows_stream::<MessageRow>()
+            .map_err(|e| Error::cql("history seq lookup", e))?
+            .map_ok(messages::row_to_message)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| Error::cql("history seq lookup", e))
     }
 }
 
@@ -1300,20 +1739,25 @@ fn window_unreadable(sid: &str, e: &redis::RedisError) -> Option<WindowView> {
     None
 }
 
+/// A message's (seq, `server_time_us`).
+fn stamp(m: &ChatMessage) -> (i64, i64) {
+    (m.seq, m.server_time_us)
+}
+
 /// The page of a descending walk that answered alone; `proven_hi` is the top of the covered range
 /// when a message above it is known to exist, else the newest row found is.
-fn desc_page(scan: DescScan, proven_hi: Option<i64>) -> Page {
+fn desc_page(scan: DescScan, proven_hi: Option<i64>) -> Draft {
     let (lo, next) = scan.lower();
     let hi = proven_hi.or_else(|| scan.rows.first().map(|m| m.seq));
     let mut messages = scan.rows;
     messages.reverse();
-    match hi {
-        Some(hi) => Page::covering(messages, Some((lo, hi)), Source::Database, next),
+    Draft {
+        messages,
         // Nothing found and nothing known above: no claim, but continue below an early stop.
-        None => Page {
-            next,
-            ..Page::empty(Source::Database)
-        },
+        covered: hi.map(|hi| (lo, hi)),
+        source: Source::Database,
+        next,
+        above: None,
     }
 }
 
@@ -1348,13 +1792,44 @@ mod tests {
     }
 
     #[test]
-    fn missing_are_the_holes_of_the_covered_range() {
+    fn gaps_are_the_holes_of_the_covered_range() {
         let ms: Vec<_> = [2, 3, 5, 8].iter().map(|&s| msg(s, 1)).collect();
-        assert_eq!(missing_in(&ms, 1, 9), vec![1, 4, 6, 7, 9]);
-        assert_eq!(missing_in(&ms, 3, 5), vec![4]);
-        let page = Page::covering(ms, Some((2, 8)), Source::Window, None);
-        assert_eq!(page.missing, vec![4, 6, 7]);
-        assert_eq!(page.covered, Some(2..=8));
+        assert_eq!(runs_in(&ms, 1, 9), vec![(1, 1), (4, 4), (6, 7), (9, 9)]);
+        assert_eq!(runs_in(&ms, 3, 5), vec![(4, 4)]);
+        assert_eq!(runs_in(&ms, 2, 3), vec![]);
+        assert_eq!(runs_in(&[], 4, 6), vec![(4, 6)]);
+        // A recovery gap is one run, however long.
+        let far: Vec<_> = [1, 10_002].iter().map(|&s| msg(s, 1)).collect();
+        assert_eq!(runs_in(&far, 1, 10_002), vec![(2, 10_001)]);
+    }
+
+    #[test]
+    fn young_gaps_are_pending_old_ones_missing() {
+        // 4 is aged by 5 (time 100), 6..7 by 8 (time 900), 9 by the top time.
+        let ms = vec![msg(2, 10), msg(3, 10), msg(5, 100), msg(8, 900)];
+        let runs = runs_in(&ms, 2, 9);
+        let now = 1000;
+        // Horizon 500: 5 is 900 old (settled), 8 is 100 old (young), the top unknown (young).
+        let (missing, pending) = classify(&ms, &runs, None, now, 500);
+        assert_eq!((missing, pending), (vec![4], vec![6, 7, 9]));
+        let (missing, pending) = classify(&ms, &runs, Some(0), now, 500);
+        assert_eq!((missing, pending), (vec![4, 9], vec![6, 7]));
+        // Horizon 0: everything is settled, unless nothing is known above.
+        let (missing, pending) = classify(&ms, &runs, Some(now), now, 0);
+        assert_eq!((missing, pending), (vec![4, 6, 7, 9], vec![]));
+        assert!(young(None, now, 0));
+    }
+
+    #[test]
+    fn filled_pages_keep_the_walks_first_limit() {
+        let ms = || (1..=5).map(|s| msg(s, 1)).collect::<Vec<_>>();
+        let f = Filled::cap(ms(), 1, false, 3, Order::Desc);
+        assert_eq!((f.messages.len(), f.bound, f.stopped), (3, 3, true));
+        assert_eq!(f.messages[0].seq, 3);
+        let f = Filled::cap(ms(), 5, false, 2, Order::Asc);
+        assert_eq!((f.messages.len(), f.bound, f.stopped), (2, 2, true));
+        let f = Filled::cap(ms(), 1, false, 10, Order::Desc);
+        assert_eq!((f.messages.len(), f.bound, f.stopped), (5, 1, false));
     }
 
     #[test]
@@ -1381,7 +1856,7 @@ mod tests {
         };
         assert_eq!(stopped.lower(), (40, Some(40)));
         // Nothing found, nothing known above: no covered range, but a cursor below the stop.
-        let page = desc_page(stopped, None);
-        assert_eq!((page.covered, page.next), (None, Some(40)));
+        let draft = desc_page(stopped, None);
+        assert_eq!((draft.covered, draft.next), (None, Some(40)));
     }
 }
