@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatlog_consumer::pipeline::Faults;
 use chatlog_consumer::telemetry::{self, Health};
 use chatlog_consumer::{Config, Error, Pipeline};
 use chatlog_store::Secret;
@@ -93,6 +94,10 @@ struct Cli {
     /// Apply the CQL migrations before consuming.
     #[arg(long, env = "CHATLOG_MIGRATE_ON_START", global = true)]
     migrate_on_start: bool,
+    /// Fault injection for tests only: every rewind seek fails (see
+    /// `chatlog_consumer::pipeline::Faults`).
+    #[arg(long, env = "CHATLOG_FAULT_FAIL_SEEKS", hide = true, global = true)]
+    fault_fail_seeks: bool,
     /// Log format.
     #[arg(
         long,
@@ -198,7 +203,12 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Run => run(config).await,
+        Command::Run => {
+            let faults = Faults {
+                fail_seeks: cli.fault_fail_seeks,
+            };
+            run(config, faults).await
+        }
         Command::Migrate => migrate(&config).await,
         Command::Config => {
             println!("{config:#?}");
@@ -228,7 +238,7 @@ async fn migrate(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-async fn run(config: Config) -> Result<(), Error> {
+async fn run(config: Config, faults: Faults) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let health = Arc::new(Health::default());
@@ -244,7 +254,9 @@ async fn run(config: Config) -> Result<(), Error> {
     // Tests and operators read the bound address from this line.
     eprintln!("chatlog-consumer: http listening on {addr}");
     let patience = config.shutdown.timeout;
-    let pipeline = Pipeline::connect(config, shutdown.clone(), health).await?;
+    let pipeline = Pipeline::connect(config, shutdown.clone(), health)
+        .await?
+        .with_faults(faults);
     let worker = std::thread::Builder::new()
         .name("chatlog-pipeline".into())
         .spawn(move || pipeline.run())

@@ -49,9 +49,23 @@ enum Failed {
     Fatal(String),
 }
 
+/// Faults the consumer injects into itself on purpose, for tests of failure paths that no real
+/// dependency can be made to take on demand. All off by default; never set in production. They
+/// are not part of [`Config`]: `chatlog-consumer` sets them from hidden `CHATLOG_FAULT_*`
+/// environment variables only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Every seek of a rewind (after a batch that did not commit) fails as if librdkafka had
+    /// refused it (`CHATLOG_FAULT_FAIL_SEEKS`). librdkafka refuses a seek only for a partition it
+    /// no longer fetches (`Local: Erroneous state`) or when its broker thread does not answer
+    /// within the timeout; a test can bring about neither reliably.
+    pub fail_seeks: bool,
+}
+
 /// A connected consumer instance, ready to [`run`](Pipeline::run).
 pub struct Pipeline {
     config: Config,
+    faults: Faults,
     consumer: BaseConsumer<Context>,
     producer: TxProducer,
     codec: Codec,
@@ -93,6 +107,7 @@ impl Pipeline {
         Ok(Pipeline {
             windows: WindowWriter::new(config.window.clone()),
             config,
+            faults: Faults::default(),
             consumer,
             producer,
             codec,
@@ -102,6 +117,15 @@ impl Pipeline {
             shutdown,
             health,
         })
+    }
+
+    /// Injects `faults` (tests only).
+    pub fn with_faults(mut self, faults: Faults) -> Pipeline {
+        if faults.fail_seeks {
+            tracing::warn!("fault injection: every rewind seek fails");
+        }
+        self.faults = faults;
+        self
     }
 
     /// Runs until shutdown (returns `Ok`) or a fatal error. Blocks: call it on its own thread.
@@ -179,6 +203,13 @@ impl Pipeline {
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
                     };
+                    if batch.is_empty() {
+                        tracing::debug!(
+                            partition = record.origin.partition,
+                            offset = record.origin.offset,
+                            "first record of a batch polled"
+                        );
+                    }
                     bytes += record.bytes();
                     batch.push(record);
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
@@ -441,12 +472,19 @@ impl Pipeline {
             if !assigned.contains(&(topic.clone(), *partition)) {
                 continue;
             }
-            if let Err(e) = self.consumer.seek(
-                topic,
-                *partition,
-                Offset::Offset(*offset),
-                Duration::from_secs(10),
-            ) {
+            let sought = if self.faults.fail_seeks {
+                Err(KafkaError::Seek(
+                    "injected (CHATLOG_FAULT_FAIL_SEEKS)".into(),
+                ))
+            } else {
+                self.consumer.seek(
+                    topic,
+                    *partition,
+                    Offset::Offset(*offset),
+                    Duration::from_secs(10),
+                )
+            };
+            if let Err(e) = sought {
                 tracing::warn!(topic, partition, offset, error = %e, "seek failed");
             }
         }
