@@ -254,33 +254,60 @@ pub fn free_port() -> u16 {
 }
 
 /// A private `redis-server` owned by one test (for AUTH/TLS tests that must not touch the shared
-/// one), killed on drop.
+/// one, and for tests that restart Redis or take it back in time), killed on drop.
 pub struct TestRedis {
     /// The port it listens on (TLS port when started with TLS).
     pub port: u16,
+    args: Vec<String>,
     child: std::process::Child,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl TestRedis {
     /// Starts `redis-server` with `args` (use `{port}` for the port) and waits until `ready`
-    /// succeeds (e.g. a PING through the client under test) or 10 s pass.
+    /// succeeds (e.g. a PING through the client under test) or 10 s pass. No persistence unless
+    /// `args` turn it on (`--appendonly yes`); `SAVE` works either way.
     pub fn start(args: &[String], port: u16) -> TestRedis {
         let dir = TempDir::new("redis");
-        let child = std::process::Command::new("redis-server")
-            .args(args)
+        let child = Self::spawn(args, &dir.0);
+        TestRedis {
+            port,
+            args: args.to_vec(),
+            child,
+            dir,
+        }
+    }
+
+    fn spawn(args: &[String], dir: &std::path::Path) -> std::process::Child {
+        std::process::Command::new("redis-server")
+            // Defaults first: a test's own arguments override them.
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(args)
             .arg("--dir")
-            .arg(&dir.0)
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("redis-server (Debian package redis-server; dev/stack.sh installs it)");
-        TestRedis {
-            port,
-            child,
-            _dir: dir,
-        }
+            .expect("redis-server (Debian package redis-server; dev/stack.sh installs it)")
+    }
+
+    /// The server's data folder (`dump.rdb`, `appendonlydir/`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: nothing is saved.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again (killing it first if it runs) with the same arguments and data
+    /// folder: it comes back with whatever its files hold — the last `SAVE`, the AOF, or files a
+    /// test put there. Wait for it with the client under test, as after `start`.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.args, &self.dir.0);
     }
 
     /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, replicates
@@ -293,6 +320,131 @@ impl TestRedis {
     pub fn thaw(&self) {
         signal(self.child.id(), "-CONT").expect("thaw redis-server");
     }
+}
+
+/// A connection to a private server on `port`, once it answers (it may still be starting or
+/// loading its data).
+pub async fn connect_to(port: u16) -> redis::aio::ConnectionManager {
+    let config = chatlog_store::RedisConfig {
+        url: format!("redis://127.0.0.1:{port}/"),
+        // Above the longest WAIT below: a loaded CI machine can take seconds to replicate.
+        response_timeout: std::time::Duration::from_secs(15),
+        ..chatlog_store::RedisConfig::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match config.connect().await {
+            Ok(mut con) => {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
+                {
+                    return con;
+                }
+            }
+            Err(e) if std::time::Instant::now() > deadline => panic!("redis on {port}: {e}"),
+            Err(_) => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis on {port} never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `con` (a connection manager that reconnects by itself) answers PING again after
+/// its server restarted or was promoted.
+pub async fn until_answers(con: &mut redis::aio::ConnectionManager) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while redis::cmd("PING").query_async::<String>(con).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs one admin command on `con` and returns its reply.
+pub async fn admin<T: redis::FromRedisValue>(
+    con: &mut redis::aio::ConnectionManager,
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// A private primary with one replica, linked (`master_link_status:up` on the replica).
+pub async fn primary_and_replica() -> (
+    TestRedis,
+    redis::aio::ConnectionManager,
+    TestRedis,
+    redis::aio::ConnectionManager,
+) {
+    let primary_port = free_port();
+    let primary = TestRedis::start(&["--port".into(), primary_port.to_string()], primary_port);
+    let replica_port = free_port();
+    let replica = TestRedis::start(
+        &[
+            "--port".into(),
+            replica_port.to_string(),
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ],
+        replica_port,
+    );
+    let primary_con = connect_to(primary_port).await;
+    let mut replica_con = connect_to(replica_port).await;
+    until_linked(&mut replica_con).await;
+    (primary, primary_con, replica, replica_con)
+}
+
+/// Cuts a replica off its primary, as a network partition would: the primary drops it and, from
+/// now on, refuses it (a password the replica does not have), while connections already open on
+/// the primary stay logged in. Writes after this never reach the replica.
+pub async fn cut_replica_link(primary: &mut redis::aio::ConnectionManager) {
+    let _: () = admin(primary, &["CONFIG", "SET", "requirepass", "cut-the-link"]).await;
+    let _: i64 = admin(primary, &["CLIENT", "KILL", "TYPE", "replica"]).await;
+}
+
+/// Waits until the replica behind `con` reports its link to its primary up (synced).
+pub async fn until_linked(con: &mut redis::aio::ConnectionManager) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let info: String = admin(con, &["INFO", "replication"]).await;
+        if info.contains("master_link_status:up") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never linked: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Copies the files of folder `from` into `to` (created if needed), recursively: a snapshot of a
+/// server's data folder to restore later.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sends `signal` (e.g. `-STOP`, `-TERM`) to process `pid` with kill(1).

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chatlog::{TestRedis, free_port, fresh_keyspace, redis_connection, unique};
+use chatlog::{
+    TestRedis, admin, connect_to, cut_replica_link, free_port, fresh_keyspace, primary_and_replica,
+    redis_connection, unique, until_answers, until_linked,
+};
+use chatlog_store::keys;
 use chatlog_store::seq::{AllocPath, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig};
-use chatlog_store::{RedisConfig, keys};
 use redis::aio::ConnectionManager;
 
 fn small(min: i64, max: i64) -> SeqConfig {
@@ -467,56 +470,189 @@ async fn install_script_only_moves_values_up_and_never_recreates_a_lost_hash() {
         .unwrap();
 }
 
-/// A private primary with one replica, linked (`master_link_status:up` on the replica).
-async fn primary_and_replica() -> (TestRedis, ConnectionManager, TestRedis, ConnectionManager) {
-    let primary_port = free_port();
-    let primary = TestRedis::start(&["--port".into(), primary_port.to_string()], primary_port);
-    let replica_port = free_port();
-    let replica = TestRedis::start(
+/// Allocates for `c<from>`..`c<to - 1>` of `sid`, one after the other; the seqs handed out.
+async fn allocate_range(alloc: &SeqAllocator, sid: &str, from: i64, to: i64) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    for i in from..to {
+        let a = alloc
+            .allocate(sid, &format!("c{i}"), &format!("m{i}"), i)
+            .await
+            .unwrap_or_else(|e| panic!("allocate c{i}: {e}"));
+        assert!(!a.duplicate, "c{i} is new");
+        seqs.push(a.seq);
+    }
+    seqs
+}
+
+/// After Redis went back in time, the next allocation of `sid` is above every seq handed out
+/// before (`handed_out`), through recovery above the CQL ceiling; an idempotency record that
+/// survived still answers with its own seq.
+async fn assert_no_seq_again(alloc: &SeqAllocator, sid: &str, handed_out: &[i64]) {
+    let top = *handed_out.iter().max().expect("seqs were handed out");
+    let next = alloc
+        .allocate(sid, "after-rollback", "m-after", 1_000)
+        .await
+        .expect("allocate after the rollback");
+    assert!(
+        next.seq > top,
+        "seq {} handed out again after Redis went back in time (already handed out: {handed_out:?})",
+        next.seq
+    );
+    assert_eq!(next.path, AllocPath::Recover, "{next:?}");
+    let first = alloc
+        .allocate(sid, "c0", "m-other", 2_000)
+        .await
+        .expect("retry of c0");
+    assert!(first.duplicate, "{first:?}");
+    assert_eq!((first.seq, first.msg_id.as_str()), (handed_out[0], "m0"));
+}
+
+/// Redis restarted from an RDB snapshot taken earlier: its seq hash says `cur = 5` while 6..10
+/// were handed out after the snapshot. The allocator sees the foreign epoch and recovers above
+/// the CQL ceiling instead of handing 6 out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_an_rdb_snapshot_never_hands_a_seq_out_twice() {
+    let port = free_port();
+    let mut redis = TestRedis::start(&["--port".into(), port.to_string()], port);
+    let mut con = connect_to(port).await;
+    let (session, cql) = fresh_keyspace("seq_rollback").await;
+    let alloc = SeqAllocator::new(session, &cql.keyspace, con.clone(), small(1000, 1000))
+        .await
+        .expect("seq allocator");
+    let sid = unique("rdb");
+    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
+    let _: String = admin(&mut con, &["SAVE"]).await;
+    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+    assert_eq!(handed_out, (1..=10).collect::<Vec<_>>());
+
+    redis.restart();
+    until_answers(&mut con).await;
+    let (cur, _, _) = redis_hash(&mut con, &sid).await;
+    assert_eq!(cur, 5, "the restart took Redis back to the snapshot");
+    assert_no_seq_again(&alloc, &sid, &handed_out).await;
+}
+
+/// The same with an AOF that lost its last writes: the data folder is restored to a copy taken
+/// after seq 5, as the lost last second of an `appendfsync everysec` AOF (Redis's default) or an
+/// old backup would leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_an_older_aof_never_hands_a_seq_out_twice() {
+    let port = free_port();
+    let mut redis = TestRedis::start(
         &[
             "--port".into(),
-            replica_port.to_string(),
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            primary_port.to_string(),
+            port.to_string(),
+            "--appendonly".into(),
+            "yes".into(),
+            // Every write in the file before its reply, so the copy below holds exactly 1..5
+            // (`everysec` may postpone a write by up to two seconds).
+            "--appendfsync".into(),
+            "always".into(),
         ],
-        replica_port,
+        port,
     );
-    let connect = |port: u16| async move {
-        let config = RedisConfig {
-            url: format!("redis://127.0.0.1:{port}/"),
-            // Above the longest WAIT below: a loaded CI machine can take seconds to replicate.
-            response_timeout: Duration::from_secs(15),
-            ..RedisConfig::default()
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match config.connect().await {
-                Ok(con) => return con,
-                Err(e) if Instant::now() > deadline => panic!("redis on {port}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    };
-    let primary_con = connect(primary_port).await;
-    let mut replica_con = connect(replica_port).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut replica_con)
-            .await
-            .expect("INFO replication");
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never linked: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (primary, primary_con, replica, replica_con)
+    let mut con = connect_to(port).await;
+    let (session, cql) = fresh_keyspace("seq_rollback").await;
+    let alloc = SeqAllocator::new(session, &cql.keyspace, con.clone(), small(1000, 1000))
+        .await
+        .expect("seq allocator");
+    let sid = unique("aof");
+    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
+    // A consistent copy: the server writes nothing while frozen, and what it wrote is in the
+    // page cache whether or not it was fsynced.
+    let backup = chatlog::TempDir::new("aof-backup");
+    redis.freeze();
+    chatlog::copy_dir(&redis.dir().join("appendonlydir"), &backup.0).expect("copy the AOF");
+    redis.thaw();
+    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+
+    redis.kill();
+    let aof = redis.dir().join("appendonlydir");
+    std::fs::remove_dir_all(&aof).expect("remove the AOF");
+    chatlog::copy_dir(&backup.0, &aof).expect("restore the older AOF");
+    redis.restart();
+    until_answers(&mut con).await;
+    let (cur, _, _) = redis_hash(&mut con, &sid).await;
+    assert_eq!(cur, 5, "the restart took Redis back to the older AOF");
+    assert_no_seq_again(&alloc, &sid, &handed_out).await;
+}
+
+/// Failover to a replica that missed the last writes (its link was cut, then `REPLICAOF NO
+/// ONE`): the promoted replica has `cur = 5` while 6..10 were handed out by the old primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_lagging_replica_never_hands_a_seq_out_twice() {
+    let (primary, mut primary_con, _replica, mut replica_con) = primary_and_replica().await;
+    let (session, cql) = fresh_keyspace("seq_failover").await;
+    let alloc = SeqAllocator::new(
+        session.clone(),
+        &cql.keyspace,
+        primary_con.clone(),
+        small(1000, 1000),
+    )
+    .await
+    .expect("seq allocator");
+    let sid = unique("failover");
+    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
+    let acked: i64 = admin(&mut primary_con, &["WAIT", "1", "10000"]).await;
+    assert_eq!(acked, 1, "the replica holds seqs 1..5");
+    // Cut the link: the primary drops the replica and refuses it from now on (the replica has no
+    // password), while the connections already open on the primary stay logged in.
+    cut_replica_link(&mut primary_con).await;
+    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+    // The primary dies before the replica gets 6..10; the replica is promoted.
+    drop(primary);
+    let _: String = admin(&mut replica_con, &["REPLICAOF", "NO", "ONE"]).await;
+    let (cur, _, _) = redis_hash(&mut replica_con, &sid).await;
+    assert_eq!(cur, 5, "the promoted replica lags");
+
+    // Logic follows the failover: its allocator now talks to the promoted replica.
+    let promoted = SeqAllocator::new(session, &cql.keyspace, replica_con, small(1000, 1000))
+        .await
+        .expect("seq allocator on the promoted replica");
+    assert_no_seq_again(&promoted, &sid, &handed_out).await;
+}
+
+/// The trap of a `run_id`-only check: the old primary resyncs from the lagging replica promoted
+/// in its place (its data goes back, its `run_id` stays) and is promoted again. Only its
+/// replication id says its data changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_back_to_a_primary_that_resynced_from_a_lagging_replica_never_repeats_a_seq() {
+    let (_a, mut a_con, b, mut b_con) = primary_and_replica().await;
+    let (session, cql) = fresh_keyspace("seq_failover").await;
+    let alloc = SeqAllocator::new(session, &cql.keyspace, a_con.clone(), small(1000, 1000))
+        .await
+        .expect("seq allocator");
+    let sid = unique("trap");
+    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
+    let acked: i64 = admin(&mut a_con, &["WAIT", "1", "10000"]).await;
+    assert_eq!(acked, 1, "B holds seqs 1..5");
+    let run_id_before = chatlog_store::epoch::current(&mut a_con).await.unwrap();
+
+    // Cut B off: frozen, its link killed, and A now refuses it (B has no password), while the
+    // connections already open on A stay logged in.
+    b.freeze();
+    cut_replica_link(&mut a_con).await;
+    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+    b.thaw();
+    let _: String = admin(&mut b_con, &["REPLICAOF", "NO", "ONE"]).await;
+    let (cur, _, _) = redis_hash(&mut b_con, &sid).await;
+    assert_eq!(cur, 5, "B lags");
+
+    // A resyncs from B (its data goes back to seq 5) and is promoted again.
+    let _: () = admin(&mut a_con, &["CONFIG", "SET", "requirepass", ""]).await;
+    let b_port = b.port.to_string();
+    let _: String = admin(&mut a_con, &["REPLICAOF", "127.0.0.1", &b_port]).await;
+    until_linked(&mut a_con).await;
+    let _: String = admin(&mut a_con, &["REPLICAOF", "NO", "ONE"]).await;
+    let (cur, _, _) = redis_hash(&mut a_con, &sid).await;
+    assert_eq!(cur, 5, "A's data went back");
+    let run_id_after = chatlog_store::epoch::current(&mut a_con).await.unwrap();
+    assert_eq!(
+        run_id_before.split(':').next(),
+        run_id_after.split(':').next(),
+        "A kept its run_id"
+    );
+    assert_no_seq_again(&alloc, &sid, &handed_out).await;
 }
 
 /// With `wait_replicas = 1` a seq is handed out only once the replica holds it, so a failover to

@@ -9,6 +9,12 @@ pub fn window(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:win")
 }
 
+/// The epoch ([`crate::epoch`]) a session's window was written in: a window of another epoch is
+/// started afresh by the next append (see [`crate::window::APPEND_LUA`]).
+pub fn window_epoch(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:wep")
+}
+
 /// The seq allocator's hash of a session: `cur` (last handed out) and `max` (reserved ceiling).
 pub fn seq(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:seq")
@@ -28,6 +34,7 @@ mod tests {
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&window("s1")), "{s1}");
         assert_eq!(tag(&seq("s1")), "{s1}");
+        assert_eq!(tag(&window_epoch("s1")), "{s1}");
         assert_eq!(tag(&client_msg("s1", "c-9")), "{s1}");
     }
 }

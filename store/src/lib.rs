@@ -7,6 +7,8 @@
 //! - [`secret`]: a string that never prints (passwords, keys).
 //! - [`security`]: TLS files, Kafka TLS/SASL, client properties whose secrets never print.
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
+//! - [`epoch`]: which lifetime of which dataset Redis serves, checked by the scripts so that state
+//!   written before Redis went back in time (restart from a snapshot, failover) is never trusted.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
 //! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
 //! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
@@ -17,6 +19,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+// First: its `epoch_lua!` is used by the script modules below.
+#[macro_use]
+pub mod epoch;
 pub mod history;
 pub mod keys;
 pub mod messages;

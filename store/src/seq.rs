@@ -72,6 +72,7 @@
 //! `chatlog_seq_allocations_total{path=fast|segment|recover}`, once per new allocation (a
 //! duplicate allocates nothing and is not counted).
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -88,84 +89,126 @@ use serde::Deserialize;
 use crate::queues::SessionQueues;
 use crate::{CqlConfig, Error, Result, keys};
 
-/// The fast path for up to [`FAST_BATCH`] requests of one session. KEYS: seq hash, then one
-/// idempotency record per request. ARGV: record TTL ms, hash idle TTL ms (0 = none), then per
-/// request its candidate msg_id and server_time_us.
+/// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
+/// its seq hash followed by one idempotency record per request. ARGV: record TTL ms, hash idle TTL
+/// ms (0 = none), the number of sessions `G`, then `G` request counts, then per request (in KEYS
+/// order) its candidate msg_id and server_time_us.
 ///
 /// Returns one `{status, record, a, b, c}` per request, in order: `0` allocated (`a` = seq); `1`
 /// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
-/// the same call had the same id); `2` hash missing; `3` segment used up (`a` = max, `b` = step,
-/// `c` = installed-at ms). Requests are served in order, so seqs follow the order of KEYS.
-pub const FAST_LUA: &str = r#"
-local h = redis.call('HMGET', KEYS[1], 'cur', 'max', 'step', 'at')
-local exists = h[1] and h[2]
-local cur, max, first
-if exists then
-  cur = tonumber(h[1])
-  max = tonumber(h[2])
-  first = cur
-end
+/// the same call had the same id); `2` hash missing or written in another epoch (see
+/// [`crate::epoch`]: Redis went back in time, so its `cur` may be below seqs already handed out);
+/// `3` segment used up (`a` = max, `b` = step, `c` = installed-at ms). A session's requests are
+/// served in order, so its seqs follow the order of KEYS.
+///
+/// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
+/// a seq is never handed out twice, so it is still that message's seq.
+pub const FAST_LUA: &str = concat!(
+    epoch_lua!(),
+    r#"
+local ep = server_epoch()
+local groups = tonumber(ARGV[3])
 local out = {}
-local new = {}
-local records = {}
+local writes = {}
+local k = 1
+local a = 4 + groups
 -- Reads only: an error here (say WRONGTYPE) changes nothing.
-for i = 2, #KEYS do
-  local rec = records[KEYS[i]] or redis.call('GET', KEYS[i])
-  if rec then
-    out[#out + 1] = {1, rec, 0, 0, 0}
-  elseif not exists then
-    out[#out + 1] = {2, '', 0, 0, 0}
-  elseif cur >= max then
-    out[#out + 1] = {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
-  else
-    cur = cur + 1
-    local j = 2 * i - 1
-    rec = string.format('%d', cur) .. ':' .. ARGV[j + 1] .. ':' .. ARGV[j]
-    records[KEYS[i]] = rec
-    new[#new + 1] = KEYS[i]
-    out[#out + 1] = {0, '', cur, 0, 0}
+for g = 1, groups do
+  local n = tonumber(ARGV[3 + g])
+  local hash = KEYS[k]
+  k = k + 1
+  local h = redis.call('HMGET', hash, 'cur', 'max', 'step', 'at', 'ep')
+  local exists = h[1] and h[2] and h[5] == ep
+  local cur, max, first
+  if exists then
+    cur = tonumber(h[1])
+    max = tonumber(h[2])
+    first = cur
+  end
+  local records = {}
+  local new = {}
+  for _ = 1, n do
+    local key = KEYS[k]
+    local rec = records[key] or redis.call('GET', key)
+    if rec then
+      out[#out + 1] = {1, rec, 0, 0, 0}
+    elseif not exists then
+      out[#out + 1] = {2, '', 0, 0, 0}
+    elseif cur >= max then
+      out[#out + 1] = {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
+    else
+      cur = cur + 1
+      rec = string.format('%d', cur) .. ':' .. ARGV[a + 1] .. ':' .. ARGV[a]
+      records[key] = rec
+      new[#new + 1] = key
+      out[#out + 1] = {0, '', cur, 0, 0}
+    end
+    k = k + 1
+    a = a + 2
+  end
+  if exists and cur > first then
+    writes[#writes + 1] = {hash, cur - first, new, records}
   end
 end
 -- Move cur before writing any record: a failure after this point leaves a gap, never a record
 -- naming a seq that cur could hand out again.
-if exists and cur > first then
-  redis.call('HINCRBY', KEYS[1], 'cur', cur - first)
+for _, w in ipairs(writes) do
+  redis.call('HINCRBY', w[1], 'cur', w[2])
   if ARGV[2] ~= '0' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', w[1], ARGV[2])
   end
-  for _, key in ipairs(new) do
-    redis.call('SET', key, records[key], 'PX', ARGV[1])
+end
+for _, w in ipairs(writes) do
+  for _, key in ipairs(w[3]) do
+    redis.call('SET', key, w[4][key], 'PX', ARGV[1])
   end
 end
 return out
-"#;
+"#
+);
 
-/// Most requests of one session served by one fast-path call.
+/// Most requests served by one fast-path call.
 pub const FAST_BATCH: usize = 128;
+
+/// Fast-path calls of one allocator that may be in flight at once. Sessions are spread over the
+/// lanes by hash; each lane has one call in flight, and the requests that arrive meanwhile, of any
+/// of its sessions, are served together by its next call. Fewer lanes mean larger calls (the epoch
+/// check and the round trip paid once per call); more lanes, more calls in flight.
+pub const FAST_LANES: usize = 4;
 
 /// Installs a reserved segment, moving values only up. KEYS: seq hash. ARGV: `low - 1`, `high`,
 /// step, now ms, hash idle TTL ms (0 = none), create (`1` = may create a missing hash).
 ///
-/// `cur = max(cur, low - 1)`, `max = max(max, high)`. A missing hash is created only when `create`
-/// is `1`; otherwise the install is refused. Returns 1 if installed, 0 if refused.
-pub const INSTALL_LUA: &str = r#"
-local exists = redis.call('EXISTS', KEYS[1]) == 1
-if not exists and ARGV[6] ~= '1' then
-  return 0
-end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'cur') or '0')
-local max = tonumber(redis.call('HGET', KEYS[1], 'max') or '0')
-if not exists or tonumber(ARGV[1]) > cur then
-  redis.call('HSET', KEYS[1], 'cur', ARGV[1])
-end
-if not exists or tonumber(ARGV[2]) > max then
-  redis.call('HSET', KEYS[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4])
+/// `cur = max(cur, low - 1)`, `max = max(max, high)`. A hash that is missing, or was written in
+/// another epoch (see [`crate::epoch`]), is (re)created from the arguments only when `create` is
+/// `1`; otherwise the install is refused. Returns 1 if installed, 0 if refused.
+pub const INSTALL_LUA: &str = concat!(
+    epoch_lua!(),
+    r#"
+local ep = server_epoch()
+local h = redis.call('HMGET', KEYS[1], 'cur', 'max', 'ep')
+local exists = h[1] and h[2] and h[3] == ep
+if not exists then
+  if ARGV[6] ~= '1' then
+    return 0
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4],
+    'ep', ep)
+else
+  if tonumber(ARGV[1]) > tonumber(h[1]) then
+    redis.call('HSET', KEYS[1], 'cur', ARGV[1])
+  end
+  if tonumber(ARGV[2]) > tonumber(h[2]) then
+    redis.call('HSET', KEYS[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4])
+  end
 end
 if ARGV[5] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
 return 1
-"#;
+"#
+);
 
 /// `INSERT` of a new session's first ceiling (LWT).
 pub fn insert_ceiling_cql(keyspace: &str) -> String {
@@ -452,7 +495,8 @@ struct Inner {
     fast: redis::Script,
     install: redis::Script,
     locks: Vec<tokio::sync::Mutex<()>>,
-    /// Per session with a fast-path call in flight: the requests waiting for the next call.
+    /// Per lane (see [`FAST_LANES`]) with a fast-path call in flight: the requests waiting for
+    /// its next call.
     queues: Arc<SessionQueues<Request>>,
     /// Fast-path calls made (each serves one or more requests).
     fast_calls: AtomicU64,
@@ -469,8 +513,9 @@ pub struct AllocRequest {
     pub server_time_us: i64,
 }
 
-/// A fast-path request waiting for its session's next call.
+/// A fast-path request waiting for its lane's next call.
 struct Request {
+    session_id: String,
     args: AllocRequest,
     reply: tokio::sync::oneshot::Sender<Result<Fast>>,
 }
@@ -531,7 +576,7 @@ impl SeqAllocator {
                 locks: (0..SEGMENT_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
-                queues: Arc::new(SessionQueues::new(SEGMENT_LOCKS)),
+                queues: Arc::new(SessionQueues::new(FAST_LANES)),
                 fast_calls: AtomicU64::new(0),
             }),
         })
@@ -671,7 +716,7 @@ impl SeqAllocator {
         while out.len() < requests.len() {
             let rest = &requests[out.len()..];
             let chunk = &rest[..rest.len().min(FAST_BATCH)];
-            let results = self.call_fast(session_id, chunk).await;
+            let results = self.call_fast(&[(session_id, chunk)]).await;
             for (r, result) in chunk.iter().zip(results) {
                 match result {
                     Ok(Fast::Allocated(seq)) => {
@@ -723,8 +768,9 @@ impl SeqAllocator {
         Ok(row.and_then(|(v,)| v))
     }
 
-    /// One fast-path request. The first request of an idle session calls Redis at once; requests
-    /// arriving while that call is in flight queue and are served together by the next call.
+    /// One fast-path request. The first request of an idle lane calls Redis at once; requests
+    /// arriving while that call is in flight queue, whatever their session, and are served
+    /// together by the lane's next call.
     async fn fast(
         &self,
         session_id: &str,
@@ -734,6 +780,7 @@ impl SeqAllocator {
     ) -> Result<Fast> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = Request {
+            session_id: session_id.to_owned(),
             args: AllocRequest {
                 client_msg_id: client_msg_id.to_owned(),
                 candidate_msg_id: candidate_msg_id.to_owned(),
@@ -741,8 +788,9 @@ impl SeqAllocator {
             },
             reply,
         };
-        // The session stays busy until `NextCall` drops.
-        let Some(request) = self.inner.queues.queue_or_lead(session_id, request) else {
+        let lane = lane_of(session_id);
+        // The lane stays busy until `NextCall` drops.
+        let Some(request) = self.inner.queues.queue_or_lead(lane, request) else {
             return answer.await.unwrap_or_else(|_| {
                 Err(Error::Redis {
                     what: "seq fast path",
@@ -756,40 +804,47 @@ impl SeqAllocator {
         };
         let _next = NextCall {
             allocator: self.clone(),
-            session_id: session_id.to_owned(),
+            lane,
         };
         let mut results = self
-            .call_fast(session_id, std::slice::from_ref(&request.args))
+            .call_fast(&[(session_id, std::slice::from_ref(&request.args))])
             .await;
         results.pop().expect("one result per request")
     }
 
-    /// One `EVALSHA` of [`FAST_LUA`] for `requests` (all of `session_id`): one result each.
-    async fn call_fast(&self, session_id: &str, requests: &[AllocRequest]) -> Vec<Result<Fast>> {
+    /// One `EVALSHA` of [`FAST_LUA`] for the requests of `sessions` (each session once, with its
+    /// requests in order): one result per request, in the same order.
+    async fn call_fast(&self, sessions: &[(&str, &[AllocRequest])]) -> Vec<Result<Fast>> {
         let inner = &*self.inner;
         inner.fast_calls.fetch_add(1, Ordering::Relaxed);
+        let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
         let mut con = inner.redis.clone();
-        let mut call = inner.fast.key(keys::seq(session_id));
+        let mut call = inner.fast.prepare_invoke();
         call.arg(duration_ms(inner.config.dedup_ttl).max(1))
-            .arg(duration_ms(inner.config.idle_ttl));
-        for r in requests {
-            call.key(keys::client_msg(session_id, &r.client_msg_id))
-                .arg(&r.candidate_msg_id)
-                .arg(r.server_time_us);
+            .arg(duration_ms(inner.config.idle_ttl))
+            .arg(sessions.len());
+        for (session_id, requests) in sessions {
+            call.key(keys::seq(session_id)).arg(requests.len());
+            for r in *requests {
+                call.key(keys::client_msg(session_id, &r.client_msg_id));
+            }
+        }
+        for (_, requests) in sessions {
+            for r in *requests {
+                call.arg(&r.candidate_msg_id).arg(r.server_time_us);
+            }
         }
         let replies = match self.invoke_fast(&mut con, &call).await {
             Ok(replies) => replies,
             Err(e) => {
-                return requests
-                    .iter()
+                return (0..total)
                     .map(|_| Err(self.fast_call_error(e.clone())))
                     .collect();
             }
         };
-        if replies.len() != requests.len() {
-            let got = format!("{} results for {} requests", replies.len(), requests.len());
-            return requests
-                .iter()
+        if replies.len() != total {
+            let got = format!("{} results for {total} requests", replies.len());
+            return (0..total)
                 .map(|_| Err(bad_reply("fast path result count", got.as_bytes())))
                 .collect();
         }
@@ -931,44 +986,72 @@ impl SeqAllocator {
     }
 }
 
-/// When the call of a session's first request ends (or its caller goes away), the requests queued
+/// When the call of a lane's first request ends (or its caller goes away), the requests queued
 /// meanwhile are served by a task of their own, so no waiter depends on a caller that may be
 /// cancelled.
 struct NextCall {
     allocator: SeqAllocator,
-    session_id: String,
+    lane: &'static str,
 }
 
 impl Drop for NextCall {
     fn drop(&mut self) {
         let queues = &self.allocator.inner.queues;
-        if queues.release(&self.session_id) {
+        if queues.release(self.lane) {
             return;
         }
         let allocator = self.allocator.clone();
-        let session_id = std::mem::take(&mut self.session_id);
         // Built before the spawn: if the task never runs (no runtime here, or one shutting
-        // down), dropping it still releases the session and its waiters.
+        // down), dropping it still releases the lane and its waiters.
         let drain = queues.clone().drain(
-            session_id.clone(),
+            self.lane.to_owned(),
             Vec::new(),
             FAST_BATCH,
             move |batch: Vec<Request>| {
-                let (allocator, session_id) = (allocator.clone(), session_id.clone());
-                async move {
-                    let (args, replies): (Vec<_>, Vec<_>) =
-                        batch.into_iter().map(|r| (r.args, r.reply)).unzip();
-                    let results = allocator.call_fast(&session_id, &args).await;
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        // A waiter that went away does not need its answer (its seq becomes a
-                        // gap).
-                        let _ = reply.send(result);
-                    }
-                }
+                let allocator = allocator.clone();
+                async move { allocator.serve(batch).await }
             },
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(drain);
+        }
+    }
+}
+
+impl SeqAllocator {
+    /// Serves queued requests of one lane with one call: grouped by session (a session's
+    /// requests keep their arrival order), each answer sent to its waiter.
+    async fn serve(&self, batch: Vec<Request>) {
+        let mut order: Vec<String> = Vec::new();
+        let mut by_session: HashMap<String, Vec<Request>> = HashMap::new();
+        for r in batch {
+            by_session
+                .entry(r.session_id.clone())
+                .or_insert_with(|| {
+                    order.push(r.session_id.clone());
+                    Vec::new()
+                })
+                .push(r);
+        }
+        let mut args: Vec<(String, Vec<AllocRequest>)> = Vec::with_capacity(order.len());
+        let mut replies = Vec::new();
+        for session_id in order {
+            let requests = by_session.remove(&session_id).unwrap_or_default();
+            let mut session_args = Vec::with_capacity(requests.len());
+            for r in requests {
+                session_args.push(r.args);
+                replies.push(r.reply);
+            }
+            args.push((session_id, session_args));
+        }
+        let groups: Vec<(&str, &[AllocRequest])> = args
+            .iter()
+            .map(|(s, r)| (s.as_str(), r.as_slice()))
+            .collect();
+        let results = self.call_fast(&groups).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A waiter that went away does not need its answer (its seq becomes a gap).
+            let _ = reply.send(result);
         }
     }
 }
@@ -1010,6 +1093,15 @@ fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
         }),
         other => Err(bad_reply("fast path status", other.to_string().as_bytes())),
     }
+}
+
+/// The fast-path lane of a session (a name, as [`SessionQueues`] keys by name).
+fn lane_of(session_id: &str) -> &'static str {
+    const NAMES: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+    const _: () = assert!(FAST_LANES <= NAMES.len());
+    let mut h = DefaultHasher::new();
+    (session_id, "lane").hash(&mut h);
+    NAMES[(h.finish() % FAST_LANES as u64) as usize]
 }
 
 fn lock_index(session_id: &str) -> usize {

@@ -35,9 +35,20 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
     Some((version, avro))
 }
 
-/// Appends messages to one window. `KEYS[1]` = window; `ARGV` = size, ttl_ms, then (seq, member) pairs.
-/// Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size` seqs and
-/// refresh the TTL. Returns the window's cardinality.
+/// Appends messages to one window. `KEYS[1]` = window, `KEYS[2]` = its epoch ([`keys::window_epoch`]);
+/// `ARGV` = size, ttl_ms, then (seq, member) pairs. Returns the window's cardinality.
+///
+/// 1. **Epoch.** A window written in another epoch of Redis (see [`crate::epoch`]: a restart from
+///    a snapshot, a failover to a lagging replica) may have lost its newest members: new members
+///    above them would leave a hole that readers take for a gap. Such a window is deleted and
+///    starts again from this call's messages (history reads the table below it).
+/// 2. **Never below the lowest member.** A seq below a non-empty window's lowest member (a late
+///    send, a DLQ replay, a rewind after the window was trimmed or expired) is not added: the
+///    window is complete for `[lowest, highest]` of its members, and a member below that range
+///    would claim every seq between it and the old lowest, which the window does not hold. Its
+///    row is in the table, where history finds it.
+/// 3. Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size`
+///    seqs and refresh the TTL of both keys.
 ///
 /// The common case is a seq above the window's highest one (a new message): it has no member to
 /// compare with, so such seqs — when each appears once in the call — are added by one variadic
@@ -45,12 +56,23 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
 /// arrivals, edits) and seqs given twice take the per-seq path, in their order. Profiled with
 /// `dev/bench.sh` (P1/P4): the window stage took about a third of the consumer's batch time, spent
 /// in these per-seq calls.
-pub const APPEND_LUA: &str = r#"
+pub const APPEND_LUA: &str = concat!(
+    epoch_lua!(),
+    r#"
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local ep = server_epoch()
+if redis.call('GET', KEYS[2]) ~= ep then
+  redis.call('DEL', key)
+  redis.call('SET', KEYS[2], ep)
+end
 local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
 local head = tonumber(top[2])
+local low = nil
+if head ~= nil then
+  low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+end
 local times = {}
 for i = 3, #ARGV, 2 do
   times[ARGV[i]] = (times[ARGV[i]] or 0) + 1
@@ -59,7 +81,9 @@ local fresh = {}
 for i = 3, #ARGV, 2 do
   local seq = ARGV[i]
   local member = ARGV[i + 1]
-  if times[seq] == 1 and (head == nil or tonumber(seq) > head) then
+  if low ~= nil and tonumber(seq) < low then
+    -- below the window: its row is in the table
+  elseif times[seq] == 1 and (head == nil or tonumber(seq) > head) then
     fresh[#fresh + 1] = seq
     fresh[#fresh + 1] = member
     if #fresh >= 1000 then
@@ -93,9 +117,11 @@ if n > size then
 end
 if ttl > 0 then
   redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return n
-"#;
+"#
+);
 
 /// Window settings shared by writer and reader.
 #[derive(Debug, Clone, Deserialize)]
@@ -188,8 +214,9 @@ impl WindowWriter {
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.script.get_hash())
-                .arg(1)
+                .arg(2)
                 .arg(keys::window(session_id))
+                .arg(keys::window_epoch(session_id))
                 .arg(self.config.size)
                 .arg(ttl_ms);
             for e in entries {
