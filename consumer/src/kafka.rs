@@ -3,12 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::config::KafkaConfig;
@@ -24,12 +26,20 @@ pub type Tp = (String, i32);
 pub struct Context {
     revoked: Mutex<BTreeSet<Tp>>,
     assigned: Mutex<BTreeSet<Tp>>,
+    /// Assignments completed so far, empty ones included: librdkafka delivers one after every
+    /// rebalance this member takes part in, so a new one proves membership again.
+    assignments: AtomicU64,
 }
 
 impl Context {
     /// Partitions revoked (or lost) since the last call.
     pub fn take_revoked(&self) -> BTreeSet<Tp> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many assignments (one per completed rebalance, possibly empty) this member has had.
+    pub fn assignments(&self) -> u64 {
+        self.assignments.load(Ordering::Acquire)
     }
 
     /// The partitions currently assigned.
@@ -100,6 +110,7 @@ impl ConsumerContext for Context {
                 revoked.remove(&tp);
                 assigned.insert(tp);
             }
+            self.assignments.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -205,6 +216,37 @@ pub fn classify(e: &KafkaError) -> TxnFailure {
     }
 }
 
+/// Whether `e` means this member may no longer own its partitions: the group moved on without it
+/// (evicted, fenced, a rebalance under way, a newer instance with its static id or transactional
+/// id). Until its next assignment it must not write windows (see `Pipeline::write`).
+pub fn means_membership_lost(e: &KafkaError) -> bool {
+    e.rdkafka_error_code().is_some_and(is_membership_code)
+}
+
+/// The error codes of [`means_membership_lost`].
+pub fn is_membership_code(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        // The group coordinator no longer knows this member or its generation.
+        C::UnknownMemberId
+            | C::IllegalGeneration
+            | C::RebalanceInProgress
+            | C::FencedInstanceId
+            | C::FencedMemberEpoch
+            | C::StaleMemberEpoch
+            // librdkafka's own view: evicted, or it gave up the partitions.
+            | C::AssignmentLost
+            | C::PollExceeded
+            | C::Fenced
+            // A newer producer with this transactional id: another instance owns the work.
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            // No group metadata: not (or no longer) in the group (see `Pipeline::commit`).
+            | C::InvalidGroupId
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use chatlog_store::Secret;
@@ -236,6 +278,39 @@ mod tests {
             assert_eq!(c.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
         }
         assert!(!format!("{config:?}").contains("pw-123"));
+    }
+
+    #[test]
+    fn membership_errors_are_told_from_transient_ones() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::UnknownMemberId,
+            C::IllegalGeneration,
+            C::RebalanceInProgress,
+            C::FencedInstanceId,
+            C::ProducerFenced,
+            C::AssignmentLost,
+            C::PollExceeded,
+        ] {
+            assert!(is_membership_code(code), "{code:?}");
+        }
+        for code in [
+            C::NotCoordinator,
+            C::CoordinatorLoadInProgress,
+            C::RequestTimedOut,
+            C::BrokerTransportFailure,
+            C::MessageTimedOut,
+            C::ConcurrentTransactions,
+        ] {
+            assert!(!is_membership_code(code), "{code:?}");
+        }
+        assert!(means_membership_lost(&KafkaError::ConsumerCommit(
+            C::IllegalGeneration
+        )));
+        assert!(means_membership_lost(&KafkaError::MessageConsumption(
+            C::PollExceeded
+        )));
+        assert!(!means_membership_lost(&KafkaError::Seek("x".into())));
     }
 
     #[test]

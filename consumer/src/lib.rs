@@ -6,6 +6,7 @@
 //! Prometheus metrics. Replays after any crash leave identical state: exactly-once in effect.
 //!
 //! Layout (the binary `chatlog-consumer` is a thin CLI over these):
+//! - [`clock`]: CLOCK_BOOTTIME, the self-fence's clock (counts suspend).
 //! - [`config`]: the configuration (TOML + env + flags), with a doc comment on every field.
 //! - [`decode`]: stage 1 — record → message or poison with a reason.
 //! - [`kafka`]: client settings, rebalance/statistics context, DLQ headers, error classification.
@@ -13,6 +14,7 @@
 //! - [`telemetry`]: metric names, the Prometheus recorder, `/metrics` `/healthz` `/readyz`.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod kafka;

@@ -4,13 +4,19 @@
 //! init_transactions                                 fatal → exit; a newer instance fenced us
 //! loop:
 //!   collect   poll until max_records, max_bytes or linger   revoked partitions' records dropped
+//!             the batch's fence starts before the poll that returned its first record
 //!   decode    good messages | poison (reason)
 //!   write     at the same time:
 //!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
 //!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq
 //!   commit    begin; DLQ records; send_offsets(last + 1, fresh group metadata); commit
 //!   on abortable error: abort, rewind to the batch's first offsets, back off, poll again
+//!   a rewind that cannot seek is fatal → exit; the next instance starts from the committed offsets
 //! ```
+//!
+//! Windows are written only by a member that still owns its partitions (see [`Pipeline::write`]):
+//! not once a batch is older than 80 % of the session timeout on a clock that counts suspend, and
+//! not between a membership error (evicted, fenced, rebalance) and the next assignment.
 //!
 //! CQL and Redis are written before the transaction opens, so the transaction stays short and a
 //! crash at any point leaves work that a replay redoes with identical results (0 lost: offsets move
@@ -19,6 +25,7 @@
 //! The loop runs on a dedicated OS thread, because rdkafka's consumer and transactional calls
 //! block; the CQL and Redis writes run on the tokio runtime through its [`Handle`].
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +42,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::BootInstant;
 use crate::config::Config;
 use crate::decode::{self, Decoded, Good, Origin, Poison, Record};
 use crate::kafka::{self, Context, TxProducer, TxnFailure};
@@ -75,6 +83,17 @@ pub struct Pipeline {
     runtime: Handle,
     shutdown: CancellationToken,
     health: Arc<Health>,
+    /// Set by an error meaning this member may no longer own its partitions, to the number of
+    /// assignments it had then; windows are written again once a newer assignment came.
+    membership_doubt: Cell<Option<u64>>,
+}
+
+/// Records polled for one transaction.
+struct Batch {
+    records: Vec<Record>,
+    /// When the poll that returned the first record started: the window fence counts from here,
+    /// so a process frozen inside that poll or the linger after it resumes with an old fence.
+    polled_from: BootInstant,
 }
 
 impl Pipeline {
@@ -116,6 +135,7 @@ impl Pipeline {
             runtime: Handle::current(),
             shutdown,
             health,
+            membership_doubt: Cell::new(None),
         })
     }
 
@@ -147,17 +167,20 @@ impl Pipeline {
         );
         let mut backoff = self.config.retry.initial_backoff;
         while !self.shutdown.is_cancelled() {
-            let batch = self.collect();
-            if batch.is_empty() {
+            let Some(batch) = self.collect() else {
                 continue;
-            }
-            let polled_at = Instant::now();
-            let first_offsets = first_offsets(&batch);
-            match self.process(batch, polled_at) {
+            };
+            let first_offsets = first_offsets(&batch.records);
+            match self.process(batch) {
                 Ok(()) => backoff = self.config.retry.initial_backoff,
                 Err(Failed::Rewind(why)) => {
                     tracing::warn!(reason = %why, ?backoff, "batch not committed; rewinding");
-                    self.rewind(&first_offsets);
+                    if let Err(why) = self.rewind(&first_offsets) {
+                        // Polling on would read past the batch, and the next commit would cover
+                        // it unwritten. A new instance starts from the committed offsets instead.
+                        self.health.set_ready(false);
+                        return Err(Error::Fatal(why));
+                    }
                     self.pause(backoff);
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }
@@ -174,13 +197,14 @@ impl Pipeline {
     }
 
     /// Polls until `max_records` records or `max_bytes`, `linger` after the first one, or
-    /// shutdown.
-    fn collect(&self) -> Vec<Record> {
+    /// shutdown. `None`: no records.
+    fn collect(&self) -> Option<Batch> {
         let max = self.config.batch.max_records;
         let max_bytes = self.config.batch.max_bytes;
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut deadline: Option<Instant> = None;
+        let mut polled_from: Option<BootInstant> = None;
         while batch.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled() {
             let wait = match deadline {
                 None => Duration::from_millis(100),
@@ -192,6 +216,7 @@ impl Pipeline {
                     left
                 }
             };
+            let poll_started = BootInstant::now();
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
                     let record = Record {
@@ -210,11 +235,17 @@ impl Pipeline {
                             "first record of a batch polled"
                         );
                     }
+                    polled_from.get_or_insert(poll_started);
                     bytes += record.bytes();
                     batch.push(record);
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    if kafka::means_membership_lost(&e) {
+                        self.doubt_membership(&e);
+                    }
+                    tracing::warn!(error = %e, "consumer error");
+                }
                 None => {}
             }
             // librdkafka reports a rebalance protocol only once the member has joined its group.
@@ -232,6 +263,9 @@ impl Pipeline {
                 let before = batch.len();
                 batch.retain(|r| !revoked.contains(&(r.origin.topic.clone(), r.origin.partition)));
                 bytes = batch.iter().map(Record::bytes).sum();
+                if batch.is_empty() {
+                    polled_from = None;
+                }
                 let dropped = before - batch.len();
                 if dropped > 0 {
                     metrics::counter!(telemetry::REVOKED_DROPPED).increment(dropped as u64);
@@ -239,11 +273,18 @@ impl Pipeline {
                 }
             }
         }
-        batch
+        Some(Batch {
+            polled_from: polled_from?,
+            records: batch,
+        })
     }
 
-    /// decode → write (cql ‖ redis) → commit, for one batch polled at `polled_at`.
-    fn process(&self, batch: Vec<Record>, polled_at: Instant) -> Result<(), Failed> {
+    /// decode → write (cql ‖ redis) → commit, for one batch.
+    fn process(&self, batch: Batch) -> Result<(), Failed> {
+        let Batch {
+            records: batch,
+            polled_from,
+        } = batch;
         let records = batch.len();
         let next_offsets = next_offsets(&batch);
 
@@ -259,7 +300,7 @@ impl Pipeline {
         observe_stage("decode", started);
 
         if !good.is_empty() {
-            self.write(&good, polled_at)?;
+            self.write(&good, polled_from)?;
             let now_us = now_micros();
             for g in &good {
                 let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
@@ -302,14 +343,21 @@ impl Pipeline {
 
     /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same
     /// time (see [`WritePlan`] for the one ordering kept).
-    fn write(&self, good: &[Good], polled_at: Instant) -> Result<(), Failed> {
+    ///
+    /// Self-fencing. A process frozen longer than the session timeout (VM suspend, container
+    /// pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a zombie
+    /// are harmless (same rows, same timestamps), but its window writes after a Redis loss
+    /// could refill a window with old messages below the new owner's, leaving a hole that
+    /// history would trust. So windows are written only while the batch is younger than the
+    /// fence — 80 % of the session timeout since the poll that returned its first record began,
+    /// on CLOCK_BOOTTIME — and not at all between a membership error and the next assignment.
+    fn write(&self, good: &[Good], polled_from: BootInstant) -> Result<(), Failed> {
+        if self.membership_in_doubt() {
+            metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+            return Err(Failed::Rewind(MEMBERSHIP_IN_DOUBT.into()));
+        }
         let plan = WritePlan::new(good, self.windows.config().size);
-        // Self-fencing. A process frozen longer than the session timeout (VM or container
-        // pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a
-        // zombie are harmless (same rows, same timestamps), but window writes after a Redis
-        // loss could put old messages below the new owner's, leaving a hole that history would
-        // trust. So the window is only written while the batch is younger than the fence.
-        let fence = polled_at + self.config.kafka.session_timeout.mul_f64(0.8);
+        let fence = polled_from + self.config.kafka.session_timeout.mul_f64(0.8);
         self.runtime.block_on(async {
             let rows = self.retry("cql", None, || self.writer.write(&plan.rows));
             let windows = async {
@@ -335,7 +383,7 @@ impl Pipeline {
     async fn append_windows(
         &self,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
-        fence: Instant,
+        fence: BootInstant,
     ) -> Result<(), Failed> {
         self.retry("redis", Some(fence), || {
             let mut con = self.redis.clone();
@@ -345,12 +393,12 @@ impl Pipeline {
     }
 
     /// Runs a CQL/Redis write until it succeeds or the stage budget is spent, and records the
-    /// stage's duration. With a `fence`, no attempt starts after that instant: the batch is
-    /// rewound instead.
+    /// stage's duration. With a `fence` (window writes), no attempt starts after that instant or
+    /// while this member's ownership is in doubt: the batch is rewound instead.
     async fn retry<T, F, Fut>(
         &self,
         stage: &'static str,
-        fence: Option<Instant>,
+        fence: Option<BootInstant>,
         mut write: F,
     ) -> Result<T, Failed>
     where
@@ -360,12 +408,22 @@ impl Pipeline {
         let started = Instant::now();
         let mut backoff = self.config.retry.initial_backoff;
         loop {
-            if fence.is_some_and(|f| Instant::now() > f) {
-                metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
-                return Err(Failed::Rewind(format!(
-                    "{stage}: the batch is older than 80% of the session timeout; this consumer \
-                     may have been evicted, so it does not write and re-reads instead"
-                )));
+            if let Some(fence) = fence {
+                let why = if BootInstant::now() > fence {
+                    Some(
+                        "the batch is older than 80% of the session timeout (since the poll that \
+                         returned its first record); this consumer may have been frozen or \
+                         suspended and evicted, so it does not write and re-reads instead",
+                    )
+                } else if self.membership_in_doubt() {
+                    Some(MEMBERSHIP_IN_DOUBT)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+                    return Err(Failed::Rewind(format!("{stage}: {why}")));
+                }
             }
             match write().await {
                 Ok(v) => {
@@ -457,16 +515,46 @@ impl Pipeline {
     }
 
     fn fail(&self, what: &str, e: &KafkaError) -> Failed {
+        if kafka::means_membership_lost(e) {
+            self.doubt_membership(e);
+        }
         match kafka::classify(e) {
             TxnFailure::Fatal => Failed::Fatal(format!("{what}: {e}")),
             TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),
         }
     }
 
+    /// An error said this member may no longer own its partitions: no window writes until its
+    /// next assignment (a rejoin follows such errors).
+    fn doubt_membership(&self, e: &KafkaError) {
+        if self.membership_doubt.get().is_none() {
+            tracing::warn!(
+                error = %e,
+                "this member may no longer own its partitions: no window writes until its next \
+                 assignment"
+            );
+        }
+        let assignments = self.consumer.context().assignments();
+        self.membership_doubt.set(Some(assignments));
+    }
+
+    /// Whether window writes wait for an assignment newer than the last membership error.
+    fn membership_in_doubt(&self) -> bool {
+        let Some(at) = self.membership_doubt.get() else {
+            return false;
+        };
+        if self.consumer.context().assignments() > at {
+            tracing::info!("assigned again after a membership error: window writes resume");
+            self.membership_doubt.set(None);
+            return false;
+        }
+        true
+    }
+
     /// Seeks each partition of a failed batch back to its first offset, so the next polls read
     /// the batch again. Partitions revoked meanwhile are skipped: their new owner starts from the
-    /// committed offset anyway.
-    fn rewind(&self, first_offsets: &BTreeMap<(String, i32), i64>) {
+    /// committed offset anyway. A failed seek is an error: the position stays past the batch.
+    fn rewind(&self, first_offsets: &BTreeMap<(String, i32), i64>) -> Result<(), String> {
         let assigned = self.consumer.context().assigned();
         for ((topic, partition), offset) in first_offsets {
             if !assigned.contains(&(topic.clone(), *partition)) {
@@ -485,9 +573,14 @@ impl Pipeline {
                 )
             };
             if let Err(e) = sought {
-                tracing::warn!(topic, partition, offset, error = %e, "seek failed");
+                return Err(format!(
+                    "seek failed: {topic} [{partition}] back to offset {offset}, the start of a \
+                     batch that did not commit ({e}); exiting, so that no later commit covers \
+                     that batch and the next instance resumes from the committed offsets"
+                ));
             }
         }
+        Ok(())
     }
 
     /// Sleeps up to `d`, waking early on shutdown.
@@ -503,6 +596,11 @@ impl Pipeline {
         }
     }
 }
+
+/// Why a batch is not written while a membership error is unresolved.
+const MEMBERSHIP_IN_DOUBT: &str = "an error said this member may no longer own its partitions \
+     (evicted, fenced or rebalancing); no window writes until its next assignment, re-reading \
+     instead";
 
 /// How one batch's good messages are written: rows to CQL and windows to Redis at the same time,
 /// which takes the CQL stage out of the ack → window latency.

@@ -264,6 +264,29 @@ impl Env {
         }
     }
 
+    /// Whether the group's committed offsets are at the end of every partition of the topic now.
+    pub async fn committed_to_end(&self) -> bool {
+        use rdkafka::{Offset, TopicPartitionList};
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let metadata = probe.fetch_metadata(Some(&self.topic), timeout).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(&self.topic, p.id());
+        }
+        let committed = probe.committed_offsets(tpl, timeout).unwrap();
+        committed.elements().iter().all(|e| {
+            let (_, high) = probe
+                .fetch_watermarks(&self.topic, e.partition(), timeout)
+                .unwrap();
+            high == 0 || e.offset() == Offset::Offset(high)
+        })
+    }
+
     /// The messages in `session`'s window, ascending by seq, decoded.
     pub async fn window(&self, session: &str) -> Vec<ChatMessage> {
         let mut con = chatlog::redis_connection().await;
