@@ -746,3 +746,65 @@ async fn pending_gaps_younger_than_the_settle_horizon() {
         );
     }
 }
+
+/// A real recovery gap inside the window (21..=1020, a hundred buckets of 10) is confirmed
+/// against the table a bounded walk at a time: at most `K` empty buckets per page, one query each,
+/// whatever the gap's length; the page then ends inside the gap and its cursor continues there.
+/// Paging through the whole session in either direction returns every message once and every
+/// seq of the gap as missing exactly once.
+#[tokio::test]
+async fn rollback_confirmation_of_a_long_gap_is_bounded_by_the_request() {
+    let mut fx = fixture(200, 10).await;
+    let present: Vec<i64> = (1..=20).chain(1021..=1030).collect();
+    fx.write(present.clone()).await;
+    assert_eq!(fx.window_seqs().await, present);
+    let k = fx.history.config().max_empty_buckets as u64;
+
+    let queries = fx.history.db_queries();
+    let page = fx.history.latest(&fx.sid, 15).await.unwrap();
+    // Bucket 102 holds seq 1020 (one IN query), then K empty buckets 101..=86.
+    assert_eq!(fx.history.db_queries() - queries, k + 1);
+    fx.assert_messages(&page, 1021..=1030);
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(860..=1030), Some(860))
+    );
+    assert_eq!(page.missing, (860..=1020).collect::<Vec<_>>());
+    assert!(page.pending.is_empty());
+
+    let (mut seqs, mut missing, mut next) = (page.seqs(), page.missing.clone(), page.next);
+    while let Some(cursor) = next {
+        let queries = fx.history.db_queries();
+        let page = fx.history.before(&fx.sid, cursor, 15).await.unwrap();
+        assert!(fx.history.db_queries() - queries <= k + 2, "{page:?}");
+        assert!(page.pending.is_empty());
+        seqs.splice(0..0, page.seqs());
+        missing.splice(0..0, page.missing.clone());
+        next = page.next;
+    }
+    assert_eq!(seqs, present);
+    assert_eq!(missing, (21..=1020).collect::<Vec<_>>());
+
+    // Ascending (client sync from 0): the same, bounded the same way, the gap's top aged by 1021.
+    let (mut seqs, mut missing, mut cursor) = (Vec::new(), Vec::new(), Some(0));
+    while let Some(after) = cursor {
+        let queries = fx.history.db_queries();
+        let page = fx.history.after(&fx.sid, after, 100).await.unwrap();
+        assert!(fx.history.db_queries() - queries <= k + 2, "{page:?}");
+        assert!(page.pending.is_empty(), "{page:?}");
+        seqs.extend(page.seqs());
+        missing.extend(page.missing.clone());
+        cursor = page.next;
+    }
+    assert_eq!(seqs, present);
+    assert_eq!(missing, (21..=1020).collect::<Vec<_>>());
+
+    // get: exactly the requested seqs, one IN query per bucket; the gap's seqs are missing.
+    let page = fx
+        .history
+        .get(&fx.sid, &[20, 21, 500, 1020, 1021])
+        .await
+        .unwrap();
+    fx.assert_messages(&page, [20, 1021]);
+    assert_eq!(page.missing, vec![21, 500, 1020]);
+}

@@ -13,22 +13,41 @@
 //! Every page lists its messages in ascending seq. `limit`/`n` are capped at
 //! [`HistoryConfig::max_limit`]; a capped page says so through [`Page::next`].
 //!
-//! # Covered range and `missing`
+//! # Covered range, `missing` and `pending`: the client contract
 //!
 //! Seqs are allocated per session before a message is produced and never reused, but not every seq
-//! becomes a message: seq recovery after a Redis loss skips the rest of a reserved segment. A client
-//! that sees a hole must learn that the hole is permanent, or it asks again forever. So each page
-//! carries [`Page::covered`], a closed seq range for which the page is *complete*: every message
-//! with a seq in it is in [`Page::messages`], and every other seq in it is in [`Page::missing`].
+//! becomes a message: seq recovery after a Redis loss skips the rest of a reserved segment, and a
+//! send that fails for good leaves its seq unused. A client that sees a hole must learn whether it
+//! is permanent, or it asks again forever. So each page carries [`Page::covered`], a closed seq
+//! range for which the page is *complete*: every seq in it is in exactly one of
+//! - [`Page::messages`]: the message;
+//! - [`Page::missing`]: **final** — the seq does not exist and never will; stop asking for it;
+//! - [`Page::pending`]: the seq does not exist *yet*, but it is too recent to call final (a send
+//!   still being retried, or one that a newer seq overtook: two Logic processes sending to one
+//!   session, a produce retried after later seqs landed). Ask again once
+//!   [`HistoryConfig::settle_horizon`] has passed: by then it is a message or `missing`.
 //!
-//! A seq is reported missing only when it is proven not to exist:
-//! - it is absent from a source that is complete for it (the window inside its own range, see
-//!   below, or the table), **and**
+//! Seqs outside `covered` are not described by the page: above it they may still be written
+//! (continue with `next`, or `after` later), below it they belong to the next page. For `get`,
+//! `covered` describes the *requested* seqs in it only.
+//!
+//! A seq is a gap (`missing` or `pending`) only when it is proven absent:
+//! - the table does not have it. A hole in the window is never taken for a gap on the window's
+//!   word: it is confirmed against the table first (see below). And
 //! - a message with a higher seq is known to exist (so the seq lies below the session's head), or
-//!   the seq is below 1 (seqs start at 1).
+//!   the seq is below 1 (seqs start at 1, always `missing`).
 //!
-//! The second condition is what keeps seqs that are merely not written *yet* (allocated, still in
-//! Kafka) out of `missing`: they are always above the newest message known. Concretely:
+//! The second condition keeps seqs that are merely not written *yet* (allocated, still in Kafka)
+//! out of both lists while they are above the newest message known. A gap's **age** is now minus
+//! the `server_time_us` of the nearest existing message above it (that message is what proves the
+//! gap lies below the head): younger than the settle horizon, the gap is `pending`; older,
+//! `missing`. For a gap at the top of `covered` (and for the gaps of `get`) that message lies
+//! outside the page: it is the first row above the gap if the table has one within a short look
+//! (the bucket of the seq right above it; `K` buckets for `get`), else the nearest message known
+//! above (the window's first member above it, or the head) — a later seq, so the gap can look
+//! younger, never older.
+//!
+//! Ranges:
 //! - `latest`: `[lo, head]` with `head` = the session's highest seq known (the window's newest
 //!   member, else the newest row found in the table) and `lo` = the oldest message returned, or 1
 //!   when the whole history was read.
@@ -39,32 +58,42 @@
 //! - `get`: `[lowest requested, min(highest requested, head)]`; requested seqs above the head are in
 //!   neither list (they may still be written).
 //!
-//! A seq that was allocated but is still on its way through Kafka while *newer* seqs are already
-//! stored (two Logic instances producing out of order) can be reported missing for that short
-//! time; a client that wants certainty re-reads holes near the head once before giving up on them.
-//!
 //! # When the window answers
 //!
 //! The window ([`crate::window`]) is a ZSET of the newest `W` members of a session, one member per
-//! seq. The consumer writes **every** message of a session into its window, and the only removals
-//! are trimming (which drops the *lowest* seqs) and expiry/deletion of the whole key. Hence, at any
-//! moment, the window is complete for the range `[min, max]` of its own members: a seq between them
-//! that is not a member was either never written (a gap, so not in CQL either) or is still in
-//! flight (see above). It also means the window's `max` is the session's head. The window *covers*
-//! a request when it is non-empty and its lowest seq is `<=` the lowest seq the request needs:
+//! seq. The consumer writes every message of a session into its window, and the only removals are
+//! trimming (which drops the *lowest* seqs) and expiry/deletion of the whole key; the window's
+//! `max` is taken as the session's head. History reads the window first. The window *covers* a
+//! request when it is non-empty and its lowest seq is `<=` the lowest seq the request needs:
 //! - `latest(n)`: it holds `n` members, or its lowest member is seq 1;
 //! - `before(x, limit)`: it holds `limit` members below `x`, or its lowest member is seq 1;
 //! - `after(x, limit)`: its lowest member is `<= x + 1`;
-//! - `get`: per seq, those inside `[min, max]`.
+//! - `get`: per seq, those that are members.
 //!
-//! Otherwise the table is read for the part below the window's lowest member only (the window
-//! answers the rest), and both are merged: deduplicated by seq, the higher `server_time_us` wins.
-//! When the window is empty or unreadable (expired, `FLUSHALL`, Redis down, a member that does not
-//! decode) the table answers alone: history degrades to the database, never to an error.
+//! Otherwise the table is read for the part below the window's lowest member (the window answers
+//! the rest), and both are merged: deduplicated by seq, the higher `server_time_us` wins. When the
+//! window is empty or unreadable (expired, `FLUSHALL`, Redis down, a member that does not decode)
+//! the table answers alone: history degrades to the database, never to an error.
 //!
-//! Caveat: a window deleted *between* two messages that Kafka delivered out of seq order (seq 6
-//! stored before the deletion, seq 5 after) restarts with `{5}` while the head is 6, until the next
-//! message. The window cannot detect this; [`crate::verify::verify_window`] can.
+//! **Holes.** The window is *not* trusted to be complete between its members. After a Redis
+//! rollback (a restart from an old RDB/AOF, a failover to a lagging replica) the window restarts
+//! from an older state and new messages land above the old head: `{1..100}` plus `{151..160}`,
+//! while 101..150 are in the table. A late old seq (a DLQ replay, a rewind, a zombie writer) can
+//! extend a short window downwards: `{150}` becomes `{120, 150}`. So every seq that a page's window
+//! part lacks between its lowest member and the top of the request is a *hole*, and holes are read
+//! from the table before anything is reported (`fill_holes`); rows found join the page (merge rules
+//! as above; the page keeps its newest `limit` for `latest`/`before`, its oldest for `after`), the
+//! rest are gaps. A request whose window part has no hole costs no query. The read is sized by the
+//! request, never by the hole: per bucket that holds holes, one `seq IN` query for up to 100 hole
+//! seqs, else one range read limited to the rows the page still has room for; the walk ends when
+//! the page is full, or after `K` consecutive empty buckets ([`HistoryConfig::max_empty_buckets`])
+//! — a long recovery gap then ends the page inside the gap, with `next` set there, exactly as a
+//! table walk does. `get` reads its holes as it reads any seq the window lacks: one `seq IN` per
+//! bucket, bounded by the request.
+//!
+//! A window whose *head* went back (a rollback with nothing written since) is not detected here:
+//! seqs above its `max` are simply not covered yet. The window writer resets windows whose Redis
+//! epoch is foreign; [`crate::verify::verify_window`] reports both kinds of difference.
 //!
 //! # Reading the table
 //!
@@ -482,6 +511,9 @@ struct Filled {
     stopped: bool,
     /// Whether the table was read.
     read: bool,
+    /// For an ascending walk that stopped inside a hole: the member right above the hole, which
+    /// ages the gap at the top of the page ([`Draft::above`]).
+    above: Option<(i64, i64)>,
 }
 
 impl Filled {
@@ -515,6 +547,7 @@ impl Filled {
             bound,
             stopped,
             read: false,
+            above: None,
         }
     }
 }
@@ -697,7 +730,8 @@ impl History {
     }
 
     /// The messages with the given seqs (any order, duplicates ignored). Requested seqs proven not
-    /// to exist are in `missing`; those above the newest message known are in neither list. More
+    /// to exist are in `missing` (or `pending` while younger than the settle horizon); those above
+    /// the newest message known are in neither list. More
     /// than [`HistoryConfig::max_limit`] distinct seqs is an [`Error::Request`]: a page never holds
     /// more, and quietly answering part of the request would read as "the rest do not exist".
     pub async fn get(&self, session_id: &str, seqs: &[i64]) -> Result<Page> {
@@ -813,15 +847,20 @@ impl History {
         let draft = match self.read_window(sid, WindowQuery::Before(x, limit)).await {
             Some(w) if w.min < x => {
                 // The window has members below x (at least its lowest one).
-                let (hi, above) = if w.max >= x {
-                    (x - 1, Some((w.max, w.max_time)))
-                } else {
-                    (w.max, None)
-                };
+                let hi = if w.max >= x { x - 1 } else { w.max };
                 let mut draft = self
                     .desc_from_window(sid, w.members, w.min, hi, limit)
                     .await?;
-                draft.above = above;
+                // x - 1 is a gap (rare: a cursor is the lowest seq of a page): its age is that of
+                // the nearest message above it, the window's first member at or above x unless the
+                // table has a nearer one.
+                if w.max >= x && draft.messages.last().is_none_or(|m| m.seq < hi) {
+                    draft.above = Some(
+                        self.window_member_from(sid, x)
+                            .await
+                            .unwrap_or((w.max, w.max_time)),
+                    );
+                }
                 draft
             }
             Some(w) => {
@@ -913,7 +952,9 @@ impl History {
                     Source::Window
                 };
                 let next = Some(filled.bound).filter(|&h| h < w.max);
-                Draft::new(filled.messages, (lo, filled.bound), source, next)
+                let mut draft = Draft::new(filled.messages, (lo, filled.bound), source, next);
+                draft.above = filled.above;
+                draft
             }
             Some(w) => {
                 self.count_db_read();
@@ -924,17 +965,23 @@ impl History {
                 } else {
                     let take = limit - scan.rows.len();
                     let from_window: Vec<ChatMessage> = w.members.into_iter().take(take).collect();
-                    let (source, hi, from_window) = match from_window.last().map(|m| m.seq) {
+                    let (source, hi, from_window, above) = match from_window.last().map(|m| m.seq) {
                         Some(top) => {
                             let filled = self
                                 .fill_holes(sid, from_window, w.min, top, take, Order::Asc)
                                 .await?;
-                            (Source::Both, Some(filled.bound), filled.messages)
+                            (
+                                Source::Both,
+                                Some(filled.bound),
+                                filled.messages,
+                                filled.above,
+                            )
                         }
                         None => (
                             Source::Database,
                             scan.rows.last().map(|m| m.seq),
                             Vec::new(),
+                            None,
                         ),
                     };
                     let Some(hi) = hi else {
@@ -942,7 +989,9 @@ impl History {
                     };
                     let messages = merge(from_window, scan.rows);
                     let next = Some(hi).filter(|&h| h < w.max);
-                    Draft::new(messages, (lo, hi), source, next)
+                    let mut draft = Draft::new(messages, (lo, hi), source, next);
+                    draft.above = above;
+                    draft
                 }
             }
             None => {
@@ -1067,6 +1116,7 @@ impl History {
         let (now, horizon) = (now_us(), self.horizon_us());
         // Walking down: the nearest message known above the current gap, and the lowest seq from
         // which up to it the table is known to hold nothing.
+        let k = self.inner.config.max_empty_buckets;
         let mut nearest = head;
         let mut clear_from = head.map_or(i64::MAX, |(h, _)| h);
         for &s in gaps.iter().rev() {
@@ -1078,7 +1128,7 @@ impl History {
             }
             let top = clear_from.min(nearest.map_or(i64::MAX, |(n, _)| n)) - 1;
             if s < top
-                && let Some(row) = self.first_row(sid, s + 1, top).await?
+                && let Some(row) = self.first_row(sid, s + 1, top, k).await?
             {
                 nearest = Some(row);
             }
@@ -1100,7 +1150,7 @@ impl History {
 
     /// Turns a draft into the page: its gaps, aged against the settle horizon, become `missing`
     /// or `pending`. A gap at the top of the covered range is aged by the first row above it
-    /// (looked up up to `K` buckets, below `draft.above`), else by `draft.above`.
+    /// (looked up in the next bucket only, below `draft.above`), else by `draft.above`.
     async fn finish(&self, sid: &str, draft: Draft) -> Result<Page> {
         let Draft {
             messages,
@@ -1121,7 +1171,7 @@ impl History {
             Some(&(_, b)) if b == hi => match above {
                 Some((k, t)) if k == hi + 1 => Some(t),
                 Some((k, t)) => Some(
-                    self.first_row(sid, hi + 1, k - 1)
+                    self.first_row(sid, hi.saturating_add(1), k - 1, 1)
                         .await?
                         .map_or(t, |(_, found)| found),
                 ),
@@ -1250,6 +1300,11 @@ impl History {
                 break;
             }
         }
+        // An ascending cut ends the page inside a hole: the member closing the hole ages it.
+        let above = cut
+            .filter(|_| !desc)
+            .and_then(|c| members.get(members.partition_point(|m| m.seq <= c)))
+            .map(stamp);
         let mut messages = merge(members, found);
         let (bound, stopped) = match cut {
             Some(c) => {
@@ -1260,6 +1315,9 @@ impl History {
         };
         let mut filled = Filled::cap(messages, bound, stopped, limit, order);
         filled.read = true;
+        if filled.bound == bound {
+            filled.above = above;
+        }
         Ok(filled)
     }
 
@@ -1337,6 +1395,32 @@ impl History {
             max_time,
             members,
         })
+    }
+
+    /// The window's lowest member at or above `seq` as (seq, version = `server_time_us`); `None`
+    /// if there is none or Redis fails (the caller has a fallback).
+    async fn window_member_from(&self, sid: &str, seq: i64) -> Option<(i64, i64)> {
+        let mut con = self.inner.redis.get();
+        let reply: Vec<(Vec<u8>, f64)> = match redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::window(sid))
+            .arg(seq)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut con)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                window_unreadable(sid, &e);
+                return None;
+            }
+        };
+        let (member, score) = reply.first()?;
+        let (version, _) = window::parse_member(member)?;
+        Some((*score as i64, version))
     }
 
     /// The window read of `latest(n)`: one `ZREVRANGE key 0 n-1` — atomic by itself — instead of
@@ -1493,12 +1577,18 @@ impl History {
         }
     }
 
-    /// The first row with `lo <= seq <= hi` as (seq, `server_time_us`), looked for in at most `K`
-    /// buckets from `lo` up.
-    async fn first_row(&self, sid: &str, lo: i64, hi: i64) -> Result<Option<(i64, i64)>> {
+    /// The first row with `lo <= seq <= hi` as (seq, `server_time_us`), looked for in at most
+    /// `buckets` buckets from `lo` up.
+    async fn first_row(
+        &self,
+        sid: &str,
+        lo: i64,
+        hi: i64,
+        buckets: u32,
+    ) -> Result<Option<(i64, i64)>> {
         let bs = self.inner.config.bucket_size;
         let first = messages::bucket_of(lo, bs);
-        let last = first.saturating_add(i64::from(self.inner.config.max_empty_buckets));
+        let last = first.saturating_add(i64::from(buckets));
         for bucket in first..last {
             let start = bucket.saturating_mul(bs);
             let end = start.saturating_add(bs - 1);

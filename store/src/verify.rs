@@ -1,12 +1,14 @@
 //! Checks one session's Redis window against the CQL `messages` table: the operators' tool behind
 //! `cargo run -p chatlog-store --example verify_window -- <session_id>`.
 //!
-//! History trusts the window to be complete between its lowest and highest member and its highest
-//! member to be the head (see [`crate::history`]). [`verify_window`] reads the whole window and the
-//! newest `W` rows of the table (`W` = [`WindowConfig::size`](crate::window::WindowConfig::size)),
-//! plus every row down to the window's lowest member, and reports:
+//! History takes the window's highest member to be the head and reads the window's holes from the
+//! table before reporting a gap (see [`crate::history`]). [`verify_window`] reads the whole window
+//! and the newest `W` rows of the table (`W` =
+//! [`WindowConfig::size`](crate::window::WindowConfig::size)), plus every row down to the window's
+//! lowest member, and reports:
 //! - `missing_in_window`: rows at or above the window's lowest member that the window lacks (a hole
-//!   history would report as a gap, or a window behind the table);
+//!   left by a Redis rollback or a late old seq, which history reads from the table at a cost, or a
+//!   window behind the table);
 //! - `older_than_window`: rows among the newest `W` below the window's lowest member (the window
 //!   holds fewer than `W`: normal after expiry or a flush, until new messages refill it);
 //! - `extra_in_window`: members with no row;
