@@ -1085,7 +1085,9 @@ impl History {
                 Source::Database
             }
         };
-        let (gap_missing, pending) = self.age_gaps(sid, &gaps, &found, head).await?;
+        let (gap_missing, pending) = self
+            .age_gaps(sid, &gaps, &found, head, window_known)
+            .await?;
         missing.extend(gap_missing);
         missing.sort_unstable();
         let hi = last.min(head.map_or(0, |(h, _)| h));
@@ -1101,13 +1103,17 @@ impl History {
 
     /// Sorts the gaps of a `get` (ascending, each below `head`) into (missing, pending), each
     /// aged by the nearest existing message above it: the nearest of `found`, `head` and the
-    /// first row the table has between the gap and them.
+    /// first row the table has between the gap and them (looked for in `K` buckets). When that
+    /// look finds nothing and there is a window, its first member above the gap stands in for the
+    /// head: a fixed message, where the head moves on with every new one and would keep an old
+    /// gap of a busy session pending.
     async fn age_gaps(
         &self,
         sid: &str,
         gaps: &[i64],
         found: &BTreeMap<i64, ChatMessage>,
         head: Option<(i64, i64)>,
+        window: bool,
     ) -> Result<(Vec<i64>, Vec<i64>)> {
         let (mut missing, mut pending) = (Vec::new(), Vec::new());
         if gaps.is_empty() {
@@ -1127,10 +1133,18 @@ impl History {
                 clear_from = k;
             }
             let top = clear_from.min(nearest.map_or(i64::MAX, |(n, _)| n)) - 1;
-            if s < top
-                && let Some(row) = self.first_row(sid, s + 1, top, k).await?
-            {
-                nearest = Some(row);
+            if s < top {
+                match self.first_row(sid, s + 1, top, k).await? {
+                    Some(row) => nearest = Some(row),
+                    None if window => {
+                        if let Some(member) = self.window_member_from(sid, s + 1).await
+                            && nearest.is_none_or(|(n, _)| member.0 < n)
+                        {
+                            nearest = Some(member);
+                        }
+                    }
+                    None => {}
+                }
             }
             clear_from = s;
             if young(nearest.map(|(_, t)| t), now, horizon) {
