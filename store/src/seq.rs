@@ -13,11 +13,13 @@
 //! # Paths
 //!
 //! - **Fast** ([`FAST_LUA`], one `EVALSHA`): an existing idempotency record is returned as a
-//!   duplicate; else if `cur < max` then `cur + 1` is handed out and the record written with a TTL.
-//!   Calls for one session are coalesced (group commit): while a session's call is in flight, the
-//!   requests that arrive for it queue, and the next call serves all of them in arrival order (up
-//!   to [`FAST_BATCH`]). An idle session pays one call as before; a busy one pays one call — one
-//!   round trip, one script run, one hash update — per batch instead of per message.
+//!   duplicate; else if the hash belongs to the serving Redis's epoch and `cur < max`, then
+//!   `cur + 1` is handed out and the record written with a TTL. Calls are coalesced (group
+//!   commit): sessions are spread over [`FAST_LANES`] lanes; while a lane's call is in flight, the
+//!   requests that arrive for any of its sessions queue, and the lane's next call serves all of
+//!   them (up to [`FAST_BATCH`]), each session's in arrival order. An idle lane pays one call per
+//!   request as before; a busy one pays one call — one round trip, one epoch check, one script
+//!   run — per batch instead of per message.
 //! - **Segment**: `cur == max`. The next segment `[ceiling + 1, ceiling + step]` is reserved with
 //!   `UPDATE … SET max_seq = ? IF max_seq = ?` (a brand-new session: `INSERT … IF NOT EXISTS`) and
 //!   installed with [`INSTALL_LUA`], which only ever moves `cur` and `max` **up**. A lost race
@@ -25,10 +27,12 @@
 //!   The step adapts between [`SeqConfig::min_segment`] and [`SeqConfig::max_segment`] (Meituan
 //!   Leaf style): doubled when the previous segment lasted less than
 //!   [`SeqConfig::segment_target_lifetime`], halved when it lasted more than twice that.
-//! - **Recover**: the hash is missing but the CQL ceiling exists (Redis lost its data, or the hash
-//!   expired after [`SeqConfig::idle_ttl`]). The hash is recreated as `cur = max = ceiling` — zero
-//!   capacity — so the next seq comes from a fresh segment above the ceiling: a gap, never a repeat
-//!   (WeChat seqsvr does the same).
+//! - **Recover**: the hash is missing, or was written in another epoch of Redis (see
+//!   [`crate::epoch`]: a restart from an RDB snapshot or an AOF, a failover to a lagging replica,
+//!   a restored backup — its `cur` may be below seqs already handed out), but the CQL ceiling
+//!   exists (or the hash expired after [`SeqConfig::idle_ttl`]). The hash is recreated as
+//!   `cur = max = ceiling` — zero capacity — in the current epoch, so the next seq comes from a
+//!   fresh segment above the ceiling: a gap, never a repeat (WeChat seqsvr does the same).
 //!
 //! # Why seqs never repeat
 //!
@@ -46,26 +50,24 @@
 //! concurrent callers that find the segment used up cause one LWT, not N contended Paxos rounds;
 //! several processes race through the LWT, and the loser re-reads the ceiling from the LWT's reply.
 //!
+//! A hash is trusted only in the epoch it was written in (its `ep` field against the serving
+//! instance's `run_id:master_replid`, read inside the script): whatever Redis lost by going back in
+//! time, the `cur` it now holds is never used, and the CQL ceiling — which only Paxos moves, and
+//! which is above every seq ever handed out — is where the session starts again.
+//!
 //! # Known limits
 //!
-//! - **Redis failover with asynchronous replication** can roll `cur` back while the hash still
-//!   exists (the promoted replica missed the last `HINCRBY`s): seqs would then **repeat**.
-//!   [`SeqConfig::wait_replicas`] closes this for failovers to a replica that acknowledged: the
-//!   fast-path call goes out in one pipeline with `WAIT <replicas> <timeout>`, and its seqs are
-//!   handed out only when that many replicas hold them (else [`Error::NotReplicated`]; the seqs
-//!   become a gap, and a retry with the same `client_msg_id` gets its seq back once replicated).
-//!   Segment installs need no wait: a promoted replica that missed one still has `cur == max` of
-//!   the segment before (every fast-path step of it was acknowledged), so it reserves a new segment
-//!   above the CQL ceiling — a gap. Redis does not promise that a failover picks an acknowledging
-//!   replica (Sentinel and Cluster prefer the most up-to-date one); deleting every
-//!   `chatlog:{*}:seq` hash after a failover is the manual fence that always holds: recovery from
-//!   the ceiling is always safe.
-//! - Idempotency records live in Redis: a retry after Redis lost them is allocated a new seq (the
-//!   message is stored twice, under two seqs). Readers may deduplicate by `client_msg_id`.
+//! - **Idempotency records** live in Redis. A record that survives a rollback still names the
+//!   seq its message got (seqs never repeat), so it is honoured in any epoch. A record that the
+//!   rollback lost cannot be honoured: a retry of that `client_msg_id` is allocated a new seq, and
+//!   if the first send had reached Kafka the message is stored twice, under two seqs (never one
+//!   seq with two messages). Readers may deduplicate by `client_msg_id`. [`SeqConfig::wait_replicas`]
+//!   narrows this for failovers: with it, records are on a replica before their seq is handed out.
 //! - A double failure — Redis losing its data *twice* while one allocator is paused between the
 //!   first LWT of a brand-new session and its install — can hand out a seq lower than one already
 //!   handed out (still never a repeat).
-//! - Gaps are normal: after recovery, after a lost LWT race, and at every idle expiry.
+//! - Gaps are normal: after recovery, after a lost LWT race, and at every idle expiry; and once
+//!   per session when a Redis master gets its first replica (its `master_replid` changes).
 //!
 //! # Metrics
 //!
@@ -292,10 +294,11 @@ pub struct SeqConfig {
     /// Default 16.
     pub max_attempts: u32,
     /// Redis replicas that must hold an allocation before its seq is handed out (Redis `WAIT`,
-    /// sent in the same pipeline as the fast-path call), so that a failover to one of them cannot
-    /// hand the seq out again. `0` (default): no wait — for a Redis without replicas. With
-    /// replicas, `1` costs one replica round trip per fast-path call (calls are per batch of a
-    /// session's concurrent sends, see the module docs).
+    /// sent in the same pipeline as the fast-path call). Seqs never repeat without it (a failover
+    /// is a new epoch, see the module docs); with it, a failover to one of those replicas also
+    /// keeps the idempotency records and the session's segment (no recovery gap). `0` (default):
+    /// no wait. With replicas, `1` costs one replica round trip per fast-path call (one call
+    /// serves a batch of concurrent requests, see the module docs).
     pub wait_replicas: u32,
     /// How long `WAIT` may take to gather [`wait_replicas`](Self::wait_replicas) acknowledgements;
     /// fewer by then fails the allocation with [`Error::NotReplicated`] (retriable). While it waits,
