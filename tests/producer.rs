@@ -572,3 +572,60 @@ async fn the_sasl_login_is_used_and_a_wrong_password_never_shows() {
         "only the message with the right login arrived"
     );
 }
+
+/// A retried send is re-produced under its first seq only while it can still land inside the
+/// settle horizon (so history never reports it `missing` and shows it later): here the horizon is
+/// 60 s and `message_timeout` 30 s, so a first allocation 45 s old is refused with `Settled`, and
+/// nothing is produced; one 5 s old is re-produced as a duplicate.
+#[tokio::test]
+async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced() {
+    let (producer, topic) = setup(1, |c| {
+        c.message_timeout = Duration::from_secs(30);
+        c.settle_horizon = Duration::from_secs(60);
+    })
+    .await;
+    let session = unique("late");
+    let now_us = chatlog::now_ms() * 1000;
+    let old = producer
+        .allocator()
+        .allocate(&session, "late", "m-first-try", now_us - 45_000_000)
+        .await
+        .expect("a first allocation 45 s ago");
+    let err = producer
+        .send(message(&session, "late", "retried"))
+        .await
+        .expect_err("too late to produce seq again");
+    match &err {
+        Error::Settled { seq, msg_id, age } => {
+            assert_eq!((*seq, msg_id.as_str()), (old.seq, "m-first-try"));
+            assert!(*age >= Duration::from_secs(45), "{age:?}");
+        }
+        other => panic!("expected Settled, got {other}"),
+    }
+    assert!(!err.is_retriable());
+    assert_eq!(err.reason(), "settled");
+
+    let recent = producer
+        .allocator()
+        .allocate(&session, "recent", "m-recent", now_us - 5_000_000)
+        .await
+        .expect("a first allocation 5 s ago");
+    let sent = producer
+        .send(message(&session, "recent", "retried"))
+        .await
+        .expect("re-produced");
+    assert!(sent.duplicate);
+    assert_eq!((sent.seq, sent.msg_id.as_str()), (recent.seq, "m-recent"));
+    producer.flush(TIMEOUT).await.expect("flush");
+    let records = read_back(&topic, 1, 1).await;
+    let codec = Codec::default();
+    let seqs: Vec<i64> = records
+        .iter()
+        .map(|r| codec.decode(&r.payload).expect("decode").seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![recent.seq],
+        "only the recent retry reached Kafka"
+    );
+}

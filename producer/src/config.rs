@@ -68,6 +68,15 @@ pub struct ProducerConfig {
     /// after that the send fails with a retriable error.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
+    /// The settle horizon of history (must equal the readers'
+    /// [`HistoryConfig::settle_horizon`](chatlog_store::history::HistoryConfig::settle_horizon)):
+    /// a gap younger than this is reported `pending`, an older one `missing`, which clients take
+    /// as final. So a retried send (same `client_msg_id`) is re-produced under its first seq only
+    /// while it can still land inside the horizon — its first allocation younger than
+    /// `settle_horizon - message_timeout`; later it fails with [`Error::Settled`]. Must be larger
+    /// than `message_timeout`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub settle_horizon: Duration,
     /// Size limits of a message, checked before anything is allocated or sent (the consumer
     /// checks the same ones).
     #[serde(deserialize_with = "de_limits")]
@@ -95,6 +104,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             max_in_flight: 10_000,
             message_timeout: Duration::from_secs(30),
+            settle_horizon: Duration::from_secs(60),
             limits: Limits::default(),
             seq: SeqConfig::default(),
             schema_header: false,
@@ -154,6 +164,13 @@ impl ProducerConfig {
         }
         if self.message_timeout < Duration::from_millis(1) {
             return bad("message_timeout must be at least 1ms".into());
+        }
+        if self.settle_horizon <= self.message_timeout {
+            return bad(format!(
+                "settle_horizon ({:?}) must be larger than message_timeout ({:?}): a record may \
+                 land message_timeout after its send, and must still land inside the horizon",
+                self.settle_horizon, self.message_timeout
+            ));
         }
         self.security
             .properties()
@@ -290,6 +307,12 @@ mod tests {
         c.max_in_flight = 1;
         c.seq.max_segment = 1;
         assert!(c.validate().is_err(), "seq config is validated too");
+        let c = ProducerConfig {
+            settle_horizon: Duration::from_secs(30),
+            ..ProducerConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("settle_horizon"), "{err}");
     }
 }
 

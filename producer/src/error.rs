@@ -28,6 +28,24 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// A retried send whose first allocation is too old to be produced again: its seq could
+    /// land only after history may have reported it `missing` (see
+    /// [`ProducerConfig::settle_horizon`](crate::ProducerConfig::settle_horizon)). Nothing was
+    /// sent. Look the seq up in history: if it is there, the first send was stored (acknowledge
+    /// that); if it is missing, send the message again under a new `client_msg_id`.
+    #[error(
+        "client_msg_id was allocated seq {seq} ({msg_id}) {age:?} ago, past the settle horizon: \
+         not produced again; look seq {seq} up in history, and if it is missing send the message \
+         under a new client_msg_id"
+    )]
+    Settled {
+        /// The seq of the first allocation.
+        seq: i64,
+        /// The msg_id of the first allocation.
+        msg_id: String,
+        /// How long ago it was allocated.
+        age: std::time::Duration,
+    },
     /// The producer was closed.
     #[error("producer is closed")]
     Closed,
@@ -43,7 +61,11 @@ impl Error {
             Error::Kafka { retriable, .. } => *retriable,
             // Redis or CQL may be back; the idempotency record makes the retry safe.
             Error::Allocation(e) => !matches!(e, chatlog_store::Error::Config(_)),
-            Error::Invalid(_) | Error::Encode(_) | Error::Closed | Error::Config(_) => false,
+            Error::Invalid(_)
+            | Error::Encode(_)
+            | Error::Settled { .. }
+            | Error::Closed
+            | Error::Config(_) => false,
         }
     }
 
@@ -54,6 +76,7 @@ impl Error {
             Error::Allocation(_) => "allocation",
             Error::Encode(_) => "encode",
             Error::Kafka { .. } => "kafka",
+            Error::Settled { .. } => "settled",
             Error::Closed => "closed",
             Error::Config(_) => "config",
         }

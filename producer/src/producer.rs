@@ -84,6 +84,9 @@ struct Inner {
     /// Per session with a turn under way: the sends waiting for the next turn.
     turns: Arc<SessionQueues<Waiting>>,
     schema_header: Option<String>,
+    /// A duplicate allocation older than this is not produced again (`settle_horizon -
+    /// message_timeout`, see [`ProducerConfig::settle_horizon`]).
+    reproduce_within: Duration,
 }
 
 /// A validated send with its in-flight permit, waiting for its session's next turn.
@@ -164,6 +167,7 @@ impl Producer {
                 max_in_flight,
                 turns: Arc::new(SessionQueues::new(ORDER_SHARDS)),
                 schema_header,
+                reproduce_within: config.settle_horizon.saturating_sub(config.message_timeout),
             }),
         })
     }
@@ -392,6 +396,17 @@ impl Producer {
         permit: OwnedSemaphorePermit,
     ) -> Result<Pending> {
         let inner = &*self.inner;
+        if alloc.duplicate {
+            let age =
+                Duration::from_micros(now_us().saturating_sub(alloc.server_time_us).max(0) as u64);
+            if age > inner.reproduce_within {
+                return Err(Error::Settled {
+                    seq: alloc.seq,
+                    msg_id: alloc.msg_id,
+                    age,
+                });
+            }
+        }
         message.seq = alloc.seq;
         message.msg_id.clone_from(&alloc.msg_id);
         message.server_time_us = alloc.server_time_us;
