@@ -93,6 +93,30 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// librdkafka's `heartbeat.interval.ms`: from `properties`, else its default (3 s).
+    pub fn heartbeat_interval(&self) -> Result<Duration> {
+        match self.properties.0.get("heartbeat.interval.ms") {
+            None => Ok(Duration::from_secs(3)),
+            Some(ms) => ms.trim().parse().map(Duration::from_millis).map_err(|_| {
+                Error::Config(format!(
+                    "kafka.properties: heartbeat.interval.ms = {ms:?} is not a number of ms"
+                ))
+            }),
+        }
+    }
+
+    /// How long after the poll that returned a batch's first record began its windows may still
+    /// be written (the self-fence, see `Pipeline::write`). The coordinator evicts a member whose
+    /// last heartbeat is a session timeout old, and the last heartbeat before a freeze may be a
+    /// heartbeat interval old already, so a freeze of `session_timeout − heartbeat interval` can
+    /// be enough; the fence is 80 % of that.
+    pub fn window_fence(&self) -> Duration {
+        let heartbeat = self.heartbeat_interval().unwrap_or(Duration::from_secs(3));
+        self.session_timeout.saturating_sub(heartbeat).mul_f64(0.8)
+    }
+}
+
 /// How records are gathered into one transaction.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -226,6 +250,22 @@ impl Config {
         if self.window.size == 0 {
             return Err(Error::Config("window.size must be at least 1".into()));
         }
+        // A batch must be able to reach its window writes before its fence: otherwise no window
+        // would ever be written and every batch rewound.
+        let heartbeat = k.heartbeat_interval()?;
+        if heartbeat >= k.session_timeout {
+            return Err(Error::Config(format!(
+                "heartbeat.interval.ms ({heartbeat:?}) must stay below kafka.session_timeout"
+            )));
+        }
+        let fence = k.window_fence();
+        if self.batch.linger * 2 > fence {
+            return Err(Error::Config(format!(
+                "batch.linger ({:?}) must be at most half the window fence ({fence:?}: 80% of \
+                 kafka.session_timeout minus heartbeat.interval.ms)",
+                self.batch.linger
+            )));
+        }
         // One batch must fit comfortably in a transaction and between two polls.
         let budget = self.retry.stage_budget * 2 + self.batch.linger;
         if budget >= k.transaction_timeout.min(k.max_poll_interval) {
@@ -268,6 +308,36 @@ mod tests {
         c.batch.max_bytes = c.batch.max_record_bytes - 1;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("batch.max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_window_fence_leaves_room_for_the_last_heartbeat_before_a_freeze() {
+        let mut c = Config::default();
+        // 10 s session, 3 s heartbeats: a 7 s freeze can evict; the fence is 80 % of that.
+        assert_eq!(c.kafka.window_fence(), Duration::from_millis(5600));
+        c.kafka
+            .properties
+            .0
+            .insert("heartbeat.interval.ms".into(), "1000".into());
+        assert_eq!(c.kafka.window_fence(), Duration::from_millis(7200));
+        c.validate().unwrap();
+        c.batch.linger = Duration::from_secs(4);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("batch.linger"), "{err}");
+        c.batch.linger = Duration::from_millis(10);
+        c.kafka
+            .properties
+            .0
+            .insert("heartbeat.interval.ms".into(), "10000".into());
+        assert!(
+            c.validate().is_err(),
+            "heartbeats slower than the session timeout"
+        );
+        c.kafka
+            .properties
+            .0
+            .insert("heartbeat.interval.ms".into(), "3s".into());
+        assert!(c.validate().is_err(), "not a number");
     }
 
     #[test]

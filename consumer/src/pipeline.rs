@@ -83,9 +83,36 @@ pub struct Pipeline {
     runtime: Handle,
     shutdown: CancellationToken,
     health: Arc<Health>,
-    /// Set by an error meaning this member may no longer own its partitions, to the number of
-    /// assignments it had then; windows are written again once a newer assignment came.
-    membership_doubt: Cell<Option<u64>>,
+    /// Whether windows may be written, as far as membership errors tell.
+    membership: Cell<MembershipGate>,
+}
+
+/// Closed by an error meaning this member may no longer own its partitions, until librdkafka
+/// delivers a newer assignment (one follows every rebalance the member takes part in, even an
+/// empty one, so a member that rejoins always reopens it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MembershipGate {
+    /// The number of assignments seen when the last membership error came; `None`: open.
+    closed_at: Option<u64>,
+}
+
+impl MembershipGate {
+    /// A membership error, with `assignments` assignments seen so far.
+    fn close(&mut self, assignments: u64) {
+        self.closed_at = Some(assignments);
+    }
+
+    /// Whether windows may be written with `assignments` assignments seen so far; reopens once
+    /// one came after the error.
+    fn open(&mut self, assignments: u64) -> bool {
+        match self.closed_at {
+            Some(at) if assignments <= at => false,
+            _ => {
+                self.closed_at = None;
+                true
+            }
+        }
+    }
 }
 
 /// Records polled for one transaction.
@@ -135,7 +162,7 @@ impl Pipeline {
             runtime: Handle::current(),
             shutdown,
             health,
-            membership_doubt: Cell::new(None),
+            membership: Cell::new(MembershipGate::default()),
         })
     }
 
@@ -167,8 +194,13 @@ impl Pipeline {
         );
         let mut backoff = self.config.retry.initial_backoff;
         while !self.shutdown.is_cancelled() {
-            let Some(batch) = self.collect() else {
-                continue;
+            let batch = match self.collect() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => continue,
+                Err(why) => {
+                    self.health.set_ready(false);
+                    return Err(Error::Fatal(why));
+                }
             };
             let first_offsets = first_offsets(&batch.records);
             match self.process(batch) {
@@ -197,8 +229,9 @@ impl Pipeline {
     }
 
     /// Polls until `max_records` records or `max_bytes`, `linger` after the first one, or
-    /// shutdown. `None`: no records.
-    fn collect(&self) -> Option<Batch> {
+    /// shutdown. `None`: no records. An error: librdkafka reported a fatal consumer error (e.g.
+    /// fenced by a newer member with the same `group_instance_id`); the consumer is unusable.
+    fn collect(&self) -> Result<Option<Batch>, String> {
         let max = self.config.batch.max_records;
         let max_bytes = self.config.batch.max_bytes;
         let mut batch = Vec::new();
@@ -240,6 +273,9 @@ impl Pipeline {
                     batch.push(record);
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
                 }
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    return Err(format!("fatal consumer error: {e}"));
+                }
                 Some(Err(e)) => {
                     if kafka::means_membership_lost(&e) {
                         self.doubt_membership(&e);
@@ -273,10 +309,10 @@ impl Pipeline {
                 }
             }
         }
-        Some(Batch {
-            polled_from: polled_from?,
+        Ok(polled_from.map(|polled_from| Batch {
+            polled_from,
             records: batch,
-        })
+        }))
     }
 
     /// decode → write (cql ‖ redis) → commit, for one batch.
@@ -349,15 +385,16 @@ impl Pipeline {
     /// are harmless (same rows, same timestamps), but its window writes after a Redis loss
     /// could refill a window with old messages below the new owner's, leaving a hole that
     /// history would trust. So windows are written only while the batch is younger than the
-    /// fence — 80 % of the session timeout since the poll that returned its first record began,
-    /// on CLOCK_BOOTTIME — and not at all between a membership error and the next assignment.
+    /// fence ([`KafkaConfig::window_fence`](crate::config::KafkaConfig::window_fence) since the
+    /// poll that returned its first record began, on CLOCK_BOOTTIME), and not at all between a
+    /// membership error and the next assignment.
     fn write(&self, good: &[Good], polled_from: BootInstant) -> Result<(), Failed> {
         if self.membership_in_doubt() {
             metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
             return Err(Failed::Rewind(MEMBERSHIP_IN_DOUBT.into()));
         }
         let plan = WritePlan::new(good, self.windows.config().size);
-        let fence = polled_from + self.config.kafka.session_timeout.mul_f64(0.8);
+        let fence = polled_from + self.config.kafka.window_fence();
         self.runtime.block_on(async {
             let rows = self.retry("cql", None, || self.writer.write(&plan.rows));
             let windows = async {
@@ -411,9 +448,10 @@ impl Pipeline {
             if let Some(fence) = fence {
                 let why = if BootInstant::now() > fence {
                     Some(
-                        "the batch is older than 80% of the session timeout (since the poll that \
-                         returned its first record); this consumer may have been frozen or \
-                         suspended and evicted, so it does not write and re-reads instead",
+                        "the batch is older than the window fence (80% of the session timeout \
+                         minus a heartbeat interval, since the poll that returned its first \
+                         record); this consumer may have been frozen or suspended and evicted, \
+                         so it does not write and re-reads instead",
                     )
                 } else if self.membership_in_doubt() {
                     Some(MEMBERSHIP_IN_DOUBT)
@@ -527,28 +565,28 @@ impl Pipeline {
     /// An error said this member may no longer own its partitions: no window writes until its
     /// next assignment (a rejoin follows such errors).
     fn doubt_membership(&self, e: &KafkaError) {
-        if self.membership_doubt.get().is_none() {
+        let mut gate = self.membership.get();
+        if gate.closed_at.is_none() {
             tracing::warn!(
                 error = %e,
                 "this member may no longer own its partitions: no window writes until its next \
                  assignment"
             );
         }
-        let assignments = self.consumer.context().assignments();
-        self.membership_doubt.set(Some(assignments));
+        gate.close(self.consumer.context().assignments());
+        self.membership.set(gate);
     }
 
     /// Whether window writes wait for an assignment newer than the last membership error.
     fn membership_in_doubt(&self) -> bool {
-        let Some(at) = self.membership_doubt.get() else {
-            return false;
-        };
-        if self.consumer.context().assignments() > at {
+        let mut gate = self.membership.get();
+        let was_closed = gate.closed_at.is_some();
+        let open = gate.open(self.consumer.context().assignments());
+        self.membership.set(gate);
+        if open && was_closed {
             tracing::info!("assigned again after a membership error: window writes resume");
-            self.membership_doubt.set(None);
-            return false;
         }
-        true
+        !open
     }
 
     /// Seeks each partition of a failed batch back to its first offset, so the next polls read
@@ -781,6 +819,21 @@ mod tests {
         assert!(!plan.windows_after_trimmed_rows.contains_key("few"));
         // Every message is written exactly once.
         assert_eq!(plan.rows.len() + plan.trimmed_rows.len(), batch.len());
+    }
+
+    #[test]
+    fn a_membership_error_closes_window_writes_until_a_newer_assignment() {
+        let mut gate = MembershipGate::default();
+        assert!(gate.open(0), "open at start");
+        gate.close(3);
+        assert!(!gate.open(3), "no assignment since the error");
+        assert!(!gate.open(3), "still closed");
+        assert!(gate.open(4), "a newer assignment reopens");
+        assert!(gate.open(4));
+        // A second error after that assignment waits for the next one again.
+        gate.close(4);
+        assert!(!gate.open(4));
+        assert!(gate.open(7));
     }
 
     #[test]

@@ -55,14 +55,17 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     let env = Env::new("zombie", 1, 10).await;
     let s = chatlog::unique("zmb");
     let base = base_time_us();
-    // The broker's smallest session timeout: the freeze below outlasts it by far.
-    let (_dir, config) = config_file("[kafka]\nsession_timeout = \"6s\"\n");
+    // The broker's smallest session timeout, heartbeats every second: a window fence of 4 s.
+    let (_dir, config) = config_file(
+        "[kafka]\nsession_timeout = \"6s\"\n\
+         [kafka.properties]\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    );
 
-    // The zombie-to-be lingers 3 s on a batch once it has its first record, and is frozen then:
+    // The zombie-to-be lingers 2 s on a batch once it has its first record, and is frozen then:
     // it resumes (long after the linger) holding records it polled before it was evicted.
     let zombie = env.spawn_consumer(
         &chatlog::unique("zombie_old"),
-        &["--config", &config, "--linger", "3s"],
+        &["--config", &config, "--linger", "2s"],
     );
     zombie.wait_log(
         "partitions assigned to this consumer",
