@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The chaos harness (docs/RELIABILITY.md): local stack up, build, one chaos run, the summary line.
 #
-#   dev/chaos.sh ci   [chatlog-chaos flags…]   50k messages, 5 kill -9 + one of each other fault (debug build)
-#   dev/chaos.sh full [chatlog-chaos flags…]   1,000,000 messages, 20 kill -9, 3 rebalances, Kafka restart,
-#                                               Redis restart + FLUSHALL, Cassandra SIGSTOP 10 s, 1 % poison
-#                                               (release build)
+#   dev/chaos.sh ci   [chatlog-chaos flags…]   108k messages, W = 200, every fault kind at least once
+#                                               (5 kill -9, 10 late sends, one of each other kind; debug
+#                                               build, ~4 minutes); CI runs it as a step of dev/test.sh
+#   dev/chaos.sh full [chatlog-chaos flags…]   1,000,000 messages, 20 kill -9, 3 rebalances, 2 rollbacks,
+#                                               2 failovers, 2 poll zombies, 2 two-producer periods, 50 late
+#                                               sends, one of each other kind, 1 % poison (release build)
 #
-# Exit status: 0 when nothing was lost, duplicated or reordered and every window was right; 1 when the
-# checker found something; 2 when the run could not be carried out. The report (JSON) goes to
+# It prints one summary line:
+#   chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0 overwritten, 0 false missing, K faults injected (kill=…, …)
+# Exit status: 0 when every count is 0, every message was acknowledged and every planned fault injected;
+# 1 when the checker found something; 2 when the run could not be carried out. The report (JSON) goes to
 # target/chaos/ (CHATLOG_CHAOS_OUT moves it); events.log and the consumer logs to the run folder it names.
+# CHATLOG_CHAOS_BUILD=0 skips the cargo build (dev/test.sh: `cargo test` has just built both binaries).
 #
-# DANGER: the run restarts Kafka, restarts and flushes Redis and pauses Cassandra of the stack that
-# CHATLOG_STACK_DIR and the CHATLOG_*_PORT variables select (dev/stack.sh's defaults otherwise). Do not
-# run it against a stack other people are testing against; give it its own, e.g.
+# DANGER: the run restarts Kafka, restarts, flushes and rolls back Redis, fails it over to a replica it
+# starts on CHATLOG_REDIS_REPLICA_PORT (default: the Redis port + 1) and pauses Cassandra of the stack
+# that CHATLOG_STACK_DIR and the CHATLOG_*_PORT variables select (dev/stack.sh's defaults otherwise).
+# Do not run it against a stack other people are testing against; give it its own, e.g.
 #   CHATLOG_STACK_DIR=/tmp/chaos-stack CHATLOG_KAFKA_PORT=19092 CHATLOG_KAFKA_CONTROLLER_PORT=19093 CHATLOG_KAFKA_SASL_PORT=19094 \
 #   CHATLOG_CQL_PORT=19042 CHATLOG_CASSANDRA_STORAGE_PORT=17000 CHATLOG_REDIS_PORT=16390 dev/chaos.sh ci
 set -euo pipefail
@@ -30,9 +36,14 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs
 dev/stack.sh up
 # shellcheck disable=SC1090
 eval "$(dev/stack.sh env)"
-cargo build "${release[@]}" --locked -p chatlog-consumer -p chatlog-chaos
+if [ "${CHATLOG_CHAOS_BUILD:-1}" != 0 ]; then
+  cargo build "${release[@]}" --locked -p chatlog-consumer -p chatlog-chaos
+fi
 
 target="${CARGO_TARGET_DIR:-target}"
+for bin in chatlog-chaos chatlog-consumer; do
+  [ -x "$target/$profile/$bin" ] || { echo "$target/$profile/$bin is missing (build it, or unset CHATLOG_CHAOS_BUILD)" >&2; exit 2; }
+done
 out="${CHATLOG_CHAOS_OUT:-$target/chaos}"
 mkdir -p "$out"
 json="$out/chaos-$size-$(date +%Y%m%d-%H%M%S).json"

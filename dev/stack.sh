@@ -8,6 +8,8 @@
 #   dev/stack.sh env                                  the CHATLOG_* variables the tests and tools read
 #   dev/stack.sh reset                                down + delete all data (jars stay cached)
 #   dev/stack.sh is-up                                exit 0 if Kafka, Cassandra and Redis all run
+#   dev/stack.sh redis-snapshot FILE                  BGSAVE Redis, move the RDB to FILE
+#   dev/stack.sh redis-rollback FILE                  kill -9 Redis, start it again from FILE (an older RDB)
 #
 # Idempotent: `up` on a running service only checks it; `down` then `up` starts again on the same data.
 # Readiness is the service's own signal (Kafka's and Cassandra's startup log lines, Redis PING), not an
@@ -337,22 +339,75 @@ cassandra_wait() {
 
 # ---------------------------------------------------------------------------------------------- redis
 
-redis_start() {
-  apt_install redis-server redis-tools
-  if pid_alive redis && [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
-    log "redis already running on 127.0.0.1:$REDIS_PORT"; return 0
-  fi
+# The dev Redis keeps no data across a restart (no automatic saves, no AOF): `down` then `up` is an
+# empty Redis. Snapshots are explicit: `redis-snapshot FILE` (BGSAVE, the RDB moved to FILE) and
+# `redis-rollback FILE` (kill -9, then a start that loads FILE: Redis back in time, as after a crash
+# recovered from an older RDB). The chaos harness uses both.
+REDIS_RDB="$DATA_DIR/dump.rdb"
+
+redis_launch() { # start redis-server on $DATA_DIR, loading $REDIS_RDB if present; wait for PONG
   port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another process; set CHATLOG_REDIS_PORT"
   log "starting redis on 127.0.0.1:$REDIS_PORT"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$DATA_DIR" \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$DATA_DIR" --dbfilename dump.rdb \
     || die "redis-server failed; log: $LOG_DIR/redis.log"
   local i
-  for i in $(seq 1 100); do
+  # While an RDB loads, PING answers LOADING: ready means PONG.
+  for i in $(seq 1 300); do
     [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && { log "redis ready on 127.0.0.1:$REDIS_PORT"; return 0; }
     sleep 0.1
   done
   die "redis did not answer PING; log: $LOG_DIR/redis.log"
+}
+
+redis_start() {
+  apt_install redis-server redis-tools
+  if pid_alive redis && [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
+    # A harness that died in the middle of a failover may have left it a replica; it is the primary.
+    if [ "$(redis-cli -p "$REDIS_PORT" role 2>/dev/null | head -1)" = slave ]; then
+      log "redis on 127.0.0.1:$REDIS_PORT was a replica; REPLICAOF NO ONE"
+      redis-cli -p "$REDIS_PORT" replicaof no one >/dev/null
+    fi
+    log "redis already running on 127.0.0.1:$REDIS_PORT"; return 0
+  fi
+  # No persistence: a dump left here can only be a snapshot's leftover, never this Redis's data.
+  rm -f "$REDIS_RDB"
+  redis_launch
+}
+
+redis_snapshot() { # redis_snapshot FILE: BGSAVE, wait until written, move the RDB to FILE
+  local file="${1:-}" i
+  [ -n "$file" ] || die "usage: dev/stack.sh redis-snapshot FILE"
+  pid_alive redis || die "redis is not running"
+  redis-cli -p "$REDIS_PORT" bgsave >/dev/null || die "BGSAVE failed"
+  local info=""
+  for i in $(seq 1 600); do
+    info="$(redis-cli -p "$REDIS_PORT" info persistence | tr -d '\r')"
+    [[ "$info" == *rdb_bgsave_in_progress:0* ]] && break
+    sleep 0.1
+  done
+  [[ "$info" == *rdb_bgsave_in_progress:0* && "$info" == *rdb_last_bgsave_status:ok* ]] \
+    || die "BGSAVE did not finish or failed; log: $LOG_DIR/redis.log"
+  [ -f "$REDIS_RDB" ] || die "BGSAVE wrote no $REDIS_RDB"
+  mkdir -p "$(dirname "$file")"
+  mv "$REDIS_RDB" "$file"
+  log "redis snapshot in $file ($(stat -c %s "$file") bytes)"
+}
+
+redis_rollback() { # redis_rollback FILE: kill -9 redis, start it from FILE
+  local file="${1:-}" pid i
+  [ -f "$file" ] || die "usage: dev/stack.sh redis-rollback FILE (an RDB from redis-snapshot)"
+  if pid_alive redis; then
+    pid="$(cat "$RUN_DIR/redis.pid")"
+    log "kill -9 redis (pid $pid)"
+    kill -9 "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  rm -f "$RUN_DIR/redis.pid"
+  cp "$file" "$REDIS_RDB"
+  redis_launch
+  rm -f "$REDIS_RDB"
+  log "redis restarted from $file"
 }
 
 # ------------------------------------------------------------------------------------ the other tools
@@ -429,8 +484,10 @@ main() {
     status) status ;;
     is-up) pid_alive kafka && pid_alive cassandra && pid_alive redis ;;
     env) print_env ;;
+    redis-snapshot) redis_snapshot "${2:-}" ;;
+    redis-rollback) redis_rollback "${2:-}" ;;
     reset) stop_pid kafka; stop_pid cassandra; stop_pid redis; rm -rf "$DATA_DIR" "$STACK_DIR/conf"; log "data deleted" ;;
-    *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
   esac
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, against the real local stack: brings the stack up (installing what is missing), checks
-# formatting, lints and the dependency policy, then runs the whole test suite of the workspace.
-# Extra arguments go to `cargo test`.
+# formatting, lints and the dependency policy, runs the whole test suite of the workspace, then the
+# chaos harness's CI size (`dev/chaos.sh ci`, ~4 minutes), which prints its summary line. Extra
+# arguments go to `cargo test`; CHATLOG_SKIP_CHAOS=1 skips the chaos step (e.g. a filtered test run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
@@ -60,3 +61,11 @@ fi
 
 step "tests"
 cargo test --workspace --all-targets --locked "$@"
+
+# Its own step, after every other test: it restarts Kafka and Redis (flush, rollback, failover) and
+# pauses Cassandra of this stack, which no other test may see. `cargo test` has just built both of its
+# binaries (the chaos and consumer crates have integration tests), so nothing is built again.
+if [ "${CHATLOG_SKIP_CHAOS:-0}" != 1 ]; then
+  step "chaos harness, ci size (docs/RELIABILITY.md)"
+  CHATLOG_CHAOS_BUILD=0 dev/chaos.sh ci
+fi

@@ -59,7 +59,11 @@ pub struct Findings {
     pub reordered: usize,
     /// See the module docs.
     pub window_mismatches: usize,
-    /// The parts of the four counts.
+    /// See the module docs.
+    pub overwritten: usize,
+    /// See the module docs.
+    pub false_missing: usize,
+    /// The parts of the counts.
     pub details: Details,
     /// Up to 10 examples per problem.
     pub examples: BTreeMap<String, Vec<String>>,
@@ -70,8 +74,27 @@ pub struct Findings {
 pub struct Details {
     /// Acknowledged messages without a row at their seq (→ lost).
     pub missing_rows: usize,
-    /// Rows at an acknowledged seq that differ from the acknowledged message (→ lost).
+    /// Rows at an acknowledged seq that hold the acknowledged message (same msg_id) but differ
+    /// from it in some field (→ lost).
     pub wrong_rows: usize,
+    /// Acknowledged messages whose (session, seq) row holds another message (another msg_id)
+    /// after the drain (→ overwritten).
+    pub overwritten_rows: usize,
+    /// Acknowledged messages the online oracle saw replaced by another message at their seq
+    /// (→ overwritten; counted once with the above).
+    pub overwritten_online: usize,
+    /// (session, seq) that a read returned with another message's content (→ overwritten).
+    pub content_mismatches: usize,
+    /// (session, seq) reported missing by a read that began after the message's ack (→ false
+    /// missing).
+    pub missing_after_ack: usize,
+    /// (session, seq) reported missing less than the settle horizon after the allocation of the
+    /// message acknowledged there (→ false missing).
+    pub missing_within_horizon: usize,
+    /// Acknowledged seqs the final sweep neither returned nor reported (→ false missing).
+    pub not_returned: usize,
+    /// The online oracle's reads and what they reported.
+    pub oracle: crate::oracle::Observations,
     /// Rows whose writetime() is not the message's server time (→ lost).
     pub writetime_mismatches: usize,
     /// Acknowledged messages stored or allocated twice (→ duplicated).
@@ -283,6 +306,23 @@ pub struct Inputs<'a> {
     pub dlq: &'a str,
     /// The event log (Redis loss intervals).
     pub events: &'a Events,
+    /// What the online oracle saw (and the final sweep).
+    pub oracle: &'a crate::oracle::Observations,
+    /// The settle horizon (see [`crate::oracle`]).
+    pub horizon: Duration,
+}
+
+/// The history settings of the run's readers (the oracle and the window verifier): the consumers'
+/// `W` and the run's settle horizon, everything else the defaults.
+pub fn history_config(window_size: usize, settle_horizon: Duration) -> HistoryConfig {
+    HistoryConfig {
+        window: WindowConfig {
+            size: window_size,
+            ..WindowConfig::default()
+        },
+        settle_horizon,
+        ..HistoryConfig::default()
+    }
 }
 
 /// Runs every check.
@@ -296,18 +336,14 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
         inp.cql.keyspace(),
         inp.redis.clone(),
         Codec::default(),
-        HistoryConfig {
-            window: WindowConfig {
-                size: inp.window_size,
-                ..WindowConfig::default()
-            },
-            ..HistoryConfig::default()
-        },
+        history_config(inp.window_size, inp.horizon),
     )
     .await?;
 
     // Resends first: they decide which extra rows are explained.
     let mut dup_messages: BTreeSet<(usize, usize)> = BTreeSet::new();
+    // Acknowledged messages (session, number) replaced by another message at their seq.
+    let mut overwritten: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut known_limit: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut last_ack_of: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     c.f.details.resends = inp.load.resends.len();
@@ -365,11 +401,9 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
         let acks = &inp.load.acks[s];
         c.f.details.cql_rows += rows.len();
 
-        // (a) each acknowledged message is at its seq, exactly as acknowledged.
-        // (b) no seq acknowledged twice.
-        // (e) ack order = seq order = Kafka order.
+        // (a) each acknowledged message is at its seq, exactly as acknowledged, and not
+        // replaced by another message. (b) no seq acknowledged twice.
         let mut seq_owner: BTreeMap<i64, usize> = BTreeMap::new();
-        let mut prev: Option<&crate::load::Ack> = None;
         for ack in acks.iter().flatten() {
             c.f.acked += 1;
             if ack.attempts > 1 {
@@ -402,6 +436,23 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
                         ),
                     );
                 }
+                Some((row, _)) if row.msg_id != ack.msg_id => {
+                    overwritten.insert((s, ack.index));
+                    c.f.details.overwritten_rows += 1;
+                    c.example(
+                        "overwritten",
+                        format!(
+                            "{session_id} seq {}: {} acknowledged as msg_id {} at {:.1}s, the row \
+                             holds msg_id {} ({})",
+                            ack.seq,
+                            Plan::client_msg_id(ack.index),
+                            ack.msg_id,
+                            ack.acked_at,
+                            row.msg_id,
+                            row.client_msg_id
+                        ),
+                    );
+                }
                 Some((row, writetime)) => {
                     let want = inp.plan.stored(ack);
                     if *row != want {
@@ -422,35 +473,27 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
                     }
                 }
             }
-            if let Some(p) = prev {
-                let bad = if ack.seq <= p.seq {
-                    Some("seq not above the previous ack's")
-                } else if ack.partition != p.partition {
-                    Some("another partition than the session's")
-                } else if ack.offset <= p.offset {
-                    Some("offset not above the previous ack's")
-                } else {
-                    None
-                };
-                if let Some(why) = bad {
-                    c.f.reordered += 1;
-                    c.example(
-                        "reordered",
-                        format!(
-                            "{session_id}: {} (seq {}, p{} @{}) after {} (seq {}, p{} @{}): {why}",
-                            Plan::client_msg_id(ack.index),
-                            ack.seq,
-                            ack.partition,
-                            ack.offset,
-                            Plan::client_msg_id(p.index),
-                            p.seq,
-                            p.partition,
-                            p.offset
-                        ),
-                    );
-                }
-            }
-            prev = Some(ack);
+        }
+        // (e) real-time order.
+        for (b, why, a) in order_violations(acks) {
+            c.f.reordered += 1;
+            c.example(
+                "reordered",
+                format!(
+                    "{session_id}: {} (seq {}, p{} @{}, first try {:.2}s) vs {} (seq {}, p{} @{}, \
+                     acked {:.2}s): {why}",
+                    Plan::client_msg_id(b.index),
+                    b.seq,
+                    b.partition,
+                    b.offset,
+                    b.first_try_at,
+                    Plan::client_msg_id(a.index),
+                    a.seq,
+                    a.partition,
+                    a.offset,
+                    a.acked_at
+                ),
+            );
         }
         c.f.unacked += acks.iter().filter(|a| a.is_none()).count();
 
@@ -548,6 +591,41 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
     // (d)/(f) the DLQ under read_committed: exactly the poison records, each once.
     dlq(&mut c, &inp).await?;
 
+    // (g) what the online oracle and the final sweep saw.
+    let o = inp.oracle;
+    c.f.details.overwritten_online = o.overwritten.len();
+    for (key, text) in &o.overwritten {
+        if overwritten.insert(*key) {
+            c.example("overwritten_online", text.clone());
+        }
+    }
+    c.f.details.content_mismatches = o.content_mismatches.len();
+    for text in o.content_mismatches.values() {
+        c.example("content_mismatch", text.clone());
+    }
+    let false_missing = crate::oracle::judge_missing(
+        o,
+        inp.plan,
+        &inp.load.acks,
+        |us| inp.events.since_start(us),
+        inp.horizon.as_secs_f64(),
+    );
+    for (key, text) in &false_missing {
+        if o.not_returned.contains_key(key) {
+            c.f.details.not_returned += 1;
+            c.example("not_returned", text.clone());
+        } else if text.contains("after its ack") {
+            c.f.details.missing_after_ack += 1;
+            c.example("false_missing", text.clone());
+        } else {
+            c.f.details.missing_within_horizon += 1;
+            c.example("false_missing", text.clone());
+        }
+    }
+    c.f.false_missing = false_missing.len();
+    c.f.overwritten = overwritten.len() + o.content_mismatches.len();
+    c.f.details.oracle = o.clone();
+
     let d = &c.f.details;
     c.f.lost =
         d.missing_rows + d.wrong_rows + d.writetime_mismatches + d.dlq_missing + d.dlq_wrong_reason;
@@ -557,6 +635,77 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
         + d.dlq_duplicates
         + d.dlq_unexpected;
     Ok(c.f)
+}
+
+/// Acks of one session that break real-time order: `(b, why, a)` where `a` was acknowledged
+/// before `b`'s first attempt began, yet `b` did not get a higher seq, or (same partition) a higher
+/// Kafka offset; and acks on another partition than the session's (`a` is then the first ack on
+/// the session's partition). Sequential sends, two producers sending at once and late sends are
+/// all held to this: whatever was acknowledged before a send started is ordered before it.
+pub fn order_violations(
+    acks: &[Option<crate::load::Ack>],
+) -> Vec<(&crate::load::Ack, &'static str, &crate::load::Ack)> {
+    let all: Vec<&crate::load::Ack> = acks.iter().flatten().collect();
+    let mut out = Vec::new();
+    let Some(first) = all.first() else {
+        return out;
+    };
+    // The session's partition: the one most of its acks name.
+    let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+    for a in &all {
+        *counts.entry(a.partition).or_default() += 1;
+    }
+    let partition = counts
+        .iter()
+        .max_by_key(|(p, n)| (**n, std::cmp::Reverse(**p)))
+        .map_or(first.partition, |(p, _)| *p);
+    let home = all
+        .iter()
+        .find(|a| a.partition == partition)
+        .copied()
+        .unwrap_or(first);
+    // Acks by ack time, with the running maximum of seq and offset (and who holds it).
+    let mut by_ack: Vec<&crate::load::Ack> = all.clone();
+    by_ack.sort_by(|x, y| x.acked_at.total_cmp(&y.acked_at));
+    let mut max_seq: Vec<&crate::load::Ack> = Vec::with_capacity(by_ack.len());
+    let mut max_offset: Vec<Option<&crate::load::Ack>> = Vec::with_capacity(by_ack.len());
+    for (i, a) in by_ack.iter().enumerate() {
+        let prev_seq = if i == 0 { *a } else { max_seq[i - 1] };
+        max_seq.push(if a.seq > prev_seq.seq { a } else { prev_seq });
+        let prev_off = if i == 0 { None } else { max_offset[i - 1] };
+        let here = (a.partition == partition).then_some(*a);
+        max_offset.push(match (prev_off, here) {
+            (Some(p), Some(h)) => Some(if h.offset > p.offset { h } else { p }),
+            (p, h) => p.or(h),
+        });
+    }
+    for b in &all {
+        if b.partition != partition {
+            out.push((*b, "another partition than the session's", home));
+            continue;
+        }
+        let before = by_ack.partition_point(|a| a.acked_at < b.first_try_at);
+        if before == 0 {
+            continue;
+        }
+        let a = max_seq[before - 1];
+        if a.seq >= b.seq {
+            out.push((
+                *b,
+                "seq not above that of a message acknowledged before it was sent",
+                a,
+            ));
+        } else if let Some(a) = max_offset[before - 1]
+            && a.offset >= b.offset
+        {
+            out.push((
+                *b,
+                "offset not above that of a message acknowledged before it was sent",
+                a,
+            ));
+        }
+    }
+    out
 }
 
 /// A DLQ record as read back.

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// One injected fault.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
-    /// `kill9`, `rebalance`, `kafka_restart`, `redis_restart_flushall`, `cassandra_pause`.
+    /// One of [`crate::faults::Kind::name`].
     pub kind: String,
     /// Seconds since the start of the run when the fault began.
     pub at_secs: f64,
@@ -34,6 +34,7 @@ struct State {
 #[derive(Clone)]
 pub struct Events {
     start: Instant,
+    unix_start_us: i64,
     state: Arc<Mutex<State>>,
     quiet: bool,
 }
@@ -50,6 +51,10 @@ impl Events {
             .open(path)?;
         Ok(Events {
             start: Instant::now(),
+            unix_start_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
             state: Arc::new(Mutex::new(State {
                 file: Some(file),
                 faults: Vec::new(),
@@ -62,6 +67,17 @@ impl Events {
     /// Seconds since the run started.
     pub fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
+    }
+
+    /// The wall clock (µs since the Unix epoch) when the run started.
+    pub fn unix_start_us(&self) -> i64 {
+        self.unix_start_us
+    }
+
+    /// A wall-clock time (µs since the Unix epoch, e.g. a server time) as seconds since the
+    /// run started.
+    pub fn since_start(&self, unix_us: i64) -> f64 {
+        (unix_us - self.unix_start_us) as f64 / 1e6
     }
 
     /// The instant the run started.

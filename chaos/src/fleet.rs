@@ -147,7 +147,7 @@ impl Fleet {
             ])
             .args(["--cql-nodes", &self.stack.cql_nodes.join(",")])
             .args(["--keyspace", &spec.keyspace])
-            .args(["--redis-url", &self.stack.redis_url])
+            .args(["--redis-url", self.stack.client_redis_url()])
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--window-size", &spec.window_size.to_string()])
             .env_remove("CHATLOG_CONSUMER_CONFIG")

@@ -28,6 +28,8 @@ pub mod faults;
 pub mod fleet;
 pub mod load;
 pub mod options;
+pub mod oracle;
+pub mod proxy;
 pub mod sabotage;
 pub mod stack;
 
@@ -59,8 +61,14 @@ pub struct Report {
     pub reordered: usize,
     /// See [`check`].
     pub window_mismatches: usize,
+    /// See [`check`] and [`oracle`].
+    pub overwritten: usize,
+    /// See [`oracle`].
+    pub false_missing: usize,
     /// Faults injected.
     pub faults_injected: usize,
+    /// Faults injected per kind ([`faults::Kind::name`]).
+    pub faults_by_kind: std::collections::BTreeMap<String, usize>,
     /// Faults planned.
     pub faults_planned: usize,
     /// Messages never acknowledged.
@@ -173,13 +181,26 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
             ""
         }
     );
-    let stack = stack::Stack::from_env(&opts.workspace)?;
+    let mut stack = stack::Stack::from_env(&opts.workspace)?;
     stack.preflight().await.context("the stack is not usable")?;
+    // Every Redis client of the run goes through the proxy, which a failover switches.
+    let proxy = proxy::Proxy::start(stack.proxy_port, stack.redis_addr()?)
+        .await
+        .with_context(|| {
+            format!(
+                "start the Redis proxy on port {} (CHATLOG_CHAOS_REDIS_PROXY_PORT)",
+                stack.proxy_port
+            )
+        })?;
+    stack.client_redis_url = Some(proxy.redis_url());
     events.log(format!(
-        "stack: kafka {}, cql {}, redis {}, state {}",
+        "stack: kafka {}, cql {}, redis {} (clients through the proxy {}; failover replica port \
+         {}), state {}",
         stack.kafka,
         stack.cql_nodes.join(","),
         stack.redis_url,
+        proxy.local_addr(),
+        stack.replica_port,
         stack.dir.display()
     ));
 
@@ -222,41 +243,95 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     let _guard = fleet::FleetGuard(fleet.clone());
     wait_consuming(&fleet, opts.consumers, Duration::from_secs(90)).await?;
     let redis = stack.redis().await?;
-    let producer = chatlog_producer::Producer::new(
-        chatlog_producer::ProducerConfig {
-            bootstrap_servers: stack.kafka.clone(),
-            topic: run_info.topic.clone(),
-            ..Default::default()
-        },
-        session.clone(),
-        &run_info.keyspace,
-        redis.clone(),
-    )
-    .await?;
+    let producer_config = chatlog_producer::ProducerConfig {
+        bootstrap_servers: stack.kafka.clone(),
+        topic: run_info.topic.clone(),
+        ..Default::default()
+    };
+    let producers = load::Producers {
+        a: chatlog_producer::Producer::new(
+            producer_config.clone(),
+            session.clone(),
+            &run_info.keyspace,
+            redis.clone(),
+        )
+        .await?,
+        // Logic instance B: nothing shared with A but the services.
+        b: chatlog_producer::Producer::new(
+            producer_config.clone(),
+            Arc::new(cql_config.connect().await?),
+            &run_info.keyspace,
+            stack.redis().await?,
+        )
+        .await?,
+        // Its Kafka is a closed port: a send allocates, then fails to produce.
+        broken: chatlog_producer::Producer::new(
+            chatlog_producer::ProducerConfig {
+                bootstrap_servers: "127.0.0.1:1".into(),
+                message_timeout: Duration::from_secs(1),
+                ..producer_config
+            },
+            session.clone(),
+            &run_info.keyspace,
+            stack.redis().await?,
+        )
+        .await?,
+    };
     let mut phases = Phases {
         setup: started.elapsed().as_secs_f64(),
         ..Phases::default()
     };
 
-    // Load, poison and faults at once.
+    // Load, poison, faults and the oracle at once.
     let plan = load::Plan::new(&id, opts.messages, opts.sessions);
+    let load = load::Load::new(
+        plan.clone(),
+        producers,
+        events.clone(),
+        opts.concurrency,
+        opts.rate,
+        opts.resend_ratio,
+        opts.seed,
+    );
+    let history = chatlog_store::history::History::new(
+        session.clone(),
+        &run_info.keyspace,
+        stack.redis().await?,
+        chatlog_schemas::Codec::default(),
+        check::history_config(opts.window_size, opts.settle_horizon),
+    )
+    .await?;
+    let mut oracle = oracle::Oracle::start(
+        history.clone(),
+        load.clone(),
+        events.clone(),
+        opts.oracle_rate,
+        opts.window_size,
+        opts.seed,
+    );
     let schedule = faults::schedule(&opts);
     events.log(format!(
         "load starts: ~{:.0}s; faults at {}",
         opts.load_duration().as_secs_f64(),
         schedule
             .iter()
-            .map(|(t, k)| format!("{t:.0}s {k:?}"))
+            .map(|(t, k)| format!("{t:.0}s {}", k.name()))
             .collect::<Vec<_>>()
             .join(", ")
     ));
     let load_started = Instant::now();
     let faults_task = tokio::spawn(faults::inject(
         schedule,
-        opts.clone(),
-        stack.clone(),
-        fleet.clone(),
-        events.clone(),
+        faults::Ctx {
+            opts: opts.clone(),
+            stack: stack.clone(),
+            fleet: fleet.clone(),
+            events: events.clone(),
+            load: load.clone(),
+            proxy: proxy.clone(),
+            topic: run_info.topic.clone(),
+            group: run_info.group.clone(),
+        },
     ));
     let poison_task = {
         let (kafka, topic, id, events) = (
@@ -270,33 +345,24 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
             async move { load::poison(&kafka, &topic, &id, count, over, seed, events).await },
         )
     };
-    let mut load = load::run(
-        plan.clone(),
-        producer.clone(),
-        events.clone(),
-        opts.concurrency,
-        opts.rate,
-        opts.resend_ratio,
-        opts.seed,
-    )
-    .await;
-    if let Err(e) = producer.close(Duration::from_secs(60)).await {
-        events.log(format!("producer close: {e}"));
-    }
+    load.run().await;
+    load.close(Duration::from_secs(60)).await;
     phases.load = load_started.elapsed().as_secs_f64();
-    let acked: usize = load.acks.iter().flatten().flatten().count();
+    let mut result = load.result().await;
+    let acked: usize = result.acks.iter().flatten().flatten().count();
     events.log(format!(
         "load done: {acked} of {} acknowledged in {:.1}s ({} failed attempts, retried)",
         opts.messages,
         phases.load,
-        load.errors.values().sum::<usize>()
+        result.errors.values().sum::<usize>()
     ));
     let (poison, poison_retries) = poison_task.await.context("poison task")??;
-    load.poison = poison;
-    load.poison_retries = poison_retries;
-    events.log(format!("poison done: {} records", load.poison.len()));
+    result.poison = poison;
+    result.poison_retries = poison_retries;
+    events.log(format!("poison done: {} records", result.poison.len()));
     let tail = Instant::now();
-    let injected = faults_task.await.context("fault task")??;
+    let by_kind = faults_task.await.context("fault task")??;
+    let injected: usize = by_kind.values().sum();
     phases.faults_tail = tail.elapsed().as_secs_f64();
     events.log(format!("faults done: {injected} injected"));
 
@@ -312,18 +378,31 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     )
     .await?;
     events.log("drained: the group committed the end of every partition");
+    oracle.stop().await;
     let fleet_stats = fleet.stop(Duration::from_secs(45)).await;
     let cql = check::Cql::new(session.clone(), &run_info.keyspace).await?;
     let session_ids: Vec<String> = (0..plan.sessions).map(|s| plan.session_id(s)).collect();
     check::wait_stable(&cql, &session_ids, Duration::from_secs(60), &events).await?;
     phases.drain = drain_started.elapsed().as_secs_f64();
+    let check_started = Instant::now();
+    oracle.sweep().await.context("the oracle's final sweep")?;
+    let mut observations = oracle.observations();
+    let mut load = result;
 
     if opts.sabotage {
-        sabotage::corrupt(&mut load, &plan, &session, &run_info, &stack, &events).await?;
+        sabotage::corrupt(
+            &mut load,
+            &mut observations,
+            &plan,
+            &session,
+            &run_info,
+            &stack,
+            &events,
+        )
+        .await?;
     }
 
     // Check.
-    let check_started = Instant::now();
     let findings = check::check(check::Inputs {
         plan: &plan,
         load: &load,
@@ -334,26 +413,38 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         topic: &run_info.topic,
         dlq: &run_info.dlq,
         events: &events,
+        oracle: &observations,
+        horizon: opts.settle_horizon,
     })
     .await?;
     phases.check = check_started.elapsed().as_secs_f64();
 
     let summary = format!(
-        "chaos: {} acked, {} lost, {} duplicated, {} reordered, {} window mismatches, {} faults injected",
+        "chaos: {} acked, {} lost, {} duplicated, {} reordered, {} window mismatches, {} \
+         overwritten, {} false missing, {} faults injected {}",
         findings.acked,
         findings.lost,
         findings.duplicated,
         findings.reordered,
         findings.window_mismatches,
-        injected
+        findings.overwritten,
+        findings.false_missing,
+        injected,
+        faults::per_kind(&opts, &by_kind)
     );
     let planned = opts.planned_faults();
+    let every_kind = faults::Kind::ALL
+        .iter()
+        .all(|k| by_kind.get(k.name()).copied().unwrap_or(0) == k.planned(&opts));
     let ok = findings.lost == 0
         && findings.duplicated == 0
         && findings.reordered == 0
         && findings.window_mismatches == 0
+        && findings.overwritten == 0
+        && findings.false_missing == 0
         && findings.unacked == 0
-        && injected == planned;
+        && injected == planned
+        && every_kind;
     let report = Report {
         summary,
         ok,
@@ -362,7 +453,10 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         duplicated: findings.duplicated,
         reordered: findings.reordered,
         window_mismatches: findings.window_mismatches,
+        overwritten: findings.overwritten,
+        false_missing: findings.false_missing,
         faults_injected: injected,
+        faults_by_kind: by_kind,
         faults_planned: planned,
         unacked: findings.unacked,
         duration_secs: started.elapsed().as_secs_f64(),

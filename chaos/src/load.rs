@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chatlog_producer::{NewMessage, Producer};
@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::events::Events;
 
@@ -141,6 +141,8 @@ pub struct Ack {
     /// The producer said it was a duplicate of an earlier allocation (a retry whose earlier
     /// attempt had allocated).
     pub duplicate: bool,
+    /// The producer instance that sent it.
+    pub via: Via,
 }
 
 /// A second send of an acknowledged message with the same client_msg_id.
@@ -200,9 +202,34 @@ pub struct LoadResult {
     pub poison_retries: usize,
 }
 
+/// A message the load has acknowledged, as the online oracle looks it up by seq.
+#[derive(Debug, Clone)]
+pub struct LiveAck {
+    /// Message number within the session.
+    pub index: usize,
+    /// Its msg_id.
+    pub msg_id: String,
+    /// When it was acknowledged (s since the run started).
+    pub acked_at: f64,
+}
+
+/// The producer instances of a run.
+pub struct Producers {
+    /// The main one (Logic instance A).
+    pub a: Producer,
+    /// A second, independent instance (own Kafka client, CQL session, Redis connection and seq
+    /// allocator): Logic instance B, which sends to the same sessions as A during a
+    /// `two_producers` fault.
+    pub b: Producer,
+    /// An instance whose Kafka is unreachable (bootstrap on a closed port, 1 s message timeout),
+    /// sharing Redis and CQL with the others: its sends allocate a seq and then fail to produce.
+    /// A `late_send` starts there and is retried later through `a`.
+    pub broken: Producer,
+}
+
 struct Shared {
     plan: Plan,
-    producer: Producer,
+    producers: Producers,
     events: Events,
     permits: Semaphore,
     ticket: AtomicU64,
@@ -210,111 +237,370 @@ struct Shared {
     rate: f64,
     resend_ratio: f64,
     seed: u64,
+    /// Per session: the next message number to send (claimed by the worker, its partner during
+    /// `two_producers`, and late sends).
+    next: Vec<AtomicUsize>,
+    /// Per session: whether instance B sends alongside A now.
+    paired: Vec<AtomicBool>,
+    /// Open (true) unless a fault holds new sends back.
+    gate: watch::Sender<bool>,
+    /// Per session: acknowledged seqs (for the oracle).
+    live: Vec<std::sync::Mutex<BTreeMap<i64, LiveAck>>>,
+    /// Late sends under way.
+    extra: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     out: Mutex<LoadResult>,
 }
 
-/// Sends every message of `plan` (and the resends) through `producer`; returns the history.
-pub async fn run(
-    plan: Plan,
-    producer: Producer,
-    events: Events,
-    concurrency: usize,
-    rate: f64,
-    resend_ratio: f64,
-    seed: u64,
-) -> LoadResult {
-    let sessions = plan.sessions;
-    let acks = plan.per_session.iter().map(|&n| vec![None; n]).collect();
-    let shared = Arc::new(Shared {
-        plan,
-        producer,
-        events,
-        permits: Semaphore::new(concurrency),
-        ticket: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        rate,
-        resend_ratio,
-        seed,
-        out: Mutex::new(LoadResult {
-            acks,
-            ..LoadResult::default()
-        }),
-    });
-    let start = tokio::time::Instant::now();
-    let workers: Vec<_> = (0..sessions)
-        .map(|s| {
-            let shared = shared.clone();
-            tokio::spawn(async move { session_worker(shared, s, start).await })
-        })
-        .collect();
-    let progress = {
-        let shared = shared.clone();
-        let total: usize = shared.plan.per_session.iter().sum();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(15));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let acked = shared.acked.load(Ordering::Relaxed);
-                shared
-                    .events
-                    .log(format!("load: {acked} of {total} acknowledged"));
-            }
-        })
-    };
-    for w in workers {
-        let _ = w.await;
+/// The load of a run: created before the faults start (they act on it), run with [`Load::run`].
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Load {
+    shared: Arc<Shared>,
+}
+
+/// The number of the producer instance that sent a message, for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Instance A.
+    A,
+    /// Instance B (during `two_producers`).
+    B,
+    /// A late send: allocated by the broken instance, produced later through A.
+    Late,
+}
+
+impl Load {
+    /// The load of `plan` through `producers`.
+    pub fn new(
+        plan: Plan,
+        producers: Producers,
+        events: Events,
+        concurrency: usize,
+        rate: f64,
+        resend_ratio: f64,
+        seed: u64,
+    ) -> Load {
+        let acks = plan.per_session.iter().map(|&n| vec![None; n]).collect();
+        let sessions = plan.sessions;
+        Load {
+            shared: Arc::new(Shared {
+                plan,
+                producers,
+                events,
+                permits: Semaphore::new(concurrency),
+                ticket: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
+                rate,
+                resend_ratio,
+                seed,
+                next: (0..sessions).map(|_| AtomicUsize::new(0)).collect(),
+                paired: (0..sessions).map(|_| AtomicBool::new(false)).collect(),
+                gate: watch::channel(true).0,
+                live: (0..sessions).map(|_| Default::default()).collect(),
+                extra: Default::default(),
+                out: Mutex::new(LoadResult {
+                    acks,
+                    ..LoadResult::default()
+                }),
+            }),
+        }
     }
-    progress.abort();
-    let _ = progress.await;
-    let shared = Arc::into_inner(shared).expect("workers are done");
-    shared.out.into_inner()
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.shared.plan
+    }
+
+    /// Holds new sends back (those under way finish) until [`Load::resume`].
+    pub fn hold(&self) {
+        self.shared.gate.send_replace(false);
+    }
+
+    /// Lets sends go again.
+    pub fn resume(&self) {
+        self.shared.gate.send_replace(true);
+    }
+
+    /// Makes instance B send alongside A to `sessions` (`on`), or stops it.
+    pub fn pair(&self, sessions: &[usize], on: bool) {
+        for &s in sessions {
+            self.shared.paired[s].store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions with at least `left` messages still to send.
+    pub fn sessions_with(&self, left: usize) -> Vec<usize> {
+        (0..self.shared.plan.sessions)
+            .filter(|&s| {
+                self.shared.next[s].load(Ordering::Relaxed) + left
+                    <= self.shared.plan.per_session[s]
+            })
+            .collect()
+    }
+
+    /// The acknowledged message at `(s, seq)`, if any.
+    pub fn acked_at_seq(&self, s: usize, seq: i64) -> Option<LiveAck> {
+        lock(&self.shared.live[s]).get(&seq).cloned()
+    }
+
+    /// Up to `n` acknowledged seqs of session `s`, spread over its history, and its highest.
+    pub fn acked_seqs(&self, s: usize, n: usize) -> (Vec<i64>, Option<i64>) {
+        let live = lock(&self.shared.live[s]);
+        let step = (live.len() / n.max(1)).max(1);
+        let seqs = live.keys().step_by(step).take(n).copied().collect();
+        (seqs, live.keys().next_back().copied())
+    }
+
+    /// A late send: claims session `s`'s next message, sends it through the broken instance
+    /// (the seq is allocated, the produce fails), and `hold` later sends it again through A with
+    /// the same client_msg_id, after later messages of the session landed. Returns the message
+    /// number, or `None` when the session has nothing left to send.
+    pub fn late_send(&self, s: usize, hold: Duration) -> Option<usize> {
+        let j = claim(&self.shared, s)?;
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let message = shared.plan.message(s, j);
+            let first_try_at = shared.events.now();
+            let mut attempts = 0;
+            let mut produce_failed = false;
+            // Until the broken instance has allocated (a Redis or CQL outage fails earlier).
+            for _ in 0..20 {
+                attempts += 1;
+                match shared.producers.broken.send(message.clone()).await {
+                    Ok(sent) => {
+                        // Cannot happen (its Kafka is unreachable); record it as sent.
+                        shared.events.log(format!(
+                            "late_send {}/{}: the broken producer got an ack (seq {})",
+                            message.session_id, message.client_msg_id, sent.seq
+                        ));
+                        break;
+                    }
+                    Err(e) if e.reason() == "kafka" => {
+                        produce_failed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        record_error(&shared, &e).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            let Some((sent, more)) = send_with_retry(&shared, &shared.producers.a, &message).await
+            else {
+                return;
+            };
+            shared.events.log(format!(
+                "late_send {}/{}: produce {} at {first_try_at:.1}s, re-sent {:.1}s later: seq {} \
+                 (duplicate of the first allocation: {})",
+                message.session_id,
+                message.client_msg_id,
+                if produce_failed {
+                    "failed after allocating"
+                } else {
+                    "never allocated"
+                },
+                shared.events.now() - first_try_at,
+                sent.seq,
+                sent.duplicate
+            ));
+            record_ack(
+                &shared,
+                s,
+                j,
+                sent,
+                attempts + more,
+                first_try_at,
+                Via::Late,
+            )
+            .await;
+        });
+        lock(&self.shared.extra).push(task);
+        Some(j)
+    }
+
+    /// Sends every message of the plan (and the resends); returns when all are acknowledged or
+    /// given up, late sends included.
+    pub async fn run(&self) {
+        let shared = &self.shared;
+        let start = tokio::time::Instant::now();
+        let workers: Vec<_> = (0..shared.plan.sessions)
+            .map(|s| {
+                let shared = shared.clone();
+                tokio::spawn(async move { session_worker(shared, s, start).await })
+            })
+            .collect();
+        let progress = {
+            let shared = shared.clone();
+            let total: usize = shared.plan.per_session.iter().sum();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let acked = shared.acked.load(Ordering::Relaxed);
+                    shared
+                        .events
+                        .log(format!("load: {acked} of {total} acknowledged"));
+                }
+            })
+        };
+        for w in workers {
+            let _ = w.await;
+        }
+        loop {
+            let extra: Vec<_> = std::mem::take(&mut *lock(&shared.extra));
+            if extra.is_empty() {
+                break;
+            }
+            for t in extra {
+                let _ = t.await;
+            }
+        }
+        progress.abort();
+        let _ = progress.await;
+    }
+
+    /// The history, once [`Load::run`] returned (the faults may still hold a clone).
+    pub async fn result(&self) -> LoadResult {
+        std::mem::take(&mut *self.shared.out.lock().await)
+    }
+
+    /// Closes the producers (flushing what is under way).
+    pub async fn close(&self, timeout: Duration) {
+        let p = &self.shared.producers;
+        for (name, producer) in [("a", &p.a), ("b", &p.b), ("broken", &p.broken)] {
+            if let Err(e) = producer.flush(timeout).await
+                && name != "broken"
+            {
+                self.shared
+                    .events
+                    .log(format!("producer {name} flush: {e}"));
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The next message number of session `s` to send, if any is left.
+fn claim(shared: &Shared, s: usize) -> Option<usize> {
+    let n = shared.plan.per_session[s];
+    shared.next[s]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |j| {
+            (j < n).then_some(j + 1)
+        })
+        .ok()
 }
 
 async fn session_worker(shared: Arc<Shared>, s: usize, start: tokio::time::Instant) {
     let mut rng = StdRng::seed_from_u64(shared.seed ^ (s as u64).wrapping_mul(0x9E37_79B9));
-    for j in 0..shared.plan.per_session[s] {
-        let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
+    let mut gate = shared.gate.subscribe();
+    loop {
+        let paired = shared.paired[s].load(Ordering::Relaxed);
+        let Some(j) = claim(&shared, s) else { break };
+        let partner = if paired { claim(&shared, s) } else { None };
+        let tickets = 1 + u64::from(partner.is_some());
+        let ticket = shared.ticket.fetch_add(tickets, Ordering::Relaxed);
         let due = start + Duration::from_secs_f64(ticket as f64 / shared.rate);
         tokio::time::sleep_until(due).await;
-        let message = shared.plan.message(s, j);
-        let first_try_at = shared.events.now();
-        let Some((sent, attempts)) = send_with_retry(&shared, &message).await else {
-            continue;
-        };
-        let ack = Ack {
+        let _ = gate.wait_for(|open| *open).await;
+        let resend = rng.random_bool(shared.resend_ratio);
+        match partner {
+            // Both instances at once: seqs of one session allocated by two allocators and
+            // produced by two Kafka clients concurrently.
+            Some(k) => {
+                tokio::join!(
+                    send_one(&shared, s, j, Via::A, resend),
+                    send_one(&shared, s, k, Via::B, false)
+                );
+            }
+            None => send_one(&shared, s, j, Via::A, resend).await,
+        }
+    }
+}
+
+/// Sends message `j` of session `s` through `via` until acknowledged, records the ack, and
+/// resends it once (`resend`: a client whose ack was lost) with the same client_msg_id.
+async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: bool) {
+    let producer = match via {
+        Via::B => &shared.producers.b,
+        _ => &shared.producers.a,
+    };
+    let message = shared.plan.message(s, j);
+    let first_try_at = shared.events.now();
+    let Some((sent, attempts)) = send_with_retry(shared, producer, &message).await else {
+        return;
+    };
+    let ack = record_ack(shared, s, j, sent, attempts, first_try_at, via).await;
+    if resend && let Some((again, _)) = send_with_retry(shared, producer, &message).await {
+        shared.out.lock().await.resends.push(Resend {
             session: s,
             index: j,
-            seq: sent.seq,
-            msg_id: sent.msg_id.clone(),
-            server_time_us: sent.server_time_us,
-            partition: sent.partition,
-            offset: sent.offset,
-            attempts,
-            first_try_at,
+            first_seq: ack.seq,
+            seq: again.seq,
+            same_msg_id: again.msg_id == ack.msg_id,
+            duplicate: again.duplicate,
+            first_acked_at: ack.acked_at,
             acked_at: shared.events.now(),
-            duplicate: sent.duplicate,
-        };
-        let resend = rng.random_bool(shared.resend_ratio);
-        shared.out.lock().await.acks[s][j] = Some(ack.clone());
-        shared.acked.fetch_add(1, Ordering::Relaxed);
-        if resend && let Some((again, _)) = send_with_retry(&shared, &message).await {
-            shared.out.lock().await.resends.push(Resend {
-                session: s,
-                index: j,
-                first_seq: ack.seq,
-                seq: again.seq,
-                same_msg_id: again.msg_id == ack.msg_id,
-                duplicate: again.duplicate,
-                first_acked_at: ack.acked_at,
-                acked_at: shared.events.now(),
-            });
-        }
+        });
+    }
+}
+
+async fn record_ack(
+    shared: &Shared,
+    s: usize,
+    j: usize,
+    sent: chatlog_producer::Sent,
+    attempts: u32,
+    first_try_at: f64,
+    via: Via,
+) -> Ack {
+    let ack = Ack {
+        session: s,
+        index: j,
+        seq: sent.seq,
+        msg_id: sent.msg_id,
+        server_time_us: sent.server_time_us,
+        partition: sent.partition,
+        offset: sent.offset,
+        attempts,
+        first_try_at,
+        acked_at: shared.events.now(),
+        duplicate: sent.duplicate,
+        via,
+    };
+    lock(&shared.live[s]).insert(
+        ack.seq,
+        LiveAck {
+            index: j,
+            msg_id: ack.msg_id.clone(),
+            acked_at: ack.acked_at,
+        },
+    );
+    shared.out.lock().await.acks[s][j] = Some(ack.clone());
+    shared.acked.fetch_add(1, Ordering::Relaxed);
+    ack
+}
+
+async fn record_error(shared: &Shared, e: &chatlog_producer::Error) {
+    let mut out = shared.out.lock().await;
+    *out.errors.entry(e.reason().to_owned()).or_default() += 1;
+    if !e.is_retriable() {
+        out.not_retriable_errors += 1;
+    }
+    if out.error_examples.len() < 10 {
+        out.error_examples
+            .push(format!("{:.1}s {}: {e}", shared.events.now(), e.reason()));
     }
 }
 
 async fn send_with_retry(
     shared: &Shared,
+    producer: &Producer,
     message: &NewMessage,
 ) -> Option<(chatlog_producer::Sent, u32)> {
     let started = std::time::Instant::now();
@@ -324,24 +610,12 @@ async fn send_with_retry(
         attempts += 1;
         let result = {
             let _permit = shared.permits.acquire().await.ok()?;
-            shared.producer.send(message.clone()).await
+            producer.send(message.clone()).await
         };
         match result {
             Ok(sent) => return Some((sent, attempts)),
             Err(e) => {
-                let mut out = shared.out.lock().await;
-                *out.errors.entry(e.reason().to_owned()).or_default() += 1;
-                if !e.is_retriable() {
-                    out.not_retriable_errors += 1;
-                }
-                if out.error_examples.len() < 10 {
-                    out.error_examples.push(format!(
-                        "{:.1}s {}: {e}",
-                        shared.events.now(),
-                        e.reason()
-                    ));
-                }
-                drop(out);
+                record_error(shared, &e).await;
                 let hopeless = matches!(
                     e,
                     chatlog_producer::Error::Invalid(_)

@@ -18,7 +18,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, max_term_width = 100)]
 struct Cli {
-    /// The preset: ci (50k messages, 9 faults, minutes) or full (1M messages, 26 faults).
+    /// The preset: ci (108k messages, every fault kind, ~4 minutes) or full (1M messages).
     #[arg(long, default_value = "ci")]
     size: Size,
     /// Messages to send.
@@ -67,6 +67,39 @@ struct Cli {
     /// while Redis loses its data, then resumed). Default 0.
     #[arg(long)]
     zombies: Option<usize>,
+    /// Poll zombies: a consumer frozen inside poll past its session timeout, FLUSHALL meanwhile.
+    #[arg(long)]
+    poll_zombies: Option<usize>,
+    /// Rollbacks: Redis restarted from a snapshot taken --rollback-after-secs earlier.
+    #[arg(long)]
+    rollbacks: Option<usize>,
+    /// How far back (seconds) a rollback takes Redis.
+    #[arg(long)]
+    rollback_after_secs: Option<u64>,
+    /// Failovers to a lagging replica (replica on CHATLOG_REDIS_REPLICA_PORT).
+    #[arg(long)]
+    failovers: Option<usize>,
+    /// Seconds of writes the replica misses before it is promoted.
+    #[arg(long)]
+    failover_lag_secs: Option<u64>,
+    /// Periods during which two producer instances send to the same sessions.
+    #[arg(long)]
+    two_producers: Option<usize>,
+    /// Seconds each two-producer period lasts.
+    #[arg(long)]
+    two_producers_secs: Option<u64>,
+    /// Late sends: produce fails after allocation, retried later.
+    #[arg(long)]
+    late_sends: Option<usize>,
+    /// Seconds a late send waits before its retry.
+    #[arg(long)]
+    late_send_hold_secs: Option<u64>,
+    /// Reads per second of the online history oracle (0: only the final sweep).
+    #[arg(long)]
+    oracle_rate: Option<f64>,
+    /// Settle horizon (seconds) the oracle holds history to.
+    #[arg(long)]
+    settle_horizon_secs: Option<u64>,
     /// Share of poison records (0.01 = 1 %).
     #[arg(long)]
     poison_ratio: Option<f64>,
@@ -100,8 +133,9 @@ struct Cli {
     /// Do not print the event log (it is still written to the run folder).
     #[arg(long)]
     quiet: bool,
-    /// Checker self-test: corrupt the stores in known ways before checking (the run must report
-    /// exactly 2 lost, 2 duplicated, 1 reordered, 1 window mismatch).
+    /// Checker self-test: corrupt the stores and the history in known ways before checking (the
+    /// run must report exactly 2 lost, 2 duplicated, 1 reordered, 1 window mismatch, 1
+    /// overwritten, 1 false missing).
     #[arg(long)]
     sabotage: bool,
 }
@@ -125,6 +159,12 @@ impl Cli {
             cassandra_pauses,
             consumer_pauses,
             zombies,
+            poll_zombies,
+            rollbacks,
+            failovers,
+            two_producers,
+            late_sends,
+            oracle_rate,
             poison_ratio,
             resend_ratio,
             window_size,
@@ -142,6 +182,16 @@ impl Cli {
         if let Some(s) = self.consumer_pause_secs {
             o.consumer_pause = Duration::from_secs(s);
         }
+        let secs = |v: Option<u64>, field: &mut Duration| {
+            if let Some(s) = v {
+                *field = Duration::from_secs(s);
+            }
+        };
+        secs(self.rollback_after_secs, &mut o.rollback_after);
+        secs(self.failover_lag_secs, &mut o.failover_lag);
+        secs(self.two_producers_secs, &mut o.two_producers_for);
+        secs(self.late_send_hold_secs, &mut o.late_send_hold);
+        secs(self.settle_horizon_secs, &mut o.settle_horizon);
         if let Some(s) = self.drain_timeout_secs {
             o.drain_timeout = Duration::from_secs(s);
         }
@@ -194,6 +244,19 @@ async fn main() -> ExitCode {
                 "chaos: {} of {} planned faults injected",
                 report.faults_injected, report.faults_planned
             );
+        }
+        for k in chatlog_chaos::faults::Kind::ALL {
+            let (planned, done) = (
+                k.planned(&report.options),
+                report.faults_by_kind.get(k.name()).copied().unwrap_or(0),
+            );
+            if planned != done {
+                println!(
+                    "chaos: {} of {planned} planned {} faults injected",
+                    done,
+                    k.name()
+                );
+            }
         }
         ExitCode::from(1)
     }

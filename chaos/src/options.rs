@@ -9,11 +9,12 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Size {
-    /// ~50k messages, 5 consumer kills and one of each other fault: a few minutes, run by the test
-    /// suite (`chaos/tests/ci.rs`).
+    /// 108k messages, 5 consumer kills, 10 late sends and one of every other fault kind, W = 200:
+    /// about 4 minutes, run by CI (`dev/test.sh` runs `dev/chaos.sh ci`).
     Ci,
-    /// 1,000,000 messages, 20 kills, 3 rebalances, a Kafka restart, a Redis restart with FLUSHALL,
-    /// Cassandra paused 10 s, 1 % poison: run on demand (`dev/chaos.sh full`).
+    /// 1,000,000 messages, 20 kills, 3 rebalances, 2 rollbacks, 2 failovers, 2 poll zombies,
+    /// 2 two-producer periods, 50 late sends and one of each other kind, 1 % poison: run on demand
+    /// (`dev/chaos.sh full`).
     Full,
 }
 
@@ -66,9 +67,38 @@ pub struct Options {
     /// FLUSHALL Redis while a consumer is paused (a zombie then resumes against an empty Redis).
     pub pause_flush: bool,
     /// Zombie writers, a composed fault (see [`crate::faults`]): a consumer frozen inside its CQL
-    /// stage past its session timeout while Redis loses its data, then resumed. Not part of the
-    /// documented sizes (0 there).
+    /// stage past its session timeout while Redis loses its data, then resumed.
     pub zombies: usize,
+    /// Poll zombies: a consumer frozen inside poll past its session timeout (FLUSHALL meanwhile).
+    pub poll_zombies: usize,
+    /// Rollbacks: Redis restarted from a snapshot taken `rollback_after` earlier.
+    pub rollbacks: usize,
+    /// How far back a rollback goes.
+    pub rollback_after: Duration,
+    /// Failovers to a lagging replica.
+    pub failovers: usize,
+    /// How long the replica replicates under load before its link is cut.
+    pub failover_sync: Duration,
+    /// How long the primary takes writes after the cut before the replica is promoted (the lag).
+    pub failover_lag: Duration,
+    /// How long the promoted replica serves before the lossless switch back.
+    pub failover_serve: Duration,
+    /// Periods during which two producer instances send to the same sessions.
+    pub two_producers: usize,
+    /// How long each period lasts.
+    pub two_producers_for: Duration,
+    /// Share of the sessions paired in a period.
+    pub two_producers_share: f64,
+    /// Late sends (produce fails after allocation; retried later).
+    pub late_sends: usize,
+    /// How long a late send waits before its retry (keep it well below the settle horizon).
+    pub late_send_hold: Duration,
+    /// Reads per second of the online history oracle.
+    pub oracle_rate: f64,
+    /// The settle horizon the oracle holds history to: an acknowledged message must never be
+    /// reported `missing` by a read that started after its ack or less than this after its
+    /// allocation (see [`crate::oracle`]).
+    pub settle_horizon: Duration,
     /// Poison records, as a share of `messages` (0.01 = 1 %), produced raw to the same topic.
     pub poison_ratio: f64,
     /// Share of acknowledged messages sent a second time with the same client_msg_id (a client
@@ -105,7 +135,7 @@ impl Options {
             .unwrap_or(7);
         let common = Options {
             size,
-            messages: 50_000,
+            messages: 108_000,
             sessions: 250,
             concurrency: 250,
             rate: 600.0,
@@ -116,13 +146,27 @@ impl Options {
             redis_restarts: 1,
             cassandra_pauses: 1,
             cassandra_pause: Duration::from_secs(10),
-            consumer_pauses: 0,
-            consumer_pause: Duration::from_secs(20),
-            pause_flush: false,
-            zombies: 0,
+            consumer_pauses: 1,
+            consumer_pause: Duration::from_secs(15),
+            pause_flush: true,
+            zombies: 1,
+            poll_zombies: 1,
+            rollbacks: 1,
+            rollback_after: Duration::from_secs(10),
+            failovers: 1,
+            failover_sync: Duration::from_secs(3),
+            failover_lag: Duration::from_secs(3),
+            failover_serve: Duration::from_secs(8),
+            two_producers: 1,
+            two_producers_for: Duration::from_secs(20),
+            two_producers_share: 0.2,
+            late_sends: 10,
+            late_send_hold: Duration::from_secs(5),
+            oracle_rate: 10.0,
+            settle_horizon: Duration::from_secs(60),
             poison_ratio: 0.01,
             resend_ratio: 0.005,
-            window_size: 20,
+            window_size: 200,
             partitions: 8,
             drain_timeout: Duration::from_secs(240),
             seed,
@@ -140,6 +184,13 @@ impl Options {
                 rate: 2500.0,
                 kills: 20,
                 rebalances: 3,
+                rollbacks: 2,
+                failovers: 2,
+                poll_zombies: 2,
+                two_producers: 2,
+                two_producers_for: Duration::from_secs(40),
+                late_sends: 50,
+                oracle_rate: 20.0,
                 drain_timeout: Duration::from_secs(900),
                 consumer_bin: default_consumer_bin(&common.workspace, "release"),
                 ..common
@@ -149,13 +200,10 @@ impl Options {
 
     /// Faults this run injects.
     pub fn planned_faults(&self) -> usize {
-        self.kills
-            + self.rebalances
-            + self.kafka_restarts
-            + self.redis_restarts
-            + self.cassandra_pauses
-            + self.consumer_pauses
-            + self.zombies
+        crate::faults::Kind::ALL
+            .iter()
+            .map(|k| k.planned(self))
+            .sum()
     }
 
     /// How long the load should last at [`Options::rate`].
@@ -183,6 +231,14 @@ impl Options {
         anyhow::ensure!(
             (0.0..=0.5).contains(&self.poison_ratio) && (0.0..=0.5).contains(&self.resend_ratio),
             "--poison-ratio and --resend-ratio must be within 0..=0.5"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.two_producers_share),
+            "--two-producers-share must be within 0..=1"
+        );
+        anyhow::ensure!(
+            self.oracle_rate >= 0.0,
+            "--oracle-rate must not be negative"
         );
         Ok(())
     }

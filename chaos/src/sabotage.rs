@@ -4,12 +4,14 @@
 //!
 //! | damage | finding |
 //! |---|---|
-//! | the CQL row of session 0's first message deleted | 1 lost (missing row) |
+//! | the CQL row of session 0's first message deleted (and its window member) | 1 lost (missing row) |
 //! | session 1's first message written again at seq 0 | 1 duplicated (stored twice) |
 //! | the newest member of session 2's window removed (a stale window) | 1 window mismatch |
 //! | the recorded Kafka offsets of session 3's 6th and 7th acks swapped | 1 reordered |
 //! | one DLQ record produced again, outside any transaction | 1 duplicated (DLQ) |
 //! | the recorded offset of poison record 0 moved | 1 lost (poison missing from the DLQ) |
+//! | the recorded msg_id of session 4's 4th ack replaced (its row now holds another message than the one acknowledged there) | 1 overwritten |
+//! | a read that reported session 5's 3rd ack's seq missing 1 s after its ack, added to the oracle's observations | 1 false missing |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,14 +28,17 @@ use scylla::client::session::Session;
 use crate::RunInfo;
 use crate::events::Events;
 use crate::load::{LoadResult, Plan};
+use crate::oracle::{Observations, Seen};
 use crate::stack::Stack;
 
-/// (lost, duplicated, reordered, window mismatches) a sabotaged run reports.
-pub const EXPECTED: (usize, usize, usize, usize) = (2, 2, 1, 1);
+/// (lost, duplicated, reordered, window mismatches, overwritten, false missing) a sabotaged run
+/// reports.
+pub const EXPECTED: (usize, usize, usize, usize, usize, usize) = (2, 2, 1, 1, 1, 1);
 
 /// Applies the damage of the module docs.
 pub async fn corrupt(
     load: &mut LoadResult,
+    observations: &mut Observations,
     plan: &Plan,
     session: &Arc<Session>,
     run: &RunInfo,
@@ -41,8 +46,8 @@ pub async fn corrupt(
     events: &Events,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        plan.sessions >= 4 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
-        "--sabotage needs at least 4 sessions of 50 messages (more than W) and 2 poison records"
+        plan.sessions >= 6 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
+        "--sabotage needs at least 6 sessions of 50 messages and 2 poison records"
     );
     let ack = |s: usize, j: usize| {
         load.acks[s][j]
@@ -71,6 +76,15 @@ pub async fn corrupt(
             ),
         )
         .await?;
+    // With W above the session's length its window holds that seq too: it goes with the row, so
+    // that the window is still exactly the newest rows and only the row is missing.
+    let mut redis = stack.redis().await?;
+    let _: i64 = redis::cmd("ZREMRANGEBYSCORE")
+        .arg(keys::window(&plan.session_id(0)))
+        .arg(first.seq)
+        .arg(first.seq)
+        .query_async(&mut redis)
+        .await?;
 
     // Session 1: the first message again at seq 0.
     let mut copy = plan.stored(&ack(1, 0)?);
@@ -81,11 +95,12 @@ pub async fn corrupt(
         .await?;
 
     // Session 2: the window loses its newest member.
-    let mut redis = stack.redis().await?;
     let _: Vec<(Vec<u8>, f64)> = redis::cmd("ZPOPMAX")
         .arg(keys::window(&plan.session_id(2)))
         .query_async(&mut redis)
         .await?;
+
+    let victim = ack(5, 2)?;
 
     // Session 3: two acks' offsets swapped in the history.
     let (a, b) = (ack(3, 5)?, ack(3, 6)?);
@@ -95,6 +110,21 @@ pub async fn corrupt(
     if let Some(y) = load.acks[3][6].as_mut() {
         y.offset = a.offset;
     }
+
+    // Session 4: "another message" was acknowledged at the seq of its 4th message.
+    if let Some(x) = load.acks[4][3].as_mut() {
+        x.msg_id = "00000000-0000-7000-8000-000000000000".into();
+    }
+
+    // Session 5: a read reported its 3rd message missing a second after its ack.
+    observations.missing.insert(
+        (5, victim.seq),
+        Seen {
+            first: victim.acked_at + 1.0,
+            last: victim.acked_at + 1.0,
+            op: "sabotage",
+        },
+    );
 
     // Poison record 0 "was written elsewhere".
     load.poison[0].offset += 1_000_000;
@@ -137,7 +167,9 @@ pub async fn corrupt(
     .await??;
     events.log(format!(
         "SABOTAGE: deleted 1 row, wrote 1 copy, removed 1 window member, swapped 2 offsets, moved 1 \
-         poison offset, duplicated 1 DLQ record; expected (lost, duplicated, reordered, window) = {EXPECTED:?}"
+         poison offset, duplicated 1 DLQ record, replaced 1 acknowledged msg_id, added 1 missing \
+         report; expected (lost, duplicated, reordered, window, overwritten, false missing) = \
+         {EXPECTED:?}"
     ));
     Ok(())
 }

@@ -23,8 +23,16 @@ pub struct Stack {
     pub kafka: String,
     /// CQL contact points.
     pub cql_nodes: Vec<String>,
-    /// Redis URL.
+    /// The stack's Redis (`CHATLOG_REDIS_URL`): what `dev/stack.sh` restarts and snapshots.
     pub redis_url: String,
+    /// The URL the run's Redis clients use instead (the harness's proxy, see [`crate::proxy`]);
+    /// `None`: the stack's Redis itself.
+    pub client_redis_url: Option<String>,
+    /// Port of the replica a `failover` starts (`CHATLOG_REDIS_REPLICA_PORT`, default the
+    /// stack's Redis port + 1).
+    pub replica_port: u16,
+    /// Port of the client proxy (`CHATLOG_CHAOS_REDIS_PROXY_PORT`, default 0: any free port).
+    pub proxy_port: u16,
     /// `dev/stack.sh`.
     pub script: PathBuf,
     /// The stack's state folder (`CHATLOG_STACK_DIR`, default `~/.cache/chatlog/stack`).
@@ -67,17 +75,21 @@ impl Stack {
                 cache.join("stack")
             }
         };
-        let stack = Stack {
-            kafka: chatlog::kafka_bootstrap(),
-            cql_nodes: chatlog::cql_nodes(),
-            redis_url: chatlog::redis_url(),
-            script,
-            dir,
-        };
         let port = |name: &str, default: u16| -> anyhow::Result<u16> {
             env(name)
                 .map(|v| v.parse().with_context(|| format!("{name}={v:?}")))
                 .unwrap_or(Ok(default))
+        };
+        let redis_port = port("CHATLOG_REDIS_PORT", 6390)?;
+        let stack = Stack {
+            kafka: chatlog::kafka_bootstrap(),
+            cql_nodes: chatlog::cql_nodes(),
+            redis_url: chatlog::redis_url(),
+            client_redis_url: None,
+            replica_port: port("CHATLOG_REDIS_REPLICA_PORT", redis_port.saturating_add(1))?,
+            proxy_port: port("CHATLOG_CHAOS_REDIS_PROXY_PORT", 0)?,
+            script,
+            dir,
         };
         let pairs = [
             (
@@ -96,7 +108,7 @@ impl Stack {
                 "CHATLOG_REDIS_URL",
                 stack.redis_url.clone(),
                 "CHATLOG_REDIS_PORT",
-                port("CHATLOG_REDIS_PORT", 6390)?,
+                redis_port,
             ),
         ];
         for (addr_var, address, port_var, port) in pairs {
@@ -149,15 +161,38 @@ impl Stack {
         Ok(())
     }
 
-    /// A reconnecting Redis connection.
+    /// The URL Redis clients of the run use (the proxy once it runs).
+    pub fn client_redis_url(&self) -> &str {
+        self.client_redis_url.as_deref().unwrap_or(&self.redis_url)
+    }
+
+    /// The stack's Redis as a socket address (for the proxy and the replica).
+    pub fn redis_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs as _;
+        let host_port = self
+            .redis_url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host_port = host_port.rsplit('@').next().unwrap_or_default();
+        host_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.find(std::net::SocketAddr::is_ipv4))
+            .with_context(|| format!("CHATLOG_REDIS_URL={} has no host:port", self.redis_url))
+    }
+
+    /// A reconnecting Redis connection, as the run's clients connect (through the proxy).
     pub async fn redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let url = self.client_redis_url();
         chatlog_store::RedisConfig {
-            url: self.redis_url.clone(),
+            url: url.to_owned(),
             ..Default::default()
         }
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Redis", &self.redis_url)))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Redis", url)))
     }
 
     /// Runs `dev/stack.sh <args>` with the current environment (which selects the stack).

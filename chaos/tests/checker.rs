@@ -18,6 +18,13 @@ async fn sabotaged_stores_are_reported_exactly() {
         kafka_restarts: 0,
         redis_restarts: 0,
         cassandra_pauses: 0,
+        consumer_pauses: 0,
+        zombies: 0,
+        poll_zombies: 0,
+        rollbacks: 0,
+        failovers: 0,
+        two_producers: 0,
+        late_sends: 0,
         sabotage: true,
         ..Options::preset(Size::Ci)
     };
@@ -30,7 +37,9 @@ async fn sabotaged_stores_are_reported_exactly() {
             report.lost,
             report.duplicated,
             report.reordered,
-            report.window_mismatches
+            report.window_mismatches,
+            report.overwritten,
+            report.false_missing
         ),
         chatlog_chaos::sabotage::EXPECTED,
         "{}\n{examples}",
@@ -38,4 +47,208 @@ async fn sabotaged_stores_are_reported_exactly() {
     );
     assert_eq!(report.acked, 2000);
     assert!(!report.ok, "a damaged store must fail the run");
+}
+
+/// Hand-made histories for the online oracle's judgement (no stack needed): what counts as a false
+/// `missing` and as an overwrite, and what does not.
+mod hand_made {
+    use std::collections::BTreeMap;
+
+    use chatlog_chaos::load::{Ack, LiveAck, Plan, Via};
+    use chatlog_chaos::oracle::{Observations, judge_missing, observe};
+    use chatlog_schemas::ChatMessage;
+
+    const HORIZON: f64 = 60.0;
+
+    fn plan() -> Plan {
+        Plan::new("hand", 20, 2)
+    }
+
+    /// Message `j` of session `s` acknowledged at `seq`, allocated at `alloc_at` and acknowledged
+    /// at `acked_at` (seconds since the start).
+    fn ack(s: usize, j: usize, seq: i64, alloc_at: f64, acked_at: f64) -> Ack {
+        Ack {
+            session: s,
+            index: j,
+            seq,
+            msg_id: format!("m-{s}-{j}"),
+            server_time_us: (alloc_at * 1e6) as i64,
+            partition: 0,
+            offset: seq,
+            attempts: 1,
+            first_try_at: alloc_at,
+            acked_at,
+            duplicate: false,
+            via: Via::A,
+        }
+    }
+
+    fn stored(plan: &Plan, a: &Ack) -> ChatMessage {
+        plan.stored(a)
+    }
+
+    fn acks(list: &[Ack], plan: &Plan) -> Vec<Vec<Option<Ack>>> {
+        let mut out: Vec<Vec<Option<Ack>>> =
+            plan.per_session.iter().map(|&n| vec![None; n]).collect();
+        for a in list {
+            out[a.session][a.index] = Some(a.clone());
+        }
+        out
+    }
+
+    fn live(list: &[Ack]) -> BTreeMap<(usize, i64), LiveAck> {
+        list.iter()
+            .map(|a| {
+                (
+                    (a.session, a.seq),
+                    LiveAck {
+                        index: a.index,
+                        msg_id: a.msg_id.clone(),
+                        acked_at: a.acked_at,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn missing_is_false_after_the_ack_or_within_the_horizon_only() {
+        let plan = plan();
+        let history = [
+            ack(0, 0, 1, 10.0, 10.1),  // reported missing after its ack
+            ack(0, 1, 2, 20.0, 25.0),  // reported missing 3 s after allocation, before its ack
+            ack(0, 2, 3, 30.0, 200.0), // reported missing 100 s after allocation, before its ack
+            ack(0, 3, 4, 40.0, 40.1),  // never reported
+        ];
+        let none = BTreeMap::new();
+        let mut obs = Observations::default();
+        observe(&mut obs, &plan, &none, 0, "latest", 50.0, &[], &[1], &[]);
+        observe(&mut obs, &plan, &none, 0, "after", 23.0, &[], &[2], &[]);
+        observe(&mut obs, &plan, &none, 0, "after", 130.0, &[], &[3, 9], &[]);
+        // A pending report is never false missing.
+        observe(&mut obs, &plan, &none, 0, "after", 12.0, &[], &[], &[4]);
+        let judged = judge_missing(
+            &obs,
+            &plan,
+            &acks(&history, &plan),
+            |us| us as f64 / 1e6,
+            HORIZON,
+        );
+        let keys: Vec<(usize, i64)> = judged.keys().copied().collect();
+        // seq 3: allocated > horizon before the read and acknowledged after it (the producer broke
+        // the horizon); seq 9: no acknowledged message there (a real gap).
+        assert_eq!(keys, vec![(0, 1), (0, 2)], "{judged:#?}");
+        assert!(judged[&(0, 1)].contains("after its ack"));
+        assert!(judged[&(0, 2)].contains("after its allocation"));
+    }
+
+    #[test]
+    fn another_message_at_an_acknowledged_seq_is_an_overwrite_and_foreign_content_a_mismatch() {
+        let plan = plan();
+        let a = ack(1, 0, 5, 1.0, 2.0);
+        let b = ack(1, 1, 5, 3.0, 4.0); // the same seq handed out again
+        let live_a = live(std::slice::from_ref(&a));
+        // Before a's ack, b at seq 5 is no overwrite (nothing acknowledged there yet).
+        let mut obs = Observations::default();
+        observe(
+            &mut obs,
+            &plan,
+            &live_a,
+            1,
+            "latest",
+            1.5,
+            &[stored(&plan, &b)],
+            &[],
+            &[],
+        );
+        assert!(obs.overwritten.is_empty());
+        // After it, it is.
+        observe(
+            &mut obs,
+            &plan,
+            &live_a,
+            1,
+            "latest",
+            4.5,
+            &[stored(&plan, &b)],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            obs.overwritten.keys().copied().collect::<Vec<_>>(),
+            vec![(1, 0)]
+        );
+        // a itself is fine.
+        let mut clean = Observations::default();
+        observe(
+            &mut clean,
+            &plan,
+            &live_a,
+            1,
+            "get",
+            9.0,
+            &[stored(&plan, &a)],
+            &[],
+            &[],
+        );
+        assert!(clean.overwritten.is_empty() && clean.content_mismatches.is_empty());
+        // a's msg_id with b's content: a mismatch.
+        let mut forged = stored(&plan, &b);
+        forged.msg_id = a.msg_id.clone();
+        observe(
+            &mut clean,
+            &plan,
+            &live_a,
+            1,
+            "get",
+            9.0,
+            &[forged],
+            &[],
+            &[],
+        );
+        assert_eq!(clean.content_mismatches.len(), 1, "{clean:#?}");
+        // Changed content under the right client_msg_id: a mismatch too.
+        let mut changed = stored(&plan, &a);
+        changed.content = b"something else".to_vec();
+        let mut third = Observations::default();
+        observe(
+            &mut third,
+            &plan,
+            &live_a,
+            1,
+            "get",
+            9.0,
+            &[changed],
+            &[],
+            &[],
+        );
+        assert_eq!(third.content_mismatches.len(), 1);
+    }
+
+    #[test]
+    fn real_time_order_holds_for_concurrent_and_late_sends_and_catches_inversions() {
+        let plan = plan();
+        // Two producers at once: b2 (seq 3) acknowledged before b1 (seq 2); both started after
+        // seq 1 was acknowledged. A late send (seq 4, allocated at 5.0) acknowledged at 20.0 after
+        // seq 5 (allocated 6.0): fine. Seq 6 started after seq 5's ack: fine.
+        let mut list = vec![
+            ack(0, 0, 1, 1.0, 1.1),
+            ack(0, 1, 2, 2.0, 2.3),
+            ack(0, 2, 3, 2.0, 2.2),
+            ack(0, 3, 4, 5.0, 20.0),
+            ack(0, 4, 5, 6.0, 6.1),
+            ack(0, 5, 6, 7.0, 7.1),
+        ];
+        list[3].offset = 50; // produced late: offset after seq 5's
+        let all = acks(&list, &plan);
+        assert!(chatlog_chaos::check::order_violations(&all[0]).is_empty());
+        // A send that started after seq 6's ack got a lower seq: an inversion.
+        let mut bad = list.clone();
+        bad.push(ack(0, 6, 4, 8.0, 8.1));
+        bad[6].offset = 60;
+        let all = acks(&bad, &plan);
+        let v = chatlog_chaos::check::order_violations(&all[0]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0.index, 6);
+    }
 }
