@@ -141,7 +141,9 @@
 //!
 //! `chatlog_history_requests_total{op,source}`, `chatlog_history_request_duration_seconds{op}`,
 //! `chatlog_history_db_reads_total`, `chatlog_history_db_queries_total`,
-//! `chatlog_history_coalesced_total`, `chatlog_history_window_errors_total{reason}`.
+//! `chatlog_history_coalesced_total`, `chatlog_history_window_errors_total{reason}`,
+//! `chatlog_history_window_hole_rows_total` (rows the table had in a window's holes: non-zero after
+//! a Redis rollback or a late old seq, until the window is whole again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
@@ -180,7 +182,9 @@ pub struct HistoryConfig {
     /// message above it is younger than this (by its `server_time_us`), in [`Page::missing`]
     /// afterwards. Set it to at least the producer's `message_timeout` (30 s by default,
     /// librdkafka retries included) plus Logic's retry window: a seq whose send is still being
-    /// retried must not be reported missing. Default 60 s. Written like `"60s"`, `"2m"`.
+    /// retried must not be reported missing. Ages compare the reader's clock with the
+    /// `server_time_us` Logic stamped, so leave a margin for clock skew between hosts. Default
+    /// 60 s. Written like `"60s"`, `"2m"`.
     #[serde(with = "humantime_serde")]
     pub settle_horizon: Duration,
 }
@@ -1313,6 +1317,9 @@ impl History {
                 cut = Some(if desc { start.max(lo) } else { end.min(hi) });
                 break;
             }
+        }
+        if found_new > 0 {
+            metrics::counter!("chatlog_history_window_hole_rows_total").increment(found_new as u64);
         }
         // An ascending cut ends the page inside a hole: the member closing the hole ages it.
         let above = cut
