@@ -136,6 +136,48 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     assert_eq!(row_seqs(&env, &s, 20).await, (1..=11).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_no_more() {
+    let env = Env::new("zombie_static", 1, 20).await;
+    let s = chatlog::unique("zst");
+    let base = base_time_us();
+    let instance = chatlog::unique("member");
+    let (_dir, config) = config_file(&format!("[kafka]\ngroup_instance_id = \"{instance}\"\n"));
+    let sessions = std::slice::from_ref(&s);
+
+    let mut old = env.spawn_consumer(&chatlog::unique("static_old"), &["--config", &config]);
+    old.wait_log(
+        "partitions assigned to this consumer",
+        Duration::from_secs(60),
+    );
+    let first: Vec<_> = (1..=5).map(|seq| message(&s, seq, base, 0)).collect();
+    env.produce(&first).await;
+    env.wait_for_rows(sessions, 20, 5, Duration::from_secs(60), &[&old])
+        .await;
+
+    // A replacement starts under the same static member id (a rescheduled pod while the old
+    // one still runs): the coordinator hands it the membership and fences the old member, which
+    // can no longer commit nor own anything, and must stop rather than keep reading.
+    let new = env.spawn_consumer(&chatlog::unique("static_new"), &["--config", &config]);
+    let status = old.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "a member fenced under its static id exits 3; log:\n{}",
+        old.log_text()
+    );
+
+    let more: Vec<_> = (6..=10).map(|seq| message(&s, seq, base, 0)).collect();
+    env.produce(&more).await;
+    env.wait_for_rows(sessions, 20, 10, Duration::from_secs(90), &[&new, &old])
+        .await;
+    assert_eq!(row_seqs(&env, &s, 20).await, (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        window_seqs(&chatlog::redis_url(), &s, &env).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+}
+
 /// SIGCONT on drop, so a failing test leaves no stopped process behind.
 struct Resume(u32);
 
