@@ -1,10 +1,11 @@
 //! The checker: the recorded history (every acknowledged send, every resend, every poison record,
-//! every fault) against what CQL, Redis and the DLQ hold once the pipeline has drained.
+//! every fault, and what the online oracle's reads said) against what CQL, Redis and the DLQ hold
+//! once the pipeline has drained.
 //!
 //! Definitions (docs/RELIABILITY.md explains them at length):
 //!
-//! - **lost**: acknowledged messages with no row at their (session, seq), or whose row differs in
-//!   any field from what was acknowledged (msg_id, client_msg_id, content, sender, types, times,
+//! - **lost**: acknowledged messages with no row at their (session, seq), or whose row is the same
+//!   message (msg_id) but differs in some field (client_msg_id, content, sender, types, times,
 //!   ext) or whose `writetime()` is not its server time; plus poison records missing from the DLQ.
 //! - **duplicated**: acknowledged messages stored a second time (another row of the session holds
 //!   their client_msg_id, or a resend with the same client_msg_id got another seq or msg_id); a
@@ -12,14 +13,21 @@
 //!   present more than once (same source partition and offset) or not poison at all. A second copy
 //!   caused by Redis losing the idempotency records between the two sends is the documented limit
 //!   of the seq allocator and is reported apart (`known_limit_duplicates`), not here.
-//! - **reordered**: within a session, messages are sent one after the other, so ack order is the
-//!   order of allocation. An ack is reordered if its seq is not above the previous ack's seq, or its
-//!   Kafka partition differs from the session's, or its offset is not above the previous ack's.
-//!   With (a) this means the CQL seq order of a session is its send order.
+//! - **reordered**: real-time order. An ack `b` is reordered if some message acknowledged before
+//!   `b`'s first attempt began has a seq not below `b`'s, or (in the session's partition) an
+//!   offset not below `b`'s, or `b` went to another partition than the session's. Sequential
+//!   sends, two producers at once and late sends are all held to it (see [`order_violations`]).
 //! - **window mismatches**: sessions whose Redis window is not exactly the newest k rows of CQL for
 //!   the session (k ≤ W, contiguous from the newest row down, each member byte-identical to
 //!   `version prefix + Avro` of that row), or that `chatlog_store::verify::verify_window` does not
 //!   call consistent. An empty or shorter window (after FLUSHALL) is fine; a wrong one is not.
+//! - **overwritten**: acknowledged messages whose (session, seq) row holds another message (another
+//!   msg_id) after the drain, or that an oracle read saw replaced by another message at their seq
+//!   after their ack (each message once); plus (session, seq) that a read returned with another
+//!   message's content. Not counted again in *lost*.
+//! - **false missing**: see [`crate::oracle`]: (session, seq) holding an acknowledged message that
+//!   a read reported `missing` after the message's ack or within the settle horizon of its
+//!   allocation, or that the final sweep did not return.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -118,7 +118,8 @@ impl Kind {
     }
 }
 
-/// `(kill=5, rebalance=1, …)`: the kinds planned or injected, in the order of [`Kind::ALL`].
+/// `(kill=5, rebalance=1, …)`: the kinds planned or injected, in the order of [`Kind::ALL`];
+/// `(none)` when there are none.
 pub fn per_kind(opts: &Options, injected: &BTreeMap<String, usize>) -> String {
     let parts: Vec<String> = Kind::ALL
         .iter()
@@ -127,7 +128,11 @@ pub fn per_kind(opts: &Options, injected: &BTreeMap<String, usize>) -> String {
             (n > 0 || k.planned(opts) > 0).then(|| format!("{}={n}", k.name()))
         })
         .collect();
-    format!("({})", parts.join(", "))
+    if parts.is_empty() {
+        "(none)".to_owned()
+    } else {
+        format!("({})", parts.join(", "))
+    }
 }
 
 /// The faults of a run in a random order, each with its planned start (seconds after the load

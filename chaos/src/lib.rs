@@ -9,16 +9,22 @@
 //!    `dev/stack.sh` would restart).
 //! 2. **Fleet**: `consumers` real `chatlog-consumer` processes supervised by the harness
 //!    ([`fleet`]): stable ordinals and transactional ids, restarted when they exit by themselves.
+//!    Every Redis client of the run (producers, oracle, checker, consumers) goes through a
+//!    switchable TCP proxy ([`proxy`]) that a failover moves to the promoted replica.
 //! 3. **Load** ([`load`]): messages through `chatlog_producer::Producer` over many sessions,
 //!    retried with the same client_msg_id on failure, some resent after their ack; ~1 % poison
 //!    records produced raw. Every ack and every poison record is recorded.
 //! 4. **Faults** ([`faults`]) spread over the load: kill -9 of consumers, rebalances, a Kafka
-//!    broker restart, a Redis restart + FLUSHALL, Cassandra paused with SIGSTOP.
-//! 5. **Drain** ([`drain`]): the group's committed offsets reach the end of every partition; the
+//!    broker restart, a Redis restart + FLUSHALL, a Redis rollback to an earlier snapshot, a
+//!    failover to a lagging replica, Cassandra paused with SIGSTOP, consumers frozen (in a CQL
+//!    stage, inside poll, anywhere), two producers on the same sessions, late sends.
+//! 5. **Oracle** ([`oracle`]): history read during the run, and every session once after it.
+//! 6. **Drain** ([`drain`]): the group's committed offsets reach the end of every partition; the
 //!    fleet stops; the CQL row count is stable.
-//! 6. **Check** ([`check`]): lost, duplicated, reordered, window mismatches (definitions there and
-//!    in docs/RELIABILITY.md), summed up in one line:
-//!    `chaos: 50000 acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 9 faults injected`.
+//! 7. **Check** ([`check`]): lost, duplicated, reordered, window mismatches, overwritten, false
+//!    missing (definitions there and in docs/RELIABILITY.md), summed up in one line:
+//!    `chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0 overwritten,
+//!    0 false missing, K faults injected (kill=5, rebalance=1, …)`.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -48,8 +54,8 @@ pub use options::{Options, Size};
 pub struct Report {
     /// The one summary line.
     pub summary: String,
-    /// True when lost, duplicated, reordered and window mismatches are 0, every message was
-    /// acknowledged and every planned fault was injected.
+    /// True when lost, duplicated, reordered, window mismatches, overwritten and false missing are
+    /// 0, every message was acknowledged and every planned fault of every kind was injected.
     pub ok: bool,
     /// Acknowledged messages (distinct).
     pub acked: usize,

@@ -3,13 +3,28 @@
 //! acknowledged send and every poison record is recorded: that history is what the checker holds
 //! the stores to.
 //!
-//! - Each session sends sequentially (the next message after the previous one's ack), so within a
-//!   session the acknowledgement order is the allocation order; sessions run concurrently, with at
-//!   most `concurrency` sends in flight and paced to `rate` messages/s overall.
+//! - Each session sends sequentially (the next message after the previous one's ack) through
+//!   producer instance A; sessions run concurrently, with at most `concurrency` sends in flight
+//!   and paced to `rate` messages/s overall.
+//! - During a `two_producers` fault, paired sessions send two messages at a time: one through A,
+//!   one through B, a second `Producer` with its own Kafka client, CQL session, Redis connection
+//!   and seq allocator (two Logic instances in one process: everything a second process would
+//!   have but the address space). Their seqs are allocated by two allocators and produced by two
+//!   Kafka clients at once, so a session's Kafka order may differ from its seq order.
+//! - A `late_send` claims a session's next message, sends it through the *broken* instance (its
+//!   Kafka is a closed port: the seq is allocated, the produce times out after 1 s), and a few
+//!   seconds later, after later messages of the session landed, through A with the same
+//!   client_msg_id: the idempotency record gives it its first seq back, below the session's head.
 //! - A failed send is retried with the same `client_msg_id` (backoff 0.2 → 5 s, for up to
 //!   [`GIVE_UP`]), as Logic does: the producer's idempotency record gives the same seq back.
 //! - A share of acknowledged messages is sent a second time right away (a client retry after a
 //!   lost ack): it must return the same seq and msg_id, marked duplicate.
+//! - A `poll_zombie` fault can hold new sends back for a moment ([`Load::hold`]).
+//!
+//! Recorded per ack: the seq, msg_id, server time, Kafka partition and offset, attempts, when its
+//! first attempt began and when it was acknowledged, and which instance sent it. The checker's
+//! order rule uses those times: whatever was acknowledged before a send began must be below it
+//! in seq and in its partition's offsets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -616,12 +631,10 @@ async fn send_with_retry(
             Ok(sent) => return Some((sent, attempts)),
             Err(e) => {
                 record_error(shared, &e).await;
-                let hopeless = matches!(
-                    e,
-                    chatlog_producer::Error::Invalid(_)
-                        | chatlog_producer::Error::Closed
-                        | chatlog_producer::Error::Config(_)
-                );
+                // `settled`: the first allocation is older than the settle horizon allows to
+                // produce again; Logic would look the seq up and resend under a new client_msg_id.
+                // The harness gives up instead: the message shows as never acknowledged.
+                let hopeless = matches!(e.reason(), "invalid" | "closed" | "config" | "settled");
                 if hopeless || started.elapsed() > GIVE_UP {
                     shared.events.log(format!(
                         "giving up on {}/{} after {attempts} attempts: {e}",

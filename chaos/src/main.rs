@@ -1,7 +1,7 @@
 //! `chatlog-chaos`: one chaos run against the stack the `CHATLOG_*` variables name (see
 //! `dev/chaos.sh` and docs/RELIABILITY.md). Prints the summary line, writes the figures as JSON
-//! with `--json`, and exits 1 if anything was lost, duplicated, reordered or a window was wrong
-//! (2 if the run itself could not be carried out).
+//! with `--json`, and exits 1 if anything was lost, duplicated, reordered, overwritten or falsely
+//! reported missing, or a window was wrong (2 if the run itself could not be carried out).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -13,8 +13,9 @@ use clap::Parser;
 
 /// chatlog chaos harness: load + faults through the whole pipeline, then a history check.
 ///
-/// DANGER: it restarts Kafka and Redis (FLUSHALL) and pauses Cassandra of the stack that
-/// CHATLOG_STACK_DIR / CHATLOG_*_PORT select. Never point it at a stack others are using.
+/// DANGER: it restarts Kafka and Redis (FLUSHALL, rollback to a snapshot, failover to a replica on
+/// CHATLOG_REDIS_REPLICA_PORT) and pauses Cassandra of the stack that CHATLOG_STACK_DIR /
+/// CHATLOG_*_PORT select. Never point it at a stack others are using.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, max_term_width = 100)]
 struct Cli {
@@ -54,17 +55,18 @@ struct Cli {
     /// Seconds Cassandra stays stopped.
     #[arg(long)]
     cassandra_pause_secs: Option<u64>,
-    /// Consumer pauses: SIGSTOP to a random consumer, SIGCONT later (a zombie). Default 0.
+    /// Consumer pauses: SIGSTOP to a random consumer, SIGCONT later (a zombie).
     #[arg(long)]
     consumer_pauses: Option<usize>,
-    /// Seconds a paused consumer stays stopped (default 20, above the 10 s session timeout).
+    /// Seconds a paused consumer stays stopped (default 15, above the 10 s session timeout); also
+    /// the pause of a poll zombie.
     #[arg(long)]
     consumer_pause_secs: Option<u64>,
-    /// FLUSHALL Redis while a consumer is paused.
+    /// No FLUSHALL while a consumer is paused (by default Redis is flushed 2 s before it resumes).
     #[arg(long)]
-    pause_flush: bool,
+    no_pause_flush: bool,
     /// Zombie writers (composed fault: a consumer frozen in its CQL stage past its session timeout
-    /// while Redis loses its data, then resumed). Default 0.
+    /// while Redis loses its data, then resumed).
     #[arg(long)]
     zombies: Option<usize>,
     /// Poll zombies: a consumer frozen inside poll past its session timeout, FLUSHALL meanwhile.
@@ -178,7 +180,7 @@ impl Cli {
             o.cassandra_pause = Duration::from_secs(s);
         }
         o.sabotage = self.sabotage;
-        o.pause_flush |= self.pause_flush;
+        o.pause_flush &= !self.no_pause_flush;
         if let Some(s) = self.consumer_pause_secs {
             o.consumer_pause = Duration::from_secs(s);
         }

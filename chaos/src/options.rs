@@ -59,8 +59,7 @@ pub struct Options {
     /// How long Cassandra stays stopped.
     pub cassandra_pause: Duration,
     /// Consumer pauses: SIGSTOP to a random consumer, SIGCONT after `consumer_pause` (longer than
-    /// the group session timeout, so its partitions move on and it resumes as a zombie). Not part
-    /// of the documented sizes (0 there).
+    /// the group session timeout, so its partitions move on and it resumes as a zombie).
     pub consumer_pauses: usize,
     /// How long a paused consumer stays stopped.
     pub consumer_pause: Duration,
