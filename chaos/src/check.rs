@@ -624,10 +624,10 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
             c.example("not_returned", text.clone());
         } else if text.contains("after its ack") {
             c.f.details.missing_after_ack += 1;
-            c.example("false_missing", text.clone());
+            c.example("false_missing_after_ack", text.clone());
         } else {
             c.f.details.missing_within_horizon += 1;
-            c.example("false_missing", text.clone());
+            c.example("false_missing_within_horizon", text.clone());
         }
     }
     c.f.false_missing = false_missing.len();
