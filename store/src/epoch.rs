@@ -32,9 +32,12 @@
 //! # Cost
 //!
 //! The two `INFO` calls are most of the cost of the check (`redis-benchmark`, 50 clients, the
-//! seq fast-path script: ~88 k calls/s without, ~52 k with). The seq allocator pays them once per
-//! call, and one call serves every request queued meanwhile across many sessions (see
-//! [`crate::seq`]); the window writer pays them once per session per batch.
+//! seq fast-path script: ~88 k calls/s without, ~52 k with both, ~67 k with `INFO replication`
+//! alone). The seq fast path therefore reads only `master_replid` per call and carries `run_id` as
+//! a literal of a script loaded into that very lifetime ([`pinned_epoch_lua`]; a restart empties
+//! the script cache, so the script cannot run anywhere else), and one call serves every request
+//! queued meanwhile across many sessions (see [`crate::seq`]). The segment installs and the window
+//! writer (once per session per batch) read both.
 
 /// Lua (a literal, for `concat!`) defining `server_epoch()`: this instance's epoch string.
 macro_rules! epoch_lua {
@@ -56,6 +59,44 @@ pub const EPOCH_LUA: &str = epoch_lua!();
 /// Field of a session's seq hash holding the epoch its `cur`/`max` were written in.
 pub const SEQ_FIELD: &str = "ep";
 
+/// Lua defining `server_epoch()` with `run_id` as a literal: only `master_replid` is read per
+/// call (`INFO replication`, about a third of the price of both). `None` unless `run_id` is a
+/// `run_id` (hex digits only), so nothing else can reach the script's text.
+///
+/// Sound only for a script loaded into the Redis lifetime whose `run_id` this is (see
+/// [`crate::seq`]: the script cache does not survive a restart, so `EVALSHA` of it fails with
+/// `NOSCRIPT` on any other lifetime, and the caller loads it again for the new one). A failover
+/// or a resync changes `master_replid`, which is still read.
+pub fn pinned_epoch_lua(run_id: &str) -> Option<String> {
+    if run_id.is_empty() || !run_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        r#"
+local function server_epoch()
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  return '{run_id}:' .. (replid or '?')
+end
+"#
+    ))
+}
+
+/// The `run_id` of the server behind `con` (`INFO server`).
+pub async fn run_id<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "INFO server without run_id",
+            ))
+        })
+}
+
 /// The epoch of the server behind `con`, as the scripts compute it (for tests and operators; a
 /// script never trusts a value read outside it).
 pub async fn current<C: redis::aio::ConnectionLike + Send>(con: &mut C) -> crate::Result<String> {
@@ -68,4 +109,20 @@ pub async fn current<C: redis::aio::ConnectionLike + Send>(con: &mut C) -> crate
             what: "read the redis epoch",
             source: e,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_hex_run_id_reaches_the_script() {
+        let lua = pinned_epoch_lua("0a9f").unwrap();
+        assert!(lua.contains("'0a9f:'"));
+        assert_eq!(
+            pinned_epoch_lua("0a9f' .. redis.call('FLUSHALL') .. '"),
+            None
+        );
+        assert_eq!(pinned_epoch_lua(""), None);
+    }
 }

@@ -12,7 +12,7 @@
 //!
 //! # Paths
 //!
-//! - **Fast** ([`FAST_LUA`], one `EVALSHA`): an existing idempotency record is returned as a
+//! - **Fast** ([`FAST_BODY`], one `EVALSHA`): an existing idempotency record is returned as a
 //!   duplicate; else if the hash belongs to the serving Redis's epoch and `cur < max`, then
 //!   `cur + 1` is handed out and the record written with a TTL. Calls are coalesced (group
 //!   commit): sessions are spread over [`FAST_LANES`] lanes; while a lane's call is in flight, the
@@ -77,8 +77,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -89,7 +89,7 @@ use scylla::value::{CqlValue, Row};
 use serde::Deserialize;
 
 use crate::queues::SessionQueues;
-use crate::{CqlConfig, Error, Result, keys};
+use crate::{CqlConfig, Error, Result, epoch, keys};
 
 /// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
 /// its seq hash followed by one idempotency record per request. ARGV: record TTL ms, hash idle TTL
@@ -105,9 +105,10 @@ use crate::{CqlConfig, Error, Result, keys};
 ///
 /// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
 /// a seq is never handed out twice, so it is still that message's seq.
-pub const FAST_LUA: &str = concat!(
-    epoch_lua!(),
-    r#"
+///
+/// The script is [`FAST_BODY`] after [`epoch::pinned_epoch_lua`] of the serving Redis's `run_id`
+/// (see [`fast_lua`]).
+pub const FAST_BODY: &str = r#"
 local ep = server_epoch()
 local groups = tonumber(ARGV[3])
 local out = {}
@@ -166,8 +167,13 @@ for _, w in ipairs(writes) do
   end
 end
 return out
-"#
-);
+"#;
+
+/// The fast-path script for the Redis lifetime with `run_id`: its epoch check reads only
+/// `master_replid` (see [`epoch::pinned_epoch_lua`]). `None` if `run_id` is not hex.
+pub fn fast_lua(run_id: &str) -> Option<String> {
+    Some(epoch::pinned_epoch_lua(run_id)? + FAST_BODY)
+}
 
 /// Most requests served by one fast-path call.
 pub const FAST_BATCH: usize = 128;
@@ -495,7 +501,9 @@ struct Inner {
     insert: PreparedStatement,
     update: PreparedStatement,
     select: PreparedStatement,
-    fast: redis::Script,
+    /// The fast-path script of the Redis lifetime last seen (see [`fast_lua`]); `None` until
+    /// loaded, and again after `NOSCRIPT` (a restart, a failover, `SCRIPT FLUSH`).
+    fast: std::sync::Mutex<Option<Arc<redis::Script>>>,
     install: redis::Script,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Per lane (see [`FAST_LANES`]) with a fast-path call in flight: the requests waiting for
@@ -574,7 +582,7 @@ impl SeqAllocator {
                 insert,
                 update,
                 select,
-                fast: redis::Script::new(FAST_LUA),
+                fast: std::sync::Mutex::new(None),
                 install: redis::Script::new(INSTALL_LUA),
                 locks: (0..SEGMENT_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
@@ -815,29 +823,52 @@ impl SeqAllocator {
         results.pop().expect("one result per request")
     }
 
-    /// One `EVALSHA` of [`FAST_LUA`] for the requests of `sessions` (each session once, with its
-    /// requests in order): one result per request, in the same order.
+    /// One `EVALSHA` of the fast-path script for the requests of `sessions` (each session once,
+    /// with its requests in order): one result per request, in the same order.
     async fn call_fast(&self, sessions: &[(&str, &[AllocRequest])]) -> Vec<Result<Fast>> {
         let inner = &*self.inner;
         inner.fast_calls.fetch_add(1, Ordering::Relaxed);
         let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
         let mut con = inner.redis.clone();
-        let mut call = inner.fast.prepare_invoke();
-        call.arg(duration_ms(inner.config.dedup_ttl).max(1))
-            .arg(duration_ms(inner.config.idle_ttl))
-            .arg(sessions.len());
-        for (session_id, requests) in sessions {
-            call.key(keys::seq(session_id)).arg(requests.len());
-            for r in *requests {
-                call.key(keys::client_msg(session_id, &r.client_msg_id));
+        let mut result = Err(FastCallError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "seq fast path not attempted",
+        ))));
+        // Twice at most: a `NOSCRIPT` means another Redis lifetime, whose script is loaded anew.
+        for _ in 0..2 {
+            let script = match self.fast_script(&mut con).await {
+                Ok(script) => script,
+                Err(e) => {
+                    result = Err(FastCallError::Redis(e));
+                    break;
+                }
+            };
+            let mut call = script.prepare_invoke();
+            call.arg(duration_ms(inner.config.dedup_ttl).max(1))
+                .arg(duration_ms(inner.config.idle_ttl))
+                .arg(sessions.len());
+            for (session_id, requests) in sessions {
+                call.key(keys::seq(session_id)).arg(requests.len());
+                for r in *requests {
+                    call.key(keys::client_msg(session_id, &r.client_msg_id));
+                }
+            }
+            for (_, requests) in sessions {
+                for r in *requests {
+                    call.arg(&r.candidate_msg_id).arg(r.server_time_us);
+                }
+            }
+            result = self.invoke_fast(&mut con, &call).await;
+            match &result {
+                Err(FastCallError::Redis(e))
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.forget_fast_script(&script);
+                }
+                _ => break,
             }
         }
-        for (_, requests) in sessions {
-            for r in *requests {
-                call.arg(&r.candidate_msg_id).arg(r.server_time_us);
-            }
-        }
-        let replies = match self.invoke_fast(&mut con, &call).await {
+        let replies = match result {
             Ok(replies) => replies,
             Err(e) => {
                 return (0..total)
@@ -854,9 +885,69 @@ impl SeqAllocator {
         replies.into_iter().map(fast_result).collect()
     }
 
-    /// Runs one fast-path invocation. With [`SeqConfig::wait_replicas`], the script and `WAIT` go
-    /// out as one pipeline on one connection — `WAIT` covers exactly the writes before it on that
-    /// connection — and the replies count only if enough replicas acknowledged.
+    /// The fast-path script of the Redis lifetime behind `con`, loaded into it if needed: read
+    /// `run_id`, `SCRIPT LOAD` the script that carries it, read `run_id` again. Equal twice means
+    /// no restart in between (run ids are never reused), so the script was loaded into that very
+    /// lifetime, and `EVALSHA` of it can only run there (a restart empties the script cache).
+    /// Never loaded implicitly (`EVALSHA` falling back to `EVAL` would run it elsewhere).
+    async fn fast_script(
+        &self,
+        con: &mut ConnectionManager,
+    ) -> redis::RedisResult<Arc<redis::Script>> {
+        if let Some(script) = self.cached_fast_script() {
+            return Ok(script);
+        }
+        for _ in 0..3 {
+            let before = epoch::run_id(con).await?;
+            let Some(lua) = fast_lua(&before) else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "INFO server: run_id is not hex",
+                    before,
+                )));
+            };
+            let script = redis::Script::new(&lua);
+            script.prepare_invoke().load_async(con).await?;
+            if epoch::run_id(con).await? == before {
+                let script = Arc::new(script);
+                *self
+                    .inner
+                    .fast
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(script.clone());
+                return Ok(script);
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "redis kept restarting while the seq script was loaded",
+        )))
+    }
+
+    fn cached_fast_script(&self) -> Option<Arc<redis::Script>> {
+        self.inner
+            .fast
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets `script` (its Redis lifetime is gone) unless another call already replaced it.
+    fn forget_fast_script(&self, script: &Arc<redis::Script>) {
+        let mut cached = self
+            .inner
+            .fast
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, script)) {
+            *cached = None;
+        }
+    }
+
+    /// Runs one fast-path invocation (`EVALSHA` only; `NOSCRIPT` is the caller's). With
+    /// [`SeqConfig::wait_replicas`], the script and `WAIT` go out as one pipeline on one
+    /// connection — `WAIT` covers exactly the writes before it on that connection — and the
+    /// replies count only if enough replicas acknowledged.
     async fn invoke_fast(
         &self,
         con: &mut ConnectionManager,
@@ -864,24 +955,16 @@ impl SeqAllocator {
     ) -> Result<Vec<FastReply>, FastCallError> {
         let config = &self.inner.config;
         let redis_err = FastCallError::Redis;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(call);
         if config.wait_replicas == 0 {
-            return call.invoke_async(con).await.map_err(redis_err);
+            let (replies,): (Vec<FastReply>,) = pipe.query_async(con).await.map_err(redis_err)?;
+            return Ok(replies);
         }
         let timeout_ms = duration_ms(config.wait_timeout).max(1);
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(call)
-            .cmd("WAIT")
-            .arg(config.wait_replicas)
-            .arg(timeout_ms);
-        let reply: redis::RedisResult<(Vec<FastReply>, i64)> = match pipe.query_async(con).await {
-            // A restarted or flushed Redis forgot the script: load it, then the same pipeline.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                call.load_async(con).await.map_err(redis_err)?;
-                pipe.query_async(con).await
-            }
-            other => other,
-        };
-        let (replies, acked) = reply.map_err(redis_err)?;
+        pipe.cmd("WAIT").arg(config.wait_replicas).arg(timeout_ms);
+        let (replies, acked): (Vec<FastReply>, i64) =
+            pipe.query_async(con).await.map_err(redis_err)?;
         if acked < i64::from(config.wait_replicas) {
             return Err(FastCallError::NotReplicated { acked });
         }
@@ -1059,7 +1142,7 @@ impl SeqAllocator {
     }
 }
 
-/// One `{status, record, a, b, c}` of [`FAST_LUA`].
+/// One `{status, record, a, b, c}` of [`FAST_BODY`].
 /// Why a fast-path call failed. `Clone` (unlike [`Error`]): every request the call served gets
 /// its own copy.
 #[derive(Debug, Clone)]
@@ -1071,7 +1154,7 @@ enum FastCallError {
     },
 }
 
-/// One request's reply of [`FAST_LUA`]: `{status, record, a, b, c}`.
+/// One request's reply of [`FAST_BODY`]: `{status, record, a, b, c}`.
 type FastReply = (i64, Vec<u8>, i64, i64, i64);
 
 fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
@@ -1100,7 +1183,13 @@ fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
 
 /// The fast-path lane of a session (a name, as [`SessionQueues`] keys by name).
 fn lane_of(session_id: &str) -> &'static str {
-    const NAMES: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+    const NAMES: [&str; 64] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63",
+    ];
     const _: () = assert!(FAST_LANES <= NAMES.len());
     let mut h = DefaultHasher::new();
     (session_id, "lane").hash(&mut h);
