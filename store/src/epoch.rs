@@ -24,7 +24,9 @@
 //!   while its data went back; its `master_replid` changed at each step.
 //!
 //! Either one alone misses a case; both together cover every case above, and newer Redis versions
-//! that keep the replication id across a restart still change `run_id`. The false alarms are
+//! that keep the replication id across a restart still change `run_id`. A server whose `INFO`
+//! shows neither (some Redis-compatible services hide them) fails the scripts with an error rather
+//! than running unchecked. The false alarms are
 //! harmless and rare: a master gets a new `master_replid` when it gets its first replica (a new
 //! backlog), and state written before then is recovered once (a seq gap, a window that refills).
 //! `FLUSHALL` needs no epoch: the keys are gone, which every script already treats as lost.
@@ -46,7 +48,10 @@ macro_rules! epoch_lua {
 local function server_epoch()
   local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  return (run_id or '?') .. ':' .. (replid or '?')
+  if not run_id or not replid then
+    error('chatlog: INFO shows no run_id or master_replid; the Redis epoch cannot be checked')
+  end
+  return run_id .. ':' .. replid
 end
 "#
     };
@@ -67,34 +72,48 @@ pub const SEQ_FIELD: &str = "ep";
 /// [`crate::seq`]: the script cache does not survive a restart, so `EVALSHA` of it fails with
 /// `NOSCRIPT` on any other lifetime, and the caller loads it again for the new one). A failover
 /// or a resync changes `master_replid`, which is still read.
-pub fn pinned_epoch_lua(run_id: &str) -> Option<String> {
-    if run_id.is_empty() || !run_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+///
+/// `load` (hex) makes the text of each load attempt unique: a script loaded by an attempt that
+/// found `run_id` changed meanwhile (a restart between reading it and `SCRIPT LOAD`) has a hash
+/// that nobody else ever runs, so no process can run a script pinned to one lifetime in another.
+pub fn pinned_epoch_lua(run_id: &str, load: &str) -> Option<String> {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(run_id) || !hex(load) {
         return None;
     }
     Some(format!(
-        r#"
+        r#"-- chatlog seq fast path, run {run_id}, load {load}
 local function server_epoch()
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  return '{run_id}:' .. (replid or '?')
+  if not replid then
+    error('chatlog: INFO shows no master_replid; the Redis epoch cannot be checked')
+  end
+  return '{run_id}:' .. replid
 end
 "#
     ))
 }
 
-/// The `run_id` of the server behind `con` (`INFO server`).
-pub async fn run_id<C: redis::aio::ConnectionLike + Send>(
+/// The `redis_version` major of the server behind `con` (`INFO server`) and its `run_id`.
+pub async fn server<C: redis::aio::ConnectionLike + Send>(
     con: &mut C,
-) -> redis::RedisResult<String> {
+) -> redis::RedisResult<(u32, String)> {
     let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
-        .ok_or_else(|| {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "INFO server without run_id",
-            ))
-        })
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let major = field("redis_version:")
+        .and_then(|v| v.split('.').next().and_then(|m| m.parse().ok()))
+        .unwrap_or(0);
+    let run_id = field("run_id:").ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "INFO server without run_id",
+        ))
+    })?;
+    Ok((major, run_id))
 }
 
 /// The epoch of the server behind `con`, as the scripts compute it (for tests and operators; a
@@ -117,12 +136,16 @@ mod tests {
 
     #[test]
     fn only_a_hex_run_id_reaches_the_script() {
-        let lua = pinned_epoch_lua("0a9f").unwrap();
+        let lua = pinned_epoch_lua("0a9f", "01").unwrap();
         assert!(lua.contains("'0a9f:'"));
-        assert_eq!(
-            pinned_epoch_lua("0a9f' .. redis.call('FLUSHALL') .. '"),
-            None
+        assert_ne!(
+            lua,
+            pinned_epoch_lua("0a9f", "02").unwrap(),
+            "one text per load"
         );
-        assert_eq!(pinned_epoch_lua(""), None);
+        let injected = "0a9f' .. redis.call('FLUSHALL') .. '";
+        assert_eq!(pinned_epoch_lua(injected, "01"), None);
+        assert_eq!(pinned_epoch_lua("", "01"), None);
+        assert_eq!(pinned_epoch_lua("0a9f", "x"), None);
     }
 }

@@ -91,24 +91,10 @@ use serde::Deserialize;
 use crate::queues::SessionQueues;
 use crate::{CqlConfig, Error, Result, epoch, keys};
 
-/// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
-/// its seq hash followed by one idempotency record per request. ARGV: record TTL ms, hash idle TTL
-/// ms (0 = none), the number of sessions `G`, then `G` request counts, then per request (in KEYS
-/// order) its candidate msg_id and server_time_us.
-///
-/// Returns one `{status, record, a, b, c}` per request, in order: `0` allocated (`a` = seq); `1`
-/// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
-/// the same call had the same id); `2` hash missing or written in another epoch (see
-/// [`crate::epoch`]: Redis went back in time, so its `cur` may be below seqs already handed out);
-/// `3` segment used up (`a` = max, `b` = step, `c` = installed-at ms). A session's requests are
-/// served in order, so its seqs follow the order of KEYS.
-///
-/// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
-/// a seq is never handed out twice, so it is still that message's seq.
-///
-/// The script is [`FAST_BODY`] after [`epoch::pinned_epoch_lua`] of the serving Redis's `run_id`
-/// (see [`fast_lua`]).
-pub const FAST_BODY: &str = r#"
+/// The text of [`FAST_BODY`] (a literal, for `concat!`).
+macro_rules! fast_body {
+    () => {
+        r#"
 local ep = server_epoch()
 local groups = tonumber(ARGV[3])
 local out = {}
@@ -167,13 +153,38 @@ for _, w in ipairs(writes) do
   end
 end
 return out
-"#;
+"#
+    };
+}
+
+/// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
+/// its seq hash followed by one idempotency record per request. ARGV: record TTL ms, hash idle TTL
+/// ms (0 = none), the number of sessions `G`, then `G` request counts, then per request (in KEYS
+/// order) its candidate msg_id and server_time_us.
+///
+/// Returns one `{status, record, a, b, c}` per request, in order: `0` allocated (`a` = seq); `1`
+/// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
+/// the same call had the same id); `2` hash missing or written in another epoch (see
+/// [`crate::epoch`]: Redis went back in time, so its `cur` may be below seqs already handed out);
+/// `3` segment used up (`a` = max, `b` = step, `c` = installed-at ms). A session's requests are
+/// served in order, so its seqs follow the order of KEYS.
+///
+/// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
+/// a seq is never handed out twice, so it is still that message's seq.
+///
+/// The script is [`FAST_BODY`] after [`epoch::pinned_epoch_lua`] of the serving Redis's `run_id`
+/// (see [`fast_lua`]).
+pub const FAST_BODY: &str = fast_body!();
 
 /// The fast-path script for the Redis lifetime with `run_id`: its epoch check reads only
 /// `master_replid` (see [`epoch::pinned_epoch_lua`]). `None` if `run_id` is not hex.
-pub fn fast_lua(run_id: &str) -> Option<String> {
-    Some(epoch::pinned_epoch_lua(run_id)? + FAST_BODY)
+pub fn fast_lua(run_id: &str, load: &str) -> Option<String> {
+    Some(epoch::pinned_epoch_lua(run_id, load)? + FAST_BODY)
 }
+
+/// The fast-path script that reads both ids per call: for Redis before 7.0, which copies
+/// `SCRIPT LOAD` to its replicas and its AOF, so a pinned script could outlive its lifetime.
+pub const FAST_LUA_UNPINNED: &str = concat!(epoch_lua!(), fast_body!());
 
 /// Most requests served by one fast-path call.
 pub const FAST_BATCH: usize = 128;
@@ -181,7 +192,9 @@ pub const FAST_BATCH: usize = 128;
 /// Fast-path calls of one allocator that may be in flight at once. Sessions are spread over the
 /// lanes by hash; each lane has one call in flight, and the requests that arrive meanwhile, of any
 /// of its sessions, are served together by its next call. Fewer lanes mean larger calls (the epoch
-/// check and the round trip paid once per call); more lanes, more calls in flight.
+/// check and the round trip paid once per call); more lanes, more calls in flight. One call then
+/// touches keys of several sessions (several hash tags): right for the one Redis node chatlog
+/// supports today; Redis Cluster support must make lanes per hash slot (`CROSSSLOT` otherwise).
 pub const FAST_LANES: usize = 4;
 
 /// Installs a reserved segment, moving values only up. KEYS: seq hash. ARGV: `low - 1`, `high`,
@@ -898,17 +911,22 @@ impl SeqAllocator {
             return Ok(script);
         }
         for _ in 0..3 {
-            let before = epoch::run_id(con).await?;
-            let Some(lua) = fast_lua(&before) else {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "INFO server: run_id is not hex",
-                    before,
-                )));
+            let (major, before) = epoch::server(con).await?;
+            let script = if major < 7 {
+                redis::Script::new(FAST_LUA_UNPINNED)
+            } else {
+                let load = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
+                let Some(lua) = fast_lua(&before, &load) else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "INFO server: run_id is not hex",
+                        before,
+                    )));
+                };
+                redis::Script::new(&lua)
             };
-            let script = redis::Script::new(&lua);
             script.prepare_invoke().load_async(con).await?;
-            if epoch::run_id(con).await? == before {
+            if epoch::server(con).await?.1 == before {
                 let script = Arc::new(script);
                 *self
                     .inner
