@@ -12,11 +12,29 @@ use crate::events::Events;
 
 /// Total lag (end offset − committed offset, summed over partitions) of `group` on `topic`.
 pub fn lag(kafka: &str, topic: &str, group: &str, partitions: i32) -> anyhow::Result<i64> {
+    lag_with(kafka, topic, group, partitions, "read_committed")
+}
+
+/// [`lag`] from the committed offsets alone: under `read_uncommitted` the offset fetch does not
+/// wait for transactional offset commits still pending (KIP-447 `require_stable`), which a frozen
+/// consumer's open transaction keeps pending until it times out. Offsets in a pending transaction
+/// count as not committed.
+pub fn stable_lag(kafka: &str, topic: &str, group: &str, partitions: i32) -> anyhow::Result<i64> {
+    lag_with(kafka, topic, group, partitions, "read_uncommitted")
+}
+
+fn lag_with(
+    kafka: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+    isolation: &str,
+) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

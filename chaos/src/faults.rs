@@ -415,7 +415,8 @@ async fn pause_then_resume(
     Ok(())
 }
 
-/// Waits until the group has committed the end of every partition.
+/// Waits until the group has committed the end of every partition (its committed offsets, not
+/// waiting for transactions still open: a consumer frozen by an earlier fault may hold one).
 async fn wait_lag_zero(ctx: &Ctx, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -425,7 +426,8 @@ async fn wait_lag_zero(ctx: &Ctx, limit: Duration) -> anyhow::Result<()> {
             ctx.group.clone(),
             ctx.opts.partitions,
         );
-        let lag = tokio::task::spawn_blocking(move || crate::drain::lag(&k, &t, &g, p)).await?;
+        let lag =
+            tokio::task::spawn_blocking(move || crate::drain::stable_lag(&k, &t, &g, p)).await?;
         match lag {
             Ok(0) => return Ok(()),
             Ok(n) if tokio::time::Instant::now() > deadline => {
