@@ -1,32 +1,37 @@
 //! The window script's fast path (one variadic ZADD for new seqs above the head) must leave exactly
-//! what the original per-seq script leaves. Differential test against the local stack's Redis:
+//! what the per-seq script leaves (the original, with the rule added since that a seq below a
+//! non-empty window's lowest member is not added). Differential test against the local stack's Redis:
 //! random windows, random batches with replays, late seqs, duplicate seqs and older/newer
 //! versions, both scripts applied to twin keys, the resulting ZSETs compared.
 
 use chatlog_store::window::APPEND_LUA;
 use redis::aio::ConnectionManager;
 
-/// The script before the fast path (store/src/window.rs at the consumer's first release).
+/// The script before the fast path (store/src/window.rs at the consumer's first release), plus the
+/// lowest-member rule.
 const REFERENCE_LUA: &str = r#"
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
 for i = 3, #ARGV, 2 do
   local seq = ARGV[i]
   local member = ARGV[i + 1]
   local version = string.sub(member, 1, 16)
-  local keep_existing = false
-  for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
-    if existing ~= member then
-      if string.sub(existing, 1, 16) > version then
-        keep_existing = true
-      else
-        redis.call('ZREM', key, existing)
+  if low == nil or tonumber(seq) >= low then
+    local keep_existing = false
+    for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
+      if existing ~= member then
+        if string.sub(existing, 1, 16) > version then
+          keep_existing = true
+        else
+          redis.call('ZREM', key, existing)
+        end
       end
     end
-  end
-  if not keep_existing then
-    redis.call('ZADD', key, seq, member)
+    if not keep_existing then
+      redis.call('ZADD', key, seq, member)
+    end
   end
 end
 local n = redis.call('ZCARD', key)
@@ -64,11 +69,14 @@ fn member(seq: u64, version: u64, variant: u64) -> Vec<u8> {
 async fn append(
     con: &mut ConnectionManager,
     script: &redis::Script,
-    key: &str,
+    keys: &[&str],
     size: u64,
     entries: &[(u64, Vec<u8>)],
 ) -> i64 {
-    let mut inv = script.key(key);
+    let mut inv = script.prepare_invoke();
+    for key in keys {
+        inv.key(*key);
+    }
     inv.arg(size).arg(60_000);
     for (seq, m) in entries {
         inv.arg(*seq).arg(m.as_slice());
@@ -95,9 +103,10 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
     let run = chatlog::unique("winlua");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for case in 0..300 {
-        let (a, b) = (
+        let (a, b, epoch) = (
             format!("chatlog:{{{run}}}:a{case}"),
             format!("chatlog:{{{run}}}:b{case}"),
+            format!("chatlog:{{{run}}}:e{case}"),
         );
         let size = 1 + rng.below(30);
         let top = 5 + rng.below(60);
@@ -109,8 +118,8 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
                     (seq, member(seq, rng.below(4), rng.below(2)))
                 })
                 .collect();
-            let na = append(&mut con, &reference, &a, size, &entries).await;
-            let nb = append(&mut con, &fast, &b, size, &entries).await;
+            let na = append(&mut con, &reference, &[&a], size, &entries).await;
+            let nb = append(&mut con, &fast, &[&b, &epoch], size, &entries).await;
             assert_eq!(na, nb, "case {case}: cardinality");
             assert_eq!(
                 dump(&mut con, &a).await,
@@ -121,6 +130,7 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
         let _: () = redis::cmd("DEL")
             .arg(&a)
             .arg(&b)
+            .arg(&epoch)
             .query_async(&mut con)
             .await
             .expect("del");
