@@ -372,7 +372,13 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
             r.acked_at,
             r.same_msg_id
         );
-        if inp.events.redis_lost_between(r.first_acked_at, r.acked_at) {
+        // The first send's idempotency record was written when it was allocated, which may be
+        // before a loss that ends before its ack arrived (a failover switching clients while the
+        // record sat on the old primary): the interval starts at its first attempt.
+        let first_try = inp.load.acks[r.session][r.index]
+            .as_ref()
+            .map_or(r.first_acked_at, |a| a.first_try_at);
+        if inp.events.redis_lost_between(first_try, r.acked_at) {
             known_limit.insert(key);
             c.example("known_limit_duplicate", text);
         } else {

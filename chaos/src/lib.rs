@@ -340,15 +340,15 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         },
     ));
     let poison_task = {
-        let (kafka, topic, id, events) = (
+        let (kafka, topic, id, load) = (
             stack.kafka.clone(),
             run_info.topic.clone(),
             id.clone(),
-            events.clone(),
+            load.clone(),
         );
         let (count, over, seed) = (opts.poison_count(), opts.load_duration(), opts.seed);
         tokio::spawn(
-            async move { load::poison(&kafka, &topic, &id, count, over, seed, events).await },
+            async move { load::poison(&kafka, &topic, &id, count, over, seed, load).await },
         )
     };
     load.run().await;

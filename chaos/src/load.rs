@@ -332,6 +332,11 @@ impl Load {
         self.shared.gate.send_replace(false);
     }
 
+    /// Open (true) unless [`Load::hold`] holds sends back; poison production follows it too.
+    pub fn gate(&self) -> watch::Receiver<bool> {
+        self.shared.gate.subscribe()
+    }
+
     /// Lets sends go again.
     pub fn resume(&self) {
         self.shared.gate.send_replace(true);
@@ -402,6 +407,7 @@ impl Load {
                 }
             }
             tokio::time::sleep(hold).await;
+            let _ = shared.gate.subscribe().wait_for(|open| *open).await;
             let Some((sent, more)) = send_with_retry(&shared, &shared.producers.a, &message).await
             else {
                 return;
@@ -662,8 +668,8 @@ const POISON_KINDS: [(&str, &[&str]); 6] = [
 /// Bytes above the consumers' `batch.max_record_bytes` (the harness configures 8 KiB).
 pub const OVERSIZE_BYTES: usize = 16 * 1024;
 
-/// Produces `count` poison records to `topic`, spread evenly over `over`; returns them (plus the
-/// number of retried productions).
+/// Produces `count` poison records to `topic`, spread evenly over `over`, never while `load` holds
+/// its sends back ([`Load::hold`]); returns them (plus the number of retried productions).
 pub async fn poison(
     kafka: &str,
     topic: &str,
@@ -671,8 +677,10 @@ pub async fn poison(
     count: usize,
     over: Duration,
     seed: u64,
-    events: Events,
+    load: Load,
 ) -> anyhow::Result<(Vec<PoisonRecord>, usize)> {
+    let events = load.shared.events.clone();
+    let mut gate = load.gate();
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("enable.idempotence", "true")
@@ -700,6 +708,8 @@ pub async fn poison(
                 }
             }
         }
+        // Held back with the messages (a poll zombie waits for an idle topic).
+        let _ = gate.wait_for(|open| *open).await;
         let (kind, reasons) = POISON_KINDS[rng.random_range(0..POISON_KINDS.len())];
         let key = format!("{run}-poison-{i}");
         let payload: Option<Vec<u8>> = match kind {
