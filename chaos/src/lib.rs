@@ -408,12 +408,14 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         .await?;
     }
 
-    // Check.
+    // Check, on a connection of its own: the last fault may have restarted Redis (a rollback), and
+    // the first command of a connection from before fails with a broken pipe.
+    drop(redis);
     let findings = check::check(check::Inputs {
         plan: &plan,
         load: &load,
         cql: &cql,
-        redis,
+        redis: stack.redis().await?,
         window_size: opts.window_size,
         kafka: &stack.kafka,
         topic: &run_info.topic,
