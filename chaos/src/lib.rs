@@ -132,6 +132,17 @@ pub struct Phases {
 }
 
 impl Report {
+    /// The line printed when the final sweep did not return acknowledged messages.
+    pub fn not_returned_line(&self) -> Option<String> {
+        let n = self.findings.not_returned;
+        (n > 0).then(|| {
+            format!(
+                "chaos: {n} acknowledged messages not returned by the final history sweep \
+                 (history's view of their sessions ends below them; see findings.examples.not_returned)"
+            )
+        })
+    }
+
     /// The extra line printed when the documented limit of the seq allocator showed up.
     pub fn note(&self) -> Option<String> {
         let n = self.findings.details.known_limit_duplicates;
@@ -450,6 +461,7 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         && findings.window_mismatches == 0
         && findings.overwritten == 0
         && findings.false_missing == 0
+        && findings.not_returned == 0
         && findings.unacked == 0
         && injected == planned
         && every_kind;

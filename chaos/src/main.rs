@@ -232,6 +232,9 @@ async fn main() -> ExitCode {
         report.duration_secs
     );
     println!("{}", report.summary);
+    if let Some(line) = report.not_returned_line() {
+        println!("{line}");
+    }
     if let Some(note) = report.note() {
         println!("{note}");
     }

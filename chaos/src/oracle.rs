@@ -11,7 +11,9 @@
 //!   `missing`: its send may still be retried, or another producer's send may still be in
 //!   flight). Only a message allocated more than the horizon before the read and acknowledged
 //!   after it may have been reported missing (its producer broke the horizon, not history).
-//!   Acknowledged seqs that the final sweep neither returned nor reported count too.
+//!   Acknowledged seqs that the final sweep neither returned nor reported are counted apart
+//!   (`not returned`: history's view of the session ends below them, e.g. a window whose head went
+//!   back in a rollback and got no message since); they fail the run too.
 //! - **No message comes back as another.** Each message a read returns must carry the content of
 //!   the message its client_msg_id names (session, sender, types, content, send time, ext); a
 //!   msg_id returned at a seq where that msg_id was acknowledged must be that acknowledged
@@ -231,9 +233,6 @@ pub fn judge_missing(
                 });
             }
         }
-    }
-    for (key, text) in &obs.not_returned {
-        out.entry(*key).or_insert_with(|| text.clone());
     }
     out
 }
