@@ -395,7 +395,20 @@ impl Reader {
         let mut reported = std::collections::BTreeSet::new();
         let mut cursor = 0;
         loop {
-            let page = self.history.after(&session_id, cursor, 1000).await?;
+            // A connection from before a Redis restart fails its first command: try again.
+            let mut tries = 0;
+            let page = loop {
+                match self.history.after(&session_id, cursor, 1000).await {
+                    Ok(page) => break page,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        self.events
+                            .log(format!("sweep {session_id}: {e}; reading again"));
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             self.record(s, "sweep", at, &page);
             returned.extend(page.messages.iter().map(|m| m.seq));
             reported.extend(page.missing.iter().copied());
