@@ -66,8 +66,14 @@ impl ClientContext for Context {
                 // librdkafka reports -1 for partitions this member does not consume.
                 let lag = if p.consumer_lag_stored >= 0 {
                     p.consumer_lag_stored
-                } else {
+                } else if p.consumer_lag >= 0 {
                     p.consumer_lag
+                } else if p.fetch_state == "active" && p.hi_offset == 0 {
+                    // Fetched by this member and never written to: nothing stored or committed
+                    // to measure from, and nothing to lag behind.
+                    0
+                } else {
+                    -1
                 };
                 if *partition >= 0 && lag >= 0 {
                     metrics::gauge!(telemetry::LAG, "partition" => partition.to_string())
