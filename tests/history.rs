@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatlog::{fresh_keyspace, redis_connection, unique};
+use chatlog::{
+    TestRedis, admin, connect_to, free_port, fresh_keyspace, redis_connection, unique,
+    until_answers,
+};
 use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
 use chatlog_store::history::{History, HistoryConfig, Page, Source};
 use chatlog_store::messages::{BatchLimits, MessageWriter};
@@ -43,8 +46,12 @@ fn history_config(window_size: usize, bucket_size: i64) -> HistoryConfig {
 }
 
 async fn fixture(window_size: usize, bucket_size: i64) -> Fixture {
+    fixture_on(window_size, bucket_size, redis_connection().await).await
+}
+
+/// A fixture on the Redis behind `redis` (a private server, for tests that restart it).
+async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManager) -> Fixture {
     let (cql, config) = fresh_keyspace("history").await;
-    let redis = redis_connection().await;
     let codec = Codec::default();
     let hc = history_config(window_size, bucket_size);
     let messages = MessageWriter::new(
@@ -807,4 +814,44 @@ async fn rollback_confirmation_of_a_long_gap_is_bounded_by_the_request() {
         .unwrap();
     fx.assert_messages(&page, [20, 1021]);
     assert_eq!(page.missing, vec![21, 500, 1020]);
+}
+
+/// Redis restarted from a snapshot and the session has had no message since: its window ends at
+/// 100 while the table reaches 150, and nothing but the epoch says so. History does not trust a
+/// window of another epoch: `latest` and `after` answer from the table, and the consumer's next
+/// message (a window restarted in the new epoch) makes the window answer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_with_no_message_since_never_serves_the_stale_window_head() {
+    let port = free_port();
+    let mut redis = TestRedis::start(&["--port".into(), port.to_string()], port);
+    let mut con = connect_to(port).await;
+    let mut fx = fixture_on(200, 1000, con.clone()).await;
+    fx.write(1..=100).await;
+    let _: String = admin(&mut con, &["SAVE"]).await;
+    fx.write(101..=150).await;
+    let page = fx.history.latest(&fx.sid, 10).await.expect("latest");
+    assert_eq!(
+        (page.seqs(), page.source),
+        ((141..=150).collect(), Source::Window)
+    );
+
+    redis.restart();
+    until_answers(&mut con).await;
+    let page = fx.history.latest(&fx.sid, 10).await.expect("latest");
+    assert_eq!(
+        page.seqs(),
+        (141..=150).collect::<Vec<_>>(),
+        "the head is the table's, not the rolled-back window's (100)"
+    );
+    assert_eq!(page.source, Source::Database);
+    let page = fx.history.after(&fx.sid, 100, 20).await.expect("after");
+    assert_eq!(page.seqs(), (101..=120).collect::<Vec<_>>());
+    assert!(
+        page.missing.is_empty() && page.pending.is_empty(),
+        "{page:?}"
+    );
+
+    fx.write(151..=151).await;
+    let page = fx.history.latest(&fx.sid, 1).await.expect("latest");
+    assert_eq!((page.seqs(), page.source), (vec![151], Source::Window));
 }

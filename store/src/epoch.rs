@@ -94,6 +94,93 @@ end
     ))
 }
 
+/// A script whose body follows a `server_epoch()` pinned to one Redis lifetime
+/// ([`pinned_epoch_lua`]): each call reads only `master_replid`. [`get`](Self::get) loads it into
+/// the lifetime behind the connection: read `run_id`, `SCRIPT LOAD` a text that carries it (and a
+/// load id of its own), read `run_id` again. Equal twice means no restart in between (run ids are
+/// never reused), so the script was loaded into that very lifetime, and `EVALSHA` of it can only
+/// run there: a restart empties the script cache. The caller runs it with `EVALSHA` only — never
+/// an implicit `EVAL` fallback, which would run it elsewhere — and on `NOSCRIPT` calls
+/// [`forget`](Self::forget) and `get` again. Redis before 7.0 copies `SCRIPT LOAD` to replicas and
+/// the AOF, so there the script reads both ids per call instead.
+pub struct PinnedScript {
+    body: &'static str,
+    what: &'static str,
+    cached: std::sync::Mutex<Option<std::sync::Arc<redis::Script>>>,
+}
+
+impl PinnedScript {
+    /// `body` runs after `server_epoch()` is defined; `what` names it in errors.
+    pub fn new(body: &'static str, what: &'static str) -> PinnedScript {
+        PinnedScript {
+            body,
+            what,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The script of the Redis lifetime behind `con`, loaded into it if needed (see the type).
+    pub async fn get<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+    ) -> redis::RedisResult<std::sync::Arc<redis::Script>> {
+        if let Some(script) = self.lock().clone() {
+            return Ok(script);
+        }
+        for _ in 0..3 {
+            let (major, before) = server(con).await?;
+            let lua = if major < 7 {
+                format!("{EPOCH_LUA}{}", self.body)
+            } else {
+                let load = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
+                let Some(epoch) = pinned_epoch_lua(&before, &load) else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "INFO server: run_id is not hex",
+                        before,
+                    )));
+                };
+                epoch + self.body
+            };
+            let script = redis::Script::new(&lua);
+            script.prepare_invoke().load_async(con).await?;
+            if server(con).await?.1 == before {
+                let script = std::sync::Arc::new(script);
+                *self.lock() = Some(script.clone());
+                return Ok(script);
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "redis kept restarting while a script was loaded",
+            self.what.to_owned(),
+        )))
+    }
+
+    /// Forgets `script` (its Redis lifetime is gone: `NOSCRIPT`) unless another call already
+    /// replaced it.
+    pub fn forget(&self, script: &std::sync::Arc<redis::Script>) {
+        let mut cached = self.lock();
+        if cached
+            .as_ref()
+            .is_some_and(|c| std::sync::Arc::ptr_eq(c, script))
+        {
+            *cached = None;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::sync::Arc<redis::Script>>> {
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether `e` says the server does not have the script (`NOSCRIPT`).
+pub fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 /// The `redis_version` major of the server behind `con` (`INFO server`) and its `run_id`.
 pub async fn server<C: redis::aio::ConnectionLike + Send>(
     con: &mut C,

@@ -91,9 +91,13 @@
 //! table walk does. `get` reads its holes as it reads any seq the window lacks: one `seq IN` per
 //! bucket, bounded by the request.
 //!
-//! A window whose *head* went back (a rollback with nothing written since) is not detected here:
-//! seqs above its `max` are simply not covered yet. The window writer resets windows whose Redis
-//! epoch is foreign; [`crate::verify::verify_window`] reports both kinds of difference.
+//! A window whose *head* went back (Redis restarted from a snapshot or failed over to a lagging
+//! replica, and the session has had no message since) looks complete and would answer `latest`
+//! with an old head. So every window read runs, in the same `MULTI`, the epoch check
+//! [`crate::window::TRUSTED_BODY`]: a window written in another epoch of Redis (or with no epoch)
+//! is treated as absent and the table answers, until the consumer's next message restarts the
+//! window in the current epoch. The check reads `master_replid` only; `run_id` is a literal of a
+//! script loaded into that very Redis lifetime ([`crate::epoch::PinnedScript`]).
 //!
 //! # Reading the table
 //!
@@ -581,6 +585,8 @@ struct Inner {
     db_reads: AtomicU64,
     db_queries: AtomicU64,
     coalesced: AtomicU64,
+    /// The window-epoch check ([`window::TRUSTED_BODY`]), pinned to the Redis lifetime last seen.
+    trusted: crate::epoch::PinnedScript,
 }
 
 /// The history reader: window first, CQL for the rest, identical concurrent requests coalesced.
@@ -681,6 +687,10 @@ impl History {
                 db_reads: AtomicU64::new(0),
                 db_queries: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),
+                trusted: crate::epoch::PinnedScript::new(
+                    window::TRUSTED_BODY,
+                    "window epoch check",
+                ),
             }),
         })
     }
@@ -1353,7 +1363,6 @@ impl History {
         }
         let key = keys::window(sid);
         let mut pipe = redis::pipe();
-        pipe.atomic();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
         pipe.cmd("ZRANGE")
             .arg(&key)
@@ -1392,11 +1401,7 @@ impl History {
                 }
             }
         }
-        let mut con = self.inner.redis.get();
-        let replies: Vec<Vec<(Vec<u8>, f64)>> = match pipe.query_async(&mut con).await {
-            Ok(r) => r,
-            Err(e) => return window_unreadable(sid, &e),
-        };
+        let replies: Vec<Vec<(Vec<u8>, f64)>> = self.read_trusted(sid, &pipe).await?;
         let mut replies = replies.into_iter();
         // A bound's time is its version prefix (no decoding); one that does not parse counts as
         // "now or later", which keeps the gaps it ages pending rather than calling them missing.
@@ -1444,8 +1449,8 @@ impl History {
         Some((*score as i64, version))
     }
 
-    /// The window read of `latest(n)`: one `ZREVRANGE key 0 n-1` — atomic by itself — instead of
-    /// the general transaction (MULTI, two ZRANGEs for the bounds, the query WITH SCORES, EXEC).
+    /// The window read of `latest(n)`: the epoch check and one `ZREVRANGE key 0 n-1` instead of
+    /// the general transaction (two ZRANGEs for the bounds, the query WITH SCORES).
     ///
     /// - Bounds: `latest` needs the window's lowest seq only when the window holds fewer than `n`
     ///   members, and then this reply holds all of them; so `min` is the lowest seq read (the
@@ -1458,18 +1463,70 @@ impl History {
     /// Profiled with `dev/bench.sh` (P5): per call this halves the RESP elements the client parses
     /// (redis-rs builds a value per element) and drops Redis' formatting of 50 scores; client CPU
     /// went from ~90 to ~50 µs and Redis CPU from ~28 to ~13 µs per `latest(50)`.
-    async fn read_window_latest(&self, sid: &str, n: usize) -> Option<WindowView> {
+    /// Runs the window reads of `reads` in one `MULTI` after the window-epoch check
+    /// ([`window::TRUSTED_BODY`]): their replies if the window was written in the serving Redis's
+    /// epoch, `None` otherwise or on a Redis error (the table answers). A window from before Redis
+    /// went back in time may have lost its newest members, head included, and nothing but the
+    /// epoch says so until the consumer writes the session again.
+    async fn read_trusted<T: redis::FromRedisValue>(
+        &self,
+        sid: &str,
+        reads: &redis::Pipeline,
+    ) -> Option<T> {
         let mut con = self.inner.redis.get();
-        let reply: Vec<Vec<u8>> = match redis::cmd("ZREVRANGE")
+        let epoch_key = keys::window_epoch(sid);
+        for _ in 0..2 {
+            let script = match self.inner.trusted.get(&mut con).await {
+                Ok(script) => script,
+                Err(e) => {
+                    window_unreadable(sid, &e);
+                    return None;
+                }
+            };
+            let mut check = script.prepare_invoke();
+            check.key(&epoch_key);
+            let mut pipe = redis::pipe();
+            pipe.atomic().invoke_script(&check);
+            for cmd in reads.cmd_iter() {
+                pipe.add_command(cmd.clone());
+            }
+            let mut replies: Vec<redis::Value> = match pipe.query_async(&mut con).await {
+                Ok(r) => r,
+                Err(e) if crate::epoch::is_noscript(&e) => {
+                    self.inner.trusted.forget(&script);
+                    continue;
+                }
+                Err(e) => {
+                    window_unreadable(sid, &e);
+                    return None;
+                }
+            };
+            if replies.is_empty() {
+                return None;
+            }
+            let trusted = redis::from_redis_value::<i64>(replies.remove(0));
+            if !matches!(trusted, Ok(1)) {
+                window_untrusted(sid);
+                return None;
+            }
+            return match redis::from_redis_value::<T>(redis::Value::Array(replies)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    window_unreadable(sid, &e.into());
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    async fn read_window_latest(&self, sid: &str, n: usize) -> Option<WindowView> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREVRANGE")
             .arg(keys::window(sid))
             .arg(0)
-            .arg(n.max(1) - 1)
-            .query_async(&mut con)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return window_unreadable(sid, &e),
-        };
+            .arg(n.max(1) - 1);
+        let (reply,): (Vec<Vec<u8>>,) = self.read_trusted(sid, &pipe).await?;
         let mut members: Vec<ChatMessage> = Vec::with_capacity(reply.len());
         for member in &reply {
             let decoded = match window::parse_member(member) {
@@ -1844,10 +1901,18 @@ impl History {
 }
 
 /// Logs and counts a window that Redis could not serve; the caller reads the table instead.
-fn window_unreadable(sid: &str, e: &redis::RedisError) -> Option<WindowView> {
+fn window_unreadable(sid: &str, e: &redis::RedisError) {
     tracing::warn!(session_id = sid, error = %e, "history: window unreadable, reading the database");
     metrics::counter!("chatlog_history_window_errors_total", "reason" => "redis").increment(1);
-    None
+}
+
+/// Logs and counts a window written in another Redis epoch (the table answers instead).
+fn window_untrusted(sid: &str) {
+    tracing::debug!(
+        session_id = sid,
+        "history: window written in another Redis epoch (or none), reading the database"
+    );
+    metrics::counter!("chatlog_history_window_errors_total", "reason" => "epoch").increment(1);
 }
 
 /// A message's (seq, `server_time_us`).

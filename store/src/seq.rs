@@ -77,8 +77,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -172,19 +172,9 @@ return out
 /// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
 /// a seq is never handed out twice, so it is still that message's seq.
 ///
-/// The script is [`FAST_BODY`] after [`epoch::pinned_epoch_lua`] of the serving Redis's `run_id`
-/// (see [`fast_lua`]).
+/// It runs after the `server_epoch()` of an [`epoch::PinnedScript`] (the serving Redis's `run_id`
+/// as a literal, `master_replid` read per call).
 pub const FAST_BODY: &str = fast_body!();
-
-/// The fast-path script for the Redis lifetime with `run_id`: its epoch check reads only
-/// `master_replid` (see [`epoch::pinned_epoch_lua`]). `None` if `run_id` is not hex.
-pub fn fast_lua(run_id: &str, load: &str) -> Option<String> {
-    Some(epoch::pinned_epoch_lua(run_id, load)? + FAST_BODY)
-}
-
-/// The fast-path script that reads both ids per call: for Redis before 7.0, which copies
-/// `SCRIPT LOAD` to its replicas and its AOF, so a pinned script could outlive its lifetime.
-pub const FAST_LUA_UNPINNED: &str = concat!(epoch_lua!(), fast_body!());
 
 /// Most requests served by one fast-path call.
 pub const FAST_BATCH: usize = 128;
@@ -514,9 +504,8 @@ struct Inner {
     insert: PreparedStatement,
     update: PreparedStatement,
     select: PreparedStatement,
-    /// The fast-path script of the Redis lifetime last seen (see [`fast_lua`]); `None` until
-    /// loaded, and again after `NOSCRIPT` (a restart, a failover, `SCRIPT FLUSH`).
-    fast: std::sync::Mutex<Option<Arc<redis::Script>>>,
+    /// The fast-path script, pinned to the Redis lifetime last seen ([`epoch::PinnedScript`]).
+    fast: epoch::PinnedScript,
     install: redis::Script,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Per lane (see [`FAST_LANES`]) with a fast-path call in flight: the requests waiting for
@@ -595,7 +584,7 @@ impl SeqAllocator {
                 insert,
                 update,
                 select,
-                fast: std::sync::Mutex::new(None),
+                fast: epoch::PinnedScript::new(FAST_BODY, "seq fast path"),
                 install: redis::Script::new(INSTALL_LUA),
                 locks: (0..SEGMENT_LOCKS)
                     .map(|_| tokio::sync::Mutex::new(()))
@@ -849,7 +838,7 @@ impl SeqAllocator {
         ))));
         // Twice at most: a `NOSCRIPT` means another Redis lifetime, whose script is loaded anew.
         for _ in 0..2 {
-            let script = match self.fast_script(&mut con).await {
+            let script = match inner.fast.get(&mut con).await {
                 Ok(script) => script,
                 Err(e) => {
                     result = Err(FastCallError::Redis(e));
@@ -876,7 +865,7 @@ impl SeqAllocator {
                 Err(FastCallError::Redis(e))
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    self.forget_fast_script(&script);
+                    inner.fast.forget(&script);
                 }
                 _ => break,
             }
@@ -896,70 +885,6 @@ impl SeqAllocator {
                 .collect();
         }
         replies.into_iter().map(fast_result).collect()
-    }
-
-    /// The fast-path script of the Redis lifetime behind `con`, loaded into it if needed: read
-    /// `run_id`, `SCRIPT LOAD` the script that carries it, read `run_id` again. Equal twice means
-    /// no restart in between (run ids are never reused), so the script was loaded into that very
-    /// lifetime, and `EVALSHA` of it can only run there (a restart empties the script cache).
-    /// Never loaded implicitly (`EVALSHA` falling back to `EVAL` would run it elsewhere).
-    async fn fast_script(
-        &self,
-        con: &mut ConnectionManager,
-    ) -> redis::RedisResult<Arc<redis::Script>> {
-        if let Some(script) = self.cached_fast_script() {
-            return Ok(script);
-        }
-        for _ in 0..3 {
-            let (major, before) = epoch::server(con).await?;
-            let script = if major < 7 {
-                redis::Script::new(FAST_LUA_UNPINNED)
-            } else {
-                let load = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
-                let Some(lua) = fast_lua(&before, &load) else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "INFO server: run_id is not hex",
-                        before,
-                    )));
-                };
-                redis::Script::new(&lua)
-            };
-            script.prepare_invoke().load_async(con).await?;
-            if epoch::server(con).await?.1 == before {
-                let script = Arc::new(script);
-                *self
-                    .inner
-                    .fast
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(script.clone());
-                return Ok(script);
-            }
-        }
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "redis kept restarting while the seq script was loaded",
-        )))
-    }
-
-    fn cached_fast_script(&self) -> Option<Arc<redis::Script>> {
-        self.inner
-            .fast
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Forgets `script` (its Redis lifetime is gone) unless another call already replaced it.
-    fn forget_fast_script(&self, script: &Arc<redis::Script>) {
-        let mut cached = self
-            .inner
-            .fast
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, script)) {
-            *cached = None;
-        }
     }
 
     /// Runs one fast-path invocation (`EVALSHA` only; `NOSCRIPT` is the caller's). With

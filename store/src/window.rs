@@ -123,6 +123,18 @@ return n
 "#
 );
 
+/// The readers' check that a window was written in the serving Redis's epoch (run as an
+/// [`crate::epoch::PinnedScript`], inside the same `MULTI` as the reads). `KEYS[1]` = the window's
+/// epoch key ([`keys::window_epoch`]). Returns 1 if the window may be trusted, 0 if it was written
+/// in another epoch — Redis went back in time and nobody has written the window since, so its
+/// head may be behind the table's — or carries no epoch (written before epochs existed).
+pub const TRUSTED_BODY: &str = r#"
+if redis.call('GET', KEYS[1]) == server_epoch() then
+  return 1
+end
+return 0
+"#;
+
 /// Window settings shared by writer and reader.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
