@@ -3,7 +3,7 @@
 #
 #   dev/chaos.sh ci   [chatlog-chaos flags…]   108k messages, W = 200, every fault kind at least once
 #                                               (5 kill -9, 10 late sends, one of each other kind; debug
-#                                               build, ~4 minutes); CI runs it as a step of dev/test.sh
+#                                               build, ~3.3 minutes); CI runs it as a step of dev/test.sh
 #   dev/chaos.sh full [chatlog-chaos flags…]   1,000,000 messages, 20 kill -9, 3 rebalances, 2 rollbacks,
 #                                               2 failovers, 2 poll zombies, 2 two-producer periods, 50 late
 #                                               sends, one of each other kind, 1 % poison (release build)
