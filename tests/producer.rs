@@ -14,6 +14,7 @@ use chatlog_producer::{
     SessionType,
 };
 use chatlog_schemas::{ChatMessage, Codec, Limits};
+use chatlog_store::seq::AllocRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -586,9 +587,20 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
     .await;
     let session = unique("late");
     let now_us = chatlog::now_ms() * 1000;
+    // The first sends' allocations, made directly under the producer's key (session, sender, id).
+    let first_try = |client_msg_id: &str, msg_id: &str, server_time_us: i64| AllocRequest {
+        client_msg_id: client_msg_id.to_owned(),
+        sender_id: "u-1".to_owned(),
+        fingerprint: String::new(),
+        candidate_msg_id: msg_id.to_owned(),
+        server_time_us,
+    };
     let old = producer
         .allocator()
-        .allocate(&session, "late", "m-first-try", now_us - 45_000_000)
+        .allocate_request(
+            &session,
+            &first_try("late", "m-first-try", now_us - 45_000_000),
+        )
         .await
         .expect("a first allocation 45 s ago");
     let err = producer
@@ -607,7 +619,10 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
 
     let recent = producer
         .allocator()
-        .allocate(&session, "recent", "m-recent", now_us - 5_000_000)
+        .allocate_request(
+            &session,
+            &first_try("recent", "m-recent", now_us - 5_000_000),
+        )
         .await
         .expect("a first allocation 5 s ago");
     let sent = producer
@@ -627,5 +642,65 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
         seqs,
         vec![recent.seq],
         "only the recent retry reached Kafka"
+    );
+}
+
+/// A repeated `client_msg_id` with other content or ext is refused with `Conflict` and produces
+/// nothing; the same message again is an ordinary duplicate; the same id from another sender is
+/// another message (idempotency is per session, sender and id).
+#[tokio::test]
+async fn a_conflicting_retry_is_refused_and_never_acknowledged() {
+    let (producer, topic) = setup(1, |_| {}).await;
+    let session = unique("conflict");
+    let first = producer
+        .send(message(&session, "same-id", "the first text"))
+        .await
+        .expect("first send");
+    let other_text = producer
+        .send(message(&session, "same-id", "another text"))
+        .await
+        .expect_err("a retry with other content is refused");
+    match &other_text {
+        Error::Conflict { seq, msg_id } => assert_eq!((*seq, msg_id), (first.seq, &first.msg_id)),
+        other => panic!("expected Conflict, got {other}"),
+    }
+    assert!(!other_text.is_retriable());
+    assert_eq!(other_text.reason(), "conflict");
+    let mut other_ext = message(&session, "same-id", "the first text");
+    other_ext.ext.insert("k".to_owned(), "changed".to_owned());
+    assert!(matches!(
+        producer.send(other_ext).await,
+        Err(Error::Conflict { .. })
+    ));
+    let again = producer
+        .send(message(&session, "same-id", "the first text"))
+        .await
+        .expect("the same message again");
+    assert!(again.duplicate);
+    assert_eq!((again.seq, &again.msg_id), (first.seq, &first.msg_id));
+    let mut other_sender = message(&session, "same-id", "another sender's text");
+    other_sender.sender_id = "u-2".to_owned();
+    let theirs = producer.send(other_sender).await.expect("another sender");
+    assert!(!theirs.duplicate);
+    assert_ne!(theirs.seq, first.seq);
+
+    producer.flush(TIMEOUT).await.expect("flush");
+    let records = read_back(&topic, 1, 3).await;
+    let codec = Codec::default();
+    let contents: Vec<(i64, Vec<u8>)> = records
+        .iter()
+        .map(|r| {
+            let m = codec.decode(&r.payload).expect("decode");
+            (m.seq, m.content)
+        })
+        .collect();
+    assert_eq!(
+        contents,
+        vec![
+            (first.seq, b"the first text".to_vec()),
+            (first.seq, b"the first text".to_vec()),
+            (theirs.seq, b"another sender's text".to_vec()),
+        ],
+        "nothing of the conflicting retries reached Kafka"
     );
 }

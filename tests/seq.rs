@@ -12,7 +12,9 @@ use chatlog::{
     redis_connection, unique, until_answers, until_linked,
 };
 use chatlog_store::keys;
-use chatlog_store::seq::{AllocPath, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig};
+use chatlog_store::seq::{
+    AllocPath, AllocRequest, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig,
+};
 use redis::aio::ConnectionManager;
 
 fn small(min: i64, max: i64) -> SeqConfig {
@@ -748,4 +750,60 @@ async fn with_wait_replicas_every_seq_handed_out_is_already_on_the_replica() {
     assert!(after_flush.seq > retried.seq && !after_flush.duplicate);
     let (on_replica, _, _) = redis_hash(&mut replica_con, &sid).await;
     assert!(on_replica >= after_flush.seq);
+}
+
+/// Idempotency records carry the message's fingerprint: the same key with another fingerprint is
+/// a conflict (nothing allocated, the first allocation untouched), the same fingerprint or none
+/// is a duplicate, and a record written before fingerprints existed is still honoured.
+#[tokio::test]
+async fn a_conflicting_repeat_of_a_client_msg_id_is_refused_and_allocates_nothing() {
+    let (alloc, _) = allocator("seqconflict", small(100, 100)).await;
+    let sid = unique("conflict");
+    let request = |fingerprint: &str, msg_id: &str| AllocRequest {
+        client_msg_id: "c-1".to_owned(),
+        sender_id: "u-1".to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        candidate_msg_id: msg_id.to_owned(),
+        server_time_us: 7,
+    };
+    let first = alloc
+        .allocate_request(&sid, &request("aa01", "m-first"))
+        .await
+        .expect("first");
+    let err = alloc
+        .allocate_request(&sid, &request("bb02", "m-other"))
+        .await
+        .expect_err("another message under the same key");
+    assert!(
+        matches!(&err, chatlog_store::Error::IdempotencyConflict { seq, msg_id }
+            if *seq == first.seq && msg_id == "m-first"),
+        "{err}"
+    );
+    let again = alloc
+        .allocate_request(&sid, &request("aa01", "m-again"))
+        .await
+        .expect("the same message");
+    assert!(again.duplicate && again.seq == first.seq && again.msg_id == "m-first");
+    let next = alloc
+        .allocate(&sid, "c-2", "m-next", 8)
+        .await
+        .expect("next");
+    assert_eq!(next.seq, first.seq + 1, "the conflict allocated nothing");
+
+    // A record from before fingerprints: `<seq>:<time>:<msg_id>`.
+    let mut con = redis_connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(keys::client_msg(&sid, "u-1", "legacy"))
+        .arg("3:1700000000000000:m-legacy")
+        .query_async(&mut con)
+        .await
+        .expect("SET legacy record");
+    let mut legacy = request("cc03", "m-new");
+    legacy.client_msg_id = "legacy".to_owned();
+    let old = alloc
+        .allocate_request(&sid, &legacy)
+        .await
+        .expect("legacy record");
+    assert!(old.duplicate);
+    assert_eq!((old.seq, old.msg_id.as_str()), (3, "m-legacy"));
 }

@@ -46,6 +46,19 @@ pub enum Error {
         /// How long ago it was allocated.
         age: std::time::Duration,
     },
+    /// The `client_msg_id` (of this sender, in this session) was first sent with other content,
+    /// content type or ext. Nothing was allocated or sent, and the send must not be acknowledged:
+    /// a retry must resend the same message; a new message needs a new `client_msg_id`.
+    #[error(
+        "client_msg_id already names another message (seq {seq}, msg_id {msg_id}); not sent: a \
+         retry must resend the same message"
+    )]
+    Conflict {
+        /// The seq of the first message under this client_msg_id.
+        seq: i64,
+        /// Its msg_id.
+        msg_id: String,
+    },
     /// The producer was closed.
     #[error("producer is closed")]
     Closed,
@@ -64,6 +77,7 @@ impl Error {
             Error::Invalid(_)
             | Error::Encode(_)
             | Error::Settled { .. }
+            | Error::Conflict { .. }
             | Error::Closed
             | Error::Config(_) => false,
         }
@@ -77,8 +91,19 @@ impl Error {
             Error::Encode(_) => "encode",
             Error::Kafka { .. } => "kafka",
             Error::Settled { .. } => "settled",
+            Error::Conflict { .. } => "conflict",
             Error::Closed => "closed",
             Error::Config(_) => "config",
+        }
+    }
+
+    /// A failed allocation: a conflicting retry is an error of its own (never retriable).
+    pub(crate) fn from_allocation(e: chatlog_store::Error) -> Self {
+        match e {
+            chatlog_store::Error::IdempotencyConflict { seq, msg_id } => {
+                Error::Conflict { seq, msg_id }
+            }
+            e => Error::Allocation(e),
         }
     }
 

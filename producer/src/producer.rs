@@ -373,6 +373,8 @@ impl Producer {
                 message.server_time_us = now_us();
                 AllocRequest {
                     client_msg_id: message.client_msg_id.clone(),
+                    sender_id: message.sender_id.clone(),
+                    fingerprint: fingerprint(message),
                     candidate_msg_id: message.msg_id.clone(),
                     server_time_us: message.server_time_us,
                 }
@@ -383,7 +385,7 @@ impl Producer {
             .into_iter()
             .zip(allocations)
             .map(|((message, permit), alloc)| {
-                self.produce(message, alloc.map_err(Error::Allocation)?, permit)
+                self.produce(message, alloc.map_err(Error::from_allocation)?, permit)
             })
             .collect()
     }
@@ -469,6 +471,29 @@ fn observe(result: &Result<Sent>, start: Instant) {
     };
     metrics::counter!(crate::metrics::RECORDS, "result" => label).increment(1);
     metrics::histogram!(crate::metrics::SEND_DURATION).record(start.elapsed().as_secs_f64());
+}
+
+/// What a retry must repeat, hashed: the sender is part of the idempotency key itself, the
+/// server-assigned fields and the client's send time (a client may stamp a retry anew) are not
+/// part of it. SHA-256 of length-prefixed fields, 16 bytes in hex.
+fn fingerprint(m: &ChatMessage) -> String {
+    let mut input = Vec::with_capacity(64 + m.content.len());
+    let mut field = |bytes: &[u8]| {
+        input.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        input.extend_from_slice(bytes);
+    };
+    field(b"chatlog-fingerprint-v1");
+    field(m.session_type.symbol().as_bytes());
+    field(m.content_type.symbol().as_bytes());
+    field(&m.content);
+    for (k, v) in &m.ext {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    openssl::sha::sha256(&input)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn now_us() -> i64 {

@@ -20,9 +20,14 @@ pub fn seq(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:seq")
 }
 
-/// The idempotency record of one `(session_id, client_msg_id)`: the seq and msg_id handed out.
-pub fn client_msg(session_id: &str, client_msg_id: &str) -> String {
-    format!("{PREFIX}:{{{session_id}}}:cmid:{client_msg_id}")
+/// The idempotency record of one `(session_id, sender_id, client_msg_id)`: the seq, msg_id and
+/// fingerprint handed out. The sender is length-prefixed, so no pair of ids can spell another
+/// pair's key (`a:b` + `c` vs `a` + `b:c`).
+pub fn client_msg(session_id: &str, sender_id: &str, client_msg_id: &str) -> String {
+    format!(
+        "{PREFIX}:{{{session_id}}}:cmid:{}:{sender_id}:{client_msg_id}",
+        sender_id.len()
+    )
 }
 
 #[cfg(test)]
@@ -35,6 +40,7 @@ mod tests {
         assert_eq!(tag(&window("s1")), "{s1}");
         assert_eq!(tag(&seq("s1")), "{s1}");
         assert_eq!(tag(&window_epoch("s1")), "{s1}");
-        assert_eq!(tag(&client_msg("s1", "c-9")), "{s1}");
+        assert_eq!(tag(&client_msg("s1", "u", "c-9")), "{s1}");
+        assert_ne!(client_msg("s", "a:b", "c"), client_msg("s", "a", "b:c"));
     }
 }

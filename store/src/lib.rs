@@ -80,6 +80,20 @@ pub enum Error {
     /// A request is outside the limits (for example more seqs than a history page holds).
     #[error("invalid request: {0}")]
     Request(String),
+    /// A repeated idempotency key `(session, sender, client_msg_id)` with another message than
+    /// the one first allocated under it. Nothing was allocated; the send must not be
+    /// acknowledged. Not retriable: retry with the same message, or send this one under a new
+    /// `client_msg_id`.
+    #[error(
+        "client_msg_id already names another message (seq {seq}, msg_id {msg_id}): a retry must \
+         resend the same content"
+    )]
+    IdempotencyConflict {
+        /// The seq of the first message under this key.
+        seq: i64,
+        /// The msg_id of the first message under this key.
+        msg_id: String,
+    },
     /// Fewer Redis replicas than `seq.wait_replicas` acknowledged a seq allocation in time; its
     /// seqs were not handed out. Retriable: the same `client_msg_id` gets its seq back.
     #[error(

@@ -5,8 +5,10 @@
 //!
 //! - Redis hash [`keys::seq`] of a session: `cur` (last seq handed out), `max` (ceiling of the
 //!   segment installed in Redis), `step` (size of that segment), `at` (when it was installed, ms).
-//! - Redis string [`keys::client_msg`] per `(session, client_msg_id)`: `"<seq>:<server_time_us>:<msg_id>"`
-//!   of the first allocation, kept for [`SeqConfig::dedup_ttl`].
+//! - Redis string [`keys::client_msg`] per `(session, sender, client_msg_id)`:
+//!   `"<seq>:<server_time_us>:#<fingerprint>:<msg_id>"` of the first allocation, kept for
+//!   [`SeqConfig::dedup_ttl`]. The same key with another fingerprint (another message) is refused
+//!   with [`Error::IdempotencyConflict`]: a conflicting retry is never acknowledged as the first.
 //! - CQL row `session_seq(session_id, max_seq)`: the ceiling of every segment ever reserved, moved
 //!   only by lightweight transactions (Paxos).
 //!
@@ -120,20 +122,26 @@ for g = 1, groups do
     local key = KEYS[k]
     local rec = records[key] or redis.call('GET', key)
     if rec then
-      out[#out + 1] = {1, rec, 0, 0, 0}
+      -- A record of another message (its fingerprint differs): refused, never acknowledged.
+      local held = string.match(rec, '^%-?%d+:%-?%d+:#(%x*):')
+      if held and held ~= '' and ARGV[a + 2] ~= '' and held ~= ARGV[a + 2] then
+        out[#out + 1] = {4, rec, 0, 0, 0}
+      else
+        out[#out + 1] = {1, rec, 0, 0, 0}
+      end
     elseif not exists then
       out[#out + 1] = {2, '', 0, 0, 0}
     elseif cur >= max then
       out[#out + 1] = {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
     else
       cur = cur + 1
-      rec = string.format('%d', cur) .. ':' .. ARGV[a + 1] .. ':' .. ARGV[a]
+      rec = string.format('%d', cur) .. ':' .. ARGV[a + 1] .. ':#' .. ARGV[a + 2] .. ':' .. ARGV[a]
       records[key] = rec
       new[#new + 1] = key
       out[#out + 1] = {0, '', cur, 0, 0}
     end
     k = k + 1
-    a = a + 2
+    a = a + 3
   end
   if exists and cur > first then
     writes[#writes + 1] = {hash, cur - first, new, records}
@@ -166,8 +174,12 @@ return out
 /// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
 /// the same call had the same id); `2` hash missing or written in another epoch (see
 /// [`crate::epoch`]: Redis went back in time, so its `cur` may be below seqs already handed out);
-/// `3` segment used up (`a` = max, `b` = step, `c` = installed-at ms). A session's requests are
-/// served in order, so its seqs follow the order of KEYS.
+/// `3` segment used up (`a` = max, `b` = step, `c` = installed-at ms); `4` conflict (`record` =
+/// the record of another message under the same key: its fingerprint differs). A session's
+/// requests are served in order, so its seqs follow the order of KEYS. ARGV per request: candidate
+/// msg_id, server_time_us, fingerprint (hex, may be empty). A record is
+/// `"<seq>:<server_time_us>:#<fingerprint>:<msg_id>"` (`"<seq>:<server_time_us>:<msg_id>"` before
+/// fingerprints; such a record is never a conflict).
 ///
 /// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
 /// a seq is never handed out twice, so it is still that message's seq.
@@ -288,7 +300,7 @@ pub struct SeqConfig {
     /// than twice this makes the next one half as large. Default 1 minute.
     #[serde(with = "humantime_serde")]
     pub segment_target_lifetime: Duration,
-    /// How long an idempotency record `(session, client_msg_id) → allocation` is kept: a retried
+    /// How long an idempotency record `(session, sender, client_msg_id) → allocation` is kept: a retried
     /// send within this time gets the first allocation back. Default 24 hours.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
@@ -474,14 +486,20 @@ enum Reserve {
     Lost(Ceiling),
 }
 
-/// Parses an idempotency record `"<seq>:<server_time_us>:<msg_id>"`.
+/// Parses an idempotency record `"<seq>:<server_time_us>:#<fingerprint>:<msg_id>"` (or, written
+/// before fingerprints, `"<seq>:<server_time_us>:<msg_id>"`).
 fn parse_record(record: &[u8]) -> Option<(i64, i64, String)> {
     let text = std::str::from_utf8(record).ok()?;
     let mut parts = text.splitn(3, ':');
     let seq = parts.next()?.parse().ok()?;
     let time = parts.next()?.parse().ok()?;
-    let msg_id = parts.next()?.to_owned();
-    Some((seq, time, msg_id))
+    let rest = parts.next()?;
+    // `#<fingerprint>:<msg_id>` since fingerprints; `<msg_id>` in records written before.
+    let msg_id = match rest.strip_prefix('#') {
+        Some(tagged) => tagged.split_once(':')?.1,
+        None => rest,
+    };
+    Some((seq, time, msg_id.to_owned()))
 }
 
 /// Most rounds one allocation waits for other callers' segment reservations before giving up.
@@ -518,8 +536,15 @@ struct Inner {
 /// One allocation asked of [`SeqAllocator::allocate_many`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocRequest {
-    /// The client's idempotency key.
+    /// The client's idempotency key (with [`sender_id`](Self::sender_id): a key per sender).
     pub client_msg_id: String,
+    /// The sender: idempotency records are kept per `(session, sender, client_msg_id)`, so one
+    /// client's id can never name another sender's message. Empty for callers without senders.
+    pub sender_id: String,
+    /// A hash of what the message says (hex; empty = not checked). A repeated key whose record
+    /// holds another fingerprint is refused with [`Error::IdempotencyConflict`]: a retry must
+    /// resend the same message.
+    pub fingerprint: String,
     /// The msg_id to store unless this is a duplicate.
     pub candidate_msg_id: String,
     /// The server time to store unless this is a duplicate, µs.
@@ -617,7 +642,25 @@ impl SeqAllocator {
         candidate_msg_id: &str,
         server_time_us: i64,
     ) -> Result<Allocation> {
+        let request = AllocRequest {
+            client_msg_id: client_msg_id.to_owned(),
+            sender_id: String::new(),
+            fingerprint: String::new(),
+            candidate_msg_id: candidate_msg_id.to_owned(),
+            server_time_us,
+        };
+        self.allocate_request(session_id, &request).await
+    }
+
+    /// [`allocate`](Self::allocate) for one full request (sender and fingerprint included).
+    pub async fn allocate_request(
+        &self,
+        session_id: &str,
+        request: &AllocRequest,
+    ) -> Result<Allocation> {
         let inner = &*self.inner;
+        let candidate_msg_id = request.candidate_msg_id.as_str();
+        let server_time_us = request.server_time_us;
         let mut path = AllocPath::Fast;
         let mut ceiling = Ceiling::Unknown;
         let mut guard = None;
@@ -627,10 +670,7 @@ impl SeqAllocator {
         let mut attempts = 0;
         let mut waits = 0;
         while attempts < inner.config.max_attempts && waits < WAIT_ROUNDS {
-            let step = match self
-                .fast(session_id, client_msg_id, candidate_msg_id, server_time_us)
-                .await?
-            {
+            let step = match self.fast(session_id, request).await? {
                 Fast::Allocated(seq) => {
                     metrics::counter!(ALLOCATIONS_METRIC, "path" => path.as_str()).increment(1);
                     return Ok(Allocation {
@@ -748,14 +788,7 @@ impl SeqAllocator {
                     // No capacity left: this one takes the full path (a new segment), and the
                     // rest go through the fast path again, in order, with the new segment.
                     Ok(Fast::Missing | Fast::Exhausted { .. }) => {
-                        let alloc = self
-                            .allocate(
-                                session_id,
-                                &r.client_msg_id,
-                                &r.candidate_msg_id,
-                                r.server_time_us,
-                            )
-                            .await;
+                        let alloc = self.allocate_request(session_id, r).await;
                         out.push(alloc);
                         break;
                     }
@@ -784,21 +817,11 @@ impl SeqAllocator {
     /// One fast-path request. The first request of an idle lane calls Redis at once; requests
     /// arriving while that call is in flight queue, whatever their session, and are served
     /// together by the lane's next call.
-    async fn fast(
-        &self,
-        session_id: &str,
-        client_msg_id: &str,
-        candidate_msg_id: &str,
-        server_time_us: i64,
-    ) -> Result<Fast> {
+    async fn fast(&self, session_id: &str, args: &AllocRequest) -> Result<Fast> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = Request {
             session_id: session_id.to_owned(),
-            args: AllocRequest {
-                client_msg_id: client_msg_id.to_owned(),
-                candidate_msg_id: candidate_msg_id.to_owned(),
-                server_time_us,
-            },
+            args: args.clone(),
             reply,
         };
         let lane = lane_of(session_id);
@@ -852,12 +875,14 @@ impl SeqAllocator {
             for (session_id, requests) in sessions {
                 call.key(keys::seq(session_id)).arg(requests.len());
                 for r in *requests {
-                    call.key(keys::client_msg(session_id, &r.client_msg_id));
+                    call.key(keys::client_msg(session_id, &r.sender_id, &r.client_msg_id));
                 }
             }
             for (_, requests) in sessions {
                 for r in *requests {
-                    call.arg(&r.candidate_msg_id).arg(r.server_time_us);
+                    call.arg(&r.candidate_msg_id)
+                        .arg(r.server_time_us)
+                        .arg(&r.fingerprint);
                 }
             }
             result = self.invoke_fast(&mut con, &call).await;
@@ -1115,6 +1140,11 @@ fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
             }))
         }
         2 => Ok(Fast::Missing),
+        4 => {
+            let (seq, _, msg_id) =
+                parse_record(&record).ok_or_else(|| bad_reply("idempotency record", &record))?;
+            Err(Error::IdempotencyConflict { seq, msg_id })
+        }
         3 => Ok(Fast::Exhausted {
             max: a,
             step: b,
@@ -1196,6 +1226,16 @@ mod tests {
         assert_eq!(
             parse_record(b"42:1700000000000000:0190-ab:cd"),
             Some((42, 1_700_000_000_000_000, "0190-ab:cd".to_owned()))
+        );
+        assert_eq!(
+            parse_record(b"42:17:#ab12:0190-ab:cd"),
+            Some((42, 17, "0190-ab:cd".to_owned())),
+            "with a fingerprint"
+        );
+        assert_eq!(
+            parse_record(b"42:17::m"),
+            Some((42, 17, ":m".to_owned())),
+            "a legacy msg_id may start with a colon"
         );
         assert_eq!(parse_record(b"x:1:m"), None);
         assert_eq!(parse_record(b"1:2"), None);
