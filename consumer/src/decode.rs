@@ -76,6 +76,15 @@ pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded
     let Some(payload) = record.payload.as_deref() else {
         return poison(record, "empty", "record has no value".into());
     };
+    // The producer keys every record by its session: a keyless record was partitioned by chance,
+    // so the order of its session is not kept (and nothing can check which session it claims).
+    if record.key.is_none() {
+        return poison(
+            record,
+            "no_key",
+            "record has no key (chatlog producers key every record by session_id)".into(),
+        );
+    }
     if payload.len() > max_record_bytes {
         let detail = format!(
             "value of {} bytes exceeds {max_record_bytes}",
@@ -195,6 +204,11 @@ mod tests {
                 record(Some("s1"), Some(b"garbage!!!!!".to_vec()))
             )),
             "bad_magic"
+        );
+        assert_eq!(
+            reason(decode(&codec, 1 << 20, record(None, Some(good.clone())))),
+            "no_key",
+            "a valid message without a key"
         );
         let mut unknown = good.clone();
         unknown[2] ^= 0xff;

@@ -84,6 +84,7 @@ pub const REBALANCE_KINDS: &[&str] = &["assign", "revoke", "lost"];
 /// decoder's own checks and the codec's decode errors.
 pub const DLQ_REASONS: &[&str] = &[
     "empty",
+    "no_key",
     "oversize",
     "key_mismatch",
     "bad_magic",

@@ -158,6 +158,7 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
         (k(&sessions[2]), Some(invalid_seq), "invalid"),
         (k("someone-else"), Some(valid.clone()), "key_mismatch"),
         (k(&sessions[3]), None, "empty"),
+        (None, Some(valid.clone()), "no_key"),
     ];
 
     // Interleave poison between good records.
