@@ -202,12 +202,16 @@ pub async fn inject(plan: Vec<(f64, Kind)>, ctx: Ctx) -> anyhow::Result<BTreeMap
                 // Each on its own: a two-producer period lasts, a late send holds its retry.
                 let (ctx, mut rng) = (ctx.clone(), StdRng::seed_from_u64(rng.random()));
                 tasks.push(tokio::spawn(async move {
-                    let detail = one(kind, n, &ctx, &mut rng, began).await?;
+                    let detail = one(kind, n, &ctx, &mut rng, began)
+                        .await
+                        .inspect_err(|e| failed(&ctx.events, kind, e))?;
                     ctx.events.fault(kind.name(), began, detail);
                     Ok::<_, anyhow::Error>(())
                 }));
             } else {
-                let detail = one(kind, n, &ctx, &mut rng, began).await?;
+                let detail = one(kind, n, &ctx, &mut rng, began)
+                    .await
+                    .inspect_err(|e| failed(&ctx.events, kind, e))?;
                 ctx.events.fault(kind.name(), began, detail);
             }
             *injected.entry(kind.name().to_owned()).or_default() += 1;
@@ -226,6 +230,11 @@ pub async fn inject(plan: Vec<(f64, Kind)>, ctx: Ctx) -> anyhow::Result<BTreeMap
         *injected.entry(k).or_default() += n;
     }
     Ok(injected)
+}
+
+/// Logs a fault that could not be carried out (the run then ends with it).
+fn failed(events: &Events, kind: Kind, e: &anyhow::Error) {
+    events.log(format!("FAULT {} FAILED: {e:#}", kind.name()));
 }
 
 /// Injects one fault (the `n`-th of its kind); returns what was done.
@@ -515,12 +524,40 @@ struct PrimaryGuard {
 
 impl Drop for PrimaryGuard {
     fn drop(&mut self) {
-        if self.armed
-            && let Ok(client) = redis::Client::open(format!("redis://{}/", self.addr))
-            && let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(2))
-        {
-            let _: redis::RedisResult<()> =
-                redis::cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut con);
+        if !self.armed {
+            return;
+        }
+        // It may be loading the replica's dataset (LOADING errors) for a while: keep asking.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let done = redis::Client::open(format!("redis://{}/", self.addr))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+                .and_then(|mut con| {
+                    redis::cmd("REPLICAOF")
+                        .arg("NO")
+                        .arg("ONE")
+                        .query::<()>(&mut con)
+                });
+            if done.is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Switches the client proxy back to the stack's Redis when dropped armed: clients are never
+/// left on a replica the harness is about to kill (the failover failed half-way).
+struct ProxyBack {
+    proxy: Proxy,
+    primary: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for ProxyBack {
+    fn drop(&mut self) {
+        if self.armed {
+            self.proxy.switch(self.primary);
         }
     }
 }
@@ -555,15 +592,20 @@ async fn wait_synced(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let i = info(con, "replication").await?;
-        if i.get("master_link_status").map(String::as_str) == Some("up")
-            && i.get("master_sync_in_progress").map(String::as_str) == Some("0")
-        {
-            return Ok(());
-        }
+        // While it loads the dataset it may answer with errors: not synced yet.
+        let last = match info(con, "replication").await {
+            Ok(i)
+                if i.get("master_link_status").map(String::as_str) == Some("up")
+                    && i.get("master_sync_in_progress").map(String::as_str) == Some("0") =>
+            {
+                return Ok(());
+            }
+            Ok(i) => format!("{i:?}"),
+            Err(e) => format!("{e:#}"),
+        };
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the replica did not sync within {limit:?}: {i:?}"
+            "the replica did not sync within {limit:?}: {last}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -632,6 +674,11 @@ async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
         .query_async(&mut rc)
         .await?;
     ctx.proxy.switch(replica.addr);
+    let mut proxy_back = ProxyBack {
+        proxy: ctx.proxy.clone(),
+        primary,
+        armed: true,
+    };
     let switched = events.now();
     events.redis_loss(cut_at, switched);
     events.log(format!(
@@ -663,8 +710,13 @@ async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     loop {
-        let master = offset(&info(&mut rc, "replication").await?, "master_repl_offset");
-        let copy = offset(&info(&mut pc, "replication").await?, "slave_repl_offset");
+        let master = info(&mut rc, "replication")
+            .await
+            .map(|i| offset(&i, "master_repl_offset"));
+        let copy = info(&mut pc, "replication")
+            .await
+            .map(|i| offset(&i, "slave_repl_offset"));
+        let (master, copy) = (master.unwrap_or(i64::MAX), copy.unwrap_or(-1));
         if copy >= master {
             break;
         }
@@ -681,6 +733,7 @@ async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
         .await?;
     guard.armed = false;
     ctx.proxy.switch(primary);
+    proxy_back.armed = false;
     let back = events.now();
     drop(replica); // still paused: nothing more is written there
     Ok(format!(

@@ -337,7 +337,7 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
             .join(", ")
     ));
     let load_started = Instant::now();
-    let faults_task = tokio::spawn(faults::inject(
+    let mut faults_task = tokio::spawn(faults::inject(
         schedule,
         faults::Ctx {
             opts: opts.clone(),
@@ -362,7 +362,20 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
             async move { load::poison(&kafka, &topic, &id, count, over, seed, load).await },
         )
     };
-    load.run().await;
+    // A fault that fails ends the run at once: the stack may be left unusable (e.g. the clients'
+    // Redis gone), and the load would otherwise retry for minutes.
+    let faults_done = {
+        let load_run = load.run();
+        tokio::pin!(load_run);
+        tokio::select! {
+            () = &mut load_run => None,
+            done = &mut faults_task => {
+                let by_kind = done.context("fault task")?.context("a fault failed")?;
+                load_run.await;
+                Some(by_kind)
+            }
+        }
+    };
     load.close(Duration::from_secs(60)).await;
     phases.load = load_started.elapsed().as_secs_f64();
     let mut result = load.result().await;
@@ -378,7 +391,13 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     result.poison_retries = poison_retries;
     events.log(format!("poison done: {} records", result.poison.len()));
     let tail = Instant::now();
-    let by_kind = faults_task.await.context("fault task")??;
+    let by_kind = match faults_done {
+        Some(by_kind) => by_kind,
+        None => faults_task
+            .await
+            .context("fault task")?
+            .context("a fault failed")?,
+    };
     let injected: usize = by_kind.values().sum();
     phases.faults_tail = tail.elapsed().as_secs_f64();
     events.log(format!("faults done: {injected} injected"));
