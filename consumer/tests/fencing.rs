@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chatlog_store::{keys, window};
+use chatlog_store::keys;
 use common::{ConsumerProc, Env, base_time_us, message};
 
 /// A consumer config file with `text`, removed with the returned guard.
@@ -25,19 +25,10 @@ async fn window_seqs(url: &str, session: &str, env: &Env) -> Vec<i64> {
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection");
-    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-        .arg(keys::window(session))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
+    env.window_on(&mut con, session)
         .await
-        .expect("ZRANGE");
-    members
         .iter()
-        .map(|m| {
-            let (_, avro) = window::parse_member(m).expect("window member format");
-            env.codec.decode(avro).expect("window member decodes").seq
-        })
+        .map(|m| m.seq)
         .collect()
 }
 

@@ -221,36 +221,9 @@ impl Env {
     /// Polls until the group's committed offsets reach the end of every partition of the topic:
     /// every batch read so far is fully processed (CQL, Redis, DLQ and commit).
     pub async fn wait_drained(&self, limit: Duration, procs: &[&ConsumerProc]) {
-        use rdkafka::{Offset, TopicPartitionList};
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", chatlog::kafka_bootstrap())
-            .set("group.id", &self.group)
-            .create()
-            .unwrap();
-        let timeout = Duration::from_secs(10);
-        let metadata = probe.fetch_metadata(Some(&self.topic), timeout).unwrap();
-        let partitions: Vec<i32> = metadata.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| p.id())
-            .collect();
         let deadline = Instant::now() + limit.max(Duration::from_secs(5));
         loop {
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition(&self.topic, *p);
-            }
-            let committed = probe.committed_offsets(tpl, timeout).unwrap();
-            let behind: Vec<_> = partitions
-                .iter()
-                .filter(|p| {
-                    let (_, high) = probe.fetch_watermarks(&self.topic, **p, timeout).unwrap();
-                    let done = committed
-                        .find_partition(&self.topic, **p)
-                        .map(|e| e.offset());
-                    done != Some(Offset::Offset(high)) && high > 0
-                })
-                .collect();
+            let behind = self.partitions_behind();
             if behind.is_empty() {
                 return;
             }
@@ -266,6 +239,11 @@ impl Env {
 
     /// Whether the group's committed offsets are at the end of every partition of the topic now.
     pub async fn committed_to_end(&self) -> bool {
+        self.partitions_behind().is_empty()
+    }
+
+    /// The partitions of the topic whose committed offset is not at their end (empty ones never).
+    fn partitions_behind(&self) -> Vec<i32> {
         use rdkafka::{Offset, TopicPartitionList};
         let probe: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", chatlog::kafka_bootstrap())
@@ -279,22 +257,36 @@ impl Env {
             tpl.add_partition(&self.topic, p.id());
         }
         let committed = probe.committed_offsets(tpl, timeout).unwrap();
-        committed.elements().iter().all(|e| {
-            let (_, high) = probe
-                .fetch_watermarks(&self.topic, e.partition(), timeout)
-                .unwrap();
-            high == 0 || e.offset() == Offset::Offset(high)
-        })
+        committed
+            .elements()
+            .iter()
+            .filter(|e| {
+                let (_, high) = probe
+                    .fetch_watermarks(&self.topic, e.partition(), timeout)
+                    .unwrap();
+                high > 0 && e.offset() != Offset::Offset(high)
+            })
+            .map(|e| e.partition())
+            .collect()
     }
 
     /// The messages in `session`'s window, ascending by seq, decoded.
     pub async fn window(&self, session: &str) -> Vec<ChatMessage> {
-        let mut con = chatlog::redis_connection().await;
+        self.window_on(&mut chatlog::redis_connection().await, session)
+            .await
+    }
+
+    /// [`window`](Self::window) read through `con` (a private Redis).
+    pub async fn window_on<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        session: &str,
+    ) -> Vec<ChatMessage> {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
             .arg(keys::window(session))
             .arg(0)
             .arg(-1)
-            .query_async(&mut con)
+            .query_async(con)
             .await
             .unwrap();
         members
