@@ -10,6 +10,7 @@
 #   dev/stack.sh is-up                                exit 0 if Kafka, Cassandra and Redis all run
 #   dev/stack.sh redis-snapshot FILE                  BGSAVE Redis, move the RDB to FILE
 #   dev/stack.sh redis-rollback FILE                  kill -9 Redis, start it again from FILE (an older RDB)
+#   dev/stack.sh certs DIR                            a CA and a server certificate for 127.0.0.1 in DIR
 #
 # Idempotent: `up` on a running service only checks it; `down` then `up` starts again on the same data.
 # Readiness is the service's own signal (Kafka's and Cassandra's startup log lines, Redis PING), not an
@@ -19,10 +20,17 @@
 #   CHATLOG_STACK_DIR (default ~/.cache/chatlog/stack) data, logs/ and pid files
 #   CHATLOG_CACHE_DIR (default ~/.cache/chatlog)       resolved jar folders
 #   CHATLOG_KAFKA_PORT 9092, CHATLOG_KAFKA_CONTROLLER_PORT 9093, CHATLOG_KAFKA_SASL_PORT 9094,
-#   CHATLOG_CQL_PORT 9042, CHATLOG_CASSANDRA_STORAGE_PORT 7000, CHATLOG_REDIS_PORT 6390
+#   CHATLOG_KAFKA_TLS_PORT 9095, CHATLOG_CQL_PORT 9042, CHATLOG_CASSANDRA_STORAGE_PORT 7000,
+#   CHATLOG_REDIS_PORT 6390
 #   CHATLOG_CASSANDRA_HEAP (default 3g): Cassandra's JVM heap. With 1 GB, old-generation collections
 #   of 250-430 ms stopped the database every few minutes under the benchmarks; Cassandra's own
 #   default on a 16+ GB machine is larger still.
+#
+# TLS: the stack makes its own CA and a server certificate for 127.0.0.1 (in $CHATLOG_STACK_DIR/tls,
+# kept while valid). Kafka has a TLS listener (CHATLOG_KAFKA_TLS_PORT); Cassandra's CQL port accepts
+# TLS and plaintext alike (client_encryption_options optional), both with the same login. `env`
+# exports the CA file and the TLS addresses (CHATLOG_STACK_TLS_CA, CHATLOG_STACK_KAFKA_TLS_BOOTSTRAP,
+# CHATLOG_STACK_CQL_TLS_NODES).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +43,9 @@ DATA_DIR="$STACK_DIR/data"
 KAFKA_PORT="${CHATLOG_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${CHATLOG_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_SASL_PORT="${CHATLOG_KAFKA_SASL_PORT:-9094}"
+KAFKA_TLS_PORT="${CHATLOG_KAFKA_TLS_PORT:-9095}"
+# The stack's own CA and server certificate (see make_certs), shared by Kafka and Cassandra.
+TLS_DIR="$STACK_DIR/tls"
 # The SASL/PLAIN listener's one user, a local development credential (never a production one).
 KAFKA_SASL_USERNAME=chatlog
 KAFKA_SASL_PASSWORD=chatlog-local-sasl
@@ -138,12 +149,44 @@ stop_pid() { # stop_pid NAME: TERM, then KILL after 30 s
   rm -f "$RUN_DIR/$name.pid"
 }
 
+# ------------------------------------------------------------------------------------------------ tls
+
+# make_certs DIR: a CA (ca.pem, ca.key) and a server certificate for 127.0.0.1 and localhost signed
+# by it (server.pem, server.key; server-keystore.pem is key + certificate, the PEM keystore Kafka and
+# Cassandra read). Kept while the server certificate is valid for another day, so a warm `up` makes
+# nothing. The tests that need a CA of their own (tests/security.rs) make it here too.
+make_certs() {
+  local dir="$1"
+  [ -n "$dir" ] || die "usage: dev/stack.sh certs DIR"
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  mkdir -p "$dir"
+  if [ -f "$dir/ca.pem" ] && [ -f "$dir/server-keystore.pem" ] \
+      && openssl x509 -checkend 86400 -noout -in "$dir/server.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  log "making a CA and a server certificate for 127.0.0.1 in $dir"
+  (
+    cd "$dir"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=chatlog-local-ca" \
+      -keyout ca.key -out ca.pem
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext.cnf
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+      -extfile ext.cnf -out server.pem
+    cat server.key server.pem >server-keystore.pem.tmp
+    mv server-keystore.pem.tmp server-keystore.pem
+    chmod 644 ca.pem server.pem
+  ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "openssl could not make the certificates in $dir"; }
+}
+
 # ---------------------------------------------------------------------------------------------- kafka
 
 kafka_start() {
   if pid_alive kafka; then
     log "kafka already running on 127.0.0.1:$KAFKA_PORT"
     warn_if_started_without kafka "$STACK_DIR/conf/kafka/server.properties" SASL_PLAINTEXT "the SASL listener"
+    warn_if_started_without kafka "$STACK_DIR/conf/kafka/server.properties" "SSL://" "the TLS listener"
     return 0
   fi
   need_java
@@ -155,11 +198,18 @@ kafka_start() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT
+# A TLS listener with the stack's own CA (PEM files, no JKS), so the clients' TLS settings are
+# tested against a real broker.
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$TLS_DIR/server-keystore.pem
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$TLS_DIR/ca.pem
+listener.name.ssl.ssl.enabled.protocols=TLSv1.2,TLSv1.3
 # A second listener that requires a SASL/PLAIN login, so the clients' SASL settings are tested
 # against a real broker (the PLAINTEXT one serves everything else).
 sasl.enabled.mechanisms=PLAIN
@@ -204,6 +254,7 @@ EOF
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set CHATLOG_KAFKA_PORT"
   port_open "$KAFKA_SASL_PORT" && die "port $KAFKA_SASL_PORT is taken by another process; set CHATLOG_KAFKA_SASL_PORT"
+  port_open "$KAFKA_TLS_PORT" && die "port $KAFKA_TLS_PORT is taken by another process; set CHATLOG_KAFKA_TLS_PORT"
   local logf="$LOG_DIR/kafka.log"
   touch "$logf"
   KAFKA_FROM="$(stat -c %s "$logf")"
@@ -225,6 +276,7 @@ cassandra_start() {
   if pid_alive cassandra; then
     log "cassandra already running on 127.0.0.1:$CQL_PORT"
     warn_if_started_without cassandra "$STACK_DIR/conf/cassandra/cassandra.yaml" PasswordAuthenticator "logins"
+    warn_if_started_without cassandra "$STACK_DIR/conf/cassandra/cassandra.yaml" client_encryption_options "client TLS"
     return 0
   fi
   need_java
@@ -265,6 +317,16 @@ memtable_allocation_type: offheap_objects
 # superuser; print_env exports them), so CQL auth is exercised on every connection.
 authenticator:
   class_name: org.apache.cassandra.auth.PasswordAuthenticator
+# Client TLS with the stack's own CA on the same CQL port: optional, so a connection may speak TLS
+# or plaintext (detected per connection) and every plaintext test keeps working; logins either way.
+client_encryption_options:
+  enabled: true
+  optional: true
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: $TLS_DIR/server-keystore.pem
+  require_client_auth: false
+  accepted_protocols: [TLSv1.2, TLSv1.3]
 # Cassandra's defaults, kept explicit: the consumer must cap batch bytes below these itself.
 batch_size_warn_threshold: 5KiB
 batch_size_fail_threshold: 50KiB
@@ -433,7 +495,10 @@ export CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export CHATLOG_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_PORT
 export CHATLOG_STACK_KAFKA_SASL_USERNAME=$KAFKA_SASL_USERNAME
 export CHATLOG_STACK_KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD
+export CHATLOG_STACK_KAFKA_TLS_BOOTSTRAP=127.0.0.1:$KAFKA_TLS_PORT
+export CHATLOG_STACK_TLS_CA=$TLS_DIR/ca.pem
 export CHATLOG_CQL_NODES=127.0.0.1:$CQL_PORT
+export CHATLOG_STACK_CQL_TLS_NODES=127.0.0.1:$CQL_PORT
 export CHATLOG_CQL_USERNAME=$CQL_USERNAME
 export CHATLOG_CQL_PASSWORD=$CQL_PASSWORD
 export CHATLOG_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
@@ -459,6 +524,7 @@ main() {
         all)
           tools_install
           redis_start
+          make_certs "$TLS_DIR"
           # Kafka and Cassandra start in parallel: launch both, then wait for both.
           kafka_start
           cassandra_start
@@ -467,8 +533,8 @@ main() {
           print_env >"$STACK_DIR/env"
           log "stack ready; variables in $STACK_DIR/env; logs in $LOG_DIR"
           ;;
-        kafka) kafka_start; kafka_wait ;;
-        cassandra) cassandra_start; cassandra_wait ;;
+        kafka) make_certs "$TLS_DIR"; kafka_start; kafka_wait ;;
+        cassandra) make_certs "$TLS_DIR"; cassandra_start; cassandra_wait ;;
         redis) redis_start ;;
         tools) tools_install ;;
         *) die "unknown service '$what' (kafka|cassandra|redis|tools|all)" ;;
@@ -486,8 +552,9 @@ main() {
     env) print_env ;;
     redis-snapshot) redis_snapshot "${2:-}" ;;
     redis-rollback) redis_rollback "${2:-}" ;;
+    certs) make_certs "${2:-}" ;;
     reset) stop_pid kafka; stop_pid cassandra; stop_pid redis; rm -rf "$DATA_DIR" "$STACK_DIR/conf"; log "data deleted" ;;
-    *) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
   esac
 }
 

@@ -94,11 +94,14 @@ impl CqlConfig {
     }
 }
 
-/// The OpenSSL context of CQL connections.
+/// The OpenSSL context of CQL connections: TLS 1.2 or newer only, whatever the system's OpenSSL
+/// configuration allows (a server or a man in the middle offering TLS 1.0/1.1 is refused).
 fn cql_tls_context(tls: &TlsFiles) -> Result<openssl::ssl::SslContext> {
-    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
+    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
     let err = |e: openssl::error::ErrorStack| Error::Config(format!("CQL TLS: {e}"));
     let mut ctx = SslContextBuilder::new(SslMethod::tls_client()).map_err(err)?;
+    ctx.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(err)?;
     ctx.set_ca_file(&tls.ca_file)
         .map_err(|e| Error::Config(format!("CQL TLS ca_file {}: {e}", tls.ca_file.display())))?;
     match (&tls.cert_file, &tls.key_file) {
@@ -123,10 +126,14 @@ fn cql_tls_context(tls: &TlsFiles) -> Result<openssl::ssl::SslContext> {
 }
 
 /// Redis (a single server or a proxy; keys are Cluster-ready through their hash tags).
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Debug` shows the URL with any password replaced by `***`; a URL that carries a password is
+/// refused by [`RedisConfig::validate`] and [`RedisConfig::client`].
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user@]host:port/db` or `rediss://` for TLS. Put the password in `password`, not here.
+    /// `redis://[user@]host:port/db` or `rediss://` for TLS. Put the password in `password`: a URL
+    /// with one (`redis://user:pass@host`) is refused, since URLs end up in logs and `ps`.
     pub url: String,
     /// Password (Redis AUTH); empty for none.
     pub password: Secret,
@@ -152,9 +159,76 @@ impl Default for RedisConfig {
     }
 }
 
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// Where a Redis URL carries a password: `scheme://user:PASSWORD@host…` or a `pass=` /
+/// `password=` query parameter (redis-rs reads both). Returns the byte ranges of the values.
+fn url_passwords(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return found;
+    };
+    let rest = &url[scheme_end..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some(at) = rest[..authority_len].rfind('@') {
+        if let Some(colon) = rest[..at].find(':') {
+            if colon + 1 < at {
+                found.push(scheme_end + colon + 1..scheme_end + at);
+            }
+        }
+    }
+    if let Some(q) = url.find('?') {
+        let query_end = url[q..].find('#').map_or(url.len(), |i| q + i);
+        let mut start = q + 1;
+        for pair in url[q + 1..query_end].split('&') {
+            let end = start + pair.len();
+            if let Some((name, value)) = pair.split_once('=') {
+                let name = name.to_ascii_lowercase();
+                if (name == "pass" || name == "password") && !value.is_empty() {
+                    found.push(start + name.len() + 1..end);
+                }
+            }
+            start = end + 1;
+        }
+    }
+    found
+}
+
+/// `url` with every password in it replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    for range in url_passwords(url).into_iter().rev() {
+        out.replace_range(range, "***");
+    }
+    out
+}
+
 impl RedisConfig {
+    /// Refuses a URL that carries a password (the error shows the URL with it masked).
+    pub fn validate(&self) -> Result<()> {
+        if !url_passwords(&self.url).is_empty() {
+            return Err(Error::Config(format!(
+                "redis.url {} carries a password: remove it from the URL and set redis.password \
+                 (or the CHATLOG_REDIS_PASSWORD environment variable) instead",
+                redact_url(&self.url)
+            )));
+        }
+        Ok(())
+    }
+
     /// The client for this config (connects lazily).
     pub fn client(&self) -> Result<redis::Client> {
+        self.validate()?;
         // With `verify_peer = false` the client skips certificate checks (redis-rs: `#insecure`).
         let url = match &self.tls {
             Some(tls) if !tls.verify_peer && !self.url.contains('#') => {
@@ -165,7 +239,7 @@ impl RedisConfig {
         let mut info: redis::ConnectionInfo = url
             .as_str()
             .parse()
-            .map_err(|e| Error::Config(format!("redis.url: {e}")))?;
+            .map_err(|e| Error::Config(format!("redis.url {}: {e}", redact_url(&self.url))))?;
         if !self.password.expose().is_empty() {
             let settings = info
                 .redis_settings()
@@ -259,5 +333,169 @@ impl RedisConnections {
 impl From<redis::aio::ConnectionManager> for RedisConnections {
     fn from(one: redis::aio::ConnectionManager) -> Self {
         RedisConnections::new(vec![one])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openssl s_server` with the given arguments on a free port, killed on drop.
+    struct TlsServer(std::process::Child, u16);
+
+    impl TlsServer {
+        fn start(dir: &std::path::Path, args: &[&str]) -> TlsServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("openssl")
+                .args(["s_server", "-quiet", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-cert", "server.pem", "-key", "server.key"])
+                .args(args)
+                .current_dir(dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("the openssl command (Debian package openssl)");
+            let server = TlsServer(child, port);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "s_server never listened"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            server
+        }
+
+        fn tcp(&self) -> std::net::TcpStream {
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", self.1)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A CA and a server certificate for 127.0.0.1, made by the stack script (`certs DIR`).
+    fn certs() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "chatlog-store-tls-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/stack.sh");
+        let out = std::process::Command::new(script)
+            .arg("certs")
+            .arg(&dir)
+            .output()
+            .expect("dev/stack.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    }
+
+    /// A server (or a man in the middle) that offers only TLS 1.1 is refused by the CQL context,
+    /// even with OpenSSL's security level lowered to 0 (which alone would allow TLS 1.1): the
+    /// context's own minimum, TLS 1.2, refuses it. A client without that minimum completes the
+    /// handshake with the same server, so the server really speaks TLS 1.1.
+    #[test]
+    fn cql_tls_refuses_a_tls_1_1_server() {
+        use openssl::ssl::{Ssl, SslConnector, SslMethod, SslVersion};
+        let dir = certs();
+        let server = TlsServer::start(&dir, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+        let tls = TlsFiles {
+            ca_file: dir.join("ca.pem"),
+            cert_file: None,
+            key_file: None,
+            verify_peer: true,
+        };
+
+        let mut lax = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        lax.set_ca_file(&tls.ca_file).unwrap();
+        lax.set_security_level(0);
+        lax.set_cipher_list("DEFAULT@SECLEVEL=0").unwrap();
+        lax.set_min_proto_version(Some(SslVersion::TLS1_1)).unwrap();
+        let stream = lax
+            .build()
+            .connect("127.0.0.1", server.tcp())
+            .expect("a client that allows TLS 1.1 completes the handshake");
+        assert_eq!(stream.ssl().version_str(), "TLSv1.1");
+        // s_server serves one connection at a time.
+        drop(stream);
+
+        let ctx = cql_tls_context(&tls).unwrap();
+        let mut ssl = Ssl::new(&ctx).unwrap();
+        ssl.set_security_level(0);
+        ssl.set_cipher_list("DEFAULT@SECLEVEL=0").unwrap();
+        let err = ssl
+            .connect(server.tcp())
+            .map(|s| s.ssl().version_str())
+            .expect_err("the CQL context must refuse TLS 1.1");
+        let err = format!("{err:?}").to_lowercase();
+        assert!(
+            err.contains("protocol") || err.contains("version"),
+            "a protocol version error: {err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_url_passwords_are_found_and_masked() {
+        for (url, shown) in [
+            ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://app:hunter2@h/", "rediss://app:***@h/"),
+            ("redis://app:p@ss:w0rd@h/", "redis://app:***@h/"),
+            (
+                "redis+unix:///tmp/r.sock?db=1&pass=hunter2",
+                "redis+unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///tmp/r.sock?password=hunter2&db=2",
+                "unix:///tmp/r.sock?password=***&db=2",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+            let c = RedisConfig {
+                url: url.to_owned(),
+                ..RedisConfig::default()
+            };
+            assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("redis.password") && !err.contains("hunter2"),
+                "{err}"
+            );
+            let err = c.client().err().expect("refused").to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        for url in [
+            "redis://127.0.0.1:6390/",
+            "redis://app@h/",
+            "redis://:@h/",
+            "rediss://h/?db=1",
+        ] {
+            assert_eq!(redact_url(url), url);
+            let c = RedisConfig {
+                url: url.to_owned(),
+                ..RedisConfig::default()
+            };
+            c.validate().unwrap();
+        }
     }
 }

@@ -172,11 +172,38 @@ impl KafkaSecurity {
 
 /// Extra client properties (e.g. librdkafka settings). Values whose key looks secret (`password`,
 /// `secret`, `token`, `key`, `jaas`, `pem`) print as `***`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+///
+/// A config file may not set TLS or SASL here (`security.*`, `ssl.*`, `sasl.*`, and
+/// `enable.ssl.*`/`enable.sasl.*` switches): they would silently override — or downgrade — what the
+/// typed `security` section set, e.g. `security.protocol = "plaintext"` or
+/// `enable.ssl.certificate.verification = "false"`. Deserializing refuses them, naming the key
+/// (never its value).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Properties(pub BTreeMap<String, String>);
 
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        if let Some(key) = map.keys().find(|k| Properties::is_security(k)) {
+            return Err(serde::de::Error::custom(format!(
+                "property {key:?} may not be set here: TLS and SASL settings (security.*, ssl.*, \
+                 sasl.*) belong in the `security` section (e.g. [kafka.security] protocol, \
+                 ssl_ca_location, sasl_password), which checks them"
+            )));
+        }
+        Ok(Properties(map))
+    }
+}
+
 impl Properties {
+    /// Whether a property is a TLS or SASL setting, which only the `security` section may set:
+    /// any `.`- or `_`-separated part of the key is `security`, `ssl` or `sasl`.
+    pub fn is_security(key: &str) -> bool {
+        key.to_ascii_lowercase()
+            .split(['.', '_'])
+            .any(|part| matches!(part, "security" | "ssl" | "sasl"))
+    }
+
     /// Whether a property's value must never be printed.
     pub fn is_sensitive(key: &str) -> bool {
         let k = key.to_ascii_lowercase();
@@ -280,6 +307,39 @@ mod tests {
             ..KafkaSecurity::default()
         };
         assert!(gssapi.properties().is_err());
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> std::result::Result<Properties, String> {
+        use serde::de::value::{Error as ValueError, MapDeserializer};
+        let d = MapDeserializer::<_, ValueError>::new(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Properties::deserialize(d).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn properties_may_not_override_security_settings() {
+        for key in [
+            "security.protocol",
+            "ssl.endpoint.identification.algorithm",
+            "SSL.CA.Location",
+            "sasl.password",
+            "sasl.mechanisms",
+            "enable.ssl.certificate.verification",
+            "enable.sasl.oauthbearer.unsecure.jwt",
+        ] {
+            let err = parse(&[("linger.ms", "5"), (key, "hunter2")]).unwrap_err();
+            assert!(err.contains(key), "the error names {key}: {err}");
+            assert!(err.contains("`security` section"), "{err}");
+            assert!(!err.contains("hunter2"), "the error shows the value: {err}");
+        }
+        let ok = parse(&[
+            ("linger.ms", "5"),
+            ("client.id", "c"),
+            ("socket.keepalive.enable", "true"),
+        ])
+        .unwrap();
+        assert_eq!(ok.0.len(), 3);
     }
 
     #[test]
