@@ -123,6 +123,16 @@ pub struct Details {
     pub resends: usize,
     /// Resends that got the same seq and msg_id back.
     pub resends_same_seq: usize,
+    /// Resends of an acknowledged client_msg_id with another content.
+    pub conflicting_resends: usize,
+    /// Conflicting resends refused with `conflict`, as they must be.
+    pub conflicting_refused: usize,
+    /// Conflicting resends acknowledged (→ overwritten: the client was told its edit is the
+    /// message), unless Redis lost the idempotency record between the two sends (the known limit:
+    /// the edit is then stored as a second message, counted in `known_limit_duplicates`).
+    pub conflicting_acked: usize,
+    /// Conflicting resends that ended with another error (informative).
+    pub conflicting_other: usize,
     /// Acks with a retry before them (attempts > 1).
     pub retried_acks: usize,
     /// Rows read from CQL for the run's sessions.
@@ -141,6 +151,8 @@ pub struct Details {
     pub dlq_committed: usize,
     /// DLQ records read under read_uncommitted (includes aborted transactions' records).
     pub dlq_uncommitted: usize,
+    /// Committed DLQ records that are truncated copies (the record was larger than the DLQ takes).
+    pub dlq_truncated: usize,
     /// Poison records missing from the DLQ (→ lost).
     pub dlq_missing: usize,
     /// DLQ records of a source record already seen (→ duplicated).
@@ -387,6 +399,35 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
         } else {
             dup_messages.insert(key);
             c.example("resend_got_another_seq", text);
+        }
+    }
+
+    // Conflicting resends: refused, or acknowledged — an overwrite unless Redis lost the first
+    // send's idempotency record in between.
+    c.f.details.conflicting_resends = inp.load.conflicting.len();
+    for r in &inp.load.conflicting {
+        let key = (r.session, r.index);
+        match r.outcome.as_str() {
+            "conflict" => c.f.details.conflicting_refused += 1,
+            "acked" => {
+                c.f.details.conflicting_acked += 1;
+                let text = format!(
+                    "{} {}: another content with the same client_msg_id acknowledged at {:.1}s                      (seq {:?})",
+                    inp.plan.session_id(r.session),
+                    Plan::client_msg_id(r.index),
+                    r.at,
+                    r.acked_seq
+                );
+                if inp.events.redis_lost_between(r.first_try_at, r.at) {
+                    known_limit.insert(key);
+                    last_ack_of.insert(key, r.at);
+                    c.example("known_limit_duplicate", text);
+                } else {
+                    overwritten.insert(key);
+                    c.example("conflicting_resend_acked", text);
+                }
+            }
+            _ => c.f.details.conflicting_other += 1,
         }
     }
 
@@ -732,6 +773,35 @@ struct DlqRecord {
     reason: String,
     source: (String, i32, i64),
     payload_hash: Option<u64>,
+    payload_len: usize,
+    /// The `chatlog-dlq-truncated` header: the copy holds only the start of the value.
+    truncated: Option<String>,
+    /// The SHA-256 of the whole original value a truncated copy carries.
+    sha256: Option<String>,
+}
+
+/// Header of a DLQ copy that holds only the start of the record's value.
+const DLQ_TRUNCATED: &str = "chatlog-dlq-truncated";
+/// Header with the SHA-256 (hex) of the original value of a truncated DLQ copy.
+const DLQ_SHA256: &str = "chatlog-dlq-payload-sha256";
+
+impl DlqRecord {
+    /// Whether this DLQ record carries `p`'s value: byte for byte, or — a truncated copy — a
+    /// shorter start with the whole value's SHA-256. A `wrongtype` record's value is the
+    /// producer's encoding, which the harness does not keep.
+    fn carries(&self, p: &PoisonRecord) -> bool {
+        if p.kind == "wrongtype" {
+            return true;
+        }
+        match &self.truncated {
+            None => self.payload_hash == p.payload_hash,
+            Some(_) => {
+                self.sha256.is_some()
+                    && self.sha256 == p.payload_sha256
+                    && self.payload_len < p.payload_len
+            }
+        }
+    }
 }
 
 /// FNV-1a of a payload (the checker compares DLQ payloads with what was produced).
@@ -795,6 +865,9 @@ fn read_dlq(kafka: &str, topic: &str, isolation: &str) -> anyhow::Result<Vec<Dlq
                             .unwrap_or(-1),
                     ),
                     payload_hash: m.payload().map(payload_hash),
+                    payload_len: m.payload().map_or(0, <[u8]>::len),
+                    truncated: header(DLQ_TRUNCATED),
+                    sha256: header(DLQ_SHA256),
                 });
             }
             None => {
@@ -830,58 +903,63 @@ async fn dlq(c: &mut Check, inp: &Inputs<'_>) -> anyhow::Result<()> {
     d.poison = inp.load.poison.len();
     d.dlq_committed = committed.len();
     d.dlq_uncommitted = uncommitted.len();
+    d.dlq_truncated = committed.iter().filter(|r| r.truncated.is_some()).count();
 
-    let by_key: BTreeMap<&str, &PoisonRecord> = inp
+    // Matched by source record (topic, partition, offset): the keys of `wrongtype` records are
+    // their session's id, shared by several.
+    let by_source: BTreeMap<(String, i32, i64), &PoisonRecord> = inp
         .load
         .poison
         .iter()
-        .map(|p| (p.key.as_str(), p))
+        .map(|p| ((inp.topic.to_owned(), p.partition, p.offset), p))
         .collect();
+    let keys: BTreeSet<&str> = inp.load.poison.iter().map(|p| p.key.as_str()).collect();
     let mut seen: BTreeMap<(String, i32, i64), usize> = BTreeMap::new();
-    let mut found: BTreeSet<&str> = BTreeSet::new();
+    let mut found: BTreeSet<(String, i32, i64)> = BTreeSet::new();
     let mut problems: Vec<(&str, String)> = Vec::new();
     for r in &committed {
-        let poison = r.key.as_deref().and_then(|k| by_key.get(k));
-        let Some(p) = poison else {
+        let poison = by_source.get(&r.source);
+        let known_key = r.key.as_deref().is_some_and(|k| keys.contains(k));
+        if poison.is_none() && !known_key {
             c.f.details.dlq_unexpected += 1;
             problems.push((
                 "dlq_unexpected",
                 format!("key {:?} reason {} from {:?}", r.key, r.reason, r.source),
             ));
             continue;
-        };
+        }
         let n = seen.entry(r.source.clone()).or_default();
         *n += 1;
         if *n > 1 {
             c.f.details.dlq_duplicates += 1;
-            problems.push(("dlq_duplicate", format!("{} from {:?}", p.key, r.source)));
+            problems.push(("dlq_duplicate", format!("{:?} from {:?}", r.key, r.source)));
             continue;
         }
-        if r.source == (inp.topic.to_owned(), p.partition, p.offset) {
-            found.insert(p.key.as_str());
-            if !p.reasons.contains(&r.reason.as_str()) || r.payload_hash != p.payload_hash {
-                c.f.details.dlq_wrong_reason += 1;
-                problems.push((
-                    "dlq_wrong_record",
-                    format!(
-                        "{} ({}): reason {} (expected {:?}), payload {}",
-                        p.key,
-                        p.kind,
-                        r.reason,
-                        p.reasons,
-                        if r.payload_hash == p.payload_hash {
-                            "same"
-                        } else {
-                            "differs"
-                        }
-                    ),
-                ));
-            }
+        // A known key from another source offset: the poison was produced twice (a retried send).
+        let Some(p) = poison else { continue };
+        found.insert(r.source.clone());
+        if !p.reasons.contains(&r.reason.as_str()) || !r.carries(p) {
+            c.f.details.dlq_wrong_reason += 1;
+            problems.push((
+                "dlq_wrong_record",
+                format!(
+                    "{} ({}): reason {} (expected {:?}), payload {}{}",
+                    p.key,
+                    p.kind,
+                    r.reason,
+                    p.reasons,
+                    if r.carries(p) { "same" } else { "differs" },
+                    if r.truncated.is_some() {
+                        " (truncated copy)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
         }
-        // Same key, another source offset: the poison was produced twice (a retried send).
     }
     for p in &inp.load.poison {
-        if !found.contains(p.key.as_str()) {
+        if !found.contains(&(inp.topic.to_owned(), p.partition, p.offset)) {
             c.f.details.dlq_missing += 1;
             problems.push((
                 "dlq_missing",

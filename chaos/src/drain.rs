@@ -23,6 +23,35 @@ pub fn stable_lag(kafka: &str, topic: &str, group: &str, partitions: i32) -> any
     lag_with(kafka, topic, group, partitions, "read_uncommitted")
 }
 
+/// The group's committed offset of one partition (0 when none), under read_committed.
+pub fn committed_offset(
+    kafka: &str,
+    topic: &str,
+    group: &str,
+    partition: i32,
+) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .context("committed offsets")?;
+    Ok(
+        match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        },
+    )
+}
+
 fn lag_with(
     kafka: &str,
     topic: &str,

@@ -14,6 +14,7 @@
 //! | `zombie` | Cassandra SIGSTOP; 3 s later SIGSTOP to a random consumer (blocked in its CQL stage); Cassandra SIGCONT; 13 s later FLUSHALL; 2 s later the consumer SIGCONT |
 //! | `poll_zombie` | the load holds new sends until the group's lag is 0 (every consumer is then inside poll, waiting for records); SIGSTOP to a random consumer; the load resumes; FLUSHALL 2 s before SIGCONT, `consumer_pause` later: it resumes inside the poll that returns its first stale records |
 //! | `two_producers` | for `two_producers_for`, a share of the sessions is sent to by two independent `Producer` instances at once (see [`crate::load`]) |
+//! | `wrongtype` | a fresh session's window key is SET to a string (a key clash: Redis answers WRONGTYPE to every window write); [`WRONGTYPE_MESSAGES`] messages sent to it must each reach the DLQ once as `write_failed` while the other sessions go on; the key is deleted once the group committed past them |
 //! | `late_send` | one message is sent through a producer whose Kafka is unreachable (its seq is allocated, the produce fails), and `late_send_hold` later again through the working one with the same client_msg_id, after later seqs of the session landed |
 //!
 //! Each is logged with its start time and duration and counted once in "faults injected".
@@ -62,11 +63,16 @@ pub enum Kind {
     TwoProducers,
     /// A send whose produce fails, retried after later seqs landed.
     LateSend,
+    /// A session whose window key has the wrong Redis type.
+    WrongType,
 }
+
+/// Messages a `wrongtype` fault sends to its session.
+pub const WRONGTYPE_MESSAGES: usize = 3;
 
 impl Kind {
     /// Every kind, in the order of the summary line.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Kill,
         Kind::Rebalance,
         Kind::KafkaRestart,
@@ -79,6 +85,7 @@ impl Kind {
         Kind::PollZombie,
         Kind::TwoProducers,
         Kind::LateSend,
+        Kind::WrongType,
     ];
 
     /// The name in the event log, the report and the summary line.
@@ -96,6 +103,7 @@ impl Kind {
             Kind::PollZombie => "poll_zombie",
             Kind::TwoProducers => "two_producers",
             Kind::LateSend => "late_send",
+            Kind::WrongType => "wrongtype",
         }
     }
 
@@ -114,6 +122,7 @@ impl Kind {
             Kind::PollZombie => opts.poll_zombies,
             Kind::TwoProducers => opts.two_producers,
             Kind::LateSend => opts.late_sends,
+            Kind::WrongType => opts.wrongtypes,
         }
     }
 }
@@ -278,6 +287,7 @@ async fn one(
                 .to_owned()
         }
         Kind::Rollback => rollback(ctx, n).await?,
+        Kind::WrongType => wrongtype(ctx, n).await?,
         Kind::Failover => failover(ctx, n).await?,
         Kind::CassandraPause => {
             let pid = ctx.stack.cassandra_pid()?;
@@ -446,6 +456,57 @@ async fn wait_lag_zero(ctx: &Ctx, limit: Duration) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// `wrongtype`: a session whose window key is a Redis string. Runs between the other sequential
+/// faults, so no FLUSHALL or rollback removes the key while its messages are consumed.
+async fn wrongtype(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
+    let session_id = format!("{}-wrongtype-{n}", ctx.load.plan().run);
+    let key = chatlog_store::keys::window(&session_id);
+    let mut con = ctx.stack.redis().await?;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("chaos: a string where a window belongs")
+        .query_async(&mut con)
+        .await?;
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for j in 0..WRONGTYPE_MESSAGES {
+        let (partition, offset) = ctx.load.send_poisoned(&session_id, j).await?;
+        let o = last.entry(partition).or_default();
+        *o = (*o).max(offset);
+    }
+    // The group commits past a record once it is persisted or in the DLQ.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    for (&partition, &offset) in &last {
+        loop {
+            let (k, t, g) = (
+                ctx.stack.kafka.clone(),
+                ctx.topic.clone(),
+                ctx.group.clone(),
+            );
+            let committed = tokio::task::spawn_blocking(move || {
+                crate::drain::committed_offset(&k, &t, &g, partition)
+            })
+            .await?;
+            if matches!(committed, Ok(c) if c > offset) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await?;
+                anyhow::bail!(
+                    "wrongtype: the group did not commit past partition {partition} offset \
+                     {offset} within 180 s (last answer: {committed:?}): the partition stalls \
+                     on a permanent write error"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await?;
+    Ok(format!(
+        "{session_id}: window key SET to a string, {WRONGTYPE_MESSAGES} messages sent; the group \
+         committed past them (partition → last offset {last:?}); key deleted"
+    ))
 }
 
 /// `rollback`: a snapshot now, Redis restarted from it `rollback_after` later.
@@ -776,6 +837,6 @@ mod tests {
         let text = per_kind(&opts, &injected);
         assert!(text.starts_with("(kill=5, rebalance=0, "), "{text}");
         assert!(text.contains("rollback=1, failover=0"), "{text}");
-        assert!(text.ends_with("late_send=0)"), "{text}");
+        assert!(text.ends_with("late_send=0, wrongtype=0)"), "{text}");
     }
 }

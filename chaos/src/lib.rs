@@ -399,6 +399,7 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
             .context("a fault failed")?,
     };
     let injected: usize = by_kind.values().sum();
+    result.poison.extend(load.poisoned());
     phases.faults_tail = tail.elapsed().as_secs_f64();
     events.log(format!("faults done: {injected} injected"));
 

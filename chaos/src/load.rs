@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chatlog_producer::{NewMessage, Producer};
 use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
 use rand::rngs::StdRng;
@@ -181,6 +182,24 @@ pub struct Resend {
     pub acked_at: f64,
 }
 
+/// A second send of an acknowledged message with the same client_msg_id but another content (a
+/// client bug or a hostile client): the producer must refuse it (`conflict`), never acknowledge it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictingResend {
+    /// Session number.
+    pub session: usize,
+    /// Message number.
+    pub index: usize,
+    /// When the first send's first attempt started (s since start).
+    pub first_try_at: f64,
+    /// When the conflicting send ended (s since start).
+    pub at: f64,
+    /// `conflict` (refused as it must be), `acked` or the reason of the last other error.
+    pub outcome: String,
+    /// The seq it was acknowledged with, if it was.
+    pub acked_seq: Option<i64>,
+}
+
 /// A poison record produced raw.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoisonRecord {
@@ -196,6 +215,10 @@ pub struct PoisonRecord {
     pub offset: i64,
     /// [`crate::check::payload_hash`] of its value (None: no value).
     pub payload_hash: Option<u64>,
+    /// Length of its value.
+    pub payload_len: usize,
+    /// SHA-256 of its value, lowercase hex (what a truncated DLQ copy carries).
+    pub payload_sha256: Option<String>,
 }
 
 /// What the load did.
@@ -205,6 +228,8 @@ pub struct LoadResult {
     pub acks: Vec<Vec<Option<Ack>>>,
     /// Second sends of acknowledged messages.
     pub resends: Vec<Resend>,
+    /// Conflicting second sends of acknowledged messages.
+    pub conflicting: Vec<ConflictingResend>,
     /// Failed attempts by reason (`kafka`, `allocation`, …).
     pub errors: BTreeMap<String, usize>,
     /// Failed attempts the producer called not retriable (retried anyway).
@@ -263,6 +288,8 @@ struct Shared {
     live: Vec<std::sync::Mutex<BTreeMap<i64, LiveAck>>>,
     /// Late sends under way.
     extra: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Acknowledged messages of `wrongtype` sessions: expected in the DLQ as `write_failed`.
+    poisoned: std::sync::Mutex<Vec<PoisonRecord>>,
     out: Mutex<LoadResult>,
 }
 
@@ -314,6 +341,7 @@ impl Load {
                 gate: watch::channel(true).0,
                 live: (0..sessions).map(|_| Default::default()).collect(),
                 extra: Default::default(),
+                poisoned: Default::default(),
                 out: Mutex::new(LoadResult {
                     acks,
                     ..LoadResult::default()
@@ -441,6 +469,34 @@ impl Load {
         Some(j)
     }
 
+    /// Sends message `j` of a session outside the plan (a `wrongtype` fault's) through instance A
+    /// until acknowledged, and records it as poison the DLQ must hold as `write_failed`; returns
+    /// its partition and offset.
+    pub async fn send_poisoned(&self, session_id: &str, j: usize) -> anyhow::Result<(i32, i64)> {
+        let mut message = self.shared.plan.message(0, j);
+        message.session_id = session_id.to_owned();
+        message.content = format!("chaos wrongtype {session_id} #{j}").into_bytes();
+        let (sent, _) = send_with_retry(&self.shared, &self.shared.producers.a, &message)
+            .await
+            .with_context(|| format!("{session_id}: the send was given up"))?;
+        lock(&self.shared.poisoned).push(PoisonRecord {
+            key: session_id.to_owned(),
+            kind: "wrongtype",
+            reasons: &["write_failed"],
+            partition: sent.partition,
+            offset: sent.offset,
+            payload_hash: None,
+            payload_len: 0,
+            payload_sha256: None,
+        });
+        Ok((sent.partition, sent.offset))
+    }
+
+    /// The messages [`Load::send_poisoned`] sent, once the faults are over.
+    pub fn poisoned(&self) -> Vec<PoisonRecord> {
+        std::mem::take(&mut *lock(&self.shared.poisoned))
+    }
+
     /// Sends every message of the plan (and the resends); returns when all are acknowledged or
     /// given up, late sends included.
     pub async fn run(&self) {
@@ -529,14 +585,18 @@ async fn session_worker(shared: Arc<Shared>, s: usize, start: tokio::time::Insta
         let due = start + Duration::from_secs_f64(ticket as f64 / shared.rate);
         tokio::time::sleep_until(due).await;
         let _ = gate.wait_for(|open| *open).await;
-        let resend = rng.random_bool(shared.resend_ratio);
+        let resend = match rng.random_bool(shared.resend_ratio) {
+            false => AfterAck::No,
+            true if rng.random_bool(0.5) => AfterAck::Conflicting,
+            true => AfterAck::Same,
+        };
         match partner {
             // Both instances at once: seqs of one session allocated by two allocators and
             // produced by two Kafka clients concurrently.
             Some(k) => {
                 tokio::join!(
                     send_one(&shared, s, j, Via::A, resend),
-                    send_one(&shared, s, k, Via::B, false)
+                    send_one(&shared, s, k, Via::B, AfterAck::No)
                 );
             }
             None => send_one(&shared, s, j, Via::A, resend).await,
@@ -544,9 +604,20 @@ async fn session_worker(shared: Arc<Shared>, s: usize, start: tokio::time::Insta
     }
 }
 
+/// What follows a message's ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterAck {
+    /// Nothing.
+    No,
+    /// The same message again (a client whose ack was lost).
+    Same,
+    /// The same client_msg_id with another content (must be refused).
+    Conflicting,
+}
+
 /// Sends message `j` of session `s` through `via` until acknowledged, records the ack, and
-/// resends it once (`resend`: a client whose ack was lost) with the same client_msg_id.
-async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: bool) {
+/// resends it once (`resend`) with the same client_msg_id.
+async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: AfterAck) {
     let producer = match via {
         Via::B => &shared.producers.b,
         _ => &shared.producers.a,
@@ -557,7 +628,25 @@ async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: bool) {
         return;
     };
     let ack = record_ack(shared, s, j, sent, attempts, first_try_at, via).await;
-    if resend && let Some((again, _)) = send_with_retry(shared, producer, &message).await {
+    if resend == AfterAck::Conflicting {
+        let mut edited = message.clone();
+        edited
+            .content
+            .extend_from_slice(b" (edited: a conflicting resend)");
+        let (outcome, acked_seq) = send_conflicting(shared, producer, &edited).await;
+        shared.out.lock().await.conflicting.push(ConflictingResend {
+            session: s,
+            index: j,
+            first_try_at,
+            at: shared.events.now(),
+            outcome,
+            acked_seq,
+        });
+        return;
+    }
+    if resend == AfterAck::Same
+        && let Some((again, _)) = send_with_retry(shared, producer, &message).await
+    {
         shared.out.lock().await.resends.push(Resend {
             session: s,
             index: j,
@@ -619,6 +708,42 @@ async fn record_error(shared: &Shared, e: &chatlog_producer::Error) {
     }
 }
 
+/// Sends a conflicting version of an acknowledged message, retrying what is retriable; returns
+/// the outcome (`conflict`, `acked`, or the last error's reason) and the seq of an ack.
+async fn send_conflicting(
+    shared: &Shared,
+    producer: &Producer,
+    message: &NewMessage,
+) -> (String, Option<i64>) {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = {
+            let Ok(_permit) = shared.permits.acquire().await else {
+                return ("closed".into(), None);
+            };
+            producer.send(message.clone()).await
+        };
+        match result {
+            Ok(sent) => {
+                shared.events.log(format!(
+                    "conflicting resend {}/{} ACKNOWLEDGED with seq {}",
+                    message.session_id, message.client_msg_id, sent.seq
+                ));
+                return ("acked".into(), Some(sent.seq));
+            }
+            Err(e) if e.reason() == "conflict" => return ("conflict".into(), None),
+            Err(e) => {
+                if !e.is_retriable() || started.elapsed() > GIVE_UP {
+                    return (e.reason().to_owned(), None);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn send_with_retry(
     shared: &Shared,
     producer: &Producer,
@@ -668,6 +793,27 @@ const POISON_KINDS: [(&str, &[&str]); 6] = [
 /// Bytes above the consumers' `batch.max_record_bytes` (the harness configures 8 KiB).
 pub const OVERSIZE_BYTES: usize = 16 * 1024;
 
+/// Every `HUGE_EVERY`-th poison record is `huge`: [`HUGE_BYTES`] produced lz4-compressed, which
+/// the broker takes (its limit applies to the compressed batch) but no DLQ copy of it fits.
+pub const HUGE_EVERY: usize = 50;
+
+/// The size of a `huge` poison value: 2 MiB.
+pub const HUGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// A `huge` poison value: compressible text (lz4 takes it far below the broker's 1 MB limit).
+fn huge_payload(i: usize) -> Vec<u8> {
+    let line = format!("chaos huge poison {i}: 2 MiB of compressible text. ");
+    line.bytes().cycle().take(HUGE_BYTES).collect()
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    openssl::sha::sha256(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Produces `count` poison records to `topic`, spread evenly over `over`, never while `load` holds
 /// its sends back ([`Load::hold`]); returns them (plus the number of retried productions).
 pub async fn poison(
@@ -687,6 +833,16 @@ pub async fn poison(
         .set("acks", "all")
         .set("message.timeout.ms", "300000")
         .set("linger.ms", "5")
+        .create()?;
+    // `huge` records: lz4, and a client limit above their uncompressed size (librdkafka checks
+    // it before compressing; the broker checks the compressed batch).
+    let lz4: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "300000")
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", (2 * HUGE_BYTES).to_string())
         .create()?;
     let codec = Codec::default();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x005E_ED0F_9015);
@@ -710,7 +866,11 @@ pub async fn poison(
         }
         // Held back with the messages (a poll zombie waits for an idle topic).
         let _ = gate.wait_for(|open| *open).await;
-        let (kind, reasons) = POISON_KINDS[rng.random_range(0..POISON_KINDS.len())];
+        let (kind, reasons) = if i % HUGE_EVERY == HUGE_EVERY / 2 {
+            ("huge", &["oversize"][..])
+        } else {
+            POISON_KINDS[rng.random_range(0..POISON_KINDS.len())]
+        };
         let key = format!("{run}-poison-{i}");
         let payload: Option<Vec<u8>> = match kind {
             "garbage" => {
@@ -729,6 +889,7 @@ pub async fn poison(
                 Some(b)
             }
             "oversize" => Some(vec![b'z'; OVERSIZE_BYTES]),
+            "huge" => Some(huge_payload(i)),
             "truncated" | "key_mismatch" => {
                 let m = ChatMessage {
                     msg_id: format!("poison-{i}"),
@@ -752,7 +913,9 @@ pub async fn poison(
             _ => None, // empty
         };
         let payload_hash = payload.as_deref().map(crate::check::payload_hash);
-        let producer = producer.clone();
+        let payload_len = payload.as_ref().map_or(0, Vec::len);
+        let payload_sha256 = payload.as_deref().map(sha256_hex);
+        let producer = if kind == "huge" { &lz4 } else { &producer }.clone();
         let events = events.clone();
         pending.push(async move {
             let mut tries = 0;
@@ -771,6 +934,8 @@ pub async fn poison(
                                 partition: d.partition,
                                 offset: d.offset,
                                 payload_hash,
+                                payload_len,
+                                payload_sha256,
                             },
                             tries,
                         ));

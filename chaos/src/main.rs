@@ -93,6 +93,10 @@ struct Cli {
     /// Late sends: produce fails after allocation, retried later.
     #[arg(long)]
     late_sends: Option<usize>,
+    /// `wrongtype` faults: a session whose window key is a Redis string (its messages go to the
+    /// DLQ as `write_failed`).
+    #[arg(long)]
+    wrongtypes: Option<usize>,
     /// Seconds a late send waits before its retry.
     #[arg(long)]
     late_send_hold_secs: Option<u64>,
@@ -166,6 +170,7 @@ impl Cli {
             failovers,
             two_producers,
             late_sends,
+            wrongtypes,
             oracle_rate,
             poison_ratio,
             resend_ratio,

@@ -90,6 +90,10 @@ pub struct Options {
     pub two_producers_share: f64,
     /// Late sends (produce fails after allocation; retried later).
     pub late_sends: usize,
+    /// `wrongtype` faults: a fresh session's window key is made a Redis string, and
+    /// [`crate::faults::WRONGTYPE_MESSAGES`] messages are sent to it: each must reach the DLQ as
+    /// `write_failed` while the other sessions go on.
+    pub wrongtypes: usize,
     /// How long a late send waits before its retry (keep it well below the settle horizon).
     pub late_send_hold: Duration,
     /// Reads per second of the online history oracle.
@@ -160,6 +164,7 @@ impl Options {
             two_producers_for: Duration::from_secs(20),
             two_producers_share: 0.2,
             late_sends: 10,
+            wrongtypes: 1,
             late_send_hold: Duration::from_secs(5),
             oracle_rate: 10.0,
             settle_horizon: Duration::from_secs(60),
@@ -189,6 +194,7 @@ impl Options {
                 two_producers: 2,
                 two_producers_for: Duration::from_secs(40),
                 late_sends: 50,
+                wrongtypes: 2,
                 oracle_rate: 20.0,
                 drain_timeout: Duration::from_secs(900),
                 consumer_bin: default_consumer_bin(&common.workspace, "release"),
