@@ -7,6 +7,12 @@
 //! rejects any count or length the remaining input cannot back, checks enum and union indexes, and
 //! requires the datum to end exactly at the end of the input. After it passes, apache-avro only
 //! ever sees sizes bounded by the input length.
+//!
+//! The walk also caps the *total* number of array and map items in a datum at its length in
+//! bytes. Each block's count is checked against the remaining input, but items of zero bytes
+//! (`null`, an empty record, a zero-size fixed) take no input: block after block of them would
+//! let a 1 MiB datum claim ~10^11 items in all (the walk quadratic, apache-avro's `Vec`s
+//! unbounded). With the cap both are linear in the input.
 
 use std::collections::HashMap;
 
@@ -58,8 +64,17 @@ impl Names {
 /// Checks that `datum` is exactly one well-formed datum of `schema`.
 pub(crate) fn check_datum(schema: &Schema, names: &Names, datum: &[u8]) -> Result<(), DecodeError> {
     let mut c = Cursor::new(datum);
-    skip(schema, names, &mut c, 0)?;
+    let mut items = datum.len();
+    skip(schema, names, &mut c, &mut items, 0)?;
     c.finish()
+}
+
+/// Takes `n` items of an array or map block from `budget` (see the module docs).
+fn take_items(budget: &mut usize, n: usize) -> Result<(), DecodeError> {
+    *budget = budget.checked_sub(n).ok_or_else(|| {
+        malformed("more array/map items in the datum than it has bytes (zero-byte items)")
+    })?;
+    Ok(())
 }
 
 fn malformed(msg: impl Into<String>) -> DecodeError {
@@ -70,6 +85,7 @@ fn skip(
     schema: &Schema,
     names: &Names,
     c: &mut Cursor<'_>,
+    items: &mut usize,
     depth: usize,
 ) -> Result<(), DecodeError> {
     if depth > MAX_DEPTH {
@@ -103,7 +119,7 @@ fn skip(
         Schema::Bytes | Schema::String | Schema::BigDecimal | Schema::Uuid => {
             c.bytes()?;
         }
-        Schema::Decimal(DecimalSchema { inner, .. }) => skip(inner, names, c, depth + 1)?,
+        Schema::Decimal(DecimalSchema { inner, .. }) => skip(inner, names, c, items, depth + 1)?,
         Schema::Fixed(FixedSchema { size, .. }) => {
             c.take(*size)?;
         }
@@ -125,11 +141,11 @@ fn skip(
                 .ok()
                 .and_then(|i| u.variants().get(i))
                 .ok_or_else(|| malformed(format!("union index {i} out of range")))?;
-            skip(variant, names, c, depth + 1)?;
+            skip(variant, names, c, items, depth + 1)?;
         }
         Schema::Record(RecordSchema { fields, .. }) => {
             for f in fields {
-                skip(&f.schema, names, c, depth + 1)?;
+                skip(&f.schema, names, c, items, depth + 1)?;
             }
         }
         Schema::Array(a) => loop {
@@ -137,8 +153,9 @@ fn skip(
             if n == 0 {
                 break;
             }
+            take_items(items, n)?;
             for _ in 0..n {
-                skip(&a.items, names, c, depth + 1)?;
+                skip(&a.items, names, c, items, depth + 1)?;
             }
         },
         Schema::Map(m) => loop {
@@ -146,9 +163,10 @@ fn skip(
             if n == 0 {
                 break;
             }
+            take_items(items, n)?;
             for _ in 0..n {
                 c.bytes()?;
-                skip(&m.types, names, c, depth + 1)?;
+                skip(&m.types, names, c, items, depth + 1)?;
             }
         },
         Schema::Ref { name } => {
@@ -157,7 +175,7 @@ fn skip(
                 .0
                 .get(&full)
                 .ok_or_else(|| malformed(format!("unresolved schema reference {full}")))?;
-            skip(target, names, c, depth + 1)?;
+            skip(target, names, c, items, depth + 1)?;
         }
     }
     Ok(())
