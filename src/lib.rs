@@ -33,6 +33,62 @@ pub fn kafka_sasl() -> KafkaSasl {
     }
 }
 
+/// The local stack's TLS endpoints and the CA that signed their certificates (`dev/stack.sh env`).
+#[derive(Debug, Clone)]
+pub struct StackTls {
+    /// PEM file of the stack's own CA.
+    pub ca_file: std::path::PathBuf,
+    /// Bootstrap address of Kafka's TLS listener.
+    pub kafka_bootstrap: String,
+    /// CQL contact points that accept TLS (the stack's CQL port takes TLS and plaintext alike).
+    pub cql_nodes: Vec<String>,
+}
+
+/// Where the local stack speaks TLS. Panics with a hint when the stack was started by a
+/// `dev/stack.sh` without TLS (no CA file).
+pub fn stack_tls() -> StackTls {
+    let default_ca = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/chatlog/stack/tls/ca.pem");
+    let ca_file = std::env::var_os("CHATLOG_STACK_TLS_CA")
+        .filter(|v| !v.is_empty())
+        .map_or(default_ca, std::path::PathBuf::from);
+    assert!(
+        ca_file.is_file(),
+        "the stack's CA {} is missing: this stack was started without TLS (an older \
+         dev/stack.sh); restart it: dev/stack.sh down kafka && dev/stack.sh down cassandra && \
+         dev/stack.sh up, then eval \"$(dev/stack.sh env)\"",
+        ca_file.display()
+    );
+    StackTls {
+        ca_file,
+        kafka_bootstrap: env_or("CHATLOG_STACK_KAFKA_TLS_BOOTSTRAP", "127.0.0.1:9095"),
+        cql_nodes: std::env::var("CHATLOG_STACK_CQL_TLS_NODES")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map_or_else(cql_nodes, |v| v.split(',').map(str::to_owned).collect()),
+    }
+}
+
+/// Makes a CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 and localhost signed
+/// by it (`server.pem`, `server.key`, `server-keystore.pem`) in `dir`, with the same script
+/// command the stack makes its own with (`dev/stack.sh certs DIR`).
+pub fn make_certs(dir: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/stack.sh");
+    let out = std::process::Command::new(&script)
+        .arg("certs")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "dev/stack.sh certs {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The CQL contact points of the local stack.
 pub fn cql_nodes() -> Vec<String> {
     env_or("CHATLOG_CQL_NODES", "127.0.0.1:9042")

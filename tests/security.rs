@@ -1,5 +1,6 @@
 //! Security basics against real servers: Redis AUTH and TLS through `RedisConfig`, CQL TLS through
-//! `CqlConfig`, and secrets never appearing in error messages.
+//! `CqlConfig`, and secrets never appearing in error messages; the compose file's hardening
+//! (ports on 127.0.0.1 only, passwords from the environment, no anonymous admin, no lifecycle API).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,75 +79,10 @@ async fn redis_auth_is_used_and_the_password_never_shows_in_errors() {
     assert!(!format!("{wrong:?}").contains(&password));
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 with the openssl CLI.
-fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl command (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=chatlog-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
-}
-
 #[tokio::test]
 async fn redis_tls_verifies_the_server_against_the_configured_ca() {
     let certs = TempDir::new("tls");
-    make_certs(&certs.0);
+    chatlog::make_certs(&certs.0);
     let port = free_port();
     let path = |f: &str| certs.0.join(f).display().to_string();
     let _server = TestRedis::start(
@@ -200,9 +136,10 @@ async fn redis_tls_verifies_the_server_against_the_configured_ca() {
 #[tokio::test]
 async fn cql_tls_settings_are_applied() {
     let certs = TempDir::new("cqltls");
-    make_certs(&certs.0);
-    // The local Cassandra speaks plaintext: a TLS session must fail its handshake, which proves the
-    // TLS context is really used.
+    chatlog::make_certs(&certs.0);
+    // This test's own CA did not sign the stack's certificate (and a stack started without TLS
+    // speaks plaintext only): the TLS session must fail its handshake, which proves the TLS
+    // context is really used and verifies the server.
     let config = CqlConfig {
         connect_timeout: Duration::from_secs(3),
         tls: Some(TlsFiles {
@@ -281,4 +218,164 @@ async fn cql_logins_are_checked_and_the_password_never_shows_in_errors() {
     assert!(err.to_lowercase().contains("auth"), "{err}");
 
     chatlog::drop_cql_role(&admin, &role).await;
+}
+
+// ------------------------------------------------------------------------------- compose
+
+/// What the compose file says about its exposure, as `kind<TAB>service<TAB>value` lines, read
+/// from the file itself with PyYAML (the YAML library docker-compose is built on).
+fn compose_facts() -> Vec<(String, String, String)> {
+    const SCRIPT: &str = r#"
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for name, svc in doc["services"].items():
+    for p in svc.get("ports", []) or []:
+        if isinstance(p, dict):
+            p = "%s:%s:%s" % (p.get("host_ip", ""), p.get("published", ""), p.get("target", ""))
+        print("port\t%s\t%s" % (name, p))
+    cmd = svc.get("command", [])
+    if isinstance(cmd, str):
+        cmd = [cmd]
+    print("command\t%s\t%s" % (name, " ".join(str(c) for c in cmd).replace("\n", " ")))
+    env = svc.get("environment", {}) or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    for k, v in env.items():
+        print("env\t%s\t%s=%s" % (name, k, v))
+    print("image\t%s\t%s" % (name, svc.get("image", "")))
+"#;
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(&file)
+        .output()
+        .expect("python3 with PyYAML (dev/stack.sh up tools installs both)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            Some((
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Every published port of docker-compose.yml is bound to 127.0.0.1; Grafana has no anonymous
+/// access and takes its admin password from the environment; Prometheus has no lifecycle API;
+/// ScyllaDB checks logins and Redis requires AUTH, and the consumers get both credentials through
+/// the environment. Each password is required: `docker-compose config` refuses the file without
+/// it, naming the variable.
+#[test]
+fn compose_publishes_on_localhost_only_and_takes_passwords_from_the_environment() {
+    let facts = compose_facts();
+    let of = |kind: &str, service: &str| -> Vec<String> {
+        facts
+            .iter()
+            .filter(|(k, s, _)| k == kind && s == service)
+            .map(|(_, _, v)| v.clone())
+            .collect()
+    };
+    let ports: Vec<_> = facts.iter().filter(|(k, _, _)| k == "port").collect();
+    assert!(ports.len() >= 5, "the published ports: {ports:?}");
+    for (_, service, spec) in &ports {
+        assert!(
+            spec.starts_with("127.0.0.1:"),
+            "{service} publishes {spec} on every interface: bind it to 127.0.0.1"
+        );
+    }
+
+    let grafana = of("env", "grafana");
+    assert!(
+        grafana.contains(&"GF_AUTH_ANONYMOUS_ENABLED=false".to_owned()),
+        "{grafana:?}"
+    );
+    assert!(
+        grafana
+            .iter()
+            .any(|e| e.starts_with("GF_SECURITY_ADMIN_PASSWORD=${GRAFANA_ADMIN_PASSWORD:?")),
+        "Grafana's admin password comes from the environment, required: {grafana:?}"
+    );
+    let prometheus = of("command", "prometheus").join(" ");
+    assert!(prometheus.contains("--config.file"), "{prometheus}");
+    assert!(!prometheus.contains("lifecycle"), "{prometheus}");
+    let scylla = of("command", "scylla").join(" ");
+    assert!(
+        scylla.contains("--authenticator PasswordAuthenticator"),
+        "{scylla}"
+    );
+    let redis = of("command", "redis").join(" ");
+    assert!(redis.contains("requirepass"), "{redis}");
+    assert!(
+        of("env", "redis")
+            .iter()
+            .any(|e| e.starts_with("REDIS_PASSWORD=${REDIS_PASSWORD:?")),
+        "{:?}",
+        of("env", "redis")
+    );
+    let consumers: Vec<&String> = facts
+        .iter()
+        .filter(|(k, _, v)| k == "image" && v.starts_with("chatlog-consumer"))
+        .map(|(_, s, _)| s)
+        .collect();
+    assert!(consumers.len() >= 3, "consumers and migrate: {consumers:?}");
+    for service in consumers {
+        let env = of("env", service);
+        assert!(
+            env.iter()
+                .any(|e| e.starts_with("CHATLOG_CQL_PASSWORD=${SCYLLA_PASSWORD:?")),
+            "{service}: {env:?}"
+        );
+        if service != "migrate" {
+            assert!(
+                env.iter()
+                    .any(|e| e.starts_with("CHATLOG_REDIS_PASSWORD=${REDIS_PASSWORD:?")),
+                "{service}: {env:?}"
+            );
+        }
+    }
+
+    // docker-compose (v1, installed by dev/stack.sh up tools) resolves the file with every
+    // password set, and refuses it without any one of them.
+    let passwords = [
+        "GRAFANA_ADMIN_PASSWORD",
+        "SCYLLA_PASSWORD",
+        "REDIS_PASSWORD",
+    ];
+    let config = |unset: Option<&str>| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-f", "docker-compose.yml", "config", "-q"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        for p in passwords {
+            if Some(p) == unset {
+                cmd.env_remove(p);
+            } else {
+                cmd.env(p, unique("pw"));
+            }
+        }
+        cmd.output()
+            .expect("docker-compose (Debian package docker-compose; dev/stack.sh up tools)")
+    };
+    let all = config(None);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    for p in passwords {
+        let out = config(Some(p));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "without {p} compose must refuse");
+        assert!(
+            err.contains(&format!("set {p}")),
+            "the refusal names {p}: {err}"
+        );
+    }
 }
