@@ -68,8 +68,9 @@ struct Cli {
         global = true
     )]
     cql_password: Option<Secret>,
-    /// Redis URL (redis:// or rediss://), without the password.
-    #[arg(long, env = "CHATLOG_REDIS_URL", global = true)]
+    /// Redis URL (redis:// or rediss://), without the password: a URL with one is refused (set
+    /// the password with CHATLOG_REDIS_PASSWORD). Its value is never shown here.
+    #[arg(long, env = "CHATLOG_REDIS_URL", hide_env_values = true, global = true)]
     redis_url: Option<String>,
     /// Redis password (prefer the environment variable; never printed).
     #[arg(
@@ -173,6 +174,9 @@ impl Cli {
         }
         c.migrate_on_start |= self.migrate_on_start;
         c.validate()?;
+        // Before anything prints the configuration: a password in the Redis URL is refused (and
+        // the refusal masks it).
+        c.redis.validate()?;
         Ok(c)
     }
 }

@@ -1,6 +1,8 @@
 //! Secrets never appear in `--help`, in the printed configuration, or in the logs of a consumer that
 //! runs with every kind of credential set (Redis AUTH against a password-protected Redis, a CQL
-//! login checked by the stack's Cassandra, a Kafka SASL password and a secret librdkafka property).
+//! login checked by the stack's Cassandra, a Kafka SASL password). A password inside the Redis URL
+//! and TLS/SASL settings in `kafka.properties` (which would bypass the `security` section) are
+//! refused, and the refusals show no secret.
 
 mod common;
 
@@ -10,12 +12,13 @@ use std::time::Duration;
 use chatlog::{TestRedis, free_port, unique};
 use common::{Env, all_messages, base_time_us, sessions};
 
-fn secrets() -> [String; 4] {
+fn secrets() -> [String; 5] {
     [
         unique("cqlpw"),
         unique("redispw"),
         unique("saslpw"),
         unique("propsecret"),
+        unique("urlpw"),
     ]
 }
 
@@ -29,14 +32,8 @@ fn assert_clean(text: &str, secrets: &[String], what: &str) {
 fn help_and_printed_config_never_show_secrets() {
     let secrets = secrets();
     let config = std::env::temp_dir().join(format!("{}.toml", unique("secrets_cfg")));
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n\"linger.ms\" = \"7\"\n",
-            secrets[3]
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, "[kafka.properties]\n\"linger.ms\" = \"7\"\n").unwrap();
+    let url_with_password = format!("redis://chatlog:{}@127.0.0.1:6390/", secrets[4]);
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
             .args(args)
@@ -45,6 +42,7 @@ fn help_and_printed_config_never_show_secrets() {
             .env("CHATLOG_CQL_PASSWORD", &secrets[0])
             .env("CHATLOG_REDIS_PASSWORD", &secrets[1])
             .env("CHATLOG_KAFKA_SASL_PASSWORD", &secrets[2])
+            .env("CHATLOG_REDIS_URL", &url_with_password)
             .output()
             .unwrap();
         (
@@ -59,8 +57,8 @@ fn help_and_printed_config_never_show_secrets() {
     let (status, help) = run(&["--help"]);
     assert!(status.success());
     assert!(
-        help.contains("CHATLOG_CQL_PASSWORD"),
-        "the variable is documented:\n{help}"
+        help.contains("CHATLOG_CQL_PASSWORD") && help.contains("CHATLOG_REDIS_URL"),
+        "the variables are documented:\n{help}"
     );
     assert_clean(&help, &secrets, "--help");
 
@@ -72,20 +70,65 @@ fn help_and_printed_config_never_show_secrets() {
     );
     assert_clean(&refused, &secrets, "the refusal");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
-        .args(["config", "--config"])
-        .arg(&config)
-        .env("CHATLOG_CQL_PASSWORD", &secrets[0])
-        .env("CHATLOG_REDIS_PASSWORD", &secrets[1])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{printed}");
+    let config_command = |config: &std::path::Path, redis_url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
+            .args(["config", "--config"])
+            .arg(config)
+            .env("CHATLOG_CQL_PASSWORD", &secrets[0])
+            .env("CHATLOG_REDIS_PASSWORD", &secrets[1])
+            .env("CHATLOG_REDIS_URL", redis_url)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, printed, _) = config_command(&config, "redis://chatlog@127.0.0.1:6390/");
+    assert!(status.success(), "{printed}");
     assert!(
-        printed.contains("linger.ms") && printed.contains("***"),
+        printed.contains("linger.ms")
+            && printed.contains("***")
+            && printed.contains("redis://chatlog@127.0.0.1:6390/"),
         "{printed}"
     );
     assert_clean(&printed, &secrets, "the printed configuration");
+
+    // A password inside the Redis URL is refused before anything prints the configuration, and
+    // the refusal shows the URL masked.
+    let (status, printed, log) = config_command(&config, &url_with_password);
+    assert!(
+        !status.success(),
+        "a password in the Redis URL must be refused:\n{printed}"
+    );
+    assert!(
+        log.contains("redis.password") && log.contains("redis://chatlog:***@127.0.0.1:6390/"),
+        "the refusal says where the password belongs:\n{log}"
+    );
+    assert_clean(&format!("{printed}{log}"), &secrets, "the refusal");
+
+    // TLS/SASL settings in kafka.properties would bypass [kafka.security]: refused, naming the
+    // key and the section, never the value.
+    for key in ["ssl.key.password", "security.protocol", "sasl.password"] {
+        let refused_config = std::env::temp_dir().join(format!("{}.toml", unique("secrets_props")));
+        std::fs::write(
+            &refused_config,
+            format!("[kafka.properties]\n\"{key}\" = \"{}\"\n", secrets[3]),
+        )
+        .unwrap();
+        let (status, printed, log) = config_command(&refused_config, "redis://127.0.0.1:6390/");
+        assert!(
+            !status.success(),
+            "{key} in kafka.properties must be refused:\n{printed}"
+        );
+        assert!(
+            log.contains(key) && log.contains("`security` section"),
+            "the refusal names {key} and the security section:\n{log}"
+        );
+        assert_clean(&format!("{printed}{log}"), &secrets, "the refusal");
+        let _ = std::fs::remove_file(&refused_config);
+    }
 }
 
 /// The consumer runs with real logins everywhere: Kafka through the stack's SASL/PLAIN listener
@@ -117,8 +160,8 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
         &config,
         format!(
             "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
-             sasl_username = {:?}\n\n[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n",
-            sasl.username, secrets[3]
+             sasl_username = {:?}\n",
+            sasl.username
         ),
     )
     .unwrap();
