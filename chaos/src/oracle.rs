@@ -359,8 +359,8 @@ impl Reader {
             op,
             at,
             &page.messages,
-            &page.missing,
-            &page.pending,
+            &page.missing_seqs().collect::<Vec<_>>(),
+            &page.pending_seqs().collect::<Vec<_>>(),
         );
     }
 
@@ -411,7 +411,7 @@ impl Reader {
             };
             self.record(s, "sweep", at, &page);
             returned.extend(page.messages.iter().map(|m| m.seq));
-            reported.extend(page.missing.iter().copied());
+            reported.extend(page.missing_seqs());
             match page.next {
                 Some(next) if next > cursor => cursor = next,
                 _ => break,

@@ -27,6 +27,11 @@
 //!   session, a produce retried after later seqs landed). Ask again once
 //!   [`HistoryConfig::settle_horizon`] has passed: by then it is a message or `missing`.
 //!
+//! Gaps are listed as closed ranges, one per run of absent seqs, never seq by seq: a page of
+//! `limit` messages has at most `limit + 1` gap ranges (for `get`, at most one per requested
+//! seq), however far apart its messages are. A single seq of 10^15 above seq 3 is one range
+//! `4..=10^15 - 1` (or the part of it the page covers), not an entry per absent seq.
+//!
 //! Seqs outside `covered` are not described by the page: above it they may still be written
 //! (continue with `next`, or `after` later), below it they belong to the next page. For `get`,
 //! `covered` describes the *requested* seqs in it only.
@@ -233,13 +238,15 @@ pub struct Page {
     /// The messages, ascending seq, one per seq.
     pub messages: Vec<ChatMessage>,
     /// Seqs inside [`covered`](Page::covered) that do not exist and never will (never written,
-    /// e.g. gaps left by seq recovery), ascending. Final: a client can stop asking for them.
-    pub missing: Vec<i64>,
+    /// e.g. gaps left by seq recovery), as closed ranges, ascending, disjoint and never adjacent.
+    /// Final: a client can stop asking for them. At most one range per hole between the page's
+    /// messages (`limit + 1`), whatever the holes' lengths.
+    pub missing: Vec<RangeInclusive<i64>>,
     /// Seqs inside [`covered`](Page::covered) that do not exist *yet*: gaps younger than
     /// [`HistoryConfig::settle_horizon`] (a send still being retried, or overtaken by a newer
-    /// seq). Ascending, disjoint from `missing`. Ask again once the horizon has passed; each
-    /// becomes a message or moves to `missing`.
-    pub pending: Vec<i64>,
+    /// seq), as closed ranges like `missing`, disjoint from it. Ask again once the horizon has
+    /// passed; each becomes a message or moves to `missing`.
+    pub pending: Vec<RangeInclusive<i64>>,
     /// The closed seq range this page is complete for: each seq in it is in exactly one of
     /// `messages`, `missing` and `pending` (for [`History::get`]: each *requested* seq in it).
     /// `None` when nothing is proven.
@@ -273,6 +280,31 @@ impl Page {
     pub fn seqs(&self) -> Vec<i64> {
         self.messages.iter().map(|m| m.seq).collect()
     }
+
+    /// Every seq of [`missing`](Page::missing), one by one. A range may be long (a recovery gap
+    /// holds up to a segment of seqs, a foreign seq far above the head many more): for tools and
+    /// tests that know their sessions; clients should keep the ranges.
+    pub fn missing_seqs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.missing.iter().flat_map(|r| r.clone())
+    }
+
+    /// Every seq of [`pending`](Page::pending), one by one (see [`missing_seqs`](Page::missing_seqs)).
+    pub fn pending_seqs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.pending.iter().flat_map(|r| r.clone())
+    }
+}
+
+/// Ascending seqs as closed ranges, consecutive seqs joined (for `get`, whose gaps are the
+/// requested seqs themselves).
+fn ranges_of(seqs: impl IntoIterator<Item = i64>) -> Vec<RangeInclusive<i64>> {
+    let mut out: Vec<RangeInclusive<i64>> = Vec::new();
+    for s in seqs {
+        match out.last_mut() {
+            Some(r) if r.end().checked_add(1) == Some(s) => *r = *r.start()..=s,
+            _ => out.push(s..=s),
+        }
+    }
+    out
 }
 
 /// A page before its gaps are sorted into `missing` and `pending` ([`History::finish`]).
@@ -338,15 +370,16 @@ fn young(above_us: Option<i64>, now_us: i64, horizon_us: i64) -> bool {
     above_us.is_none_or(|t| now_us.saturating_sub(t) < horizon_us)
 }
 
-/// Sorts the gaps of `lo..=hi` in `messages` (ascending) into (missing, pending). A run of absent
-/// seqs is aged by the message right above it; the top run (ending at `hi`) by `top_us`.
+/// Sorts the gaps of `lo..=hi` in `messages` (ascending) into (missing, pending), one range per
+/// run. A run of absent seqs is aged by the message right above it; the top run (ending at `hi`)
+/// by `top_us`.
 fn classify(
     messages: &[ChatMessage],
     runs: &[(i64, i64)],
     top_us: Option<i64>,
     now_us: i64,
     horizon_us: i64,
-) -> (Vec<i64>, Vec<i64>) {
+) -> (Vec<RangeInclusive<i64>>, Vec<RangeInclusive<i64>>) {
     let (mut missing, mut pending) = (Vec::new(), Vec::new());
     for &(a, b) in runs {
         let i = messages.partition_point(|m| m.seq <= b);
@@ -359,7 +392,7 @@ fn classify(
         } else {
             &mut missing
         };
-        list.extend(a..=b);
+        list.push(a..=b);
     }
     (missing, pending)
 }
@@ -1107,8 +1140,8 @@ impl History {
         let hi = last.min(head.map_or(0, |(h, _)| h));
         Ok(Page {
             messages: found.into_values().collect(),
-            missing,
-            pending,
+            missing: ranges_of(missing),
+            pending: ranges_of(pending),
             covered: (first <= hi).then_some(first..=hi),
             source,
             next: None,
@@ -1987,13 +2020,31 @@ mod tests {
         let now = 1000;
         // Horizon 500: 5 is 900 old (settled), 8 is 100 old (young), the top unknown (young).
         let (missing, pending) = classify(&ms, &runs, None, now, 500);
-        assert_eq!((missing, pending), (vec![4], vec![6, 7, 9]));
+        assert_eq!((missing, pending), (vec![4..=4], vec![6..=7, 9..=9]));
         let (missing, pending) = classify(&ms, &runs, Some(0), now, 500);
-        assert_eq!((missing, pending), (vec![4, 9], vec![6, 7]));
+        assert_eq!((missing, pending), (vec![4..=4, 9..=9], vec![6..=7]));
         // Horizon 0: everything is settled, unless nothing is known above.
         let (missing, pending) = classify(&ms, &runs, Some(now), now, 0);
-        assert_eq!((missing, pending), (vec![4, 6, 7, 9], vec![]));
+        assert_eq!((missing, pending), (vec![4..=4, 6..=7, 9..=9], vec![]));
+        // A gap of 10^15 seqs is one range.
+        let far = vec![msg(1, 0), msg(1_000_000_000_000_000, 0)];
+        let runs = runs_in(&far, 1, 1_000_000_000_000_000);
+        let (missing, pending) = classify(&far, &runs, None, now, 0);
+        assert_eq!((missing, pending), (vec![2..=999_999_999_999_999], vec![]));
         assert!(young(None, now, 0));
+    }
+
+    #[test]
+    fn get_gaps_join_consecutive_seqs_into_ranges() {
+        assert_eq!(ranges_of([]), Vec::<RangeInclusive<i64>>::new());
+        assert_eq!(
+            ranges_of([-3, 0, 1, 2, 5, 7, 8]),
+            vec![-3..=-3, 0..=2, 5..=5, 7..=8]
+        );
+        assert_eq!(
+            ranges_of([i64::MAX - 1, i64::MAX]),
+            vec![i64::MAX - 1..=i64::MAX]
+        );
     }
 
     #[test]
