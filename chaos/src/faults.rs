@@ -14,7 +14,7 @@
 //! | `zombie` | Cassandra SIGSTOP; 3 s later SIGSTOP to a random consumer (blocked in its CQL stage); Cassandra SIGCONT; 13 s later FLUSHALL; 2 s later the consumer SIGCONT |
 //! | `poll_zombie` | the load holds new sends until the group's lag is 0 (every consumer is then inside poll, waiting for records); SIGSTOP to a random consumer; the load resumes; FLUSHALL 2 s before SIGCONT, `consumer_pause` later: it resumes inside the poll that returns its first stale records |
 //! | `two_producers` | for `two_producers_for`, a share of the sessions is sent to by two independent `Producer` instances at once (see [`crate::load`]) |
-//! | `wrongtype` | a fresh session's window key is SET to a string (a key clash: Redis answers WRONGTYPE to every window write); [`WRONGTYPE_MESSAGES`] messages sent to it must each reach the DLQ once as `write_failed` while the other sessions go on; the key is deleted once the group committed past them |
+//! | `wrongtype` | a fresh session's window key is SET to a string and its epoch key made a list (a key clash: Redis answers WRONGTYPE to every window write); [`WRONGTYPE_MESSAGES`] messages sent to it must each reach the DLQ once as `write_failed` while the other sessions go on; the key is deleted once the group committed past them |
 //! | `late_send` | one message is sent through a producer whose Kafka is unreachable (its seq is allocated, the produce fails), and `late_send_hold` later again through the working one with the same client_msg_id, after later seqs of the session landed |
 //!
 //! Each is logged with its start time and duration and counted once in "faults injected".
@@ -63,7 +63,7 @@ pub enum Kind {
     TwoProducers,
     /// A send whose produce fails, retried after later seqs landed.
     LateSend,
-    /// A session whose window key has the wrong Redis type.
+    /// A session whose window keys have the wrong Redis type.
     WrongType,
 }
 
@@ -462,11 +462,23 @@ async fn wait_lag_zero(ctx: &Ctx, limit: Duration) -> anyhow::Result<()> {
 /// faults, so no FLUSHALL or rollback removes the key while its messages are consumed.
 async fn wrongtype(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
     let session_id = format!("{}-wrongtype-{n}", ctx.load.plan().run);
-    let key = chatlog_store::keys::window(&session_id);
+    // Both keys of the window: the script reads the epoch key first (a string) and resets a
+    // window whose epoch is absent or foreign, so a clash on the window key alone would be
+    // repaired; a list at the epoch key makes every append answer WRONGTYPE.
+    let keys = [
+        chatlog_store::keys::window(&session_id),
+        chatlog_store::keys::window_epoch(&session_id),
+    ];
     let mut con = ctx.stack.redis().await?;
-    let _: () = redis::cmd("SET")
-        .arg(&key)
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(&keys[0])
         .arg("chaos: a string where a window belongs")
+        .ignore()
+        .cmd("RPUSH")
+        .arg(&keys[1])
+        .arg("chaos: a list where an epoch belongs")
+        .ignore()
         .query_async(&mut con)
         .await?;
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
@@ -492,7 +504,7 @@ async fn wrongtype(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await?;
+                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await?;
                 anyhow::bail!(
                     "wrongtype: the group did not commit past partition {partition} offset \
                      {offset} within 180 s (last answer: {committed:?}): the partition stalls \
@@ -502,10 +514,10 @@ async fn wrongtype(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await?;
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await?;
     Ok(format!(
-        "{session_id}: window key SET to a string, {WRONGTYPE_MESSAGES} messages sent; the group \
-         committed past them (partition → last offset {last:?}); key deleted"
+        "{session_id}: window key SET to a string and its epoch key made a list, {WRONGTYPE_MESSAGES} messages sent; the group \
+         committed past them (partition → last offset {last:?}); keys deleted"
     ))
 }
 

@@ -12,12 +12,14 @@
 //!    Every Redis client of the run (producers, oracle, checker, consumers) goes through a
 //!    switchable TCP proxy ([`proxy`]) that a failover moves to the promoted replica.
 //! 3. **Load** ([`load`]): messages through `chatlog_producer::Producer` over many sessions,
-//!    retried with the same client_msg_id on failure, some resent after their ack; ~1 % poison
-//!    records produced raw. Every ack and every poison record is recorded.
+//!    retried with the same client_msg_id on failure, some resent after their ack (half of those
+//!    with another content: must be refused); ~1 % poison records produced raw, every 50th a
+//!    2 MiB lz4-compressed one. Every ack and every poison record is recorded.
 //! 4. **Faults** ([`faults`]) spread over the load: kill -9 of consumers, rebalances, a Kafka
 //!    broker restart, a Redis restart + FLUSHALL, a Redis rollback to an earlier snapshot, a
 //!    failover to a lagging replica, Cassandra paused with SIGSTOP, consumers frozen (in a CQL
-//!    stage, inside poll, anywhere), two producers on the same sessions, late sends.
+//!    stage, inside poll, anywhere), two producers on the same sessions, late sends, a session
+//!    whose window keys have the wrong Redis type.
 //! 5. **Oracle** ([`oracle`]): history read during the run, and every session once after it.
 //! 6. **Drain** ([`drain`]): the group's committed offsets reach the end of every partition; the
 //!    fleet stops; the CQL row count is stable.
