@@ -1,21 +1,24 @@
 //! The Kafka side: client configuration, the rebalance/statistics context, DLQ records and the
 //! classification of transactional errors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::decode::Poison;
-use crate::{Result, telemetry};
+use crate::decode::{Origin, Poison};
+use crate::{Error, Result, telemetry};
 
 /// A (topic, partition).
 pub type Tp = (String, i32);
@@ -158,8 +161,10 @@ pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
     Ok(c)
 }
 
-/// The transactional producer (one per consumer instance, KIP-447).
-pub fn producer_config(config: &KafkaConfig) -> Result<ClientConfig> {
+/// The transactional producer (one per consumer instance, KIP-447). Its `message.max.bytes` is
+/// sized from `max_record_bytes` (see [`dlq_producer_max_bytes`]), so that a record the decoder
+/// accepts as `oversize`-free always fits in the DLQ; user `properties` cannot lower it.
+pub fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> Result<ClientConfig> {
     let mut c = base(config)?;
     c.set("transactional.id", &config.transactional_id)
         .set(
@@ -167,25 +172,200 @@ pub fn producer_config(config: &KafkaConfig) -> Result<ClientConfig> {
             config.transaction_timeout.as_millis().to_string(),
         )
         .set("enable.idempotence", "true")
-        .set("acks", "all");
+        .set("acks", "all")
+        // Uncompressed: a DLQ record's size on the broker is then known before it is sent.
+        .set("compression.type", "none")
+        .set(
+            "message.max.bytes",
+            dlq_producer_max_bytes(max_record_bytes).to_string(),
+        );
     Ok(c)
 }
 
-/// The transactional producer type.
-pub type TxProducer = ThreadedProducer<DefaultProducerContext>;
+/// Room kept in a DLQ record for its key, headers and the record batch framing.
+pub const DLQ_OVERHEAD: usize = 16 * 1024;
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// librdkafka's largest `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES_CEILING: usize = 1_000_000_000;
+/// The `chatlog-dlq-detail` header is cut to this many bytes (on a char boundary).
+pub const DLQ_DETAIL_MAX_BYTES: usize = 512;
 
-/// The headers of a DLQ record: why, and where the record came from.
-pub fn dlq_headers(p: &Poison) -> OwnedHeaders {
+/// The transactional producer's `message.max.bytes`: a record of `max_record_bytes` plus room for
+/// its key and headers, never below librdkafka's default.
+pub fn dlq_producer_max_bytes(max_record_bytes: usize) -> usize {
+    max_record_bytes.saturating_add(DLQ_OVERHEAD).clamp(
+        LIBRDKAFKA_MESSAGE_MAX_BYTES,
+        LIBRDKAFKA_MESSAGE_MAX_BYTES_CEILING,
+    )
+}
+
+/// The DLQ topic's `max.message.bytes` (its own setting or the broker's default), read with an
+/// admin client. `None` when it cannot be read (no DescribeConfigs permission, old broker).
+pub async fn dlq_topic_max_bytes(config: &KafkaConfig, timeout: Duration) -> Option<usize> {
+    let admin: AdminClient<DefaultClientContext> = match base(config).and_then(|c| {
+        c.create()
+            .map_err(|e| Error::Kafka(format!("create admin client: {e}")))
+    }) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the DLQ topic's max.message.bytes");
+            return None;
+        }
+    };
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let described = tokio::time::timeout(
+        timeout,
+        admin.describe_configs(&[ResourceSpecifier::Topic(&config.dlq_topic)], &opts),
+    )
+    .await;
+    let value = match described {
+        Ok(Ok(results)) => results.into_iter().find_map(|r| {
+            r.ok()?
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse::<usize>()
+                .ok()
+        }),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, topic = %config.dlq_topic, "cannot describe the DLQ topic");
+            None
+        }
+        Err(_) => None,
+    };
+    if value.is_none() {
+        tracing::warn!(
+            topic = %config.dlq_topic,
+            "the DLQ topic's max.message.bytes is unknown; assuming librdkafka's default \
+             (1000000): larger DLQ records are sent as truncated copies"
+        );
+    }
+    value
+}
+
+/// The largest DLQ record (value, key and headers) that both the producer and the DLQ topic take.
+pub fn dlq_capacity(max_record_bytes: usize, topic_max_bytes: Option<usize>) -> usize {
+    let producer = dlq_producer_max_bytes(max_record_bytes);
+    producer.min(topic_max_bytes.unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES))
+}
+
+/// Delivery reports of the transactional producer: which DLQ records the broker refused, so that
+/// the next attempt of their batch sends only a truncated copy instead of failing the same way.
+#[derive(Default)]
+pub struct DlqContext {
+    refused: Mutex<BTreeMap<Origin, String>>,
+}
+
+impl DlqContext {
+    /// Why the broker refused the DLQ copy of the record from `origin`, if it did.
+    pub fn refused(&self, origin: &Origin) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(origin)
+            .cloned()
+    }
+
+    /// Forgets refusals of records at or before `offset` in `(topic, partition)`: committed.
+    pub fn forget_through(&self, topic: &str, partition: i32, offset: i64) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|o, _| !(o.topic == topic && o.partition == partition && o.offset <= offset));
+    }
+}
+
+impl ClientContext for DlqContext {}
+
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = Box<Origin>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
+        if let Err((e, _)) = result {
+            tracing::warn!(
+                error = %e,
+                partition = origin.partition,
+                offset = origin.offset,
+                "the DLQ refused a record; its batch is redone with a truncated copy"
+            );
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: one entry per DLQ record of uncommitted batches, forgotten at commit.
+            refused.insert(*origin, e.to_string());
+        }
+    }
+}
+
+/// The transactional producer type.
+pub type TxProducer = ThreadedProducer<DlqContext>;
+
+/// What of a poison record's value goes to the DLQ.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DlqPayload<'a> {
+    /// The value as read.
+    Whole(Option<&'a [u8]>),
+    /// A prefix: the whole value does not fit in a DLQ record.
+    Truncated {
+        /// The first bytes of the value.
+        prefix: &'a [u8],
+        /// The value's length.
+        original: usize,
+        /// The value's SHA-256, hex.
+        sha256: String,
+    },
+}
+
+/// The value of a DLQ record taking at most `capacity` bytes with a key of `key_len` bytes and
+/// headers of `headers_len` bytes: the whole value when it fits, else its longest prefix that
+/// does (possibly empty), with its length and hash.
+pub fn fit_payload(
+    payload: Option<&[u8]>,
+    key_len: usize,
+    headers_len: usize,
+    capacity: usize,
+) -> DlqPayload<'_> {
+    // Record framing and the truncation headers themselves (length, 64 hex digits, keys).
+    const FRAMING: usize = 1024;
+    let room = capacity.saturating_sub(key_len + headers_len + FRAMING);
+    match payload {
+        Some(v) if v.len() > room => DlqPayload::Truncated {
+            prefix: &v[..room],
+            original: v.len(),
+            sha256: openssl::sha::sha256(v)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        },
+        other => DlqPayload::Whole(other),
+    }
+}
+
+/// `s` cut to at most `max` bytes on a char boundary (with `…` when cut).
+pub fn truncate_detail(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
+/// The headers of a DLQ record: why (`reason`, `detail` cut to [`DLQ_DETAIL_MAX_BYTES`], and for
+/// `write_failed` the `stage` that failed), and where the record came from.
+pub fn dlq_headers(p: &Poison, stage: Option<&str>) -> OwnedHeaders {
     let partition = p.record.origin.partition.to_string();
     let offset = p.record.origin.offset.to_string();
-    OwnedHeaders::new()
+    let detail = truncate_detail(&p.detail, DLQ_DETAIL_MAX_BYTES);
+    let headers = OwnedHeaders::new()
         .insert(Header {
             key: "chatlog-dlq-reason",
             value: Some(p.reason),
         })
         .insert(Header {
             key: "chatlog-dlq-detail",
-            value: Some(p.detail.as_str()),
+            value: Some(detail.as_ref()),
         })
         .insert(Header {
             key: "chatlog-dlq-topic",
@@ -198,7 +378,37 @@ pub fn dlq_headers(p: &Poison) -> OwnedHeaders {
         .insert(Header {
             key: "chatlog-dlq-offset",
             value: Some(offset.as_str()),
+        });
+    match stage {
+        Some(stage) => headers.insert(Header {
+            key: "chatlog-dlq-stage",
+            value: Some(stage),
+        }),
+        None => headers,
+    }
+}
+
+/// Adds the headers of a truncated copy: `chatlog-dlq-truncated` (the original length) and
+/// `chatlog-dlq-sha256` (the original value's hash).
+pub fn truncated_headers(headers: OwnedHeaders, original: usize, sha256: &str) -> OwnedHeaders {
+    headers
+        .insert(Header {
+            key: "chatlog-dlq-truncated",
+            value: Some(original.to_string().as_str()),
         })
+        .insert(Header {
+            key: "chatlog-dlq-sha256",
+            value: Some(sha256),
+        })
+}
+
+/// Bytes of a set of headers (keys and values).
+pub fn headers_len(headers: &OwnedHeaders) -> usize {
+    use rdkafka::message::Headers;
+    headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+        .sum()
 }
 
 /// What to do about a failed transactional call.
@@ -275,7 +485,7 @@ mod tests {
         };
         for c in [
             consumer_config(&config).unwrap(),
-            producer_config(&config).unwrap(),
+            producer_config(&config, 1 << 20).unwrap(),
         ] {
             assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
             assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
@@ -328,8 +538,65 @@ mod tests {
             c.get("partition.assignment.strategy"),
             Some("cooperative-sticky")
         );
-        let p = producer_config(&KafkaConfig::default()).unwrap();
+        let p = producer_config(&KafkaConfig::default(), 1 << 20).unwrap();
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("transactional.id"), Some("chatlog-consumer-0"));
+    }
+
+    #[test]
+    fn the_dlq_producer_takes_the_largest_accepted_record() {
+        let p = producer_config(&KafkaConfig::default(), 4 << 20).unwrap();
+        let max: usize = p.get("message.max.bytes").unwrap().parse().unwrap();
+        assert!(max >= (4 << 20) + DLQ_OVERHEAD, "{max}");
+        assert_eq!(
+            dlq_producer_max_bytes(10),
+            1_000_000,
+            "never below the default"
+        );
+        assert_eq!(dlq_producer_max_bytes(usize::MAX), 1_000_000_000);
+        // The topic's limit wins when lower; unknown → librdkafka's default.
+        assert_eq!(dlq_capacity(4 << 20, Some(1_048_588)), 1_048_588);
+        assert_eq!(dlq_capacity(4 << 20, None), 1_000_000);
+        assert_eq!(
+            dlq_capacity(1 << 20, Some(64 << 20)),
+            (1 << 20) + DLQ_OVERHEAD
+        );
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_is_cut_and_hashed() {
+        let v = vec![7u8; 10_000];
+        assert_eq!(
+            fit_payload(Some(&v), 10, 100, 20_000),
+            DlqPayload::Whole(Some(&v[..]))
+        );
+        assert_eq!(fit_payload(None, 10, 100, 0), DlqPayload::Whole(None));
+        match fit_payload(Some(&v), 10, 100, 5_000) {
+            DlqPayload::Truncated {
+                prefix,
+                original,
+                sha256,
+            } => {
+                assert_eq!(original, 10_000);
+                assert!(!prefix.is_empty() && prefix.len() + 10 + 100 < 5_000);
+                assert_eq!(sha256.len(), 64);
+                assert!(sha256.starts_with("24c1c39d"), "{sha256}"); // sha256 of 10 000 × 0x07
+            }
+            other => panic!("{other:?}"),
+        }
+        match fit_payload(Some(&v), 10, 100, 0) {
+            DlqPayload::Truncated { prefix, .. } => assert!(prefix.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn details_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate_detail("short", 512), "short");
+        let long = "é".repeat(600); // 1200 bytes
+        let cut = truncate_detail(&long, 512);
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
     }
 }

@@ -14,6 +14,13 @@
 //!   a rewind that cannot seek is fatal → exit; the next instance starts from the committed offsets
 //! ```
 //!
+//! Hostile records never stall a partition (see [`IsolationConfig`]): a DLQ copy too large for
+//! the DLQ is cut (with the value's hash); a write that can never succeed (Redis `WRONGTYPE`,
+//! CQL invalid request…) sends its records to the DLQ as `write_failed`, session by session and
+//! then record by record; after `isolation.rewinds` rewinds in a row the batch is redone in small
+//! pieces, record by record, and a record that fails while others succeed goes to the DLQ too.
+//! A partition that does not move anyway is reported (`/readyz` 503 and a gauge).
+//!
 //! Windows are written only by a member that still owns its partitions (see [`Pipeline::write`]):
 //! not once a batch is older than 80 % of the session timeout on a clock that counts suspend, and
 //! not between a membership error (evicted, fenced, rebalance) and the next assignment.
@@ -26,9 +33,13 @@
 //! block; the CQL and Redis writes run on the tokio runtime through its [`Handle`].
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
 
 use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::messages::MessageWriter;
@@ -45,16 +56,204 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::BootInstant;
 use crate::config::Config;
 use crate::decode::{self, Decoded, Good, Origin, Poison, Record};
-use crate::kafka::{self, Context, TxProducer, TxnFailure};
-use crate::telemetry::{self, Health};
+use crate::kafka::{self, Context, DlqContext, DlqPayload, TxProducer, TxnFailure};
+use crate::telemetry::{self, Health, LogLimiter};
 use crate::{Error, Result};
+
+/// How the consumer keeps partitions moving past records that cannot be written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// Rewinds in a row (no commit in between) after which the failing batch is redone in small
+    /// pieces (`batch_records`), record by record: a record whose write then fails while other
+    /// records' writes succeed goes to the DLQ as `write_failed`, so its partition moves on.
+    /// Errors that can never succeed (Redis WRONGTYPE or OOM, CQL invalid request) do not wait
+    /// for this: their records go to the DLQ at once.
+    pub rewinds: u32,
+    /// Most records in one batch while isolating.
+    pub batch_records: usize,
+    /// Time one record's write may be retried while isolating (short: the whole piece must be
+    /// written within the window fence).
+    #[serde(with = "humantime_serde")]
+    pub record_budget: Duration,
+    /// A partition whose batches have been rewound without a commit for this long is reported as
+    /// not moving: `/readyz` answers 503 with the reason and `chatlog_consumer_stalled_partitions`
+    /// counts it.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// Longest time a `commit_transaction` that failed with a retriable error is retried; then
+    /// the transaction is aborted and the batch rewound.
+    #[serde(with = "humantime_serde")]
+    pub commit_deadline: Duration,
+    /// At most this many "record sent to the DLQ" warnings a second; the rest are counted and the
+    /// next warning logged says how many were suppressed.
+    pub dlq_warnings_per_second: u64,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            rewinds: 5,
+            batch_records: 64,
+            record_budget: Duration::from_secs(1),
+            stall_after: Duration::from_secs(60),
+            commit_deadline: Duration::from_secs(30),
+            dlq_warnings_per_second: 10,
+        }
+    }
+}
+
+impl IsolationConfig {
+    /// Checks values that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.rewinds == 0 {
+            return Err(Error::Config("isolation.rewinds must be at least 1".into()));
+        }
+        if self.batch_records == 0 {
+            return Err(Error::Config(
+                "isolation.batch_records must be at least 1".into(),
+            ));
+        }
+        if self.commit_deadline.is_zero() {
+            return Err(Error::Config(
+                "isolation.commit_deadline must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Why a batch did not commit.
 enum Failed {
     /// Nothing was committed: rewind to the batch's first offsets and redo it after a backoff.
     Rewind(String),
+    /// Like `Rewind`, but not the records' fault (this member may not own its partitions, or the
+    /// batch outlived the window fence): never counts towards isolating records.
+    Fenced(String),
+    /// A write that can never succeed (see `chatlog_store::Error::is_permanent`): its records go
+    /// to the DLQ as `write_failed` (see [`Pipeline::write_each`]).
+    Permanent(String),
     /// The process must exit (fenced, or the transactional producer is broken).
     Fatal(String),
+}
+
+/// The DLQ stage of a `write_failed` record: which write failed.
+type Stage = &'static str;
+
+/// A record for the DLQ: poison from the decoder, or a message that cannot be written.
+struct Dead {
+    poison: Poison,
+    /// For `write_failed`: `cql` (no row written) or `redis` (row written, window not).
+    stage: Option<Stage>,
+}
+
+impl Dead {
+    fn write_failed(g: &Good, stage: Stage, why: String) -> Dead {
+        Dead {
+            poison: Poison {
+                record: Record {
+                    origin: g.origin.clone(),
+                    key: Some(g.message.session_id.as_bytes().to_vec()),
+                    payload: Some(g.avro.clone()),
+                },
+                reason: WRITE_FAILED,
+                detail: why,
+            },
+            stage: Some(stage),
+        }
+    }
+}
+
+/// The DLQ reason of a message whose row or window can never be written.
+pub const WRITE_FAILED: &str = "write_failed";
+
+/// Sessions written at once when a batch is written session by session.
+const SESSIONS_AT_ONCE: usize = 32;
+
+/// Consecutive rewinds and how long each partition has not moved; owned by [`Pipeline::run`].
+#[derive(Debug, Default)]
+struct Progress {
+    /// Rewinds in a row that may be the records' fault.
+    strikes: u32,
+    /// While isolating: per partition, the last offset of the batch that failed `rewinds` times;
+    /// records up to it are processed in small pieces, record by record.
+    isolate_through: BTreeMap<(String, i32), i64>,
+    /// Partitions rewound since their last commit: since when, and how many times.
+    stuck: BTreeMap<(String, i32), (Instant, u32)>,
+}
+
+impl Progress {
+    fn isolating(&self) -> bool {
+        !self.isolate_through.is_empty()
+    }
+
+    /// A batch rewound; `blame`: possibly the records' fault.
+    fn rewound(&mut self, batch: &BTreeMap<(String, i32), (i64, i64)>, blame: bool, rewinds: u32) {
+        let now = Instant::now();
+        for tp in batch.keys() {
+            self.stuck.entry(tp.clone()).or_insert((now, 0)).1 += 1;
+        }
+        if blame {
+            self.strikes += 1;
+        }
+        if self.strikes >= rewinds {
+            for (tp, &(_, last)) in batch {
+                let e = self.isolate_through.entry(tp.clone()).or_insert(last);
+                *e = (*e).max(last);
+            }
+        }
+    }
+
+    /// A batch committed.
+    fn committed(&mut self, batch: &BTreeMap<(String, i32), (i64, i64)>) {
+        self.strikes = 0;
+        for (tp, &(_, last)) in batch {
+            self.stuck.remove(tp);
+            if self
+                .isolate_through
+                .get(tp)
+                .is_some_and(|&through| last >= through)
+            {
+                self.isolate_through.remove(tp);
+            }
+        }
+    }
+
+    /// Forgets partitions no longer assigned.
+    fn keep_only(&mut self, assigned: &BTreeSet<(String, i32)>) {
+        self.stuck.retain(|tp, _| assigned.contains(tp));
+        self.isolate_through.retain(|tp, _| assigned.contains(tp));
+    }
+
+    /// The partitions that have not moved for `stall_after`, with a description for `/readyz`.
+    fn stalled(&self, stall_after: Duration, now: Instant) -> (usize, Option<String>) {
+        let stalled: Vec<String> = self
+            .stuck
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= stall_after)
+            .map(|((topic, partition), (since, rewinds))| {
+                format!(
+                    "{topic} [{partition}] rewound {rewinds} times in {:?}",
+                    Duration::from_secs(now.saturating_duration_since(*since).as_secs())
+                )
+            })
+            .collect();
+        if stalled.is_empty() {
+            return (0, None);
+        }
+        let n = stalled.len();
+        let shown: Vec<&str> = stalled.iter().take(5).map(String::as_str).collect();
+        (
+            n,
+            Some(format!(
+                "{n} partition(s) not moving (batches rewound without a commit for over {:?}): \
+                 {}{}",
+                stall_after,
+                shown.join("; "),
+                if n > shown.len() { "; …" } else { "" }
+            )),
+        )
+    }
 }
 
 /// Faults the consumer injects into itself on purpose, for tests of failure paths that no real
@@ -85,6 +284,11 @@ pub struct Pipeline {
     health: Arc<Health>,
     /// Whether windows may be written, as far as membership errors tell.
     membership: Cell<MembershipGate>,
+    isolation: IsolationConfig,
+    /// The largest DLQ record the producer and the DLQ topic take.
+    dlq_capacity: usize,
+    /// Gates the per-record "record sent to the DLQ" warning.
+    dlq_warnings: LogLimiter,
 }
 
 /// Closed by an error meaning this member may no longer own its partitions, until librdkafka
@@ -146,11 +350,28 @@ impl Pipeline {
         let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)?
             .create_with_context(Context::default())
             .map_err(|e| Error::Kafka(format!("create consumer: {e}")))?;
-        let producer: TxProducer = kafka::producer_config(&config.kafka)?
-            .create()
+        let max_record_bytes = config.batch.max_record_bytes;
+        let producer: TxProducer = kafka::producer_config(&config.kafka, max_record_bytes)?
+            .create_with_context(DlqContext::default())
             .map_err(|e| Error::Kafka(format!("create transactional producer: {e}")))?;
+        let topic_max = kafka::dlq_topic_max_bytes(&config.kafka, Duration::from_secs(10)).await;
+        let dlq_capacity = kafka::dlq_capacity(max_record_bytes, topic_max);
+        if dlq_capacity < max_record_bytes + kafka::DLQ_OVERHEAD {
+            tracing::warn!(
+                topic = %config.kafka.dlq_topic,
+                dlq_capacity,
+                max_record_bytes,
+                "the DLQ topic's max.message.bytes is below batch.max_record_bytes plus headers: \
+                 larger poison records go to the DLQ as truncated copies (raise the topic's \
+                 max.message.bytes to keep them whole)"
+            );
+        }
+        let isolation = IsolationConfig::default();
         let codec = Codec::new(config.batch.max_record_bytes);
         Ok(Pipeline {
+            dlq_warnings: LogLimiter::new(isolation.dlq_warnings_per_second),
+            isolation,
+            dlq_capacity,
             windows: WindowWriter::new(config.window.clone()),
             config,
             faults: Faults::default(),
@@ -164,6 +385,14 @@ impl Pipeline {
             health,
             membership: Cell::new(MembershipGate::default()),
         })
+    }
+
+    /// Sets how records that cannot be written are isolated (default: [`IsolationConfig`]'s).
+    pub fn with_isolation(mut self, isolation: IsolationConfig) -> Result<Pipeline> {
+        isolation.validate()?;
+        self.dlq_warnings = LogLimiter::new(isolation.dlq_warnings_per_second);
+        self.isolation = isolation;
+        Ok(self)
     }
 
     /// Injects `faults` (tests only).
@@ -193,8 +422,10 @@ impl Pipeline {
             "consuming"
         );
         let mut backoff = self.config.retry.initial_backoff;
+        let mut progress = Progress::default();
         while !self.shutdown.is_cancelled() {
-            let batch = match self.collect() {
+            self.report_stalls(&mut progress);
+            let batch = match self.collect(&progress) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => continue,
                 Err(why) => {
@@ -203,10 +434,50 @@ impl Pipeline {
                 }
             };
             let first_offsets = first_offsets(&batch.records);
-            match self.process(batch) {
-                Ok(()) => backoff = self.config.retry.initial_backoff,
-                Err(Failed::Rewind(why)) => {
-                    tracing::warn!(reason = %why, ?backoff, "batch not committed; rewinding");
+            let range = offset_range(&batch.records);
+            let isolate = progress.isolating();
+            match self.process(batch, isolate) {
+                Ok(()) => {
+                    backoff = self.config.retry.initial_backoff;
+                    if isolate || !progress.stuck.is_empty() {
+                        tracing::info!(isolating = isolate, "batch committed after rewinds");
+                    }
+                    progress.committed(&range);
+                    for ((topic, partition), (_, last)) in &range {
+                        self.producer
+                            .context()
+                            .forget_through(topic, *partition, *last);
+                    }
+                }
+                Err(Failed::Fatal(why)) => {
+                    self.health.set_ready(false);
+                    return Err(Error::Fatal(why));
+                }
+                Err(failed) => {
+                    let (why, blame) = match failed {
+                        Failed::Fenced(why) => (why, false),
+                        Failed::Rewind(why) | Failed::Permanent(why) | Failed::Fatal(why) => {
+                            (why, true)
+                        }
+                    };
+                    let was_isolating = progress.isolating();
+                    progress.rewound(&range, blame, self.isolation.rewinds);
+                    tracing::warn!(
+                        reason = %why,
+                        ?backoff,
+                        rewinds_in_a_row = progress.strikes,
+                        isolating = progress.isolating(),
+                        "batch not committed; rewinding"
+                    );
+                    if progress.isolating() && !was_isolating {
+                        tracing::warn!(
+                            rewinds = progress.strikes,
+                            through = ?progress.isolate_through,
+                            "a batch was rewound isolation.rewinds times in a row: redoing it \
+                             in small pieces, record by record; a record whose write fails while \
+                             others succeed goes to the DLQ as write_failed"
+                        );
+                    }
                     if let Err(why) = self.rewind(&first_offsets) {
                         // Polling on would read past the batch, and the next commit would cover
                         // it unwritten. A new instance starts from the committed offsets instead.
@@ -216,10 +487,6 @@ impl Pipeline {
                     self.pause(backoff);
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }
-                Err(Failed::Fatal(why)) => {
-                    self.health.set_ready(false);
-                    return Err(Error::Fatal(why));
-                }
             }
         }
         self.health.set_ready(false);
@@ -228,11 +495,26 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Polls until `max_records` records or `max_bytes`, `linger` after the first one, or
-    /// shutdown. `None`: no records. An error: librdkafka reported a fatal consumer error (e.g.
-    /// fenced by a newer member with the same `group_instance_id`); the consumer is unusable.
-    fn collect(&self) -> Result<Option<Batch>, String> {
-        let max = self.config.batch.max_records;
+    /// Publishes the partitions that are not moving (readiness and the gauge).
+    fn report_stalls(&self, progress: &mut Progress) {
+        progress.keep_only(&self.consumer.context().assigned());
+        let (n, why) = progress.stalled(self.isolation.stall_after, Instant::now());
+        metrics::gauge!(telemetry::STALLED_PARTITIONS).set(n as f64);
+        self.health.set_stalled(why);
+    }
+
+    /// Polls until `max_records` records (`isolation.batch_records` while isolating) or
+    /// `max_bytes`, `linger` after the first one, or shutdown. `None`: no records. An error:
+    /// librdkafka reported a fatal consumer error (e.g. fenced by a newer member with the same
+    /// `group_instance_id`); the consumer is unusable.
+    fn collect(&self, progress: &Progress) -> Result<Option<Batch>, String> {
+        let max = if progress.isolating() {
+            self.isolation
+                .batch_records
+                .min(self.config.batch.max_records)
+        } else {
+            self.config.batch.max_records
+        };
         let max_bytes = self.config.batch.max_bytes;
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -315,8 +597,10 @@ impl Pipeline {
         }))
     }
 
-    /// decode → write (cql ‖ redis) → commit, for one batch.
-    fn process(&self, batch: Batch) -> Result<(), Failed> {
+    /// decode → write (cql ‖ redis) → commit, for one batch. A write that can never succeed
+    /// (or, when `isolate`, any failed write) is redone session by session and record by record
+    /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ.
+    fn process(&self, batch: Batch, isolate: bool) -> Result<(), Failed> {
         let Batch {
             records: batch,
             polled_from,
@@ -326,22 +610,46 @@ impl Pipeline {
 
         let started = Instant::now();
         let mut good: Vec<Good> = Vec::with_capacity(records);
-        let mut poison: Vec<Poison> = Vec::new();
+        let mut poison: Vec<Dead> = Vec::new();
         for record in batch {
             match decode::decode(&self.codec, self.config.batch.max_record_bytes, record) {
                 Decoded::Good(g) => good.push(g),
-                Decoded::Poison(p) => poison.push(p),
+                Decoded::Poison(p) => poison.push(Dead {
+                    poison: p,
+                    stage: None,
+                }),
             }
         }
         observe_stage("decode", started);
 
+        let mut persisted = good.len();
         if !good.is_empty() {
-            self.write(&good, polled_from)?;
+            let failed = match self.write(&good, polled_from) {
+                Ok(()) => Vec::new(),
+                Err(Failed::Permanent(why)) => {
+                    tracing::warn!(
+                        error = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
+                        "a write can never succeed; writing the batch session by session"
+                    );
+                    self.write_each(&good, polled_from, isolate)?
+                }
+                Err(Failed::Rewind(why)) if isolate => {
+                    tracing::warn!(
+                        error = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
+                        "isolating: writing the batch record by record"
+                    );
+                    self.write_each(&good, polled_from, isolate)?
+                }
+                Err(other) => return Err(other),
+            };
+            let dead: BTreeSet<&Origin> = failed.iter().map(|d| &d.poison.record.origin).collect();
             let now_us = now_micros();
-            for g in &good {
+            for g in good.iter().filter(|g| !dead.contains(&g.origin)) {
                 let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
                 metrics::histogram!(telemetry::E2E_LATENCY).record(latency);
             }
+            persisted -= failed.len();
+            poison.extend(failed);
         }
 
         let started = Instant::now();
@@ -355,25 +663,25 @@ impl Pipeline {
 
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
         metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);
-        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted")
-            .increment(good.len() as u64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted").increment(persisted as u64);
         metrics::counter!(telemetry::RECORDS, "outcome" => "dlq").increment(poison.len() as u64);
-        for p in &poison {
+        for d in &poison {
+            let p = &d.poison;
             metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
-            tracing::warn!(
-                reason = p.reason,
-                detail = %p.detail,
-                partition = p.record.origin.partition,
-                offset = p.record.origin.offset,
-                "record sent to the DLQ"
-            );
+            // Rate-limited and cut: a flood of poison must not flood the logs.
+            if let Some(suppressed) = self.dlq_warnings.admit(Instant::now()) {
+                tracing::warn!(
+                    reason = p.reason,
+                    stage = d.stage.unwrap_or("decode"),
+                    detail = %kafka::truncate_detail(&p.detail, kafka::DLQ_DETAIL_MAX_BYTES),
+                    partition = p.record.origin.partition,
+                    offset = p.record.origin.offset,
+                    suppressed_since_last = suppressed,
+                    "record sent to the DLQ"
+                );
+            }
         }
-        tracing::debug!(
-            records,
-            persisted = good.len(),
-            dlq = poison.len(),
-            "batch committed"
-        );
+        tracing::debug!(records, persisted, dlq = poison.len(), "batch committed");
         Ok(())
     }
 
@@ -391,51 +699,191 @@ impl Pipeline {
     fn write(&self, good: &[Good], polled_from: BootInstant) -> Result<(), Failed> {
         if self.membership_in_doubt() {
             metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
-            return Err(Failed::Rewind(MEMBERSHIP_IN_DOUBT.into()));
+            return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
         }
         let plan = WritePlan::new(good, self.windows.config().size);
         let fence = polled_from + self.config.kafka.window_fence();
+        let budget = self.config.retry.stage_budget;
         self.runtime.block_on(async {
-            let rows = self.retry("cql", None, || self.writer.write(&plan.rows));
+            let rows = self.retry("cql", None, budget, || self.writer.write(&plan.rows));
             let windows = async {
                 if plan.windows.is_empty() {
                     return Ok(());
                 }
-                self.append_windows(&plan.windows, fence).await
+                self.append_windows(&plan.windows, fence, budget).await
             };
             let trimmed_first = async {
                 if plan.trimmed_rows.is_empty() {
                     return Ok(());
                 }
-                self.retry("cql", None, || self.writer.write(&plan.trimmed_rows))
-                    .await?;
-                self.append_windows(&plan.windows_after_trimmed_rows, fence)
+                self.retry("cql", None, budget, || {
+                    self.writer.write(&plan.trimmed_rows)
+                })
+                .await?;
+                self.append_windows(&plan.windows_after_trimmed_rows, fence, budget)
                     .await
             };
             tokio::try_join!(rows, windows, trimmed_first).map(drop)
         })
     }
 
-    /// Appends to windows, retried like any write, never after `fence`.
+    /// Writes `good` session by session (rows, then the window), and a session whose write fails
+    /// for good (or, when `isolate`, at all) record by record in offset order. Returns the records
+    /// to send to the DLQ as `write_failed`, with the stage that failed: `cql` (no row written)
+    /// or `redis` (the row is written, the window is not). Everything else is written.
+    ///
+    /// A record is given up only on proof that it is at fault: an error that can never succeed,
+    /// or — when isolating — a failure while other records of the same attempt were written. If
+    /// nothing was written and some failure is transient, the whole batch is rewound instead
+    /// (Redis or CQL down is no reason to drop anything). Writes are idempotent and keyed by
+    /// (session, seq), so writing later records before an earlier one is decided changes nothing
+    /// for readers, and a replay writes the same again.
+    fn write_each(
+        &self,
+        good: &[Good],
+        polled_from: BootInstant,
+        isolate: bool,
+    ) -> Result<Vec<Dead>, Failed> {
+        if self.membership_in_doubt() {
+            metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+            return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
+        }
+        let fence = polled_from + self.config.kafka.window_fence();
+        let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
+        for g in good {
+            by_session
+                .entry(g.message.session_id.as_str())
+                .or_default()
+                .push(g);
+        }
+        let any_written = AtomicBool::new(false);
+        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
+            futures::stream::iter(by_session.into_iter().map(|(session, messages)| {
+                self.write_session_each(session, messages, fence, isolate, &any_written)
+            }))
+            .buffer_unordered(SESSIONS_AT_ONCE)
+            .try_collect(),
+        )?;
+        let mut dead = Vec::new();
+        let mut suspects = Vec::new();
+        for o in outcomes {
+            dead.extend(o.dead);
+            suspects.extend(o.suspects);
+        }
+        if !suspects.is_empty() {
+            if !any_written.load(Ordering::Acquire) {
+                return Err(Failed::Rewind(format!(
+                    "isolating: no record of the batch could be written ({} failed), so the \
+                     records are not at fault; rewinding",
+                    suspects.len()
+                )));
+            }
+            dead.extend(suspects);
+        }
+        Ok(dead)
+    }
+
+    /// One session of [`write_each`](Self::write_each).
+    async fn write_session_each(
+        &self,
+        session: &str,
+        mut messages: Vec<&Good>,
+        fence: BootInstant,
+        isolate: bool,
+        any_written: &AtomicBool,
+    ) -> Result<SessionOutcome, Failed> {
+        let budget = if isolate {
+            self.isolation.record_budget
+        } else {
+            self.config.retry.stage_budget
+        };
+        let mut outcome = SessionOutcome::default();
+        if !isolate {
+            // The whole session at once first: most sessions of such a batch are fine.
+            let owned: Vec<Good> = messages.iter().map(|g| (*g).clone()).collect();
+            let plan = WritePlan::new(&owned, self.windows.config().size);
+            let written = async {
+                for rows in [&plan.trimmed_rows, &plan.rows] {
+                    if !rows.is_empty() {
+                        self.retry("cql", None, budget, || self.writer.write(rows))
+                            .await?;
+                    }
+                }
+                for windows in [&plan.windows_after_trimmed_rows, &plan.windows] {
+                    self.append_windows(windows, fence, budget).await?;
+                }
+                Ok::<(), Failed>(())
+            };
+            match written.await {
+                Ok(()) => {
+                    any_written.store(true, Ordering::Release);
+                    return Ok(outcome);
+                }
+                Err(Failed::Permanent(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        messages.sort_by_key(|g| (g.origin.partition, g.origin.offset));
+        for g in messages {
+            let failed = match self
+                .retry("cql", None, budget, || {
+                    self.writer.write(std::slice::from_ref(&g.message))
+                })
+                .await
+            {
+                Err(e) => Some(("cql", e)),
+                Ok(_) => {
+                    let entry = WindowEntry {
+                        seq: g.message.seq,
+                        member: window::member(g.message.server_time_us, &g.avro),
+                    };
+                    let windows = BTreeMap::from([(session.to_owned(), vec![entry])]);
+                    self.append_windows(&windows, fence, budget)
+                        .await
+                        .err()
+                        .map(|e| ("redis", e))
+                }
+            };
+            match failed {
+                None => any_written.store(true, Ordering::Release),
+                Some((stage, Failed::Permanent(why))) => {
+                    outcome.dead.push(Dead::write_failed(g, stage, why));
+                }
+                Some((stage, Failed::Rewind(why))) if isolate => {
+                    outcome.suspects.push(Dead::write_failed(g, stage, why));
+                }
+                Some((_, other)) => return Err(other),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Appends to windows, retried like any write for up to `budget`, never after `fence`.
     async fn append_windows(
         &self,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
         fence: BootInstant,
+        budget: Duration,
     ) -> Result<(), Failed> {
-        self.retry("redis", Some(fence), || {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        self.retry("redis", Some(fence), budget, || {
             let mut con = self.redis.clone();
             async move { self.windows.append(&mut con, sessions).await }
         })
         .await
     }
 
-    /// Runs a CQL/Redis write until it succeeds or the stage budget is spent, and records the
-    /// stage's duration. With a `fence` (window writes), no attempt starts after that instant or
-    /// while this member's ownership is in doubt: the batch is rewound instead.
+    /// Runs a CQL/Redis write until it succeeds or `budget` is spent, and records the stage's
+    /// duration. An error that can never succeed is not retried ([`Failed::Permanent`]). With a
+    /// `fence` (window writes), no attempt starts after that instant or while this member's
+    /// ownership is in doubt: the batch is rewound instead.
     async fn retry<T, F, Fut>(
         &self,
         stage: &'static str,
         fence: Option<BootInstant>,
+        budget: Duration,
         mut write: F,
     ) -> Result<T, Failed>
     where
@@ -444,6 +892,7 @@ impl Pipeline {
     {
         let started = Instant::now();
         let mut backoff = self.config.retry.initial_backoff;
+        let mut last_error: Option<String> = None;
         loop {
             if let Some(fence) = fence {
                 let why = if BootInstant::now() > fence {
@@ -460,7 +909,14 @@ impl Pipeline {
                 };
                 if let Some(why) = why {
                     metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
-                    return Err(Failed::Rewind(format!("{stage}: {why}")));
+                    // A write that kept failing until the fence failed: that may be the records'
+                    // fault (it counts towards isolating them); a fence alone is not.
+                    return Err(match last_error {
+                        Some(e) => Failed::Rewind(format!(
+                            "{stage} write failed: {e} (retried until the window fence)"
+                        )),
+                        None => Failed::Fenced(format!("{stage}: {why}")),
+                    });
                 }
             }
             match write().await {
@@ -468,14 +924,16 @@ impl Pipeline {
                     observe_stage(stage, started);
                     return Ok(v);
                 }
+                Err(e) if e.is_permanent() => {
+                    return Err(Failed::Permanent(format!("{stage} write failed: {e}")));
+                }
                 Err(e) => {
-                    if started.elapsed() + backoff > self.config.retry.stage_budget
-                        || self.shutdown.is_cancelled()
-                    {
+                    if started.elapsed() + backoff > budget || self.shutdown.is_cancelled() {
                         return Err(Failed::Rewind(format!("{stage} write failed: {e}")));
                     }
                     metrics::counter!(telemetry::RETRIES, "stage" => stage).increment(1);
                     tracing::warn!(stage, error = %e, ?backoff, "write failed; retrying");
+                    last_error = Some(e.to_string());
                     self.sleep(backoff).await;
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }
@@ -483,8 +941,9 @@ impl Pipeline {
         }
     }
 
-    /// One Kafka transaction: DLQ records + the consumed offsets.
-    fn commit(&self, poison: &[Poison], next_offsets: &TopicPartitionList) -> Result<(), Failed> {
+    /// One Kafka transaction: DLQ records + the consumed offsets. A commit failing with retriable
+    /// errors is retried until `isolation.commit_deadline`, then aborted (the batch rewinds).
+    fn commit(&self, poison: &[Dead], next_offsets: &TopicPartitionList) -> Result<(), Failed> {
         let timeout = self.config.kafka.transaction_timeout;
         self.producer
             .begin_transaction()
@@ -500,10 +959,24 @@ impl Pipeline {
                 .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
             self.producer
                 .send_offsets_to_transaction(next_offsets, &group, timeout)?;
+            let deadline = Instant::now() + self.isolation.commit_deadline;
             loop {
-                match self.producer.commit_transaction(timeout) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .producer
+                    .commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT)))
+                {
                     Ok(()) => return Ok(()),
                     Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
+                        if Instant::now() >= deadline {
+                            tracing::warn!(
+                                error = %e,
+                                deadline = ?self.isolation.commit_deadline,
+                                "commit_transaction still failing at isolation.commit_deadline; \
+                                 aborting the transaction and rewinding"
+                            );
+                            return Err(e);
+                        }
                         metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
                         tracing::warn!(error = %e, "commit_transaction failed; retrying");
                     }
@@ -515,7 +988,7 @@ impl Pipeline {
             Ok(()) => Ok(()),
             Err(e) => {
                 let failed = self.fail("commit", &e);
-                if let Failed::Rewind(_) = failed {
+                if !matches!(failed, Failed::Fatal(_)) {
                     metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
                     if let Err(abort) = self.producer.abort_transaction(timeout) {
                         // After a transaction timeout librdkafka can refuse to abort; only a new
@@ -530,24 +1003,81 @@ impl Pipeline {
         }
     }
 
-    fn send_dlq(&self, p: &Poison) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&self.config.kafka.dlq_topic)
-            .headers(kafka::dlq_headers(p));
-        if let Some(key) = p.record.key.as_deref() {
-            record = record.key(key);
-        }
-        if let Some(payload) = p.record.payload.as_deref() {
-            record = record.payload(payload);
-        }
+    /// Sends one DLQ record: whole if it fits in the DLQ, else a truncated copy (a prefix of the
+    /// value, its length and SHA-256); a value-less copy if the producer or the broker refused
+    /// the truncated one (a DLQ topic smaller than described).
+    fn send_dlq(&self, d: &Dead) -> Result<(), KafkaError> {
+        let p = &d.poison;
+        let key = p.record.key.as_deref();
+        let key_len = key.map_or(0, <[u8]>::len);
+        let refused = self.producer.context().refused(&p.record.origin);
+        let mut capacity = if refused.is_some() {
+            0
+        } else {
+            self.dlq_capacity
+        };
         loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue drains as the broker acknowledges; wait for room.
-                    self.producer.flush(Duration::from_millis(100))?;
-                    record = back;
+            let headers = kafka::dlq_headers(p, d.stage);
+            let fitted = kafka::fit_payload(
+                p.record.payload.as_deref(),
+                key_len,
+                kafka::headers_len(&headers),
+                capacity,
+            );
+            let (payload, headers) = match fitted {
+                DlqPayload::Whole(payload) => (payload, headers),
+                DlqPayload::Truncated {
+                    prefix,
+                    original,
+                    sha256,
+                } => (
+                    Some(prefix),
+                    kafka::truncated_headers(headers, original, &sha256),
+                ),
+            };
+            let truncated =
+                payload.map(<[u8]>::len) != p.record.payload.as_deref().map(<[u8]>::len);
+            let mut record = BaseRecord::<[u8], [u8], Box<Origin>>::with_opaque_to(
+                &self.config.kafka.dlq_topic,
+                Box::new(p.record.origin.clone()),
+            )
+            .headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(payload) = payload {
+                record = record.payload(payload);
+            }
+            let sent = loop {
+                match self.producer.send(record) {
+                    Ok(()) => break Ok(()),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue drains as the broker acknowledges; wait for room.
+                        self.producer.flush(Duration::from_millis(100))?;
+                        record = back;
+                    }
+                    Err((e, _)) => break Err(e),
                 }
-                Err((e, _)) => return Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    if truncated {
+                        metrics::counter!(telemetry::DLQ_TRUNCATED).increment(1);
+                    }
+                    return Ok(());
+                }
+                // Refused locally, so not part of the transaction: send the value-less copy.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                    if capacity > 0 =>
+                {
+                    tracing::warn!(
+                        partition = p.record.origin.partition,
+                        offset = p.record.origin.offset,
+                        "the producer refused a DLQ copy as too large; sending it without its value"
+                    );
+                    capacity = 0;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -558,6 +1088,8 @@ impl Pipeline {
         }
         match kafka::classify(e) {
             TxnFailure::Fatal => Failed::Fatal(format!("{what}: {e}")),
+            // Not the records' fault: never counts towards isolating them.
+            _ if kafka::means_membership_lost(e) => Failed::Fenced(format!("{what}: {e}")),
             TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),
         }
     }
@@ -634,6 +1166,19 @@ impl Pipeline {
         }
     }
 }
+
+/// What one session of [`Pipeline::write_each`] could not write.
+#[derive(Default)]
+struct SessionOutcome {
+    /// Records whose write can never succeed.
+    dead: Vec<Dead>,
+    /// Records whose write failed transiently while isolating: given up only if other records
+    /// were written in the same attempt.
+    suspects: Vec<Dead>,
+}
+
+/// The shortest wait given to one `commit_transaction` call near the commit deadline.
+const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a batch is not written while a membership error is unresolved.
 const MEMBERSHIP_IN_DOUBT: &str = "an error said this member may no longer own its partitions \
@@ -727,6 +1272,22 @@ fn first_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
             .or_insert(r.origin.offset);
     }
     first
+}
+
+/// The first and last offset of each partition in the batch.
+fn offset_range(batch: &[Record]) -> BTreeMap<(String, i32), (i64, i64)> {
+    let mut range: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for r in batch {
+        let o = r.origin.offset;
+        range
+            .entry((r.origin.topic.clone(), r.origin.partition))
+            .and_modify(|(lo, hi)| {
+                *lo = (*lo).min(o);
+                *hi = (*hi).max(o);
+            })
+            .or_insert((o, o));
+    }
+    range
 }
 
 /// The offsets to commit: last processed + 1 per partition.

@@ -9,8 +9,9 @@
 //! `rate()`/`increase()` see the first event.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
@@ -49,6 +51,14 @@ pub const REVOKED_DROPPED: &str = "chatlog_consumer_revoked_records_total";
 pub const READY: &str = "chatlog_consumer_ready";
 /// Always 1; the `version` label carries the running build's version.
 pub const BUILD_INFO: &str = "chatlog_consumer_build_info";
+/// Assigned partitions whose batches have been rewound without a commit for longer than
+/// `isolation.stall_after` (a partition that is not moving).
+pub const STALLED_PARTITIONS: &str = "chatlog_consumer_stalled_partitions";
+/// DLQ records sent as truncated copies (value cut, `chatlog-dlq-truncated` header) because the
+/// whole record is larger than the DLQ takes.
+pub const DLQ_TRUNCATED: &str = "chatlog_dlq_truncated_records_total";
+/// Connections to the HTTP endpoint closed at once because `max_connections` were open.
+pub const HTTP_REJECTED: &str = "chatlog_http_rejected_connections_total";
 
 /// Every metric family the consumer exports. Dashboards and alert rules may use only these (a
 /// histogram `h` is exported as `h_bucket`, `h_sum` and `h_count`).
@@ -65,6 +75,9 @@ pub const ALL: &[&str] = &[
     REVOKED_DROPPED,
     READY,
     BUILD_INFO,
+    STALLED_PARTITIONS,
+    DLQ_TRUNCATED,
+    HTTP_REJECTED,
 ];
 
 /// The histograms among [`ALL`].
@@ -81,8 +94,10 @@ pub const TRANSACTION_RESULTS: &[&str] = &["committed", "aborted"];
 /// Values of the `kind` label of [`REBALANCES`].
 pub const REBALANCE_KINDS: &[&str] = &["assign", "revoke", "lost"];
 /// Values of the `reason` label of [`DLQ_RECORDS`] (the `chatlog-dlq-reason` header): the
-/// decoder's own checks and the codec's decode errors.
+/// decoder's own checks, the codec's decode errors, and `write_failed` (a record whose CQL row or
+/// window can never be written, see `Pipeline::write_each`).
 pub const DLQ_REASONS: &[&str] = &[
+    "write_failed",
     "empty",
     "no_key",
     "oversize",
@@ -175,6 +190,19 @@ fn describe() {
     );
     describe_gauge!(READY, "1 while /readyz answers 200, else 0.");
     describe_gauge!(
+        STALLED_PARTITIONS,
+        Unit::Count,
+        "Assigned partitions rewound without a commit for longer than isolation.stall_after."
+    );
+    describe_counter!(
+        DLQ_TRUNCATED,
+        "DLQ records sent as truncated copies (too large for the DLQ), with a hash of the value."
+    );
+    describe_counter!(
+        HTTP_REJECTED,
+        "HTTP connections closed at once because http max_connections were open."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the consumer's version."
     );
@@ -198,6 +226,9 @@ fn init_series() {
         metrics::counter!(RETRIES, "stage" => stage).increment(0);
     }
     metrics::counter!(REVOKED_DROPPED).increment(0);
+    metrics::counter!(DLQ_TRUNCATED).increment(0);
+    metrics::counter!(HTTP_REJECTED).increment(0);
+    metrics::gauge!(STALLED_PARTITIONS).set(0.0);
     // A registered histogram renders with zero counts until its first observation.
     for &stage in STAGES {
         drop(metrics::histogram!(STAGE_DURATION, "stage" => stage));
@@ -219,10 +250,14 @@ const GROUP_IN: u8 = 2;
 /// broker (so Kafka is reachable), subscribed ([`set_ready`](Health::set_ready)), and — once the
 /// pipeline reports group membership with [`set_in_group`](Health::set_in_group) — a member of the
 /// consumer group, holding partitions or idle.
+///
+/// A partition that is not moving ([`set_stalled`](Health::set_stalled)) makes it not ready too:
+/// its records wait while the instance looks healthy otherwise.
 #[derive(Debug)]
 pub struct Health {
     connected: AtomicBool,
     group: AtomicU8,
+    stalled: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -230,6 +265,7 @@ impl Default for Health {
         Health {
             connected: AtomicBool::new(false),
             group: AtomicU8::new(GROUP_UNTRACKED),
+            stalled: Mutex::new(None),
         }
     }
 }
@@ -255,20 +291,34 @@ impl Health {
         self.group.load(Ordering::Relaxed) == GROUP_IN
     }
 
+    /// Reports partitions that are not moving (`Some(why)`), or that all move again (`None`).
+    pub fn set_stalled(&self, why: Option<String>) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        if *stalled != why {
+            *stalled = why;
+            drop(stalled);
+            self.publish();
+        }
+    }
+
     /// Whether it is ready.
     pub fn is_ready(&self) -> bool {
         self.not_ready_reason().is_none()
     }
 
     /// Why it is not ready, or `None` when it is.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    pub fn not_ready_reason(&self) -> Option<String> {
         if !self.connected.load(Ordering::Relaxed) {
-            return Some("not connected to Kafka, CQL and Redis, or not consuming");
+            return Some("not connected to Kafka, CQL and Redis, or not consuming".into());
         }
-        match self.group.load(Ordering::Relaxed) {
-            GROUP_OUT => Some("not (yet) a member of the consumer group"),
-            _ => None, // GROUP_IN, or GROUP_UNTRACKED: membership not reported
+        if self.group.load(Ordering::Relaxed) == GROUP_OUT {
+            return Some("not (yet) a member of the consumer group".into());
         }
+        // GROUP_IN, or GROUP_UNTRACKED: membership not reported
+        self.stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn publish(&self) {
@@ -282,33 +332,132 @@ struct AppState {
     health: Arc<Health>,
 }
 
-/// Binds the HTTP endpoint and serves it until `shutdown`; returns the bound address.
+/// Limits of the HTTP endpoint, so that slow or numerous clients cannot hold it (slow loris) or
+/// exhaust the process's file descriptors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Longest time a client may take to send a request's head (request line and headers),
+    /// counted from the connection or the previous response; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest time from a request's head to its response; past it the client gets 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 64,
+        }
+    }
+}
+
+/// Binds the HTTP endpoint with the default [`HttpLimits`] and serves it until `shutdown`;
+/// returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
+    serve_with_limits(listen, HttpLimits::default(), metrics, health, shutdown).await
+}
+
+/// Binds the HTTP endpoint and serves it until `shutdown` with `limits`; returns the bound
+/// address. HTTP/1.1 only (Prometheus and probes speak it).
+pub async fn serve_with_limits(
+    listen: SocketAddr,
+    limits: HttpLimits,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr> {
+    if limits.max_connections == 0 {
+        return Err(Error::Config(
+            "http max_connections must be at least 1".into(),
+        ));
+    }
+    let request_timeout = limits.request_timeout;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .with_state(AppState { metrics, health })
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
+                    }
+                }
+            },
+        ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP endpoint failed");
-        }
-    });
+    tokio::spawn(accept_loop(listener, app, limits, shutdown));
     Ok(addr)
+}
+
+/// Accepts connections while fewer than `max_connections` are open, each served by hyper with a
+/// header-read timeout; closes the surplus at once; on `shutdown`, stops accepting and lets open
+/// connections finish their current request.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, or the peer reset before accept: wait a little, go on.
+                    tracing::warn!(error = %e, "HTTP endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::counter!(HTTP_REJECTED).increment(1);
+            drop(stream);
+            continue;
+        };
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        let header_read_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }
 
 /// The content type of the Prometheus text exposition format.
@@ -316,6 +465,41 @@ const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, EXPOSITION)], state.metrics.render())
+}
+
+/// A gate for repetitive warnings: at most `per_second` pass each second; the rest are counted,
+/// and the next warning that passes says how many were suppressed.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    window: Mutex<(Instant, u64)>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// At most `per_second` warnings a second (0: none).
+    pub fn new(per_second: u64) -> LogLimiter {
+        LogLimiter {
+            per_second,
+            window: Mutex::new((Instant::now(), 0)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed since the last one that passed)` if this warning may be logged now.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        if w.1 < self.per_second {
+            w.1 += 1;
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
@@ -348,6 +532,8 @@ mod tests {
                 REBALANCES,
                 RETRIES,
                 REVOKED_DROPPED,
+                DLQ_TRUNCATED,
+                HTTP_REJECTED,
             ]
             .contains(name);
             assert_eq!(name.ends_with("_total"), counter, "{name}");
@@ -366,7 +552,27 @@ mod tests {
         h.set_in_group(true);
         assert!(h.is_ready());
         assert!(h.is_in_group());
+        h.set_stalled(Some("partition 3 has not moved for 2m".into()));
+        assert!(!h.is_ready());
+        assert!(h.not_ready_reason().unwrap().contains("partition 3"));
+        h.set_stalled(None);
+        assert!(h.is_ready());
         h.set_ready(false);
         assert!(!h.is_ready());
+    }
+
+    #[test]
+    fn the_log_limiter_passes_a_few_a_second_and_counts_the_rest() {
+        let l = LogLimiter::new(2);
+        let t0 = Instant::now();
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(t0 + Duration::from_millis(900)), None);
+        // A new second: the first warning reports the 2 suppressed.
+        assert_eq!(l.admit(t0 + Duration::from_millis(1000)), Some(2));
+        assert_eq!(l.admit(t0 + Duration::from_millis(1001)), Some(0));
+        assert_eq!(l.admit(t0 + Duration::from_millis(1002)), None);
+        assert_eq!(LogLimiter::new(0).admit(t0), None);
     }
 }

@@ -111,6 +111,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether repeating the same write can never succeed, because the data or the state it meets
+    /// is at fault rather than the connection: Redis `WRONGTYPE` (a key of another type) or `OOM`
+    /// (Redis full, `maxmemory` reached with `noeviction`), a CQL invalid request (e.g. a mutation
+    /// or batch too large). Everything else (timeouts, unavailable, overloaded, broken
+    /// connections, unknown errors) counts as transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            // A pipeline fails with each failed command's error: any one permanent is enough
+            // (the caller then writes session by session and finds which).
+            Error::Redis { source, .. } => {
+                source.clone().into_server_errors().is_some_and(|errors| {
+                    errors
+                        .iter()
+                        .any(|(_, e)| matches!(e.code(), "WRONGTYPE" | "OOM"))
+                })
+            }
+            Error::Cql { source, .. } => cql_permanent(source.as_ref()),
+            _ => false,
+        }
+    }
+
     pub(crate) fn cql(
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
@@ -119,6 +140,25 @@ impl Error {
             what: what.into(),
             source: Box::new(source),
         }
+    }
+}
+
+/// Whether a CQL error is the request's own fault: `Invalid` (which covers a batch or mutation
+/// too large) or a server error saying the mutation is too large.
+fn cql_permanent(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    let Some(ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, message))) =
+        e.downcast_ref::<ExecutionError>()
+    else {
+        return false;
+    };
+    match db {
+        DbError::Invalid => true,
+        DbError::ServerError => {
+            let m = message.to_ascii_lowercase();
+            m.contains("mutation") && m.contains("too large")
+        }
+        _ => false,
     }
 }
 

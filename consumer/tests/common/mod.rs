@@ -340,6 +340,47 @@ impl Env {
         out
     }
 
+    /// Like [`read_dlq`](Self::read_dlq), with every header and the key of each record.
+    pub fn read_dlq_records(&self, expected: usize) -> Vec<DlqRecord> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("group.id", chatlog::unique("dlq_reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.dlq]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut quiet_until: Option<Instant> = None;
+        while Instant::now() < deadline && quiet_until.is_none_or(|q| Instant::now() < q) {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(DlqRecord {
+                    headers,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                });
+                if out.len() >= expected && quiet_until.is_none() {
+                    quiet_until = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        out
+    }
+
     /// Asserts every session holds exactly seqs `1..=per_session`, each written at its message's
     /// server time, and that each window holds exactly the newest `window_size` messages.
     pub async fn assert_exact(&self, sessions: &[String], per_session: i64, base_us: i64) {
@@ -360,6 +401,22 @@ impl Env {
             let want: Vec<i64> = (lo..=per_session).collect();
             assert_eq!(window, want, "window of {s}");
         }
+    }
+}
+
+/// A record read from the DLQ.
+#[derive(Debug)]
+pub struct DlqRecord {
+    /// Every header, by key (values as text).
+    pub headers: BTreeMap<String, String>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl DlqRecord {
+    /// The value of header `key`, or "" if absent.
+    pub fn header(&self, key: &str) -> &str {
+        self.headers.get(key).map_or("", String::as_str)
     }
 }
 

@@ -1,0 +1,269 @@
+//! Hostile records and clients never stall the consumer (issue 14, items 2, 3, 7, 8): a record
+//! larger than the DLQ can take goes there as a truncated copy, a record whose write can never
+//! succeed goes there as `write_failed`, and the HTTP endpoint sheds slow and surplus connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{DlqRecord, Env, all_messages, base_time_us, message, sessions};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// The hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    openssl::sha::sha256(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Produces one record with lz4 compression and a `message.max.bytes` far above the broker's
+/// `max.message.bytes`: the broker checks the compressed batch, so it takes a record of any
+/// size that compresses well — exactly what a careless (or hostile) client can do.
+async fn produce_compressed(env: &Env, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", chatlog::kafka_bootstrap())
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", (16 * 1024 * 1024).to_string())
+        .create()
+        .expect("lz4 producer");
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&env.topic)
+                .key(key)
+                .payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker takes a compressed record above its max.message.bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_compressed_record_goes_to_the_dlq_truncated_and_its_partition_moves_on() {
+    let env = Env::new("oversize", 1, 20).await;
+    let sessions = sessions("ov", 2);
+    let base = base_time_us();
+    let per_session = 20;
+    let good = all_messages(&sessions, per_session, base);
+    let (before, after) = good.split_at(good.len() / 2);
+
+    // 2 MiB: twice the default batch.max_record_bytes, and above what the DLQ topic (the
+    // broker's default max.message.bytes) takes uncompressed.
+    let poison: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    env.produce(before).await;
+    produce_compressed(&env, &sessions[0], &poison).await;
+    env.produce(after).await;
+
+    let consumer = env.spawn_consumer(&chatlog::unique("oversize_txn"), &[]);
+    // Rows land before their batch commits; this waits for the commit too (committed to the end).
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
+    env.assert_exact(&sessions, per_session, base).await;
+
+    let dlq = env.read_dlq_records(1);
+    assert_eq!(dlq.len(), 1, "the poison record, once: {dlq:?}");
+    let r: &DlqRecord = &dlq[0];
+    assert_eq!(r.header("chatlog-dlq-reason"), "oversize");
+    assert_eq!(r.key.as_deref(), Some(sessions[0].as_bytes()));
+    assert_eq!(
+        r.header("chatlog-dlq-truncated"),
+        poison.len().to_string(),
+        "the truncated copy says the original length"
+    );
+    assert_eq!(r.header("chatlog-dlq-sha256"), sha256_hex(&poison));
+    let copy = r.payload.as_deref().unwrap_or_default();
+    assert!(
+        !copy.is_empty() && copy.len() < poison.len(),
+        "a truncated copy: {} bytes",
+        copy.len()
+    );
+    assert_eq!(copy, &poison[..copy.len()], "a prefix of the original");
+    assert!(r.header("chatlog-dlq-detail").len() <= 512);
+    assert_eq!(r.header("chatlog-dlq-offset"), before.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persist() {
+    let env = Env::new("wrongtype", 1, 10).await;
+    let sessions = sessions("wt", 3);
+    let base = base_time_us();
+    let per_session = 6;
+    let bad = &sessions[0];
+    let mut redis = chatlog::redis_connection().await;
+    // The window key of one session holds a string: every append to it fails with WRONGTYPE.
+    // (Its epoch key says "current epoch", or the script would start the window afresh.)
+    let epoch = chatlog_store::epoch::current(&mut redis).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(chatlog_store::keys::window_epoch(bad))
+        .arg(epoch)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(chatlog_store::keys::window(bad))
+        .arg("not a window")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Interleaved: every batch holds records of the bad session and of the good ones.
+    let good = all_messages(&sessions, per_session, base);
+    env.produce(&good).await;
+
+    let consumer = env.spawn_consumer(&chatlog::unique("wrongtype_txn"), &[]);
+    // Every session's rows: the bad session's rows are written too (its CQL write succeeded;
+    // only its window failed — see OPERATIONS.md, "write_failed").
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
+    env.assert_exact(&sessions[1..], per_session, base).await;
+
+    let dlq = env.read_dlq_records(per_session as usize);
+    let mut offsets: Vec<i64> = dlq
+        .iter()
+        .map(|r| r.header("chatlog-dlq-offset").parse().unwrap())
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(
+        offsets.len(),
+        per_session as usize,
+        "each record of the bad session once: {dlq:?}"
+    );
+    assert_eq!(dlq.len(), per_session as usize);
+    for r in &dlq {
+        assert_eq!(r.header("chatlog-dlq-reason"), "write_failed", "{r:?}");
+        assert_eq!(r.header("chatlog-dlq-stage"), "redis", "{r:?}");
+        assert!(
+            r.header("chatlog-dlq-detail").contains("WRONGTYPE"),
+            "{r:?}"
+        );
+        assert_eq!(r.key.as_deref(), Some(bad.as_bytes()));
+        let m = env.codec.decode(r.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(m, message(bad, m.seq, base, 0), "the original record");
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(chatlog_store::keys::window(bad))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    drop(consumer);
+}
+
+/// Reads from `stream` until EOF or an error; `true` if that happened within `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The status line of a `GET path` on a fresh connection, or `None` if the connection closed.
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out);
+    text.lines().next().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_limit() {
+    use chatlog_consumer::telemetry::{self, Health, HttpLimits};
+    use tokio::io::AsyncWriteExt;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let health = std::sync::Arc::new(Health::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        max_connections: 3,
+    };
+    let addr = telemetry::serve_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        limits,
+        handle,
+        health,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(addr, "/healthz").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+
+    // Slow loris: a request head trickling in never completes; the server closes it.
+    let mut loris = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    loris.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    let writer = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if loris.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                break;
+            }
+        }
+    };
+    writer.await;
+    assert!(
+        closed_within(&mut loris, Duration::from_secs(3)).await,
+        "a slow-loris connection must be closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+
+    // The limit: 3 connections holding a slot (half a request head each); a 4th is turned away
+    // at once, and served again once the others are gone.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    // Accepted in order: give the accept loop the moment it needs to take all three.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut refused = false;
+    while Instant::now() < deadline && !refused {
+        refused = get(addr, "/healthz").await.is_none();
+    }
+    assert!(refused, "a connection above the limit must be refused");
+    for mut s in held.drain(..) {
+        assert!(
+            closed_within(&mut s, Duration::from_secs(3)).await,
+            "held connections time out too"
+        );
+    }
+    assert_eq!(
+        get(addr, "/healthz").await.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "served again below the limit"
+    );
+    shutdown.cancel();
+}
