@@ -180,12 +180,11 @@ fn url_passwords(url: &str) -> Vec<std::ops::Range<usize>> {
     };
     let rest = &url[scheme_end..];
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if let Some(at) = rest[..authority_len].rfind('@') {
-        if let Some(colon) = rest[..at].find(':') {
-            if colon + 1 < at {
-                found.push(scheme_end + colon + 1..scheme_end + at);
-            }
-        }
+    if let Some(at) = rest[..authority_len].rfind('@')
+        && let Some(colon) = rest[..at].find(':')
+        && colon + 1 < at
+    {
+        found.push(scheme_end + colon + 1..scheme_end + at);
     }
     if let Some(q) = url.find('?') {
         let query_end = url[q..].find('#').map_or(url.len(), |i| q + i);
@@ -481,7 +480,7 @@ mod tests {
                 err.contains("redis.password") && !err.contains("hunter2"),
                 "{err}"
             );
-            let err = c.client().err().expect("refused").to_string();
+            let err = c.client().expect_err("refused").to_string();
             assert!(!err.contains("hunter2"), "{err}");
         }
         for url in [
