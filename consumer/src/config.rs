@@ -32,6 +32,8 @@ pub struct Config {
     pub window: WindowConfig,
     /// Retries of CQL and Redis writes.
     pub retry: RetryConfig,
+    /// Records that cannot be written: isolation, stalled partitions, commit deadline, DLQ logs.
+    pub isolation: crate::pipeline::IsolationConfig,
     /// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
     pub http: HttpConfig,
     /// Shutdown behaviour.

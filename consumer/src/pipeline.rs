@@ -366,7 +366,8 @@ impl Pipeline {
                  max.message.bytes to keep them whole)"
             );
         }
-        let isolation = IsolationConfig::default();
+        let isolation = config.isolation.clone();
+        isolation.validate()?;
         let codec = Codec::new(config.batch.max_record_bytes);
         Ok(Pipeline {
             dlq_warnings: LogLimiter::new(isolation.dlq_warnings_per_second),
