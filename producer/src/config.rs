@@ -6,7 +6,7 @@ use std::time::Duration;
 use chatlog_schemas::Limits;
 use chatlog_store::security::{KafkaSecurity, Properties};
 use chatlog_store::seq::SeqConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::{Error, Result};
 
@@ -77,9 +77,11 @@ pub struct ProducerConfig {
     /// than `message_timeout`. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub settle_horizon: Duration,
-    /// Size limits of a message, checked before anything is allocated or sent (the consumer
-    /// checks the same ones).
-    #[serde(deserialize_with = "de_limits")]
+    /// Limits of a message, checked before anything is allocated or sent (the consumer checks
+    /// the same ones, with its own `[limits]`): sizes, and `max_skew`, the clock skew tolerated
+    /// between producers and consumers. [`Producer::new`](crate::Producer::new) refuses limits
+    /// above those a consumer of the topic published, so nothing is acknowledged that a
+    /// consumer would send to the DLQ.
     pub limits: Limits,
     /// Seq allocation settings.
     pub seq: SeqConfig,
@@ -112,38 +114,6 @@ impl Default for ProducerConfig {
             kafka: Properties::default(),
         }
     }
-}
-
-/// [`Limits`] as it appears in a config file (the schemas crate keeps serde out of its type).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct LimitsDe {
-    max_content_bytes: usize,
-    max_id_bytes: usize,
-    max_ext_entries: usize,
-    max_ext_bytes: usize,
-}
-
-impl Default for LimitsDe {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitsDe {
-            max_content_bytes: l.max_content_bytes,
-            max_id_bytes: l.max_id_bytes,
-            max_ext_entries: l.max_ext_entries,
-            max_ext_bytes: l.max_ext_bytes,
-        }
-    }
-}
-
-fn de_limits<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Limits, D::Error> {
-    let l = LimitsDe::deserialize(d)?;
-    Ok(Limits {
-        max_content_bytes: l.max_content_bytes,
-        max_id_bytes: l.max_id_bytes,
-        max_ext_entries: l.max_ext_entries,
-        max_ext_bytes: l.max_ext_bytes,
-    })
 }
 
 /// Most permits a tokio semaphore can hold, and what `acquire_many` can take at once.

@@ -525,6 +525,7 @@ mod tests {
             max_id_bytes: 20,
             max_ext_entries: 3,
             max_ext_bytes: 60,
+            ..Limits::default()
         };
         let id = "x".repeat(20);
         let ext = (0..3)
@@ -535,7 +536,7 @@ mod tests {
             client_msg_id: id.clone(),
             session_id: id.clone(),
             session_type: SessionType::System,
-            seq: i64::MAX,
+            seq: chatlog_schemas::MAX_SEQ,
             sender_id: id,
             content_type: ContentType::Unknown,
             content: vec![0xFF; 1000],

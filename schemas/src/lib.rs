@@ -71,7 +71,7 @@ pub use codec::{
 pub use error::{DecodeError, EncodeError, SchemaError};
 pub use fingerprint::{HEADER_LEN, MAGIC, crc64_avro, header};
 pub use model::{ChatMessage, ChatMessageV2, ContentType, SessionType};
-pub use validate::{Limits, ValidationError};
+pub use validate::{Limits, MAX_SEQ, ValidationError};
 pub use value::{to_value_v1, to_value_v2};
 
 /// Re-export of the apache-avro crate this codec is built on (for [`Codec::encode_value`],

@@ -1,16 +1,30 @@
 //! Semantic validation shared by the producer (before encoding) and the consumer (after
 //! decoding): the schema says what a message looks like, [`Limits`] say what is acceptable.
 
+use std::time::Duration;
+
+use serde::Deserialize;
+
 use crate::model::{ChatMessage, ChatMessageV2};
 
-/// Size limits a [`ChatMessage`] must respect. Every limit is inclusive (`len <= max` passes).
+/// The largest seq (and `reply_to_seq`) a message may carry: 2^53. JavaScript clients read a
+/// seq as an IEEE double, which holds every integer up to 2^53 exactly and no longer tells
+/// 2^53 + 1 from 2^53; the allocator never hands out more, validation refuses more.
+pub const MAX_SEQ: i64 = 1 << 53;
+
+/// Limits a [`ChatMessage`] must respect. Every limit is inclusive (`len <= max` passes).
+///
+/// The same type is the `[limits]` section of the producer's and the consumer's configuration
+/// (unknown keys refused, missing ones default, `max_skew` written like `"10s"`); a producer
+/// refuses to start with limits above a consumer's (see `chatlog_store::limits`).
 ///
 /// ```
 /// use chatlog_schemas::Limits;
 /// let strict = Limits { max_content_bytes: 4096, ..Limits::default() };
 /// assert_eq!(strict.max_id_bytes, 128);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Maximum length of `content`, in bytes. Default 64 KiB.
     pub max_content_bytes: usize,
@@ -21,16 +35,81 @@ pub struct Limits {
     pub max_ext_entries: usize,
     /// Maximum total size of `ext` (sum of key and value lengths), in bytes. Default 4 KiB.
     pub max_ext_bytes: usize,
+    /// The clock skew tolerated between any producer and any consumer. A consumer sends a record
+    /// whose `server_time` is more than this ahead of its own clock to the DLQ (reason `skew`);
+    /// a producer refuses to send while its clock is more than half of this away from the
+    /// reference clock (Redis `TIME`), leaving the other half to the consumer's clock. Only the
+    /// future is refused on the consumer: an old `server_time` is a legitimate replay. Default
+    /// 10 s.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
 }
 
 impl Limits {
-    /// The default limits: 64 KiB content, 128-byte ids, 32 ext entries, 4 KiB of ext.
+    /// The default limits: 64 KiB content, 128-byte ids, 32 ext entries, 4 KiB of ext, 10 s of
+    /// clock skew.
     pub const DEFAULT: Limits = Limits {
         max_content_bytes: 64 * 1024,
         max_id_bytes: 128,
         max_ext_entries: 32,
         max_ext_bytes: 4 * 1024,
+        max_skew: Duration::from_secs(10),
     };
+
+    /// `max_skew` in microseconds (the unit of `server_time`).
+    pub fn max_skew_us(&self) -> i64 {
+        i64::try_from(self.max_skew.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Checks a message's `server_time` against the reader's clock `now_us`: more than
+    /// [`max_skew`](Limits::max_skew) in the future is [`ValidationError::ServerTimeAhead`].
+    /// The past is never refused (a record replayed after a long outage is old, not skewed).
+    pub fn check_server_time(
+        &self,
+        server_time_us: i64,
+        now_us: i64,
+    ) -> Result<(), ValidationError> {
+        let ahead_us = server_time_us.saturating_sub(now_us);
+        if ahead_us > self.max_skew_us() {
+            return Err(ValidationError::ServerTimeAhead {
+                ahead: Duration::from_micros(ahead_us.unsigned_abs()),
+                max: self.max_skew,
+            });
+        }
+        Ok(())
+    }
+
+    /// The limits of `self` that are above those of `other`, each as `name = mine, above
+    /// theirs`; empty when every limit is within `other`'s. A producer whose limits exceed a
+    /// consumer's could acknowledge messages that consumer sends to the DLQ.
+    pub fn exceeding(&self, other: &Limits) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, mine, theirs) in [
+            (
+                "max_content_bytes",
+                self.max_content_bytes,
+                other.max_content_bytes,
+            ),
+            ("max_id_bytes", self.max_id_bytes, other.max_id_bytes),
+            (
+                "max_ext_entries",
+                self.max_ext_entries,
+                other.max_ext_entries,
+            ),
+            ("max_ext_bytes", self.max_ext_bytes, other.max_ext_bytes),
+        ] {
+            if mine > theirs {
+                out.push(format!("{name} = {mine} > {theirs}"));
+            }
+        }
+        if self.max_skew > other.max_skew {
+            out.push(format!(
+                "max_skew = {:?} > {:?}",
+                self.max_skew, other.max_skew
+            ));
+        }
+        out
+    }
 }
 
 impl Default for Limits {
@@ -72,6 +151,28 @@ pub enum ValidationError {
     SeqNotPositive {
         /// The offending value.
         seq: i64,
+    },
+    /// `seq` (or `reply_to_seq`) is above [`MAX_SEQ`] (2^53): a JavaScript client would read
+    /// it as a neighbouring seq.
+    #[error("field `{field}` is {seq}, above the largest seq 2^53 = {max}")]
+    SeqOutOfRange {
+        /// `"seq"` or `"reply_to_seq"`.
+        field: &'static str,
+        /// The offending value.
+        seq: i64,
+        /// [`MAX_SEQ`].
+        max: i64,
+    },
+    /// `server_time` is further ahead of the checking clock than [`Limits::max_skew`]
+    /// ([`Limits::check_server_time`]; not part of [`ChatMessage::validate`], which has no clock).
+    #[error(
+        "field `server_time` is {ahead:?} ahead of this host's clock, over the max_skew of {max:?}"
+    )]
+    ServerTimeAhead {
+        /// How far ahead.
+        ahead: Duration,
+        /// The limit.
+        max: Duration,
     },
     /// `content` is longer than [`Limits::max_content_bytes`].
     #[error("field `content` is {len} bytes, over the limit of {max}")]
@@ -121,6 +222,8 @@ impl ValidationError {
             ValidationError::HashTagBreaker { .. } => "hash_tag_breaker",
             ValidationError::IdTooLong { .. } => "id_too_long",
             ValidationError::SeqNotPositive { .. } => "seq_not_positive",
+            ValidationError::SeqOutOfRange { .. } => "seq_out_of_range",
+            ValidationError::ServerTimeAhead { .. } => "skew",
             ValidationError::ContentTooLarge { .. } => "content_too_large",
             ValidationError::TooManyExtEntries { .. } => "too_many_ext_entries",
             ValidationError::ExtTooLarge { .. } => "ext_too_large",
@@ -135,8 +238,10 @@ impl ValidationError {
             ValidationError::EmptyId { field }
             | ValidationError::HashTagBreaker { field }
             | ValidationError::IdTooLong { field, .. }
-            | ValidationError::NegativeTime { field, .. } => field,
+            | ValidationError::NegativeTime { field, .. }
+            | ValidationError::SeqOutOfRange { field, .. } => field,
             ValidationError::SeqNotPositive { .. } => "seq",
+            ValidationError::ServerTimeAhead { .. } => "server_time",
             ValidationError::ContentTooLarge { .. } => "content",
             ValidationError::TooManyExtEntries { .. } | ValidationError::ExtTooLarge { .. } => {
                 "ext"
@@ -176,6 +281,13 @@ impl ChatMessage {
         }
         if self.seq < 1 {
             return Err(ValidationError::SeqNotPositive { seq: self.seq });
+        }
+        if self.seq > MAX_SEQ {
+            return Err(ValidationError::SeqOutOfRange {
+                field: "seq",
+                seq: self.seq,
+                max: MAX_SEQ,
+            });
         }
         check_id("sender_id", &self.sender_id, limits)?;
         if self.content.len() > limits.max_content_bytes {
@@ -219,6 +331,11 @@ impl ChatMessageV2 {
         self.message.validate(limits)?;
         match self.reply_to_seq {
             Some(seq) if seq < 1 => Err(ValidationError::ReplyToSeqNotPositive { seq }),
+            Some(seq) if seq > MAX_SEQ => Err(ValidationError::SeqOutOfRange {
+                field: "reply_to_seq",
+                seq,
+                max: MAX_SEQ,
+            }),
             _ => Ok(()),
         }
     }
@@ -294,6 +411,8 @@ mod tests {
             ),
             (Box::new(|m| m.seq = 0), "seq_not_positive", "seq"),
             (Box::new(|m| m.seq = i64::MIN), "seq_not_positive", "seq"),
+            (Box::new(|m| m.seq = MAX_SEQ + 1), "seq_out_of_range", "seq"),
+            (Box::new(|m| m.seq = i64::MAX), "seq_out_of_range", "seq"),
             (
                 Box::new(|m| m.content = vec![1; 64 * 1024 + 1]),
                 "content_too_large",
@@ -340,6 +459,84 @@ mod tests {
     }
 
     #[test]
+    fn seq_up_to_2_pow_53_passes() {
+        let mut m = valid();
+        m.seq = MAX_SEQ;
+        m.validate(&Limits::default()).unwrap();
+        // The bound is where an IEEE double stops telling integers apart.
+        assert_eq!(MAX_SEQ as f64 + 1.0, MAX_SEQ as f64);
+        assert_ne!((MAX_SEQ - 1) as f64, MAX_SEQ as f64);
+    }
+
+    #[test]
+    fn skew_only_the_future_beyond_max_skew_is_refused() {
+        let l = Limits::default();
+        let now = 1_700_000_000_000_000;
+        let max = l.max_skew_us();
+        l.check_server_time(now + max, now).unwrap();
+        l.check_server_time(now - 365 * 86_400 * 1_000_000, now)
+            .unwrap();
+        l.check_server_time(0, now).unwrap();
+        let err = l.check_server_time(now + max + 1, now).unwrap_err();
+        assert_eq!((err.reason(), err.field()), ("skew", "server_time"));
+        assert!(err.to_string().contains("ahead"), "{err}");
+        assert!(l.check_server_time(i64::MAX, i64::MIN).is_err());
+    }
+
+    #[test]
+    fn limits_above_anothers_are_named() {
+        let d = Limits::default();
+        assert!(d.exceeding(&d).is_empty());
+        let small = Limits {
+            max_content_bytes: 10,
+            ..d
+        };
+        assert!(small.exceeding(&d).is_empty());
+        assert_eq!(
+            d.exceeding(&small),
+            vec![format!("max_content_bytes = 65536 > 10")]
+        );
+        let patient = Limits {
+            max_skew: Duration::from_secs(60),
+            max_ext_entries: 33,
+            ..d
+        };
+        let above = patient.exceeding(&d);
+        assert_eq!(above.len(), 2, "{above:?}");
+        assert!(above[1].starts_with("max_skew"), "{above:?}");
+    }
+
+    #[test]
+    fn limits_parse_with_defaults_and_refuse_unknown_keys() {
+        #[derive(Deserialize)]
+        struct Wrap {
+            limits: Limits,
+        }
+        let w: Wrap =
+            from_json("{\"limits\": {\"max_content_bytes\": 4096, \"max_skew\": \"2s\"}}");
+        assert_eq!(
+            w.limits,
+            Limits {
+                max_content_bytes: 4096,
+                max_skew: Duration::from_secs(2),
+                ..Limits::default()
+            }
+        );
+        assert!(
+            serde_json::from_str::<Wrap>("{\"limits\": {\"max_content\": 1}}").is_err(),
+            "typo refused"
+        );
+        assert!(
+            serde_json::from_str::<Wrap>("{\"limits\": {\"max_skew\": 10}}").is_err(),
+            "a duration needs its unit"
+        );
+    }
+
+    fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> T {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
     fn v2_checks_reply_to_seq() {
         let l = Limits::default();
         let mut m = ChatMessageV2::from(valid());
@@ -348,6 +545,11 @@ mod tests {
         assert_eq!(
             m.validate(&l),
             Err(ValidationError::ReplyToSeqNotPositive { seq: 0 })
+        );
+        m.reply_to_seq = Some(MAX_SEQ + 1);
+        assert_eq!(
+            m.validate(&l).map_err(|e| e.reason()),
+            Err("seq_out_of_range")
         );
     }
 }

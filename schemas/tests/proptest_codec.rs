@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use chatlog_schemas::apache_avro;
 use chatlog_schemas::{
-    ChatMessage, ChatMessageV2, Codec, ContentType, HEADER_LEN, Limits, SchemaVersion, SessionType,
-    header, to_value_v1,
+    ChatMessage, ChatMessageV2, Codec, ContentType, HEADER_LEN, Limits, MAX_SEQ, SchemaVersion,
+    SessionType, header, to_value_v1,
 };
 use proptest::prelude::*;
 
@@ -29,7 +29,8 @@ fn message() -> impl Strategy<Value = ChatMessage> {
             prop::sample::select(SessionType::ALL.to_vec()),
         ),
         (
-            1..=i64::MAX,
+            // Valid seqs: 1..=2^53 (JavaScript-safe).
+            1..=MAX_SEQ,
             id(),
             prop::sample::select(ContentType::ALL.to_vec()),
         ),
@@ -61,7 +62,7 @@ fn message() -> impl Strategy<Value = ChatMessage> {
 }
 
 fn message_v2() -> impl Strategy<Value = ChatMessageV2> {
-    (message(), prop::option::of(1..=i64::MAX), any::<bool>()).prop_map(
+    (message(), prop::option::of(1..=MAX_SEQ), any::<bool>()).prop_map(
         |(message, reply_to_seq, edited)| ChatMessageV2 {
             message,
             reply_to_seq,
