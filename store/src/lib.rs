@@ -10,6 +10,7 @@
 //! - [`epoch`]: which lifetime of which dataset Redis serves, checked by the scripts so that state
 //!   written before Redis went back in time (restart from a snapshot, failover) is never trusted.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
+//! - [`limits`]: the `consumer_limits` table — the limits each consumer enforces, read by producers.
 //! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
 //! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
 //! - [`history`]: the history reader — window first, CQL for the rest, coalesced fallbacks.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod epoch;
 pub mod history;
 pub mod keys;
+pub mod limits;
 pub mod messages;
 pub mod migrate;
 pub mod queues;

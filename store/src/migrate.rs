@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_messages.cql",
         text: include_str!("../../cql/0002_messages.cql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_consumer_limits.cql",
+        text: include_str!("../../cql/0003_consumer_limits.cql"),
+    },
 ];
 
 /// What [`apply`] did.

@@ -38,6 +38,9 @@
 //!
 //! # Why seqs never repeat
 //!
+//! No segment reaches above [`MAX_SEQ`] (2^53): a session that used every seq up to it gets
+//! [`Error::Request`], never a seq a JavaScript client would misread.
+//!
 //! Every seq handed out is `<= max` in Redis, and `max` is only ever set to the top of a segment
 //! that a successful LWT reserved, so `max <=` the CQL ceiling at all times. A segment is installed
 //! at most once (an install is never retried after an ambiguous failure) and an install sets
@@ -83,6 +86,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chatlog_schemas::MAX_SEQ;
 use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -969,27 +973,31 @@ impl SeqAllocator {
             Ceiling::Unknown | Ceiling::Absent => None,
             Ceiling::At(c) => Some(c),
         };
+        let base = expected.unwrap_or(0).max(floor);
+        // No segment reaches above MAX_SEQ (2^53, what a JavaScript client reads exactly), so
+        // no seq above it is ever handed out; a session that used them all gets an error.
+        if base >= MAX_SEQ {
+            return Err(Error::Request(format!(
+                "session {session_id:?} has used every seq up to 2^53 ({MAX_SEQ}): no seq left"
+            )));
+        }
+        let size = size.min(MAX_SEQ - base);
+        let high = base + size;
         let (result, what) = match expected {
-            None => {
-                let high = floor + size;
-                (
-                    inner
-                        .session
-                        .execute_unpaged(&inner.insert, (session_id, high))
-                        .await,
-                    "insert session_seq",
-                )
-            }
-            Some(c) => {
-                let high = c.max(floor) + size;
-                (
-                    inner
-                        .session
-                        .execute_unpaged(&inner.update, (high, session_id, c))
-                        .await,
-                    "update session_seq",
-                )
-            }
+            None => (
+                inner
+                    .session
+                    .execute_unpaged(&inner.insert, (session_id, high))
+                    .await,
+                "insert session_seq",
+            ),
+            Some(c) => (
+                inner
+                    .session
+                    .execute_unpaged(&inner.update, (high, session_id, c))
+                    .await,
+                "update session_seq",
+            ),
         };
         let rows = result
             .map_err(|e| Error::cql(what, e))?
@@ -1000,7 +1008,6 @@ impl SeqAllocator {
             .first_row()
             .map_err(|e| Error::cql(format!("{what}: LWT result"), e))?;
         let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
-        let base = expected.unwrap_or(0).max(floor);
         if applied {
             return Ok(Reserve::Won {
                 low: base + 1,
