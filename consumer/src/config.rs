@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use chatlog_schemas::{Codec, Limits};
 use chatlog_store::messages::BatchLimits;
 use chatlog_store::security::{KafkaSecurity, Properties};
 use chatlog_store::window::WindowConfig;
@@ -22,6 +23,11 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// How records are gathered into one transaction.
     pub batch: BatchConfig,
+    /// What a message may hold (content, id and ext sizes) and how far ahead of this host's
+    /// clock its `server_time` may be (`max_skew`); a record beyond them goes to the DLQ
+    /// (`invalid`, `skew`). Published to the `consumer_limits` table at start: producers of the
+    /// topic refuse to start with larger limits.
+    pub limits: Limits,
     /// The CQL database.
     pub cql: CqlConfig,
     /// UNLOGGED batch limits and write concurrency for the `messages` table.
@@ -252,6 +258,14 @@ impl Config {
         if self.window.size == 0 {
             return Err(Error::Config("window.size must be at least 1".into()));
         }
+        // Below a second, ordinary NTP jitter and the time in Kafka would send good records to
+        // the DLQ.
+        if self.limits.max_skew < Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "limits.max_skew ({:?}) must be at least 1s",
+                self.limits.max_skew
+            )));
+        }
         // A batch must be able to reach its window writes before its fence: otherwise no window
         // would ever be written and every batch rewound.
         let heartbeat = k.heartbeat_interval()?;
@@ -280,9 +294,67 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The codec that enforces this consumer's `[limits]` and `batch.max_record_bytes`.
+    pub fn codec(&self) -> Result<Codec> {
+        Ok(Codec::builder()
+            .limits(self.limits)
+            .max_encoded_bytes(self.batch.max_record_bytes)
+            .build()?)
+    }
+
+    /// Publishes the limits this instance enforces (`[limits]`, `batch.max_record_bytes`) to
+    /// the `consumer_limits` table under (`kafka.topic`, `kafka.transactional_id`), so that
+    /// producers of the topic refuse larger limits at their start. Called at start, after the
+    /// migrations; a restart overwrites the row.
+    pub async fn publish_limits(&self, session: &scylla::client::session::Session) -> Result<()> {
+        let published = chatlog_store::limits::Published {
+            instance: self.kafka.transactional_id.clone(),
+            limits: self.limits,
+            max_record_bytes: self.batch.max_record_bytes,
+            published_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        };
+        chatlog_store::limits::publish(session, &self.cql.keyspace, &self.kafka.topic, &published)
+            .await?;
+        tracing::info!(
+            topic = %self.kafka.topic,
+            instance = %published.instance,
+            limits = ?self.limits,
+            max_record_bytes = self.batch.max_record_bytes,
+            "published this consumer's limits for producers"
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_a_section_with_defaults_and_typed_skew() {
+        let c =
+            Config::from_toml("[limits]\nmax_content_bytes = 1000\nmax_skew = \"30s\"\n").unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_content_bytes: 1000,
+                max_skew: Duration::from_secs(30),
+                ..Limits::default()
+            }
+        );
+        c.validate().unwrap();
+        let codec = c.codec().unwrap();
+        assert_eq!(codec.limits(), &c.limits);
+        assert_eq!(codec.max_encoded_bytes(), c.batch.max_record_bytes);
+        assert!(Config::from_toml("[limits]\nmax_contents = 1\n").is_err());
+        assert!(Config::from_toml("[limits]\nmax_skew = 5\n").is_err());
+        let c = Config::from_toml("[limits]\nmax_skew = \"500ms\"\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_skew"), "{err}");
+    }
 
     #[test]
     fn defaults_are_valid() {

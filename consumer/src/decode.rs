@@ -64,8 +64,22 @@ pub enum Decoded {
     Poison(Poison),
 }
 
-/// Decodes one record. `max_record_bytes` is checked before any parsing.
+/// Now, in microseconds since the Unix epoch (the unit of `server_time`).
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Decodes one record. `max_record_bytes` is checked before any parsing; the codec's
+/// [`Limits`](chatlog_schemas::Limits) (the consumer's `[limits]`) after decoding, including
+/// `max_skew`: a `server_time` further ahead of this host's clock goes to the DLQ as `skew`.
 pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded {
+    decode_at(codec, max_record_bytes, record, now_us())
+}
+
+/// [`decode`] with the clock read by the caller (`now_us`, µs since the Unix epoch).
+pub fn decode_at(codec: &Codec, max_record_bytes: usize, record: Record, now_us: i64) -> Decoded {
     let poison = |record: Record, reason: &'static str, detail: String| {
         Decoded::Poison(Poison {
             record,
@@ -110,6 +124,16 @@ pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded
             message.session_id
         );
         return poison(record, "key_mismatch", detail);
+    }
+    // A future server time would be written as the rows' write timestamp (no later correction
+    // could win over it) and win every version comparison in the window. The past is fine: an
+    // old record replayed after an outage is old, not skewed.
+    if let Err(e) = codec
+        .limits()
+        .check_server_time(message.server_time_us, now_us)
+    {
+        let detail = format!("{e} (seq {} of {:?})", message.seq, message.session_id);
+        return poison(record, "skew", detail);
     }
     let avro = payload.to_vec();
     Decoded::Good(Good {
@@ -221,5 +245,46 @@ mod tests {
             decode(&codec, 1 << 20, record(Some("s1"), Some(truncated))),
             Decoded::Poison(_)
         ));
+    }
+
+    #[test]
+    fn skew_is_only_a_server_time_too_far_in_the_future() {
+        let codec = Codec::default();
+        let now = 1_700_000_000_000_000;
+        let max = codec.limits().max_skew_us();
+        let at = |server_time_us: i64| {
+            let bytes = codec
+                .encode(&test_message("s1", 1, server_time_us))
+                .unwrap();
+            decode_at(&codec, 1 << 20, record(Some("s1"), Some(bytes)), now)
+        };
+        assert!(matches!(at(now + max), Decoded::Good(_)));
+        // A year old: a replay after an outage, not skew.
+        assert!(matches!(at(now - 365 * 86_400_000_000), Decoded::Good(_)));
+        match at(now + max + 1) {
+            Decoded::Poison(p) => {
+                assert_eq!(p.reason, "skew");
+                assert!(p.detail.contains("ahead"), "{}", p.detail);
+            }
+            Decoded::Good(g) => panic!("accepted {:?}", g.message),
+        }
+    }
+
+    #[test]
+    fn seq_above_2_pow_53_is_invalid() {
+        let codec = Codec::default();
+        let bytes = codec
+            .encode_value(
+                codec.fingerprint_v1(),
+                chatlog_schemas::to_value_v1(&test_message("s1", chatlog_schemas::MAX_SEQ + 1, 1)),
+            )
+            .unwrap();
+        match decode(&codec, 1 << 20, record(Some("s1"), Some(bytes))) {
+            Decoded::Poison(p) => {
+                assert_eq!(p.reason, "invalid");
+                assert!(p.detail.contains("2^53"), "{}", p.detail);
+            }
+            Decoded::Good(g) => panic!("accepted {:?}", g.message),
+        }
     }
 }
