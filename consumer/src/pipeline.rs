@@ -625,7 +625,14 @@ impl Pipeline {
 
         let mut persisted = good.len();
         if !good.is_empty() {
-            let failed = match self.write(&good, polled_from) {
+            // While isolating, record by record at once: a whole-batch attempt could spend the
+            // window fence and leave the records no time.
+            let written = if isolate {
+                Err(Failed::Rewind("isolating".into()))
+            } else {
+                self.write(&good, polled_from)
+            };
+            let failed = match written {
                 Ok(()) => Vec::new(),
                 Err(Failed::Permanent(why)) => {
                     tracing::warn!(
@@ -634,9 +641,9 @@ impl Pipeline {
                     );
                     self.write_each(&good, polled_from, isolate)?
                 }
-                Err(Failed::Rewind(why)) if isolate => {
-                    tracing::warn!(
-                        error = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
+                Err(Failed::Rewind(_)) if isolate => {
+                    tracing::info!(
+                        records = good.len(),
                         "isolating: writing the batch record by record"
                     );
                     self.write_each(&good, polled_from, isolate)?

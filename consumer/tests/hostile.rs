@@ -267,3 +267,159 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
     );
     shutdown.cancel();
 }
+
+/// The address the consumer logged as `chatlog-consumer: http listening on ADDR`.
+fn http_addr(consumer: &common::ConsumerProc) -> std::net::SocketAddr {
+    const LINE: &str = "chatlog-consumer: http listening on ";
+    consumer.wait_log(LINE, Duration::from_secs(60));
+    let log = consumer.log_text();
+    let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
+    rest.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// `GET path`: (status line, body), or `None` if the connection failed.
+async fn get_body(addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// The value of the unlabelled gauge `name` in a Prometheus exposition.
+fn gauge(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `/readyz` until `pred(status line, body)` holds, or panics with the log after `limit`.
+async fn wait_readyz(
+    addr: std::net::SocketAddr,
+    consumer: &common::ConsumerProc,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&str, &str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((status, body)) = get_body(addr, "/readyz").await
+            && pred(&status, &body)
+        {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz: {what} not seen within {limit:?}; log:\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A Redis outage makes every batch rewind: even with isolation after a single rewind, no good
+/// record goes to the DLQ (nothing could be written, so the records are not at fault); the
+/// partition is reported as not moving (`/readyz` 503 with the reason, the gauge at 1) and is
+/// reported moving again once Redis is back and everything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_reported() {
+    let env = Env::new("stall", 1, 10).await;
+    let sessions = sessions("st", 3);
+    let base = base_time_us();
+    let per_session = 8;
+    let port = chatlog::free_port();
+    let redis = chatlog::TestRedis::start(&["--port".into(), port.to_string()], port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _ = chatlog::connect_to(port).await;
+    let dir = chatlog::TempDir::new("stall_config");
+    let config = dir.0.join("consumer.toml");
+    std::fs::write(
+        &config,
+        // The default stage budget (20 s) outlasts the window fence (5.6 s): the first attempt
+        // ends at the fence, and isolating must still get its records written in time.
+        "[retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n\
+         [redis]\nresponse_timeout = \"300ms\"\n\
+         [isolation]\nrewinds = 1\nstall_after = \"3s\"\nrecord_budget = \"500ms\"\n",
+    )
+    .unwrap();
+    let consumer = env.spawn_consumer(
+        &chatlog::unique("stall_txn"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--redis-url",
+            url.as_str(),
+        ],
+    );
+    let addr = http_addr(&consumer);
+    wait_readyz(addr, &consumer, Duration::from_secs(60), "200", |s, _| {
+        s.contains(" 200 ")
+    })
+    .await;
+
+    redis.freeze();
+    let good = all_messages(&sessions, per_session, base);
+    env.produce(&good).await;
+    let body = wait_readyz(addr, &consumer, Duration::from_secs(60), "503", |s, _| {
+        s.contains(" 503 ")
+    })
+    .await;
+    assert!(body.contains("not moving"), "{body}");
+    assert!(body.contains(&format!("{} [0]", env.topic)), "{body}");
+    let (_, metrics) = get_body(addr, "/metrics").await.unwrap();
+    assert_eq!(
+        gauge(&metrics, "chatlog_consumer_stalled_partitions"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        !env.committed_to_end().await,
+        "nothing committed during the outage"
+    );
+    consumer.wait_log("isolating: writing the batch record by record", Duration::from_secs(30));
+
+    redis.thaw();
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
+    wait_readyz(
+        addr,
+        &consumer,
+        Duration::from_secs(30),
+        "200 again",
+        |s, _| s.contains(" 200 "),
+    )
+    .await;
+    let (_, metrics) = get_body(addr, "/metrics").await.unwrap();
+    assert_eq!(
+        gauge(&metrics, "chatlog_consumer_stalled_partitions"),
+        Some(0.0)
+    );
+    assert!(
+        env.read_dlq_records(0).is_empty(),
+        "an outage sends nothing to the DLQ"
+    );
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    for s in &sessions {
+        let seqs: Vec<i64> = env
+            .window_on(&mut con, s)
+            .await
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, (1..=per_session).collect::<Vec<_>>(), "window of {s}");
+    }
+}

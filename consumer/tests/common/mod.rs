@@ -353,7 +353,9 @@ impl Env {
         consumer.subscribe(&[&self.dlq]).unwrap();
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut quiet_until: Option<Instant> = None;
+        // Expecting none: read for a few seconds to catch any.
+        let mut quiet_until: Option<Instant> =
+            (expected == 0).then(|| Instant::now() + Duration::from_secs(3));
         while Instant::now() < deadline && quiet_until.is_none_or(|q| Instant::now() < q) {
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
                 let m = m.unwrap();
