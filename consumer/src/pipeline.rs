@@ -1406,6 +1406,52 @@ mod tests {
     }
 
     #[test]
+    fn rewinds_in_a_row_start_isolating_until_a_commit_passes_the_failed_batch() {
+        let tp = |p: i32| ("t".to_owned(), p);
+        let batch = BTreeMap::from([(tp(0), (10, 20)), (tp(1), (5, 9))]);
+        let mut progress = Progress::default();
+        // Fences are not the records' fault: no strike.
+        progress.rewound(&batch, false, 2);
+        assert_eq!(progress.strikes, 0);
+        progress.rewound(&batch, true, 2);
+        assert!(!progress.isolating());
+        progress.rewound(&batch, true, 2);
+        assert!(progress.isolating());
+        assert_eq!(progress.isolate_through[&tp(0)], 20);
+        assert_eq!(
+            progress.stuck[&tp(0)].1,
+            3,
+            "every rewind counts for the stall"
+        );
+        // A small batch of partition 0 commits, short of offset 20: still isolating there.
+        progress.committed(&BTreeMap::from([(tp(0), (10, 15))]));
+        assert_eq!(progress.strikes, 0);
+        assert!(progress.isolating());
+        assert!(!progress.stuck.contains_key(&tp(0)), "partition 0 moved");
+        assert!(progress.stuck.contains_key(&tp(1)));
+        progress.committed(&BTreeMap::from([(tp(0), (16, 20)), (tp(1), (5, 9))]));
+        assert!(!progress.isolating());
+        assert!(progress.stuck.is_empty());
+    }
+
+    #[test]
+    fn a_partition_rewound_for_stall_after_is_reported_until_it_moves_or_leaves() {
+        let tp = |p: i32| ("t".to_owned(), p);
+        let mut progress = Progress::default();
+        let batch = BTreeMap::from([(tp(3), (0, 1))]);
+        progress.rewound(&batch, true, 5);
+        let now = Instant::now();
+        let after = Duration::from_secs(60);
+        assert_eq!(progress.stalled(after, now).0, 0, "not yet");
+        let (n, why) = progress.stalled(after, now + after);
+        assert_eq!(n, 1);
+        let why = why.unwrap();
+        assert!(why.contains("t [3]") && why.contains("not moving"), "{why}");
+        progress.keep_only(&BTreeSet::from([tp(4)]));
+        assert_eq!(progress.stalled(after, now + after).0, 0, "revoked");
+    }
+
+    #[test]
     fn offsets_to_commit_are_last_plus_one() {
         let batch = [rec(0, 5), rec(1, 9), rec(0, 7), rec(0, 6)];
         let tpl = next_offsets(&batch);
