@@ -83,6 +83,11 @@ pub struct ProducerConfig {
     /// above those a consumer of the topic published, so nothing is acknowledged that a
     /// consumer would send to the DLQ.
     pub limits: Limits,
+    /// How often the host clock is read against the reference clock (Redis `TIME`); in between,
+    /// each send checks the host clock against the last reading advanced by the monotonic clock
+    /// (no round trip). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub clock_check_interval: Duration,
     /// Seq allocation settings.
     pub seq: SeqConfig,
     /// Add a `chatlog-schema` header (the writer schema fingerprint, 16 hex digits) to each
@@ -108,6 +113,7 @@ impl Default for ProducerConfig {
             message_timeout: Duration::from_secs(30),
             settle_horizon: Duration::from_secs(60),
             limits: Limits::default(),
+            clock_check_interval: Duration::from_secs(30),
             seq: SeqConfig::default(),
             schema_header: false,
             security: KafkaSecurity::default(),
@@ -141,6 +147,15 @@ impl ProducerConfig {
                  land message_timeout after its send, and must still land inside the horizon",
                 self.settle_horizon, self.message_timeout
             ));
+        }
+        if self.limits.max_skew < Duration::from_secs(1) {
+            return bad(format!(
+                "limits.max_skew ({:?}) must be at least 1s",
+                self.limits.max_skew
+            ));
+        }
+        if self.clock_check_interval < Duration::from_millis(100) {
+            return bad("clock_check_interval must be at least 100ms".into());
         }
         self.security
             .properties()
@@ -213,8 +228,10 @@ mod tests {
             max_in_flight = 50
             message_timeout = "10s"
             schema_header = true
+            clock_check_interval = "5s"
             [limits]
             max_content_bytes = 4096
+            max_skew = "4s"
             [seq]
             min_segment = 10
             max_segment = 100
@@ -232,6 +249,8 @@ mod tests {
         assert_eq!(c.linger, Duration::from_millis(2));
         assert_eq!(c.limits.max_content_bytes, 4096);
         assert_eq!(c.limits.max_id_bytes, Limits::default().max_id_bytes);
+        assert_eq!(c.limits.max_skew, Duration::from_secs(4));
+        assert_eq!(c.clock_check_interval, Duration::from_secs(5));
         assert_eq!(c.seq.dedup_ttl, Duration::from_secs(3600));
         assert_eq!(c.seq.idle_ttl, Duration::ZERO);
         let kc = c.client_config().unwrap();
@@ -283,6 +302,10 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("settle_horizon"), "{err}");
+        let mut c = ProducerConfig::default();
+        c.limits.max_skew = Duration::from_millis(10);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_skew"), "{err}");
     }
 }
 

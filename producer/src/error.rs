@@ -59,6 +59,40 @@ pub enum Error {
         /// Its msg_id.
         msg_id: String,
     },
+    /// This host's clock is further from the reference clock (Redis `TIME`) than half of
+    /// `limits.max_skew` (the other half is the consumer's). Nothing was allocated or sent: a
+    /// message stamped with this clock would be refused by consumers (ahead) or make history
+    /// age gaps wrongly (behind). Fix the host's clock (NTP); sends succeed again once the
+    /// clock is back within bounds.
+    #[error(
+        "this host's clock is {offset:?} {} the reference clock (Redis TIME), more than half of          limits.max_skew ({max_skew:?}): not sent; fix the host's clock (NTP)",
+        if *ahead { "ahead of" } else { "behind" }
+    )]
+    ClockSkew {
+        /// How far the host clock is from the reference.
+        offset: std::time::Duration,
+        /// Whether it is ahead (else behind).
+        ahead: bool,
+        /// The configured `limits.max_skew`.
+        max_skew: std::time::Duration,
+    },
+    /// The producer's limits are above those a consumer of its topic published (table
+    /// `consumer_limits`): a message within them could be acknowledged and then sent to the DLQ
+    /// by that consumer. The producer does not start.
+    #[error(
+        "producer limits above those of consumer {instance:?} of topic {topic:?} (published at          {published_at_ms} ms since the epoch): {}; lower the producer's [limits] or raise the          consumer's, else messages would be acknowledged that the consumer sends to the DLQ",
+        above.join(", ")
+    )]
+    LimitsAboveConsumer {
+        /// The topic.
+        topic: String,
+        /// The consumer instance (its `kafka.transactional_id`).
+        instance: String,
+        /// When it published its limits, ms since the Unix epoch.
+        published_at_ms: i64,
+        /// Each limit above the consumer's, `name = producer's > consumer's`.
+        above: Vec<String>,
+    },
     /// The producer was closed.
     #[error("producer is closed")]
     Closed,
@@ -72,12 +106,18 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Kafka { retriable, .. } => *retriable,
-            // Redis or CQL may be back; the idempotency record makes the retry safe.
-            Error::Allocation(e) => !matches!(e, chatlog_store::Error::Config(_)),
+            // Redis or CQL may be back; the idempotency record makes the retry safe. A session
+            // out of seqs (Request) stays so.
+            Error::Allocation(e) => !matches!(
+                e,
+                chatlog_store::Error::Config(_) | chatlog_store::Error::Request(_)
+            ),
             Error::Invalid(_)
             | Error::Encode(_)
             | Error::Settled { .. }
             | Error::Conflict { .. }
+            | Error::ClockSkew { .. }
+            | Error::LimitsAboveConsumer { .. }
             | Error::Closed
             | Error::Config(_) => false,
         }
@@ -92,6 +132,8 @@ impl Error {
             Error::Kafka { .. } => "kafka",
             Error::Settled { .. } => "settled",
             Error::Conflict { .. } => "conflict",
+            Error::ClockSkew { .. } => "skew",
+            Error::LimitsAboveConsumer { .. } => "limits",
             Error::Closed => "closed",
             Error::Config(_) => "config",
         }

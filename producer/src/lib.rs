@@ -3,7 +3,9 @@
 //!
 //! For each [`NewMessage`], [`Producer::send`]:
 //! 1. validates it against the configured [`Limits`] — an invalid
-//!    message is an [`Error::Invalid`] and nothing is allocated or sent;
+//!    message is an [`Error::Invalid`] and nothing is allocated or sent; so is a send while the
+//!    host clock is off the reference (Redis `TIME`) by more than half of `limits.max_skew`
+//!    ([`Error::ClockSkew`], see [`Clock`]);
 //! 2. allocates its per-session `seq` with [`chatlog_store::seq::SeqAllocator`] (Redis fast
 //!    path, CQL LWT segments; a `client_msg_id` seen before gets its first seq, msg_id and
 //!    server time back);
@@ -18,7 +20,8 @@
 //! ([`ProducerConfig::max_in_flight`]): beyond it, `send` waits (backpressure).
 //!
 //! Metrics (through the `metrics` facade): `chatlog_producer_records_total{result=ok|invalid|error}`,
-//! `chatlog_producer_send_duration_seconds`, and the allocator's
+//! `chatlog_producer_send_duration_seconds`, `chatlog_producer_clock_offset_seconds` (host clock
+//! minus Redis `TIME` at the last reading), and the allocator's
 //! `chatlog_seq_allocations_total{path=fast|segment|recover}`.
 //!
 //! # Example: Logic's send handler
@@ -52,6 +55,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 mod error;
 pub mod metrics;
@@ -59,6 +63,7 @@ mod producer;
 
 pub use chatlog_schemas::{ContentType, Limits, SessionType, ValidationError};
 pub use chatlog_store::seq::{AllocPath, Allocation, SeqAllocator, SeqConfig};
+pub use clock::{CLOCK_OFFSET, Clock};
 pub use config::{Compression, FORCED_KAFKA_SETTINGS, ProducerConfig};
 pub use error::{Error, Result, code_retriable, kafka_retriable};
 pub use producer::{NewMessage, Producer, SCHEMA_HEADER, Sent, max_encoded_len};

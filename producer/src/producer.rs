@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::clock::{Clock, ClockCheck};
 use crate::{Error, ProducerConfig, Result};
 
 /// The record header that names the writer schema (when [`ProducerConfig::schema_header`] is on).
@@ -87,6 +88,8 @@ struct Inner {
     /// A duplicate allocation older than this is not produced again (`settle_horizon -
     /// message_timeout`, see [`ProducerConfig::settle_horizon`]).
     reproduce_within: Duration,
+    /// The clock messages are stamped with, checked against Redis `TIME`.
+    clock: Arc<ClockCheck>,
 }
 
 /// A validated send with its in-flight permit, waiting for its session's next turn.
@@ -132,16 +135,34 @@ impl Drop for Pending {
 }
 
 impl Producer {
-    /// Validates `config`, creates the Kafka client and the seq allocator (which prepares its
-    /// statements in `keyspace`, the keyspace holding `session_seq`).
+    /// Validates `config`, checks its limits against those the topic's consumers published
+    /// ([`Error::LimitsAboveConsumer`]) and the host clock against Redis `TIME`
+    /// ([`Error::ClockSkew`]), creates the Kafka client and the seq allocator (which prepares
+    /// its statements in `keyspace`, the keyspace holding `session_seq` and
+    /// `consumer_limits`).
     pub async fn new(
         config: ProducerConfig,
         session: Arc<Session>,
         keyspace: &str,
         redis: ConnectionManager,
     ) -> Result<Producer> {
+        Producer::with_clock(config, session, keyspace, redis, Clock::system()).await
+    }
+
+    /// [`new`](Producer::new) with `clock` instead of the host clock (a [`Clock::skewed`]
+    /// clock rehearses a host whose clock is wrong).
+    pub async fn with_clock(
+        config: ProducerConfig,
+        session: Arc<Session>,
+        keyspace: &str,
+        mut redis: ConnectionManager,
+        clock: Clock,
+    ) -> Result<Producer> {
         config.validate()?;
         crate::metrics::describe();
+        check_consumer_limits(&config, &session, keyspace).await?;
+        let clock = Arc::new(ClockCheck::start(clock, &mut redis, config.limits.max_skew).await?);
+        ClockCheck::spawn_refresh(&clock, redis.clone(), config.clock_check_interval);
         let kafka: FutureProducer = config.client_config()?.create().map_err(Error::kafka)?;
         let seq = SeqAllocator::new(session, keyspace, redis, config.seq.clone())
             .await
@@ -168,6 +189,7 @@ impl Producer {
                 turns: Arc::new(SessionQueues::new(ORDER_SHARDS)),
                 schema_header,
                 reproduce_within: config.settle_horizon.saturating_sub(config.message_timeout),
+                clock,
             }),
         })
     }
@@ -306,10 +328,11 @@ impl Producer {
             content_type: m.content_type,
             content: m.content,
             send_time_ms: m.send_time_ms,
-            server_time_us: now_us(),
+            server_time_us: inner.clock.clock().now_us(),
             ext: m.ext,
         };
         message.validate(&inner.limits)?;
+        inner.clock.check()?;
         let permit = inner
             .permits
             .clone()
@@ -370,7 +393,7 @@ impl Producer {
             .iter_mut()
             .map(|(message, _)| {
                 // Stamped in turn order, so server times increase with seqs.
-                message.server_time_us = now_us();
+                message.server_time_us = inner.clock.clock().now_us();
                 AllocRequest {
                     client_msg_id: message.client_msg_id.clone(),
                     sender_id: message.sender_id.clone(),
@@ -399,8 +422,8 @@ impl Producer {
     ) -> Result<Pending> {
         let inner = &*self.inner;
         if alloc.duplicate {
-            let age =
-                Duration::from_micros(now_us().saturating_sub(alloc.server_time_us).max(0) as u64);
+            let now = inner.clock.clock().now_us();
+            let age = Duration::from_micros(now.saturating_sub(alloc.server_time_us).max(0) as u64);
             if age > inner.reproduce_within {
                 return Err(Error::Settled {
                     seq: alloc.seq,
@@ -496,11 +519,59 @@ fn fingerprint(m: &ChatMessage) -> String {
         .collect()
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
+/// Refuses `config.limits` (and the largest record they allow) above those any consumer of the
+/// topic published; with none published (or the table unreadable), compares with the consumer
+/// defaults and only warns.
+async fn check_consumer_limits(
+    config: &ProducerConfig,
+    session: &Session,
+    keyspace: &str,
+) -> Result<()> {
+    let largest = max_encoded_len(&config.limits);
+    let above = |limits: &Limits, max_record_bytes: usize| {
+        let mut above = config.limits.exceeding(limits);
+        if largest > max_record_bytes {
+            above.push(format!(
+                "largest encoded message = {largest} bytes > batch.max_record_bytes = \
+                 {max_record_bytes}"
+            ));
+        }
+        above
+    };
+    let published = match chatlog_store::limits::read(session, keyspace, &config.topic).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the consumers' limits (consumer_limits)");
+            Vec::new()
+        }
+    };
+    if published.is_empty() {
+        let above = above(
+            &Limits::default(),
+            chatlog_schemas::DEFAULT_MAX_ENCODED_BYTES,
+        );
+        if !above.is_empty() {
+            tracing::warn!(
+                topic = %config.topic,
+                above = ?above,
+                "no consumer has published its limits for this topic; the producer's limits are \
+                 above the consumer defaults: make sure the consumers are configured for them"
+            );
+        }
+        return Ok(());
+    }
+    for p in published {
+        let above = above(&p.limits, p.max_record_bytes);
+        if !above.is_empty() {
+            return Err(Error::LimitsAboveConsumer {
+                topic: config.topic.clone(),
+                instance: p.instance,
+                published_at_ms: p.published_at_ms,
+                above,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An upper bound of the encoded size of any message within `limits` (header, every field at its
