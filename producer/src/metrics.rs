@@ -11,11 +11,14 @@ pub const SEND_DURATION: &str = "chatlog_producer_send_duration_seconds";
 /// Seq allocations by path: `fast` (Redis), `segment` (a new CQL segment), `recover` (after Redis
 /// lost the session).
 pub const SEQ_ALLOCATIONS: &str = chatlog_store::seq::ALLOCATIONS_METRIC;
+/// The host clock minus the reference clock (Redis `TIME`) at the last reading, in seconds: sends
+/// are refused beyond half of `limits.max_skew` either way.
+pub const CLOCK_OFFSET: &str = crate::clock::CLOCK_OFFSET;
 
 /// Registers the help text and units of every metric with the installed recorder. Called by
 /// [`Producer::new`](crate::Producer::new); harmless to call again.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         RECORDS,
         "Messages sent through the chatlog producer, by result."
@@ -26,4 +29,9 @@ pub fn describe() {
         "Time of one send, from validation to Kafka's acknowledgement."
     );
     describe_counter!(SEQ_ALLOCATIONS, "Per-session seq allocations, by path.");
+    describe_gauge!(
+        CLOCK_OFFSET,
+        Unit::Seconds,
+        "Host clock minus Redis TIME at the last reading; sends stop beyond half of max_skew."
+    );
 }
