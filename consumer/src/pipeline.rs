@@ -67,8 +67,8 @@ pub struct IsolationConfig {
     /// Rewinds in a row (no commit in between) after which the failing batch is redone in small
     /// pieces (`batch_records`), record by record: a record whose write then fails while other
     /// records' writes succeed goes to the DLQ as `write_failed`, so its partition moves on.
-    /// Errors that can never succeed (Redis WRONGTYPE or OOM, CQL invalid request) do not wait
-    /// for this: their records go to the DLQ at once.
+    /// Errors that can never succeed (Redis WRONGTYPE, CQL invalid request) do not wait for
+    /// this: their records go to the DLQ at once.
     pub rewinds: u32,
     /// Most records in one batch while isolating.
     pub batch_records: usize,
@@ -464,7 +464,7 @@ impl Pipeline {
                     let was_isolating = progress.isolating();
                     progress.rewound(&range, blame, self.isolation.rewinds);
                     tracing::warn!(
-                        reason = %why,
+                        reason = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
                         ?backoff,
                         rewinds_in_a_row = progress.strikes,
                         isolating = progress.isolating(),
@@ -940,8 +940,15 @@ impl Pipeline {
                         return Err(Failed::Rewind(format!("{stage} write failed: {e}")));
                     }
                     metrics::counter!(telemetry::RETRIES, "stage" => stage).increment(1);
-                    tracing::warn!(stage, error = %e, ?backoff, "write failed; retrying");
-                    last_error = Some(e.to_string());
+                    let error = e.to_string();
+                    // Cut: a pipeline error lists every failed session.
+                    tracing::warn!(
+                        stage,
+                        error = %kafka::truncate_detail(&error, kafka::DLQ_DETAIL_MAX_BYTES),
+                        ?backoff,
+                        "write failed; retrying"
+                    );
+                    last_error = Some(error);
                     self.sleep(backoff).await;
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }

@@ -114,21 +114,19 @@ pub enum Error {
 
 impl Error {
     /// Whether repeating the same write can never succeed, because the data or the state it meets
-    /// is at fault rather than the connection: Redis `WRONGTYPE` (a key of another type) or `OOM`
-    /// (Redis full, `maxmemory` reached with `noeviction`), a CQL invalid request (e.g. a mutation
-    /// or batch too large). Everything else (timeouts, unavailable, overloaded, broken
-    /// connections, unknown errors) counts as transient.
+    /// is at fault rather than the connection: Redis `WRONGTYPE` (a key of another type), a CQL
+    /// invalid request (e.g. a mutation or batch too large). Everything else (timeouts,
+    /// unavailable, overloaded, broken connections, unknown errors) counts as transient — Redis
+    /// `OOM` too: it refuses every write while Redis is full, whatever the record, and passes
+    /// once memory is freed, so it is an outage to wait out, not a reason to give records up.
     pub fn is_permanent(&self) -> bool {
         match self {
             // A pipeline fails with each failed command's error: any one permanent is enough
             // (the caller then writes session by session and finds which).
-            Error::Redis { source, .. } => {
-                source.clone().into_server_errors().is_some_and(|errors| {
-                    errors
-                        .iter()
-                        .any(|(_, e)| matches!(e.code(), "WRONGTYPE" | "OOM"))
-                })
-            }
+            Error::Redis { source, .. } => source
+                .clone()
+                .into_server_errors()
+                .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "WRONGTYPE")),
             Error::Cql { source, .. } => cql_permanent(source.as_ref()),
             _ => false,
         }
