@@ -346,6 +346,11 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// Most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Longest time a connection stays open, keep-alive included: then it is closed after its
+    /// current request (at once if that takes another `request_timeout`). Frees the slots of
+    /// clients that hold connections without reading; scrapers simply reconnect.
+    #[serde(with = "humantime_serde")]
+    pub connection_lifetime: Duration,
 }
 
 impl Default for HttpLimits {
@@ -354,6 +359,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_connections: 64,
+            connection_lifetime: Duration::from_secs(60),
         }
     }
 }
@@ -441,21 +447,22 @@ async fn accept_loop(
         };
         let service = service.clone();
         let shutdown = shutdown.clone();
-        let header_read_timeout = limits.header_read_timeout;
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout);
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                _ = conn.as_mut() => return,
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(limits.connection_lifetime) => {}
             }
+            // Finish the current request, if any, but not for longer than a request may take.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.request_timeout, conn).await;
         });
     }
 }

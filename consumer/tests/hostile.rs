@@ -205,6 +205,7 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
         header_read_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_secs(2),
         max_connections: 3,
+        connection_lifetime: Duration::from_secs(60),
     };
     let addr = telemetry::serve_with_limits(
         "127.0.0.1:0".parse().unwrap(),
@@ -265,6 +266,38 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
         Some("HTTP/1.1 200 OK"),
         "served again below the limit"
     );
+    shutdown.cancel();
+
+    // A keep-alive connection that idles after a request is closed at its lifetime, well before
+    // its header-read timeout would close it.
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(2),
+        max_connections: 3,
+        connection_lifetime: Duration::from_secs(1),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = telemetry::serve_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        limits,
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        std::sync::Arc::new(Health::default()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "an idle keep-alive connection must be closed at its lifetime"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     shutdown.cancel();
 }
 
@@ -383,7 +416,10 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
         !env.committed_to_end().await,
         "nothing committed during the outage"
     );
-    consumer.wait_log("isolating: writing the batch record by record", Duration::from_secs(30));
+    consumer.wait_log(
+        "isolating: writing the batch record by record",
+        Duration::from_secs(30),
+    );
 
     redis.thaw();
     env.wait_for_rows(
