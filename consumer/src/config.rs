@@ -224,7 +224,15 @@ impl Config {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+        toml::from_str(text).map_err(|e| {
+            // The message and the line number, never toml's quoted source line: inside an inline
+            // table (`cql = { password = "…", typo = 1 }`) that line holds the password.
+            let at = e
+                .span()
+                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+                .unwrap_or_default();
+            Error::Config(format!("{}{at}", e.message()))
+        })
     }
 
     /// Checks values that parse but cannot work together.
@@ -365,6 +373,14 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("[kafka]\ntopicc = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("topicc"), "{err}");
+    }
+
+    #[test]
+    fn a_parse_error_names_the_line_but_never_quotes_it() {
+        let text = "[batch]\nlinger = \"1s\"\n[cql]\nkeyspace = \"k\"\ntls = { ca_file = \"/ca.pem\", secret = \"hunter2-secret\" }\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("line 5"), "{err}");
+        assert!(!err.contains("hunter2-secret"), "{err}");
     }
 
     #[test]
