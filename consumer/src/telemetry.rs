@@ -364,6 +364,27 @@ impl Default for HttpLimits {
     }
 }
 
+impl HttpLimits {
+    /// Checks values that cannot work (a zero limit would refuse every request).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 {
+            return Err(Error::Config(
+                "http max_connections must be at least 1".into(),
+            ));
+        }
+        for (name, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("request_timeout", self.request_timeout),
+            ("connection_lifetime", self.connection_lifetime),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("http {name} must be above 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Binds the HTTP endpoint with the default [`HttpLimits`] and serves it until `shutdown`;
 /// returns the bound address.
 pub async fn serve(
@@ -384,11 +405,7 @@ pub async fn serve_with_limits(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
-    if limits.max_connections == 0 {
-        return Err(Error::Config(
-            "http max_connections must be at least 1".into(),
-        ));
-    }
+    limits.validate()?;
     let request_timeout = limits.request_timeout;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
@@ -566,6 +583,27 @@ mod tests {
         assert!(h.is_ready());
         h.set_ready(false);
         assert!(!h.is_ready());
+    }
+
+    #[test]
+    fn http_limits_refuse_zeros() {
+        HttpLimits::default().validate().unwrap();
+        for broken in [
+            HttpLimits {
+                max_connections: 0,
+                ..HttpLimits::default()
+            },
+            HttpLimits {
+                request_timeout: Duration::ZERO,
+                ..HttpLimits::default()
+            },
+            HttpLimits {
+                header_read_timeout: Duration::ZERO,
+                ..HttpLimits::default()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
     }
 
     #[test]
