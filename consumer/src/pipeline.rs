@@ -340,6 +340,8 @@ impl Pipeline {
         if config.migrate_on_start {
             chatlog_store::migrate::apply(&session, &config.cql).await?;
         }
+        // Producers of the topic refuse limits above the ones published here (issue 14, item 5).
+        config.publish_limits(&session).await?;
         let writer = MessageWriter::new(
             Arc::new(session),
             &config.cql.keyspace,
@@ -368,7 +370,7 @@ impl Pipeline {
         }
         let isolation = config.isolation.clone();
         isolation.validate()?;
-        let codec = Codec::new(config.batch.max_record_bytes);
+        let codec = config.codec()?;
         Ok(Pipeline {
             dlq_warnings: LogLimiter::new(isolation.dlq_warnings_per_second),
             isolation,
