@@ -783,7 +783,7 @@ struct DlqRecord {
 /// Header of a DLQ copy that holds only the start of the record's value.
 const DLQ_TRUNCATED: &str = "chatlog-dlq-truncated";
 /// Header with the SHA-256 (hex) of the original value of a truncated DLQ copy.
-const DLQ_SHA256: &str = "chatlog-dlq-payload-sha256";
+const DLQ_SHA256: &str = "chatlog-dlq-sha256";
 
 impl DlqRecord {
     /// Whether this DLQ record carries `p`'s value: byte for byte, or — a truncated copy — a

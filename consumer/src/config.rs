@@ -187,12 +187,16 @@ impl Default for RetryConfig {
 pub struct HttpConfig {
     /// Listen address of `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Limits against slow or numerous clients: header-read and request timeouts, a connection
+    /// limit and lifetime.
+    pub limits: crate::telemetry::HttpLimits,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            limits: crate::telemetry::HttpLimits::default(),
         }
     }
 }

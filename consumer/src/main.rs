@@ -248,8 +248,9 @@ async fn run(config: Config, faults: Faults) -> Result<(), Error> {
     let health = Arc::new(Health::default());
     let metrics = telemetry::install_recorder()?;
     let http_shutdown = CancellationToken::new();
-    let addr = telemetry::serve(
+    let addr = telemetry::serve_with_limits(
         config.http.listen,
+        config.http.limits.clone(),
         metrics,
         health.clone(),
         http_shutdown.clone(),

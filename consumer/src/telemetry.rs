@@ -108,6 +108,7 @@ pub const DLQ_REASONS: &[&str] = &[
     "malformed",
     "trailing_bytes",
     "invalid",
+    "skew",
 ];
 
 /// Buckets of the stage durations: sub-millisecond decode up to a stage retried for its budget.
