@@ -19,7 +19,7 @@
 # starts on CHATLOG_REDIS_REPLICA_PORT (default: the Redis port + 1) and pauses Cassandra of the stack
 # that CHATLOG_STACK_DIR and the CHATLOG_*_PORT variables select (dev/stack.sh's defaults otherwise).
 # Do not run it against a stack other people are testing against; give it its own, e.g.
-#   CHATLOG_STACK_DIR=/tmp/chaos-stack CHATLOG_KAFKA_PORT=19092 CHATLOG_KAFKA_CONTROLLER_PORT=19093 CHATLOG_KAFKA_SASL_PORT=19094 \
+#   CHATLOG_STACK_DIR=/tmp/chaos-stack CHATLOG_KAFKA_PORT=19092 CHATLOG_KAFKA_CONTROLLER_PORT=19093 CHATLOG_KAFKA_SASL_PORT=19094 CHATLOG_KAFKA_TLS_PORT=19095 \
 #   CHATLOG_CQL_PORT=19042 CHATLOG_CASSANDRA_STORAGE_PORT=17000 CHATLOG_REDIS_PORT=16390 dev/chaos.sh ci
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
