@@ -262,9 +262,17 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     let _guard = fleet::FleetGuard(fleet.clone());
     wait_consuming(&fleet, opts.consumers, Duration::from_secs(90)).await?;
     let redis = stack.redis().await?;
+    // The consumers take records up to 8 KiB (so the 16 KiB poison is `oversize`): producers
+    // whose largest message could be larger refuse to start (the consumer_limits check).
     let producer_config = chatlog_producer::ProducerConfig {
         bootstrap_servers: stack.kafka.clone(),
         topic: run_info.topic.clone(),
+        limits: chatlog_schemas::Limits {
+            max_content_bytes: 4096,
+            max_ext_entries: 8,
+            max_ext_bytes: 1024,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let producers = load::Producers {
