@@ -857,15 +857,53 @@ impl Pipeline {
             match failed {
                 None => any_written.store(true, Ordering::Release),
                 Some((stage, Failed::Permanent(why))) => {
+                    if stage == "cql" {
+                        // The first, concurrent attempt may have put it in the window: the
+                        // window must not show a message whose row will never exist.
+                        self.remove_from_window(session, g, fence, budget).await?;
+                    }
                     outcome.dead.push(Dead::write_failed(g, stage, why));
                 }
                 Some((stage, Failed::Rewind(why))) if isolate => {
+                    if stage == "cql" {
+                        // As above; should the batch rewind instead, the replay appends again.
+                        self.remove_from_window(session, g, fence, budget).await?;
+                    }
                     outcome.suspects.push(Dead::write_failed(g, stage, why));
                 }
                 Some((_, other)) => return Err(other),
             }
         }
         Ok(outcome)
+    }
+
+    /// Takes a message whose row can never be written out of its session's window, retried like
+    /// a window write (a failure rewinds the batch: the next attempt takes the same path).
+    async fn remove_from_window(
+        &self,
+        session: &str,
+        g: &Good,
+        fence: BootInstant,
+        budget: Duration,
+    ) -> Result<(), Failed> {
+        let member = window::member(g.message.server_time_us, &g.avro);
+        tracing::debug!(
+            seq = g.message.seq,
+            partition = g.origin.partition,
+            offset = g.origin.offset,
+            "taking a message whose row can never be written out of its window"
+        );
+        self.retry("redis", Some(fence), budget, || {
+            let mut con = self.redis.clone();
+            let member = member.as_slice();
+            async move { self.windows.remove(&mut con, session, &[member]).await }
+        })
+        .await
+        .or_else(|failed| match failed {
+            // The key is not a window (WRONGTYPE): there is no entry to take out.
+            Failed::Permanent(_) => Ok(()),
+            other => Err(other),
+        })
     }
 
     /// Appends to windows, retried like any write for up to `budget`, never after `fence`.

@@ -11,11 +11,7 @@ use common::{ConsumerProc, Env, base_time_us, message};
 
 /// A consumer config file with `text`, removed with the returned guard.
 fn config_file(text: &str) -> (chatlog::TempDir, String) {
-    let dir = chatlog::TempDir::new("fencing_config");
-    let path = dir.0.join("consumer.toml");
-    std::fs::write(&path, text).expect("write the config file");
-    let path = path.to_str().expect("utf-8 temp path").to_owned();
-    (dir, path)
+    common::config_file("fencing_config", text)
 }
 
 /// Window seqs of `session`, ascending, read from the Redis at `url`.

@@ -162,6 +162,91 @@ async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persis
     drop(consumer);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
+    let env = Env::new("cqlrefuse", 1, 10).await;
+    let sessions = sessions("cr", 2);
+    let base = base_time_us();
+    let per_session = 5;
+    // A session id the consumer's [limits] accept (max_id_bytes raised) but Cassandra refuses as
+    // a partition key (longer than 65,535 bytes): an `Invalid` request, the row can never be
+    // written, while Redis takes the window entry.
+    let huge_session = format!("{}-{}", chatlog::unique("cr_huge"), "k".repeat(70_000));
+    let (_dir, config) = common::config_file("cqlrefuse", "[limits]\nmax_id_bytes = 100000\n");
+    let mut bad = message(&huge_session, 1, base, 0);
+    bad.msg_id = "cr-huge-m1".into();
+    bad.client_msg_id = "cr-huge-c1".into();
+    let wide = chatlog_schemas::Codec::builder()
+        .limits(chatlog_schemas::Limits {
+            max_id_bytes: 100_000,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let good = all_messages(&sessions, per_session, base);
+    let record = wide.encode(&bad).unwrap();
+    // An earlier incarnation appended its window entry (windows and rows are written at the same
+    // time) and died before the row write failed: the replay must take the entry out again.
+    let mut redis = chatlog::redis_connection().await;
+    chatlog_store::window::WindowWriter::new(chatlog_store::window::WindowConfig {
+        size: 10,
+        ..Default::default()
+    })
+    .append(
+        &mut redis,
+        &std::collections::BTreeMap::from([(
+            huge_session.clone(),
+            vec![chatlog_store::window::WindowEntry {
+                seq: 1,
+                member: chatlog_store::window::member(bad.server_time_us, &record),
+            }],
+        )]),
+    )
+    .await
+    .unwrap();
+    // The bad record amid the good ones: one batch holds both.
+    env.produce(&good[..good.len() / 2]).await;
+    env.produce_raw(&[(Some(huge_session.clone()), Some(record))])
+        .await;
+    env.produce(&good[good.len() / 2..]).await;
+
+    let consumer = env.spawn_consumer(&chatlog::unique("cqlrefuse_txn"), &["--config", &config]);
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
+    env.assert_exact(&sessions, per_session, base).await;
+    let dlq = env.read_dlq_records(1);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].header("chatlog-dlq-reason"), "write_failed");
+    assert_eq!(dlq[0].header("chatlog-dlq-stage"), "cql");
+    // No window shows the message whose row will never exist.
+    let members: i64 = redis::cmd("ZCARD")
+        .arg(chatlog_store::keys::window(&huge_session))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+        .arg(chatlog_store::keys::window(&huge_session))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let seen: Vec<(usize, f64)> = entries.iter().map(|(m, s)| (m.len(), *s)).collect();
+
+    assert_eq!(
+        members, 0,
+        "the refused message stays out of its window: {seen:?}"
+    );
+    drop(consumer);
+}
+
 /// Reads from `stream` until EOF or an error; `true` if that happened within `limit`.
 async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;

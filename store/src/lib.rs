@@ -143,14 +143,19 @@ impl Error {
     }
 }
 
-/// Whether a CQL error is the request's own fault: `Invalid` (which covers a batch or mutation
-/// too large) or a server error saying the mutation is too large.
+/// Whether a CQL error is the request's own fault: the driver's `BadQuery`, the server's
+/// `Invalid` (which covers a batch or mutation too large) or a server error saying the mutation
+/// is too large.
 fn cql_permanent(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
-    let Some(ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, message))) =
-        e.downcast_ref::<ExecutionError>()
-    else {
-        return false;
+    let (db, message) = match e.downcast_ref::<ExecutionError>() {
+        // Refused by the driver before sending: values that cannot be serialized, or a
+        // partition key longer than 65,535 bytes (which the server would refuse as Invalid).
+        Some(ExecutionError::BadQuery(_)) => return true,
+        Some(ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, message))) => {
+            (db, message)
+        }
+        _ => return false,
     };
     match db {
         DbError::Invalid => true,
@@ -164,3 +169,23 @@ fn cql_permanent(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::errors::{BadQuery, ExecutionError};
+
+    #[test]
+    fn a_statement_the_driver_refuses_is_permanent_and_a_timeout_is_not() {
+        let too_long = Error::cql(
+            "insert message",
+            ExecutionError::BadQuery(BadQuery::ValuesTooLongForKey(70_008, 65_535)),
+        );
+        assert!(too_long.is_permanent(), "{too_long}");
+        let timeout = Error::cql(
+            "insert message",
+            ExecutionError::RequestTimeout(std::time::Duration::from_secs(1)),
+        );
+        assert!(!timeout.is_permanent(), "{timeout}");
+    }
+}

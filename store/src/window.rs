@@ -215,6 +215,30 @@ impl WindowWriter {
         })
     }
 
+    /// Removes exact `members` from a session's window. For messages whose rows can never be
+    /// written: their entries may have been appended beside the failed row write, and no window
+    /// may show a message the table will never hold (history trusts a window between its lowest
+    /// and highest seq, and the message would vanish once trimmed). Idempotent.
+    pub async fn remove<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        session_id: &str,
+        members: &[&[u8]],
+    ) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("ZREM")
+            .arg(keys::window(session_id))
+            .arg(members)
+            .query_async::<()>(con)
+            .await
+            .map_err(|e| Error::Redis {
+                what: "remove from a window",
+                source: e,
+            })
+    }
+
     async fn append_once<C: ConnectionLike + Send>(
         &self,
         con: &mut C,

@@ -30,6 +30,16 @@ pub struct Env {
     producer: FutureProducer,
 }
 
+/// A consumer config file holding `text`, in a temporary folder (removed when the first value
+/// drops); returns it and the file's path.
+pub fn config_file(prefix: &str, text: &str) -> (chatlog::TempDir, String) {
+    let dir = chatlog::TempDir::new(prefix);
+    let path = dir.0.join("consumer.toml");
+    std::fs::write(&path, text).expect("write the config file");
+    let path = path.to_str().expect("utf-8 temp path").to_owned();
+    (dir, path)
+}
+
 /// A base for server times, so every test run writes distinct, realistic timestamps.
 pub fn base_time_us() -> i64 {
     std::time::SystemTime::now()
