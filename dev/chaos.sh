@@ -5,7 +5,7 @@
 #                                               (5 kill -9, 10 late sends, one of each other kind; debug
 #                                               build, ~3.3 minutes); CI runs it as a step of dev/test.sh
 #   dev/chaos.sh full [chatlog-chaos flags…]   1,000,000 messages, 20 kill -9, 3 rebalances, 2 rollbacks,
-#                                               2 failovers, 2 poll zombies, 2 two-producer periods, 50 late
+#                                               2 failovers, 2 poll zombies, 2 two-producer periods, 2 wrongtype, 50 late
 #                                               sends, one of each other kind, 1 % poison (release build)
 #
 # It prints one summary line:

@@ -13,8 +13,8 @@ pub enum Size {
     /// about 3.3 minutes, run by CI (`dev/test.sh` runs `dev/chaos.sh ci`).
     Ci,
     /// 1,000,000 messages, 20 kills, 3 rebalances, 2 rollbacks, 2 failovers, 2 poll zombies,
-    /// 2 two-producer periods, 50 late sends and one of each other kind, 1 % poison: run on demand
-    /// (`dev/chaos.sh full`).
+    /// 2 two-producer periods, 50 late sends, 2 wrongtype sessions and one of each other kind, 1 %
+    /// poison: run on demand (`dev/chaos.sh full`).
     Full,
 }
 
