@@ -227,3 +227,33 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_a_key_goes_to_the_dlq_as_no_key_and_its_partition_moves_on() {
+    let env = Env::new("nokey", 1, 10).await;
+    let sessions = sessions("nk", 2);
+    let base = base_time_us();
+    let per_session = 5;
+    let good = all_messages(&sessions, per_session, base);
+    // A valid message without a Kafka key: its partition was not chosen by its session, so the
+    // per-session order it was produced in means nothing; it must not be persisted.
+    let keyless = env.codec.encode(&good[0]).unwrap();
+    env.produce_raw(&[(None, Some(keyless.clone()))]).await;
+    env.produce(&good).await;
+    let consumer = env.spawn_consumer(&chatlog::unique("nokey_txn"), &[]);
+    env.wait_for_rows(
+        &sessions,
+        per_session,
+        good.len(),
+        Duration::from_secs(120),
+        &[&consumer],
+    )
+    .await;
+    env.assert_exact(&sessions, per_session, base).await;
+    let dlq = env.read_dlq_records(1);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].header("chatlog-dlq-reason"), "no_key");
+    assert_eq!(dlq[0].key, None);
+    assert_eq!(dlq[0].payload.as_deref(), Some(keyless.as_slice()));
+    drop(consumer);
+}
