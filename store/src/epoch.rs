@@ -41,25 +41,9 @@
 //! queued meanwhile across many sessions (see [`crate::seq`]). The segment installs and the window
 //! writer (once per session per batch) read both.
 
-/// Lua (a literal, for `concat!`) defining `server_epoch()`: this instance's epoch string.
-macro_rules! epoch_lua {
-    () => {
-        r#"
-local function server_epoch()
-  local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  if not run_id or not replid then
-    error('chatlog: INFO shows no run_id or master_replid; the Redis epoch cannot be checked')
-  end
-  return run_id .. ':' .. replid
-end
-"#
-    };
-}
-
 /// The Lua source of `server_epoch()`, as the scripts of [`crate::seq`] and [`crate::window`]
 /// include it.
-pub const EPOCH_LUA: &str = epoch_lua!();
+pub const EPOCH_LUA: &str = include_str!("../lua/epoch.lua");
 
 /// Field of a session's seq hash holding the epoch its `cur`/`max` were written in.
 pub const SEQ_FIELD: &str = "ep";
@@ -81,17 +65,12 @@ pub fn pinned_epoch_lua(run_id: &str, load: &str) -> Option<String> {
     if !hex(run_id) || !hex(load) {
         return None;
     }
-    Some(format!(
-        r#"-- chatlog seq fast path, run {run_id}, load {load}
-local function server_epoch()
-  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  if not replid then
-    error('chatlog: INFO shows no master_replid; the Redis epoch cannot be checked')
-  end
-  return '{run_id}:' .. replid
-end
-"#
-    ))
+    // Both are hex digits (checked above), so neither can end the Lua string they land in.
+    Some(
+        include_str!("../lua/epoch_pinned.lua")
+            .replace("{run_id}", run_id)
+            .replace("{load}", load),
+    )
 }
 
 /// A script whose body follows a `server_epoch()` pinned to one Redis lifetime
@@ -206,7 +185,10 @@ pub async fn server<C: redis::aio::ConnectionLike + Send>(
 /// The epoch of the server behind `con`, as the scripts compute it (for tests and operators; a
 /// script never trusts a value read outside it).
 pub async fn current<C: redis::aio::ConnectionLike + Send>(con: &mut C) -> crate::Result<String> {
-    let script = redis::Script::new(concat!(epoch_lua!(), "return server_epoch()"));
+    let script = redis::Script::new(concat!(
+        include_str!("../lua/epoch.lua"),
+        "return server_epoch()"
+    ));
     script
         .prepare_invoke()
         .invoke_async(con)

@@ -20,8 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-// First: its `epoch_lua!` is used by the script modules below.
-#[macro_use]
 pub mod epoch;
 pub mod history;
 pub mod keys;

@@ -97,78 +97,6 @@ use serde::Deserialize;
 use crate::queues::SessionQueues;
 use crate::{CqlConfig, Error, Result, epoch, keys};
 
-/// The text of [`FAST_BODY`] (a literal, for `concat!`).
-macro_rules! fast_body {
-    () => {
-        r#"
-local ep = server_epoch()
-local groups = tonumber(ARGV[3])
-local out = {}
-local writes = {}
-local k = 1
-local a = 4 + groups
--- Reads only: an error here (say WRONGTYPE) changes nothing.
-for g = 1, groups do
-  local n = tonumber(ARGV[3 + g])
-  local hash = KEYS[k]
-  k = k + 1
-  local h = redis.call('HMGET', hash, 'cur', 'max', 'step', 'at', 'ep')
-  local exists = h[1] and h[2] and h[5] == ep
-  local cur, max, first
-  if exists then
-    cur = tonumber(h[1])
-    max = tonumber(h[2])
-    first = cur
-  end
-  local records = {}
-  local new = {}
-  for _ = 1, n do
-    local key = KEYS[k]
-    local rec = records[key] or redis.call('GET', key)
-    if rec then
-      -- A record of another message (its fingerprint differs): refused, never acknowledged.
-      local held = string.match(rec, '^%-?%d+:%-?%d+:#(%x*):')
-      if held and held ~= '' and ARGV[a + 2] ~= '' and held ~= ARGV[a + 2] then
-        out[#out + 1] = {4, rec, 0, 0, 0}
-      else
-        out[#out + 1] = {1, rec, 0, 0, 0}
-      end
-    elseif not exists then
-      out[#out + 1] = {2, '', 0, 0, 0}
-    elseif cur >= max then
-      out[#out + 1] = {3, '', max, tonumber(h[3] or '0'), tonumber(h[4] or '0')}
-    else
-      cur = cur + 1
-      rec = string.format('%d', cur) .. ':' .. ARGV[a + 1] .. ':#' .. ARGV[a + 2] .. ':' .. ARGV[a]
-      records[key] = rec
-      new[#new + 1] = key
-      out[#out + 1] = {0, '', cur, 0, 0}
-    end
-    k = k + 1
-    a = a + 3
-  end
-  if exists and cur > first then
-    writes[#writes + 1] = {hash, cur - first, new, records}
-  end
-end
--- Move cur before writing any record: a failure after this point leaves a gap, never a record
--- naming a seq that cur could hand out again.
-for _, w in ipairs(writes) do
-  redis.call('HINCRBY', w[1], 'cur', w[2])
-  if ARGV[2] ~= '0' then
-    redis.call('PEXPIRE', w[1], ARGV[2])
-  end
-end
-for _, w in ipairs(writes) do
-  for _, key in ipairs(w[3]) do
-    redis.call('SET', key, w[4][key], 'PX', ARGV[1])
-  end
-end
-return out
-"#
-    };
-}
-
 /// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
 /// its seq hash followed by one idempotency record per request. ARGV: record TTL ms, hash idle TTL
 /// ms (0 = none), the number of sessions `G`, then `G` request counts, then per request (in KEYS
@@ -190,7 +118,7 @@ return out
 ///
 /// It runs after the `server_epoch()` of an [`epoch::PinnedScript`] (the serving Redis's `run_id`
 /// as a literal, `master_replid` read per call).
-pub const FAST_BODY: &str = fast_body!();
+pub const FAST_BODY: &str = include_str!("../lua/seq_fast.lua");
 
 /// Most requests served by one fast-path call.
 pub const FAST_BATCH: usize = 128;
@@ -210,31 +138,8 @@ pub const FAST_LANES: usize = 4;
 /// another epoch (see [`crate::epoch`]), is (re)created from the arguments only when `create` is
 /// `1`; otherwise the install is refused. Returns 1 if installed, 0 if refused.
 pub const INSTALL_LUA: &str = concat!(
-    epoch_lua!(),
-    r#"
-local ep = server_epoch()
-local h = redis.call('HMGET', KEYS[1], 'cur', 'max', 'ep')
-local exists = h[1] and h[2] and h[3] == ep
-if not exists then
-  if ARGV[6] ~= '1' then
-    return 0
-  end
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4],
-    'ep', ep)
-else
-  if tonumber(ARGV[1]) > tonumber(h[1]) then
-    redis.call('HSET', KEYS[1], 'cur', ARGV[1])
-  end
-  if tonumber(ARGV[2]) > tonumber(h[2]) then
-    redis.call('HSET', KEYS[1], 'max', ARGV[2], 'step', ARGV[3], 'at', ARGV[4])
-  end
-end
-if ARGV[5] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-return 1
-"#
+    include_str!("../lua/epoch.lua"),
+    include_str!("../lua/seq_install.lua")
 );
 
 /// `INSERT` of a new session's first ceiling (LWT).
