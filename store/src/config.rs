@@ -89,7 +89,7 @@ impl CqlConfig {
         builder = builder.default_execution_profile_handle(profile.into_handle());
         builder.build().await.map_err(|e| Error::CqlConnect {
             nodes: self.nodes.clone(),
-            source: Box::new(e),
+            source: Arc::new(e),
         })
     }
 }

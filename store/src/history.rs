@@ -457,12 +457,7 @@ impl Request {
 /// A request in flight. The page is behind an `Arc` so that waking a waiter clones a pointer, not
 /// the page: `Shared` clones its output for every waiter while another handle (the map's) exists,
 /// which for a 50-message page was ~10 % of a window read's CPU.
-type Flight = Shared<BoxFuture<'static, std::result::Result<Arc<Page>, Arc<Error>>>>;
-
-/// An error shared by every waiter of one coalesced request.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct SharedError(Arc<Error>);
+type Flight = Shared<BoxFuture<'static, Result<Arc<Page>>>>;
 
 /// A message decoded from a window member.
 #[derive(Debug, Clone)]
@@ -806,14 +801,10 @@ impl History {
                     let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
                     let this = self.clone();
                     let (sid, req) = key.clone();
-                    let flight: Flight = async move {
-                        this.execute(&sid, &req)
-                            .await
-                            .map(Arc::new)
-                            .map_err(Arc::new)
-                    }
-                    .boxed()
-                    .shared();
+                    let flight: Flight =
+                        async move { this.execute(&sid, &req).await.map(Arc::new) }
+                            .boxed()
+                            .shared();
                     map.insert(key.clone(), (id, flight.clone()));
                     (id, flight, false)
                 }
@@ -835,13 +826,8 @@ impl History {
         // Dropping the guard drops the map's handle and ours, and with them the flight's copy of
         // the page: a lone waiter then owns the page and takes it without a copy.
         drop(guard);
-        match out {
-            Ok(page) => Ok(Arc::try_unwrap(page).unwrap_or_else(|shared| (*shared).clone())),
-            Err(e) => Err(Error::Cql {
-                what: "history read".into(),
-                source: Box::new(SharedError(e)),
-            }),
-        }
+        // Every waiter gets the same error (`Error` is `Clone`).
+        out.map(|page| Arc::try_unwrap(page).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     async fn execute(&self, session_id: &str, request: &Request) -> Result<Page> {

@@ -36,8 +36,9 @@ pub mod window;
 pub use config::{CqlConfig, RedisConfig, RedisConnections};
 pub use secret::Secret;
 
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
+/// Errors of the storage layer. `Clone` (sources behind `Arc`): one failed call that served many
+/// waiters — a coalesced history read, a fast-path seq call — hands each waiter the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Could not connect to the CQL database.
     #[error("cannot connect to CQL nodes {nodes:?}: {source}")]
@@ -46,7 +47,7 @@ pub enum Error {
         nodes: Vec<String>,
         /// The driver's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A CQL statement failed.
     #[error("CQL {what}: {source}")]
@@ -55,7 +56,7 @@ pub enum Error {
         what: String,
         /// The driver's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A Redis command failed.
     #[error("redis {what}: {source}")]
@@ -136,7 +137,7 @@ impl Error {
     ) -> Self {
         Error::Cql {
             what: what.into(),
-            source: Box::new(source),
+            source: std::sync::Arc::new(source),
         }
     }
 }

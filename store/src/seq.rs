@@ -764,7 +764,7 @@ impl SeqAllocator {
         inner.fast_calls.fetch_add(1, Ordering::Relaxed);
         let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
         let mut con = inner.redis.clone();
-        let mut result = Err(FastCallError::Redis(redis::RedisError::from((
+        let mut result = Err(fast_path_error(redis::RedisError::from((
             redis::ErrorKind::Client,
             "seq fast path not attempted",
         ))));
@@ -773,7 +773,7 @@ impl SeqAllocator {
             let script = match inner.fast.get(&mut con).await {
                 Ok(script) => script,
                 Err(e) => {
-                    result = Err(FastCallError::Redis(e));
+                    result = Err(fast_path_error(e));
                     break;
                 }
             };
@@ -796,7 +796,7 @@ impl SeqAllocator {
             }
             result = self.invoke_fast(&mut con, &call).await;
             match &result {
-                Err(FastCallError::Redis(e))
+                Err(Error::Redis { source: e, .. })
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     inner.fast.forget(&script);
@@ -807,9 +807,7 @@ impl SeqAllocator {
         let replies = match result {
             Ok(replies) => replies,
             Err(e) => {
-                return (0..total)
-                    .map(|_| Err(self.fast_call_error(e.clone())))
-                    .collect();
+                return (0..total).map(|_| Err(e.clone())).collect();
             }
         };
         if replies.len() != total {
@@ -829,9 +827,9 @@ impl SeqAllocator {
         &self,
         con: &mut ConnectionManager,
         call: &redis::ScriptInvocation<'_>,
-    ) -> Result<Vec<FastReply>, FastCallError> {
+    ) -> Result<Vec<FastReply>> {
         let config = &self.inner.config;
-        let redis_err = FastCallError::Redis;
+        let redis_err = fast_path_error;
         let mut pipe = redis::pipe();
         pipe.invoke_script(call);
         if config.wait_replicas == 0 {
@@ -843,24 +841,13 @@ impl SeqAllocator {
         let (replies, acked): (Vec<FastReply>, i64) =
             pipe.query_async(con).await.map_err(redis_err)?;
         if acked < i64::from(config.wait_replicas) {
-            return Err(FastCallError::NotReplicated { acked });
+            return Err(Error::NotReplicated {
+                wanted: config.wait_replicas,
+                acked,
+                timeout: config.wait_timeout,
+            });
         }
         Ok(replies)
-    }
-
-    /// The error of a failed fast-path call, for one of the requests it served.
-    fn fast_call_error(&self, e: FastCallError) -> Error {
-        match e {
-            FastCallError::Redis(source) => Error::Redis {
-                what: "seq fast path",
-                source,
-            },
-            FastCallError::NotReplicated { acked } => Error::NotReplicated {
-                wanted: self.inner.config.wait_replicas,
-                acked,
-                timeout: self.inner.config.wait_timeout,
-            },
-        }
     }
 
     /// Reserves the `size` seqs above `max(ceiling, floor)` (floor = Redis `max`): an LWT `UPDATE`
@@ -1022,16 +1009,12 @@ impl SeqAllocator {
     }
 }
 
-/// One `{status, record, a, b, c}` of [`FAST_BODY`].
-/// Why a fast-path call failed. `Clone` (unlike [`Error`]): every request the call served gets
-/// its own copy.
-#[derive(Debug, Clone)]
-enum FastCallError {
-    Redis(redis::RedisError),
-    /// Fewer replicas than `wait_replicas` acknowledged (Redis `WAIT`'s reply).
-    NotReplicated {
-        acked: i64,
-    },
+/// A Redis error of the fast path (every request a failed call served gets a clone).
+fn fast_path_error(source: redis::RedisError) -> Error {
+    Error::Redis {
+        what: "seq fast path",
+        source,
+    }
 }
 
 /// One request's reply of [`FAST_BODY`]: `{status, record, a, b, c}`.
