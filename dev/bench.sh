@@ -38,4 +38,4 @@ if ! "$py" -c 'import matplotlib' 2>/dev/null; then
     || "$py" -m pip install -q --break-system-packages matplotlib >/dev/null \
     || { echo "[bench] could not install matplotlib: no plots (results are in $out/results.json)" >&2; exit 0; }
 fi
-"$py" bench/plot.py "$out/results.json" "$out"
+"$py" benches/plot.py "$out/results.json" "$out"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots of a chatlog-bench run: bench/plot.py RESULTS_JSON OUT_DIR
+"""Plots of a chatlog-bench run: benches/plot.py RESULTS_JSON OUT_DIR
 
 - throughput.png: every cumulative counter of the run as a rate over time (one line per scenario;
   the scenarios run one after another, so the lines follow each other along the time axis);
