@@ -516,8 +516,8 @@ async fn after_close_every_clone_refuses_to_send() {
 /// a wrong password nothing is acknowledged, and no error shows the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sasl_login_is_used_and_a_wrong_password_never_shows() {
+    use chatlog_producer::{KafkaProtocol, KafkaSecurity};
     use chatlog_store::Secret;
-    use chatlog_store::security::{KafkaProtocol, KafkaSecurity};
     let sasl = chatlog::kafka_sasl();
     let security = |password: Secret| KafkaSecurity {
         protocol: KafkaProtocol::SaslPlaintext,

@@ -15,7 +15,8 @@ use chatlog_consumer::{Config, Pipeline};
 use chatlog_producer::{ContentType, NewMessage, Producer, ProducerConfig, SessionType};
 use chatlog_schemas::Codec;
 use chatlog_store::history::{History, HistoryConfig, Source};
-use chatlog_store::security::{KafkaProtocol, KafkaSecurity, TlsFiles};
+use chatlog_producer::{KafkaProtocol, KafkaSecurity};
+use chatlog_store::security::TlsFiles;
 use chatlog_store::{CqlConfig, Secret, keys};
 
 const TIMEOUT: Duration = Duration::from_secs(60);

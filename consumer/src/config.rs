@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chatlog_schemas::{Codec, Limits};
 use chatlog_store::messages::BatchLimits;
-use chatlog_store::security::{KafkaSecurity, Properties};
+use chatlog_kafka::{KafkaSecurity, Properties};
 use chatlog_store::window::WindowConfig;
 use chatlog_store::{CqlConfig, RedisConfig};
 use serde::Deserialize;

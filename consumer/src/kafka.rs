@@ -10,11 +10,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+
+use chatlog_kafka::dlq;
 
 use crate::config::KafkaConfig;
 use crate::decode::{Origin, Poison};
@@ -205,7 +205,7 @@ pub fn dlq_producer_max_bytes(max_record_bytes: usize) -> usize {
 pub async fn dlq_topic_max_bytes(config: &KafkaConfig, timeout: Duration) -> Option<usize> {
     let admin: AdminClient<DefaultClientContext> = match base(config).and_then(|c| {
         c.create()
-            .map_err(|e| Error::Kafka(format!("create admin client: {e}")))
+            .map_err(|e| Error::kafka("create admin client", e))
     }) {
         Ok(a) => a,
         Err(e) => {
@@ -360,28 +360,28 @@ pub fn dlq_headers(p: &Poison, stage: Option<&str>) -> OwnedHeaders {
     let detail = truncate_detail(&p.detail, DLQ_DETAIL_MAX_BYTES);
     let headers = OwnedHeaders::new()
         .insert(Header {
-            key: "chatlog-dlq-reason",
+            key: dlq::REASON,
             value: Some(p.reason),
         })
         .insert(Header {
-            key: "chatlog-dlq-detail",
+            key: dlq::DETAIL,
             value: Some(detail.as_ref()),
         })
         .insert(Header {
-            key: "chatlog-dlq-topic",
+            key: dlq::TOPIC,
             value: Some(p.record.origin.topic.as_str()),
         })
         .insert(Header {
-            key: "chatlog-dlq-partition",
+            key: dlq::PARTITION,
             value: Some(partition.as_str()),
         })
         .insert(Header {
-            key: "chatlog-dlq-offset",
+            key: dlq::OFFSET,
             value: Some(offset.as_str()),
         });
     match stage {
         Some(stage) => headers.insert(Header {
-            key: "chatlog-dlq-stage",
+            key: dlq::STAGE,
             value: Some(stage),
         }),
         None => headers,
@@ -393,11 +393,11 @@ pub fn dlq_headers(p: &Poison, stage: Option<&str>) -> OwnedHeaders {
 pub fn truncated_headers(headers: OwnedHeaders, original: usize, sha256: &str) -> OwnedHeaders {
     headers
         .insert(Header {
-            key: "chatlog-dlq-truncated",
+            key: dlq::TRUNCATED,
             value: Some(original.to_string().as_str()),
         })
         .insert(Header {
-            key: "chatlog-dlq-sha256",
+            key: dlq::SHA256,
             value: Some(sha256),
         })
 }
@@ -411,62 +411,12 @@ pub fn headers_len(headers: &OwnedHeaders) -> usize {
         .sum()
 }
 
-/// What to do about a failed transactional call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnFailure {
-    /// Call it again (e.g. a commit that timed out).
-    Retry,
-    /// Abort the transaction, rewind to the committed offsets and redo the batch.
-    Abort,
-    /// The producer is unusable (fenced by a newer instance, or a broken state): exit.
-    Fatal,
-}
-
-/// Classifies an error of a transactional call.
-pub fn classify(e: &KafkaError) -> TxnFailure {
-    match e {
-        KafkaError::Transaction(t) if t.is_fatal() => TxnFailure::Fatal,
-        KafkaError::Transaction(t) if t.txn_requires_abort() => TxnFailure::Abort,
-        KafkaError::Transaction(t) if t.is_retriable() => TxnFailure::Retry,
-        _ => TxnFailure::Abort,
-    }
-}
-
-/// Whether `e` means this member may no longer own its partitions: the group moved on without it
-/// (evicted, fenced, a rebalance under way, a newer instance with its static id or transactional
-/// id). Until its next assignment it must not write windows (see `Pipeline::write`).
-pub fn means_membership_lost(e: &KafkaError) -> bool {
-    e.rdkafka_error_code().is_some_and(is_membership_code)
-}
-
-/// The error codes of [`means_membership_lost`].
-pub fn is_membership_code(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        code,
-        // The group coordinator no longer knows this member or its generation.
-        C::UnknownMemberId
-            | C::IllegalGeneration
-            | C::RebalanceInProgress
-            | C::FencedInstanceId
-            | C::FencedMemberEpoch
-            | C::StaleMemberEpoch
-            // librdkafka's own view: evicted, or it gave up the partitions.
-            | C::AssignmentLost
-            | C::PollExceeded
-            | C::Fenced
-            // A newer producer with this transactional id: another instance owns the work.
-            | C::ProducerFenced
-            | C::InvalidProducerEpoch
-            // No group metadata: not (or no longer) in the group (see `Pipeline::commit`).
-            | C::InvalidGroupId
-    )
-}
+pub use chatlog_kafka::classify::{TxnFailure, classify, is_membership_code, means_membership_lost};
 
 #[cfg(test)]
 mod tests {
+    use chatlog_kafka::{KafkaProtocol, KafkaSecurity};
     use chatlog_store::Secret;
-    use chatlog_store::security::{KafkaProtocol, KafkaSecurity};
 
     use super::*;
 
@@ -494,39 +444,6 @@ mod tests {
             assert_eq!(c.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
         }
         assert!(!format!("{config:?}").contains("pw-123"));
-    }
-
-    #[test]
-    fn membership_errors_are_told_from_transient_ones() {
-        use RDKafkaErrorCode as C;
-        for code in [
-            C::UnknownMemberId,
-            C::IllegalGeneration,
-            C::RebalanceInProgress,
-            C::FencedInstanceId,
-            C::ProducerFenced,
-            C::AssignmentLost,
-            C::PollExceeded,
-        ] {
-            assert!(is_membership_code(code), "{code:?}");
-        }
-        for code in [
-            C::NotCoordinator,
-            C::CoordinatorLoadInProgress,
-            C::RequestTimedOut,
-            C::BrokerTransportFailure,
-            C::MessageTimedOut,
-            C::ConcurrentTransactions,
-        ] {
-            assert!(!is_membership_code(code), "{code:?}");
-        }
-        assert!(means_membership_lost(&KafkaError::ConsumerCommit(
-            C::IllegalGeneration
-        )));
-        assert!(means_membership_lost(&KafkaError::MessageConsumption(
-            C::PollExceeded
-        )));
-        assert!(!means_membership_lost(&KafkaError::Seek("x".into())));
     }
 
     #[test]

@@ -24,27 +24,76 @@ pub mod telemetry;
 pub use config::Config;
 pub use pipeline::Pipeline;
 
-/// Errors of the consumer.
+/// Errors of the consumer. Where another library failed, its error is the typed `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration is invalid.
+    /// The configuration is invalid (the consumer's own checks).
     #[error("configuration: {0}")]
     Config(String),
+    /// The configured limits are invalid for the codec.
+    #[error("configuration: {0}")]
+    Schema(#[from] chatlog_schemas::SchemaError),
+    /// The Kafka TLS/SASL settings or client properties are invalid.
+    #[error(transparent)]
+    KafkaSettings(#[from] chatlog_kafka::Error),
     /// The CQL database or Redis failed.
     #[error(transparent)]
     Store(#[from] chatlog_store::Error),
     /// A Kafka client could not be created or subscribed.
-    #[error("kafka: {0}")]
-    Kafka(String),
+    #[error("kafka: {what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The Prometheus recorder could not be built or installed.
+    #[error("configuration: {what}: {source}")]
+    Metrics {
+        /// What was being done.
+        what: &'static str,
+        /// The exporter's error.
+        #[source]
+        source: metrics_exporter_prometheus::BuildError,
+    },
+    /// A socket or thread could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transactional producer could not be initialised (fenced, or the transaction
+    /// coordinator unreachable): fatal like [`Error::Fatal`].
+    #[error("fatal: {what}: {source}")]
+    Transactions {
+        /// The transactional call.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// The instance cannot go on (fenced by a newer instance with the same transactional id, or
     /// its transactional producer is broken); the process exits non-zero and is restarted.
     #[error("fatal: {0}")]
     Fatal(String),
 }
 
-impl From<chatlog_schemas::SchemaError> for Error {
-    fn from(e: chatlog_schemas::SchemaError) -> Self {
-        Error::Config(e.to_string())
+impl Error {
+    /// Whether the instance must stop and be replaced (exit code 3), as opposed to a failure to
+    /// start or to reach a dependency.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Fatal(_) | Error::Transactions { .. })
+    }
+
+    pub(crate) fn kafka(what: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka {
+            what: what.into(),
+            source,
+        }
     }
 }
 

@@ -221,7 +221,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ Error::Fatal(_)) => {
+        Err(e) if e.is_fatal() => {
             tracing::error!(error = %e, "stopping");
             ExitCode::from(3)
         }

@@ -351,11 +351,11 @@ impl Pipeline {
         let redis = config.redis.connect().await?;
         let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)?
             .create_with_context(Context::default())
-            .map_err(|e| Error::Kafka(format!("create consumer: {e}")))?;
+            .map_err(|e| Error::kafka("create consumer", e))?;
         let max_record_bytes = config.batch.max_record_bytes;
         let producer: TxProducer = kafka::producer_config(&config.kafka, max_record_bytes)?
             .create_with_context(DlqContext::default())
-            .map_err(|e| Error::Kafka(format!("create transactional producer: {e}")))?;
+            .map_err(|e| Error::kafka("create transactional producer", e))?;
         let topic_max = kafka::dlq_topic_max_bytes(&config.kafka, Duration::from_secs(10)).await;
         let dlq_capacity = kafka::dlq_capacity(max_record_bytes, topic_max);
         if dlq_capacity < max_record_bytes + kafka::DLQ_OVERHEAD {
@@ -412,10 +412,13 @@ impl Pipeline {
         let kafka = &self.config.kafka;
         self.producer
             .init_transactions(kafka.transaction_timeout)
-            .map_err(|e| Error::Fatal(format!("init_transactions: {e}")))?;
+            .map_err(|source| Error::Transactions {
+                what: "init_transactions",
+                source,
+            })?;
         self.consumer
             .subscribe(&[&kafka.topic])
-            .map_err(|e| Error::Kafka(format!("subscribe {}: {e}", kafka.topic)))?;
+            .map_err(|e| Error::kafka(format!("subscribe {}", kafka.topic), e))?;
         self.health.set_in_group(false);
         self.health.set_ready(true);
         tracing::info!(

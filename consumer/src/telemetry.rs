@@ -135,9 +135,15 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         })
         // Any later `_seconds` histogram still renders as a histogram, never as a summary.
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), STAGE_BUCKETS))
-        .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
+        .map_err(|source| Error::Metrics {
+            what: "metrics buckets",
+            source,
+        })?
         .install_recorder()
-        .map_err(|e| Error::Config(format!("metrics recorder: {e}")))?;
+        .map_err(|source| Error::Metrics {
+            what: "metrics recorder",
+            source,
+        })?;
     describe();
     init_series();
     Ok(handle)
@@ -425,10 +431,16 @@ pub async fn serve_with_limits(
         ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+        .map_err(|source| Error::Io {
+            what: format!("configuration: cannot listen on {listen}"),
+            source,
+        })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|source| Error::Io {
+            what: "configuration: the listening address".into(),
+            source,
+        })?;
     tokio::spawn(accept_loop(listener, app, limits, shutdown));
     Ok(addr)
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chatlog_schemas::Limits;
-use chatlog_store::security::{KafkaSecurity, Properties};
+use chatlog_kafka::{KafkaSecurity, Properties};
 use chatlog_store::seq::SeqConfig;
 use serde::Deserialize;
 
@@ -312,7 +312,7 @@ mod tests {
 #[cfg(test)]
 mod security_tests {
     use chatlog_store::Secret;
-    use chatlog_store::security::KafkaProtocol;
+    use chatlog_kafka::KafkaProtocol;
 
     use super::*;
 

@@ -1,7 +1,7 @@
 //! Typed errors of the producer and whether retrying a send can help.
 
 use chatlog_schemas::{EncodeError, ValidationError};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 
 /// Why a send (or the producer) failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,56 +157,15 @@ impl Error {
     }
 }
 
-/// Whether a Kafka error is transient: queue full, timeouts, transport and leadership changes
-/// are; authentication, authorization, configuration, oversize records and fatal (fenced
-/// idempotent producer) errors are not.
-pub fn kafka_retriable(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Canceled | KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {
-            false
-        }
-        _ => e.rdkafka_error_code().is_some_and(code_retriable),
-    }
-}
-
-/// Whether an rdkafka error code is transient (see [`kafka_retriable`]).
-pub fn code_retriable(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::QueueFull
-            | C::MessageTimedOut
-            | C::TimedOutQueue
-            | C::OperationTimedOut
-            | C::RequestTimedOut
-            | C::BrokerTransportFailure
-            | C::AllBrokersDown
-            | C::Resolve
-            | C::NetworkException
-            | C::BrokerNotAvailable
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::ReplicaNotAvailable
-            | C::NotEnoughReplicas
-            | C::NotEnoughReplicasAfterAppend
-            | C::ISRInsufficient
-            | C::KafkaStorageError
-            | C::FencedLeaderEpoch
-            | C::UnknownLeaderEpoch
-            | C::ThrottlingQuotaExceeded
-            | C::Retry
-            | C::PurgeInflight
-            | C::PurgeQueue
-            | C::Interrupted
-            | C::WaitCache
-    )
-}
+pub use chatlog_kafka::classify::{code_retriable, kafka_retriable};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::error::RDKafkaErrorCode;
+
     use super::*;
 
     #[test]

@@ -61,6 +61,8 @@ mod error;
 pub mod metrics;
 mod producer;
 
+// The Kafka settings of `ProducerConfig::security` and `ProducerConfig::kafka`.
+pub use chatlog_kafka::{KafkaProtocol, KafkaSecurity, Properties};
 pub use chatlog_schemas::{ContentType, Limits, SessionType, ValidationError};
 pub use chatlog_store::seq::{AllocPath, Allocation, SeqAllocator, SeqConfig};
 pub use clock::{CLOCK_OFFSET, Clock};
