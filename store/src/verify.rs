@@ -28,8 +28,8 @@ use std::fmt;
 
 use chatlog_schemas::ChatMessage;
 
+use crate::Result;
 use crate::history::History;
-use crate::{Error, Result, keys};
 
 /// A seq present in both the window and the table with different contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,34 +131,20 @@ impl fmt::Display for Report {
 /// settings (codec, bucket size, `W`). Read-only.
 pub async fn verify_window(history: &History, session_id: &str) -> Result<Report> {
     let w = history.config().window.size;
-    let mut con = history.redis();
-    let raw: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-        .arg(keys::window(session_id))
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(&mut con)
-        .await
-        .map_err(|e| Error::Redis {
-            what: "read window",
-            source: e,
-        })?;
-    let members: Vec<_> = raw
-        .iter()
-        .map(|(member, score)| history.decode_member(member, *score))
-        .collect();
+    let table = history.table_reader();
+    let members = history.window_reader().all_members(session_id).await?;
     let window_min = members.iter().map(|m| m.seq).min();
     let window_max = members.iter().map(|m| m.seq).max();
 
     // The newest W rows, from the head bound (the window's head if higher), ...
-    let bound = match (history.head_bound(session_id).await?, window_max) {
+    let bound = match (table.head_bound(session_id).await?, window_max) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
     let mut rows: BTreeMap<i64, ChatMessage> = BTreeMap::new();
     let mut newest: Vec<i64> = Vec::new();
     if let Some(bound) = bound {
-        let scan = history.scan_desc(session_id, bound, w.max(1)).await?;
+        let scan = table.scan_desc(session_id, bound, w.max(1)).await?;
         newest = scan.rows.iter().map(|m| m.seq).collect();
         let lowest = scan.rows.last().map(|m| m.seq);
         rows.extend(scan.rows.into_iter().map(|m| (m.seq, m)));
@@ -166,7 +152,7 @@ pub async fn verify_window(history: &History, session_id: &str) -> Result<Report
         if let (Some(wmin), Some(low)) = (window_min, lowest)
             && wmin < low
         {
-            let more = history
+            let more = table
                 .scan_asc(session_id, wmin, Some(low - 1), usize::MAX)
                 .await?;
             rows.extend(more.rows.into_iter().map(|m| (m.seq, m)));
