@@ -180,6 +180,21 @@ make_certs() {
   ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "openssl could not make the certificates in $dir"; }
 }
 
+# Writes the config template dev/conf/$1 to $2 with every ${NAME} of the names that follow replaced by
+# that variable's value (the caller's locals included). The templates hold the settings; this script
+# only fills in ports and paths.
+render() {
+  local template="$HERE/conf/$1" out="$2" text name
+  shift 2
+  [ -f "$template" ] || die "missing config template $template"
+  text="$(<"$template")"
+  for name in "$@"; do
+    text="${text//"\${$name}"/"${!name}"}"
+  done
+  case "$text" in *'${'[A-Z_a-z]*'}'*) die "$template: a \${...} left unfilled (add its name to the render call)";; esac
+  printf '%s\n' "$text" >"$out"
+}
+
 # ---------------------------------------------------------------------------------------------- kafka
 
 kafka_start() {
@@ -194,53 +209,9 @@ kafka_start() {
   lib="$(resolve_jars kafka)"
   local dir="$DATA_DIR/kafka" conf="$STACK_DIR/conf/kafka"
   mkdir -p "$dir" "$conf"
-  cat >"$conf/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT
-# A TLS listener with the stack's own CA (PEM files, no JKS), so the clients' TLS settings are
-# tested against a real broker.
-listener.name.ssl.ssl.keystore.type=PEM
-listener.name.ssl.ssl.keystore.location=$TLS_DIR/server-keystore.pem
-listener.name.ssl.ssl.truststore.type=PEM
-listener.name.ssl.ssl.truststore.location=$TLS_DIR/ca.pem
-listener.name.ssl.ssl.enabled.protocols=TLSv1.2,TLSv1.3
-# A second listener that requires a SASL/PLAIN login, so the clients' SASL settings are tested
-# against a real broker (the PLAINTEXT one serves everything else).
-sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USERNAME="$KAFKA_SASL_PASSWORD";
-log.dirs=$dir
-num.partitions=4
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
-EOF
-  cat >"$conf/log4j2.properties" <<'EOF'
-status = warn
-appender.console.type = Console
-appender.console.name = STDOUT
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.stdout.ref = STDOUT
-logger.kafka.name = kafka
-logger.kafka.level = INFO
-logger.state.name = state.change.logger
-logger.state.level = WARN
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-EOF
+  render kafka/server.properties "$conf/server.properties" \
+    KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_SASL_PORT KAFKA_TLS_PORT TLS_DIR KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD dir
+  render kafka/log4j2.properties "$conf/log4j2.properties"
   local java_opts=(-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=file:$conf/log4j2.properties")
   if [ ! -f "$dir/meta.properties" ]; then
@@ -286,59 +257,8 @@ cassandra_start() {
   CASSANDRA_FRESH=0
   [ -d "$dir/data" ] || CASSANDRA_FRESH=1
   mkdir -p "$dir" "$conf"
-  cat >"$conf/cassandra.yaml" <<EOF
-cluster_name: chatlog-local
-num_tokens: 1
-initial_token: 0
-partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-data_file_directories: [$dir/data]
-commitlog_directory: $dir/commitlog
-saved_caches_directory: $dir/saved_caches
-hints_directory: $dir/hints
-cdc_raw_directory: $dir/cdc_raw
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
-seed_provider:
-  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
-    parameters:
-      - seeds: "127.0.0.1:$CASSANDRA_STORAGE_PORT"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
-storage_port: $CASSANDRA_STORAGE_PORT
-native_transport_port: $CQL_PORT
-start_native_transport: true
-native_transport_allow_older_protocols: true
-endpoint_snitch: SimpleSnitch
-auto_snapshot: false
-# Memtable cells off the JVM heap: far less for G1 to copy. With heap memtables, young collections
-# of 250-320 ms stopped the database under the benchmarks (GCInspector in logs/cassandra.log).
-memtable_allocation_type: offheap_objects
-# Logins required, as in production: every test and tool connects with credentials (the default
-# superuser; print_env exports them), so CQL auth is exercised on every connection.
-authenticator:
-  class_name: org.apache.cassandra.auth.PasswordAuthenticator
-# Client TLS with the stack's own CA on the same CQL port: optional, so a connection may speak TLS
-# or plaintext (detected per connection) and every plaintext test keeps working; logins either way.
-client_encryption_options:
-  enabled: true
-  optional: true
-  ssl_context_factory:
-    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
-  keystore: $TLS_DIR/server-keystore.pem
-  require_client_auth: false
-  accepted_protocols: [TLSv1.2, TLSv1.3]
-# Cassandra's defaults, kept explicit: the consumer must cap batch bytes below these itself.
-batch_size_warn_threshold: 5KiB
-batch_size_fail_threshold: 50KiB
-EOF
-  cat >"$conf/logback.xml" <<'EOF'
-<configuration>
-  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
-  </appender>
-  <root level="INFO"><appender-ref ref="STDOUT"/></root>
-</configuration>
-EOF
+  render cassandra/cassandra.yaml "$conf/cassandra.yaml" CASSANDRA_STORAGE_PORT CQL_PORT TLS_DIR dir
+  render cassandra/logback.xml "$conf/logback.xml"
   port_open "$CQL_PORT" && die "port $CQL_PORT is taken by another process; set CHATLOG_CQL_PORT"
   local jvm17=(
     --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
