@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use chatlog_kafka::{KafkaSecurity, Properties};
 use chatlog_schemas::{Codec, Limits};
 use chatlog_store::messages::BatchLimits;
-use chatlog_kafka::{KafkaSecurity, Properties};
 use chatlog_store::window::WindowConfig;
 use chatlog_store::{CqlConfig, RedisConfig};
 use serde::Deserialize;

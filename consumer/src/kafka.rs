@@ -411,7 +411,9 @@ pub fn headers_len(headers: &OwnedHeaders) -> usize {
         .sum()
 }
 
-pub use chatlog_kafka::classify::{TxnFailure, classify, is_membership_code, means_membership_lost};
+pub use chatlog_kafka::classify::{
+    TxnFailure, classify, is_membership_code, means_membership_lost,
+};
 
 #[cfg(test)]
 mod tests {

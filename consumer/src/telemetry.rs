@@ -435,12 +435,10 @@ pub async fn serve_with_limits(
             what: format!("configuration: cannot listen on {listen}"),
             source,
         })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| Error::Io {
-            what: "configuration: the listening address".into(),
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        what: "configuration: the listening address".into(),
+        source,
+    })?;
     tokio::spawn(accept_loop(listener, app, limits, shutdown));
     Ok(addr)
 }

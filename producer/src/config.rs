@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chatlog_schemas::Limits;
 use chatlog_kafka::{KafkaSecurity, Properties};
+use chatlog_schemas::Limits;
 use chatlog_store::seq::SeqConfig;
 use serde::Deserialize;
 
@@ -311,8 +311,8 @@ mod tests {
 
 #[cfg(test)]
 mod security_tests {
-    use chatlog_store::Secret;
     use chatlog_kafka::KafkaProtocol;
+    use chatlog_store::Secret;
 
     use super::*;
 

@@ -1,0 +1,177 @@
+//! Committing a batch: one Kafka transaction with the DLQ records and the consumed offsets, and
+//! what a failed transactional call means for the batch.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{Dead, Failed, Pipeline};
+use crate::decode::Origin;
+use crate::kafka::{self, DlqPayload, TxnFailure};
+use crate::telemetry;
+
+/// The shortest wait given to one `commit_transaction` call near the commit deadline.
+pub(super) const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
+
+impl Pipeline {
+    /// One Kafka transaction: DLQ records + the consumed offsets. A commit failing with retriable
+    /// errors is retried until `isolation.commit_deadline`, then aborted (the batch rewinds).
+    pub(super) fn commit(
+        &self,
+        poison: &[Dead],
+        next_offsets: &TopicPartitionList,
+    ) -> Result<(), Failed> {
+        let timeout = self.config.kafka.transaction_timeout;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.fail("begin_transaction", &e))?;
+        let attempt = (|| {
+            for p in poison {
+                self.send_dlq(p)?;
+            }
+            // No group metadata: not (or no longer) in the group; abort and rejoin.
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+            self.producer
+                .send_offsets_to_transaction(next_offsets, &group, timeout)?;
+            let deadline = Instant::now() + self.isolation.commit_deadline;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .producer
+                    .commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT)))
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
+                        if Instant::now() >= deadline {
+                            tracing::warn!(
+                                error = %e,
+                                deadline = ?self.isolation.commit_deadline,
+                                "commit_transaction still failing at isolation.commit_deadline; \
+                                 aborting the transaction and rewinding"
+                            );
+                            return Err(e);
+                        }
+                        metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
+                        tracing::warn!(error = %e, "commit_transaction failed; retrying");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })();
+        match attempt {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let failed = self.fail("commit", &e);
+                if !matches!(failed, Failed::Fatal(_)) {
+                    metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+                    if let Err(abort) = self.producer.abort_transaction(timeout) {
+                        // After a transaction timeout librdkafka can refuse to abort; only a new
+                        // producer (a restart of this instance) recovers.
+                        return Err(Failed::Fatal(format!(
+                            "abort_transaction failed after `{e}`: {abort}"
+                        )));
+                    }
+                }
+                Err(failed)
+            }
+        }
+    }
+
+    /// Sends one DLQ record: whole if it fits in the DLQ, else a truncated copy (a prefix of the
+    /// value, its length and SHA-256); a value-less copy if the producer or the broker refused
+    /// the truncated one (a DLQ topic smaller than described).
+    pub(super) fn send_dlq(&self, d: &Dead) -> Result<(), KafkaError> {
+        let p = &d.poison;
+        let key = p.record.key.as_deref();
+        let key_len = key.map_or(0, <[u8]>::len);
+        let refused = self.producer.context().refused(&p.record.origin);
+        let mut capacity = if refused.is_some() {
+            0
+        } else {
+            self.dlq_capacity
+        };
+        loop {
+            let headers = kafka::dlq_headers(p, d.stage);
+            let fitted = kafka::fit_payload(
+                p.record.payload.as_deref(),
+                key_len,
+                kafka::headers_len(&headers),
+                capacity,
+            );
+            let (payload, headers) = match fitted {
+                DlqPayload::Whole(payload) => (payload, headers),
+                DlqPayload::Truncated {
+                    prefix,
+                    original,
+                    sha256,
+                } => (
+                    Some(prefix),
+                    kafka::truncated_headers(headers, original, &sha256),
+                ),
+            };
+            let truncated =
+                payload.map(<[u8]>::len) != p.record.payload.as_deref().map(<[u8]>::len);
+            let mut record = BaseRecord::<[u8], [u8], Box<Origin>>::with_opaque_to(
+                &self.config.kafka.dlq_topic,
+                Box::new(p.record.origin.clone()),
+            )
+            .headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(payload) = payload {
+                record = record.payload(payload);
+            }
+            let sent = loop {
+                match self.producer.send(record) {
+                    Ok(()) => break Ok(()),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue drains as the broker acknowledges; wait for room.
+                        self.producer.flush(Duration::from_millis(100))?;
+                        record = back;
+                    }
+                    Err((e, _)) => break Err(e),
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    if truncated {
+                        metrics::counter!(telemetry::DLQ_TRUNCATED).increment(1);
+                    }
+                    return Ok(());
+                }
+                // Refused locally, so not part of the transaction: send the value-less copy.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                    if capacity > 0 =>
+                {
+                    tracing::warn!(
+                        partition = p.record.origin.partition,
+                        offset = p.record.origin.offset,
+                        "the producer refused a DLQ copy as too large; sending it without its value"
+                    );
+                    capacity = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) fn fail(&self, what: &str, e: &KafkaError) -> Failed {
+        if kafka::means_membership_lost(e) {
+            self.doubt_membership(e);
+        }
+        match kafka::classify(e) {
+            TxnFailure::Fatal => Failed::Fatal(format!("{what}: {e}")),
+            // Not the records' fault: never counts towards isolating them.
+            _ if kafka::means_membership_lost(e) => Failed::Fenced(format!("{what}: {e}")),
+            TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),
+        }
+    }
+}

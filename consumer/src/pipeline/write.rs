@@ -1,0 +1,443 @@
+//! Writing a batch: decode, then CQL rows and Redis windows at the same time, each retried within
+//! a budget; session by session and record by record ([`Pipeline::write_each`]) when a write can
+//! never succeed or while isolating, so that only the records at fault go to the DLQ.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use rdkafka::consumer::Consumer;
+
+use chatlog_store::window::{self, WindowEntry};
+
+use super::collect::{Batch, next_offsets};
+use super::isolation::MEMBERSHIP_IN_DOUBT;
+use super::plan::WritePlan;
+use super::{Dead, Failed, Pipeline};
+use crate::clock::BootInstant;
+use crate::decode::{self, Decoded, Good, Origin};
+use crate::{kafka, telemetry};
+
+/// Sessions written at once when a batch is written session by session.
+pub(super) const SESSIONS_AT_ONCE: usize = 32;
+
+/// What one session of [`Pipeline::write_each`] could not write.
+#[derive(Default)]
+pub(super) struct SessionOutcome {
+    /// Records whose write can never succeed.
+    pub(super) dead: Vec<Dead>,
+    /// Records whose write failed transiently while isolating: given up only if other records
+    /// were written in the same attempt.
+    pub(super) suspects: Vec<Dead>,
+}
+
+impl Pipeline {
+    /// decode → write (cql ‖ redis) → commit, for one batch. A write that can never succeed
+    /// (or, when `isolate`, any failed write) is redone session by session and record by record
+    /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ.
+    pub(super) fn process(&self, batch: Batch, isolate: bool) -> Result<(), Failed> {
+        let Batch {
+            records: batch,
+            polled_from,
+        } = batch;
+        let records = batch.len();
+        let next_offsets = next_offsets(&batch);
+
+        let started = Instant::now();
+        let mut good: Vec<Good> = Vec::with_capacity(records);
+        let mut poison: Vec<Dead> = Vec::new();
+        for record in batch {
+            match decode::decode(&self.codec, self.config.batch.max_record_bytes, record) {
+                Decoded::Good(g) => good.push(g),
+                Decoded::Poison(p) => poison.push(Dead {
+                    poison: p,
+                    stage: None,
+                }),
+            }
+        }
+        observe_stage("decode", started);
+
+        let mut persisted = good.len();
+        if !good.is_empty() {
+            // While isolating, record by record at once: a whole-batch attempt could spend the
+            // window fence and leave the records no time.
+            let written = if isolate {
+                Err(Failed::Rewind("isolating".into()))
+            } else {
+                self.write(&good, polled_from)
+            };
+            let failed = match written {
+                Ok(()) => Vec::new(),
+                Err(Failed::Permanent(why)) => {
+                    tracing::warn!(
+                        error = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
+                        "a write can never succeed; writing the batch session by session"
+                    );
+                    self.write_each(&good, polled_from, isolate)?
+                }
+                Err(Failed::Rewind(_)) if isolate => {
+                    tracing::info!(
+                        records = good.len(),
+                        "isolating: writing the batch record by record"
+                    );
+                    self.write_each(&good, polled_from, isolate)?
+                }
+                Err(other) => return Err(other),
+            };
+            let dead: BTreeSet<&Origin> = failed.iter().map(|d| &d.poison.record.origin).collect();
+            let now_us = now_micros();
+            for g in good.iter().filter(|g| !dead.contains(&g.origin)) {
+                let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
+                metrics::histogram!(telemetry::E2E_LATENCY).record(latency);
+            }
+            persisted -= failed.len();
+            poison.extend(failed);
+        }
+
+        let started = Instant::now();
+        self.commit(&poison, &next_offsets)?;
+        observe_stage("commit", started);
+        // Mirror the committed offsets into librdkafka's offset store: its statistics then report
+        // the lag (`consumer_lag_stored`); auto-commit is off, so nothing else reads them.
+        if let Err(e) = self.consumer.store_offsets(&next_offsets) {
+            tracing::debug!(error = %e, "store_offsets after commit");
+        }
+
+        metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
+        metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "persisted").increment(persisted as u64);
+        metrics::counter!(telemetry::RECORDS, "outcome" => "dlq").increment(poison.len() as u64);
+        for d in &poison {
+            let p = &d.poison;
+            metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
+            // Rate-limited and cut: a flood of poison must not flood the logs.
+            if let Some(suppressed) = self.dlq_warnings.admit(Instant::now()) {
+                tracing::warn!(
+                    reason = p.reason,
+                    stage = d.stage.unwrap_or("decode"),
+                    detail = %kafka::truncate_detail(&p.detail, kafka::DLQ_DETAIL_MAX_BYTES),
+                    partition = p.record.origin.partition,
+                    offset = p.record.origin.offset,
+                    suppressed_since_last = suppressed,
+                    "record sent to the DLQ"
+                );
+            }
+        }
+        tracing::debug!(records, persisted, dlq = poison.len(), "batch committed");
+        Ok(())
+    }
+
+    /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same
+    /// time (see [`WritePlan`] for the one ordering kept).
+    ///
+    /// Self-fencing. A process frozen longer than the session timeout (VM suspend, container
+    /// pause, SIGSTOP) has lost its partitions without knowing it; CQL writes of such a zombie
+    /// are harmless (same rows, same timestamps), but its window writes after a Redis loss
+    /// could refill a window with old messages below the new owner's, leaving a hole that
+    /// history would trust. So windows are written only while the batch is younger than the
+    /// fence ([`KafkaConfig::window_fence`](crate::config::KafkaConfig::window_fence) since the
+    /// poll that returned its first record began, on CLOCK_BOOTTIME), and not at all between a
+    /// membership error and the next assignment.
+    pub(super) fn write(&self, good: &[Good], polled_from: BootInstant) -> Result<(), Failed> {
+        if self.membership_in_doubt() {
+            metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+            return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
+        }
+        let plan = WritePlan::new(good, self.windows.config().size);
+        let fence = polled_from + self.config.kafka.window_fence();
+        let budget = self.config.retry.stage_budget;
+        self.runtime.block_on(async {
+            let rows = self.retry("cql", None, budget, || self.writer.write(&plan.rows));
+            let windows = async {
+                if plan.windows.is_empty() {
+                    return Ok(());
+                }
+                self.append_windows(&plan.windows, fence, budget).await
+            };
+            let trimmed_first = async {
+                if plan.trimmed_rows.is_empty() {
+                    return Ok(());
+                }
+                self.retry("cql", None, budget, || {
+                    self.writer.write(&plan.trimmed_rows)
+                })
+                .await?;
+                self.append_windows(&plan.windows_after_trimmed_rows, fence, budget)
+                    .await
+            };
+            tokio::try_join!(rows, windows, trimmed_first).map(drop)
+        })
+    }
+
+    /// Writes `good` session by session (rows, then the window), and a session whose write fails
+    /// for good (or, when `isolate`, at all) record by record in offset order. Returns the records
+    /// to send to the DLQ as `write_failed`, with the stage that failed: `cql` (no row written)
+    /// or `redis` (the row is written, the window is not). Everything else is written.
+    ///
+    /// A record is given up only on proof that it is at fault: an error that can never succeed,
+    /// or — when isolating — a failure while other records of the same attempt were written. If
+    /// nothing was written and some failure is transient, the whole batch is rewound instead
+    /// (Redis or CQL down is no reason to drop anything). Writes are idempotent and keyed by
+    /// (session, seq), so writing later records before an earlier one is decided changes nothing
+    /// for readers, and a replay writes the same again.
+    pub(super) fn write_each(
+        &self,
+        good: &[Good],
+        polled_from: BootInstant,
+        isolate: bool,
+    ) -> Result<Vec<Dead>, Failed> {
+        if self.membership_in_doubt() {
+            metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+            return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
+        }
+        let fence = polled_from + self.config.kafka.window_fence();
+        let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
+        for g in good {
+            by_session
+                .entry(g.message.session_id.as_str())
+                .or_default()
+                .push(g);
+        }
+        let any_written = AtomicBool::new(false);
+        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
+            futures::stream::iter(by_session.into_iter().map(|(session, messages)| {
+                self.write_session_each(session, messages, fence, isolate, &any_written)
+            }))
+            .buffer_unordered(SESSIONS_AT_ONCE)
+            .try_collect(),
+        )?;
+        let mut dead = Vec::new();
+        let mut suspects = Vec::new();
+        for o in outcomes {
+            dead.extend(o.dead);
+            suspects.extend(o.suspects);
+        }
+        if !suspects.is_empty() {
+            if !any_written.load(Ordering::Acquire) {
+                return Err(Failed::Rewind(format!(
+                    "isolating: no record of the batch could be written ({} failed), so the \
+                     records are not at fault; rewinding",
+                    suspects.len()
+                )));
+            }
+            dead.extend(suspects);
+        }
+        Ok(dead)
+    }
+
+    /// One session of [`write_each`](Self::write_each).
+    pub(super) async fn write_session_each(
+        &self,
+        session: &str,
+        mut messages: Vec<&Good>,
+        fence: BootInstant,
+        isolate: bool,
+        any_written: &AtomicBool,
+    ) -> Result<SessionOutcome, Failed> {
+        let budget = if isolate {
+            self.isolation.record_budget
+        } else {
+            self.config.retry.stage_budget
+        };
+        let mut outcome = SessionOutcome::default();
+        if !isolate {
+            // The whole session at once first: most sessions of such a batch are fine.
+            let owned: Vec<Good> = messages.iter().map(|g| (*g).clone()).collect();
+            let plan = WritePlan::new(&owned, self.windows.config().size);
+            let written = async {
+                for rows in [&plan.trimmed_rows, &plan.rows] {
+                    if !rows.is_empty() {
+                        self.retry("cql", None, budget, || self.writer.write(rows))
+                            .await?;
+                    }
+                }
+                for windows in [&plan.windows_after_trimmed_rows, &plan.windows] {
+                    self.append_windows(windows, fence, budget).await?;
+                }
+                Ok::<(), Failed>(())
+            };
+            match written.await {
+                Ok(()) => {
+                    any_written.store(true, Ordering::Release);
+                    return Ok(outcome);
+                }
+                Err(Failed::Permanent(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        messages.sort_by_key(|g| (g.origin.partition, g.origin.offset));
+        for g in messages {
+            let failed = match self
+                .retry("cql", None, budget, || {
+                    self.writer.write(std::slice::from_ref(&g.message))
+                })
+                .await
+            {
+                Err(e) => Some(("cql", e)),
+                Ok(_) => {
+                    let entry = WindowEntry {
+                        seq: g.message.seq,
+                        member: window::member(g.message.server_time_us, &g.avro),
+                    };
+                    let windows = BTreeMap::from([(session.to_owned(), vec![entry])]);
+                    self.append_windows(&windows, fence, budget)
+                        .await
+                        .err()
+                        .map(|e| ("redis", e))
+                }
+            };
+            match failed {
+                None => any_written.store(true, Ordering::Release),
+                Some((stage, Failed::Permanent(why))) => {
+                    if stage == "cql" {
+                        // The first, concurrent attempt may have put it in the window: the
+                        // window must not show a message whose row will never exist.
+                        self.remove_from_window(session, g, fence, budget).await?;
+                    }
+                    outcome.dead.push(Dead::write_failed(g, stage, why));
+                }
+                Some((stage, Failed::Rewind(why))) if isolate => {
+                    if stage == "cql" {
+                        // As above; should the batch rewind instead, the replay appends again.
+                        self.remove_from_window(session, g, fence, budget).await?;
+                    }
+                    outcome.suspects.push(Dead::write_failed(g, stage, why));
+                }
+                Some((_, other)) => return Err(other),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Takes a message whose row can never be written out of its session's window, retried like
+    /// a window write (a failure rewinds the batch: the next attempt takes the same path).
+    pub(super) async fn remove_from_window(
+        &self,
+        session: &str,
+        g: &Good,
+        fence: BootInstant,
+        budget: Duration,
+    ) -> Result<(), Failed> {
+        let member = window::member(g.message.server_time_us, &g.avro);
+        tracing::debug!(
+            seq = g.message.seq,
+            partition = g.origin.partition,
+            offset = g.origin.offset,
+            "taking a message whose row can never be written out of its window"
+        );
+        self.retry("redis", Some(fence), budget, || {
+            let mut con = self.redis.clone();
+            let member = member.as_slice();
+            async move { self.windows.remove(&mut con, session, &[member]).await }
+        })
+        .await
+        .or_else(|failed| match failed {
+            // The key is not a window (WRONGTYPE): there is no entry to take out.
+            Failed::Permanent(_) => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// Appends to windows, retried like any write for up to `budget`, never after `fence`.
+    pub(super) async fn append_windows(
+        &self,
+        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+        fence: BootInstant,
+        budget: Duration,
+    ) -> Result<(), Failed> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        self.retry("redis", Some(fence), budget, || {
+            let mut con = self.redis.clone();
+            async move { self.windows.append(&mut con, sessions).await }
+        })
+        .await
+    }
+
+    /// Runs a CQL/Redis write until it succeeds or `budget` is spent, and records the stage's
+    /// duration. An error that can never succeed is not retried ([`Failed::Permanent`]). With a
+    /// `fence` (window writes), no attempt starts after that instant or while this member's
+    /// ownership is in doubt: the batch is rewound instead.
+    pub(super) async fn retry<T, F, Fut>(
+        &self,
+        stage: &'static str,
+        fence: Option<BootInstant>,
+        budget: Duration,
+        mut write: F,
+    ) -> Result<T, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = chatlog_store::Result<T>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.config.retry.initial_backoff;
+        let mut last_error: Option<String> = None;
+        loop {
+            if let Some(fence) = fence {
+                let why = if BootInstant::now() > fence {
+                    Some(
+                        "the batch is older than the window fence (80% of the session timeout \
+                         minus a heartbeat interval, since the poll that returned its first \
+                         record); this consumer may have been frozen or suspended and evicted, \
+                         so it does not write and re-reads instead",
+                    )
+                } else if self.membership_in_doubt() {
+                    Some(MEMBERSHIP_IN_DOUBT)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
+                    // A write that kept failing until the fence failed: that may be the records'
+                    // fault (it counts towards isolating them); a fence alone is not.
+                    return Err(match last_error {
+                        Some(e) => Failed::Rewind(format!(
+                            "{stage} write failed: {e} (retried until the window fence)"
+                        )),
+                        None => Failed::Fenced(format!("{stage}: {why}")),
+                    });
+                }
+            }
+            match write().await {
+                Ok(v) => {
+                    observe_stage(stage, started);
+                    return Ok(v);
+                }
+                Err(e) if e.is_permanent() => {
+                    return Err(Failed::Permanent(format!("{stage} write failed: {e}")));
+                }
+                Err(e) => {
+                    if started.elapsed() + backoff > budget || self.shutdown.is_cancelled() {
+                        return Err(Failed::Rewind(format!("{stage} write failed: {e}")));
+                    }
+                    metrics::counter!(telemetry::RETRIES, "stage" => stage).increment(1);
+                    let error = e.to_string();
+                    // Cut: a pipeline error lists every failed session.
+                    tracing::warn!(
+                        stage,
+                        error = %kafka::truncate_detail(&error, kafka::DLQ_DETAIL_MAX_BYTES),
+                        ?backoff,
+                        "write failed; retrying"
+                    );
+                    last_error = Some(error);
+                    self.sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn observe_stage(stage: &'static str, started: Instant) {
+    metrics::histogram!(telemetry::STAGE_DURATION, "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+}
+
+pub(super) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
