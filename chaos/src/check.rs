@@ -48,7 +48,7 @@ use scylla::statement::prepared::PreparedStatement;
 use serde::Serialize;
 
 use crate::events::Events;
-use crate::load::{LoadResult, Plan, PoisonRecord};
+use crate::record::{Ack, LoadResult, Plan, PoisonRecord, payload_hash};
 
 /// Examples kept per category.
 const EXAMPLES: usize = 10;
@@ -713,10 +713,8 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
 /// Kafka offset; and acks on another partition than the session's (`a` is then the first ack on
 /// the session's partition). Sequential sends, two producers sending at once and late sends are
 /// all held to this: whatever was acknowledged before a send started is ordered before it.
-pub fn order_violations(
-    acks: &[Option<crate::load::Ack>],
-) -> Vec<(&crate::load::Ack, &'static str, &crate::load::Ack)> {
-    let all: Vec<&crate::load::Ack> = acks.iter().flatten().collect();
+pub fn order_violations(acks: &[Option<Ack>]) -> Vec<(&Ack, &'static str, &Ack)> {
+    let all: Vec<&Ack> = acks.iter().flatten().collect();
     let mut out = Vec::new();
     let Some(first) = all.first() else {
         return out;
@@ -736,10 +734,10 @@ pub fn order_violations(
         .copied()
         .unwrap_or(first);
     // Acks by ack time, with the running maximum of seq and offset (and who holds it).
-    let mut by_ack: Vec<&crate::load::Ack> = all.clone();
+    let mut by_ack: Vec<&Ack> = all.clone();
     by_ack.sort_by(|x, y| x.acked_at.total_cmp(&y.acked_at));
-    let mut max_seq: Vec<&crate::load::Ack> = Vec::with_capacity(by_ack.len());
-    let mut max_offset: Vec<Option<&crate::load::Ack>> = Vec::with_capacity(by_ack.len());
+    let mut max_seq: Vec<&Ack> = Vec::with_capacity(by_ack.len());
+    let mut max_offset: Vec<Option<&Ack>> = Vec::with_capacity(by_ack.len());
     for (i, a) in by_ack.iter().enumerate() {
         let prev_seq = if i == 0 { *a } else { max_seq[i - 1] };
         max_seq.push(if a.seq > prev_seq.seq { a } else { prev_seq });
@@ -814,13 +812,6 @@ impl DlqRecord {
             }
         }
     }
-}
-
-/// FNV-1a of a payload (the checker compares DLQ payloads with what was produced).
-pub fn payload_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn read_dlq(kafka: &str, topic: &str, isolation: &str) -> anyhow::Result<Vec<DlqRecord>> {

@@ -37,7 +37,9 @@ pub mod fleet;
 pub mod load;
 pub mod options;
 pub mod oracle;
+pub mod poison;
 pub mod proxy;
+pub mod record;
 pub mod sabotage;
 pub mod stack;
 
@@ -369,7 +371,7 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         );
         let (count, over, seed) = (opts.poison_count(), opts.load_duration(), opts.seed);
         tokio::spawn(
-            async move { load::poison(&kafka, &topic, &id, count, over, seed, load).await },
+            async move { poison::poison(&kafka, &topic, &id, count, over, seed, load).await },
         )
     };
     // A fault that fails ends the run at once: the stack may be left unusable (e.g. the clients'
@@ -481,7 +483,7 @@ pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
         injected,
         faults::per_kind(&opts, &by_kind)
     );
-    let planned = opts.planned_faults();
+    let planned = faults::planned_total(&opts);
     let every_kind = faults::Kind::ALL
         .iter()
         .all(|k| by_kind.get(k.name()).copied().unwrap_or(0) == k.planned(&opts));

@@ -33,225 +33,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chatlog_producer::{NewMessage, Producer};
-use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::events::Events;
+pub use crate::record::{
+    Ack, ConflictingResend, LiveAck, LoadResult, Plan, PoisonRecord, Resend, Via, payload_hash,
+    sha256_hex,
+};
 
 /// How long one message is retried before the harness gives up on it (it is then "unacked").
 pub const GIVE_UP: Duration = Duration::from_secs(300);
-
-/// The messages of a run: deterministic from (session, index).
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// Run id, the prefix of every session id.
-    pub run: String,
-    /// Sessions.
-    pub sessions: usize,
-    /// Messages per session.
-    pub per_session: Vec<usize>,
-    /// Base of `send_time_ms`.
-    pub base_ms: i64,
-}
-
-impl Plan {
-    /// `messages` spread over `sessions` as evenly as possible.
-    pub fn new(run: &str, messages: usize, sessions: usize) -> Plan {
-        let per_session = (0..sessions)
-            .map(|s| messages / sessions + usize::from(s < messages % sessions))
-            .collect();
-        Plan {
-            run: run.to_owned(),
-            sessions,
-            per_session,
-            base_ms: chatlog::now_ms(),
-        }
-    }
-
-    /// The id of session `s`.
-    pub fn session_id(&self, s: usize) -> String {
-        format!("{}-s{s}", self.run)
-    }
-
-    /// The client_msg_id of message `j` (unique within its session).
-    pub fn client_msg_id(j: usize) -> String {
-        format!("cm-{j}")
-    }
-
-    /// The message index a client_msg_id names.
-    pub fn index_of(client_msg_id: &str) -> Option<usize> {
-        client_msg_id.strip_prefix("cm-")?.parse().ok()
-    }
-
-    /// The message Logic sends as message `j` of session `s`.
-    pub fn message(&self, s: usize, j: usize) -> NewMessage {
-        let filler = (s * 7919 + j * 104_729) % 160;
-        let mut content = format!("chaos {} s{s} #{j} ", self.run).into_bytes();
-        content.extend((0..filler).map(|i| b'a' + (i % 26) as u8));
-        let mut ext = BTreeMap::new();
-        if j.is_multiple_of(10) {
-            ext.insert("chaos".to_owned(), format!("{s}/{j}"));
-        }
-        NewMessage {
-            client_msg_id: Self::client_msg_id(j),
-            session_id: self.session_id(s),
-            session_type: if s.is_multiple_of(2) {
-                SessionType::Group
-            } else {
-                SessionType::Single
-            },
-            sender_id: format!("user-{}", (s + j) % 13),
-            content_type: ContentType::Text,
-            content,
-            send_time_ms: self.base_ms + j as i64,
-            ext,
-        }
-    }
-
-    /// The complete message the producer stored for an acknowledged send.
-    pub fn stored(&self, ack: &Ack) -> ChatMessage {
-        let m = self.message(ack.session, ack.index);
-        ChatMessage {
-            msg_id: ack.msg_id.clone(),
-            client_msg_id: m.client_msg_id,
-            session_id: m.session_id,
-            session_type: m.session_type,
-            seq: ack.seq,
-            sender_id: m.sender_id,
-            content_type: m.content_type,
-            content: m.content,
-            send_time_ms: m.send_time_ms,
-            server_time_us: ack.server_time_us,
-            ext: m.ext,
-        }
-    }
-}
-
-/// One acknowledged send.
-#[derive(Debug, Clone, Serialize)]
-pub struct Ack {
-    /// Session number.
-    pub session: usize,
-    /// Message number within the session.
-    pub index: usize,
-    /// Seq handed out.
-    pub seq: i64,
-    /// msg_id handed out.
-    pub msg_id: String,
-    /// Server time stamped (µs).
-    pub server_time_us: i64,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
-    /// Attempts it took (1 = no retry).
-    pub attempts: u32,
-    /// When the first attempt started (s since the run started).
-    pub first_try_at: f64,
-    /// When it was acknowledged (s since the run started).
-    pub acked_at: f64,
-    /// The producer said it was a duplicate of an earlier allocation (a retry whose earlier
-    /// attempt had allocated).
-    pub duplicate: bool,
-    /// The producer instance that sent it.
-    pub via: Via,
-}
-
-/// A second send of an acknowledged message with the same client_msg_id.
-#[derive(Debug, Clone, Serialize)]
-pub struct Resend {
-    /// Session number.
-    pub session: usize,
-    /// Message number.
-    pub index: usize,
-    /// The seq of the first ack.
-    pub first_seq: i64,
-    /// The seq this send got (must equal `first_seq`).
-    pub seq: i64,
-    /// Whether the msg_id equals the first ack's.
-    pub same_msg_id: bool,
-    /// Whether the producer marked it duplicate.
-    pub duplicate: bool,
-    /// When the first ack arrived (s since start).
-    pub first_acked_at: f64,
-    /// When this one was acknowledged.
-    pub acked_at: f64,
-}
-
-/// A second send of an acknowledged message with the same client_msg_id but another content (a
-/// client bug or a hostile client): the producer must refuse it (`conflict`), never acknowledge it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConflictingResend {
-    /// Session number.
-    pub session: usize,
-    /// Message number.
-    pub index: usize,
-    /// When the first send's first attempt started (s since start).
-    pub first_try_at: f64,
-    /// When the conflicting send ended (s since start).
-    pub at: f64,
-    /// `conflict` (refused as it must be), `acked` or the reason of the last other error.
-    pub outcome: String,
-    /// The seq it was acknowledged with, if it was.
-    pub acked_seq: Option<i64>,
-}
-
-/// A poison record produced raw.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoisonRecord {
-    /// Its key (unique per poison record).
-    pub key: String,
-    /// What is wrong with it.
-    pub kind: &'static str,
-    /// DLQ reasons the consumer may legitimately give it.
-    pub reasons: &'static [&'static str],
-    /// Partition it was written to.
-    pub partition: i32,
-    /// Offset it was written at.
-    pub offset: i64,
-    /// [`crate::check::payload_hash`] of its value (None: no value).
-    pub payload_hash: Option<u64>,
-    /// Length of its value.
-    pub payload_len: usize,
-    /// SHA-256 of its value, lowercase hex (what a truncated DLQ copy carries).
-    pub payload_sha256: Option<String>,
-}
-
-/// What the load did.
-#[derive(Debug, Default)]
-pub struct LoadResult {
-    /// Acknowledged sends, by session then index (None: never acknowledged).
-    pub acks: Vec<Vec<Option<Ack>>>,
-    /// Second sends of acknowledged messages.
-    pub resends: Vec<Resend>,
-    /// Conflicting second sends of acknowledged messages.
-    pub conflicting: Vec<ConflictingResend>,
-    /// Failed attempts by reason (`kafka`, `allocation`, …).
-    pub errors: BTreeMap<String, usize>,
-    /// Failed attempts the producer called not retriable (retried anyway).
-    pub not_retriable_errors: usize,
-    /// A few error texts, for the report.
-    pub error_examples: Vec<String>,
-    /// Poison records produced (acknowledged).
-    pub poison: Vec<PoisonRecord>,
-    /// Poison records whose production failed and was retried (a retry may write it twice).
-    pub poison_retries: usize,
-}
-
-/// A message the load has acknowledged, as the online oracle looks it up by seq.
-#[derive(Debug, Clone)]
-pub struct LiveAck {
-    /// Message number within the session.
-    pub index: usize,
-    /// Its msg_id.
-    pub msg_id: String,
-    /// When it was acknowledged (s since the run started).
-    pub acked_at: f64,
-}
 
 /// The producer instances of a run.
 pub struct Producers {
@@ -298,18 +91,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct Load {
     shared: Arc<Shared>,
-}
-
-/// The number of the producer instance that sent a message, for the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    /// Instance A.
-    A,
-    /// Instance B (during `two_producers`).
-    B,
-    /// A late send: allocated by the broken instance, produced later through A.
-    Late,
 }
 
 impl Load {
@@ -490,6 +271,11 @@ impl Load {
             payload_sha256: None,
         });
         Ok((sent.partition, sent.offset))
+    }
+
+    /// The run's event log.
+    pub fn events(&self) -> &Events {
+        &self.shared.events
     }
 
     /// The messages [`Load::send_poisoned`] sent, once the faults are over.
@@ -778,184 +564,6 @@ async fn send_with_retry(
             }
         }
     }
-}
-
-/// The kinds of poison, with the DLQ reasons the consumer may give each.
-const POISON_KINDS: [(&str, &[&str]); 6] = [
-    ("garbage", &["bad_magic"]),
-    ("unknown_fingerprint", &["unknown_fingerprint"]),
-    ("oversize", &["oversize"]),
-    ("truncated", &["truncated", "malformed"]),
-    ("key_mismatch", &["key_mismatch"]),
-    ("empty", &["empty"]),
-];
-
-/// Bytes above the consumers' `batch.max_record_bytes` (the harness configures 8 KiB).
-pub const OVERSIZE_BYTES: usize = 16 * 1024;
-
-/// Every `HUGE_EVERY`-th poison record is `huge`: [`HUGE_BYTES`] produced lz4-compressed, which
-/// the broker takes (its limit applies to the compressed batch) but no DLQ copy of it fits.
-pub const HUGE_EVERY: usize = 50;
-
-/// The size of a `huge` poison value: 2 MiB.
-pub const HUGE_BYTES: usize = 2 * 1024 * 1024;
-
-/// A `huge` poison value: compressible text (lz4 takes it far below the broker's 1 MB limit).
-fn huge_payload(i: usize) -> Vec<u8> {
-    let line = format!("chaos huge poison {i}: 2 MiB of compressible text. ");
-    line.bytes().cycle().take(HUGE_BYTES).collect()
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    openssl::sha::sha256(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Produces `count` poison records to `topic`, spread evenly over `over`, never while `load` holds
-/// its sends back ([`Load::hold`]); returns them (plus the number of retried productions).
-pub async fn poison(
-    kafka: &str,
-    topic: &str,
-    run: &str,
-    count: usize,
-    over: Duration,
-    seed: u64,
-    load: Load,
-) -> anyhow::Result<(Vec<PoisonRecord>, usize)> {
-    let events = load.shared.events.clone();
-    let mut gate = load.gate();
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "300000")
-        .set("linger.ms", "5")
-        .create()?;
-    // `huge` records: lz4, and a client limit above their uncompressed size (librdkafka checks
-    // it before compressing; the broker checks the compressed batch).
-    let lz4: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "300000")
-        .set("compression.type", "lz4")
-        .set("message.max.bytes", (2 * HUGE_BYTES).to_string())
-        .create()?;
-    let codec = Codec::default();
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x005E_ED0F_9015);
-    let start = tokio::time::Instant::now();
-    let mut out = Vec::with_capacity(count);
-    let mut retries = 0;
-    let mut pending = futures::stream::FuturesUnordered::new();
-    use futures::StreamExt;
-    for i in 0..count {
-        let due = start + over.mul_f64(i as f64 / count.max(1) as f64);
-        // Keep acknowledging while waiting for the next one's time.
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => break,
-                Some(done) = pending.next(), if !pending.is_empty() => {
-                    let (rec, tries): (PoisonRecord, usize) = done?;
-                    retries += tries;
-                    out.push(rec);
-                }
-            }
-        }
-        // Held back with the messages (a poll zombie waits for an idle topic).
-        let _ = gate.wait_for(|open| *open).await;
-        let (kind, reasons) = if i % HUGE_EVERY == HUGE_EVERY / 2 {
-            ("huge", &["oversize"][..])
-        } else {
-            POISON_KINDS[rng.random_range(0..POISON_KINDS.len())]
-        };
-        let key = format!("{run}-poison-{i}");
-        let payload: Option<Vec<u8>> = match kind {
-            "garbage" => {
-                let mut b: Vec<u8> = (0..rng.random_range(1..200))
-                    .map(|_| rng.random())
-                    .collect();
-                if b[0] == chatlog_schemas::MAGIC[0] {
-                    b[0] = b'x';
-                }
-                Some(b)
-            }
-            "unknown_fingerprint" => {
-                let mut b = chatlog_schemas::MAGIC.to_vec();
-                b.extend((0..8).map(|_| rng.random::<u8>()));
-                b.extend_from_slice(format!("chaos poison {i}").as_bytes());
-                Some(b)
-            }
-            "oversize" => Some(vec![b'z'; OVERSIZE_BYTES]),
-            "huge" => Some(huge_payload(i)),
-            "truncated" | "key_mismatch" => {
-                let m = ChatMessage {
-                    msg_id: format!("poison-{i}"),
-                    client_msg_id: format!("poison-{i}"),
-                    session_id: format!("{run}-poisonmsg-{i}"),
-                    session_type: SessionType::Group,
-                    seq: 1,
-                    sender_id: "chaos".into(),
-                    content_type: ContentType::Text,
-                    content: format!("poison {i} with some content to cut").into_bytes(),
-                    send_time_ms: chatlog::now_ms(),
-                    server_time_us: chatlog::now_ms() * 1000,
-                    ext: BTreeMap::new(),
-                };
-                let mut b = codec.encode(&m)?;
-                if kind == "truncated" {
-                    b.truncate(b.len() - 7);
-                }
-                Some(b)
-            }
-            _ => None, // empty
-        };
-        let payload_hash = payload.as_deref().map(crate::check::payload_hash);
-        let payload_len = payload.as_ref().map_or(0, Vec::len);
-        let payload_sha256 = payload.as_deref().map(sha256_hex);
-        let producer = if kind == "huge" { &lz4 } else { &producer }.clone();
-        let events = events.clone();
-        pending.push(async move {
-            let mut tries = 0;
-            loop {
-                let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
-                if let Some(p) = payload.as_deref() {
-                    record = record.payload(p);
-                }
-                match producer.send(record, Duration::from_secs(60)).await {
-                    Ok(d) => {
-                        return Ok::<_, anyhow::Error>((
-                            PoisonRecord {
-                                key,
-                                kind,
-                                reasons,
-                                partition: d.partition,
-                                offset: d.offset,
-                                payload_hash,
-                                payload_len,
-                                payload_sha256,
-                            },
-                            tries,
-                        ));
-                    }
-                    Err((e, _)) => {
-                        tries += 1;
-                        events.log(format!("poison {key}: produce failed ({e}); retrying"));
-                        anyhow::ensure!(tries < 30, "poison {key}: {e}");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
-            }
-        });
-    }
-    while let Some(done) = pending.next().await {
-        let (rec, tries) = done?;
-        retries += tries;
-        out.push(rec);
-    }
-    Ok((out, retries))
 }
 
 #[cfg(test)]

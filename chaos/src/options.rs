@@ -203,14 +203,6 @@ impl Options {
         }
     }
 
-    /// Faults this run injects.
-    pub fn planned_faults(&self) -> usize {
-        crate::faults::Kind::ALL
-            .iter()
-            .map(|k| k.planned(self))
-            .sum()
-    }
-
     /// How long the load should last at [`Options::rate`].
     pub fn load_duration(&self) -> Duration {
         Duration::from_secs_f64(self.messages as f64 / self.rate.max(1.0))

@@ -1,0 +1,179 @@
+//! The fault kinds, how many of each a run plans, and when each starts.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::options::Options;
+
+/// One planned fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// kill -9 of a consumer.
+    Kill,
+    /// Join + leave.
+    Rebalance,
+    /// Broker restart.
+    KafkaRestart,
+    /// Redis restart and FLUSHALL.
+    RedisFlushall,
+    /// Redis restarted from an earlier snapshot.
+    Rollback,
+    /// Failover to a lagging replica.
+    Failover,
+    /// Cassandra SIGSTOP/SIGCONT.
+    CassandraPause,
+    /// A consumer SIGSTOP/SIGCONT (a zombie), optionally with FLUSHALL meanwhile.
+    ConsumerPause,
+    /// The composed zombie-writer fault (frozen in its CQL stage).
+    Zombie,
+    /// A consumer frozen inside poll past its session timeout.
+    PollZombie,
+    /// Two producer instances sending to the same sessions.
+    TwoProducers,
+    /// A send whose produce fails, retried after later seqs landed.
+    LateSend,
+    /// A session whose window keys have the wrong Redis type.
+    WrongType,
+}
+
+/// Messages a `wrongtype` fault sends to its session.
+pub const WRONGTYPE_MESSAGES: usize = 3;
+
+impl Kind {
+    /// Every kind, in the order of the summary line.
+    pub const ALL: [Kind; 13] = [
+        Kind::Kill,
+        Kind::Rebalance,
+        Kind::KafkaRestart,
+        Kind::RedisFlushall,
+        Kind::Rollback,
+        Kind::Failover,
+        Kind::CassandraPause,
+        Kind::ConsumerPause,
+        Kind::Zombie,
+        Kind::PollZombie,
+        Kind::TwoProducers,
+        Kind::LateSend,
+        Kind::WrongType,
+    ];
+
+    /// The name in the event log, the report and the summary line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Rebalance => "rebalance",
+            Kind::KafkaRestart => "kafka_restart",
+            Kind::RedisFlushall => "redis_flushall",
+            Kind::Rollback => "rollback",
+            Kind::Failover => "failover",
+            Kind::CassandraPause => "cassandra_pause",
+            Kind::ConsumerPause => "consumer_pause",
+            Kind::Zombie => "zombie",
+            Kind::PollZombie => "poll_zombie",
+            Kind::TwoProducers => "two_producers",
+            Kind::LateSend => "late_send",
+            Kind::WrongType => "wrongtype",
+        }
+    }
+
+    /// How many of this kind `opts` plans.
+    pub fn planned(self, opts: &Options) -> usize {
+        match self {
+            Kind::Kill => opts.kills,
+            Kind::Rebalance => opts.rebalances,
+            Kind::KafkaRestart => opts.kafka_restarts,
+            Kind::RedisFlushall => opts.redis_restarts,
+            Kind::Rollback => opts.rollbacks,
+            Kind::Failover => opts.failovers,
+            Kind::CassandraPause => opts.cassandra_pauses,
+            Kind::ConsumerPause => opts.consumer_pauses,
+            Kind::Zombie => opts.zombies,
+            Kind::PollZombie => opts.poll_zombies,
+            Kind::TwoProducers => opts.two_producers,
+            Kind::LateSend => opts.late_sends,
+            Kind::WrongType => opts.wrongtypes,
+        }
+    }
+}
+
+/// `(kill=5, rebalance=1, …)`: the kinds planned or injected, in the order of [`Kind::ALL`];
+/// `(none)` when there are none.
+pub fn per_kind(opts: &Options, injected: &BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = Kind::ALL
+        .iter()
+        .filter_map(|k| {
+            let n = injected.get(k.name()).copied().unwrap_or(0);
+            (n > 0 || k.planned(opts) > 0).then(|| format!("{}={n}", k.name()))
+        })
+        .collect();
+    if parts.is_empty() {
+        "(none)".to_owned()
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+/// The faults of a run in a random order, each with its planned start (seconds after the load
+/// began), spread over 5 %…85 % of the load.
+pub fn schedule(opts: &Options) -> Vec<(f64, Kind)> {
+    let mut rng = StdRng::seed_from_u64(opts.seed ^ 0xFA_0175);
+    let mut kinds = Vec::new();
+    for k in Kind::ALL {
+        kinds.extend(std::iter::repeat_n(k, k.planned(opts)));
+    }
+    kinds.shuffle(&mut rng);
+    let load = opts.load_duration().as_secs_f64();
+    let n = kinds.len().max(1) as f64;
+    let slot = load * 0.8 / n;
+    kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let at = load * 0.05 + slot * i as f64 + rng.random_range(0.0..slot * 0.5);
+            (at, k)
+        })
+        .collect()
+}
+
+/// Faults `opts` plans in all.
+pub fn planned_total(opts: &Options) -> usize {
+    Kind::ALL.iter().map(|k| k.planned(opts)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Size;
+
+    #[test]
+    fn schedules_every_fault_within_the_load() {
+        for size in [Size::Ci, Size::Full] {
+            let opts = Options::preset(size);
+            let plan = schedule(&opts);
+            assert_eq!(plan.len(), planned_total(&opts));
+            let load = opts.load_duration().as_secs_f64();
+            assert!(plan.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
+            assert!(plan.iter().all(|(t, _)| *t > 0.0 && *t < load * 0.9));
+            for k in Kind::ALL {
+                let n = plan.iter().filter(|(_, p)| *p == k).count();
+                assert_eq!(n, k.planned(&opts), "{k:?}");
+                assert!(n >= 1, "{size:?} lacks {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_summary_names_every_planned_kind() {
+        let opts = Options::preset(Size::Ci);
+        let mut injected = BTreeMap::new();
+        injected.insert("kill".to_owned(), 5);
+        injected.insert("rollback".to_owned(), 1);
+        let text = per_kind(&opts, &injected);
+        assert!(text.starts_with("(kill=5, rebalance=0, "), "{text}");
+        assert!(text.contains("rollback=1, failover=0"), "{text}");
+        assert!(text.ends_with("late_send=0, wrongtype=0)"), "{text}");
+    }
+}
