@@ -16,6 +16,7 @@ use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
+use scylla::{DeserializeRow, SerializeRow};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -74,93 +75,173 @@ pub fn select_bucket_max_seq_cql(keyspace: &str) -> String {
 }
 
 /// `SELECT max_seq` of a session from `session_seq`: the seq allocator's reserved ceiling, an upper
-/// bound of every seq ever handed out for the session (history reads it, never writes it).
+/// bound of every seq ever handed out for the session (history reads it, never writes it). The
+/// allocator's own statement ([`crate::seq::select_ceiling_cql`]).
 pub fn select_session_max_seq_cql(keyspace: &str) -> String {
-    format!("SELECT max_seq FROM {keyspace}.session_seq WHERE session_id = ?")
+    crate::seq::select_ceiling_cql(keyspace)
 }
 
-/// One `messages` row as the driver reads it.
-pub type MessageRow = (
-    String,
-    i64,
-    i64,
-    String,
-    String,
-    i8,
-    String,
-    i8,
-    Vec<u8>,
-    CqlTimestamp,
-    i64,
-    Option<BTreeMap<String, String>>,
-);
+/// `SELECT COUNT(*)` of one partition (`session_id`, `bucket`): the one row-count statement
+/// (benchmarks, the chaos checker and the demo count what was persisted with it, through
+/// [`RowCounter`]).
+pub fn select_partition_count_cql(keyspace: &str) -> String {
+    format!("SELECT COUNT(*) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?")
+}
 
-/// Flattens the row and its timestamp into the 13 bind values of [`insert_cql`].
-#[allow(clippy::type_complexity)]
-pub fn insert_bind(
-    m: &ChatMessage,
-    bucket_size: i64,
-) -> (
-    &String,
-    i64,
-    i64,
-    &String,
-    &String,
-    i8,
-    &String,
-    i8,
-    &Vec<u8>,
-    CqlTimestamp,
-    i64,
-    &BTreeMap<String, String>,
-    i64,
-) {
-    (
-        &m.session_id,
-        bucket_of(m.seq, bucket_size),
-        m.seq,
-        &m.msg_id,
-        &m.client_msg_id,
-        m.session_type.index() as i8,
-        &m.sender_id,
-        m.content_type.index() as i8,
-        &m.content,
-        CqlTimestamp(m.send_time_ms),
-        m.server_time_us,
-        &m.ext,
-        m.server_time_us,
-    )
+/// `DELETE` of one row (`session_id`, `bucket`, `seq`): only the chaos run's sabotage uses it, to
+/// plant a lost row the checker must find.
+pub fn delete_row_cql(keyspace: &str) -> String {
+    format!("DELETE FROM {keyspace}.messages WHERE session_id = ? AND bucket = ? AND seq = ?")
+}
+
+/// Counts stored rows, partition by partition ([`select_partition_count_cql`]): how tools see what
+/// was persisted. Never on a request path: a count reads whole partitions.
+#[derive(Debug, Clone)]
+pub struct RowCounter {
+    statement: PreparedStatement,
+}
+
+impl RowCounter {
+    /// Partitions counted at once by [`RowCounter::sessions`].
+    const IN_FLIGHT: usize = 32;
+
+    /// Prepares the count statement of `keyspace`.
+    pub async fn new(session: &Session, keyspace: &str) -> Result<RowCounter> {
+        let mut statement = session
+            .prepare(select_partition_count_cql(keyspace))
+            .await
+            .map_err(|e| Error::cql("prepare messages count", e))?;
+        statement.set_is_idempotent(true);
+        Ok(RowCounter { statement })
+    }
+
+    /// Rows of one partition.
+    pub async fn partition(&self, session: &Session, session_id: &str, bucket: i64) -> Result<i64> {
+        let what = "count messages of a partition";
+        let (count,): (i64,) = session
+            .execute_unpaged(&self.statement, (session_id, bucket))
+            .await
+            .map_err(|e| Error::cql(what, e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql(what, e))?
+            .single_row()
+            .map_err(|e| Error::cql(what, e))?;
+        Ok(count)
+    }
+
+    /// Rows of `sessions` in the buckets `buckets` (e.g. `0..=bucket_of(max_seq, bucket_size)`),
+    /// summed; [`Self::IN_FLIGHT`] partitions at a time.
+    pub async fn sessions<S: AsRef<str>>(
+        &self,
+        session: &Session,
+        sessions: &[S],
+        buckets: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64> {
+        let partitions = sessions
+            .iter()
+            .flat_map(|s| buckets.clone().map(move |b| (s.as_ref(), b)));
+        let counts: Vec<i64> = futures::stream::iter(partitions)
+            .map(|(s, b)| self.partition(session, s, b))
+            .buffer_unordered(Self::IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(counts.into_iter().sum())
+    }
+}
+
+/// One `messages` row as the driver reads it (the columns of every `SELECT` here, matched by
+/// name).
+#[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
+pub struct MessageRow {
+    /// Partition key, first part.
+    pub session_id: String,
+    /// Partition key, second part: [`bucket_of`] the seq.
+    pub bucket: i64,
+    /// Clustering key.
+    pub seq: i64,
+    /// The message id.
+    pub msg_id: String,
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// [`SessionType`] index.
+    pub session_type: i8,
+    /// The sender.
+    pub sender_id: String,
+    /// [`ContentType`] index.
+    pub content_type: i8,
+    /// The content bytes.
+    pub content: Vec<u8>,
+    /// The client's send time (ms).
+    pub send_time: CqlTimestamp,
+    /// The server time (µs); also the row's write timestamp.
+    pub server_time: i64,
+    /// Extension fields (`null` when empty).
+    pub ext: Option<BTreeMap<String, String>>,
+}
+
+impl From<MessageRow> for ChatMessage {
+    fn from(row: MessageRow) -> ChatMessage {
+        ChatMessage {
+            msg_id: row.msg_id,
+            client_msg_id: row.client_msg_id,
+            session_id: row.session_id,
+            session_type: SessionType::from_index(row.session_type as u32)
+                .unwrap_or(SessionType::Single),
+            seq: row.seq,
+            sender_id: row.sender_id,
+            content_type: ContentType::from_index(row.content_type as u32)
+                .unwrap_or(ContentType::Unknown),
+            content: row.content,
+            send_time_ms: row.send_time.0,
+            server_time_us: row.server_time,
+            ext: row.ext.unwrap_or_default(),
+        }
+    }
+}
+
+/// The 13 bind values of [`insert_cql`]: a message's columns, borrowed, and its write timestamp.
+/// Bound in order (`enforce_order`): the last marker is `USING TIMESTAMP ?`, which has no column
+/// name to match.
+#[derive(Debug, SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+pub struct InsertRow<'a> {
+    session_id: &'a str,
+    bucket: i64,
+    seq: i64,
+    msg_id: &'a str,
+    client_msg_id: &'a str,
+    session_type: i8,
+    sender_id: &'a str,
+    content_type: i8,
+    content: &'a [u8],
+    send_time: CqlTimestamp,
+    server_time: i64,
+    ext: &'a BTreeMap<String, String>,
+    write_time: i64,
+}
+
+/// The bind values of [`insert_cql`] for `m`.
+pub fn insert_bind(m: &ChatMessage, bucket_size: i64) -> InsertRow<'_> {
+    InsertRow {
+        session_id: &m.session_id,
+        bucket: bucket_of(m.seq, bucket_size),
+        seq: m.seq,
+        msg_id: &m.msg_id,
+        client_msg_id: &m.client_msg_id,
+        session_type: m.session_type.index() as i8,
+        sender_id: &m.sender_id,
+        content_type: m.content_type.index() as i8,
+        content: &m.content,
+        send_time: CqlTimestamp(m.send_time_ms),
+        server_time: m.server_time_us,
+        ext: &m.ext,
+        write_time: m.server_time_us,
+    }
 }
 
 /// The message a row holds.
 pub fn row_to_message(row: MessageRow) -> ChatMessage {
-    let (
-        session_id,
-        _bucket,
-        seq,
-        msg_id,
-        client_msg_id,
-        session_type,
-        sender_id,
-        content_type,
-        content,
-        send_time,
-        server_time,
-        ext,
-    ) = row;
-    ChatMessage {
-        msg_id,
-        client_msg_id,
-        session_id,
-        session_type: SessionType::from_index(session_type as u32).unwrap_or(SessionType::Single),
-        seq,
-        sender_id,
-        content_type: ContentType::from_index(content_type as u32).unwrap_or(ContentType::Unknown),
-        content,
-        send_time_ms: send_time.0,
-        server_time_us: server_time,
-        ext: ext.unwrap_or_default(),
-    }
+    row.into()
 }
 
 /// An upper bound of the bytes one row adds to a batch (values plus per-statement overhead).
