@@ -71,15 +71,16 @@ fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Decodes one record. `max_record_bytes` is checked before any parsing; the codec's
+/// Decodes one record. The size is checked by the codec before any parsing (its maximum encoded
+/// size is `batch.max_record_bytes`, see [`Config::codec`](crate::Config::codec)); its
 /// [`Limits`](chatlog_schemas::Limits) (the consumer's `[limits]`) after decoding, including
 /// `max_skew`: a `server_time` further ahead of this host's clock goes to the DLQ as `skew`.
-pub fn decode(codec: &Codec, max_record_bytes: usize, record: Record) -> Decoded {
-    decode_at(codec, max_record_bytes, record, now_us())
+pub fn decode(codec: &Codec, record: Record) -> Decoded {
+    decode_at(codec, record, now_us())
 }
 
 /// [`decode`] with the clock read by the caller (`now_us`, µs since the Unix epoch).
-pub fn decode_at(codec: &Codec, max_record_bytes: usize, record: Record, now_us: i64) -> Decoded {
+pub fn decode_at(codec: &Codec, record: Record, now_us: i64) -> Decoded {
     let poison = |record: Record, reason: &'static str, detail: String| {
         Decoded::Poison(Poison {
             record,
@@ -98,13 +99,6 @@ pub fn decode_at(codec: &Codec, max_record_bytes: usize, record: Record, now_us:
             "no_key",
             "record has no key (chatlog producers key every record by session_id)".into(),
         );
-    }
-    if payload.len() > max_record_bytes {
-        let detail = format!(
-            "value of {} bytes exceeds {max_record_bytes}",
-            payload.len()
-        );
-        return poison(record, "oversize", detail);
     }
     let message = match codec.decode(payload) {
         Ok(m) => m,
@@ -192,7 +186,7 @@ mod tests {
     fn good_record_decodes() {
         let codec = Codec::default();
         let bytes = codec.encode(&message()).unwrap();
-        match decode(&codec, 1 << 20, record(Some("s1"), Some(bytes.clone()))) {
+        match decode(&codec, record(Some("s1"), Some(bytes.clone()))) {
             Decoded::Good(g) => {
                 assert_eq!(g.message, message());
                 assert_eq!(g.avro, bytes);
@@ -205,44 +199,39 @@ mod tests {
     fn every_bad_record_gets_a_reason() {
         let codec = Codec::default();
         let good = codec.encode(&message()).unwrap();
+        assert_eq!(reason(decode(&codec, record(Some("s1"), None))), "empty");
         assert_eq!(
-            reason(decode(&codec, 1 << 20, record(Some("s1"), None))),
-            "empty"
-        );
-        assert_eq!(
-            reason(decode(&codec, 10, record(Some("s1"), Some(good.clone())))),
+            reason(decode(
+                &Codec::new(10),
+                record(Some("s1"), Some(good.clone()))
+            )),
             "oversize"
         );
         assert_eq!(
-            reason(decode(
-                &codec,
-                1 << 20,
-                record(Some("other"), Some(good.clone()))
-            )),
+            reason(decode(&codec, record(Some("other"), Some(good.clone())))),
             "key_mismatch"
         );
         assert_eq!(
             reason(decode(
                 &codec,
-                1 << 20,
                 record(Some("s1"), Some(b"garbage!!!!!".to_vec()))
             )),
             "bad_magic"
         );
         assert_eq!(
-            reason(decode(&codec, 1 << 20, record(None, Some(good.clone())))),
+            reason(decode(&codec, record(None, Some(good.clone())))),
             "no_key",
             "a valid message without a key"
         );
         let mut unknown = good.clone();
         unknown[2] ^= 0xff;
         assert_eq!(
-            reason(decode(&codec, 1 << 20, record(Some("s1"), Some(unknown)))),
+            reason(decode(&codec, record(Some("s1"), Some(unknown)))),
             "unknown_fingerprint"
         );
         let truncated = good[..good.len() - 3].to_vec();
         assert!(matches!(
-            decode(&codec, 1 << 20, record(Some("s1"), Some(truncated))),
+            decode(&codec, record(Some("s1"), Some(truncated))),
             Decoded::Poison(_)
         ));
     }
@@ -256,7 +245,7 @@ mod tests {
             let bytes = codec
                 .encode(&test_message("s1", 1, server_time_us))
                 .unwrap();
-            decode_at(&codec, 1 << 20, record(Some("s1"), Some(bytes)), now)
+            decode_at(&codec, record(Some("s1"), Some(bytes)), now)
         };
         assert!(matches!(at(now + max), Decoded::Good(_)));
         // A year old: a replay after an outage, not skew.
@@ -279,7 +268,7 @@ mod tests {
                 chatlog_schemas::to_value_v1(&test_message("s1", chatlog_schemas::MAX_SEQ + 1, 1)),
             )
             .unwrap();
-        match decode(&codec, 1 << 20, record(Some("s1"), Some(bytes))) {
+        match decode(&codec, record(Some("s1"), Some(bytes))) {
             Decoded::Poison(p) => {
                 assert_eq!(p.reason, "invalid");
                 assert!(p.detail.contains("2^53"), "{}", p.detail);

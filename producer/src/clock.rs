@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use crate::metrics::CLOCK_OFFSET;
 use crate::{Error, Result};
-
-/// Gauge: the host clock minus the reference clock at the last reading, in seconds.
-pub const CLOCK_OFFSET: &str = "chatlog_producer_clock_offset_seconds";
 
 /// The host's wall clock as the producer reads it. [`Clock::system`] is the host clock itself;
 /// [`Clock::skewed`] adds a fixed offset, to rehearse a host with a wrong clock (drills and

@@ -13,7 +13,7 @@ pub const SEND_DURATION: &str = "chatlog_producer_send_duration_seconds";
 pub const SEQ_ALLOCATIONS: &str = chatlog_store::seq::ALLOCATIONS_METRIC;
 /// The host clock minus the reference clock (Redis `TIME`) at the last reading, in seconds: sends
 /// are refused beyond half of `limits.max_skew` either way.
-pub const CLOCK_OFFSET: &str = crate::clock::CLOCK_OFFSET;
+pub const CLOCK_OFFSET: &str = "chatlog_producer_clock_offset_seconds";
 
 /// Registers the help text and units of every metric with the installed recorder. Called by
 /// [`Producer::new`](crate::Producer::new); harmless to call again.

@@ -48,7 +48,7 @@ impl Pipeline {
         let mut good: Vec<Good> = Vec::with_capacity(records);
         let mut poison: Vec<Dead> = Vec::new();
         for record in batch {
-            match decode::decode(&self.codec, self.config.batch.max_record_bytes, record) {
+            match decode::decode(&self.codec, record) {
                 Decoded::Good(g) => good.push(g),
                 Decoded::Poison(p) => poison.push(Dead {
                     poison: p,
