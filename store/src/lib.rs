@@ -2,21 +2,30 @@
 //! script. The consumer (writer) and the history reader (Logic) both call this crate, so the layout
 //! cannot drift between them.
 //!
-//! Layout:
+//! # Layout
+//!
 //! - [`config`]: how to reach the CQL database and Redis (documented, `deny_unknown_fields`).
 //! - [`secret`]: a string that never prints (passwords, keys).
-//! - [`security`]: TLS files, Kafka TLS/SASL, client properties whose secrets never print.
+//! - [`security`]: TLS files of the CQL and Redis clients (Kafka's live in `chatlog-kafka`).
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
 //! - [`epoch`]: which lifetime of which dataset Redis serves, checked by the scripts so that state
 //!   written before Redis went back in time (restart from a snapshot, failover) is never trusted.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
 //! - [`limits`]: the `consumer_limits` table — the limits each consumer enforces, read by producers.
-//! - [`messages`]: the `messages` table — statements, buckets, row mapping, the batch writer.
+//! - [`messages`]: the `messages` table — statements, buckets, the typed row, the batch writer,
+//!   the row counter.
 //! - [`window`]: the Redis ZSET window of each session — member format, Lua, the writer.
-//! - [`history`]: the history reader — window first, CQL for the rest, coalesced fallbacks.
+//! - [`history`] (a folder): the history reader — window first, CQL for the rest, coalesced
+//!   fallbacks; its window and table readers are also [`verify`]'s.
 //! - [`verify`]: compares a session's window with the newest rows of CQL (operators' check).
 //! - [`queues`]: per-session queues for group commit (seq allocation, the producer's turns).
-//! - [`seq`]: per-session seq allocation — Redis fast path, CQL LWT segments, recovery after Redis loss.
+//! - [`seq`] (a folder): per-session seq allocation — Redis fast path, CQL LWT segments, recovery
+//!   after Redis loss.
+//! - `store/lua/*.lua`: every Lua script, loaded with `include_str!`; `epoch.lua` (the one
+//!   `server_epoch()`) is concatenated in front of the scripts that check the epoch.
+//! - [`Error`]: one error type, `Clone` (sources behind `Arc`).
+//!
+//! No file here is over 700 lines and no function over 150.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -96,21 +96,16 @@ impl WindowReader {
             .arg("WITHSCORES");
         match query {
             WindowQuery::Latest(_) => unreachable!("answered by read_latest"),
-            WindowQuery::Before(x, limit) => {
-                pipe.cmd("ZREVRANGEBYSCORE")
+            WindowQuery::Before(x, limit) | WindowQuery::After(x, limit) => {
+                // The `limit` members nearest to x: below it newest first, above it oldest first.
+                let (cmd, end) = match query {
+                    WindowQuery::Before(..) => ("ZREVRANGEBYSCORE", "-inf"),
+                    _ => ("ZRANGEBYSCORE", "+inf"),
+                };
+                pipe.cmd(cmd)
                     .arg(&key)
                     .arg(format!("({x}"))
-                    .arg("-inf")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit);
-            }
-            WindowQuery::After(x, limit) => {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(format!("({x}"))
-                    .arg("+inf")
+                    .arg(end)
                     .arg("WITHSCORES")
                     .arg("LIMIT")
                     .arg(0)
