@@ -1,0 +1,194 @@
+//! What a run measures and how big: the command line ([`Options`]) and the sizes it resolves to
+//! ([`Plan`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::child::ConsumerSettings;
+use crate::workload::Workload;
+
+/// Command-line options; unset sizes take the full or `--quick` defaults (see [`Plan`]).
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(about = "chatlog benchmarks: P1..P7 next to their references, in one run")]
+pub struct Options {
+    /// Smoke-run sizes (seconds, not minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Messages pre-produced for P3 and drained for P1/P2.
+    #[arg(long)]
+    pub messages: Option<usize>,
+    /// Messages of the live run (P1 live, P7).
+    #[arg(long)]
+    pub live_messages: Option<usize>,
+    /// Sessions the messages are spread over (round-robin).
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// Partitions of the topics.
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// Bytes of message content.
+    #[arg(long)]
+    pub content_bytes: Option<usize>,
+    /// Concurrent `send`s of the producer library at full speed.
+    #[arg(long)]
+    pub producer_concurrency: Option<usize>,
+    /// The consumer's `batch.max_records` (CLI `--max-records`).
+    #[arg(long)]
+    pub max_records: Option<usize>,
+    /// The consumer's `batch.linger`, ms (CLI `--linger`).
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
+    /// The consumer's `writer.concurrency` (CQL batches in flight).
+    #[arg(long)]
+    pub writer_concurrency: Option<usize>,
+    /// The raw loader's batches in flight (per slice; two slices overlap).
+    #[arg(long)]
+    pub loader_concurrency: Option<usize>,
+    /// Seconds of the paced latency run (P4).
+    #[arg(long)]
+    pub latency_seconds: Option<f64>,
+    /// Seconds of the naive consumer (P2).
+    #[arg(long)]
+    pub naive_seconds: Option<f64>,
+    /// Seconds of each read/allocation loop (P5, P6).
+    #[arg(long)]
+    pub loop_seconds: Option<f64>,
+    /// Concurrent callers of P5 and P6 (and redis-benchmark clients).
+    #[arg(long)]
+    pub callers: Option<usize>,
+    /// The `chatlog-consumer` binary.
+    #[arg(long, default_value = "target/release/chatlog-consumer")]
+    pub consumer_bin: PathBuf,
+    /// Folder with the Kafka jars (default: `$CHATLOG_KAFKA_LIB`, else from `dev/stack.sh env`).
+    #[arg(long)]
+    pub kafka_lib: Option<PathBuf>,
+    /// Where results.json, consumer.toml and the consumer's log go.
+    #[arg(long, default_value = "target/bench")]
+    pub out_dir: PathBuf,
+    /// Run only some scenarios (for profiling): `all`, `reads` (P5 and P6 alone, on windows the
+    /// harness writes itself) or `produce` (P3 alone).
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    pub only: Only,
+}
+
+/// Which scenarios run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Only {
+    /// P1…P7.
+    #[default]
+    All,
+    /// P5 and P6.
+    Reads,
+    /// P3 alone.
+    Produce,
+}
+
+/// The resolved sizes and settings of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Smoke sizes.
+    pub quick: bool,
+    /// Pre-produced messages (P1 drain, P2, P3), after one warm-up message per session.
+    pub messages: usize,
+    /// Live-run messages.
+    pub live_messages: usize,
+    /// Sessions.
+    pub sessions: usize,
+    /// Topic partitions.
+    pub partitions: i32,
+    /// Content bytes per message.
+    pub content_bytes: usize,
+    /// Encoded record bytes (Avro single-object).
+    pub record_bytes: usize,
+    /// Concurrent sends at full speed.
+    pub producer_concurrency: usize,
+    /// Consumer settings.
+    pub consumer: ConsumerSettings,
+    /// Loader batches in flight per slice.
+    pub loader_concurrency: usize,
+    /// Rows the loader groups at once (a slice).
+    pub loader_slice: usize,
+    /// P4 seconds.
+    pub latency_seconds: f64,
+    /// Sessions watched for P4.
+    pub latency_probes: usize,
+    /// P2 seconds.
+    pub naive_seconds: f64,
+    /// P5/P6 loop seconds.
+    pub loop_seconds: f64,
+    /// P5/P6 callers.
+    pub callers: usize,
+    /// The consumer binary.
+    pub consumer_bin: PathBuf,
+    /// Kafka jars.
+    pub kafka_lib: PathBuf,
+    /// Output folder.
+    pub out_dir: PathBuf,
+    /// Which scenarios run.
+    pub only: Only,
+}
+
+impl Options {
+    /// Resolves the defaults.
+    pub fn plan(&self) -> Result<Plan> {
+        let q = self.quick;
+        let pick =
+            |v: Option<usize>, full: usize, quick: usize| v.unwrap_or(if q { quick } else { full });
+        let pickf =
+            |v: Option<f64>, full: f64, quick: f64| v.unwrap_or(if q { quick } else { full });
+        let sessions = pick(self.sessions, 200, 60).max(1);
+        let messages = pick(self.messages, 200_000, 3_000).max(1);
+        let content_bytes = pick(self.content_bytes, 160, 160);
+        let kafka_lib = match &self.kafka_lib {
+            Some(p) => p.clone(),
+            None => kafka_lib()?,
+        };
+        Ok(Plan {
+            quick: q,
+            messages,
+            live_messages: pick(self.live_messages, 100_000, 2_000).max(1),
+            sessions,
+            partitions: self.partitions.unwrap_or(8).max(1),
+            content_bytes,
+            record_bytes: Workload::new("x", 1, content_bytes).record_bytes(),
+            producer_concurrency: pick(self.producer_concurrency, 2048, 512),
+            consumer: ConsumerSettings {
+                max_records: pick(self.max_records, 10_000, 2000),
+                linger_ms: self.linger_ms.unwrap_or(5),
+                writer_concurrency: pick(self.writer_concurrency, 16, 16),
+                writer_max_rows: 100,
+            },
+            loader_concurrency: pick(self.loader_concurrency, 64, 64),
+            loader_slice: (messages / 4).max(1000),
+            latency_seconds: pickf(self.latency_seconds, 20.0, 3.0),
+            latency_probes: 32.min(sessions),
+            naive_seconds: pickf(self.naive_seconds, 10.0, 2.0),
+            loop_seconds: pickf(self.loop_seconds, 5.0, 1.0),
+            callers: pick(self.callers, 50, 50).min(sessions).max(1),
+            consumer_bin: self.consumer_bin.clone(),
+            kafka_lib,
+            out_dir: self.out_dir.clone(),
+            only: self.only,
+        })
+    }
+}
+
+/// The Kafka jar folder: `$CHATLOG_KAFKA_LIB`, else what `dev/stack.sh env` prints.
+fn kafka_lib() -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os("CHATLOG_KAFKA_LIB").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(v));
+    }
+    let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/stack.sh");
+    let out = std::process::Command::new(&stack)
+        .arg("env")
+        .output()
+        .with_context(|| format!("run {stack:?} env"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("export CHATLOG_KAFKA_LIB="))
+        .map(PathBuf::from)
+        .context("CHATLOG_KAFKA_LIB not set and not printed by dev/stack.sh env")
+}

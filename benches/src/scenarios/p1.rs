@@ -1,0 +1,395 @@
+//! P1: the end-to-end persisted rate of the real `chatlog-consumer` (the pre-produced drain, then
+//! live) next to a raw CQL loader writing the same rows, run once before the drain and once after
+//! it (the reference is the mean). The consumer started here keeps running through P4; P7 reads
+//! its peak memory.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use chatlog_producer::Producer;
+use chatlog_schemas::ChatMessage;
+use chatlog_store::messages::BatchLimits;
+use serde_json::json;
+
+use crate::child::{self, ConsumerChild, ConsumerTarget};
+use crate::kafka::OffsetMeter;
+use crate::report::{Figure, Goal};
+use crate::series::{self, Sampler};
+use crate::{cpu, loader, produce};
+
+use super::measure::{mib, wait_committed};
+use super::world::{Collect, Ctx};
+
+/// The raw CQL loader's runs: P1's reference.
+pub(super) struct Reference {
+    /// Rows of the first run.
+    rows: usize,
+    /// Seconds of the first run.
+    seconds: f64,
+    /// UNLOGGED batches of the first run.
+    requests: usize,
+    limits: BatchLimits,
+    loader_rate_1: f64,
+    loader_rate_2: f64,
+    loader_rate: f64,
+    settled_loader: f64,
+    loader_cpu: BTreeMap<String, f64>,
+}
+
+/// The consumer draining the pre-produced topic, and what the drain measured.
+pub(super) struct Drain {
+    pub(super) consumer: ConsumerChild,
+    pub(super) meter: OffsetMeter,
+    pub(super) procs_c: cpu::Procs,
+    committed_sampler: Sampler,
+    rss_sampler: Sampler,
+    pre: i64,
+    ready_at: f64,
+    drained_at: f64,
+    settled_drain: f64,
+    drain_cpu: BTreeMap<String, f64>,
+    drain_machine: serde_json::Value,
+    metrics_after_drain: String,
+    pub(super) hwm_drain: u64,
+}
+
+/// The live phase: the producer sending at full speed while the consumer runs.
+pub(super) struct Live {
+    live: usize,
+    live_producer_seconds: f64,
+    pub(super) live_rate: f64,
+    live_cpu: BTreeMap<String, f64>,
+    live_machine: serde_json::Value,
+    pub(super) hwm_live: u64,
+    metrics_after_live: String,
+}
+
+/// What P1's end leaves for the other figures.
+pub(super) struct End {
+    pub(super) drain_rate: f64,
+    pub(super) hwm_end: u64,
+}
+
+/// The loader's first run (before the drain).
+pub(super) async fn loader_before(
+    cx: &Ctx<'_>,
+    stored: &[ChatMessage],
+    out: &mut Collect<'_>,
+) -> Result<Reference> {
+    let (plan, session, raw_ks, origin, procs) =
+        (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
+    let all_series = &mut *out.series;
+    eprintln!("[bench] P1: raw CQL loader, {} rows", stored.len());
+    let limits = BatchLimits {
+        concurrency: plan.loader_concurrency,
+        ..BatchLimits::default()
+    };
+    let settled_loader = procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    let before = procs.snapshot();
+    let loaded = loader::load(
+        session.clone(),
+        raw_ks,
+        stored,
+        limits.clone(),
+        plan.loader_slice,
+        origin,
+    )
+    .await?;
+    let loader_cpu = before.until(&procs.snapshot(), &[]);
+    let loader_rate_1 = loaded.rows as f64 / loaded.seconds;
+    eprintln!(
+        "[bench]   loader: {loader_rate_1:.0} rows/s ({} batches)",
+        loaded.requests
+    );
+    all_series.insert("P1 raw CQL loader (rows)".into(), loaded.series);
+    Ok(Reference {
+        rows: loaded.rows,
+        seconds: loaded.seconds,
+        requests: loaded.requests,
+        limits,
+        loader_rate_1,
+        loader_rate_2: 0.0,
+        loader_rate: loader_rate_1,
+        settled_loader,
+        loader_cpu,
+    })
+}
+
+/// Starts the consumer and waits until it has committed every pre-produced record.
+pub(super) async fn drain(cx: &Ctx<'_>) -> Result<Drain> {
+    let (plan, topic, e2e_ks, origin, procs) = (cx.plan, cx.topic, cx.e2e_ks, cx.origin, &cx.procs);
+    let target = ConsumerTarget {
+        topic: topic.to_owned(),
+        group: format!("{topic}_e2e"),
+        keyspace: e2e_ks.to_owned(),
+    };
+    let config_path = plan.out_dir.join("consumer.toml");
+    std::fs::write(&config_path, child::config_toml(&target, &plan.consumer))?;
+    let meter = OffsetMeter::new(&target.group, topic, plan.partitions)?;
+    let pre = meter.end()?;
+    eprintln!("[bench] P1: chatlog-consumer drains {pre} pre-produced records");
+    let settled_drain = procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    let committed_sampler = {
+        let m = OffsetMeter::new(&target.group, topic, plan.partitions)?;
+        Sampler::start(origin, Duration::from_millis(50), move || {
+            m.committed().ok().map(|v| v as f64)
+        })
+    };
+    let mut consumer = ConsumerChild::spawn(
+        &plan.consumer_bin,
+        &config_path,
+        &plan.out_dir.join("consumer.log"),
+    )?;
+    let procs_c = procs.with("consumer", consumer.pid);
+    let before_drain = procs_c.snapshot();
+    let machine_before_drain = cpu::MachineCpu::now();
+    let rss_sampler = {
+        let pid = consumer.pid;
+        Sampler::start(origin, Duration::from_millis(250), move || {
+            child::proc_status_kib(pid, "VmRSS").map(mib)
+        })
+    };
+    let ready_at = origin.elapsed().as_secs_f64();
+    wait_committed(&meter, pre, Duration::from_secs(900), &mut consumer).await?;
+    let drained_at = origin.elapsed().as_secs_f64();
+    let after_drain = procs_c.snapshot();
+    let drain_cpu = before_drain.until(&after_drain, &[]);
+    let drain_machine = machine_before_drain.until(&cpu::MachineCpu::now());
+    let metrics_after_drain = consumer.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let hwm_drain = consumer.status_kib("VmHWM").unwrap_or(0);
+    Ok(Drain {
+        consumer,
+        meter,
+        procs_c,
+        committed_sampler,
+        rss_sampler,
+        pre,
+        ready_at,
+        drained_at,
+        settled_drain,
+        drain_cpu,
+        drain_machine,
+        metrics_after_drain,
+        hwm_drain,
+    })
+}
+
+/// The loader once more, now that the drain is done: Cassandra's state drifts (memtable
+/// flushes, compactions, other tenants), so the reference is the mean of a run before and a
+/// run after the drain. It rewrites the same rows (identical work for an LSM store).
+pub(super) async fn loader_after(
+    cx: &Ctx<'_>,
+    reference: &mut Reference,
+    stored: &[ChatMessage],
+    out: &mut Collect<'_>,
+) -> Result<()> {
+    let (plan, session, raw_ks, origin, procs) =
+        (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
+    let all_series = &mut *out.series;
+    let loader_rate_1 = reference.loader_rate_1;
+    let limits = reference.limits.clone();
+    procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    let reloaded = loader::load(
+        session.clone(),
+        raw_ks,
+        stored,
+        limits,
+        plan.loader_slice,
+        origin,
+    )
+    .await?;
+    let loader_rate_2 = reloaded.rows as f64 / reloaded.seconds;
+    let loader_rate = (loader_rate_1 + loader_rate_2) / 2.0;
+    eprintln!(
+        "[bench]   loader again: {loader_rate_2:.0} rows/s; reference {loader_rate:.0} rows/s"
+    );
+    all_series.insert("P1 raw CQL loader, again (rows)".into(), reloaded.series);
+    reference.loader_rate_2 = loader_rate_2;
+    reference.loader_rate = loader_rate;
+    Ok(())
+}
+
+/// P1 live: `live_messages` more sent at full speed while the consumer runs.
+pub(super) async fn live(
+    cx: &Ctx<'_>,
+    producer: &Producer,
+    drain: &mut Drain,
+    out: &mut Collect<'_>,
+) -> Result<Live> {
+    let (plan, workload, origin) = (cx.plan, cx.workload, cx.origin);
+    let (s, n) = (plan.sessions, plan.messages);
+    let all_series = &mut *out.series;
+    let Drain {
+        consumer,
+        meter,
+        procs_c,
+        ..
+    } = drain;
+    let after_drain = procs_c.snapshot();
+    let machine_after_drain = cpu::MachineCpu::now();
+
+    // ------------------------------------------------------------------------------- P1 live
+    let live = plan.live_messages;
+    eprintln!("[bench] P1 live: {live} messages produced while the consumer runs");
+    let live_start = origin.elapsed().as_secs_f64();
+    let live_burst = produce::burst(
+        producer,
+        workload,
+        s + n..s + n + live,
+        plan.producer_concurrency,
+        origin,
+    )
+    .await;
+    let live_end_offset = meter.end()?;
+    wait_committed(meter, live_end_offset, Duration::from_secs(900), consumer).await?;
+    let live_done = origin.elapsed().as_secs_f64();
+    let live_cpu = after_drain.until(&procs_c.snapshot(), &[]);
+    let live_machine = machine_after_drain.until(&cpu::MachineCpu::now());
+    let hwm_live = consumer.status_kib("VmHWM").unwrap_or(0);
+    let metrics_after_live = consumer.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    all_series.insert("P1 live: producer (acks)".into(), live_burst.series);
+    let live_rate = live as f64 / (live_done - live_start);
+    Ok(Live {
+        live,
+        live_producer_seconds: live_burst.seconds,
+        live_rate,
+        live_cpu,
+        live_machine,
+        hwm_live,
+        metrics_after_live,
+    })
+}
+
+/// Waits for the consumer to commit everything, stops it, checks the rows and records P1.
+pub(super) async fn finish(
+    cx: &Ctx<'_>,
+    producer: Producer,
+    drain: Drain,
+    reference: &Reference,
+    live: &Live,
+    out: &mut Collect<'_>,
+) -> Result<End> {
+    let (plan, workload, e2e_ks) = (cx.plan, cx.workload, cx.e2e_ks);
+    let session = &cx.world.session;
+    let s = plan.sessions;
+    let figures = &mut *out.figures;
+    let details = &mut *out.details;
+    let all_series = &mut *out.series;
+    let Drain {
+        mut consumer,
+        meter,
+        committed_sampler,
+        rss_sampler,
+        pre,
+        ready_at,
+        drained_at,
+        settled_drain,
+        drain_cpu,
+        drain_machine,
+        metrics_after_drain,
+        ..
+    } = drain;
+    let Live {
+        live_producer_seconds,
+        live_rate,
+        ref live_cpu,
+        ref live_machine,
+        ref metrics_after_live,
+        ..
+    } = *live;
+    let live = live.live;
+    let Reference {
+        loader_rate_1,
+        loader_rate_2,
+        loader_rate,
+        settled_loader,
+        ref loader_cpu,
+        ..
+    } = *reference;
+    let loaded = reference;
+    let final_end = meter.end()?;
+    wait_committed(&meter, final_end, Duration::from_secs(300), &mut consumer).await?;
+    let hwm_end = consumer.status_kib("VmHWM").unwrap_or(0);
+    let status = consumer.stop(Duration::from_secs(30))?;
+    let committed_series = committed_sampler.finish();
+    all_series.insert(
+        "P1 consumer (committed offsets)".into(),
+        committed_series.clone(),
+    );
+    all_series.insert("P7 consumer RSS (MiB)".into(), rss_sampler.finish());
+    producer.close(Duration::from_secs(10)).await?;
+
+    // From the first commit to the last (start-up and group join excluded); a drain that took a
+    // single batch has no such interval and is timed from readiness instead.
+    let (drain_rate, t0, t1, drain_method) =
+        match series::steady_rate(&committed_series, 0.0, pre as f64) {
+            Some((rate, t0, t1)) => (rate, t0, t1, "first to last commit"),
+            None => (
+                pre as f64 / (drained_at - ready_at).max(1e-3),
+                ready_at,
+                drained_at,
+                "ready to drained (one batch)",
+            ),
+        };
+    // Seqs are dense per session (round-robin sends, no Redis loss): one bucket of slack.
+    let max_seq = final_end / s as i64 + 1000;
+    let rows = loader::count_rows(session, e2e_ks, &workload.sessions, max_seq).await?;
+    eprintln!(
+        "[bench]   drain {drain_rate:.0} msg/s, live {live_rate:.0} msg/s; {rows} rows for {final_end} records"
+    );
+    if rows < final_end {
+        bail!("the consumer persisted {rows} rows of {final_end} records");
+    }
+    figures.insert(
+        "P1".to_owned(),
+        Figure::ratio(
+            "end-to-end persisted msg/s (pre-produced drain)",
+            drain_rate,
+            loader_rate,
+            "raw CQL loader",
+            "msg/s",
+            Goal::AtLeast(0.8),
+        ),
+    );
+    let stages = child::stage_summary("", &metrics_after_drain);
+    let live_stages = child::stage_summary(&metrics_after_drain, metrics_after_live);
+    details.insert(
+        "P1".into(),
+        json!({
+            "drain_records": pre,
+            "drain_rate": drain_rate,
+            "drain_rate_method": drain_method,
+            "drain_first_commit_s": t0, "drain_last_commit_s": t1,
+            "drain_seconds_including_startup": drained_at - ready_at,
+            "drain_consumer_stages": stages,
+            "live_messages": live,
+            "live_rate": live_rate,
+            "live_producer_rate": live as f64 / live_producer_seconds,
+            "live_consumer_stages": live_stages,
+            "loader_rows": loaded.rows, "loader_seconds": loaded.seconds,
+            "loader_rate_before_drain": loader_rate_1, "loader_rate_after_drain": loader_rate_2,
+            "loader_batches": loaded.requests, "loader_concurrency": plan.loader_concurrency,
+            "loader_slice": plan.loader_slice,
+            "rows_checked": rows,
+            "settle_seconds_before_loader": settled_loader,
+            "settle_seconds_before_drain": settled_drain,
+            "drain_cpu_us_per_msg": cpu::per_op_us(&drain_cpu, pre as u64),
+            "drain_machine_cpu": drain_machine,
+            "live_machine_cpu": live_machine,
+            "live_cpu_us_per_msg": cpu::per_op_us(live_cpu, live as u64),
+            "loader_cpu_us_per_row": cpu::per_op_us(loader_cpu, loaded.rows as u64),
+            "consumer_exit": status.to_string(),
+        }),
+    );
+    Ok(End {
+        drain_rate,
+        hwm_end,
+    })
+}
