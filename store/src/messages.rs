@@ -130,7 +130,7 @@ impl RowCounter {
     }
 
     /// Rows of `sessions` in the buckets `buckets` (e.g. `0..=bucket_of(max_seq, bucket_size)`),
-    /// summed; [`Self::IN_FLIGHT`] partitions at a time.
+    /// summed; 32 partitions at a time.
     pub async fn sessions<S: AsRef<str>>(
         &self,
         session: &Session,

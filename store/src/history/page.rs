@@ -32,7 +32,7 @@ impl Source {
     }
 }
 
-/// One answer of [`History`]. See the module docs for the exact meaning of `covered`.
+/// One answer of [`History`](super::History). See the module docs for the exact meaning of `covered`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     /// The messages, ascending seq, one per seq.
@@ -43,18 +43,18 @@ pub struct Page {
     /// messages (`limit + 1`), whatever the holes' lengths.
     pub missing: Vec<RangeInclusive<i64>>,
     /// Seqs inside [`covered`](Page::covered) that do not exist *yet*: gaps younger than
-    /// [`HistoryConfig::settle_horizon`] (a send still being retried, or overtaken by a newer
+    /// [`HistoryConfig::settle_horizon`](super::HistoryConfig::settle_horizon) (a send still being retried, or overtaken by a newer
     /// seq), as closed ranges like `missing`, disjoint from it. Ask again once the horizon has
     /// passed; each becomes a message or moves to `missing`.
     pub pending: Vec<RangeInclusive<i64>>,
     /// The closed seq range this page is complete for: each seq in it is in exactly one of
-    /// `messages`, `missing` and `pending` (for [`History::get`]: each *requested* seq in it).
+    /// `messages`, `missing` and `pending` (for [`History::get`](super::History::get): each *requested* seq in it).
     /// `None` when nothing is proven.
     pub covered: Option<RangeInclusive<i64>>,
     /// Where the messages came from.
     pub source: Source,
     /// The cursor of the next page in the same direction, `None` when there is nothing more now:
-    /// pass it as `seq` to [`History::before`] (after `latest`/`before`) or [`History::after`]
+    /// pass it as `seq` to [`History::before`](super::History::before) (after `latest`/`before`) or [`History::after`](super::History::after)
     /// (after `after`). Always `None` for `get`.
     pub next: Option<i64>,
 }
@@ -107,7 +107,7 @@ pub(super) fn ranges_of(seqs: impl IntoIterator<Item = i64>) -> Vec<RangeInclusi
     out
 }
 
-/// A page before its gaps are sorted into `missing` and `pending` ([`History::finish`]).
+/// A page before its gaps are sorted into `missing` and `pending` ([`History::finish`](super::History::finish)).
 pub(super) struct Draft {
     /// Ascending, one per seq.
     pub(super) messages: Vec<ChatMessage>,

@@ -32,7 +32,7 @@ use crate::{Error, Result, keys};
 /// An idempotency record is honoured whatever the epoch: it names an allocation that was made, and
 /// a seq is never handed out twice, so it is still that message's seq.
 ///
-/// It runs after the `server_epoch()` of an [`epoch::PinnedScript`] (the serving Redis's `run_id`
+/// It runs after the `server_epoch()` of an [`epoch::PinnedScript`](crate::epoch::PinnedScript) (the serving Redis's `run_id`
 /// as a literal, `master_replid` read per call).
 pub const FAST_BODY: &str = include_str!("../../lua/seq_fast.lua");
 

@@ -3,9 +3,9 @@
 //!
 //! # Layout
 //!
-//! - Redis hash [`keys::seq`] of a session: `cur` (last seq handed out), `max` (ceiling of the
+//! - Redis hash [`keys::seq`](crate::keys::seq) of a session: `cur` (last seq handed out), `max` (ceiling of the
 //!   segment installed in Redis), `step` (size of that segment), `at` (when it was installed, ms).
-//! - Redis string [`keys::client_msg`] per `(session, sender, client_msg_id)`:
+//! - Redis string [`keys::client_msg`](crate::keys::client_msg) per `(session, sender, client_msg_id)`:
 //!   `"<seq>:<server_time_us>:#<fingerprint>:<msg_id>"` of the first allocation, kept for
 //!   [`SeqConfig::dedup_ttl`]. The same key with another fingerprint (another message) is refused
 //!   with [`Error::IdempotencyConflict`]: a conflicting retry is never acknowledged as the first.
@@ -38,7 +38,7 @@
 //!
 //! # Why seqs never repeat
 //!
-//! No segment reaches above [`MAX_SEQ`] (2^53): a session that used every seq up to it gets
+//! No segment reaches above [`MAX_SEQ`](chatlog_schemas::MAX_SEQ) (2^53): a session that used every seq up to it gets
 //! [`Error::Request`], never a seq a JavaScript client would misread.
 //!
 //! Every seq handed out is `<= max` in Redis, and `max` is only ever set to the top of a segment
