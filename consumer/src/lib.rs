@@ -66,18 +66,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The transactional producer could not be initialised (fenced, or the transaction
-    /// coordinator unreachable): fatal like [`Error::Fatal`].
+    /// A Kafka call failed in a way the instance cannot go on from: fenced by a newer instance
+    /// with the same transactional id, a broken transactional producer, a fatal consumer error,
+    /// a rewind that could not seek. Fatal like [`Error::Fatal`].
     #[error("fatal: {what}: {source}")]
-    Transactions {
-        /// The transactional call.
-        what: &'static str,
+    KafkaFatal {
+        /// What failed, and what it means.
+        what: String,
         /// The client's error.
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    /// The instance cannot go on (fenced by a newer instance with the same transactional id, or
-    /// its transactional producer is broken); the process exits non-zero and is restarted.
+    /// The instance cannot go on for a reason of its own (the pipeline thread could not start or
+    /// panicked, the last batch outlived the shutdown timeout); the process exits non-zero and is
+    /// restarted.
     #[error("fatal: {0}")]
     Fatal(String),
 }
@@ -86,7 +88,14 @@ impl Error {
     /// Whether the instance must stop and be replaced (exit code 3), as opposed to a failure to
     /// start or to reach a dependency.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Fatal(_) | Error::Transactions { .. })
+        matches!(self, Error::Fatal(_) | Error::KafkaFatal { .. })
+    }
+
+    pub(crate) fn kafka_fatal(what: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::KafkaFatal {
+            what: what.into(),
+            source,
+        }
     }
 
     pub(crate) fn kafka(what: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {

@@ -13,7 +13,7 @@ use super::Pipeline;
 use super::isolation::Progress;
 use crate::clock::BootInstant;
 use crate::decode::{Origin, Record};
-use crate::{kafka, telemetry};
+use crate::{Error, Result, kafka, telemetry};
 
 /// Records polled for one transaction.
 pub(super) struct Batch {
@@ -28,7 +28,7 @@ impl Pipeline {
     /// `max_bytes`, `linger` after the first one, or shutdown. `None`: no records. An error:
     /// librdkafka reported a fatal consumer error (e.g. fenced by a newer member with the same
     /// `group_instance_id`); the consumer is unusable.
-    pub(super) fn collect(&self, progress: &Progress) -> Result<Option<Batch>, String> {
+    pub(super) fn collect(&self, progress: &Progress) -> Result<Option<Batch>> {
         let max = if progress.isolating() {
             self.isolation
                 .batch_records
@@ -77,7 +77,7 @@ impl Pipeline {
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
                 }
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                    return Err(format!("fatal consumer error: {e}"));
+                    return Err(Error::kafka_fatal("fatal consumer error", e));
                 }
                 Some(Err(e)) => {
                     if kafka::means_membership_lost(&e) {
@@ -121,10 +121,7 @@ impl Pipeline {
     /// Seeks each partition of a failed batch back to its first offset, so the next polls read
     /// the batch again. Partitions revoked meanwhile are skipped: their new owner starts from the
     /// committed offset anyway. A failed seek is an error: the position stays past the batch.
-    pub(super) fn rewind(
-        &self,
-        first_offsets: &BTreeMap<(String, i32), i64>,
-    ) -> Result<(), String> {
+    pub(super) fn rewind(&self, first_offsets: &BTreeMap<(String, i32), i64>) -> Result<()> {
         let assigned = self.consumer.context().assigned();
         for ((topic, partition), offset) in first_offsets {
             if !assigned.contains(&(topic.clone(), *partition)) {
@@ -143,11 +140,12 @@ impl Pipeline {
                 )
             };
             if let Err(e) = sought {
-                return Err(format!(
+                let what = format!(
                     "seek failed: {topic} [{partition}] back to offset {offset}, the start of a \
-                     batch that did not commit ({e}); exiting, so that no later commit covers \
-                     that batch and the next instance resumes from the committed offsets"
-                ));
+                     batch that did not commit; exiting, so that no later commit covers that \
+                     batch and the next instance resumes from the committed offsets"
+                );
+                return Err(Error::kafka_fatal(what, e));
             }
         }
         Ok(())

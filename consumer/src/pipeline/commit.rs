@@ -10,6 +10,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{Dead, Failed, Pipeline};
+use crate::Error;
 use crate::decode::Origin;
 use crate::kafka::{self, DlqPayload, TxnFailure};
 use crate::telemetry;
@@ -74,8 +75,9 @@ impl Pipeline {
                     if let Err(abort) = self.producer.abort_transaction(timeout) {
                         // After a transaction timeout librdkafka can refuse to abort; only a new
                         // producer (a restart of this instance) recovers.
-                        return Err(Failed::Fatal(format!(
-                            "abort_transaction failed after `{e}`: {abort}"
+                        return Err(Failed::Fatal(Error::kafka_fatal(
+                            format!("abort_transaction failed after `{e}`"),
+                            abort,
                         )));
                     }
                 }
@@ -168,7 +170,7 @@ impl Pipeline {
             self.doubt_membership(e);
         }
         match kafka::classify(e) {
-            TxnFailure::Fatal => Failed::Fatal(format!("{what}: {e}")),
+            TxnFailure::Fatal => Failed::Fatal(Error::kafka_fatal(what, e.clone())),
             // Not the records' fault: never counts towards isolating them.
             _ if kafka::means_membership_lost(e) => Failed::Fenced(format!("{what}: {e}")),
             TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),

@@ -78,7 +78,7 @@ enum Failed {
     /// to the DLQ as `write_failed` (see [`Pipeline::write_each`]).
     Permanent(String),
     /// The process must exit (fenced, or the transactional producer is broken).
-    Fatal(String),
+    Fatal(Error),
 }
 
 /// The DLQ stage of a `write_failed` record: which write failed.
@@ -231,10 +231,7 @@ impl Pipeline {
         let kafka = &self.config.kafka;
         self.producer
             .init_transactions(kafka.transaction_timeout)
-            .map_err(|source| Error::Transactions {
-                what: "init_transactions",
-                source,
-            })?;
+            .map_err(|e| Error::kafka_fatal("init_transactions", e))?;
         self.consumer
             .subscribe(&[&kafka.topic])
             .map_err(|e| Error::kafka(format!("subscribe {}", kafka.topic), e))?;
@@ -253,9 +250,9 @@ impl Pipeline {
             let batch = match self.collect(&progress) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => continue,
-                Err(why) => {
+                Err(e) => {
                     self.health.set_ready(false);
-                    return Err(Error::Fatal(why));
+                    return Err(e);
                 }
             };
             let first_offsets = first_offsets(&batch.records);
@@ -274,16 +271,15 @@ impl Pipeline {
                             .forget_through(topic, *partition, *last);
                     }
                 }
-                Err(Failed::Fatal(why)) => {
+                Err(Failed::Fatal(e)) => {
                     self.health.set_ready(false);
-                    return Err(Error::Fatal(why));
+                    return Err(e);
                 }
                 Err(failed) => {
                     let (why, blame) = match failed {
                         Failed::Fenced(why) => (why, false),
-                        Failed::Rewind(why) | Failed::Permanent(why) | Failed::Fatal(why) => {
-                            (why, true)
-                        }
+                        Failed::Rewind(why) | Failed::Permanent(why) => (why, true),
+                        Failed::Fatal(e) => (e.to_string(), true),
                     };
                     let was_isolating = progress.isolating();
                     progress.rewound(&range, blame, self.isolation.rewinds);
@@ -303,11 +299,11 @@ impl Pipeline {
                              others succeed goes to the DLQ as write_failed"
                         );
                     }
-                    if let Err(why) = self.rewind(&first_offsets) {
+                    if let Err(e) = self.rewind(&first_offsets) {
                         // Polling on would read past the batch, and the next commit would cover
                         // it unwritten. A new instance starts from the committed offsets instead.
                         self.health.set_ready(false);
-                        return Err(Error::Fatal(why));
+                        return Err(e);
                     }
                     self.pause(backoff);
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
