@@ -25,10 +25,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use scylla::client::session::Session;
 
-use crate::RunInfo;
 use crate::events::Events;
 use crate::load::{LoadResult, Plan};
 use crate::oracle::{Observations, Seen};
+use crate::report::RunInfo;
 use crate::stack::Stack;
 
 /// (lost, duplicated, reordered, window mismatches, overwritten, false missing) a sabotaged run
