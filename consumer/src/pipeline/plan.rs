@@ -32,15 +32,8 @@ pub(super) struct WritePlan {
 
 impl WritePlan {
     pub(super) fn new(good: &[Good], window_size: usize) -> WritePlan {
-        let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
-        for g in good {
-            by_session
-                .entry(g.message.session_id.as_str())
-                .or_default()
-                .push(g);
-        }
         let mut plan = WritePlan::default();
-        for (session_id, mut messages) in by_session {
+        for (session_id, mut messages) in by_session(good) {
             let entry = |g: &Good| WindowEntry {
                 seq: g.message.seq,
                 member: window::member(g.message.server_time_us, &g.avro),
@@ -71,4 +64,16 @@ impl WritePlan {
         }
         plan
     }
+}
+
+/// The batch's messages grouped by session, in batch order within each.
+pub(super) fn by_session(good: &[Good]) -> BTreeMap<&str, Vec<&Good>> {
+    let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
+    for g in good {
+        by_session
+            .entry(g.message.session_id.as_str())
+            .or_default()
+            .push(g);
+    }
+    by_session
 }

@@ -13,7 +13,7 @@ use chatlog_store::window::{self, WindowEntry};
 
 use super::collect::{Batch, next_offsets};
 use super::isolation::MEMBERSHIP_IN_DOUBT;
-use super::plan::WritePlan;
+use super::plan::{WritePlan, by_session};
 use super::{Dead, Failed, Pipeline};
 use crate::clock::BootInstant;
 use crate::decode::{self, Decoded, Good, Origin};
@@ -192,16 +192,9 @@ impl Pipeline {
             return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
         }
         let fence = polled_from + self.config.kafka.window_fence();
-        let mut by_session: BTreeMap<&str, Vec<&Good>> = BTreeMap::new();
-        for g in good {
-            by_session
-                .entry(g.message.session_id.as_str())
-                .or_default()
-                .push(g);
-        }
         let any_written = AtomicBool::new(false);
         let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
-            futures::stream::iter(by_session.into_iter().map(|(session, messages)| {
+            futures::stream::iter(by_session(good).into_iter().map(|(session, messages)| {
                 self.write_session_each(session, messages, fence, isolate, &any_written)
             }))
             .buffer_unordered(SESSIONS_AT_ONCE)
