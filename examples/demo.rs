@@ -135,25 +135,17 @@ async fn main() -> anyhow::Result<()> {
     let sent = args.messages - failed;
 
     // Persisted = rows of this run's sessions in the database.
-    let count = session
-        .prepare(format!(
-            "SELECT COUNT(*) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?"
-        ))
-        .await?;
+    let counter = chatlog_store::messages::RowCounter::new(&session, keyspace).await?;
     let max_seq = (args.messages / args.sessions + 1) as i64 * 2;
     let deadline = Instant::now() + Duration::from_secs(300);
     let persisted = loop {
-        let mut n = 0i64;
-        for s in &sessions {
-            for bucket in 0..=bucket_of(max_seq, DEFAULT_BUCKET_SIZE) {
-                let (c,): (i64,) = session
-                    .execute_unpaged(&count, (s.as_str(), bucket))
-                    .await?
-                    .into_rows_result()?
-                    .single_row()?;
-                n += c;
-            }
-        }
+        let n = counter
+            .sessions(
+                &session,
+                &sessions,
+                0..=bucket_of(max_seq, DEFAULT_BUCKET_SIZE),
+            )
+            .await?;
         if n as usize >= sent || Instant::now() > deadline {
             break n as usize;
         }

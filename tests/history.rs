@@ -180,10 +180,7 @@ impl Fixture {
     async fn set_ceiling(&self, max_seq: i64) {
         self.cql
             .query_unpaged(
-                format!(
-                    "INSERT INTO {}.session_seq (session_id, max_seq) VALUES (?, ?)",
-                    self.config.keyspace
-                ),
+                chatlog_store::seq::insert_ceiling_cql(&self.config.keyspace),
                 (&self.sid, max_seq),
             )
             .await

@@ -159,10 +159,7 @@ async fn seqs_stop_at_2_pow_53() {
     let sid = unique("sess");
     s.session
         .query_unpaged(
-            format!(
-                "INSERT INTO {}.session_seq (session_id, max_seq) VALUES (?, ?)",
-                s.cql.keyspace
-            ),
+            chatlog_store::seq::insert_ceiling_cql(&s.cql.keyspace),
             (&sid, MAX_SEQ - 3),
         )
         .await
