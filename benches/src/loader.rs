@@ -77,8 +77,8 @@ pub async fn count_rows(
     max_seq: i64,
 ) -> Result<i64> {
     let count = session
-        .prepare(format!(
-            "SELECT COUNT(*) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?"
+        .prepare(chatlog_store::messages::select_partition_count_cql(
+            keyspace,
         ))
         .await?;
     let partitions: Vec<(&str, i64)> = sessions

@@ -58,10 +58,7 @@ pub async fn corrupt(
     // Session 0: the first message's row disappears.
     let first = ack(0, 0)?;
     let delete = session
-        .prepare(format!(
-            "DELETE FROM {}.messages WHERE session_id = ? AND bucket = ? AND seq = ?",
-            run.keyspace
-        ))
+        .prepare(chatlog_store::messages::delete_row_cql(&run.keyspace))
         .await?;
     session
         .execute_unpaged(

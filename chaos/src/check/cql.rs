@@ -39,9 +39,7 @@ impl Cql {
                 .prepare(messages::select_writetimes_cql(keyspace))
                 .await?,
             count: session
-                .prepare(format!(
-                    "SELECT COUNT(*) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?"
-                ))
+                .prepare(messages::select_partition_count_cql(keyspace))
                 .await?,
             keyspace: keyspace.to_owned(),
             session,
