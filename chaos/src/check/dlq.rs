@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use chatlog_kafka::dlq;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -25,11 +26,6 @@ struct DlqRecord {
     /// The SHA-256 of the whole original value a truncated copy carries.
     sha256: Option<String>,
 }
-
-/// Header of a DLQ copy that holds only the start of the record's value.
-const DLQ_TRUNCATED: &str = "chatlog-dlq-truncated";
-/// Header with the SHA-256 (hex) of the original value of a truncated DLQ copy.
-const DLQ_SHA256: &str = "chatlog-dlq-sha256";
 
 impl DlqRecord {
     /// Whether this DLQ record carries `p`'s value: byte for byte, or — a truncated copy — a
@@ -93,20 +89,20 @@ fn read_dlq(kafka: &str, topic: &str, isolation: &str) -> anyhow::Result<Vec<Dlq
                 };
                 out.push(DlqRecord {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    reason: header("chatlog-dlq-reason").unwrap_or_default(),
+                    reason: header(dlq::REASON).unwrap_or_default(),
                     source: (
-                        header("chatlog-dlq-topic").unwrap_or_default(),
-                        header("chatlog-dlq-partition")
+                        header(dlq::TOPIC).unwrap_or_default(),
+                        header(dlq::PARTITION)
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(-1),
-                        header("chatlog-dlq-offset")
+                        header(dlq::OFFSET)
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(-1),
                     ),
                     payload_hash: m.payload().map(payload_hash),
                     payload_len: m.payload().map_or(0, <[u8]>::len),
-                    truncated: header(DLQ_TRUNCATED),
-                    sha256: header(DLQ_SHA256),
+                    truncated: header(dlq::TRUNCATED),
+                    sha256: header(dlq::SHA256),
                 });
             }
             None => {
