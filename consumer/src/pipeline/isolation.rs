@@ -1,79 +1,15 @@
-//! Keeping partitions moving past records that cannot be written: the isolation settings, the
-//! bookkeeping of rewinds in a row and of partitions that do not move, and the membership gate
-//! that stops window writes after a membership error until the next assignment.
+//! Keeping partitions moving past records that cannot be written (settings:
+//! [`IsolationConfig`](crate::config::IsolationConfig)): the bookkeeping of rewinds in a row and
+//! of partitions that do not move, and the membership gate that stops window writes after a
+//! membership error until the next assignment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use serde::Deserialize;
 
 use super::Pipeline;
-use crate::{Error, Result};
-
-/// How the consumer keeps partitions moving past records that cannot be written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IsolationConfig {
-    /// Rewinds in a row (no commit in between) after which the failing batch is redone in small
-    /// pieces (`batch_records`), record by record: a record whose write then fails while other
-    /// records' writes succeed goes to the DLQ as `write_failed`, so its partition moves on.
-    /// Errors that can never succeed (Redis WRONGTYPE, CQL invalid request) do not wait for
-    /// this: their records go to the DLQ at once.
-    pub rewinds: u32,
-    /// Most records in one batch while isolating.
-    pub batch_records: usize,
-    /// Time one record's write may be retried while isolating (short: the whole piece must be
-    /// written within the window fence).
-    #[serde(with = "humantime_serde")]
-    pub record_budget: Duration,
-    /// A partition whose batches have been rewound without a commit for this long is reported as
-    /// not moving: `/readyz` answers 503 with the reason and `chatlog_consumer_stalled_partitions`
-    /// counts it.
-    #[serde(with = "humantime_serde")]
-    pub stall_after: Duration,
-    /// Longest time a `commit_transaction` that failed with a retriable error is retried; then
-    /// the transaction is aborted and the batch rewound.
-    #[serde(with = "humantime_serde")]
-    pub commit_deadline: Duration,
-    /// At most this many "record sent to the DLQ" warnings a second; the rest are counted and the
-    /// next warning logged says how many were suppressed.
-    pub dlq_warnings_per_second: u64,
-}
-
-impl Default for IsolationConfig {
-    fn default() -> Self {
-        IsolationConfig {
-            rewinds: 5,
-            batch_records: 64,
-            record_budget: Duration::from_secs(1),
-            stall_after: Duration::from_secs(60),
-            commit_deadline: Duration::from_secs(30),
-            dlq_warnings_per_second: 10,
-        }
-    }
-}
-
-impl IsolationConfig {
-    /// Checks values that cannot work.
-    pub fn validate(&self) -> Result<()> {
-        if self.rewinds == 0 {
-            return Err(Error::Config("isolation.rewinds must be at least 1".into()));
-        }
-        if self.batch_records == 0 {
-            return Err(Error::Config(
-                "isolation.batch_records must be at least 1".into(),
-            ));
-        }
-        if self.commit_deadline.is_zero() {
-            return Err(Error::Config(
-                "isolation.commit_deadline must be above 0".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Consecutive rewinds and how long each partition has not moved; owned by [`Pipeline::run`].
 #[derive(Debug, Default)]

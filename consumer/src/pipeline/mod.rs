@@ -63,8 +63,8 @@ mod plan;
 mod tests;
 mod write;
 
+pub use crate::config::IsolationConfig;
 use collect::{first_offsets, offset_range};
-pub use isolation::IsolationConfig;
 use isolation::{MembershipGate, Progress};
 
 /// Why a batch did not commit.

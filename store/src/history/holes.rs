@@ -3,7 +3,8 @@
 
 use chatlog_schemas::ChatMessage;
 
-use super::page::{merge, runs_in, stamp};
+use super::page::{merge, runs_in};
+use super::table_reader::stamp;
 use super::table_reader::{Order, TableReader};
 use crate::Result;
 use crate::messages;

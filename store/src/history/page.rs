@@ -234,11 +234,6 @@ pub(super) fn keep_newer(by_seq: &mut BTreeMap<i64, ChatMessage>, m: ChatMessage
     }
 }
 
-/// A message's (seq, `server_time_us`).
-pub(super) fn stamp(m: &ChatMessage) -> (i64, i64) {
-    (m.seq, m.server_time_us)
-}
-
 /// The page of a descending walk that answered alone; `proven_hi` is the top of the covered range
 /// when a message above it is known to exist, else the newest row found is.
 pub(super) fn desc_page(scan: DescScan, proven_hi: Option<i64>) -> Draft {

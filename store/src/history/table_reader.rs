@@ -11,9 +11,13 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::page::stamp;
 use crate::messages::{self, MessageRow};
 use crate::{Error, Result};
+
+/// A message's (seq, `server_time_us`): what a head bound or a hole's age is read from.
+pub(super) fn stamp(m: &ChatMessage) -> (i64, i64) {
+    (m.seq, m.server_time_us)
+}
 
 /// A descending table walk.
 #[derive(Debug, Default)]
