@@ -13,9 +13,9 @@ use chatlog::{StackTls, TempDir, create_topic, redis_config, redis_connection, u
 use chatlog_consumer::telemetry::Health;
 use chatlog_consumer::{Config, Pipeline};
 use chatlog_producer::{ContentType, NewMessage, Producer, ProducerConfig, SessionType};
+use chatlog_producer::{KafkaProtocol, KafkaSecurity};
 use chatlog_schemas::Codec;
 use chatlog_store::history::{History, HistoryConfig, Source};
-use chatlog_producer::{KafkaProtocol, KafkaSecurity};
 use chatlog_store::security::TlsFiles;
 use chatlog_store::{CqlConfig, Secret, keys};
 
