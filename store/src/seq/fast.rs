@@ -111,7 +111,15 @@ impl SeqAllocator {
         let mut results = self
             .call_fast(&[(session_id, std::slice::from_ref(&request.args))])
             .await;
-        results.pop().expect("one result per request")
+        results.pop().unwrap_or_else(|| {
+            Err(Error::Redis {
+                what: "seq fast path",
+                source: redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the fast-path call returned no result for its request",
+                )),
+            })
+        })
     }
 
     /// One `EVALSHA` of the fast-path script for the requests of `sessions` (each session once,

@@ -335,7 +335,8 @@ impl SeqAllocator {
                     });
                 }
                 Fast::Duplicate(first) => return Ok(Allocation { path, ..first }),
-                step => step,
+                Fast::Missing => Slow::Missing,
+                Fast::Exhausted { max, step, at_ms } => Slow::Exhausted { max, step, at_ms },
             };
             if guard.is_none() {
                 // Single-flight per session in this process. A free lock: take it and look again
@@ -354,7 +355,7 @@ impl SeqAllocator {
             }
             attempts += 1;
             match step {
-                Fast::Missing => match self
+                Slow::Missing => match self
                     .reserve(session_id, 0, Ceiling::Absent, inner.config.min_segment)
                     .await?
                 {
@@ -380,7 +381,7 @@ impl SeqAllocator {
                         );
                     }
                 },
-                Fast::Exhausted { max, step, at_ms } => {
+                Slow::Exhausted { max, step, at_ms } => {
                     let size = inner.config.next_step(step, at_ms, now_ms());
                     match self.reserve(session_id, max, ceiling, size).await? {
                         Reserve::Won { low, high } => {
@@ -393,7 +394,6 @@ impl SeqAllocator {
                         Reserve::Lost(found) => ceiling = found,
                     }
                 }
-                Fast::Allocated(_) | Fast::Duplicate(_) => unreachable!("returned above"),
             }
         }
         Err(Error::cql(
@@ -466,4 +466,12 @@ impl SeqAllocator {
             .map_err(|e| Error::cql("read session_seq", e))?;
         Ok(row.and_then(|(v,)| v))
     }
+}
+
+/// What the slow path of an allocation acts on: the fast script's answers that are no seq.
+enum Slow {
+    /// No seq hash of this Redis lifetime: reserve a segment (first one or recovery).
+    Missing,
+    /// The hash's segment is used up: reserve the next one.
+    Exhausted { max: i64, step: i64, at_ms: i64 },
 }
