@@ -3,7 +3,12 @@
 //! poison bytes themselves) and readers of what landed in CQL, Redis and the DLQ.
 #![allow(dead_code)]
 
+pub mod deploy_files;
+pub mod prometheus;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -515,4 +520,134 @@ pub fn assigned_partitions(log: &str) -> BTreeSet<String> {
         .filter(|l| l.contains("partitions assigned to this consumer"))
         .map(str::to_owned)
         .collect()
+}
+
+// ------------------------------------------------------------------------------ HTTP and /metrics
+
+/// `GET path_and_query` on a fresh HTTP/1.1 connection (`Connection: close`): (status line,
+/// body), a chunked body decoded. An error if the connection fails or closes before a response.
+pub fn http_get_line(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP header end in {text:?}")))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status_line, body))
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut rest: &str) -> std::io::Result<String> {
+    let bad = || std::io::Error::other("malformed chunked body");
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or_else(bad)?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(after.get(..size).ok_or_else(bad)?);
+        rest = after
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .ok_or_else(bad)?;
+    }
+}
+
+/// [`http_get_line`] with the status code: (status, body).
+pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    let (line, body) = http_get_line(addr, path_and_query)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    Ok((status, body))
+}
+
+/// [`http_get_line`] off the async workers (a server under test may run on them).
+pub async fn http_get_async(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get_line(addr, &path))
+        .await
+        .expect("http_get_line panicked")
+}
+
+/// The address the consumer logged as `chatlog-consumer: http listening on ADDR`.
+pub fn http_addr(consumer: &ConsumerProc) -> SocketAddr {
+    const LINE: &str = "chatlog-consumer: http listening on ";
+    consumer.wait_log(LINE, Duration::from_secs(60));
+    let log = consumer.log_text();
+    let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
+    rest.lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("listening address")
+}
+
+/// Polls `/readyz` until it answers `want` (it may only ever answer 200 or 503); returns the
+/// body, or panics with the consumer's log after `limit`.
+pub async fn wait_readyz(
+    addr: SocketAddr,
+    consumer: &ConsumerProc,
+    want: u16,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (line, body) = http_get_async(addr, "/readyz")
+            .await
+            .unwrap_or_else(|e| panic!("GET /readyz: {e}; log:\n{}", consumer.log_text()));
+        let status = line.split_whitespace().nth(1).unwrap_or_default();
+        if status == want.to_string() {
+            return body;
+        }
+        assert!(
+            status == "200" || status == "503",
+            "/readyz answers 200 or 503, not {line:?}: {body}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "/readyz not {want} within {limit:?}; log:\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The metric families of an exposition text: name → type (from `# TYPE` lines).
+pub fn families(exposition: &str) -> BTreeMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_owned(), t.trim().to_owned()))
+        .collect()
+}
+
+/// The value of the sample `series` (name with its labels exactly as rendered, e.g.
+/// `chatlog_consumer_records_total{outcome="persisted"}`, or an unlabelled gauge's name).
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.trim().parse().ok())?
+    })
 }
