@@ -129,6 +129,23 @@ fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// A send for producer tests: a text `hello` from `u-1` in a group session, sent at a fixed time
+/// (2023-11-14), no extensions. Tests vary it with struct update syntax
+/// (`NewMessage { content, ..new_message(session, id) }`); stored messages come from
+/// `chatlog_schemas::testing`.
+pub fn new_message(session_id: &str, client_msg_id: &str) -> chatlog_producer::NewMessage {
+    chatlog_producer::NewMessage {
+        client_msg_id: client_msg_id.to_owned(),
+        session_id: session_id.to_owned(),
+        session_type: chatlog_producer::SessionType::Group,
+        sender_id: "u-1".to_owned(),
+        content_type: chatlog_producer::ContentType::Text,
+        content: b"hello".to_vec(),
+        send_time_ms: 1_700_000_000_000,
+        ext: Default::default(),
+    }
+}
+
 /// A name unique to this test process and call: `<prefix>_<pid>_<n>_<nanos>`, valid as a Kafka
 /// topic, a CQL keyspace (when `prefix` is) and a session id.
 pub fn unique(prefix: &str) -> String {

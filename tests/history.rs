@@ -13,7 +13,8 @@ use chatlog::{
     TestRedis, admin, connect_to, free_port, fresh_keyspace, redis_connection, unique,
     until_answers,
 };
-use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
+use chatlog_schemas::testing;
+use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::history::{History, HistoryConfig, Page, Source};
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::verify::verify_window;
@@ -86,20 +87,11 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
     }
 }
 
+/// A message with an extension, so every read also proves the extensions come back.
 fn message(sid: &str, seq: i64) -> ChatMessage {
-    ChatMessage {
-        msg_id: uuid::Uuid::now_v7().to_string(),
-        client_msg_id: format!("c-{seq}"),
-        session_id: sid.to_owned(),
-        session_type: SessionType::Group,
-        seq,
-        sender_id: format!("user-{}", seq % 3),
-        content_type: ContentType::Text,
-        content: format!("message {seq}").into_bytes(),
-        send_time_ms: 1_700_000_000_000 + seq,
-        server_time_us: 1_700_000_000_000_000 + seq * 1000,
-        ext: BTreeMap::from([("k".to_owned(), format!("v{seq}"))]),
-    }
+    testing::message(sid, seq)
+        .ext("k", format!("v{seq}"))
+        .build()
 }
 
 impl Fixture {

@@ -2,15 +2,14 @@
 //! the producer's clock checked against Redis `TIME` (names contain `skew`), seqs never above
 //! 2^53, and a producer whose limits are above a consumer's published ones refused at start.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatlog::{create_topic, fresh_keyspace, kafka_bootstrap, redis_connection, unique};
-use chatlog_consumer::Config as ConsumerConfig;
-use chatlog_producer::{
-    Clock, ContentType, Error, NewMessage, Producer, ProducerConfig, SessionType,
+use chatlog::{
+    create_topic, fresh_keyspace, kafka_bootstrap, new_message, redis_connection, unique,
 };
+use chatlog_consumer::Config as ConsumerConfig;
+use chatlog_producer::{Clock, Error, Producer, ProducerConfig};
 use chatlog_schemas::{Limits, MAX_SEQ};
 use chatlog_store::CqlConfig;
 use scylla::client::session::Session;
@@ -69,19 +68,6 @@ impl Stack {
     }
 }
 
-fn message(session_id: &str, client_msg_id: &str) -> NewMessage {
-    NewMessage {
-        client_msg_id: client_msg_id.to_owned(),
-        session_id: session_id.to_owned(),
-        session_type: SessionType::Group,
-        sender_id: "u-1".to_owned(),
-        content_type: ContentType::Text,
-        content: b"hello".to_vec(),
-        send_time_ms: chatlog::now_ms(),
-        ext: BTreeMap::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_refuses_to_start_with_a_clock_beyond_half_the_max_skew() {
     let s = stack().await;
@@ -123,25 +109,28 @@ async fn producer_refuses_sends_while_its_clock_is_skewed() {
         .await
         .expect("producer");
     let sid = unique("sess");
-    assert_eq!(producer.send(message(&sid, "c1")).await.unwrap().seq, 1);
+    assert_eq!(producer.send(new_message(&sid, "c1")).await.unwrap().seq, 1);
 
     clock.set_offset_us(HOUR_US);
     for i in 0..3 {
         let err = producer
-            .send(message(&sid, &format!("skewed-{i}")))
+            .send(new_message(&sid, &format!("skewed-{i}")))
             .await
             .expect_err("a send with a clock an hour ahead");
         assert!(matches!(err, Error::ClockSkew { ahead: true, .. }), "{err}");
     }
     clock.set_offset_us(-HOUR_US);
-    let err = producer.send(message(&sid, "behind")).await.unwrap_err();
+    let err = producer
+        .send(new_message(&sid, "behind"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::ClockSkew { ahead: false, .. }),
         "{err}"
     );
 
     clock.set_offset_us(0);
-    let sent = producer.send(message(&sid, "c2")).await.unwrap();
+    let sent = producer.send(new_message(&sid, "c2")).await.unwrap();
     assert_eq!(sent.seq, 2, "the refused sends allocated nothing");
     let drift = (sent.server_time_us - chatlog::now_ms() * 1000).abs();
     assert!(drift < 60_000_000, "stamped with the restored clock");
@@ -168,7 +157,7 @@ async fn seqs_stop_at_2_pow_53() {
     for i in 0..3 {
         seqs.push(
             producer
-                .send(message(&sid, &format!("c{i}")))
+                .send(new_message(&sid, &format!("c{i}")))
                 .await
                 .unwrap()
                 .seq,
@@ -176,7 +165,7 @@ async fn seqs_stop_at_2_pow_53() {
     }
     assert_eq!(seqs, vec![MAX_SEQ - 2, MAX_SEQ - 1, MAX_SEQ]);
     let err = producer
-        .send(message(&sid, "one-too-many"))
+        .send(new_message(&sid, "one-too-many"))
         .await
         .unwrap_err();
     assert!(

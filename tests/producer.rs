@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatlog::{create_topic, fresh_keyspace, kafka_bootstrap, redis_connection, unique};
+use chatlog::{
+    create_topic, fresh_keyspace, kafka_bootstrap, new_message, redis_connection, unique,
+};
 use chatlog_producer::{
-    ContentType, Error, NewMessage, Producer, ProducerConfig, SCHEMA_HEADER, Sent, SeqConfig,
-    SessionType,
+    Error, NewMessage, Producer, ProducerConfig, SCHEMA_HEADER, Sent, SeqConfig,
 };
 use chatlog_schemas::{ChatMessage, Codec, Limits};
 use chatlog_store::seq::AllocRequest;
@@ -69,16 +70,12 @@ async fn setup_with_keyspace(
     (producer, topic, cql.keyspace)
 }
 
+/// A send of `text`, with one extension (the producer's tests check extensions arrive).
 fn message(session_id: &str, client_msg_id: &str, text: &str) -> NewMessage {
     NewMessage {
-        client_msg_id: client_msg_id.to_owned(),
-        session_id: session_id.to_owned(),
-        session_type: SessionType::Group,
-        sender_id: "u-1".to_owned(),
-        content_type: ContentType::Text,
         content: text.as_bytes().to_vec(),
-        send_time_ms: 1_700_000_000_000,
         ext: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+        ..new_message(session_id, client_msg_id)
     }
 }
 

@@ -3,11 +3,12 @@
 //! with the right counts, in an exposition that `promtool check metrics` accepts.
 //! (Its own test binary: the global recorder can be installed once per process.)
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chatlog::{create_topic, fresh_keyspace, kafka_bootstrap, redis_connection, unique};
-use chatlog_producer::{ContentType, NewMessage, Producer, ProducerConfig, SessionType};
+use chatlog::{
+    create_topic, fresh_keyspace, kafka_bootstrap, new_message, redis_connection, unique,
+};
+use chatlog_producer::{Producer, ProducerConfig};
 
 fn value(exposition: &str, series: &str) -> f64 {
     exposition
@@ -39,20 +40,14 @@ async fn producer_metrics_reach_the_applications_exporter() {
     .await
     .unwrap();
     let sid = unique("pm");
-    let msg = |cmid: &str, content: &str| NewMessage {
-        client_msg_id: cmid.to_owned(),
-        session_id: sid.clone(),
-        session_type: SessionType::Single,
-        sender_id: "u".to_owned(),
-        content_type: ContentType::Text,
-        content: content.as_bytes().to_vec(),
-        send_time_ms: 1,
-        ext: BTreeMap::new(),
-    };
     for i in 0..5 {
-        producer.send(msg(&format!("c{i}"), "hi")).await.unwrap();
+        producer
+            .send(new_message(&sid, &format!("c{i}")))
+            .await
+            .unwrap();
     }
-    assert!(producer.send(msg("", "no client id")).await.is_err());
+    // No client id: invalid.
+    assert!(producer.send(new_message(&sid, "")).await.is_err());
     producer.close(Duration::from_secs(10)).await.unwrap();
 
     let text = handle.render();

@@ -9,11 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog::{StackTls, TempDir, create_topic, redis_config, redis_connection, unique};
+use chatlog::{
+    StackTls, TempDir, create_topic, new_message, redis_config, redis_connection, unique,
+};
 use chatlog_consumer::telemetry::Health;
 use chatlog_consumer::{Config, Pipeline};
-use chatlog_producer::{ContentType, NewMessage, Producer, ProducerConfig, SessionType};
 use chatlog_producer::{KafkaProtocol, KafkaSecurity};
+use chatlog_producer::{NewMessage, Producer, ProducerConfig};
 use chatlog_schemas::Codec;
 use chatlog_store::history::{History, HistoryConfig, Source};
 use chatlog_store::security::TlsFiles;
@@ -51,14 +53,8 @@ fn kafka_over_tls(ca_file: &std::path::Path) -> KafkaSecurity {
 
 fn message(session_id: &str, i: usize) -> NewMessage {
     NewMessage {
-        client_msg_id: format!("tls-{i}"),
-        session_id: session_id.to_owned(),
-        session_type: SessionType::Group,
-        sender_id: "u-tls".to_owned(),
-        content_type: ContentType::Text,
         content: format!("over TLS #{i}").into_bytes(),
-        send_time_ms: chatlog::now_ms(),
-        ext: Default::default(),
+        ..new_message(session_id, &format!("tls-{i}"))
     }
 }
 

@@ -59,6 +59,8 @@ mod error;
 mod fingerprint;
 mod model;
 mod scan;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 mod value;
 mod wire;

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
+use chatlog_schemas::testing;
+use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::history::{History, HistoryConfig, Source};
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
@@ -43,20 +44,9 @@ fn tag() -> String {
     format!("{}_{nanos}", std::process::id())
 }
 
+/// A message with a 120-byte payload, the size the benchmark's numbers are for.
 fn message(sid: &str, seq: i64) -> ChatMessage {
-    ChatMessage {
-        msg_id: uuid::Uuid::now_v7().to_string(),
-        client_msg_id: format!("c-{seq}"),
-        session_id: sid.to_owned(),
-        session_type: SessionType::Group,
-        seq,
-        sender_id: format!("user-{}", seq % 7),
-        content_type: ContentType::Text,
-        content: vec![b'x'; 120],
-        send_time_ms: 1_700_000_000_000 + seq,
-        server_time_us: 1_700_000_000_000_000 + seq * 1000,
-        ext: BTreeMap::new(),
-    }
+    testing::message(sid, seq).content(vec![b'x'; 120]).build()
 }
 
 struct Fixture {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chatlog_schemas::testing::{self, message};
 use chatlog_schemas::{ChatMessage, ContentType, SessionType};
 use chatlog_store::messages::{
     BatchLimits, MessageRow, MessageWriter, RowCounter, bucket_of, select_range_desc_cql,
@@ -47,22 +48,6 @@ async fn fresh_keyspace(prefix: &str) -> (Arc<Session>, CqlConfig) {
     (Arc::new(session), config)
 }
 
-fn message(session_id: &str, seq: i64) -> ChatMessage {
-    ChatMessage {
-        msg_id: format!("m-{session_id}-{seq}"),
-        client_msg_id: format!("c-{seq}"),
-        session_id: session_id.to_owned(),
-        session_type: SessionType::Group,
-        seq,
-        sender_id: format!("user-{}", seq % 3),
-        content_type: ContentType::Text,
-        content: format!("hello {seq}").into_bytes(),
-        send_time_ms: 1_700_000_000_000 + seq,
-        server_time_us: 1_700_000_000_000_000 + seq * 1000,
-        ext: BTreeMap::new(),
-    }
-}
-
 #[tokio::test]
 async fn a_typed_row_reads_back_every_column_the_writer_bound() {
     let (session, config) = fresh_keyspace("store_rows").await;
@@ -70,12 +55,12 @@ async fn a_typed_row_reads_back_every_column_the_writer_bound() {
     let writer = MessageWriter::new(session.clone(), &config.keyspace, limits.clone())
         .await
         .expect("writer");
-    let mut with_ext = message("s-rows", 7);
+    let mut with_ext = message("s-rows", 7).build();
     with_ext.session_type = SessionType::Single;
     with_ext.content_type = ContentType::Image;
     with_ext.content = vec![0, 255, 1, 254];
     with_ext.ext = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
-    let plain = message("s-rows", 8);
+    let plain = message("s-rows", 8).build();
     writer
         .write(&[with_ext.clone(), plain.clone()])
         .await
@@ -113,11 +98,8 @@ async fn the_row_counter_counts_what_the_writer_stored() {
         .expect("writer");
     let bs = limits.bucket_size;
     // Session a spans two buckets: seqs 1..=5 and bs-2..bs-1 in bucket 0, bs..=bs+2 in bucket 1.
-    let a: Vec<ChatMessage> = (1..=5)
-        .chain(bs - 2..=bs + 2)
-        .map(|s| message("count-a", s))
-        .collect();
-    let b: Vec<ChatMessage> = (1..=3).map(|s| message("count-b", s)).collect();
+    let a = testing::messages("count-a", (1..=5).chain(bs - 2..=bs + 2));
+    let b = testing::messages("count-b", 1..=3);
     writer.write(&a).await.expect("write a");
     writer.write(&b).await.expect("write b");
 
