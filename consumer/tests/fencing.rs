@@ -9,11 +9,6 @@ use std::time::{Duration, Instant};
 use chatlog_store::keys;
 use common::{ConsumerProc, Env, base_time_us, message};
 
-/// A consumer config file with `text`, removed with the returned guard.
-fn config_file(text: &str) -> (chatlog::TempDir, String) {
-    common::config_file("fencing_config", text)
-}
-
 /// Window seqs of `session`, ascending, read from the Redis at `url`.
 async fn window_seqs(url: &str, session: &str, env: &Env) -> Vec<i64> {
     let client = redis::Client::open(url).expect("redis url");
@@ -43,7 +38,8 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     let s = chatlog::unique("zmb");
     let base = base_time_us();
     // The broker's smallest session timeout, heartbeats every second: a window fence of 4 s.
-    let (_dir, config) = config_file(
+    let (_dir, config) = common::config_file(
+        "fencing_config",
         "[kafka]\nsession_timeout = \"6s\"\n\
          [kafka.properties]\n\"heartbeat.interval.ms\" = \"1000\"\n",
     );
@@ -129,7 +125,10 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
     let s = chatlog::unique("zst");
     let base = base_time_us();
     let instance = chatlog::unique("member");
-    let (_dir, config) = config_file(&format!("[kafka]\ngroup_instance_id = \"{instance}\"\n"));
+    let (_dir, config) = common::config_file(
+        "fencing_config",
+        &format!("[kafka]\ngroup_instance_id = \"{instance}\"\n"),
+    );
     let sessions = std::slice::from_ref(&s);
 
     let mut old = env.spawn_consumer(&chatlog::unique("static_old"), &["--config", &config]);
@@ -184,7 +183,8 @@ async fn a_failed_seek_after_a_failed_batch_exits_and_the_next_instance_redoes_t
     let _redis = chatlog::TestRedis::start(&["--port".into(), port.to_string()], port);
     let url = format!("redis://127.0.0.1:{port}/");
     wait_for_redis(&url).await;
-    let (_dir, config) = config_file(
+    let (_dir, config) = common::config_file(
+        "fencing_config",
         "[retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\nstage_budget = \"2s\"\n\
          [redis]\nresponse_timeout = \"300ms\"\n",
     );

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DlqRecord, Env, all_messages, base_time_us, message, sessions};
+use common::{
+    DlqRecord, Env, all_messages, base_time_us, config_file, http_addr, http_get_async, message,
+    sample, sessions, wait_readyz,
+};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -172,7 +175,7 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
     // a partition key (longer than 65,535 bytes): an `Invalid` request, the row can never be
     // written, while Redis takes the window entry.
     let huge_session = format!("{}-{}", chatlog::unique("cr_huge"), "k".repeat(70_000));
-    let (_dir, config) = common::config_file("cqlrefuse", "[limits]\nmax_id_bytes = 100000\n");
+    let (_dir, config) = config_file("cqlrefuse", "[limits]\nmax_id_bytes = 100000\n");
     let mut bad = message(&huge_session, 1, base, 0);
     bad.msg_id = "cr-huge-m1".into();
     bad.client_msg_id = "cr-huge-c1".into();
@@ -247,6 +250,11 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
     drop(consumer);
 }
 
+/// The status line of a `GET path` on a fresh connection, or `None` if the connection closed.
+async fn status_line(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    http_get_async(addr, path).await.ok().map(|(line, _)| line)
+}
+
 /// Reads from `stream` until EOF or an error; `true` if that happened within `limit`.
 async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;
@@ -260,21 +268,6 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> b
             Ok(Ok(_)) => {}
         }
     }
-}
-
-/// The status line of a `GET path` on a fresh connection, or `None` if the connection closed.
-async fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&out);
-    text.lines().next().map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +295,7 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
     .await
     .unwrap();
     assert_eq!(
-        get(addr, "/healthz").await.as_deref(),
+        status_line(addr, "/healthz").await.as_deref(),
         Some("HTTP/1.1 200 OK")
     );
 
@@ -337,7 +330,7 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut refused = false;
     while Instant::now() < deadline && !refused {
-        refused = get(addr, "/healthz").await.is_none();
+        refused = status_line(addr, "/healthz").await.is_none();
     }
     assert!(refused, "a connection above the limit must be refused");
     for mut s in held.drain(..) {
@@ -347,7 +340,7 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
         );
     }
     assert_eq!(
-        get(addr, "/healthz").await.as_deref(),
+        status_line(addr, "/healthz").await.as_deref(),
         Some("HTTP/1.1 200 OK"),
         "served again below the limit"
     );
@@ -386,62 +379,6 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
     shutdown.cancel();
 }
 
-/// The address the consumer logged as `chatlog-consumer: http listening on ADDR`.
-fn http_addr(consumer: &common::ConsumerProc) -> std::net::SocketAddr {
-    const LINE: &str = "chatlog-consumer: http listening on ";
-    consumer.wait_log(LINE, Duration::from_secs(60));
-    let log = consumer.log_text();
-    let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
-    rest.lines().next().unwrap().trim().parse().unwrap()
-}
-
-/// `GET path`: (status line, body), or `None` if the connection failed.
-async fn get_body(addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
-}
-
-/// The value of the unlabelled gauge `name` in a Prometheus exposition.
-fn gauge(exposition: &str, name: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls `/readyz` until `pred(status line, body)` holds, or panics with the log after `limit`.
-async fn wait_readyz(
-    addr: std::net::SocketAddr,
-    consumer: &common::ConsumerProc,
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&str, &str) -> bool,
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some((status, body)) = get_body(addr, "/readyz").await
-            && pred(&status, &body)
-        {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz: {what} not seen within {limit:?}; log:\n{}",
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A Redis outage makes every batch rewind: even with isolation after a single rewind, no good
 /// record goes to the DLQ (nothing could be written, so the records are not at fault); the
 /// partition is reported as not moving (`/readyz` 503 with the reason, the gauge at 1) and is
@@ -456,44 +393,30 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
     let redis = chatlog::TestRedis::start(&["--port".into(), port.to_string()], port);
     let url = format!("redis://127.0.0.1:{port}/");
     let _ = chatlog::connect_to(port).await;
-    let dir = chatlog::TempDir::new("stall_config");
-    let config = dir.0.join("consumer.toml");
-    std::fs::write(
-        &config,
+    let (_dir, config) = config_file(
+        "stall_config",
         // The default stage budget (20 s) outlasts the window fence (5.6 s): the first attempt
         // ends at the fence, and isolating must still get its records written in time.
         "[retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n\
          [redis]\nresponse_timeout = \"300ms\"\n\
          [isolation]\nrewinds = 1\nstall_after = \"3s\"\nrecord_budget = \"500ms\"\n",
-    )
-    .unwrap();
+    );
     let consumer = env.spawn_consumer(
         &chatlog::unique("stall_txn"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--redis-url",
-            url.as_str(),
-        ],
+        &["--config", config.as_str(), "--redis-url", url.as_str()],
     );
     let addr = http_addr(&consumer);
-    wait_readyz(addr, &consumer, Duration::from_secs(60), "200", |s, _| {
-        s.contains(" 200 ")
-    })
-    .await;
+    wait_readyz(addr, &consumer, 200, Duration::from_secs(60)).await;
 
     redis.freeze();
     let good = all_messages(&sessions, per_session, base);
     env.produce(&good).await;
-    let body = wait_readyz(addr, &consumer, Duration::from_secs(60), "503", |s, _| {
-        s.contains(" 503 ")
-    })
-    .await;
+    let body = wait_readyz(addr, &consumer, 503, Duration::from_secs(60)).await;
     assert!(body.contains("not moving"), "{body}");
     assert!(body.contains(&format!("{} [0]", env.topic)), "{body}");
-    let (_, metrics) = get_body(addr, "/metrics").await.unwrap();
+    let (_, metrics) = http_get_async(addr, "/metrics").await.unwrap();
     assert_eq!(
-        gauge(&metrics, "chatlog_consumer_stalled_partitions"),
+        sample(&metrics, "chatlog_consumer_stalled_partitions"),
         Some(1.0),
         "{metrics}"
     );
@@ -515,17 +438,10 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
         &[&consumer],
     )
     .await;
-    wait_readyz(
-        addr,
-        &consumer,
-        Duration::from_secs(30),
-        "200 again",
-        |s, _| s.contains(" 200 "),
-    )
-    .await;
-    let (_, metrics) = get_body(addr, "/metrics").await.unwrap();
+    wait_readyz(addr, &consumer, 200, Duration::from_secs(30)).await;
+    let (_, metrics) = http_get_async(addr, "/metrics").await.unwrap();
     assert_eq!(
-        gauge(&metrics, "chatlog_consumer_stalled_partitions"),
+        sample(&metrics, "chatlog_consumer_stalled_partitions"),
         Some(0.0)
     );
     assert!(

@@ -80,15 +80,12 @@ async fn future_server_time_goes_to_the_dlq_as_skew_and_seq_above_2_pow_53_as_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_consumer_publishes_and_enforces_its_limits() {
     let env = Env::new("limits", 1, 20).await;
-    let dir = chatlog::TempDir::new("limits");
-    let file = dir.0.join("consumer.toml");
-    std::fs::write(
-        &file,
+    let (_dir, config) = common::config_file(
+        "limits",
         "[limits]\nmax_content_bytes = 100\nmax_skew = \"20s\"\n",
-    )
-    .unwrap();
+    );
     let txn = chatlog::unique("limits_txn");
-    let consumer = env.spawn_consumer(&txn, &["--config", file.to_str().unwrap()]);
+    let consumer = env.spawn_consumer(&txn, &["--config", config.as_str()]);
 
     // The row appears once the consumer has started.
     let deadline = Instant::now() + Duration::from_secs(60);

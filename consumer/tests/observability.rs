@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatlog_consumer::telemetry;
@@ -18,8 +17,7 @@ use common::deploy_files::{
 };
 use common::prometheus::Prometheus;
 use common::{
-    ConsumerProc, Env, all_messages, base_time_us, families, http_addr, http_get, sample, sessions,
-    wait_readyz,
+    Env, all_messages, base_time_us, families, http_addr, http_get, sample, sessions, wait_readyz,
 };
 use serde_json::Value;
 
@@ -266,26 +264,13 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
 /// the consumer cannot reach Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_while_kafka_is_unreachable() {
-    let keyspace = chatlog::fresh_keyspace("obsready").await.1.keyspace;
-    let log = std::env::temp_dir().join(format!("{}.log", chatlog::unique("obsready")));
-    let child = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"))
-        .args([
-            "--bootstrap-servers",
-            &format!("127.0.0.1:{}", chatlog::free_port()),
-        ])
-        .args(["--topic", &chatlog::unique("obsready_in")])
-        .args(["--transactional-id", &chatlog::unique("obsready_txn")])
-        .args(["--cql-nodes", &chatlog::cql_nodes().join(",")])
-        .args(["--keyspace", &keyspace])
-        .args(["--redis-url", &chatlog::redis_url()])
-        .args(["--http-listen", "127.0.0.1:0"])
-        .env_remove("CHATLOG_CONSUMER_CONFIG")
-        .envs(chatlog::cql_login_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("spawn chatlog-consumer");
-    let consumer = ConsumerProc { child, log };
+    let env = Env::new("obsready", 1, 10).await;
+    // A port nothing listens on: no broker is ever reachable.
+    let unreachable = format!("127.0.0.1:{}", chatlog::free_port());
+    let consumer = env.spawn_consumer(
+        &chatlog::unique("obsready_txn"),
+        &["--bootstrap-servers", &unreachable],
+    );
     let addr = http_addr(&consumer);
     assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
     // Well past CQL and Redis connecting: the transactional producer cannot reach a broker.

@@ -180,15 +180,13 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
     }
     env.produce_raw(&records).await;
 
-    let config = std::env::temp_dir().join(format!("{}.toml", chatlog::unique("poison_cfg")));
-    std::fs::write(
-        &config,
+    let (_dir, config) = common::config_file(
+        "poison_cfg",
         "[batch]\nmax_record_bytes = 2048\nlinger = \"20ms\"\n",
-    )
-    .unwrap();
+    );
     let consumer = env.spawn_consumer(
         &chatlog::unique("poison_txn"),
-        &["--config", config.to_str().unwrap()],
+        &["--config", config.as_str()],
     );
     env.wait_for_rows(
         &sessions,
