@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     DlqRecord, Env, all_messages, base_time_us, config_file, http_addr, http_get_async, message,
-    sample, sessions, wait_readyz,
+    sample, sessions, wait_readyz, workload,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,10 +46,8 @@ async fn produce_compressed(env: &Env, key: &str, payload: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_compressed_record_goes_to_the_dlq_truncated_and_its_partition_moves_on() {
     let env = Env::new("oversize", 1, 20).await;
-    let sessions = sessions("ov", 2);
-    let base = base_time_us();
     let per_session = 20;
-    let good = all_messages(&sessions, per_session, base);
+    let (sessions, base, good) = workload("ov", 2, per_session);
     let (before, after) = good.split_at(good.len() / 2);
 
     // 2 MiB: twice the default batch.max_record_bytes, and above what the DLQ topic (the
@@ -61,14 +59,7 @@ async fn oversize_compressed_record_goes_to_the_dlq_truncated_and_its_partition_
 
     let consumer = env.spawn_consumer(&chatlog::unique("oversize_txn"), &[]);
     // Rows land before their batch commits; this waits for the commit too (committed to the end).
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
 
     let dlq = env.read_dlq_records(1);
@@ -123,14 +114,7 @@ async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persis
     let consumer = env.spawn_consumer(&chatlog::unique("wrongtype_txn"), &[]);
     // Every session's rows: the bad session's rows are written too (its CQL write succeeded;
     // only its window failed — see OPERATIONS.md, "write_failed").
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions[1..], per_session, base).await;
 
     let dlq = env.read_dlq_records(per_session as usize);
@@ -214,14 +198,7 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
     env.produce(&good[good.len() / 2..]).await;
 
     let consumer = env.spawn_consumer(&chatlog::unique("cqlrefuse_txn"), &["--config", &config]);
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
     let dlq = env.read_dlq_records(1);
     assert_eq!(dlq.len(), 1, "{dlq:?}");
@@ -430,14 +407,7 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
     );
 
     redis.thaw();
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     wait_readyz(addr, &consumer, 200, Duration::from_secs(30)).await;
     let (_, metrics) = http_get_async(addr, "/metrics").await.unwrap();
     assert_eq!(

@@ -16,9 +16,7 @@ use common::deploy_files::{
     dashboard_exprs, grafana_to_promql, metric_names_in, read, rule_exprs, tool,
 };
 use common::prometheus::Prometheus;
-use common::{
-    Env, all_messages, base_time_us, families, http_addr, http_get, sample, sessions, wait_readyz,
-};
+use common::{Env, families, http_addr, http_get, sample, wait_readyz, workload};
 use serde_json::Value;
 
 // -------------------------------------------------------------------------------- the live endpoint
@@ -27,10 +25,8 @@ use serde_json::Value;
 async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages() {
     let promtool = tool("promtool", "prometheus");
     let env = Env::new("obs", 2, 20).await;
-    let sessions = sessions("o", 8);
-    let base = base_time_us();
     let per_session = 25;
-    let good = all_messages(&sessions, per_session, base);
+    let (sessions, _, good) = workload("o", 8, per_session);
     env.produce(&good).await;
     // Two poison records, so the DLQ series move too.
     env.produce_raw(&[
@@ -47,14 +43,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
 
     wait_readyz(addr, &consumer, 200, Duration::from_secs(60)).await;
 
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
 
     // The counters move when the transaction commits, right after the rows are visible.
     let persisted = format!("{}{{outcome=\"persisted\"}}", telemetry::RECORDS);
@@ -210,9 +199,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     }
     drop(prometheus);
 
-    consumer.terminate();
-    let status = consumer.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    consumer.terminate_cleanly();
 }
 
 /// The lag gauge exists per assigned partition and reaches 0 once every record is committed
@@ -221,21 +208,12 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_gauge_reaches_zero_once_everything_is_committed() {
     let env = Env::new("obslag", 2, 10).await;
-    let sessions = sessions("l", 6);
-    let base = base_time_us();
     let per_session = 20;
-    let good = all_messages(&sessions, per_session, base);
+    let (sessions, _, good) = workload("l", 6, per_session);
     env.produce(&good).await;
     let consumer = env.spawn_consumer(&chatlog::unique("obslag_txn"), &[]);
     let addr = http_addr(&consumer);
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     // Statistics arrive every 5 s; give them a few rounds.
     let want: Vec<String> = (0..2)
         .map(|p| format!("{}{{partition=\"{p}\"}}", telemetry::LAG))

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chatlog_schemas::apache_avro::types::Value;
-use common::{Env, all_messages, base_time_us, message, sessions};
+use common::{Env, all_messages, base_time_us, message, sessions, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
@@ -18,15 +18,7 @@ async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
         .await;
 
     let mut consumer = env.spawn_consumer(&chatlog::unique("happy_txn"), &[]);
-    let total = sessions.len() * per_session as usize;
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        total,
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
 
     // The window's members are the producer's bytes, decodable to the very message sent.
@@ -36,9 +28,7 @@ async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
         &message(&sessions[0], per_session, base, 0)
     );
 
-    consumer.terminate();
-    let status = consumer.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    consumer.terminate_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +113,8 @@ async fn wait_committed(env: &Env, offset: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() {
     let env = Env::new("poison", 2, 20).await;
-    let sessions = sessions("p", 5);
-    let base = base_time_us();
     let per_session = 40;
-    let good = all_messages(&sessions, per_session, base);
+    let (sessions, base, good) = workload("p", 5, per_session);
 
     let valid = env.codec.encode(&good[0]).unwrap();
     let mut unknown_fp = valid.clone();
@@ -188,14 +176,7 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
         &chatlog::unique("poison_txn"),
         &["--config", config.as_str()],
     );
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
 
     let dlq = env.read_dlq(bad.len());
@@ -229,24 +210,15 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_without_a_key_goes_to_the_dlq_as_no_key_and_its_partition_moves_on() {
     let env = Env::new("nokey", 1, 10).await;
-    let sessions = sessions("nk", 2);
-    let base = base_time_us();
     let per_session = 5;
-    let good = all_messages(&sessions, per_session, base);
+    let (sessions, base, good) = workload("nk", 2, per_session);
     // A valid message without a Kafka key: its partition was not chosen by its session, so the
     // per-session order it was produced in means nothing; it must not be persisted.
     let keyless = env.codec.encode(&good[0]).unwrap();
     env.produce_raw(&[(None, Some(keyless.clone()))]).await;
     env.produce(&good).await;
     let consumer = env.spawn_consumer(&chatlog::unique("nokey_txn"), &[]);
-    env.wait_for_rows(
-        &sessions,
-        per_session,
-        good.len(),
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
     let dlq = env.read_dlq_records(1);
     assert_eq!(dlq.len(), 1, "{dlq:?}");

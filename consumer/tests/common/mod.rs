@@ -203,6 +203,20 @@ impl Env {
         n
     }
 
+    /// [`wait_for_rows`](Self::wait_for_rows) for every message of [`workload`]`(…, per_session)`
+    /// over `sessions`, within 120 s.
+    pub async fn wait_all(&self, sessions: &[String], per_session: i64, procs: &[&ConsumerProc]) {
+        let expected = sessions.len() * per_session as usize;
+        self.wait_for_rows(
+            sessions,
+            per_session,
+            expected,
+            Duration::from_secs(120),
+            procs,
+        )
+        .await;
+    }
+
     /// Polls the database until `sessions` hold `expected` rows in all, or panics after `limit`
     /// with the consumer logs.
     pub async fn wait_for_rows(
@@ -318,44 +332,14 @@ impl Env {
     /// Reads the DLQ with read_committed until `expected` records arrived (then 1 s more, to
     /// catch extra ones); returns (reason header, payload) pairs.
     pub fn read_dlq(&self, expected: usize) -> Vec<(String, Option<Vec<u8>>)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", chatlog::kafka_bootstrap())
-            .set("group.id", chatlog::unique("dlq_reader"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&self.dlq]).unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut quiet_until: Option<Instant> = None;
-        while Instant::now() < deadline {
-            if let Some(q) = quiet_until
-                && Instant::now() > q
-            {
-                break;
-            }
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.unwrap();
-                let reason = m
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == "chatlog-dlq-reason")
-                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                    })
-                    .unwrap_or_default();
-                out.push((reason, m.payload().map(<[u8]>::to_vec)));
-                if out.len() >= expected && quiet_until.is_none() {
-                    quiet_until = Some(Instant::now() + Duration::from_secs(1));
-                }
-            }
-        }
-        out
+        self.read_dlq_records(expected)
+            .into_iter()
+            .map(|r| (r.header("chatlog-dlq-reason").to_owned(), r.payload))
+            .collect()
     }
 
-    /// Like [`read_dlq`](Self::read_dlq), with every header and the key of each record.
+    /// Reads the DLQ with read_committed until `expected` records arrived (then 1 s more, to
+    /// catch extra ones; expecting none, 3 s), with every header and the key of each record.
     pub fn read_dlq_records(&self, expected: usize) -> Vec<DlqRecord> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", chatlog::kafka_bootstrap())
@@ -459,6 +443,13 @@ impl ConsumerProc {
         let _ = chatlog::signal(self.child.id(), "-TERM");
     }
 
+    /// SIGTERM, then asserts the process exits 0 within 30 s.
+    pub fn terminate_cleanly(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -501,6 +492,15 @@ pub fn sessions(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| chatlog::unique(&format!("{prefix}{i}")))
         .collect()
+}
+
+/// A test's traffic: `n` unique sessions named after `prefix`, the base server time, and every
+/// message of them with seqs `1..=per_session` ([`all_messages`]).
+pub fn workload(prefix: &str, n: usize, per_session: i64) -> (Vec<String>, i64, Vec<ChatMessage>) {
+    let sessions = sessions(prefix, n);
+    let base = base_time_us();
+    let messages = all_messages(&sessions, per_session, base);
+    (sessions, base, messages)
 }
 
 /// Every message of `sessions` with seqs `1..=per_session`, interleaved across sessions.
