@@ -203,6 +203,12 @@ async fn setup(
             max_ext_bytes: 1024,
             ..Default::default()
         },
+        // A failed send is retried under its first seq only while that allocation is younger
+        // than settle_horizon - message_timeout; later the producer answers `settled` and Logic
+        // looks the seq up (which the harness does not do: it gives up). With the default 30 s
+        // that window is 30 s, less than a Kafka restart takes on a loaded machine (29 s seen);
+        // 10 s leaves 50 s, and failed sends are retried sooner.
+        message_timeout: Duration::from_secs(10),
         ..Default::default()
     };
     let producers = load::Producers {
