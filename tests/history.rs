@@ -89,9 +89,10 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
 
 /// A message with an extension, so every read also proves the extensions come back.
 fn message(sid: &str, seq: i64) -> ChatMessage {
-    testing::message(sid, seq)
-        .ext("k", format!("v{seq}"))
-        .build()
+    ChatMessage {
+        ext: BTreeMap::from([("k".to_owned(), format!("v{seq}"))]),
+        ..testing::message(sid, seq)
+    }
 }
 
 impl Fixture {

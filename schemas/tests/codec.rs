@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chatlog_schemas::apache_avro::types::Value;
 use chatlog_schemas::apache_avro::{self, Schema};
+use chatlog_schemas::testing::schema_v2_with_content_type;
 use chatlog_schemas::{
     ChatMessage, ChatMessageV2, Codec, ContentType, DecodeError, EncodeError, HEADER_LEN, Limits,
     SCHEMA_V1_JSON, SCHEMA_V2_JSON, SchemaError, SchemaVersion, SessionType, ValidationError,
@@ -388,23 +389,9 @@ fn v1_bytes_read_as_v2_get_the_defaults() {
     );
 }
 
-fn newer_schema_with_extra_symbol() -> String {
-    let mut s: serde_json::Value = serde_json::from_str(SCHEMA_V2_JSON).unwrap();
-    let fields = s["fields"].as_array_mut().unwrap();
-    let ct = fields
-        .iter_mut()
-        .find(|f| f["name"] == "content_type")
-        .unwrap();
-    ct["type"]["symbols"]
-        .as_array_mut()
-        .unwrap()
-        .push("LOCATION".into());
-    s.to_string()
-}
-
 #[test]
 fn unknown_content_type_symbol_from_a_newer_writer_resolves_to_unknown() {
-    let newer = newer_schema_with_extra_symbol();
+    let newer = schema_v2_with_content_type("LOCATION").to_string();
     assert!(newer.contains("LOCATION"), "schema edited");
     let fp = schema_fingerprint(&newer).unwrap();
     let codec = Codec::builder().writer_schema(newer).build().unwrap();

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use chatlog_schemas::testing::schema_v2_with_content_type;
 use chatlog_schemas::{
     ChatMessage, ChatMessageV2, Codec, ContentType, SCHEMA_V1_JSON, SCHEMA_V2_JSON, SessionType,
     parsing_canonical_form, schema_fingerprint,
@@ -88,21 +89,6 @@ fn record_json(m: &ChatMessage, content_type_symbol: &str) -> serde_json::Map<St
     o
 }
 
-/// Schema v2 with an extra `ContentType` symbol, as a newer producer might ship.
-fn v3_like_schema() -> String {
-    let mut s: Json = serde_json::from_str(SCHEMA_V2_JSON).unwrap();
-    let fields = s["fields"].as_array_mut().unwrap();
-    let ct = fields
-        .iter_mut()
-        .find(|f| f["name"] == "content_type")
-        .unwrap();
-    ct["type"]["symbols"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!("LOCATION"));
-    serde_json::to_string_pretty(&s).unwrap()
-}
-
 /// Schemas whose canonical form is compared with fastavro's.
 fn pcf_schemas(v3_path: &Path) -> Vec<String> {
     let mut v = vec![
@@ -144,7 +130,7 @@ fn fastavro_reads_ours_and_we_read_fastavro() {
     let v1_path = schemas_dir().join("chat_message.avsc");
     let v2_path = schemas_dir().join("chat_message_v2.avsc");
     let v3_path = dir.join("chat_message_v3_like.avsc");
-    let v3_json = v3_like_schema();
+    let v3_json = serde_json::to_string_pretty(&schema_v2_with_content_type("LOCATION")).unwrap();
     write(&v3_path, &v3_json);
 
     let codec = Codec::builder().writer_schema(v3_json).build().unwrap();

@@ -46,7 +46,10 @@ fn tag() -> String {
 
 /// A message with a 120-byte payload, the size the benchmark's numbers are for.
 fn message(sid: &str, seq: i64) -> ChatMessage {
-    testing::message(sid, seq).content(vec![b'x'; 120]).build()
+    ChatMessage {
+        content: vec![b'x'; 120],
+        ..testing::message(sid, seq)
+    }
 }
 
 struct Fixture {

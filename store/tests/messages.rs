@@ -55,12 +55,12 @@ async fn a_typed_row_reads_back_every_column_the_writer_bound() {
     let writer = MessageWriter::new(session.clone(), &config.keyspace, limits.clone())
         .await
         .expect("writer");
-    let mut with_ext = message("s-rows", 7).build();
+    let mut with_ext = message("s-rows", 7);
     with_ext.session_type = SessionType::Single;
     with_ext.content_type = ContentType::Image;
     with_ext.content = vec![0, 255, 1, 254];
     with_ext.ext = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
-    let plain = message("s-rows", 8).build();
+    let plain = message("s-rows", 8);
     writer
         .write(&[with_ext.clone(), plain.clone()])
         .await
