@@ -7,15 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, all_messages, base_time_us, sessions};
+use common::{Env, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
     let env = Env::new("crash", 4, 30).await;
-    let sessions = sessions("c", 40);
-    let base = base_time_us();
     let per_session = 150;
-    let messages = all_messages(&sessions, per_session, base);
+    let (sessions, base, messages) = workload("c", 40, per_session);
     let total = messages.len();
 
     // Good records with some poison among them, which must reach the DLQ exactly once.

@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Env, all_messages, assigned_partitions, base_time_us, sessions};
+use common::{Env, all_messages, assigned_partitions, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
     let env = std::sync::Arc::new(Env::new("group", 6, 25).await);
-    let sessions = sessions("g", 60);
-    let base = base_time_us();
     let per_session = 100;
-    let messages = all_messages(&sessions, per_session, base);
+    let (sessions, base, messages) = workload("g", 60, per_session);
     let total = messages.len();
     let args = ["--max-records", "200", "--linger", "20ms"];
 
@@ -69,19 +67,22 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
 }
 
 async fn wait_until(env: &Env, sessions: &[String], per_session: i64, rows: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while env.count(sessions, per_session).await < rows {
-        assert!(Instant::now() < deadline, "stuck below {rows} rows");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::poll_until(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        move || async move {
+            let n = env.count(sessions, per_session).await;
+            if n >= rows { Ok(()) } else { Err(n) }
+        },
+        |_| format!("stuck below {rows} rows"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_with_the_same_transactional_id_fences_the_first() {
     let env = Env::new("fence", 1, 10).await;
-    let sessions = sessions("f", 4);
-    let base = base_time_us();
-    let first = all_messages(&sessions, 10, base);
+    let (sessions, base, first) = workload("f", 4, 10);
     env.produce(&first).await;
 
     let txn = chatlog::unique("fence_txn");

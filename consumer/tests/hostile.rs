@@ -7,8 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    DlqRecord, Env, all_messages, base_time_us, config_file, http_addr, http_get_async, message,
-    sample, sessions, wait_readyz, workload,
+    DlqRecord, Env, config_file, http_addr, http_get_async, message, sample, wait_readyz, workload,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -87,9 +86,8 @@ async fn oversize_compressed_record_goes_to_the_dlq_truncated_and_its_partition_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persist() {
     let env = Env::new("wrongtype", 1, 10).await;
-    let sessions = sessions("wt", 3);
-    let base = base_time_us();
     let per_session = 6;
+    let (sessions, base, good) = workload("wt", 3, per_session);
     let bad = &sessions[0];
     let mut redis = chatlog::redis_connection().await;
     // The window key of one session holds a string: every append to it fails with WRONGTYPE.
@@ -108,7 +106,6 @@ async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persis
         .await
         .unwrap();
     // Interleaved: every batch holds records of the bad session and of the good ones.
-    let good = all_messages(&sessions, per_session, base);
     env.produce(&good).await;
 
     let consumer = env.spawn_consumer(&chatlog::unique("wrongtype_txn"), &[]);
@@ -152,9 +149,8 @@ async fn write_failed_wrongtype_window_goes_to_the_dlq_and_other_sessions_persis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
     let env = Env::new("cqlrefuse", 1, 10).await;
-    let sessions = sessions("cr", 2);
-    let base = base_time_us();
     let per_session = 5;
+    let (sessions, base, good) = workload("cr", 2, per_session);
     // A session id the consumer's [limits] accept (max_id_bytes raised) but Cassandra refuses as
     // a partition key (longer than 65,535 bytes): an `Invalid` request, the row can never be
     // written, while Redis takes the window entry.
@@ -170,7 +166,6 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
         })
         .build()
         .unwrap();
-    let good = all_messages(&sessions, per_session, base);
     let record = wide.encode(&bad).unwrap();
     // An earlier incarnation appended its window entry (windows and rows are written at the same
     // time) and died before the row write failed: the replay must take the entry out again.
@@ -363,9 +358,8 @@ async fn http_endpoint_closes_slow_loris_connections_and_holds_its_connection_li
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_reported() {
     let env = Env::new("stall", 1, 10).await;
-    let sessions = sessions("st", 3);
-    let base = base_time_us();
     let per_session = 8;
+    let (sessions, _, good) = workload("st", 3, per_session);
     let port = chatlog::free_port();
     let redis = chatlog::TestRedis::start(&["--port".into(), port.to_string()], port);
     let url = format!("redis://127.0.0.1:{port}/");
@@ -386,7 +380,6 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
     wait_readyz(addr, &consumer, 200, Duration::from_secs(60)).await;
 
     redis.freeze();
-    let good = all_messages(&sessions, per_session, base);
     env.produce(&good).await;
     let body = wait_readyz(addr, &consumer, 503, Duration::from_secs(60)).await;
     assert!(body.contains("not moving"), "{body}");

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatlog_schemas::{Limits, MAX_SEQ, to_value_v1};
-use common::{Env, base_time_us, message};
+use common::{Env, base_time_us, message, poll_until};
 
 const HOUR_US: i64 = 3_600_000_000;
 
@@ -88,21 +88,19 @@ async fn a_running_consumer_publishes_and_enforces_its_limits() {
     let consumer = env.spawn_consumer(&txn, &["--config", config.as_str()]);
 
     // The row appears once the consumer has started.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let published = loop {
-        let rows = chatlog_store::limits::read(&env.session, &env.cql.keyspace, &env.topic)
-            .await
-            .expect("read consumer_limits");
-        if let Some(p) = rows.into_iter().find(|p| p.instance == txn) {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no limits published by {txn}:\n{}",
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (envr, txnr) = (&env, &txn);
+    let published = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        move || async move {
+            let rows = chatlog_store::limits::read(&envr.session, &envr.cql.keyspace, &envr.topic)
+                .await
+                .expect("read consumer_limits");
+            rows.into_iter().find(|p| p.instance == *txnr).ok_or(())
+        },
+        |()| format!("no limits published by {txn}:\n{}", consumer.log_text()),
+    )
+    .await;
     let want = Limits {
         max_content_bytes: 100,
         max_skew: Duration::from_secs(20),

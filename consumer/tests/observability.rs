@@ -16,7 +16,7 @@ use common::deploy_files::{
     dashboard_exprs, grafana_to_promql, metric_names_in, read, rule_exprs, tool,
 };
 use common::prometheus::Prometheus;
-use common::{Env, families, http_addr, http_get, sample, wait_readyz, workload};
+use common::{Env, families, http_addr, http_get, poll_until, sample, wait_readyz, workload};
 use serde_json::Value;
 
 // -------------------------------------------------------------------------------- the live endpoint
@@ -47,20 +47,22 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
 
     // The counters move when the transaction commits, right after the rows are visible.
     let persisted = format!("{}{{outcome=\"persisted\"}}", telemetry::RECORDS);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let (status, text) = http_get(addr, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200);
-        if sample(&text, &persisted) == Some(good.len() as f64) {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {} persisted records:\n{text}",
-            good.len()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let (persistedr, want) = (&persisted, good.len() as f64);
+    let text = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        move || async move {
+            let (status, text) = http_get(addr, "/metrics").expect("GET /metrics");
+            assert_eq!(status, 200);
+            if sample(&text, persistedr) == Some(want) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+        |text| format!("/metrics never showed {want} persisted records:\n{text}"),
+    )
+    .await;
     println!("---- /metrics sample ----\n{text}");
 
     // promtool lints the exposition (naming, units, help text, histogram shape).

@@ -6,16 +6,14 @@ mod common;
 use std::time::Duration;
 
 use chatlog_schemas::apache_avro::types::Value;
-use common::{Env, all_messages, base_time_us, message, sessions, workload};
+use common::{Env, base_time_us, message, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
     let env = Env::new("happy", 4, 40).await;
-    let sessions = sessions("s", 30);
-    let base = base_time_us();
     let per_session = 100; // > window size, and most sessions' records land in one batch
-    env.produce(&all_messages(&sessions, per_session, base))
-        .await;
+    let (sessions, base, messages) = workload("s", 30, per_session);
+    env.produce(&messages).await;
 
     let mut consumer = env.spawn_consumer(&chatlog::unique("happy_txn"), &[]);
     env.wait_all(&sessions, per_session, &[&consumer]).await;
@@ -92,22 +90,26 @@ async fn wait_committed(env: &Env, offset: i64) {
         .set("group.id", &env.group)
         .create()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&env.topic, 0);
-        let committed = probe
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        if committed.find_partition(&env.topic, 0).unwrap().offset() == Offset::Offset(offset) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "offset {offset} never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probe = &probe;
+    common::poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        move || async move {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&env.topic, 0);
+            let committed = probe
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .unwrap();
+            let at = committed.find_partition(&env.topic, 0).unwrap().offset();
+            if at == Offset::Offset(offset) {
+                Ok(())
+            } else {
+                Err(at)
+            }
+        },
+        |_| format!("offset {offset} never committed"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chatlog::{TestRedis, free_port, unique};
-use common::{Env, all_messages, base_time_us, sessions};
+use common::{Env, workload};
 
 fn secrets() -> [String; 5] {
     [
@@ -151,9 +151,8 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
         ],
         port,
     );
-    let sessions = sessions("sec", 3);
-    let base = base_time_us();
-    env.produce(&all_messages(&sessions, 5, base)).await;
+    let (sessions, _, messages) = workload("sec", 3, 5);
+    env.produce(&messages).await;
 
     let config = std::env::temp_dir().join(format!("{}.toml", unique("secrets_run")));
     std::fs::write(

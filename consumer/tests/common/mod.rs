@@ -228,42 +228,45 @@ impl Env {
         procs: &[&ConsumerProc],
     ) {
         let deadline = Instant::now() + limit;
-        loop {
-            let n = self.count(sessions, max_seq).await;
-            if n >= expected {
-                assert_eq!(n, expected, "more rows than messages");
-                // Rows and windows land before their batch commits: wait for the commit.
-                self.wait_drained(deadline.saturating_duration_since(Instant::now()), procs)
-                    .await;
-                return;
-            }
-            if Instant::now() > deadline {
-                for p in procs {
-                    eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
-                }
-                panic!("only {n} of {expected} rows after {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let n = poll_until(
+            limit,
+            Duration::from_millis(200),
+            move || async move {
+                let n = self.count(sessions, max_seq).await;
+                if n >= expected { Ok(n) } else { Err(n) }
+            },
+            |n| {
+                dump_logs(procs);
+                format!("only {n} of {expected} rows after {limit:?}")
+            },
+        )
+        .await;
+        assert_eq!(n, expected, "more rows than messages");
+        // Rows and windows land before their batch commits: wait for the commit.
+        self.wait_drained(deadline.saturating_duration_since(Instant::now()), procs)
+            .await;
     }
 
     /// Polls until the group's committed offsets reach the end of every partition of the topic:
     /// every batch read so far is fully processed (CQL, Redis, DLQ and commit).
     pub async fn wait_drained(&self, limit: Duration, procs: &[&ConsumerProc]) {
-        let deadline = Instant::now() + limit.max(Duration::from_secs(5));
-        loop {
-            let behind = self.partitions_behind();
-            if behind.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                for p in procs {
-                    eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
+        poll_until(
+            limit.max(Duration::from_secs(5)),
+            Duration::from_millis(100),
+            move || async move {
+                let behind = self.partitions_behind();
+                if behind.is_empty() {
+                    Ok(())
+                } else {
+                    Err(behind)
                 }
-                panic!("partitions {behind:?} not fully committed within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+            |behind| {
+                dump_logs(procs);
+                format!("partitions {behind:?} not fully committed within {limit:?}")
+            },
+        )
+        .await;
     }
 
     /// Whether the group's committed offsets are at the end of every partition of the topic now.
@@ -402,6 +405,34 @@ impl Env {
             let want: Vec<i64> = (lo..=per_session).collect();
             assert_eq!(window, want, "window of {s}");
         }
+    }
+}
+
+/// Calls `probe` every `every` until it returns `Ok`, or panics after `limit` with `failure` of
+/// the last `Err` (what it saw instead).
+pub async fn poll_until<T, E, Fut>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Fut,
+    failure: impl FnOnce(E) -> String,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{}", failure(e)),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// Prints the log of every process in `procs` (before a failure).
+pub fn dump_logs(procs: &[&ConsumerProc]) {
+    for p in procs {
+        eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
     }
 }
 
