@@ -46,6 +46,22 @@ async fn window_seqs(con: &mut ConnectionManager, sid: &str) -> Vec<i64> {
     scored.into_iter().map(|(_, s)| s as i64).collect()
 }
 
+/// The window of `sid` went back to 1..100 while 101..150 had been appended (`why`); the next
+/// append, 151..160, starts it afresh instead of landing above a hole 101..150.
+async fn assert_lagging_window_starts_afresh(con: &mut ConnectionManager, sid: &str, why: &str) {
+    assert_eq!(
+        window_seqs(con, sid).await,
+        (1..=100).collect::<Vec<_>>(),
+        "{why}"
+    );
+    append(con, sid, 151..=160).await;
+    assert_eq!(
+        window_seqs(con, sid).await,
+        (151..=160).collect::<Vec<_>>(),
+        "no hole 101..150 inside the window's range"
+    );
+}
+
 /// Redis restarts from a snapshot that holds 1..100 of a window that had reached 150. The next
 /// append (151..160) must not land above a hole 101..150 that readers would take for a gap: the
 /// window, written in another epoch, starts afresh.
@@ -61,17 +77,12 @@ async fn window_rollback_to_an_rdb_snapshot_starts_afresh_instead_of_leaving_a_h
 
     redis.restart();
     until_answers(&mut con).await;
-    assert_eq!(
-        window_seqs(&mut con, &sid).await,
-        (1..=100).collect::<Vec<_>>(),
-        "the restart took the window back to the snapshot"
-    );
-    append(&mut con, &sid, 151..=160).await;
-    assert_eq!(
-        window_seqs(&mut con, &sid).await,
-        (151..=160).collect::<Vec<_>>(),
-        "no hole 101..150 inside the window's range"
-    );
+    assert_lagging_window_starts_afresh(
+        &mut con,
+        &sid,
+        "the restart took the window back to the snapshot",
+    )
+    .await;
 }
 
 /// The same after a failover to a replica that missed 101..150.
@@ -86,17 +97,7 @@ async fn window_failover_to_a_lagging_replica_starts_afresh_instead_of_leaving_a
     append(&mut primary_con, &sid, 101..=150).await;
     drop(primary);
     let _: String = admin(&mut replica_con, &["REPLICAOF", "NO", "ONE"]).await;
-    assert_eq!(
-        window_seqs(&mut replica_con, &sid).await,
-        (1..=100).collect::<Vec<_>>(),
-        "the promoted replica lags"
-    );
-    append(&mut replica_con, &sid, 151..=160).await;
-    assert_eq!(
-        window_seqs(&mut replica_con, &sid).await,
-        (151..=160).collect::<Vec<_>>(),
-        "no hole 101..150 inside the window's range"
-    );
+    assert_lagging_window_starts_afresh(&mut replica_con, &sid, "the promoted replica lags").await;
 }
 
 /// A window that restarted short (expiry, FLUSHALL, a rollback) holds {150}; a replayed or late

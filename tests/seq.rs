@@ -16,6 +16,7 @@ use chatlog_store::seq::{
     AllocPath, AllocRequest, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig,
 };
 use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
 
 fn small(min: i64, max: i64) -> SeqConfig {
     SeqConfig {
@@ -26,11 +27,23 @@ fn small(min: i64, max: i64) -> SeqConfig {
 }
 
 async fn allocator(keyspace_prefix: &str, config: SeqConfig) -> (SeqAllocator, String) {
+    let (alloc, _, keyspace) =
+        allocator_on(keyspace_prefix, redis_connection().await, config).await;
+    (alloc, keyspace)
+}
+
+/// An allocator on the Redis behind `con` with a fresh keyspace, also returned (a test that
+/// fails over makes a second allocator on the same ceiling table).
+async fn allocator_on(
+    keyspace_prefix: &str,
+    con: ConnectionManager,
+    config: SeqConfig,
+) -> (SeqAllocator, Arc<Session>, String) {
     let (session, cql) = fresh_keyspace(keyspace_prefix).await;
-    let alloc = SeqAllocator::new(session, &cql.keyspace, redis_connection().await, config)
+    let alloc = SeqAllocator::new(session.clone(), &cql.keyspace, con, config)
         .await
         .expect("seq allocator");
-    (alloc, cql.keyspace)
+    (alloc, session, cql.keyspace)
 }
 
 /// Deletes every Redis key of one session (what FLUSHALL does to it, without touching others').
@@ -517,10 +530,7 @@ async fn rollback_to_an_rdb_snapshot_never_hands_a_seq_out_twice() {
     let port = free_port();
     let mut redis = TestRedis::start(&["--port".into(), port.to_string()], port);
     let mut con = connect_to(port).await;
-    let (session, cql) = fresh_keyspace("seq_rollback").await;
-    let alloc = SeqAllocator::new(session, &cql.keyspace, con.clone(), small(1000, 1000))
-        .await
-        .expect("seq allocator");
+    let (alloc, _, _) = allocator_on("seq_rollback", con.clone(), small(1000, 1000)).await;
     let sid = unique("rdb");
     let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
     let _: String = admin(&mut con, &["SAVE"]).await;
@@ -554,10 +564,7 @@ async fn rollback_to_an_older_aof_never_hands_a_seq_out_twice() {
         port,
     );
     let mut con = connect_to(port).await;
-    let (session, cql) = fresh_keyspace("seq_rollback").await;
-    let alloc = SeqAllocator::new(session, &cql.keyspace, con.clone(), small(1000, 1000))
-        .await
-        .expect("seq allocator");
+    let (alloc, _, _) = allocator_on("seq_rollback", con.clone(), small(1000, 1000)).await;
     let sid = unique("aof");
     let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
     // A consistent copy: the server writes nothing while frozen, and what it wrote is in the
@@ -584,15 +591,8 @@ async fn rollback_to_an_older_aof_never_hands_a_seq_out_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_lagging_replica_never_hands_a_seq_out_twice() {
     let (primary, mut primary_con, _replica, mut replica_con) = primary_and_replica().await;
-    let (session, cql) = fresh_keyspace("seq_failover").await;
-    let alloc = SeqAllocator::new(
-        session.clone(),
-        &cql.keyspace,
-        primary_con.clone(),
-        small(1000, 1000),
-    )
-    .await
-    .expect("seq allocator");
+    let (alloc, session, keyspace) =
+        allocator_on("seq_failover", primary_con.clone(), small(1000, 1000)).await;
     let sid = unique("failover");
     let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
     let acked: i64 = admin(&mut primary_con, &["WAIT", "1", "10000"]).await;
@@ -608,7 +608,7 @@ async fn failover_to_a_lagging_replica_never_hands_a_seq_out_twice() {
     assert_eq!(cur, 5, "the promoted replica lags");
 
     // Logic follows the failover: its allocator now talks to the promoted replica.
-    let promoted = SeqAllocator::new(session, &cql.keyspace, replica_con, small(1000, 1000))
+    let promoted = SeqAllocator::new(session, &keyspace, replica_con, small(1000, 1000))
         .await
         .expect("seq allocator on the promoted replica");
     assert_no_seq_again(&promoted, &sid, &handed_out).await;
@@ -620,10 +620,7 @@ async fn failover_to_a_lagging_replica_never_hands_a_seq_out_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_back_to_a_primary_that_resynced_from_a_lagging_replica_never_repeats_a_seq() {
     let (_a, mut a_con, b, mut b_con) = primary_and_replica().await;
-    let (session, cql) = fresh_keyspace("seq_failover").await;
-    let alloc = SeqAllocator::new(session, &cql.keyspace, a_con.clone(), small(1000, 1000))
-        .await
-        .expect("seq allocator");
+    let (alloc, _, _) = allocator_on("seq_failover", a_con.clone(), small(1000, 1000)).await;
     let sid = unique("trap");
     let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
     let acked: i64 = admin(&mut a_con, &["WAIT", "1", "10000"]).await;

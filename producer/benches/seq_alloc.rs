@@ -15,13 +15,25 @@ use std::time::Duration;
 
 use chatlog_store::seq::{SeqAllocator, SeqConfig};
 use chatlog_store::{CqlConfig, RedisConfig};
-use criterion::{Criterion, Throughput, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_main};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// A benchmark group with the short measurement both groups share (a round trip is fast and
+/// steady: 20 samples over 3 s are enough).
+fn short_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group
 }
 
 fn bench(c: &mut Criterion) {
@@ -82,11 +94,7 @@ fn bench(c: &mut Criterion) {
     });
     let counter = AtomicU64::new(0);
 
-    let mut group = c.benchmark_group("seq");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = short_group(c, "seq");
     group.throughput(Throughput::Elements(1));
     group.bench_function("allocate_fast", |b| {
         b.to_async(&rt).iter(|| async {
@@ -111,11 +119,7 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut group = c.benchmark_group("redis");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = short_group(c, "redis");
     group.throughput(Throughput::Elements(1));
     let key = format!("chatlog:{{{run}}}:bench_incr");
     group.bench_function("incr_baseline", |b| {
