@@ -585,19 +585,20 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
     let session = unique("late");
     let now_us = chatlog::now_ms() * 1000;
     // The first sends' allocations, made directly under the producer's key (session, sender, id).
-    let first_try = |client_msg_id: &str, msg_id: &str, server_time_us: i64| AllocRequest {
-        client_msg_id: client_msg_id.to_owned(),
-        sender_id: "u-1".to_owned(),
-        fingerprint: String::new(),
-        candidate_msg_id: msg_id.to_owned(),
-        server_time_us,
+    let first_try = async |client_msg_id: &str, msg_id: &str, age_us: i64| {
+        let request = AllocRequest {
+            client_msg_id: client_msg_id.to_owned(),
+            sender_id: "u-1".to_owned(),
+            fingerprint: String::new(),
+            candidate_msg_id: msg_id.to_owned(),
+            server_time_us: now_us - age_us,
+        };
+        producer
+            .allocator()
+            .allocate_request(&session, &request)
+            .await
     };
-    let old = producer
-        .allocator()
-        .allocate_request(
-            &session,
-            &first_try("late", "m-first-try", now_us - 45_000_000),
-        )
+    let old = first_try("late", "m-first-try", 45_000_000)
         .await
         .expect("a first allocation 45 s ago");
     let err = producer
@@ -614,12 +615,7 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
     assert!(!err.is_retriable());
     assert_eq!(err.reason(), "settled");
 
-    let recent = producer
-        .allocator()
-        .allocate_request(
-            &session,
-            &first_try("recent", "m-recent", now_us - 5_000_000),
-        )
+    let recent = first_try("recent", "m-recent", 5_000_000)
         .await
         .expect("a first allocation 5 s ago");
     let sent = producer
