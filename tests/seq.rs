@@ -499,6 +499,19 @@ async fn allocate_range(alloc: &SeqAllocator, sid: &str, from: i64, to: i64) -> 
     seqs
 }
 
+/// Restarts `redis` from what its data folder holds, which has the session at `cur = 5` (`why`).
+async fn restart_back_at_5(
+    redis: &mut TestRedis,
+    con: &mut ConnectionManager,
+    sid: &str,
+    why: &str,
+) {
+    redis.restart();
+    until_answers(con).await;
+    let (cur, _, _) = redis_hash(con, sid).await;
+    assert_eq!(cur, 5, "{why}");
+}
+
 /// After Redis went back in time, the next allocation of `sid` is above every seq handed out
 /// before (`handed_out`), through recovery above the CQL ceiling; an idempotency record that
 /// survived still answers with its own seq.
@@ -537,10 +550,13 @@ async fn rollback_to_an_rdb_snapshot_never_hands_a_seq_out_twice() {
     handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
     assert_eq!(handed_out, (1..=10).collect::<Vec<_>>());
 
-    redis.restart();
-    until_answers(&mut con).await;
-    let (cur, _, _) = redis_hash(&mut con, &sid).await;
-    assert_eq!(cur, 5, "the restart took Redis back to the snapshot");
+    restart_back_at_5(
+        &mut redis,
+        &mut con,
+        &sid,
+        "the restart took Redis back to the snapshot",
+    )
+    .await;
     assert_no_seq_again(&alloc, &sid, &handed_out).await;
 }
 
@@ -579,10 +595,13 @@ async fn rollback_to_an_older_aof_never_hands_a_seq_out_twice() {
     let aof = redis.dir().join("appendonlydir");
     std::fs::remove_dir_all(&aof).expect("remove the AOF");
     chatlog::copy_dir(&backup.0, &aof).expect("restore the older AOF");
-    redis.restart();
-    until_answers(&mut con).await;
-    let (cur, _, _) = redis_hash(&mut con, &sid).await;
-    assert_eq!(cur, 5, "the restart took Redis back to the older AOF");
+    restart_back_at_5(
+        &mut redis,
+        &mut con,
+        &sid,
+        "the restart took Redis back to the older AOF",
+    )
+    .await;
     assert_no_seq_again(&alloc, &sid, &handed_out).await;
 }
 
