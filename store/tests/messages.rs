@@ -48,13 +48,19 @@ async fn fresh_keyspace(prefix: &str) -> (Arc<Session>, CqlConfig) {
     (Arc::new(session), config)
 }
 
-#[tokio::test]
-async fn a_typed_row_reads_back_every_column_the_writer_bound() {
-    let (session, config) = fresh_keyspace("store_rows").await;
-    let limits = BatchLimits::default();
-    let writer = MessageWriter::new(session.clone(), &config.keyspace, limits.clone())
+/// A fresh keyspace and the consumer's writer on it, with the default limits.
+async fn writer_in(prefix: &str) -> (Arc<Session>, CqlConfig, MessageWriter) {
+    let (session, config) = fresh_keyspace(prefix).await;
+    let writer = MessageWriter::new(session.clone(), &config.keyspace, BatchLimits::default())
         .await
         .expect("writer");
+    (session, config, writer)
+}
+
+#[tokio::test]
+async fn a_typed_row_reads_back_every_column_the_writer_bound() {
+    let (session, config, writer) = writer_in("store_rows").await;
+    let limits = BatchLimits::default();
     let mut with_ext = message("s-rows", 7);
     with_ext.session_type = SessionType::Single;
     with_ext.content_type = ContentType::Image;
@@ -91,11 +97,8 @@ async fn a_typed_row_reads_back_every_column_the_writer_bound() {
 
 #[tokio::test]
 async fn the_row_counter_counts_what_the_writer_stored() {
-    let (session, config) = fresh_keyspace("store_count").await;
+    let (session, config, writer) = writer_in("store_count").await;
     let limits = BatchLimits::default();
-    let writer = MessageWriter::new(session.clone(), &config.keyspace, limits.clone())
-        .await
-        .expect("writer");
     let bs = limits.bucket_size;
     // Session a spans two buckets: seqs 1..=5 and bs-2..bs-1 in bucket 0, bs..=bs+2 in bucket 1.
     let a = testing::messages("count-a", (1..=5).chain(bs - 2..=bs + 2));
