@@ -51,6 +51,11 @@
 //! `Value` and schema resolution. Encoding always writes the current schema with the hand-written
 //! encoder. Both are checked against apache-avro (property tests) and against Python `fastavro`,
 //! an independent implementation (`tests/interop_fastavro.rs`).
+//!
+//! # Test support
+//!
+//! The cargo feature `testing` adds the module `chatlog_schemas::testing`: the deterministic test
+//! messages every crate's tests and benchmarks build (enable it only in `[dev-dependencies]`).
 #![forbid(unsafe_code)]
 
 mod canonical;
