@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_schemas::{ChatMessage, Codec, ContentType, SessionType};
+use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of, select_writetimes_cql};
 use chatlog_store::{CqlConfig, keys, window};
 use rdkafka::ClientConfig;
@@ -54,21 +54,7 @@ pub fn base_time_us() -> i64 {
 }
 
 /// A deterministic message of `session` with `seq`; `version` distinguishes edits of one seq.
-pub fn message(session: &str, seq: i64, base_us: i64, version: i64) -> ChatMessage {
-    ChatMessage {
-        msg_id: format!("{session}-m{seq}"),
-        client_msg_id: format!("{session}-c{seq}"),
-        session_id: session.to_owned(),
-        session_type: SessionType::Group,
-        seq,
-        sender_id: format!("user-{}", seq % 7),
-        content_type: ContentType::Text,
-        content: format!("hello {seq} v{version}").into_bytes(),
-        send_time_ms: base_us / 1000,
-        server_time_us: base_us + seq * 10 + version,
-        ext: BTreeMap::new(),
-    }
-}
+pub use chatlog_schemas::testing::message_at as message;
 
 impl Env {
     pub async fn new(prefix: &str, partitions: i32, window_size: usize) -> Env {
