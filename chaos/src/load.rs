@@ -501,40 +501,54 @@ async fn send_conflicting(
     producer: &Producer,
     message: &NewMessage,
 ) -> (String, Option<i64>) {
-    let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let result = {
-            let Ok(_permit) = shared.permits.acquire().await else {
-                return ("closed".into(), None);
-            };
-            producer.send(message.clone()).await
-        };
-        match result {
-            Ok(sent) => {
-                shared.events.log(format!(
-                    "conflicting resend {}/{} ACKNOWLEDGED with seq {}",
-                    message.session_id, message.client_msg_id, sent.seq
-                ));
-                return ("acked".into(), Some(sent.seq));
-            }
-            Err(e) if e.reason() == "conflict" => return ("conflict".into(), None),
-            Err(e) => {
-                if !e.is_retriable() || started.elapsed() > GIVE_UP {
-                    return (e.reason().to_owned(), None);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    let final_error = |e: &chatlog_producer::Error| e.reason() == "conflict" || !e.is_retriable();
+    match send_until(shared, producer, message, final_error, false).await {
+        None => ("closed".into(), None),
+        Some((Ok(sent), _)) => {
+            shared.events.log(format!(
+                "conflicting resend {}/{} ACKNOWLEDGED with seq {}",
+                message.session_id, message.client_msg_id, sent.seq
+            ));
+            ("acked".into(), Some(sent.seq))
         }
+        Some((Err(e), _)) => (e.reason().to_owned(), None),
     }
 }
 
+/// Sends `message` until it is acknowledged; `None` when it is given up (logged).
 async fn send_with_retry(
     shared: &Shared,
     producer: &Producer,
     message: &NewMessage,
 ) -> Option<(chatlog_producer::Sent, u32)> {
+    // `settled`: the first allocation is older than the settle horizon allows to produce again;
+    // Logic would look the seq up and resend under a new client_msg_id. The harness gives up
+    // instead: the message shows as never acknowledged.
+    let hopeless = |e: &chatlog_producer::Error| {
+        matches!(e.reason(), "invalid" | "closed" | "config" | "settled")
+    };
+    match send_until(shared, producer, message, hopeless, true).await? {
+        (Ok(sent), attempts) => Some((sent, attempts)),
+        (Err(e), attempts) => {
+            shared.events.log(format!(
+                "giving up on {}/{} after {attempts} attempts: {e}",
+                message.session_id, message.client_msg_id
+            ));
+            None
+        }
+    }
+}
+
+/// Sends `message` (one permit per attempt) until it is acknowledged, an error `is_final`, or
+/// [`GIVE_UP`] has passed, with backoff 0.2 → 5 s; `record`: count every failed attempt in the
+/// load's errors. Returns the last result and the attempts made; `None` once the load is closed.
+async fn send_until(
+    shared: &Shared,
+    producer: &Producer,
+    message: &NewMessage,
+    is_final: impl Fn(&chatlog_producer::Error) -> bool,
+    record: bool,
+) -> Option<(Result<chatlog_producer::Sent, chatlog_producer::Error>, u32)> {
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(200);
     let mut attempts = 0;
@@ -545,19 +559,13 @@ async fn send_with_retry(
             producer.send(message.clone()).await
         };
         match result {
-            Ok(sent) => return Some((sent, attempts)),
+            Ok(sent) => return Some((Ok(sent), attempts)),
             Err(e) => {
-                record_error(shared, &e).await;
-                // `settled`: the first allocation is older than the settle horizon allows to
-                // produce again; Logic would look the seq up and resend under a new client_msg_id.
-                // The harness gives up instead: the message shows as never acknowledged.
-                let hopeless = matches!(e.reason(), "invalid" | "closed" | "config" | "settled");
-                if hopeless || started.elapsed() > GIVE_UP {
-                    shared.events.log(format!(
-                        "giving up on {}/{} after {attempts} attempts: {e}",
-                        message.session_id, message.client_msg_id
-                    ));
-                    return None;
+                if record {
+                    record_error(shared, &e).await;
+                }
+                if is_final(&e) || started.elapsed() > GIVE_UP {
+                    return Some((Err(e), attempts));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
