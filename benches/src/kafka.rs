@@ -59,19 +59,6 @@ impl OffsetMeter {
             .sum())
     }
 
-    /// Sum over the partitions of the topic's high watermark minus its low watermark.
-    pub fn records(&self) -> Result<i64> {
-        let mut total = 0;
-        for p in 0..self.partitions {
-            let (lo, hi) = self
-                .client
-                .fetch_watermarks(&self.topic, p, TIMEOUT)
-                .context("watermarks")?;
-            total += hi - lo;
-        }
-        Ok(total)
-    }
-
     /// Sum of the high watermarks (the offset a drained group has committed).
     pub fn end(&self) -> Result<i64> {
         let mut total = 0;
