@@ -1,7 +1,21 @@
 //! The test kit of chatlog's end-to-end tests and benchmarks: where the local stack's services are
 //! (from the `CHATLOG_*` variables that `dev/stack.sh env` prints, with the same defaults) and unique
 //! names so tests never share a topic, keyspace or session.
+//!
+//! # Layout
+//!
+//! - this file: the stack's addresses and logins, unique names, fresh keyspaces and topics,
+//!   private `redis-server`s, signals, temporary folders.
+//! - [`process`]: the real `chatlog-consumer` as a child process (spawn, log, HTTP, stop,
+//!   memory), for the consumer's tests, the chaos fleet and the benchmarks.
+//! - [`http`]: the one HTTP GET (chunked bodies decoded) the harnesses speak.
+//! - [`prometheus`]: the one reader of the Prometheus text format (families, samples, sums,
+//!   histograms).
 #![forbid(unsafe_code)]
+
+pub mod http;
+pub mod process;
+pub mod prometheus;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
