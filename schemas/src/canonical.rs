@@ -13,6 +13,9 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::SchemaError;
 
+/// What every step of the walk returns; it writes into the `out` it is given.
+type Result<T = ()> = std::result::Result<T, SchemaError>;
+
 const PRIMITIVES: [&str; 8] = [
     "null", "boolean", "int", "long", "float", "double", "bytes", "string",
 ];
@@ -31,7 +34,7 @@ const PRIMITIVES: [&str; 8] = [
 /// ).unwrap();
 /// assert_eq!(pcf, r#"{"name":"a.b.R","type":"record","fields":[{"name":"t","type":"long"}]}"#);
 /// ```
-pub fn parsing_canonical_form(schema_json: &str) -> Result<String, SchemaError> {
+pub fn parsing_canonical_form(schema_json: &str) -> Result<String> {
     let json: Json =
         serde_json::from_str(schema_json).map_err(|e| SchemaError::Parse(e.to_string()))?;
     let mut out = String::with_capacity(schema_json.len());
@@ -48,32 +51,59 @@ fn quoted(out: &mut String, s: &str) {
     out.push_str(&Json::String(s.to_owned()).to_string());
 }
 
+/// Writes `[…]`: `item` writes each of `items`, separated by commas.
+fn list(
+    out: &mut String,
+    items: &[Json],
+    mut item: impl FnMut(&mut String, &Json) -> Result,
+) -> Result {
+    out.push('[');
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        item(out, x)?;
+    }
+    out.push(']');
+    Ok(())
+}
+
+/// The array attribute `key` of a schema object, or the error `missing` describes.
+fn array_attr<'a>(
+    o: &'a Map<String, Json>,
+    key: &str,
+    missing: impl FnOnce() -> String,
+) -> Result<&'a [Json]> {
+    o.get(key)
+        .and_then(Json::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| err(missing()))
+}
+
+/// Opens `{"name":<name>,"type":` (a named type or a record field); the caller writes the type
+/// and the rest.
+fn open_named(out: &mut String, name: &str) {
+    out.push_str(r#"{"name":"#);
+    quoted(out, name);
+    out.push_str(r#","type":"#);
+}
+
 #[derive(Default)]
 struct Pcf {
     defined: HashSet<String>,
 }
 
 impl Pcf {
-    fn write(&mut self, s: &Json, ns: Option<&str>, out: &mut String) -> Result<(), SchemaError> {
+    fn write(&mut self, s: &Json, ns: Option<&str>, out: &mut String) -> Result {
         match s {
             Json::String(name) => self.reference(name, ns, out),
-            Json::Array(branches) => {
-                out.push('[');
-                for (i, b) in branches.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    self.write(b, ns, out)?;
-                }
-                out.push(']');
-                Ok(())
-            }
+            Json::Array(branches) => list(out, branches, |out, b| self.write(b, ns, out)),
             Json::Object(o) => self.object(o, ns, out),
             other => Err(err(format!("not a schema: {other}"))),
         }
     }
 
-    fn reference(&self, name: &str, ns: Option<&str>, out: &mut String) -> Result<(), SchemaError> {
+    fn reference(&self, name: &str, ns: Option<&str>, out: &mut String) -> Result {
         if PRIMITIVES.contains(&name) {
             quoted(out, name);
             return Ok(());
@@ -96,12 +126,7 @@ impl Pcf {
         Ok(())
     }
 
-    fn object(
-        &mut self,
-        o: &Map<String, Json>,
-        ns: Option<&str>,
-        out: &mut String,
-    ) -> Result<(), SchemaError> {
+    fn object(&mut self, o: &Map<String, Json>, ns: Option<&str>, out: &mut String) -> Result {
         let ty = o
             .get("type")
             .ok_or_else(|| err("schema object without type"))?;
@@ -115,23 +140,14 @@ impl Pcf {
                 Ok(())
             }
             "record" | "error" | "enum" | "fixed" => self.named(ty, o, ns, out),
-            "array" => {
-                out.push_str(r#"{"type":"array","items":"#);
-                self.write(
-                    o.get("items").ok_or_else(|| err("array without items"))?,
-                    ns,
-                    out,
-                )?;
-                out.push('}');
-                Ok(())
-            }
-            "map" => {
-                out.push_str(r#"{"type":"map","values":"#);
-                self.write(
-                    o.get("values").ok_or_else(|| err("map without values"))?,
-                    ns,
-                    out,
-                )?;
+            // The one attribute of each: the schema of its items, of its values.
+            "array" | "map" => {
+                let key = if ty == "array" { "items" } else { "values" };
+                let inner = o
+                    .get(key)
+                    .ok_or_else(|| err(format!("{ty} without {key}")))?;
+                let _ = write!(out, r#"{{"type":"{ty}","{key}":"#);
+                self.write(inner, ns, out)?;
                 out.push('}');
                 Ok(())
             }
@@ -146,7 +162,7 @@ impl Pcf {
         o: &Map<String, Json>,
         ns: Option<&str>,
         out: &mut String,
-    ) -> Result<(), SchemaError> {
+    ) -> Result {
         let name = o
             .get("name")
             .and_then(Json::as_str)
@@ -170,27 +186,19 @@ impl Pcf {
         }
         let child_ns = full.rsplit_once('.').map(|(n, _)| n.to_owned());
         let child_ns = child_ns.as_deref();
-        out.push_str(r#"{"name":"#);
-        quoted(out, &full);
-        out.push_str(r#","type":"#);
+        open_named(out, &full);
         quoted(out, ty);
         match ty {
             "enum" => {
-                out.push_str(r#","symbols":["#);
-                let symbols = o
-                    .get("symbols")
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| err(format!("enum {full} without symbols")))?;
-                for (i, s) in symbols.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
+                let symbols = array_attr(o, "symbols", || format!("enum {full} without symbols"))?;
+                out.push_str(r#","symbols":"#);
+                list(out, symbols, |out, s| {
                     quoted(
                         out,
                         s.as_str().ok_or_else(|| err("enum symbol not a string"))?,
                     );
-                }
-                out.push(']');
+                    Ok(())
+                })?;
             }
             "fixed" => {
                 let size = match o.get("size") {
@@ -202,15 +210,9 @@ impl Pcf {
                 let _ = write!(out, r#","size":{size}"#);
             }
             _ => {
-                out.push_str(r#","fields":["#);
-                let fields = o
-                    .get("fields")
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| err(format!("record {full} without fields")))?;
-                for (i, f) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
+                let fields = array_attr(o, "fields", || format!("record {full} without fields"))?;
+                out.push_str(r#","fields":"#);
+                list(out, fields, |out, f| {
                     let fname = f
                         .get("name")
                         .and_then(Json::as_str)
@@ -218,13 +220,11 @@ impl Pcf {
                     let ftype = f
                         .get("type")
                         .ok_or_else(|| err(format!("field {full}.{fname} without type")))?;
-                    out.push_str(r#"{"name":"#);
-                    quoted(out, fname);
-                    out.push_str(r#","type":"#);
+                    open_named(out, fname);
                     self.write(ftype, child_ns, out)?;
                     out.push('}');
-                }
-                out.push(']');
+                    Ok(())
+                })?;
             }
         }
         out.push('}');

@@ -77,6 +77,19 @@ fn take_items(budget: &mut usize, n: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Skips the blocks of an array or map: each block's count is taken from `items` (the budget)
+/// before `item` skips each of its items.
+fn skip_blocks(
+    c: &mut Cursor<'_>,
+    items: &mut usize,
+    mut item: impl FnMut(&mut Cursor<'_>, &mut usize) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    c.blocks(|c, n| {
+        take_items(items, n)?;
+        (0..n).try_for_each(|_| item(c, items))
+    })
+}
+
 fn malformed(msg: impl Into<String>) -> DecodeError {
     DecodeError::Malformed(msg.into())
 }
@@ -148,27 +161,13 @@ fn skip(
                 skip(&f.schema, names, c, items, depth + 1)?;
             }
         }
-        Schema::Array(a) => loop {
-            let n = c.block_count()?;
-            if n == 0 {
-                break;
-            }
-            take_items(items, n)?;
-            for _ in 0..n {
-                skip(&a.items, names, c, items, depth + 1)?;
-            }
-        },
-        Schema::Map(m) => loop {
-            let n = c.block_count()?;
-            if n == 0 {
-                break;
-            }
-            take_items(items, n)?;
-            for _ in 0..n {
-                c.bytes()?;
-                skip(&m.types, names, c, items, depth + 1)?;
-            }
-        },
+        Schema::Array(a) => skip_blocks(c, items, |c, items| {
+            skip(&a.items, names, c, items, depth + 1)
+        })?,
+        Schema::Map(m) => skip_blocks(c, items, |c, items| {
+            c.bytes()?; // the key
+            skip(&m.types, names, c, items, depth + 1)
+        })?,
         Schema::Ref { name } => {
             let full = name.fullname(None);
             let target = names

@@ -179,10 +179,52 @@ impl<'a> Cursor<'a> {
         Ok(count)
     }
 
+    /// An array or map: block after block until the empty one, `block` reading the items of each
+    /// (it gets their count, already checked against the remaining input).
+    pub(crate) fn blocks(
+        &mut self,
+        mut block: impl FnMut(&mut Self, usize) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        loop {
+            let n = self.block_count()?;
+            if n == 0 {
+                return Ok(());
+            }
+            block(self, n)?;
+        }
+    }
+
+    /// An Avro `map` of `string` values.
+    fn string_map(&mut self, field: &str) -> Result<BTreeMap<String, String>, DecodeError> {
+        let mut map = BTreeMap::new();
+        self.blocks(|c, n| {
+            for _ in 0..n {
+                let k = c.string(field)?;
+                map.insert(k, c.string(field)?);
+            }
+            Ok(())
+        })?;
+        Ok(map)
+    }
+
     fn enum_index(&mut self, field: &str) -> Result<u32, DecodeError> {
         let i = self.int()?;
         u32::try_from(i).map_err(|_| {
             DecodeError::Malformed(format!("field `{field}`: negative enum index {i}"))
+        })
+    }
+
+    /// An enum symbol of `field`, by its index. Writer and reader schema are the same here, so an
+    /// out-of-range index is corruption, not an unknown symbol (those can only come from another
+    /// writer schema, resolved by apache-avro).
+    fn symbol<T>(
+        &mut self,
+        field: &str,
+        from_index: fn(u32) -> Option<T>,
+    ) -> Result<T, DecodeError> {
+        let i = self.enum_index(field)?;
+        from_index(i).ok_or_else(|| {
+            DecodeError::Malformed(format!("field `{field}`: enum index {i} out of range"))
         })
     }
 }
@@ -190,50 +232,23 @@ impl<'a> Cursor<'a> {
 /// Decodes a datum written with schema v1 (the whole of `datum`, no trailing bytes).
 pub(crate) fn decode_v1(datum: &[u8]) -> Result<ChatMessage, DecodeError> {
     let mut c = Cursor::new(datum);
-    let msg_id = c.string("msg_id")?;
-    let client_msg_id = c.string("client_msg_id")?;
-    let session_id = c.string("session_id")?;
-    let i = c.enum_index("session_type")?;
-    let session_type = SessionType::from_index(i).ok_or_else(|| {
-        DecodeError::Malformed(format!("field `session_type`: enum index {i} out of range"))
-    })?;
-    let seq = c.long()?;
-    let sender_id = c.string("sender_id")?;
-    let i = c.enum_index("content_type")?;
-    // Writer and reader schema are the same here, so an out-of-range index is corruption, not an
-    // unknown symbol (those can only come from another writer schema, resolved by apache-avro).
-    let content_type = ContentType::from_index(i).ok_or_else(|| {
-        DecodeError::Malformed(format!("field `content_type`: enum index {i} out of range"))
-    })?;
-    let content = c.bytes()?.to_vec();
-    let send_time_ms = c.long()?;
-    let server_time_us = c.long()?;
-    let mut ext = BTreeMap::new();
-    loop {
-        let n = c.block_count()?;
-        if n == 0 {
-            break;
-        }
-        for _ in 0..n {
-            let k = c.string("ext")?;
-            let v = c.string("ext")?;
-            ext.insert(k, v);
-        }
-    }
+    // A struct expression evaluates its fields in the order written: this is the field order of
+    // `chat_message.avsc`, the order the datum holds them in.
+    let m = ChatMessage {
+        msg_id: c.string("msg_id")?,
+        client_msg_id: c.string("client_msg_id")?,
+        session_id: c.string("session_id")?,
+        session_type: c.symbol("session_type", SessionType::from_index)?,
+        seq: c.long()?,
+        sender_id: c.string("sender_id")?,
+        content_type: c.symbol("content_type", ContentType::from_index)?,
+        content: c.bytes()?.to_vec(),
+        send_time_ms: c.long()?,
+        server_time_us: c.long()?,
+        ext: c.string_map("ext")?,
+    };
     c.finish()?;
-    Ok(ChatMessage {
-        msg_id,
-        client_msg_id,
-        session_id,
-        session_type,
-        seq,
-        sender_id,
-        content_type,
-        content,
-        send_time_ms,
-        server_time_us,
-        ext,
-    })
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -403,19 +403,12 @@ impl MessageWriter {
 mod tests {
     use super::*;
 
+    /// The shared test message of `session` and `seq`, with `content_len` bytes of content (the
+    /// batch caps count bytes).
     fn msg(session: &str, seq: i64, content_len: usize) -> ChatMessage {
         ChatMessage {
-            msg_id: format!("m{seq}"),
-            client_msg_id: format!("c{seq}"),
-            session_id: session.into(),
-            session_type: SessionType::Single,
-            seq,
-            sender_id: "u".into(),
-            content_type: ContentType::Text,
             content: vec![b'x'; content_len],
-            send_time_ms: 1,
-            server_time_us: 1000 + seq,
-            ext: BTreeMap::new(),
+            ..chatlog_schemas::testing::message(session, seq)
         }
     }
 
