@@ -63,10 +63,10 @@ mod producer;
 
 // The Kafka settings of `ProducerConfig::security` and `ProducerConfig::kafka`.
 pub use chatlog_kafka::{KafkaProtocol, KafkaSecurity, Properties};
-pub use chatlog_schemas::{ContentType, Limits, SessionType, ValidationError};
+pub use chatlog_schemas::{ContentType, Limits, NewMessage, SessionType, ValidationError};
 pub use chatlog_store::seq::{AllocPath, Allocation, SeqAllocator, SeqConfig};
 pub use clock::Clock;
 pub use config::{Compression, FORCED_KAFKA_SETTINGS, ProducerConfig};
 pub use error::{Error, Result, code_retriable, kafka_retriable};
 pub use metrics::CLOCK_OFFSET;
-pub use producer::{NewMessage, Producer, SCHEMA_HEADER, Sent, max_encoded_len};
+pub use producer::{Producer, SCHEMA_HEADER, Sent, max_encoded_len};

@@ -1,10 +1,10 @@
 //! The [`Producer`]: validate → allocate the seq → encode → produce, with bounded in-flight sends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_schemas::{ChatMessage, Codec, ContentType, Limits, SessionType};
+use chatlog_schemas::{Codec, Limits, NewMessage};
 use chatlog_store::queues::SessionQueues;
 use chatlog_store::seq::{AllocRequest, Allocation, SeqAllocator};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,29 +25,6 @@ const ORDER_SHARDS: usize = 1024;
 
 /// Most sends of one session allocated and enqueued together.
 const TURN_BATCH: usize = chatlog_store::seq::FAST_BATCH;
-
-/// A message Logic wants to store: everything but the server-assigned fields (`msg_id`, `seq`,
-/// `server_time`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    /// The client's idempotency key: a retried send with the same key gets the same seq and
-    /// msg_id (within [`SeqConfig::dedup_ttl`](chatlog_store::seq::SeqConfig::dedup_ttl)).
-    pub client_msg_id: String,
-    /// Conversation id: the Kafka key, so a session always lands on the same partition.
-    pub session_id: String,
-    /// Kind of conversation.
-    pub session_type: SessionType,
-    /// User id of the sender.
-    pub sender_id: String,
-    /// Kind of payload.
-    pub content_type: ContentType,
-    /// Opaque payload.
-    pub content: Vec<u8>,
-    /// Client send time, ms since the Unix epoch.
-    pub send_time_ms: i64,
-    /// Free-form string extensions.
-    pub ext: BTreeMap<String, String>,
-}
 
 /// What a successful send stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +71,7 @@ struct Inner {
 
 /// A validated send with its in-flight permit, waiting for its session's next turn.
 struct Waiting {
-    message: ChatMessage,
+    message: NewMessage,
     permit: OwnedSemaphorePermit,
     reply: tokio::sync::oneshot::Sender<Result<Pending>>,
 }
@@ -316,21 +293,8 @@ impl Producer {
     /// order. An idle session's send starts a turn at once, alone. Turns run in a task, so a send
     /// is produced even if its caller stops waiting (its `client_msg_id` makes a retry
     /// identical).
-    async fn enqueue(&self, m: NewMessage) -> Result<Pending> {
+    async fn enqueue(&self, message: NewMessage) -> Result<Pending> {
         let inner = &*self.inner;
-        let message = ChatMessage {
-            msg_id: uuid::Uuid::now_v7().to_string(),
-            client_msg_id: m.client_msg_id,
-            session_id: m.session_id,
-            session_type: m.session_type,
-            seq: 1, // placeholder until allocated
-            sender_id: m.sender_id,
-            content_type: m.content_type,
-            content: m.content,
-            send_time_ms: m.send_time_ms,
-            server_time_us: inner.clock.clock().now_us(),
-            ext: m.ext,
-        };
         message.validate(&inner.limits)?;
         inner.clock.check()?;
         let permit = inner
@@ -386,21 +350,18 @@ impl Producer {
     async fn produce_in_order(
         &self,
         session_id: &str,
-        mut sends: Vec<(ChatMessage, OwnedSemaphorePermit)>,
+        sends: Vec<(NewMessage, OwnedSemaphorePermit)>,
     ) -> Vec<Result<Pending>> {
         let inner = &*self.inner;
         let requests: Vec<AllocRequest> = sends
-            .iter_mut()
-            .map(|(message, _)| {
+            .iter()
+            .map(|(message, _)| AllocRequest {
+                client_msg_id: message.client_msg_id.clone(),
+                sender_id: message.sender_id.clone(),
+                fingerprint: fingerprint(message),
+                candidate_msg_id: uuid::Uuid::now_v7().to_string(),
                 // Stamped in turn order, so server times increase with seqs.
-                message.server_time_us = inner.clock.clock().now_us();
-                AllocRequest {
-                    client_msg_id: message.client_msg_id.clone(),
-                    sender_id: message.sender_id.clone(),
-                    fingerprint: fingerprint(message),
-                    candidate_msg_id: message.msg_id.clone(),
-                    server_time_us: message.server_time_us,
-                }
+                server_time_us: inner.clock.clock().now_us(),
             })
             .collect();
         let allocations = inner.seq.allocate_many(session_id, &requests).await;
@@ -413,10 +374,10 @@ impl Producer {
             .collect()
     }
 
-    /// Encodes `message` with its allocation and hands it to librdkafka.
+    /// Builds the message from `new` and its allocation, encodes it and hands it to librdkafka.
     fn produce(
         &self,
-        mut message: ChatMessage,
+        new: NewMessage,
         alloc: Allocation,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pending> {
@@ -432,9 +393,7 @@ impl Producer {
                 });
             }
         }
-        message.seq = alloc.seq;
-        message.msg_id.clone_from(&alloc.msg_id);
-        message.server_time_us = alloc.server_time_us;
+        let message = new.assign(alloc.msg_id.clone(), alloc.seq, alloc.server_time_us);
         let payload = inner.codec.encode(&message).map_err(Error::Encode)?;
         let mut record = FutureRecord::to(&inner.topic)
             .key(message.session_id.as_bytes())
@@ -499,7 +458,7 @@ fn observe(result: &Result<Sent>, start: Instant) {
 /// What a retry must repeat, hashed: the sender is part of the idempotency key itself, the
 /// server-assigned fields and the client's send time (a client may stamp a retry anew) are not
 /// part of it. SHA-256 of length-prefixed fields, 16 bytes in hex.
-fn fingerprint(m: &ChatMessage) -> String {
+fn fingerprint(m: &NewMessage) -> String {
     let mut input = Vec::with_capacity(64 + m.content.len());
     let mut field = |bytes: &[u8]| {
         input.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
@@ -587,6 +546,10 @@ pub fn max_encoded_len(limits: &Limits) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use chatlog_schemas::{ChatMessage, ContentType, SessionType};
+
     use super::*;
 
     #[test]

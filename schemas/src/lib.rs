@@ -77,7 +77,7 @@ pub use codec::{
 };
 pub use error::{DecodeError, EncodeError, SchemaError};
 pub use fingerprint::{HEADER_LEN, MAGIC, crc64_avro, header};
-pub use model::{ChatMessage, ChatMessageV2, ContentType, SessionType};
+pub use model::{ChatMessage, ChatMessageV2, ContentType, NewMessage, SessionType};
 pub use validate::{Limits, MAX_SEQ, ValidationError};
 pub use value::{to_value_v1, to_value_v2};
 

@@ -1,5 +1,5 @@
-//! The typed message model: [`ChatMessage`] (schema v1, the current reader schema) and
-//! [`ChatMessageV2`] (schema v2), plus their enums.
+//! The typed message model: [`ChatMessage`] (schema v1, the current reader schema),
+//! [`ChatMessageV2`] (schema v2), [`NewMessage`] (what a client submits), plus their enums.
 
 use std::collections::BTreeMap;
 
@@ -158,6 +158,50 @@ pub struct ChatMessage {
     pub server_time_us: i64,
     /// Free-form string extensions.
     pub ext: BTreeMap<String, String>,
+}
+
+/// A message as a client submits it: every [`ChatMessage`] field but the three the server
+/// assigns (`msg_id`, `seq`, `server_time`). The producer checks it
+/// ([`validate`](NewMessage::validate)) before allocating anything and turns it into the
+/// [`ChatMessage`] it encodes once the seq is allocated ([`assign`](NewMessage::assign)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The client's idempotency key: a retried send with the same key (same session and sender)
+    /// gets the seq and `msg_id` of the first one.
+    pub client_msg_id: String,
+    /// Conversation id: the Kafka key, so a session always lands on the same partition.
+    pub session_id: String,
+    /// Kind of conversation.
+    pub session_type: SessionType,
+    /// User id of the sender.
+    pub sender_id: String,
+    /// Kind of payload.
+    pub content_type: ContentType,
+    /// Opaque payload.
+    pub content: Vec<u8>,
+    /// Client send time, ms since the Unix epoch.
+    pub send_time_ms: i64,
+    /// Free-form string extensions.
+    pub ext: BTreeMap<String, String>,
+}
+
+impl NewMessage {
+    /// The stored message: this one with the fields the server assigned.
+    pub fn assign(self, msg_id: String, seq: i64, server_time_us: i64) -> ChatMessage {
+        ChatMessage {
+            msg_id,
+            client_msg_id: self.client_msg_id,
+            session_id: self.session_id,
+            session_type: self.session_type,
+            seq,
+            sender_id: self.sender_id,
+            content_type: self.content_type,
+            content: self.content,
+            send_time_ms: self.send_time_ms,
+            server_time_us,
+            ext: self.ext,
+        }
+    }
 }
 
 /// A message in schema v2 (`schemas/chat_message_v2.avsc`): every v1 field plus two optional

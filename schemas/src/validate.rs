@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{ChatMessage, ChatMessageV2};
+use std::collections::BTreeMap;
+
+use crate::model::{ChatMessage, ChatMessageV2, NewMessage};
 
 /// The largest seq (and `reply_to_seq`) a message may carry: 2^53. JavaScript clients read a
 /// seq as an IEEE double, which holds every integer up to 2^53 exactly and no longer tells
@@ -266,19 +268,14 @@ fn check_id(field: &'static str, value: &str, limits: &Limits) -> Result<(), Val
 }
 
 impl ChatMessage {
-    /// Checks the message against `limits`; returns the first problem found, in field order.
+    /// Checks the message against `limits`; returns the first problem found: the fields the
+    /// server assigns first (`msg_id`, `seq`, `server_time`), then the client's as
+    /// [`NewMessage::validate`] checks them, each group in field order.
     ///
     /// The producer runs this before encoding and the consumer after decoding (both through
     /// [`Codec`](crate::Codec)), so both sides agree on what is acceptable.
     pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
         check_id("msg_id", &self.msg_id, limits)?;
-        check_id("client_msg_id", &self.client_msg_id, limits)?;
-        check_id("session_id", &self.session_id, limits)?;
-        if self.session_id.contains('}') {
-            return Err(ValidationError::HashTagBreaker {
-                field: "session_id",
-            });
-        }
         if self.seq < 1 {
             return Err(ValidationError::SeqNotPositive { seq: self.seq });
         }
@@ -289,25 +286,63 @@ impl ChatMessage {
                 max: MAX_SEQ,
             });
         }
-        check_id("sender_id", &self.sender_id, limits)?;
+        check_time("server_time", self.server_time_us)?;
+        client_fields!(self).check(limits)
+    }
+}
+
+impl NewMessage {
+    /// Checks the fields a client supplies against `limits`, in field order; returns the first
+    /// problem found. A message that passes becomes, with any `msg_id`, seq in `1..=MAX_SEQ`
+    /// and non-negative server time, a [`ChatMessage`] that passes [`ChatMessage::validate`].
+    pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        client_fields!(self).check(limits)
+    }
+}
+
+/// The fields a client supplies, borrowed from a [`ChatMessage`] or a [`NewMessage`] (the macro
+/// below, as both name them alike): one check for both.
+struct ClientFields<'a> {
+    client_msg_id: &'a str,
+    session_id: &'a str,
+    sender_id: &'a str,
+    content: &'a [u8],
+    send_time_ms: i64,
+    ext: &'a BTreeMap<String, String>,
+}
+
+/// The [`ClientFields`] of a [`ChatMessage`] or a [`NewMessage`].
+macro_rules! client_fields {
+    ($m:expr) => {
+        ClientFields {
+            client_msg_id: &$m.client_msg_id,
+            session_id: &$m.session_id,
+            sender_id: &$m.sender_id,
+            content: &$m.content,
+            send_time_ms: $m.send_time_ms,
+            ext: &$m.ext,
+        }
+    };
+}
+use client_fields;
+
+impl ClientFields<'_> {
+    fn check(&self, limits: &Limits) -> Result<(), ValidationError> {
+        check_id("client_msg_id", self.client_msg_id, limits)?;
+        check_id("session_id", self.session_id, limits)?;
+        if self.session_id.contains('}') {
+            return Err(ValidationError::HashTagBreaker {
+                field: "session_id",
+            });
+        }
+        check_id("sender_id", self.sender_id, limits)?;
         if self.content.len() > limits.max_content_bytes {
             return Err(ValidationError::ContentTooLarge {
                 len: self.content.len(),
                 max: limits.max_content_bytes,
             });
         }
-        if self.send_time_ms < 0 {
-            return Err(ValidationError::NegativeTime {
-                field: "send_time",
-                value: self.send_time_ms,
-            });
-        }
-        if self.server_time_us < 0 {
-            return Err(ValidationError::NegativeTime {
-                field: "server_time",
-                value: self.server_time_us,
-            });
-        }
+        check_time("send_time", self.send_time_ms)?;
         if self.ext.len() > limits.max_ext_entries {
             return Err(ValidationError::TooManyExtEntries {
                 count: self.ext.len(),
@@ -323,6 +358,13 @@ impl ChatMessage {
         }
         Ok(())
     }
+}
+
+fn check_time(field: &'static str, value: i64) -> Result<(), ValidationError> {
+    if value < 0 {
+        return Err(ValidationError::NegativeTime { field, value });
+    }
+    Ok(())
 }
 
 impl ChatMessageV2 {
@@ -455,7 +497,37 @@ mod tests {
                 err.to_string().contains(field),
                 "message names the field: {err}"
             );
+            // The producer checks the client's part before anything is allocated: the same
+            // verdict for the client's fields, none for those the server assigns.
+            let client_part = client_part(&m).validate(&l);
+            if ["msg_id", "seq", "server_time"].contains(&field) {
+                assert_eq!(client_part, Ok(()), "{field} is assigned by the server");
+            } else {
+                assert_eq!(client_part, Err(err), "{field}");
+            }
         }
+    }
+
+    fn client_part(m: &ChatMessage) -> NewMessage {
+        NewMessage {
+            client_msg_id: m.client_msg_id.clone(),
+            session_id: m.session_id.clone(),
+            session_type: m.session_type,
+            sender_id: m.sender_id.clone(),
+            content_type: m.content_type,
+            content: m.content.clone(),
+            send_time_ms: m.send_time_ms,
+            ext: m.ext.clone(),
+        }
+    }
+
+    #[test]
+    fn a_valid_new_message_assigned_valid_server_fields_is_a_valid_message() {
+        let l = Limits::default();
+        let m = valid();
+        let assigned = client_part(&m).assign(m.msg_id.clone(), m.seq, m.server_time_us);
+        assert_eq!(assigned, m);
+        assigned.validate(&l).unwrap();
     }
 
     #[test]
