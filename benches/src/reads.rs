@@ -60,12 +60,28 @@ async fn with_cpu<T>(
     Ok((out, d(c0, c1), d(r0, r1)))
 }
 
-/// `callers` concurrent loops of `op(caller, n)` for `seconds`, with their CPU cost.
-async fn loops<F, Fut>(redis: Option<u32>, callers: usize, seconds: f64, op: F) -> Result<Measured>
+/// `callers` concurrent loops for `seconds`, with their CPU cost: caller `c` calls
+/// `op(target, sessions[c], c, n)` in its `n`th round (`target` and the session cloned per call,
+/// each a reference count, so the future owns them).
+async fn loops<T, F, Fut>(
+    redis: Option<u32>,
+    target: &T,
+    sessions: &[String],
+    callers: usize,
+    seconds: f64,
+    op: F,
+) -> Result<Measured>
 where
-    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    F: Fn(T, Arc<str>, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
+    if sessions.len() < callers {
+        bail!(
+            "{callers} callers need as many sessions, have {}",
+            sessions.len()
+        );
+    }
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(seconds);
@@ -75,10 +91,12 @@ where
             .map(|c| {
                 let op = op.clone();
                 let done = done.clone();
+                let target = target.clone();
+                let session: Arc<str> = sessions[c].as_str().into();
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while Instant::now() < until {
-                        op(c, n).await?;
+                        op(target.clone(), session.clone(), c, n).await?;
                         n += 1;
                     }
                     done.fetch_add(n, Ordering::Relaxed);
@@ -111,30 +129,24 @@ pub async fn history_reads(
     callers: usize,
     seconds: f64,
 ) -> Result<Measured> {
-    if sessions.len() < callers {
-        bail!(
-            "{callers} callers need as many sessions, have {}",
-            sessions.len()
-        );
-    }
-    let sessions: Arc<Vec<String>> = Arc::new(sessions[..callers].to_vec());
-    let history = history.clone();
-    loops(redis, callers, seconds, move |c, _| {
-        let history = history.clone();
-        let sessions = sessions.clone();
-        async move {
-            let page = history.latest(&sessions[c], 50).await?;
+    loops(
+        redis,
+        history,
+        sessions,
+        callers,
+        seconds,
+        |history, sid, _, _| async move {
+            let page = history.latest(&sid, 50).await?;
             if page.source != Source::Window || page.messages.len() != 50 {
                 bail!(
-                    "latest(50) of {} came from {:?} with {} messages",
-                    sessions[c],
+                    "latest(50) of {sid} came from {:?} with {} messages",
                     page.source,
                     page.messages.len()
                 );
             }
             Ok(())
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -147,18 +159,17 @@ pub async fn seq_allocations(
     callers: usize,
     seconds: f64,
 ) -> Result<Measured> {
-    let sessions: Arc<Vec<String>> = Arc::new(sessions[..callers].to_vec());
-    let alloc = alloc.clone();
-    loops(redis, callers, seconds, move |c, n| {
-        let alloc = alloc.clone();
-        let sessions = sessions.clone();
-        async move {
-            alloc
-                .allocate(&sessions[c], &format!("b{c}-{n}"), "m", 1)
-                .await?;
+    loops(
+        redis,
+        alloc,
+        sessions,
+        callers,
+        seconds,
+        |alloc, sid, c, n| async move {
+            alloc.allocate(&sid, &format!("b{c}-{n}"), "m", 1).await?;
             Ok(())
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -170,21 +181,20 @@ pub fn redis_benchmark(
     requests: usize,
     command: &[&str],
 ) -> Result<Measured> {
-    let url = chatlog::redis_url();
-    let port = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .unwrap_or("6390")
-        .to_owned();
+    // The stack's Redis as the Redis client reads its URL; only host and port reach the command
+    // line (which `ps` shows), never a password.
+    let client = chatlog::redis_config().client()?;
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), port.to_string()),
+        other => bail!("redis-benchmark needs a plain TCP address; the stack's Redis is {other}"),
+    };
     // `times` (after the benchmark, in the same shell) prints the children's user and system CPU.
     let r0 = redis.and_then(cpu_seconds);
     let out = Command::new("sh")
         .arg("-c")
         .arg("redis-benchmark \"$@\" && times")
         .arg("sh")
-        .args(["-h", "127.0.0.1", "-p", &port, "--csv"])
+        .args(["-h", &host, "-p", &port, "--csv"])
         .args(["-c", &clients.to_string(), "-n", &requests.to_string()])
         .args(command)
         .output()
