@@ -61,6 +61,20 @@ pub const APPEND_LUA: &str = concat!(
     include_str!("../lua/window_append.lua")
 );
 
+/// The lowest seq a window keeps of one [`APPEND_LUA`] call given `seqs` (any order, repeats
+/// allowed): the script keeps the newest `size` distinct seqs and trims the rest at once, so
+/// `Some(lowest kept)` when the append holds more than `size` distinct seqs, else `None` (the
+/// append trims none of its own). A writer that adds rows and windows at the same time writes
+/// the rows of the seqs below it first: for them the window never holds a copy, and a reader
+/// looking below the window must find the row.
+pub fn lowest_kept(seqs: impl IntoIterator<Item = i64>, size: usize) -> Option<i64> {
+    let mut seqs: Vec<i64> = seqs.into_iter().collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let first_kept = seqs.len().checked_sub(size.max(1)).filter(|&i| i > 0)?;
+    Some(seqs[first_kept])
+}
+
 /// The readers' check that a window was written in the serving Redis's epoch (run as an
 /// [`crate::epoch::PinnedScript`], inside the same `MULTI` as the reads). `KEYS[1]` = the window's
 /// epoch key ([`keys::window_epoch`]). Returns 1 if the window may be trusted, 0 if it was written
@@ -208,5 +222,20 @@ mod tests {
         assert_eq!(parse_member(&a), Some((5, &b"avro"[..])));
         assert!(a[..VERSION_LEN] < b[..VERSION_LEN]);
         assert_eq!(parse_member(b"short"), None);
+    }
+
+    #[test]
+    fn an_append_keeps_the_newest_size_distinct_seqs() {
+        assert_eq!(lowest_kept([], 3), None);
+        assert_eq!(
+            lowest_kept([3, 1, 2], 3),
+            None,
+            "exactly size: nothing trimmed"
+        );
+        assert_eq!(lowest_kept([5, 1, 4, 2, 3], 3), Some(3));
+        // Two versions of one seq are one seq: four distinct, the newest three kept.
+        assert_eq!(lowest_kept([1, 2, 2, 3, 4, 4], 3), Some(2));
+        assert_eq!(lowest_kept([7, 7, 7, 7], 1), None);
+        assert_eq!(lowest_kept([7, 9, 8], 1), Some(9));
     }
 }

@@ -14,10 +14,11 @@ use crate::decode::Good;
 /// A message may then be in its window a few milliseconds before its row exists, which a reader
 /// cannot tell from a message that arrives late: history reads the window first and trusts it
 /// between its lowest and highest seq. One case could be seen: a session with more messages in
-/// the batch than the window keeps. The script trims the older ones at once, and a reader looking
-/// below the window would find neither copy. So for such a session the rows of those older
-/// messages (`trimmed_rows`) are written first, and its window only after them — it gets only the
-/// newest `window size` seqs, as the older ones would be trimmed anyway.
+/// the batch than the window keeps. The script trims the older ones at once
+/// ([`window::lowest_kept`] says which, next to the script), and a reader looking below the
+/// window would find neither copy. So for such a session the rows of those older messages
+/// (`trimmed_rows`) are written first, and its window only after them — it gets only the seqs
+/// the append keeps, as the older ones would be trimmed anyway.
 #[derive(Debug, Default)]
 pub(super) struct WritePlan {
     /// Rows written at once.
@@ -38,19 +39,17 @@ impl WritePlan {
                 seq: g.message.seq,
                 member: window::member(g.message.server_time_us, &g.avro),
             };
-            let mut seqs: Vec<i64> = messages.iter().map(|g| g.message.seq).collect();
-            seqs.sort_unstable();
-            seqs.dedup();
-            if seqs.len() <= window_size {
+            let Some(lowest_kept) =
+                window::lowest_kept(messages.iter().map(|g| g.message.seq), window_size)
+            else {
                 plan.rows.extend(messages.iter().map(|g| g.message.clone()));
                 plan.windows.insert(
                     session_id.to_owned(),
                     messages.iter().map(|g| entry(g)).collect(),
                 );
                 continue;
-            }
-            // Keep the newest `window_size` distinct seqs (every version of them) for the window.
-            let lowest_kept = seqs[seqs.len() - window_size];
+            };
+            // The window gets every version of the seqs it keeps; the others' rows go first.
             messages.sort_by_key(|g| g.message.seq);
             let split = messages.partition_point(|g| g.message.seq < lowest_kept);
             let (trimmed, kept) = messages.split_at(split);
