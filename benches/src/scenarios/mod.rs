@@ -11,6 +11,7 @@ mod p4;
 mod p5;
 mod p6;
 mod p7;
+mod versus;
 mod world;
 
 use std::collections::BTreeMap;

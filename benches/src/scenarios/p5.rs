@@ -12,9 +12,9 @@ use serde_json::json;
 use crate::cpu;
 use crate::plan::Plan;
 use crate::reads;
-use crate::report::{Figure, Goal};
 use crate::workload::Workload;
 
+use super::versus::{self, Sides};
 use super::world::{Collect, World};
 
 /// Redis connections of the history reader in P5 (`RedisConfig::connect_many`).
@@ -60,11 +60,6 @@ pub(super) async fn populate_windows(
     Ok(())
 }
 
-/// About as long as our loop of `secs` ran, at least 2000 requests.
-pub(super) fn n_for(m: &reads::Measured, secs: f64) -> usize {
-    (m.rate * secs).max(2000.0) as usize
-}
-
 /// Runs P5 on `sessions` (full windows); returns Redis's pid for P6.
 pub(super) async fn run(
     plan: &Plan,
@@ -75,8 +70,6 @@ pub(super) async fn run(
 ) -> Result<Option<u32>> {
     let session = world.session.clone();
     let redis = world.redis.clone();
-    let figures = &mut *out.figures;
-    let details = &mut *out.details;
     let callers = plan.callers;
     eprintln!(
         "[bench] P5: history latest(50), {callers} callers, {HISTORY_CONNECTIONS} Redis connections"
@@ -103,10 +96,10 @@ pub(super) async fn run(
         .await;
     let window_key = chatlog_store::keys::window(&sessions[0]);
     let zrev = ["ZREVRANGE", window_key.as_str(), "0", "49"];
-    let reads_many = reads::history_reads(&history, rpid, sessions, callers, secs).await?;
-    let rb_many = reads::redis_benchmark(rpid, callers, n_for(&reads_many, secs) * 4, &zrev)?;
-    let reads_one = reads::history_reads(&history, rpid, sessions, 1, secs).await?;
-    let rb_one = reads::redis_benchmark(rpid, 1, n_for(&reads_one, secs) * 4, &zrev)?;
+    let measured = versus::measure(rpid, callers, secs, 4, &zrev, |c| {
+        reads::history_reads(&history, rpid, sessions, c, secs)
+    })
+    .await?;
     // The same on one multiplexed connection: what the connection set buys.
     let one_connection = History::new(
         session.clone(),
@@ -119,39 +112,22 @@ pub(super) async fn run(
     let reads_one_connection =
         reads::history_reads(&one_connection, rpid, sessions, callers, secs).await?;
     eprintln!(
-        "[bench]   history {:.0}/s vs redis-benchmark {:.0}/s ({callers}); {:.0}/s vs {:.0}/s (1)",
-        reads_many.rate, rb_many.rate, reads_one.rate, rb_one.rate
-    );
-    eprintln!(
         "[bench]   history on one connection, {callers} callers: {:.0}/s",
         reads_one_connection.rate
     );
-    eprintln!(
-        "[bench]   CPU µs/op client+redis: history {:.1}+{:.1}, redis-benchmark {:.1}+{:.1}",
-        reads_many.client_cpu_us,
-        reads_many.redis_cpu_us,
-        rb_many.client_cpu_us,
-        rb_many.redis_cpu_us
-    );
-    figures.insert(
-        "P5".to_owned(),
-        Figure::ratio(
-            &format!("history latest(50) reads/s, {callers} callers"),
-            reads_many.rate,
-            rb_many.rate,
-            "redis-benchmark ZREVRANGE 0 49",
-            "req/s",
-            Goal::AtLeast(0.5),
-        ),
-    );
-    details.insert(
-        "P5".into(),
-        json!({"callers": callers, "history": reads_many, "redis_benchmark": rb_many,
-               "connections": HISTORY_CONNECTIONS, "settle_seconds_before": settled,
+    let one_connection_ratio = reads_one_connection.rate / measured.reference_many.rate.max(1e-9);
+    measured.record(
+        &Sides {
+            id: "P5",
+            what: "history latest(50) reads/s",
+            ours: "history",
+            reference: "redis-benchmark ZREVRANGE 0 49",
+            unit: "req/s",
+        },
+        json!({"connections": HISTORY_CONNECTIONS, "settle_seconds_before": settled,
                "one_connection": {"history": reads_one_connection,
-                                  "ratio": reads_one_connection.rate / rb_many.rate.max(1e-9)},
-               "one_caller": {"history": reads_one, "redis_benchmark": rb_one,
-                              "ratio": reads_one.rate / rb_one.rate.max(1e-9)}}),
+                                  "ratio": one_connection_ratio}}),
+        out,
     );
     Ok(rpid)
 }

@@ -8,9 +8,8 @@ use serde_json::json;
 
 use crate::plan::Plan;
 use crate::reads;
-use crate::report::{Figure, Goal};
 
-use super::p5::n_for;
+use super::versus::{self, Sides};
 use super::world::{Collect, World};
 
 /// Runs P6; `rpid` is Redis's pid (its CPU time is counted).
@@ -23,8 +22,6 @@ pub(super) async fn run(
 ) -> Result<()> {
     let session = world.session.clone();
     let redis = world.redis.clone();
-    let figures = &mut *out.figures;
-    let details = &mut *out.details;
     let callers = plan.callers;
     let secs = plan.loop_seconds;
     eprintln!("[bench] P6: seq allocations, {callers} callers");
@@ -49,37 +46,20 @@ pub(super) async fn run(
     }
     let incr_key = format!("chatlog:{{{}_incr}}:n", world.run);
     let incr = ["INCR", incr_key.as_str()];
-    let allocs_many = reads::seq_allocations(&alloc, rpid, &seq_sessions, callers, secs).await?;
-    let rb_incr_many = reads::redis_benchmark(rpid, callers, n_for(&allocs_many, secs), &incr)?;
-    let allocs_one = reads::seq_allocations(&alloc, rpid, &seq_sessions, 1, secs).await?;
-    let rb_incr_one = reads::redis_benchmark(rpid, 1, n_for(&allocs_one, secs), &incr)?;
-    eprintln!(
-        "[bench]   allocate {:.0}/s vs INCR {:.0}/s ({callers}); {:.0}/s vs {:.0}/s (1)",
-        allocs_many.rate, rb_incr_many.rate, allocs_one.rate, rb_incr_one.rate
-    );
-    eprintln!(
-        "[bench]   CPU µs/op client+redis: allocate {:.1}+{:.1}, redis-benchmark {:.1}+{:.1}",
-        allocs_many.client_cpu_us,
-        allocs_many.redis_cpu_us,
-        rb_incr_many.client_cpu_us,
-        rb_incr_many.redis_cpu_us
-    );
-    figures.insert(
-        "P6".to_owned(),
-        Figure::ratio(
-            &format!("seq allocations/s, {callers} callers"),
-            allocs_many.rate,
-            rb_incr_many.rate,
-            "redis-benchmark INCR",
-            "op/s",
-            Goal::AtLeast(0.5),
-        ),
-    );
-    details.insert(
-        "P6".into(),
-        json!({"callers": callers, "allocate": allocs_many, "redis_benchmark": rb_incr_many,
-               "one_caller": {"allocate": allocs_one, "redis_benchmark": rb_incr_one,
-                              "ratio": allocs_one.rate / rb_incr_one.rate.max(1e-9)}}),
+    let measured = versus::measure(rpid, callers, secs, 1, &incr, |c| {
+        reads::seq_allocations(&alloc, rpid, &seq_sessions, c, secs)
+    })
+    .await?;
+    measured.record(
+        &Sides {
+            id: "P6",
+            what: "seq allocations/s",
+            ours: "allocate",
+            reference: "redis-benchmark INCR",
+            unit: "op/s",
+        },
+        json!({}),
+        out,
     );
     Ok(())
 }
