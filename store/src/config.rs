@@ -385,28 +385,34 @@ mod tests {
         }
     }
 
-    /// A CA and a server certificate for 127.0.0.1, made by the stack script (`certs DIR`).
-    fn certs() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "chatlog-store-tls-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/stack.sh");
-        let out = std::process::Command::new(script)
-            .arg("certs")
-            .arg(&dir)
-            .output()
-            .expect("dev/stack.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
+    /// A CA and a server certificate for 127.0.0.1, made by the stack script (`certs DIR`) in a
+    /// directory of this process (pid and call number) that is removed on drop.
+    struct Certs(std::path::PathBuf);
+
+    impl Certs {
+        fn new() -> Certs {
+            static CALLS: AtomicUsize = AtomicUsize::new(0);
+            let n = CALLS.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("chatlog-store-tls-{}-{n}", std::process::id()));
+            // A leftover of an earlier process with the same pid.
+            let _ = std::fs::remove_dir_all(&dir);
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/stack.sh");
+            // Its stderr goes to the terminal, where a failure's reason stays readable.
+            let status = std::process::Command::new(script)
+                .arg("certs")
+                .arg(&dir)
+                .status()
+                .expect("dev/stack.sh");
+            assert!(status.success(), "dev/stack.sh certs: {status}");
+            Certs(dir)
+        }
+    }
+
+    impl Drop for Certs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     /// A server (or a man in the middle) that offers only TLS 1.1 is refused by the CQL context,
@@ -416,8 +422,9 @@ mod tests {
     #[test]
     fn cql_tls_refuses_a_tls_1_1_server() {
         use openssl::ssl::{Ssl, SslConnector, SslMethod, SslVersion};
-        let dir = certs();
-        let server = TlsServer::start(&dir, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+        let certs = Certs::new();
+        let dir = &certs.0;
+        let server = TlsServer::start(dir, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
         let tls = TlsFiles {
             ca_file: dir.join("ca.pem"),
             cert_file: None,
@@ -451,7 +458,14 @@ mod tests {
             err.contains("protocol") || err.contains("version"),
             "a protocol version error: {err}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The default Redis settings with `url`.
+    fn redis_at(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.to_owned(),
+            ..RedisConfig::default()
+        }
     }
 
     #[test]
@@ -470,10 +484,7 @@ mod tests {
             ),
         ] {
             assert_eq!(redact_url(url), shown);
-            let c = RedisConfig {
-                url: url.to_owned(),
-                ..RedisConfig::default()
-            };
+            let c = redis_at(url);
             assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
             let err = c.validate().unwrap_err().to_string();
             assert!(
@@ -490,11 +501,7 @@ mod tests {
             "rediss://h/?db=1",
         ] {
             assert_eq!(redact_url(url), url);
-            let c = RedisConfig {
-                url: url.to_owned(),
-                ..RedisConfig::default()
-            };
-            c.validate().unwrap();
+            redis_at(url).validate().unwrap();
         }
     }
 }
