@@ -42,7 +42,7 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
     let mut kills = 0;
     let mut last = 0;
     while kills < 5 {
-        let mut consumer = env.spawn_consumer(&txn, &args);
+        let consumer = env.spawn_consumer(&txn, &args);
         // Kill once this instance has made some progress (a committed or half-done batch).
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -61,7 +61,7 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        consumer.kill9();
+        consumer.kill();
         kills += 1;
         if env.count(&sessions, per_session).await >= total {
             break;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatlog_store::keys;
-use common::{ConsumerProc, Env, base_time_us, message};
+use common::{ConsumerProcess, Env, base_time_us, message};
 
 /// Window seqs of `session`, ascending, read from the Redis at `url`.
 async fn window_seqs(url: &str, session: &str, env: &Env) -> Vec<i64> {
@@ -50,15 +50,19 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
         &chatlog::unique("zombie_old"),
         &["--config", &config, "--linger", "2s"],
     );
-    zombie.wait_log(
-        "partitions assigned to this consumer",
-        Duration::from_secs(60),
-    );
+    zombie
+        .wait_log(
+            "partitions assigned to this consumer",
+            Duration::from_secs(60),
+        )
+        .unwrap();
     let first: Vec<_> = (1..=5).map(|seq| message(&s, seq, base, 0)).collect();
     env.produce(&first).await;
-    zombie.wait_log("first record of a batch polled", Duration::from_secs(60));
-    chatlog::signal(zombie.child.id(), "-STOP").unwrap();
-    let _resume = Resume(zombie.child.id());
+    zombie
+        .wait_log("first record of a batch polled", Duration::from_secs(60))
+        .unwrap();
+    zombie.signal("-STOP").unwrap();
+    let _resume = Resume(zombie.pid());
 
     // Its partition moves on once its session times out: the new owner writes seqs 1..5, then
     // 6..10.
@@ -94,8 +98,10 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     // The zombie resumes. Whatever it does with its stale batch, it then learns that its
     // partition is gone (the eviction surfaces in its next poll): by then it must not have
     // written.
-    chatlog::signal(zombie.child.id(), "-CONT").unwrap();
-    zombie.wait_log("partitions leaving this consumer", Duration::from_secs(60));
+    zombie.signal("-CONT").unwrap();
+    zombie
+        .wait_log("partitions leaving this consumer", Duration::from_secs(60))
+        .unwrap();
     let after_zombie = window_seqs(&chatlog::redis_url(), &s, &env).await;
 
     // The next message: a window refilled by the zombie would now read {1..5, 11}, and history,
@@ -131,11 +137,12 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
     );
     let sessions = std::slice::from_ref(&s);
 
-    let mut old = env.spawn_consumer(&chatlog::unique("static_old"), &["--config", &config]);
+    let old = env.spawn_consumer(&chatlog::unique("static_old"), &["--config", &config]);
     old.wait_log(
         "partitions assigned to this consumer",
         Duration::from_secs(60),
-    );
+    )
+    .unwrap();
     let first: Vec<_> = (1..=5).map(|seq| message(&s, seq, base, 0)).collect();
     env.produce(&first).await;
     env.wait_for_rows(sessions, 20, 5, Duration::from_secs(60), &[&old])
@@ -145,7 +152,7 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
     // one still runs): the coordinator hands it the membership and fences the old member, which
     // can no longer commit nor own anything, and must stop rather than keep reading.
     let new = env.spawn_consumer(&chatlog::unique("static_new"), &["--config", &config]);
-    let status = old.wait_exit(Duration::from_secs(60));
+    let status = old.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(
         status.code(),
         Some(3),
@@ -192,7 +199,7 @@ async fn a_failed_seek_after_a_failed_batch_exits_and_the_next_instance_redoes_t
     let txn = chatlog::unique("seek_txn");
 
     // Seeks fail: librdkafka cannot be made to refuse one on demand (see `Faults::fail_seeks`).
-    let mut consumer =
+    let consumer =
         env.spawn_consumer_with_env(&txn, &args, &[("CHATLOG_FAULT_FAIL_SEEKS", "true")]);
     let batch = |seqs: std::ops::RangeInclusive<i64>| {
         seqs.map(|seq| message(&s, seq, base, 0))
@@ -214,13 +221,15 @@ async fn a_failed_seek_after_a_failed_batch_exits_and_the_next_instance_redoes_t
     // does not run the timed-out commands later.
     set_maxmemory(&url, "1").await;
     env.produce(&batch(11..=20)).await;
-    consumer.wait_log("seek failed", Duration::from_secs(60));
+    consumer
+        .wait_log("seek failed", Duration::from_secs(60))
+        .unwrap();
     set_maxmemory(&url, "0").await;
 
     // Seqs 21..30 arrive. A consumer that went on past its failed seek would read them (its
     // position is past seq 20) and commit them, covering 11..20, whose window was never written.
     env.produce(&batch(21..=30)).await;
-    let exit = exit_or_drained(&env, &mut consumer, Duration::from_secs(90)).await;
+    let exit = exit_or_drained(&env, &consumer, Duration::from_secs(90)).await;
     let window = window_seqs(&url, &s, &env).await;
     assert!(
         window.iter().all(|seq| *seq <= 10),
@@ -285,12 +294,12 @@ async fn wait_for_redis(url: &str) {
 /// while it keeps running (`None`).
 async fn exit_or_drained(
     env: &Env,
-    consumer: &mut ConsumerProc,
+    consumer: &ConsumerProcess,
     limit: Duration,
 ) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(status) = consumer.child.try_wait().unwrap() {
+        if let Some(status) = consumer.exited() {
             return Some(status);
         }
         if env.committed_to_end().await {

@@ -16,10 +16,12 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
     let total = messages.len();
     let args = ["--max-records", "200", "--linger", "20ms"];
 
-    let mut a = env.spawn_consumer(&chatlog::unique("group_a"), &args);
-    a.wait_log("partitions assigned", Duration::from_secs(60));
+    let a = env.spawn_consumer(&chatlog::unique("group_a"), &args);
+    a.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
     let b = env.spawn_consumer(&chatlog::unique("group_b"), &args);
-    b.wait_log("partitions assigned", Duration::from_secs(60));
+    b.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
 
     // Load arrives, paced over ~12 s, while the membership changes.
     let producer = {
@@ -36,10 +38,11 @@ async fn members_join_and_leave_under_load_without_loss_or_duplicates() {
 
     wait_until(&env, &sessions, per_session, total / 5).await;
     let c = env.spawn_consumer(&chatlog::unique("group_c"), &args);
-    c.wait_log("partitions assigned", Duration::from_secs(60));
+    c.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
     wait_until(&env, &sessions, per_session, total / 2).await;
     a.terminate();
-    let status = a.wait_exit(Duration::from_secs(60));
+    let status = a.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "a leaving member exits 0 ({status})");
     producer.await.unwrap();
 
@@ -86,20 +89,20 @@ async fn a_second_process_with_the_same_transactional_id_fences_the_first() {
     env.produce(&first).await;
 
     let txn = chatlog::unique("fence_txn");
-    let mut old = env.spawn_consumer(&txn, &[]);
+    let old = env.spawn_consumer(&txn, &[]);
     env.wait_for_rows(&sessions, 10, first.len(), Duration::from_secs(60), &[&old])
         .await;
 
     // The new instance (a restart elsewhere) takes the id over; the old one is now a zombie.
     let new = env.spawn_consumer(&txn, &[]);
-    new.wait_log("consuming", Duration::from_secs(60));
+    new.wait_log("consuming", Duration::from_secs(60)).unwrap();
     let more: Vec<_> = all_messages(&sessions, 20, base)
         .into_iter()
         .filter(|m| m.seq > 10)
         .collect();
     env.produce(&more).await;
 
-    let status = old.wait_exit(Duration::from_secs(90));
+    let status = old.wait_exit(Duration::from_secs(90)).unwrap();
     assert_eq!(
         status.code(),
         Some(3),

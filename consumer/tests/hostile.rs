@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    DlqRecord, Env, config_file, http_addr, http_get_async, message, sample, wait_readyz, workload,
-};
+use chatlog::prometheus::sample;
+use common::{DlqRecord, Env, config_file, message, workload};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -224,7 +223,10 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
 
 /// The status line of a `GET path` on a fresh connection, or `None` if the connection closed.
 async fn status_line(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    http_get_async(addr, path).await.ok().map(|(line, _)| line)
+    chatlog::http::get_line_async(addr, path)
+        .await
+        .ok()
+        .map(|(line, _)| line)
 }
 
 /// Reads from `stream` until EOF or an error; `true` if that happened within `limit`.
@@ -376,15 +378,20 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
         &chatlog::unique("stall_txn"),
         &["--config", config.as_str(), "--redis-url", url.as_str()],
     );
-    let addr = http_addr(&consumer);
-    wait_readyz(addr, &consumer, 200, Duration::from_secs(60)).await;
+    consumer
+        .wait_readyz(200, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     redis.freeze();
     env.produce(&good).await;
-    let body = wait_readyz(addr, &consumer, 503, Duration::from_secs(60)).await;
+    let body = consumer
+        .wait_readyz(503, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(body.contains("not moving"), "{body}");
     assert!(body.contains(&format!("{} [0]", env.topic)), "{body}");
-    let (_, metrics) = http_get_async(addr, "/metrics").await.unwrap();
+    let (_, metrics) = consumer.get_async("/metrics").await.unwrap();
     assert_eq!(
         sample(&metrics, "chatlog_consumer_stalled_partitions"),
         Some(1.0),
@@ -394,15 +401,20 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
         !env.committed_to_end().await,
         "nothing committed during the outage"
     );
-    consumer.wait_log(
-        "isolating: writing the batch record by record",
-        Duration::from_secs(30),
-    );
+    consumer
+        .wait_log(
+            "isolating: writing the batch record by record",
+            Duration::from_secs(30),
+        )
+        .unwrap();
 
     redis.thaw();
     env.wait_all(&sessions, per_session, &[&consumer]).await;
-    wait_readyz(addr, &consumer, 200, Duration::from_secs(30)).await;
-    let (_, metrics) = http_get_async(addr, "/metrics").await.unwrap();
+    consumer
+        .wait_readyz(200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (_, metrics) = consumer.get_async("/metrics").await.unwrap();
     assert_eq!(
         sample(&metrics, "chatlog_consumer_stalled_partitions"),
         Some(0.0)

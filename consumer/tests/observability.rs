@@ -11,12 +11,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use chatlog::prometheus::{families, sample};
 use chatlog_consumer::telemetry;
 use common::deploy_files::{
     dashboard_exprs, grafana_to_promql, metric_names_in, read, rule_exprs, tool,
 };
 use common::prometheus::Prometheus;
-use common::{Env, families, http_addr, http_get, poll_until, sample, wait_readyz, workload};
+use common::{Env, poll_until, workload};
 use serde_json::Value;
 
 // -------------------------------------------------------------------------------- the live endpoint
@@ -35,13 +36,16 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     ])
     .await;
 
-    let mut consumer = env.spawn_consumer(&chatlog::unique("obs_txn"), &[]);
-    let addr = http_addr(&consumer);
+    let consumer = env.spawn_consumer(&chatlog::unique("obs_txn"), &[]);
+    let addr = consumer.http_addr().unwrap();
 
-    let (status, body) = http_get(addr, "/healthz").expect("GET /healthz");
+    let (status, body) = chatlog::http::get(addr, "/healthz").expect("GET /healthz");
     assert_eq!(status, 200, "/healthz: {body}");
 
-    wait_readyz(addr, &consumer, 200, Duration::from_secs(60)).await;
+    consumer
+        .wait_readyz(200, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     env.wait_all(&sessions, per_session, &[&consumer]).await;
 
@@ -52,7 +56,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
         Duration::from_secs(30),
         Duration::from_millis(250),
         move || async move {
-            let (status, text) = http_get(addr, "/metrics").expect("GET /metrics");
+            let (status, text) = chatlog::http::get(addr, "/metrics").expect("GET /metrics");
             assert_eq!(status, 200);
             if sample(&text, persistedr) == Some(want) {
                 Ok(text)
@@ -177,7 +181,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     // The rules loaded and evaluate without errors.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = http_get(prometheus.addr, "/api/v1/rules").unwrap();
+        let (status, body) = chatlog::http::get(prometheus.addr, "/api/v1/rules").unwrap();
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         let rules: Vec<&Value> = v["data"]["groups"]
@@ -201,7 +205,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     }
     drop(prometheus);
 
-    consumer.terminate_cleanly();
+    consumer.terminate_cleanly(Duration::from_secs(30)).unwrap();
 }
 
 /// The lag gauge exists per assigned partition and reaches 0 once every record is committed
@@ -214,7 +218,7 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
     let (sessions, _, good) = workload("l", 6, per_session);
     env.produce(&good).await;
     let consumer = env.spawn_consumer(&chatlog::unique("obslag_txn"), &[]);
-    let addr = http_addr(&consumer);
+    let addr = consumer.http_addr().unwrap();
     env.wait_all(&sessions, per_session, &[&consumer]).await;
     // Statistics arrive every 5 s; give them a few rounds.
     let want: Vec<String> = (0..2)
@@ -222,7 +226,7 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, text) = http_get(addr, "/metrics").expect("GET /metrics");
+        let (_, text) = chatlog::http::get(addr, "/metrics").expect("GET /metrics");
         let lags: Vec<Option<f64>> = want.iter().map(|s| sample(&text, s)).collect();
         if lags.iter().all(|l| *l == Some(0.0)) {
             break;
@@ -251,13 +255,13 @@ async fn readyz_is_503_while_kafka_is_unreachable() {
         &chatlog::unique("obsready_txn"),
         &["--bootstrap-servers", &unreachable],
     );
-    let addr = http_addr(&consumer);
-    assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
+    let addr = consumer.http_addr().unwrap();
+    assert_eq!(chatlog::http::get(addr, "/healthz").unwrap().0, 200);
     // Well past CQL and Redis connecting: the transactional producer cannot reach a broker.
     std::thread::sleep(Duration::from_secs(3));
-    let (status, body) = http_get(addr, "/readyz").unwrap();
+    let (status, body) = chatlog::http::get(addr, "/readyz").unwrap();
     assert_eq!(status, 503, "/readyz without Kafka: {body}");
     assert!(body.starts_with("not ready"), "{body}");
-    let (_, text) = http_get(addr, "/metrics").unwrap();
+    let (_, text) = chatlog::http::get(addr, "/metrics").unwrap();
     assert_eq!(sample(&text, telemetry::READY), Some(0.0), "{text}");
 }

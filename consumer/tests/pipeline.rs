@@ -15,7 +15,7 @@ async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
     let (sessions, base, messages) = workload("s", 30, per_session);
     env.produce(&messages).await;
 
-    let mut consumer = env.spawn_consumer(&chatlog::unique("happy_txn"), &[]);
+    let consumer = env.spawn_consumer(&chatlog::unique("happy_txn"), &[]);
     env.wait_all(&sessions, per_session, &[&consumer]).await;
     env.assert_exact(&sessions, per_session, base).await;
 
@@ -26,7 +26,7 @@ async fn happy_path_persists_every_message_once_and_windows_hold_the_newest() {
         &message(&sessions[0], per_session, base, 0)
     );
 
-    consumer.terminate_cleanly();
+    consumer.terminate_cleanly(Duration::from_secs(30)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,7 +168,7 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     // Both servers check the passwords: Redis AUTH, and the stack's Cassandra the login of a role
     // of this test's own that carries the secret password.
     let role = chatlog::create_cql_role(&env.session, "secrets_role", &secrets[0]).await;
-    let mut consumer = env.spawn_consumer_with_env(
+    let consumer = env.spawn_consumer_with_env(
         &unique("secrets_txn"),
         &[
             "--config",
@@ -191,7 +191,12 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     env.wait_for_rows(&sessions, 5, 15, Duration::from_secs(60), &[&consumer])
         .await;
     consumer.terminate();
-    assert!(consumer.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        consumer
+            .wait_exit(Duration::from_secs(30))
+            .unwrap()
+            .success()
+    );
     let log = consumer.log_text();
     assert!(log.contains("consuming"), "the consumer ran:\n{log}");
     assert_clean(&log, &secrets, "the consumer's log");

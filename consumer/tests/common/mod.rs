@@ -7,12 +7,11 @@ pub mod deploy_files;
 pub mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use chatlog::process::ConsumerProcess;
 
 use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of, select_writetimes_cql};
@@ -115,7 +114,7 @@ impl Env {
     }
 
     /// Starts the real consumer binary for this env.
-    pub fn spawn_consumer(&self, transactional_id: &str, extra: &[&str]) -> ConsumerProc {
+    pub fn spawn_consumer(&self, transactional_id: &str, extra: &[&str]) -> ConsumerProcess {
         self.spawn_consumer_with_env(transactional_id, extra, &[])
     }
 
@@ -125,34 +124,48 @@ impl Env {
         transactional_id: &str,
         extra: &[&str],
         vars: &[(&str, &str)],
-    ) -> ConsumerProc {
+    ) -> ConsumerProcess {
         let log = std::env::temp_dir().join(format!("{}.log", chatlog::unique(transactional_id)));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog-consumer"));
-        // `extra` may name other brokers (the SASL listener).
-        if !extra.contains(&"--bootstrap-servers") {
-            cmd.args(["--bootstrap-servers", &chatlog::kafka_bootstrap()]);
+        let (bootstrap, redis, nodes) = (
+            chatlog::kafka_bootstrap(),
+            chatlog::redis_url(),
+            self.cql.nodes.join(","),
+        );
+        let window_size = self.window_size.to_string();
+        let mut args = vec![
+            "--topic",
+            &self.topic,
+            "--dlq-topic",
+            &self.dlq,
+            "--group-id",
+            &self.group,
+            "--transactional-id",
+            transactional_id,
+            "--cql-nodes",
+            &nodes,
+            "--keyspace",
+            &self.cql.keyspace,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--window-size",
+            &window_size,
+        ];
+        // `extra` may name other brokers (the SASL listener) or another Redis.
+        for (flag, default) in [("--bootstrap-servers", &bootstrap), ("--redis-url", &redis)] {
+            if !extra.contains(&flag) {
+                args.extend([flag, default.as_str()]);
+            }
         }
-        cmd.args(["--topic", &self.topic])
-            .args(["--dlq-topic", &self.dlq])
-            .args(["--group-id", &self.group])
-            .args(["--transactional-id", transactional_id])
-            .args(["--cql-nodes", &self.cql.nodes.join(",")])
-            .args(["--keyspace", &self.cql.keyspace])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(["--window-size", &self.window_size.to_string()])
-            .args(extra)
-            .env_remove("CHATLOG_CONSUMER_CONFIG")
-            .env("CHATLOG_LOG", "info,chatlog_consumer=debug")
-            .envs(chatlog::cql_login_env())
-            .envs(vars.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        if !extra.contains(&"--redis-url") {
-            cmd.args(["--redis-url", &chatlog::redis_url()]);
-        }
-        let child = cmd.spawn().expect("spawn chatlog-consumer");
-        ConsumerProc { child, log }
+        args.extend(extra);
+        let mut env = vec![("CHATLOG_LOG", "info,chatlog_consumer=debug")];
+        env.extend(vars);
+        ConsumerProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_chatlog-consumer")),
+            args,
+            &env,
+            &log,
+        )
+        .expect("spawn chatlog-consumer")
     }
 
     /// `(seq, msg_id, writetime)` of every row of `session` (buckets 0..=max_bucket).
@@ -191,7 +204,12 @@ impl Env {
 
     /// [`wait_for_rows`](Self::wait_for_rows) for every message of [`workload`]`(…, per_session)`
     /// over `sessions`, within 120 s.
-    pub async fn wait_all(&self, sessions: &[String], per_session: i64, procs: &[&ConsumerProc]) {
+    pub async fn wait_all(
+        &self,
+        sessions: &[String],
+        per_session: i64,
+        procs: &[&ConsumerProcess],
+    ) {
         let expected = sessions.len() * per_session as usize;
         self.wait_for_rows(
             sessions,
@@ -211,7 +229,7 @@ impl Env {
         max_seq: i64,
         expected: usize,
         limit: Duration,
-        procs: &[&ConsumerProc],
+        procs: &[&ConsumerProcess],
     ) {
         let deadline = Instant::now() + limit;
         let n = poll_until(
@@ -235,7 +253,7 @@ impl Env {
 
     /// Polls until the group's committed offsets reach the end of every partition of the topic:
     /// every batch read so far is fully processed (CQL, Redis, DLQ and commit).
-    pub async fn wait_drained(&self, limit: Duration, procs: &[&ConsumerProc]) {
+    pub async fn wait_drained(&self, limit: Duration, procs: &[&ConsumerProcess]) {
         poll_until(
             limit.max(Duration::from_secs(5)),
             Duration::from_millis(100),
@@ -416,9 +434,9 @@ where
 }
 
 /// Prints the log of every process in `procs` (before a failure).
-pub fn dump_logs(procs: &[&ConsumerProc]) {
+pub fn dump_logs(procs: &[&ConsumerProcess]) {
     for p in procs {
-        eprintln!("---- {} ----\n{}", p.log.display(), p.log_text());
+        eprintln!("---- {} ----\n{}", p.log_path().display(), p.log_text());
     }
 }
 
@@ -435,72 +453,6 @@ impl DlqRecord {
     /// The value of header `key`, or "" if absent.
     pub fn header(&self, key: &str) -> &str {
         self.headers.get(key).map_or("", String::as_str)
-    }
-}
-
-/// A running `chatlog-consumer`.
-pub struct ConsumerProc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl ConsumerProc {
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM: finish and commit the current batch, then exit.
-    pub fn terminate(&mut self) {
-        let _ = chatlog::signal(self.child.id(), "-TERM");
-    }
-
-    /// SIGTERM, then asserts the process exits 0 within 30 s.
-    pub fn terminate_cleanly(&mut self) {
-        self.terminate();
-        let status = self.wait_exit(Duration::from_secs(30));
-        assert!(status.success(), "SIGTERM must exit 0, got {status}");
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let log = self.log_text();
-                self.kill9();
-                panic!("consumer did not exit within {limit:?}; log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.log_text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} not logged within {limit:?}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ConsumerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -537,134 +489,4 @@ pub fn assigned_partitions(log: &str) -> BTreeSet<String> {
         .filter(|l| l.contains("partitions assigned to this consumer"))
         .map(str::to_owned)
         .collect()
-}
-
-// ------------------------------------------------------------------------------ HTTP and /metrics
-
-/// `GET path_and_query` on a fresh HTTP/1.1 connection (`Connection: close`): (status line,
-/// body), a chunked body decoded. An error if the connection fails or closes before a response.
-pub fn http_get_line(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(String, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP header end in {text:?}")))?;
-    let chunked = head
-        .lines()
-        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    let status_line = head.lines().next().unwrap_or_default().to_owned();
-    Ok((status_line, body))
-}
-
-/// The payload of a `Transfer-Encoding: chunked` body.
-fn dechunk(mut rest: &str) -> std::io::Result<String> {
-    let bad = || std::io::Error::other("malformed chunked body");
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").ok_or_else(bad)?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| bad())?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(after.get(..size).ok_or_else(bad)?);
-        rest = after
-            .get(size..)
-            .and_then(|r| r.strip_prefix("\r\n"))
-            .ok_or_else(bad)?;
-    }
-}
-
-/// [`http_get_line`] with the status code: (status, body).
-pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16, String)> {
-    let (line, body) = http_get_line(addr, path_and_query)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    Ok((status, body))
-}
-
-/// [`http_get_line`] off the async workers (a server under test may run on them).
-pub async fn http_get_async(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || http_get_line(addr, &path))
-        .await
-        .expect("http_get_line panicked")
-}
-
-/// The address the consumer logged as `chatlog-consumer: http listening on ADDR`.
-pub fn http_addr(consumer: &ConsumerProc) -> SocketAddr {
-    const LINE: &str = "chatlog-consumer: http listening on ";
-    consumer.wait_log(LINE, Duration::from_secs(60));
-    let log = consumer.log_text();
-    let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
-    rest.lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .expect("listening address")
-}
-
-/// Polls `/readyz` until it answers `want` (it may only ever answer 200 or 503); returns the
-/// body, or panics with the consumer's log after `limit`.
-pub async fn wait_readyz(
-    addr: SocketAddr,
-    consumer: &ConsumerProc,
-    want: u16,
-    limit: Duration,
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (line, body) = http_get_async(addr, "/readyz")
-            .await
-            .unwrap_or_else(|e| panic!("GET /readyz: {e}; log:\n{}", consumer.log_text()));
-        let status = line.split_whitespace().nth(1).unwrap_or_default();
-        if status == want.to_string() {
-            return body;
-        }
-        assert!(
-            status == "200" || status == "503",
-            "/readyz answers 200 or 503, not {line:?}: {body}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "/readyz not {want} within {limit:?}; log:\n{}",
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The metric families of an exposition text: name → type (from `# TYPE` lines).
-pub fn families(exposition: &str) -> BTreeMap<String, String> {
-    exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, t)| (n.to_owned(), t.trim().to_owned()))
-        .collect()
-}
-
-/// The value of the sample `series` (name with its labels exactly as rendered, e.g.
-/// `chatlog_consumer_records_total{outcome="persisted"}`, or an unlabelled gauge's name).
-pub fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| {
-        let (s, v) = l.rsplit_once(' ')?;
-        (s == series).then(|| v.trim().parse().ok())?
-    })
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::deploy_files::{root, tool};
-use super::http_get;
+use chatlog::http::get as http_get;
 
 /// Percent-encodes a query parameter value.
 fn encode(v: &str) -> String {
