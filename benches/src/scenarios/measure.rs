@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::child::ConsumerChild;
+use crate::child::ConsumerProcess;
 use crate::kafka::OffsetMeter;
 
 /// KiB → MiB.
@@ -18,7 +18,7 @@ pub(super) async fn wait_committed(
     meter: &OffsetMeter,
     target: i64,
     timeout: Duration,
-    consumer: &mut ConsumerChild,
+    consumer: &mut ConsumerProcess,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -28,7 +28,7 @@ pub(super) async fn wait_committed(
         if let Some(status) = consumer.exited() {
             bail!(
                 "the consumer exited ({status}) before committing offset {target}; log {:?}",
-                consumer.log
+                consumer.log_path()
             );
         }
         if Instant::now() > deadline {

@@ -12,7 +12,7 @@ use chatlog_schemas::ChatMessage;
 use chatlog_store::messages::BatchLimits;
 use serde_json::json;
 
-use crate::child::{self, ConsumerChild, ConsumerTarget};
+use crate::child::{self, ConsumerProcess, ConsumerTarget};
 use crate::kafka::OffsetMeter;
 use crate::report::{Figure, Goal};
 use crate::series::{self, Sampler};
@@ -39,7 +39,7 @@ pub(super) struct Reference {
 
 /// The consumer draining the pre-produced topic, and what the drain measured.
 pub(super) struct Drain {
-    pub(super) consumer: ConsumerChild,
+    pub(super) consumer: ConsumerProcess,
     pub(super) meter: OffsetMeter,
     pub(super) procs_c: cpu::Procs,
     committed_sampler: Sampler,
@@ -140,16 +140,17 @@ pub(super) async fn drain(cx: &Ctx<'_>) -> Result<Drain> {
             m.committed().ok().map(|v| v as f64)
         })
     };
-    let mut consumer = ConsumerChild::spawn(
+    let mut consumer = child::spawn(
         &plan.consumer_bin,
         &config_path,
         &plan.out_dir.join("consumer.log"),
-    )?;
-    let procs_c = procs.with("consumer", consumer.pid);
+    )
+    .await?;
+    let procs_c = procs.with("consumer", consumer.pid());
     let before_drain = procs_c.snapshot();
     let machine_before_drain = cpu::MachineCpu::now();
     let rss_sampler = {
-        let pid = consumer.pid;
+        let pid = consumer.pid();
         Sampler::start(origin, Duration::from_millis(250), move || {
             child::proc_status_kib(pid, "VmRSS").map(mib)
         })
