@@ -136,14 +136,13 @@ async fn pipeline(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<()> {
         return Ok(());
     };
     let mut reference = p1::loader_before(cx, &stored, out).await?;
-    let mut drain = p1::drain(cx).await?;
+    let drain = p1::drain(cx).await?;
     p1::loader_after(cx, &mut reference, &stored, out).await?;
     drop(stored);
-    let live = p1::live(cx, &producer, &mut drain, out).await?;
-    let latency = p4::run(cx, &producer, &drain, &live, out).await?;
-    let hwm_drain = drain.hwm_drain;
-    let end = p1::finish(cx, producer, drain, &reference, &live, out).await?;
+    let running = p1::live(cx, producer, drain, out).await?;
+    let latency = p4::run(cx, &running, out).await?;
+    let end = p1::finish(cx, running, &reference, out).await?;
     p4::figures(cx, &latency, out);
-    p7::figures(hwm_drain, live.hwm_live, end.hwm_end, out);
-    p2::run(cx, end.drain_rate, live.live_rate, out).await
+    p7::figures(end.hwm_drain, end.hwm_live, end.hwm_end, out);
+    p2::run(cx, end.drain_rate, end.live_rate, out).await
 }

@@ -40,7 +40,7 @@ pub(super) struct Reference {
 /// The consumer draining the pre-produced topic, and what the drain measured.
 pub(super) struct Drain {
     pub(super) consumer: ConsumerProcess,
-    pub(super) meter: OffsetMeter,
+    meter: OffsetMeter,
     pub(super) procs_c: cpu::Procs,
     committed_sampler: Sampler,
     rss_sampler: Sampler,
@@ -51,7 +51,7 @@ pub(super) struct Drain {
     drain_cpu: BTreeMap<String, f64>,
     drain_machine: serde_json::Value,
     metrics_after_drain: String,
-    pub(super) hwm_drain: u64,
+    hwm_drain: u64,
 }
 
 /// The live phase: the producer sending at full speed while the consumer runs.
@@ -61,13 +61,25 @@ pub(super) struct Live {
     pub(super) live_rate: f64,
     live_cpu: BTreeMap<String, f64>,
     live_machine: serde_json::Value,
-    pub(super) hwm_live: u64,
+    hwm_live: u64,
     metrics_after_live: String,
+}
+
+/// The consumer still running after P1's live phase, and the producer: P4 measures through
+/// them, then P1's end stops them.
+pub(super) struct Running {
+    pub(super) producer: Producer,
+    pub(super) drain: Drain,
+    pub(super) live: Live,
 }
 
 /// What P1's end leaves for the other figures.
 pub(super) struct End {
     pub(super) drain_rate: f64,
+    pub(super) live_rate: f64,
+    /// The consumer's VmHWM (KiB) after the drain, after the live phase and at the end.
+    pub(super) hwm_drain: u64,
+    pub(super) hwm_live: u64,
     pub(super) hwm_end: u64,
 }
 
@@ -220,10 +232,10 @@ pub(super) async fn loader_after(
 /// P1 live: `live_messages` more sent at full speed while the consumer runs.
 pub(super) async fn live(
     cx: &Ctx<'_>,
-    producer: &Producer,
-    drain: &mut Drain,
+    producer: Producer,
+    mut drain: Drain,
     out: &mut Collect<'_>,
-) -> Result<Live> {
+) -> Result<Running> {
     let (plan, workload, origin) = (cx.plan, cx.workload, cx.origin);
     let (s, n) = (plan.sessions, plan.messages);
     let all_series = &mut *out.series;
@@ -232,7 +244,7 @@ pub(super) async fn live(
         meter,
         procs_c,
         ..
-    } = drain;
+    } = &mut drain;
     let after_drain = procs_c.snapshot();
     let machine_after_drain = cpu::MachineCpu::now();
 
@@ -241,7 +253,7 @@ pub(super) async fn live(
     eprintln!("[bench] P1 live: {live} messages produced while the consumer runs");
     let live_start = origin.elapsed().as_secs_f64();
     let live_burst = produce::burst(
-        producer,
+        &producer,
         workload,
         s + n..s + n + live,
         plan.producer_concurrency,
@@ -257,7 +269,7 @@ pub(super) async fn live(
     let metrics_after_live = consumer.get("/metrics").map(|(_, b)| b).unwrap_or_default();
     all_series.insert("P1 live: producer (acks)".into(), live_burst.series);
     let live_rate = live as f64 / (live_done - live_start);
-    Ok(Live {
+    let live = Live {
         live,
         live_producer_seconds: live_burst.seconds,
         live_rate,
@@ -265,16 +277,19 @@ pub(super) async fn live(
         live_machine,
         hwm_live,
         metrics_after_live,
+    };
+    Ok(Running {
+        producer,
+        drain,
+        live,
     })
 }
 
 /// Waits for the consumer to commit everything, stops it, checks the rows and records P1.
 pub(super) async fn finish(
     cx: &Ctx<'_>,
-    producer: Producer,
-    drain: Drain,
+    running: Running,
     reference: &Reference,
-    live: &Live,
     out: &mut Collect<'_>,
 ) -> Result<End> {
     let (plan, workload, e2e_ks) = (cx.plan, cx.workload, cx.e2e_ks);
@@ -283,48 +298,29 @@ pub(super) async fn finish(
     let figures = &mut *out.figures;
     let details = &mut *out.details;
     let all_series = &mut *out.series;
-    let Drain {
-        mut consumer,
-        meter,
-        committed_sampler,
-        rss_sampler,
-        pre,
-        ready_at,
-        drained_at,
-        settled_drain,
-        drain_cpu,
-        drain_machine,
-        metrics_after_drain,
-        ..
-    } = drain;
-    let Live {
-        live_producer_seconds,
-        live_rate,
-        ref live_cpu,
-        ref live_machine,
-        ref metrics_after_live,
-        ..
-    } = *live;
-    let live = live.live;
-    let Reference {
-        loader_rate_1,
-        loader_rate_2,
-        loader_rate,
-        settled_loader,
-        ref loader_cpu,
-        ..
-    } = *reference;
-    let loaded = reference;
-    let final_end = meter.end()?;
-    wait_committed(&meter, final_end, Duration::from_secs(300), &mut consumer).await?;
+    let Running {
+        producer,
+        drain,
+        live,
+    } = running;
+    let (pre, ready_at, drained_at) = (drain.pre, drain.ready_at, drain.drained_at);
+    let mut consumer = drain.consumer;
+    let final_end = drain.meter.end()?;
+    wait_committed(
+        &drain.meter,
+        final_end,
+        Duration::from_secs(300),
+        &mut consumer,
+    )
+    .await?;
     let hwm_end = consumer.status_kib("VmHWM").unwrap_or(0);
     let status = consumer.stop(Duration::from_secs(30))?;
-    let committed_series = committed_sampler.finish();
+    let committed_series = drain.committed_sampler.finish();
     all_series.insert(
         "P1 consumer (committed offsets)".into(),
         committed_series.clone(),
     );
-    all_series.insert("P7 consumer RSS (MiB)".into(), rss_sampler.finish());
+    all_series.insert("P7 consumer RSS (MiB)".into(), drain.rss_sampler.finish());
     producer.close(Duration::from_secs(10)).await?;
 
     // From the first commit to the last (start-up and group join excluded); a drain that took a
@@ -343,7 +339,8 @@ pub(super) async fn finish(
     let max_seq = final_end / s as i64 + 1000;
     let rows = loader::count_rows(session, e2e_ks, &workload.sessions, max_seq).await?;
     eprintln!(
-        "[bench]   drain {drain_rate:.0} msg/s, live {live_rate:.0} msg/s; {rows} rows for {final_end} records"
+        "[bench]   drain {drain_rate:.0} msg/s, live {:.0} msg/s; {rows} rows for {final_end} records",
+        live.live_rate
     );
     if rows < final_end {
         bail!("the consumer persisted {rows} rows of {final_end} records");
@@ -353,14 +350,14 @@ pub(super) async fn finish(
         Figure::ratio(
             "end-to-end persisted msg/s (pre-produced drain)",
             drain_rate,
-            loader_rate,
+            reference.loader_rate,
             "raw CQL loader",
             "msg/s",
             Goal::AtLeast(0.8),
         ),
     );
-    let stages = child::stage_summary("", &metrics_after_drain);
-    let live_stages = child::stage_summary(&metrics_after_drain, metrics_after_live);
+    let stages = child::stage_summary("", &drain.metrics_after_drain);
+    let live_stages = child::stage_summary(&drain.metrics_after_drain, &live.metrics_after_live);
     details.insert(
         "P1".into(),
         json!({
@@ -370,27 +367,31 @@ pub(super) async fn finish(
             "drain_first_commit_s": t0, "drain_last_commit_s": t1,
             "drain_seconds_including_startup": drained_at - ready_at,
             "drain_consumer_stages": stages,
-            "live_messages": live,
-            "live_rate": live_rate,
-            "live_producer_rate": live as f64 / live_producer_seconds,
+            "live_messages": live.live,
+            "live_rate": live.live_rate,
+            "live_producer_rate": live.live as f64 / live.live_producer_seconds,
             "live_consumer_stages": live_stages,
-            "loader_rows": loaded.rows, "loader_seconds": loaded.seconds,
-            "loader_rate_before_drain": loader_rate_1, "loader_rate_after_drain": loader_rate_2,
-            "loader_batches": loaded.requests, "loader_concurrency": plan.loader_concurrency,
+            "loader_rows": reference.rows, "loader_seconds": reference.seconds,
+            "loader_rate_before_drain": reference.loader_rate_1,
+            "loader_rate_after_drain": reference.loader_rate_2,
+            "loader_batches": reference.requests, "loader_concurrency": plan.loader_concurrency,
             "loader_slice": plan.loader_slice,
             "rows_checked": rows,
-            "settle_seconds_before_loader": settled_loader,
-            "settle_seconds_before_drain": settled_drain,
-            "drain_cpu_us_per_msg": cpu::per_op_us(&drain_cpu, pre as u64),
-            "drain_machine_cpu": drain_machine,
-            "live_machine_cpu": live_machine,
-            "live_cpu_us_per_msg": cpu::per_op_us(live_cpu, live as u64),
-            "loader_cpu_us_per_row": cpu::per_op_us(loader_cpu, loaded.rows as u64),
+            "settle_seconds_before_loader": reference.settled_loader,
+            "settle_seconds_before_drain": drain.settled_drain,
+            "drain_cpu_us_per_msg": cpu::per_op_us(&drain.drain_cpu, pre as u64),
+            "drain_machine_cpu": drain.drain_machine,
+            "live_machine_cpu": live.live_machine,
+            "live_cpu_us_per_msg": cpu::per_op_us(&live.live_cpu, live.live as u64),
+            "loader_cpu_us_per_row": cpu::per_op_us(&reference.loader_cpu, reference.rows as u64),
             "consumer_exit": status.to_string(),
         }),
     );
     Ok(End {
         drain_rate,
+        live_rate: live.live_rate,
+        hwm_drain: drain.hwm_drain,
+        hwm_live: live.hwm_live,
         hwm_end,
     })
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use chatlog_producer::Producer;
 use serde_json::json;
 
 use crate::latency::{self, Paced};
@@ -13,7 +12,7 @@ use crate::report::{Figure, Goal};
 use crate::{child, cpu};
 
 use super::measure::{add_percentiles, latency_line, ms_at};
-use super::p1::{Drain, Live};
+use super::p1::Running;
 use super::world::{Collect, Ctx};
 
 /// What the two paced runs measured.
@@ -29,19 +28,14 @@ pub(super) struct Latency {
 }
 
 /// The paced runs, at half and at a quarter of the live rate, while the consumer runs.
-pub(super) async fn run(
-    cx: &Ctx<'_>,
-    producer: &Producer,
-    drain: &Drain,
-    live: &Live,
-    out: &mut Collect<'_>,
-) -> Result<Latency> {
+pub(super) async fn run(cx: &Ctx<'_>, running: &Running, out: &mut Collect<'_>) -> Result<Latency> {
     let (plan, workload, origin) = (cx.plan, cx.workload, cx.origin);
     let redis = &cx.world.redis;
     let (s, n) = (plan.sessions, plan.messages);
-    let live_rate = live.live_rate;
+    let live_rate = running.live.live_rate;
     let live = plan.live_messages;
-    let (consumer, procs_c) = (&drain.consumer, &drain.procs_c);
+    let producer = &running.producer;
+    let (consumer, procs_c) = (&running.drain.consumer, &running.drain.procs_c);
     let all_series = &mut *out.series;
     let paced_rate = live_rate / 2.0;
     eprintln!(
@@ -111,16 +105,7 @@ pub(super) fn figures(cx: &Ctx<'_>, latency: &Latency, out: &mut Collect<'_>) {
     let plan = cx.plan;
     let figures = &mut *out.figures;
     let details = &mut *out.details;
-    let Latency {
-        paced,
-        paced_rate,
-        paced_machine,
-        paced_cpu,
-        paced_stages,
-        quarter,
-        quarter_rate,
-        quarter_machine,
-    } = latency;
+    let (paced, quarter) = (&latency.paced, &latency.quarter);
     let h = &paced.hist;
     let ms = |q: f64| ms_at(h, q);
     eprintln!("[bench]   P4 {}", latency_line(h));
@@ -128,7 +113,7 @@ pub(super) fn figures(cx: &Ctx<'_>, latency: &Latency, out: &mut Collect<'_>) {
     eprintln!(
         "[bench]   P4 at a quarter: {}, machine {:.0} % busy",
         latency_line(qh),
-        quarter_machine["busy"].as_f64().unwrap_or(0.0) * 100.0
+        latency.quarter_machine["busy"].as_f64().unwrap_or(0.0) * 100.0
     );
     figures.insert(
         "P4".to_owned(),
@@ -140,20 +125,20 @@ pub(super) fn figures(cx: &Ctx<'_>, latency: &Latency, out: &mut Collect<'_>) {
         ),
     );
     let mut quarter_details = json!({
-        "target_rate": quarter_rate, "achieved_rate": quarter.achieved_rate,
+        "target_rate": latency.quarter_rate, "achieved_rate": quarter.achieved_rate,
         "samples": qh.len(), "unresolved": quarter.unresolved,
-        "machine_cpu": quarter_machine,
+        "machine_cpu": latency.quarter_machine,
     });
     add_percentiles(&mut quarter_details, qh);
     let mut p4_details = json!({
-        "target_rate": paced_rate, "achieved_rate": paced.achieved_rate,
+        "target_rate": latency.paced_rate, "achieved_rate": paced.achieved_rate,
         "sent": paced.sent, "acked": paced.acked, "samples": h.len(),
         "unresolved": paced.unresolved, "probes": plan.latency_probes,
         "poll_interval_ms": latency::POLL_INTERVAL.as_secs_f64() * 1000.0,
         "mean_ms": h.mean() / 1000.0,
-        "consumer": plan.consumer, "consumer_stages": paced_stages,
-        "machine_cpu": paced_machine,
-        "cpu_cores_by_process": paced_cpu.iter()
+        "consumer": plan.consumer, "consumer_stages": latency.paced_stages,
+        "machine_cpu": latency.paced_machine,
+        "cpu_cores_by_process": latency.paced_cpu.iter()
             .map(|(k, v)| (k.clone(), v / plan.latency_seconds))
             .collect::<BTreeMap<_, _>>(),
         "quarter_rate": quarter_details,
