@@ -5,15 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chatlog::process::ConsumerProcess;
 use serde::Serialize;
 
 use crate::events::Events;
-use crate::stack::{self, Stack};
+use crate::stack::Stack;
 
 /// What every instance is started with.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub struct FleetStats {
 
 struct Member {
     ordinal: usize,
-    child: Option<Child>,
+    child: Option<ConsumerProcess>,
     started: Instant,
     /// Restart not before this (after an unexpected exit).
     restart_at: Option<Instant>,
@@ -120,44 +120,52 @@ impl Fleet {
         self.spec.log_dir.join(format!("consumer-{ordinal}.log"))
     }
 
-    fn spawn(&self, ordinal: usize, stats: &mut FleetStats) -> anyhow::Result<Child> {
+    fn spawn(&self, ordinal: usize, stats: &mut FleetStats) -> anyhow::Result<ConsumerProcess> {
         let spec = &self.spec;
         let log_path = self.log_path(ordinal);
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("open {}", log_path.display()))?;
-        use std::io::Write;
-        let _ = writeln!(
-            log,
-            "===== chaos: start of consumer-{ordinal} at {:.3}s =====",
-            self.events.now()
-        );
-        let child = Command::new(&spec.bin)
-            .arg("--config")
-            .arg(&spec.config_file)
-            .args(["--bootstrap-servers", &self.stack.kafka])
-            .args(["--topic", &spec.topic])
-            .args(["--dlq-topic", &spec.dlq])
-            .args(["--group-id", &spec.group])
-            .args([
-                "--transactional-id",
-                &format!("{}-{ordinal}", spec.txn_prefix),
-            ])
-            .args(["--cql-nodes", &self.stack.cql_nodes.join(",")])
-            .args(["--keyspace", &spec.keyspace])
-            .args(["--redis-url", self.stack.client_redis_url()])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(["--window-size", &spec.window_size.to_string()])
-            .env_remove("CHATLOG_CONSUMER_CONFIG")
-            .envs(chatlog::cql_login_env())
-            .env("CHATLOG_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("start {}", spec.bin.display()))?;
+        {
+            // Every incarnation of an ordinal appends to its one log, after this mark.
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("open {}", log_path.display()))?;
+            let _ = writeln!(
+                log,
+                "===== chaos: start of consumer-{ordinal} at {:.3}s =====",
+                self.events.now()
+            );
+        }
+        let config = spec.config_file.to_string_lossy();
+        let txn = format!("{}-{ordinal}", spec.txn_prefix);
+        let cql_nodes = self.stack.cql_nodes.join(",");
+        let window_size = spec.window_size.to_string();
+        let args = [
+            "--config",
+            &config,
+            "--bootstrap-servers",
+            &self.stack.kafka,
+            "--topic",
+            &spec.topic,
+            "--dlq-topic",
+            &spec.dlq,
+            "--group-id",
+            &spec.group,
+            "--transactional-id",
+            &txn,
+            "--cql-nodes",
+            &cql_nodes,
+            "--keyspace",
+            &spec.keyspace,
+            "--redis-url",
+            self.stack.client_redis_url(),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--window-size",
+            &window_size,
+        ];
+        let child = ConsumerProcess::spawn(&spec.bin, args, &[("CHATLOG_LOG", "info")], &log_path)?;
         stats.spawns += 1;
         Ok(child)
     }
@@ -169,7 +177,7 @@ impl Fleet {
         st.next_ordinal += 1;
         let child = self.spawn(ordinal, &mut st.stats)?;
         self.events
-            .log(format!("consumer-{ordinal} started (pid {})", child.id()));
+            .log(format!("consumer-{ordinal} started (pid {})", child.pid()));
         st.members.push(Member {
             ordinal,
             child: Some(child),
@@ -190,9 +198,7 @@ impl Fleet {
         }
         // Retiring members are reaped by `retire`, never restarted.
         for m in st.members.iter_mut().filter(|m| !m.retiring) {
-            if let Some(child) = m.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = m.child.as_ref().and_then(ConsumerProcess::exited) {
                 m.child = None;
                 let status = status.to_string();
                 *st.stats.unexpected_exits.entry(status.clone()).or_default() += 1;
@@ -216,7 +222,7 @@ impl Fleet {
                         self.events.log(format!(
                             "consumer-{} restarted (pid {})",
                             m.ordinal,
-                            child.id()
+                            child.pid()
                         ));
                         m.child = Some(child);
                         m.started = Instant::now();
@@ -259,7 +265,7 @@ impl Fleet {
             .members
             .iter()
             .find(|m| m.ordinal == ordinal)
-            .and_then(|m| m.child.as_ref().map(Child::id))
+            .and_then(|m| m.child.as_ref().map(ConsumerProcess::pid))
     }
 
     /// kill -9 of `ordinal`, then an immediate restart with the same ordinal (and transactional id).
@@ -271,17 +277,16 @@ impl Fleet {
             .iter_mut()
             .find(|m| m.ordinal == ordinal && m.child.is_some())
             .context("no such running consumer")?;
-        let mut child = m.child.take().context("not running")?;
-        let pid = child.id();
+        let child = m.child.take().context("not running")?;
+        let pid = child.pid();
         let uptime = m.started.elapsed();
         child.kill().context("SIGKILL")?;
-        let _ = child.wait();
         st.stats.killed += 1;
         let new = self.spawn(ordinal, &mut st.stats)?;
         let detail = format!(
             "consumer-{ordinal} (pid {pid}, up {:.1}s) killed with SIGKILL, restarted as pid {}",
             uptime.as_secs_f64(),
-            new.id()
+            new.pid()
         );
         m.child = Some(new);
         m.started = Instant::now();
@@ -292,50 +297,39 @@ impl Fleet {
     /// SIGTERM to `ordinal`, which is not restarted; waits up to `limit` for it to exit and
     /// returns its exit status (kill -9 after the limit).
     pub async fn retire(&self, ordinal: usize, limit: Duration) -> anyhow::Result<String> {
-        let pid = {
+        let process = {
             let mut st = self.lock();
             let m = st
                 .members
                 .iter_mut()
                 .find(|m| m.ordinal == ordinal && m.child.is_some())
                 .context("no such running consumer")?;
+            // Out of the member while it stops: the supervisor neither reaps nor restarts it.
             m.retiring = true;
-            let pid = m.child.as_ref().map(Child::id).context("not running")?;
+            let process = m.child.take().context("not running")?;
             st.stats.terminated += 1;
-            pid
+            process
         };
-        stack::signal(pid, "-TERM")?;
-        let deadline = Instant::now() + limit;
-        loop {
-            {
-                let mut st = self.lock();
-                let Some(m) = st.members.iter_mut().find(|m| m.ordinal == ordinal) else {
-                    anyhow::bail!("consumer-{ordinal} vanished while retiring");
-                };
-                if let Some(child) = m.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    m.child = None;
-                    let status = status.to_string();
-                    *st.stats.terminate_exits.entry(status.clone()).or_default() += 1;
-                    st.members.retain(|m| m.ordinal != ordinal);
-                    return Ok(status);
-                }
-                if Instant::now() > deadline {
-                    if let Some(mut child) = m.child.take() {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
-                    st.members.retain(|m| m.ordinal != ordinal);
-                    *st.stats
-                        .terminate_exits
-                        .entry("no exit within the limit (killed)".into())
-                        .or_default() += 1;
-                    return Ok(format!("did not exit within {limit:?}; killed"));
-                }
+        process.signal("-TERM")?;
+        let exit = tokio::task::spawn_blocking(move || {
+            let exit = process.wait_exit(limit).ok();
+            if exit.is_none() {
+                process.kill();
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            exit
+        })
+        .await?;
+        let mut st = self.lock();
+        st.members.retain(|m| m.ordinal != ordinal);
+        let (key, answer) = match exit {
+            Some(status) => (status.to_string(), status.to_string()),
+            None => (
+                "no exit within the limit (killed)".to_owned(),
+                format!("did not exit within {limit:?}; killed"),
+            ),
+        };
+        *st.stats.terminate_exits.entry(key).or_default() += 1;
+        Ok(answer)
     }
 
     /// Stops every instance gracefully (SIGTERM, kill -9 after `limit`) and the supervisor.
@@ -367,9 +361,8 @@ impl Fleet {
 
     fn kill_all(&self, st: &mut State) {
         for m in st.members.iter_mut() {
-            if let Some(mut child) = m.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(child) = m.child.take() {
+                child.kill();
             }
         }
     }
