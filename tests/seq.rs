@@ -129,6 +129,22 @@ fn assert_unique(all: &[Timed]) {
     }
 }
 
+/// The allocations of concurrent tasks (each task's in the order it made them), checked: each task
+/// saw its seqs go up, no seq was handed out twice, and real-time order holds across tasks.
+async fn join_allocating_tasks(handles: Vec<tokio::task::JoinHandle<Vec<Timed>>>) -> Vec<Timed> {
+    let mut all = Vec::new();
+    for h in handles {
+        let mine = h.await.unwrap();
+        for w in mine.windows(2) {
+            assert!(w[0].alloc.seq < w[1].alloc.seq, "a task saw seqs go down");
+        }
+        all.extend(mine);
+    }
+    assert_unique(&all);
+    assert_linearizable(&all);
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_allocations_across_two_allocators_are_unique_and_increasing() {
     // Two allocators = two Logic processes: own Redis connection, own in-process locks; they race
@@ -165,17 +181,8 @@ async fn concurrent_allocations_across_two_allocators_are_unique_and_increasing(
             mine
         }));
     }
-    let mut all = Vec::new();
-    for h in handles {
-        let mine = h.await.unwrap();
-        for w in mine.windows(2) {
-            assert!(w[0].alloc.seq < w[1].alloc.seq, "a task saw seqs go down");
-        }
-        all.extend(mine);
-    }
+    let all = join_allocating_tasks(handles).await;
     assert_eq!(all.len(), TASKS * PER_TASK);
-    assert_unique(&all);
-    assert_linearizable(&all);
     assert!(all.iter().all(|t| !t.alloc.duplicate));
     let segments = all
         .iter()
@@ -289,17 +296,8 @@ async fn redis_loss_during_concurrent_allocation_keeps_real_time_order() {
         lose_redis_keys(&mut con, &sid).await;
         losses_done.send_replace(loss);
     }
-    let mut all = Vec::new();
-    for h in handles {
-        let mine = h.await.unwrap();
-        for w in mine.windows(2) {
-            assert!(w[0].alloc.seq < w[1].alloc.seq, "a task saw seqs go down");
-        }
-        all.extend(mine);
-    }
+    let all = join_allocating_tasks(handles).await;
     assert_eq!(all.len(), total);
-    assert_unique(&all);
-    assert_linearizable(&all);
     let recovers = all
         .iter()
         .filter(|t| t.alloc.path == AllocPath::Recover)
@@ -435,7 +433,8 @@ async fn segments_grow_when_used_up_quickly() {
 #[tokio::test]
 async fn install_script_only_moves_values_up_and_never_recreates_a_lost_hash() {
     let mut con = redis_connection().await;
-    let key = keys::seq(&unique("sess"));
+    let sid = unique("sess");
+    let key = keys::seq(&sid);
     let script = redis::Script::new(INSTALL_LUA);
     let install = |cur: i64, high: i64, create: bool| {
         let mut inv = script.prepare_invoke();
@@ -460,23 +459,11 @@ async fn install_script_only_moves_values_up_and_never_recreates_a_lost_hash() {
     assert_eq!(r, 1);
     let r: i64 = install(20, 30, false).invoke_async(&mut con).await.unwrap();
     assert_eq!(r, 1);
-    let (cur, max): (i64, i64) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("cur")
-        .arg("max")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let (cur, max, _) = redis_hash(&mut con, &sid).await;
     assert_eq!((cur, max), (20, 30));
     // A stale, lower segment changes nothing.
     let _: i64 = install(10, 20, false).invoke_async(&mut con).await.unwrap();
-    let (cur, max): (i64, i64) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("cur")
-        .arg("max")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let (cur, max, _) = redis_hash(&mut con, &sid).await;
     assert_eq!((cur, max), (20, 30));
     let _: () = redis::cmd("DEL")
         .arg(&key)
@@ -499,17 +486,31 @@ async fn allocate_range(alloc: &SeqAllocator, sid: &str, from: i64, to: i64) -> 
     seqs
 }
 
-/// Restarts `redis` from what its data folder holds, which has the session at `cur = 5` (`why`).
-async fn restart_back_at_5(
-    redis: &mut TestRedis,
-    con: &mut ConnectionManager,
-    sid: &str,
-    why: &str,
-) {
-    redis.restart();
-    until_answers(con).await;
+/// Checks that the Redis behind `con` holds `sid` at `cur = 5` (`why` it went back there).
+async fn assert_back_at_5(con: &mut ConnectionManager, sid: &str, why: &str) {
     let (cur, _, _) = redis_hash(con, sid).await;
     assert_eq!(cur, 5, "{why}");
+}
+
+/// Promotes the replica behind `con` (`REPLICAOF NO ONE`), which lags: it holds `sid` at
+/// `cur = 5` (`why`).
+async fn promote_back_at_5(con: &mut ConnectionManager, sid: &str, why: &str) {
+    let _: String = admin(con, &["REPLICAOF", "NO", "ONE"]).await;
+    assert_back_at_5(con, sid, why).await;
+}
+
+/// Hands out seqs 1..5 of `sid` and waits until the replica of `primary` holds them (`why` the
+/// assertion names it).
+async fn hand_out_5_replicated(
+    alloc: &SeqAllocator,
+    sid: &str,
+    primary: &mut ConnectionManager,
+    why: &str,
+) -> Vec<i64> {
+    let seqs = allocate_range(alloc, sid, 0, 5).await;
+    let acked: i64 = admin(primary, &["WAIT", "1", "10000"]).await;
+    assert_eq!(acked, 1, "{why}");
+    seqs
 }
 
 /// After Redis went back in time, the next allocation of `sid` is above every seq handed out
@@ -535,29 +536,62 @@ async fn assert_no_seq_again(alloc: &SeqAllocator, sid: &str, handed_out: &[i64]
     assert_eq!((first.seq, first.msg_id.as_str()), (handed_out[0], "m0"));
 }
 
+/// A Redis server of its own (taken back in time by the test), an allocator on it and a new
+/// session.
+struct Rollback {
+    redis: TestRedis,
+    con: ConnectionManager,
+    alloc: SeqAllocator,
+    sid: String,
+}
+
+impl Rollback {
+    /// Starts Redis with `args` besides its port; the session's name starts with `name`.
+    async fn start(args: &[&str], name: &str) -> Rollback {
+        let port = free_port();
+        let args: Vec<String> = ["--port", &port.to_string()]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        let redis = TestRedis::start(&args, port);
+        let con = connect_to(port).await;
+        let (alloc, _, _) = allocator_on("seq_rollback", con.clone(), small(1000, 1000)).await;
+        Rollback {
+            redis,
+            con,
+            alloc,
+            sid: unique(name),
+        }
+    }
+
+    /// [`allocate_range`] of the session.
+    async fn hand_out(&self, from: i64, to: i64) -> Vec<i64> {
+        allocate_range(&self.alloc, &self.sid, from, to).await
+    }
+
+    /// Restarts Redis from what its data folder holds, which has the session at `cur = 5`
+    /// (`why`), then [`assert_no_seq_again`].
+    async fn restart_and_assert_no_seq_again(mut self, handed_out: &[i64], why: &str) {
+        self.redis.restart();
+        until_answers(&mut self.con).await;
+        assert_back_at_5(&mut self.con, &self.sid, why).await;
+        assert_no_seq_again(&self.alloc, &self.sid, handed_out).await;
+    }
+}
+
 /// Redis restarted from an RDB snapshot taken earlier: its seq hash says `cur = 5` while 6..10
 /// were handed out after the snapshot. The allocator sees the foreign epoch and recovers above
 /// the CQL ceiling instead of handing 6 out again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_to_an_rdb_snapshot_never_hands_a_seq_out_twice() {
-    let port = free_port();
-    let mut redis = TestRedis::start(&["--port".into(), port.to_string()], port);
-    let mut con = connect_to(port).await;
-    let (alloc, _, _) = allocator_on("seq_rollback", con.clone(), small(1000, 1000)).await;
-    let sid = unique("rdb");
-    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
-    let _: String = admin(&mut con, &["SAVE"]).await;
-    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+    let mut t = Rollback::start(&[], "rdb").await;
+    let mut handed_out = t.hand_out(0, 5).await;
+    let _: String = admin(&mut t.con, &["SAVE"]).await;
+    handed_out.extend(t.hand_out(5, 10).await);
     assert_eq!(handed_out, (1..=10).collect::<Vec<_>>());
-
-    restart_back_at_5(
-        &mut redis,
-        &mut con,
-        &sid,
-        "the restart took Redis back to the snapshot",
-    )
-    .await;
-    assert_no_seq_again(&alloc, &sid, &handed_out).await;
+    t.restart_and_assert_no_seq_again(&handed_out, "the restart took Redis back to the snapshot")
+        .await;
 }
 
 /// The same with an AOF that lost its last writes: the data folder is restored to a copy taken
@@ -565,44 +599,25 @@ async fn rollback_to_an_rdb_snapshot_never_hands_a_seq_out_twice() {
 /// old backup would leave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_to_an_older_aof_never_hands_a_seq_out_twice() {
-    let port = free_port();
-    let mut redis = TestRedis::start(
-        &[
-            "--port".into(),
-            port.to_string(),
-            "--appendonly".into(),
-            "yes".into(),
-            // Every write in the file before its reply, so the copy below holds exactly 1..5
-            // (`everysec` may postpone a write by up to two seconds).
-            "--appendfsync".into(),
-            "always".into(),
-        ],
-        port,
-    );
-    let mut con = connect_to(port).await;
-    let (alloc, _, _) = allocator_on("seq_rollback", con.clone(), small(1000, 1000)).await;
-    let sid = unique("aof");
-    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
+    // Every write in the file before its reply, so the copy below holds exactly 1..5
+    // (`everysec` may postpone a write by up to two seconds).
+    let args = ["--appendonly", "yes", "--appendfsync", "always"];
+    let mut t = Rollback::start(&args, "aof").await;
+    let mut handed_out = t.hand_out(0, 5).await;
     // A consistent copy: the server writes nothing while frozen, and what it wrote is in the
     // page cache whether or not it was fsynced.
     let backup = chatlog::TempDir::new("aof-backup");
-    redis.freeze();
-    chatlog::copy_dir(&redis.dir().join("appendonlydir"), &backup.0).expect("copy the AOF");
-    redis.thaw();
-    handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
+    t.redis.freeze();
+    chatlog::copy_dir(&t.redis.dir().join("appendonlydir"), &backup.0).expect("copy the AOF");
+    t.redis.thaw();
+    handed_out.extend(t.hand_out(5, 10).await);
 
-    redis.kill();
-    let aof = redis.dir().join("appendonlydir");
+    t.redis.kill();
+    let aof = t.redis.dir().join("appendonlydir");
     std::fs::remove_dir_all(&aof).expect("remove the AOF");
     chatlog::copy_dir(&backup.0, &aof).expect("restore the older AOF");
-    restart_back_at_5(
-        &mut redis,
-        &mut con,
-        &sid,
-        "the restart took Redis back to the older AOF",
-    )
-    .await;
-    assert_no_seq_again(&alloc, &sid, &handed_out).await;
+    t.restart_and_assert_no_seq_again(&handed_out, "the restart took Redis back to the older AOF")
+        .await;
 }
 
 /// Failover to a replica that missed the last writes (its link was cut, then `REPLICAOF NO
@@ -613,18 +628,20 @@ async fn failover_to_a_lagging_replica_never_hands_a_seq_out_twice() {
     let (alloc, session, keyspace) =
         allocator_on("seq_failover", primary_con.clone(), small(1000, 1000)).await;
     let sid = unique("failover");
-    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
-    let acked: i64 = admin(&mut primary_con, &["WAIT", "1", "10000"]).await;
-    assert_eq!(acked, 1, "the replica holds seqs 1..5");
+    let mut handed_out = hand_out_5_replicated(
+        &alloc,
+        &sid,
+        &mut primary_con,
+        "the replica holds seqs 1..5",
+    )
+    .await;
     // Cut the link: the primary drops the replica and refuses it from now on (the replica has no
     // password), while the connections already open on the primary stay logged in.
     cut_replica_link(&mut primary_con).await;
     handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
     // The primary dies before the replica gets 6..10; the replica is promoted.
     drop(primary);
-    let _: String = admin(&mut replica_con, &["REPLICAOF", "NO", "ONE"]).await;
-    let (cur, _, _) = redis_hash(&mut replica_con, &sid).await;
-    assert_eq!(cur, 5, "the promoted replica lags");
+    promote_back_at_5(&mut replica_con, &sid, "the promoted replica lags").await;
 
     // Logic follows the failover: its allocator now talks to the promoted replica.
     let promoted = SeqAllocator::new(session, &keyspace, replica_con, small(1000, 1000))
@@ -641,9 +658,7 @@ async fn failover_back_to_a_primary_that_resynced_from_a_lagging_replica_never_r
     let (_a, mut a_con, b, mut b_con) = primary_and_replica().await;
     let (alloc, _, _) = allocator_on("seq_failover", a_con.clone(), small(1000, 1000)).await;
     let sid = unique("trap");
-    let mut handed_out = allocate_range(&alloc, &sid, 0, 5).await;
-    let acked: i64 = admin(&mut a_con, &["WAIT", "1", "10000"]).await;
-    assert_eq!(acked, 1, "B holds seqs 1..5");
+    let mut handed_out = hand_out_5_replicated(&alloc, &sid, &mut a_con, "B holds seqs 1..5").await;
     let run_id_before = chatlog_store::epoch::current(&mut a_con).await.unwrap();
 
     // Cut B off: frozen, its link killed, and A now refuses it (B has no password), while the
@@ -652,18 +667,14 @@ async fn failover_back_to_a_primary_that_resynced_from_a_lagging_replica_never_r
     cut_replica_link(&mut a_con).await;
     handed_out.extend(allocate_range(&alloc, &sid, 5, 10).await);
     b.thaw();
-    let _: String = admin(&mut b_con, &["REPLICAOF", "NO", "ONE"]).await;
-    let (cur, _, _) = redis_hash(&mut b_con, &sid).await;
-    assert_eq!(cur, 5, "B lags");
+    promote_back_at_5(&mut b_con, &sid, "B lags").await;
 
     // A resyncs from B (its data goes back to seq 5) and is promoted again.
     let _: () = admin(&mut a_con, &["CONFIG", "SET", "requirepass", ""]).await;
     let b_port = b.port.to_string();
     let _: String = admin(&mut a_con, &["REPLICAOF", "127.0.0.1", &b_port]).await;
     until_linked(&mut a_con).await;
-    let _: String = admin(&mut a_con, &["REPLICAOF", "NO", "ONE"]).await;
-    let (cur, _, _) = redis_hash(&mut a_con, &sid).await;
-    assert_eq!(cur, 5, "A's data went back");
+    promote_back_at_5(&mut a_con, &sid, "A's data went back").await;
     let run_id_after = chatlog_store::epoch::current(&mut a_con).await.unwrap();
     assert_eq!(
         run_id_before.split(':').next(),
