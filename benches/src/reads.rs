@@ -60,82 +60,23 @@ async fn with_cpu<T>(
     Ok((out, d(c0, c1), d(r0, r1)))
 }
 
-/// `callers` concurrent loops for `seconds`, with their CPU cost: caller `c` calls
-/// `op(target, sessions[c], c, n)` in its `n`th round (`target` and the session cloned per call,
-/// each a reference count, so the future owns them).
-async fn loops<T, F, Fut>(
-    redis: Option<u32>,
-    target: &T,
-    sessions: &[String],
-    callers: usize,
-    seconds: f64,
-    op: F,
-) -> Result<Measured>
-where
-    T: Clone + Send + 'static,
-    F: Fn(T, Arc<str>, usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    if sessions.len() < callers {
-        bail!(
-            "{callers} callers need as many sessions, have {}",
-            sessions.len()
-        );
-    }
-    let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let until = started + Duration::from_secs_f64(seconds);
-    let counter = done.clone();
-    let run = async move {
-        let tasks: Vec<_> = (0..callers)
-            .map(|c| {
-                let op = op.clone();
-                let done = done.clone();
-                let target = target.clone();
-                let session: Arc<str> = sessions[c].as_str().into();
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while Instant::now() < until {
-                        op(target.clone(), session.clone(), c, n).await?;
-                        n += 1;
-                    }
-                    done.fetch_add(n, Ordering::Relaxed);
-                    Ok::<_, anyhow::Error>(())
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await??;
-        }
-        Ok(started.elapsed().as_secs_f64())
-    };
-    let (wall, client, server) = with_cpu(redis, run).await?;
-    let ops = counter.load(Ordering::Relaxed);
-    let per = |cpu: f64| cpu * 1e6 / ops.max(1) as f64;
-    Ok(Measured {
-        rate: ops as f64 / wall,
-        ops,
-        client_cpu_us: per(client),
-        redis_cpu_us: per(server),
-    })
+/// Where and how long the loop measurements run: caller `i` on `sessions[i]`, for `seconds`,
+/// with the CPU time of this process and of Redis (`redis`, its pid) counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Loops<'a> {
+    /// Redis's pid, when it runs on this machine.
+    pub redis: Option<u32>,
+    /// One session per caller (at least as many as callers).
+    pub sessions: &'a [String],
+    /// How long each measurement runs.
+    pub seconds: f64,
 }
 
-/// `latest(session, 50)` reads/s, caller `i` reading `sessions[i]`; every page must come from
-/// the window alone with 50 messages.
-pub async fn history_reads(
-    history: &History,
-    redis: Option<u32>,
-    sessions: &[String],
-    callers: usize,
-    seconds: f64,
-) -> Result<Measured> {
-    loops(
-        redis,
-        history,
-        sessions,
-        callers,
-        seconds,
-        |history, sid, _, _| async move {
+impl Loops<'_> {
+    /// `latest(session, 50)` reads/s of `callers` callers; every page must come from the window
+    /// alone with 50 messages.
+    pub async fn history_reads(&self, history: &History, callers: usize) -> Result<Measured> {
+        self.run(history, callers, |history, sid, _, _| async move {
             let page = history.latest(&sid, 50).await?;
             if page.source != Source::Window || page.messages.len() != 50 {
                 bail!(
@@ -145,32 +86,77 @@ pub async fn history_reads(
                 );
             }
             Ok(())
-        },
-    )
-    .await
-}
+        })
+        .await
+    }
 
-/// Seq allocations/s, caller `i` allocating on `sessions[i]` (segments must be large enough that
-/// the fast path answers every call).
-pub async fn seq_allocations(
-    alloc: &SeqAllocator,
-    redis: Option<u32>,
-    sessions: &[String],
-    callers: usize,
-    seconds: f64,
-) -> Result<Measured> {
-    loops(
-        redis,
-        alloc,
-        sessions,
-        callers,
-        seconds,
-        |alloc, sid, c, n| async move {
+    /// Seq allocations/s of `callers` callers (segments must be large enough that the fast path
+    /// answers every call).
+    pub async fn seq_allocations(&self, alloc: &SeqAllocator, callers: usize) -> Result<Measured> {
+        self.run(alloc, callers, |alloc, sid, c, n| async move {
             alloc.allocate(&sid, &format!("b{c}-{n}"), "m", 1).await?;
             Ok(())
-        },
-    )
-    .await
+        })
+        .await
+    }
+
+    /// `callers` concurrent loops with their CPU cost: caller `c` calls `op(target, sessions[c],
+    /// c, n)` in its `n`th round (`target` and the session cloned per call, each a reference
+    /// count, so the future owns them).
+    async fn run<T, F, Fut>(&self, target: &T, callers: usize, op: F) -> Result<Measured>
+    where
+        T: Clone + Send + 'static,
+        F: Fn(T, Arc<str>, usize, u64) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let Loops {
+            redis,
+            sessions,
+            seconds,
+        } = *self;
+        if sessions.len() < callers {
+            bail!(
+                "{callers} callers need as many sessions, have {}",
+                sessions.len()
+            );
+        }
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let until = started + Duration::from_secs_f64(seconds);
+        let counter = done.clone();
+        let run = async move {
+            let tasks: Vec<_> = (0..callers)
+                .map(|c| {
+                    let op = op.clone();
+                    let done = done.clone();
+                    let target = target.clone();
+                    let session: Arc<str> = sessions[c].as_str().into();
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while Instant::now() < until {
+                            op(target.clone(), session.clone(), c, n).await?;
+                            n += 1;
+                        }
+                        done.fetch_add(n, Ordering::Relaxed);
+                        Ok::<_, anyhow::Error>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
+            Ok(started.elapsed().as_secs_f64())
+        };
+        let (wall, client, server) = with_cpu(redis, run).await?;
+        let ops = counter.load(Ordering::Relaxed);
+        let per = |cpu: f64| cpu * 1e6 / ops.max(1) as f64;
+        Ok(Measured {
+            rate: ops as f64 / wall,
+            ops,
+            client_cpu_us: per(client),
+            redis_cpu_us: per(server),
+        })
+    }
 }
 
 /// `redis-benchmark -c clients -n requests <command…>` against the stack's Redis: requests/s and

@@ -96,8 +96,13 @@ pub(super) async fn run(
         .await;
     let window_key = chatlog_store::keys::window(&sessions[0]);
     let zrev = ["ZREVRANGE", window_key.as_str(), "0", "49"];
-    let measured = versus::measure(rpid, callers, secs, 4, &zrev, |c| {
-        reads::history_reads(&history, rpid, sessions, c, secs)
+    let loops = reads::Loops {
+        redis: rpid,
+        sessions,
+        seconds: secs,
+    };
+    let measured = versus::measure(&loops, callers, 4, &zrev, |c| {
+        loops.history_reads(&history, c)
     })
     .await?;
     // The same on one multiplexed connection: what the connection set buys.
@@ -109,8 +114,7 @@ pub(super) async fn run(
         HistoryConfig::default(),
     )
     .await?;
-    let reads_one_connection =
-        reads::history_reads(&one_connection, rpid, sessions, callers, secs).await?;
+    let reads_one_connection = loops.history_reads(&one_connection, callers).await?;
     eprintln!(
         "[bench]   history on one connection, {callers} callers: {:.0}/s",
         reads_one_connection.rate

@@ -46,8 +46,13 @@ pub(super) async fn run(
     }
     let incr_key = format!("chatlog:{{{}_incr}}:n", world.run);
     let incr = ["INCR", incr_key.as_str()];
-    let measured = versus::measure(rpid, callers, secs, 1, &incr, |c| {
-        reads::seq_allocations(&alloc, rpid, &seq_sessions, c, secs)
+    let loops = reads::Loops {
+        redis: rpid,
+        sessions: &seq_sessions,
+        seconds: secs,
+    };
+    let measured = versus::measure(&loops, callers, 1, &incr, |c| {
+        loops.seq_allocations(&alloc, c)
     })
     .await?;
     measured.record(

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::reads::{self, Measured};
+use crate::reads::{self, Loops, Measured};
 use crate::report::{Figure, Goal};
 
 use super::world::Collect;
@@ -39,13 +39,12 @@ fn n_for(m: &Measured, secs: f64) -> usize {
     (m.rate * secs).max(2000.0) as usize
 }
 
-/// Runs `ours(callers)`, then `redis-benchmark` with `command` and `callers` clients, then both
-/// with one; the reference gets `scale` requests per operation of ours (P5's ZREVRANGE 4) so it
-/// runs about as long. `rpid` is Redis's pid (its CPU time is counted).
+/// Runs `ours(callers)` (a measurement of `loops`), then `redis-benchmark` with `command` and
+/// `callers` clients, then both with one; the reference gets `scale` requests per operation of
+/// ours (P5's ZREVRANGE 4) so it runs about as long.
 pub(super) async fn measure<F, Fut>(
-    rpid: Option<u32>,
+    loops: &Loops<'_>,
     callers: usize,
-    secs: f64,
     scale: usize,
     command: &[&str],
     ours: F,
@@ -54,6 +53,7 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<Measured>>,
 {
+    let (rpid, secs) = (loops.redis, loops.seconds);
     let ours_many = ours(callers).await?;
     let reference_many =
         reads::redis_benchmark(rpid, callers, n_for(&ours_many, secs) * scale, command)?;
