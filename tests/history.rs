@@ -6,6 +6,7 @@
 //! so every call of a batch is registered before any I/O completes: no sleeps.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,15 +66,7 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
     )
     .await
     .expect("message writer");
-    let history = History::new(
-        cql.clone(),
-        &config.keyspace,
-        redis.clone(),
-        codec.clone(),
-        hc.clone(),
-    )
-    .await
-    .expect("history");
+    let history = history_reader(&cql, &config.keyspace, &redis, &codec, hc.clone()).await;
     Fixture {
         cql,
         config,
@@ -87,6 +80,29 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
     }
 }
 
+/// A history reader of these stores with `config`: the fixture's, and through
+/// [`Fixture::reader`] those a test adds with other settings.
+async fn history_reader(
+    cql: &Arc<Session>,
+    keyspace: &str,
+    redis: &ConnectionManager,
+    codec: &Codec,
+    config: HistoryConfig,
+) -> History {
+    History::new(cql.clone(), keyspace, redis.clone(), codec.clone(), config)
+        .await
+        .expect("history")
+}
+
+/// Asserts the range of seqs the page accounts for and its cursor.
+fn assert_covered(page: &Page, covered: RangeInclusive<i64>, next: Option<i64>) {
+    assert_eq!(
+        (page.covered.clone(), page.next),
+        (Some(covered), next),
+        "{page:?}"
+    );
+}
+
 /// A message with an extension, so every read also proves the extensions come back.
 fn message(sid: &str, seq: i64) -> ChatMessage {
     ChatMessage {
@@ -96,6 +112,18 @@ fn message(sid: &str, seq: i64) -> ChatMessage {
 }
 
 impl Fixture {
+    /// Another history reader of the fixture's keyspace and Redis, with `config`.
+    async fn reader(&self, config: HistoryConfig) -> History {
+        history_reader(
+            &self.cql,
+            &self.config.keyspace,
+            &self.redis,
+            &self.codec,
+            config,
+        )
+        .await
+    }
+
     fn member(&self, m: &ChatMessage) -> Vec<u8> {
         window::member(m.server_time_us, &self.codec.encode(m).expect("encode"))
     }
@@ -180,6 +208,18 @@ impl Fixture {
             .expect("insert ceiling");
     }
 
+    /// [`Fixture::assert_messages`], and the page was read from `source`.
+    fn assert_read(&self, page: &Page, source: Source, seqs: impl IntoIterator<Item = i64>) {
+        self.assert_messages(page, seqs);
+        assert_eq!(page.source, source, "{page:?}");
+    }
+
+    /// [`Fixture::assert_messages`], and the page reports no gap.
+    fn assert_messages_no_gap(&self, page: &Page, seqs: impl IntoIterator<Item = i64>) {
+        self.assert_messages(page, seqs);
+        assert!(page.missing.is_empty(), "{page:?}");
+    }
+
     /// Asserts the page's messages are exactly the written ones with these seqs.
     fn assert_messages(&self, page: &Page, seqs: impl IntoIterator<Item = i64>) {
         let want: Vec<&ChatMessage> = seqs.into_iter().map(|s| &self.written[&s]).collect();
@@ -202,8 +242,7 @@ async fn window_hit_reads_no_database() {
     fx.write(1..=30).await;
 
     let page = fx.history.latest(&fx.sid, 10).await.unwrap();
-    fx.assert_messages(&page, 21..=30);
-    assert_eq!(page.source, Source::Window);
+    fx.assert_read(&page, Source::Window, 21..=30);
     assert_eq!(page.covered, Some(21..=30));
     assert!(page.missing.is_empty());
     assert_eq!(page.next, Some(21));
@@ -224,8 +263,7 @@ async fn window_hit_reads_no_database() {
     assert_eq!(page.next, Some(15));
 
     let page = fx.history.get(&fx.sid, &[5, 3, 5]).await.unwrap();
-    fx.assert_messages(&page, [3, 5]);
-    assert_eq!(page.source, Source::Window);
+    fx.assert_read(&page, Source::Window, [3, 5]);
 
     // More distinct seqs than a page holds: refused, not answered in part.
     let too_many: Vec<i64> = (1..=fx.history.config().max_limit as i64 + 1).collect();
@@ -238,7 +276,7 @@ async fn window_hit_reads_no_database() {
     // The whole history fits the window: latest(n > len) is still a window hit.
     let page = fx.history.latest(&fx.sid, 100).await.unwrap();
     fx.assert_messages(&page, 1..=30);
-    assert_eq!((page.covered.clone(), page.next), (Some(1..=30), None));
+    assert_covered(&page, 1..=30, None);
 
     assert_eq!(fx.history.db_reads(), 0);
     assert_eq!(fx.history.db_queries(), 0);
@@ -251,15 +289,13 @@ async fn partial_cover_merges_window_and_database() {
     assert_eq!(fx.window_seqs().await, (16..=20).collect::<Vec<_>>());
 
     let page = fx.history.before(&fx.sid, 18, 10).await.unwrap();
-    fx.assert_messages(&page, 8..=17);
-    assert_eq!(page.source, Source::Both);
+    fx.assert_read(&page, Source::Both, 8..=17);
     assert_eq!(page.covered, Some(8..=17));
     assert_eq!(page.next, Some(8));
     assert_eq!(fx.history.db_reads(), 1);
 
     let page = fx.history.latest(&fx.sid, 8).await.unwrap();
-    fx.assert_messages(&page, 13..=20);
-    assert_eq!(page.source, Source::Both);
+    fx.assert_read(&page, Source::Both, 13..=20);
 
     let page = fx.history.after(&fx.sid, 10, 8).await.unwrap();
     fx.assert_messages(&page, 11..=18);
@@ -267,13 +303,11 @@ async fn partial_cover_merges_window_and_database() {
 
     // Entirely below the window: the window only proves that 9 is below the head.
     let page = fx.history.before(&fx.sid, 10, 100).await.unwrap();
-    fx.assert_messages(&page, 1..=9);
-    assert_eq!(page.source, Source::Database);
-    assert_eq!((page.covered.clone(), page.next), (Some(1..=9), None));
+    fx.assert_read(&page, Source::Database, 1..=9);
+    assert_covered(&page, 1..=9, None);
 
     let page = fx.history.get(&fx.sid, &[2, 19]).await.unwrap();
-    fx.assert_messages(&page, [2, 19]);
-    assert_eq!(page.source, Source::Both);
+    fx.assert_read(&page, Source::Both, [2, 19]);
     assert_eq!(fx.history.db_reads(), 5);
 }
 
@@ -284,9 +318,8 @@ async fn window_gone_serves_from_database() {
     fx.drop_window().await;
 
     let page = fx.history.latest(&fx.sid, 10).await.unwrap();
-    fx.assert_messages(&page, 21..=30);
-    assert_eq!(page.source, Source::Database);
-    assert_eq!((page.covered.clone(), page.next), (Some(21..=30), Some(21)));
+    fx.assert_read(&page, Source::Database, 21..=30);
+    assert_covered(&page, 21..=30, Some(21));
 
     let page = fx.history.before(&fx.sid, 21, 10).await.unwrap();
     fx.assert_messages(&page, 11..=20);
@@ -298,8 +331,7 @@ async fn window_gone_serves_from_database() {
 
     // 31 is above the newest message: neither returned nor missing.
     let page = fx.history.get(&fx.sid, &[1, 30, 31]).await.unwrap();
-    fx.assert_messages(&page, [1, 30]);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, [1, 30]);
     assert_eq!(page.covered, Some(1..=30));
 
     assert_eq!(fx.history.db_reads(), 4);
@@ -309,8 +341,7 @@ async fn window_gone_serves_from_database() {
     // New messages restart the window; history uses it for what it holds and the table for the rest.
     fx.write(31..=32).await;
     let page = fx.history.latest(&fx.sid, 5).await.unwrap();
-    fx.assert_messages(&page, 28..=32);
-    assert_eq!(page.source, Source::Both);
+    fx.assert_read(&page, Source::Both, 28..=32);
 }
 
 #[tokio::test]
@@ -339,7 +370,7 @@ async fn gaps_are_reported_missing() {
             // Both holes lie in one bucket: one `seq IN` query.
             assert_eq!(fx.history.db_queries() - queries, 1);
         }
-        assert_eq!((page.covered.clone(), page.next), (Some(1..=10), None));
+        assert_covered(&page, 1..=10, None);
         assert_eq!(page.source, source);
 
         let page = fx.history.after(&fx.sid, 0, 100).await.unwrap();
@@ -415,18 +446,12 @@ async fn session_spanning_buckets() {
     assert_eq!((page.seqs(), page.next), (present.clone(), None));
 
     // With K = 2 the walk from the ceiling stops before the head: no claim, a cursor below it.
-    let short = History::new(
-        fx.cql.clone(),
-        &fx.config.keyspace,
-        fx.redis.clone(),
-        fx.codec.clone(),
-        HistoryConfig {
+    let short = fx
+        .reader(HistoryConfig {
             max_empty_buckets: 2,
             ..history_config(20, 10)
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
     let mut page = short.latest(&fx.sid, 5).await.unwrap();
     assert!(page.messages.is_empty() && page.covered.is_none());
     assert_eq!(page.next, Some(110));
@@ -530,8 +555,7 @@ async fn verify_window_finds_planted_differences() {
 
     // An undecodable member makes history distrust the window and read the table.
     let page = fx.history.latest(&fx.sid, 5).await.unwrap();
-    fx.assert_messages(&page, 26..=30);
-    assert_eq!(page.source, Source::Database);
+    fx.assert_read(&page, Source::Database, 26..=30);
 }
 
 /// The state a Redis rollback leaves (a restart from an old snapshot, a failover to a lagging
@@ -551,53 +575,37 @@ async fn rollback_hole_in_window_is_read_from_the_table() {
     let page = fx.history.latest(&fx.sid, 100).await.unwrap();
     fx.assert_messages(&page, 61..=160);
     assert_eq!(page.missing, vec![], "{:?}", page.covered);
-    assert_eq!(
-        (page.covered.clone(), page.next),
-        (Some(61..=160), Some(61))
-    );
+    assert_covered(&page, 61..=160, Some(61));
     assert_eq!(page.source, Source::Both);
 
     let page = fx.history.latest(&fx.sid, 200).await.unwrap();
-    fx.assert_messages(&page, 1..=160);
-    assert!(page.missing.is_empty());
-    assert_eq!((page.covered.clone(), page.next), (Some(1..=160), None));
+    fx.assert_messages_no_gap(&page, 1..=160);
+    assert_covered(&page, 1..=160, None);
 
     let page = fx.history.before(&fx.sid, 161, 60).await.unwrap();
-    fx.assert_messages(&page, 101..=160);
-    assert!(page.missing.is_empty());
-    assert_eq!(
-        (page.covered.clone(), page.next),
-        (Some(101..=160), Some(101))
-    );
+    fx.assert_messages_no_gap(&page, 101..=160);
+    assert_covered(&page, 101..=160, Some(101));
 
     let page = fx.history.before(&fx.sid, 140, 30).await.unwrap();
-    fx.assert_messages(&page, 110..=139);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, 110..=139);
     assert_eq!(page.covered, Some(110..=139));
 
     // Sync from 90: the oldest 30 after it, through the hole, then on to the head.
     let page = fx.history.after(&fx.sid, 90, 30).await.unwrap();
-    fx.assert_messages(&page, 91..=120);
-    assert!(page.missing.is_empty());
-    assert_eq!(
-        (page.covered.clone(), page.next),
-        (Some(91..=120), Some(120))
-    );
+    fx.assert_messages_no_gap(&page, 91..=120);
+    assert_covered(&page, 91..=120, Some(120));
     let page = fx.history.after(&fx.sid, 120, 100).await.unwrap();
-    fx.assert_messages(&page, 121..=160);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, 121..=160);
     assert_eq!(page.next, None);
     let page = fx.history.after(&fx.sid, 0, 1000).await.unwrap();
-    fx.assert_messages(&page, 1..=160);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, 1..=160);
 
     let page = fx
         .history
         .get(&fx.sid, &[50, 101, 125, 150, 155])
         .await
         .unwrap();
-    fx.assert_messages(&page, [50, 101, 125, 150, 155]);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, [50, 101, 125, 150, 155]);
     assert_eq!(page.covered, Some(50..=155));
 }
 
@@ -614,33 +622,25 @@ async fn late_old_seq_below_the_window_is_no_gap() {
     assert_eq!(fx.window_seqs().await, vec![120, 150]);
 
     let page = fx.history.latest(&fx.sid, 31).await.unwrap();
-    fx.assert_messages(&page, 120..=150);
-    assert!(page.missing.is_empty(), "{page:?}");
-    assert_eq!(
-        (page.covered.clone(), page.next),
-        (Some(120..=150), Some(120))
-    );
+    fx.assert_messages_no_gap(&page, 120..=150);
+    assert_covered(&page, 120..=150, Some(120));
 
     let page = fx.history.before(&fx.sid, 151, 31).await.unwrap();
-    fx.assert_messages(&page, 120..=150);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, 120..=150);
 
     let page = fx.history.after(&fx.sid, 119, 100).await.unwrap();
-    fx.assert_messages(&page, 120..=150);
-    assert!(page.missing.is_empty());
-    assert_eq!((page.covered.clone(), page.next), (Some(120..=150), None));
+    fx.assert_messages_no_gap(&page, 120..=150);
+    assert_covered(&page, 120..=150, None);
 
     let page = fx.history.after(&fx.sid, 125, 10).await.unwrap();
-    fx.assert_messages(&page, 126..=135);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, 126..=135);
 
     let page = fx
         .history
         .get(&fx.sid, &[121, 135, 149, 150])
         .await
         .unwrap();
-    fx.assert_messages(&page, [121, 135, 149, 150]);
-    assert!(page.missing.is_empty());
+    fx.assert_messages_no_gap(&page, [121, 135, 149, 150]);
 }
 
 /// Now, in microseconds since the Unix epoch (the unit of `server_time_us`).
@@ -668,20 +668,14 @@ async fn pending_gaps_younger_than_the_settle_horizon() {
         .collect();
     fx.write_messages(msgs).await;
     let present = vec![1, 2, 4, 5, 6, 7, 9, 10];
-    let reader = |horizon: Duration| {
-        History::new(
-            fx.cql.clone(),
-            &fx.config.keyspace,
-            fx.redis.clone(),
-            fx.codec.clone(),
-            HistoryConfig {
-                settle_horizon: horizon,
-                ..history_config(200, 1000)
-            },
-        )
+    let reader = |settle_horizon: Duration| {
+        fx.reader(HistoryConfig {
+            settle_horizon,
+            ..history_config(200, 1000)
+        })
     };
-    let hour = reader(Duration::from_secs(3600)).await.unwrap();
-    let second = reader(Duration::from_secs(1)).await.unwrap();
+    let hour = reader(Duration::from_secs(3600)).await;
+    let second = reader(Duration::from_secs(1)).await;
     assert_eq!(
         HistoryConfig::default().settle_horizon,
         Duration::from_secs(60)
@@ -771,10 +765,7 @@ async fn rollback_confirmation_of_a_long_gap_is_bounded_by_the_request() {
     // Bucket 102 holds seq 1020 (one IN query), then K empty buckets 101..=86.
     assert_eq!(fx.history.db_queries() - queries, k + 1);
     fx.assert_messages(&page, 1021..=1030);
-    assert_eq!(
-        (page.covered.clone(), page.next),
-        (Some(860..=1030), Some(860))
-    );
+    assert_covered(&page, 860..=1030, Some(860));
     assert_eq!(page.missing, vec![860..=1020]);
     assert!(page.pending.is_empty());
 
