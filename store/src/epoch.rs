@@ -193,10 +193,7 @@ pub async fn current<C: redis::aio::ConnectionLike + Send>(con: &mut C) -> crate
         .prepare_invoke()
         .invoke_async(con)
         .await
-        .map_err(|e| crate::Error::Redis {
-            what: "read the redis epoch",
-            source: e,
-        })
+        .map_err(crate::Error::redis("read the redis epoch"))
 }
 
 #[cfg(test)]

@@ -140,6 +140,11 @@ impl Error {
         }
     }
 
+    /// A `map_err` for a failed Redis command: [`Error::Redis`] saying `what` was being done.
+    pub(crate) fn redis(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+        move |source| Error::Redis { what, source }
+    }
+
     pub(crate) fn cql(
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,

@@ -148,18 +148,12 @@ impl WindowWriter {
                     .prepare_invoke()
                     .load_async(con)
                     .await
-                    .map_err(|e| Error::Redis {
-                        what: "load window script",
-                        source: e,
-                    })?;
+                    .map_err(Error::redis("load window script"))?;
                 self.append_once(con, sessions).await
             }
             other => other,
         }
-        .map_err(|e| Error::Redis {
-            what: "append to windows",
-            source: e,
-        })
+        .map_err(Error::redis("append to windows"))
     }
 
     /// Removes exact `members` from a session's window. For messages whose rows can never be
@@ -180,10 +174,7 @@ impl WindowWriter {
             .arg(members)
             .query_async::<()>(con)
             .await
-            .map_err(|e| Error::Redis {
-                what: "remove from a window",
-                source: e,
-            })
+            .map_err(Error::redis("remove from a window"))
     }
 
     async fn append_once<C: ConnectionLike + Send>(

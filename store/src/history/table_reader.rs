@@ -180,17 +180,7 @@ impl TableReader {
     /// `session_seq.max_seq` of the session, if it has a row.
     pub(super) async fn ceiling(&self, sid: &str) -> Result<Option<i64>> {
         self.count_query();
-        let rows = self
-            .session
-            .execute_unpaged(&self.statements.session_max, (sid,))
-            .await
-            .map_err(|e| Error::cql("read session_seq ceiling", e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql("read session_seq ceiling", e))?;
-        let row = rows
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| Error::cql("read session_seq ceiling", e))?;
-        Ok(row.and_then(|(max,)| max))
+        crate::seq::read_ceiling(&self.session, &self.statements.session_max, sid).await
     }
 
     /// The highest seq of the highest non-empty bucket, probing `K` buckets at a time from bucket 0

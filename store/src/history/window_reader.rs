@@ -69,10 +69,7 @@ impl WindowReader {
             .arg("WITHSCORES")
             .query_async(&mut con)
             .await
-            .map_err(|e| Error::Redis {
-                what: "read window",
-                source: e,
-            })?;
+            .map_err(Error::redis("read window"))?;
         Ok(raw
             .iter()
             .map(|(member, score)| self.decode_member(member, *score))

@@ -94,14 +94,11 @@ impl SeqAllocator {
         // The lane stays busy until `NextCall` drops.
         let Some(request) = self.inner.queues.queue_or_lead(lane, request) else {
             return answer.await.unwrap_or_else(|_| {
-                Err(Error::Redis {
-                    what: "seq fast path",
-                    source: redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "the call serving this request ended without an answer",
-                        "its task panicked or the runtime shut down".to_owned(),
-                    )),
-                })
+                Err(fast_path_error(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the call serving this request ended without an answer",
+                    "its task panicked or the runtime shut down".to_owned(),
+                ))))
             });
         };
         let _next = NextCall {
@@ -112,13 +109,10 @@ impl SeqAllocator {
             .call_fast(&[(session_id, std::slice::from_ref(&request.args))])
             .await;
         results.pop().unwrap_or_else(|| {
-            Err(Error::Redis {
-                what: "seq fast path",
-                source: redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "the fast-path call returned no result for its request",
-                )),
-            })
+            Err(fast_path_error(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the fast-path call returned no result for its request",
+            ))))
         })
     }
 
@@ -345,12 +339,9 @@ fn lane_of(session_id: &str) -> &'static str {
 }
 
 fn bad_reply(what: &'static str, got: &[u8]) -> Error {
-    Error::Redis {
-        what: "seq fast path",
-        source: redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            what,
-            String::from_utf8_lossy(got).into_owned(),
-        )),
-    }
+    fast_path_error(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        what,
+        String::from_utf8_lossy(got).into_owned(),
+    )))
 }

@@ -105,6 +105,7 @@ mod tests;
 
 pub use config::{SeqConfig, SerialMode};
 pub use fast::{FAST_BATCH, FAST_BODY, FAST_LANES};
+pub(crate) use segment::read_ceiling;
 pub use segment::{INSTALL_LUA, insert_ceiling_cql, select_ceiling_cql, update_ceiling_cql};
 
 use config::now_ms;
@@ -453,18 +454,7 @@ impl SeqAllocator {
 
     /// The session's CQL ceiling, read at SERIAL consistency (`None` for a session never seen).
     pub async fn ceiling(&self, session_id: &str) -> Result<Option<i64>> {
-        let rows = self
-            .inner
-            .session
-            .execute_unpaged(&self.inner.select, (session_id,))
-            .await
-            .map_err(|e| Error::cql("read session_seq", e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql("read session_seq", e))?;
-        let row = rows
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| Error::cql("read session_seq", e))?;
-        Ok(row.and_then(|(v,)| v))
+        segment::read_ceiling(&self.inner.session, &self.inner.select, session_id).await
     }
 }
 

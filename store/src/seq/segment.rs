@@ -6,6 +6,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use chatlog_schemas::MAX_SEQ;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use super::SeqAllocator;
@@ -36,6 +38,25 @@ pub fn update_ceiling_cql(keyspace: &str) -> String {
 /// `SELECT` of a session's ceiling (run at SERIAL consistency: sees every committed LWT).
 pub fn select_ceiling_cql(keyspace: &str) -> String {
     format!("SELECT max_seq FROM {keyspace}.session_seq WHERE session_id = ?")
+}
+
+/// Reads a session's ceiling with `select` (prepared from [`select_ceiling_cql`]); `None` for a
+/// session never seen. The allocator reads it at SERIAL consistency, history at the session's.
+pub(crate) async fn read_ceiling(
+    session: &Session,
+    select: &PreparedStatement,
+    session_id: &str,
+) -> Result<Option<i64>> {
+    let what = "read session_seq ceiling";
+    let row = session
+        .execute_unpaged(select, (session_id,))
+        .await
+        .map_err(|e| Error::cql(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::cql(what, e))?
+        .maybe_first_row::<(Option<i64>,)>()
+        .map_err(|e| Error::cql(what, e))?;
+    Ok(row.and_then(|(max,)| max))
 }
 
 /// What is known about the CQL row after an LWT.
@@ -149,10 +170,7 @@ impl SeqAllocator {
             .arg(if create { "1" } else { "0" })
             .invoke_async(&mut con)
             .await
-            .map_err(|e| Error::Redis {
-                what: "install seq segment",
-                source: e,
-            })?;
+            .map_err(Error::redis("install seq segment"))?;
         Ok(installed == 1)
     }
 }
