@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chatlog::{
@@ -32,6 +32,16 @@ struct Record {
     payload: Vec<u8>,
     timestamp: Option<i64>,
     schema_header: Option<Vec<u8>>,
+}
+
+/// The codec of every record read back.
+static CODEC: LazyLock<Codec> = LazyLock::new(Codec::default);
+
+impl Record {
+    /// The record's message, decoded.
+    fn decoded(&self) -> ChatMessage {
+        CODEC.decode(&self.payload).expect("decode")
+    }
 }
 
 fn config(topic: &str) -> ProducerConfig {
@@ -161,15 +171,14 @@ async fn each_session_lands_on_one_partition_in_send_order() {
     producer.flush(TIMEOUT).await.expect("flush");
 
     let records = read_back(&topic, 6, sessions.len() * PER_SESSION).await;
-    let codec = Codec::default();
     let mut by_session: HashMap<String, Vec<(Record, ChatMessage)>> = HashMap::new();
     for r in records {
-        let m = codec.decode(&r.payload).expect("decode");
+        let m = r.decoded();
         assert_eq!(r.key, m.session_id.as_bytes(), "key = session id");
         assert_eq!(r.timestamp, Some(m.server_time_us / 1000));
         assert_eq!(
             r.schema_header.as_deref(),
-            Some(format!("{:016x}", codec.current_fingerprint()).as_bytes())
+            Some(format!("{:016x}", CODEC.current_fingerprint()).as_bytes())
         );
         by_session
             .entry(m.session_id.clone())
@@ -231,11 +240,10 @@ async fn concurrent_sends_of_one_session_share_seq_calls_and_keep_kafka_in_seq_o
     );
 
     let records = read_back(&topic, 3, acked).await;
-    let codec = Codec::default();
     let mut got: Vec<(Record, ChatMessage)> = records
         .into_iter()
         .map(|r| {
-            let m = codec.decode(&r.payload).expect("decode");
+            let m = r.decoded();
             (r, m)
         })
         .filter(|(_, m)| m.session_id == session)
@@ -318,11 +326,7 @@ async fn invalid_input_is_rejected_before_any_seq_is_allocated() {
     assert_eq!(producer.allocator().ceiling(&s).await.unwrap(), Some(10));
 
     let records = read_back(&topic, 2, 4).await;
-    let codec = Codec::default();
-    let mut seqs: Vec<i64> = records
-        .iter()
-        .map(|r| codec.decode(&r.payload).unwrap().seq)
-        .collect();
+    let mut seqs: Vec<i64> = records.iter().map(|r| r.decoded().seq).collect();
     seqs.sort();
     assert_eq!(seqs, [1, 2, 3, 4], "invalid messages were never produced");
 }
@@ -584,8 +588,9 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
     .await;
     let session = unique("late");
     let now_us = chatlog::now_ms() * 1000;
-    // The first sends' allocations, made directly under the producer's key (session, sender, id).
-    let first_try = async |client_msg_id: &str, msg_id: &str, age_us: i64| {
+    // A send retried `age_us` after its first try: the first try's allocation, made directly under
+    // the producer's key (session, sender, id), and what the retry gets.
+    let retry = async |client_msg_id: &str, msg_id: &str, age_us: i64| {
         let request = AllocRequest {
             client_msg_id: client_msg_id.to_owned(),
             sender_id: "u-1".to_owned(),
@@ -593,18 +598,18 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
             candidate_msg_id: msg_id.to_owned(),
             server_time_us: now_us - age_us,
         };
-        producer
+        let first = producer
             .allocator()
             .allocate_request(&session, &request)
             .await
+            .unwrap_or_else(|e| panic!("a first allocation {age_us} µs ago: {e}"));
+        let retried = producer
+            .send(message(&session, client_msg_id, "retried"))
+            .await;
+        (first, retried)
     };
-    let old = first_try("late", "m-first-try", 45_000_000)
-        .await
-        .expect("a first allocation 45 s ago");
-    let err = producer
-        .send(message(&session, "late", "retried"))
-        .await
-        .expect_err("too late to produce seq again");
+    let (old, retried) = retry("late", "m-first-try", 45_000_000).await;
+    let err = retried.expect_err("too late to produce seq again");
     match &err {
         Error::Settled { seq, msg_id, age } => {
             assert_eq!((*seq, msg_id.as_str()), (old.seq, "m-first-try"));
@@ -615,22 +620,13 @@ async fn a_late_retry_past_the_pending_horizon_is_refused_instead_of_reproduced(
     assert!(!err.is_retriable());
     assert_eq!(err.reason(), "settled");
 
-    let recent = first_try("recent", "m-recent", 5_000_000)
-        .await
-        .expect("a first allocation 5 s ago");
-    let sent = producer
-        .send(message(&session, "recent", "retried"))
-        .await
-        .expect("re-produced");
+    let (recent, retried) = retry("recent", "m-recent", 5_000_000).await;
+    let sent = retried.expect("re-produced");
     assert!(sent.duplicate);
     assert_eq!((sent.seq, sent.msg_id.as_str()), (recent.seq, "m-recent"));
     producer.flush(TIMEOUT).await.expect("flush");
     let records = read_back(&topic, 1, 1).await;
-    let codec = Codec::default();
-    let seqs: Vec<i64> = records
-        .iter()
-        .map(|r| codec.decode(&r.payload).expect("decode").seq)
-        .collect();
+    let seqs: Vec<i64> = records.iter().map(|r| r.decoded().seq).collect();
     assert_eq!(
         seqs,
         vec![recent.seq],
@@ -679,13 +675,10 @@ async fn a_conflicting_retry_is_refused_and_never_acknowledged() {
 
     producer.flush(TIMEOUT).await.expect("flush");
     let records = read_back(&topic, 1, 3).await;
-    let codec = Codec::default();
     let contents: Vec<(i64, Vec<u8>)> = records
         .iter()
-        .map(|r| {
-            let m = codec.decode(&r.payload).expect("decode");
-            (m.seq, m.content)
-        })
+        .map(Record::decoded)
+        .map(|m| (m.seq, m.content))
         .collect();
     assert_eq!(
         contents,
