@@ -246,8 +246,11 @@ async fn main() -> ExitCode {
     if report.ok {
         ExitCode::SUCCESS
     } else {
-        if report.unacked > 0 {
-            println!("chaos: {} messages were never acknowledged", report.unacked);
+        if report.counts.unacked > 0 {
+            println!(
+                "chaos: {} messages were never acknowledged",
+                report.counts.unacked
+            );
         }
         if report.faults_injected != report.faults_planned {
             println!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::check::Findings;
+use crate::check::{Counts, Findings};
 use crate::options::Options;
 use crate::{events, fleet};
 
@@ -17,28 +17,15 @@ pub struct Report {
     /// True when lost, duplicated, reordered, window mismatches, overwritten and false missing are
     /// 0, every message was acknowledged and every planned fault of every kind was injected.
     pub ok: bool,
-    /// Acknowledged messages (distinct).
-    pub acked: usize,
-    /// See [`crate::check`].
-    pub lost: usize,
-    /// See [`crate::check`].
-    pub duplicated: usize,
-    /// See [`crate::check`].
-    pub reordered: usize,
-    /// See [`crate::check`].
-    pub window_mismatches: usize,
-    /// See [`crate::check`] and [`oracle`].
-    pub overwritten: usize,
-    /// See [`oracle`].
-    pub false_missing: usize,
+    /// The summary counts (the checker's).
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Faults injected.
     pub faults_injected: usize,
     /// Faults injected per kind ([`faults::Kind::name`]).
     pub faults_by_kind: std::collections::BTreeMap<String, usize>,
     /// Faults planned.
     pub faults_planned: usize,
-    /// Messages never acknowledged.
-    pub unacked: usize,
     /// Wall time of the whole run.
     pub duration_secs: f64,
     /// Wall time per phase.

@@ -514,13 +514,13 @@ fn report(
     let summary = format!(
         "chaos: {} acked, {} lost, {} duplicated, {} reordered, {} window mismatches, {} \
          overwritten, {} false missing, {} faults injected {}",
-        findings.acked,
-        findings.lost,
-        findings.duplicated,
-        findings.reordered,
-        findings.window_mismatches,
-        findings.overwritten,
-        findings.false_missing,
+        findings.counts.acked,
+        findings.counts.lost,
+        findings.counts.duplicated,
+        findings.counts.reordered,
+        findings.counts.window_mismatches,
+        findings.counts.overwritten,
+        findings.counts.false_missing,
         injected,
         faults::per_kind(&opts, &by_kind)
     );
@@ -528,30 +528,23 @@ fn report(
     let every_kind = faults::Kind::ALL
         .iter()
         .all(|k| by_kind.get(k.name()).copied().unwrap_or(0) == k.planned(&opts));
-    let ok = findings.lost == 0
-        && findings.duplicated == 0
-        && findings.reordered == 0
-        && findings.window_mismatches == 0
-        && findings.overwritten == 0
-        && findings.false_missing == 0
+    let ok = findings.counts.lost == 0
+        && findings.counts.duplicated == 0
+        && findings.counts.reordered == 0
+        && findings.counts.window_mismatches == 0
+        && findings.counts.overwritten == 0
+        && findings.counts.false_missing == 0
         && findings.not_returned == 0
-        && findings.unacked == 0
+        && findings.counts.unacked == 0
         && injected == planned
         && every_kind;
     let report = Report {
         summary,
         ok,
-        acked: findings.acked,
-        lost: findings.lost,
-        duplicated: findings.duplicated,
-        reordered: findings.reordered,
-        window_mismatches: findings.window_mismatches,
-        overwritten: findings.overwritten,
-        false_missing: findings.false_missing,
+        counts: findings.counts.clone(),
         faults_injected: injected,
         faults_by_kind: by_kind,
         faults_planned: planned,
-        unacked: findings.unacked,
         duration_secs: started.elapsed().as_secs_f64(),
         phases,
         run: run_info,

@@ -12,6 +12,7 @@
 //! | the recorded offset of poison record 0 moved | 1 lost (poison missing from the DLQ) |
 //! | the recorded msg_id of session 4's 4th ack replaced (its row now holds another message than the one acknowledged there) | 1 overwritten |
 //! | a read that reported session 5's 3rd ack's seq missing 1 s after its ack, added to the oracle's observations | 1 false missing |
+//! | one more message of session 6 in the history, given up on (never acknowledged) | 1 unacked |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +32,9 @@ use crate::oracle::{Observations, Seen};
 use crate::report::RunInfo;
 use crate::stack::Stack;
 
-/// (lost, duplicated, reordered, window mismatches, overwritten, false missing) a sabotaged run
-/// reports.
-pub const EXPECTED: (usize, usize, usize, usize, usize, usize) = (2, 2, 1, 1, 1, 1);
+/// (lost, duplicated, reordered, window mismatches, overwritten, false missing, unacked) a
+/// sabotaged run reports.
+pub const EXPECTED: (usize, usize, usize, usize, usize, usize, usize) = (2, 2, 1, 1, 1, 1, 1);
 
 /// Applies the damage of the module docs.
 pub async fn corrupt(
@@ -46,8 +47,8 @@ pub async fn corrupt(
     events: &Events,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        plan.sessions >= 6 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
-        "--sabotage needs at least 6 sessions of 50 messages and 2 poison records"
+        plan.sessions >= 7 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
+        "--sabotage needs at least 7 sessions of 50 messages and 2 poison records"
     );
     let ack = |s: usize, j: usize| {
         load.acks[s][j]
@@ -123,6 +124,9 @@ pub async fn corrupt(
         },
     );
 
+    // Session 6: one more message, which the harness gave up on.
+    load.acks[6].push(None);
+
     // Poison record 0 "was written elsewhere".
     load.poison[0].offset += 1_000_000;
 
@@ -165,8 +169,8 @@ pub async fn corrupt(
     events.log(format!(
         "SABOTAGE: deleted 1 row, wrote 1 copy, removed 1 window member, swapped 2 offsets, moved 1 \
          poison offset, duplicated 1 DLQ record, replaced 1 acknowledged msg_id, added 1 missing \
-         report; expected (lost, duplicated, reordered, window, overwritten, false missing) = \
-         {EXPECTED:?}"
+         report, added 1 unacknowledged message; expected (lost, duplicated, reordered, window, \
+         overwritten, false missing, unacked) = {EXPECTED:?}"
     ));
     Ok(())
 }

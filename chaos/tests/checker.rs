@@ -34,18 +34,19 @@ async fn sabotaged_stores_are_reported_exactly() {
     let examples = serde_json::to_string_pretty(&report.findings.examples).unwrap_or_default();
     assert_eq!(
         (
-            report.lost,
-            report.duplicated,
-            report.reordered,
-            report.window_mismatches,
-            report.overwritten,
-            report.false_missing
+            report.counts.lost,
+            report.counts.duplicated,
+            report.counts.reordered,
+            report.counts.window_mismatches,
+            report.counts.overwritten,
+            report.counts.false_missing,
+            report.counts.unacked
         ),
         chatlog_chaos::sabotage::EXPECTED,
         "{}\n{examples}",
         report.summary
     );
-    assert_eq!(report.acked, 2000);
+    assert_eq!(report.counts.acked, 2000);
     assert!(!report.ok, "a damaged store must fail the run");
 }
 
@@ -148,80 +149,34 @@ mod hand_made {
         let a = ack(1, 0, 5, 1.0, 2.0);
         let b = ack(1, 1, 5, 3.0, 4.0); // the same seq handed out again
         let live_a = live(std::slice::from_ref(&a));
+        // A read of session 1 by `op` at `at` that returned `message`, as the oracle sees it.
+        let read = |obs: &mut Observations, op: &'static str, at: f64, message: ChatMessage| {
+            observe(obs, &plan, &live_a, 1, op, at, &[message], &[], &[]);
+        };
         // Before a's ack, b at seq 5 is no overwrite (nothing acknowledged there yet).
         let mut obs = Observations::default();
-        observe(
-            &mut obs,
-            &plan,
-            &live_a,
-            1,
-            "latest",
-            1.5,
-            &[stored(&plan, &b)],
-            &[],
-            &[],
-        );
+        read(&mut obs, "latest", 1.5, stored(&plan, &b));
         assert!(obs.overwritten.is_empty());
         // After it, it is.
-        observe(
-            &mut obs,
-            &plan,
-            &live_a,
-            1,
-            "latest",
-            4.5,
-            &[stored(&plan, &b)],
-            &[],
-            &[],
-        );
+        read(&mut obs, "latest", 4.5, stored(&plan, &b));
         assert_eq!(
             obs.overwritten.keys().copied().collect::<Vec<_>>(),
             vec![(1, 0)]
         );
         // a itself is fine.
         let mut clean = Observations::default();
-        observe(
-            &mut clean,
-            &plan,
-            &live_a,
-            1,
-            "get",
-            9.0,
-            &[stored(&plan, &a)],
-            &[],
-            &[],
-        );
+        read(&mut clean, "get", 9.0, stored(&plan, &a));
         assert!(clean.overwritten.is_empty() && clean.content_mismatches.is_empty());
         // a's msg_id with b's content: a mismatch.
         let mut forged = stored(&plan, &b);
         forged.msg_id = a.msg_id.clone();
-        observe(
-            &mut clean,
-            &plan,
-            &live_a,
-            1,
-            "get",
-            9.0,
-            &[forged],
-            &[],
-            &[],
-        );
+        read(&mut clean, "get", 9.0, forged);
         assert_eq!(clean.content_mismatches.len(), 1, "{clean:#?}");
         // Changed content under the right client_msg_id: a mismatch too.
         let mut changed = stored(&plan, &a);
         changed.content = b"something else".to_vec();
         let mut third = Observations::default();
-        observe(
-            &mut third,
-            &plan,
-            &live_a,
-            1,
-            "get",
-            9.0,
-            &[changed],
-            &[],
-            &[],
-        );
+        read(&mut third, "get", 9.0, changed);
         assert_eq!(third.content_mismatches.len(), 1);
     }
 

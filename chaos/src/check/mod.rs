@@ -46,7 +46,7 @@ pub use cql::{Cql, wait_stable};
 pub use inputs::{Inputs, history_config};
 pub use order::order_violations;
 use state::Check;
-pub use state::{Details, Findings};
+pub use state::{Counts, Details, Findings};
 
 /// Runs every check.
 pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {

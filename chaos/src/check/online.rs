@@ -44,6 +44,6 @@ pub(super) fn online(c: &mut Check, inp: &Inputs<'_>) {
             c.example("false_missing_within_horizon", text.clone());
         }
     }
-    c.f.false_missing = false_missing.len();
+    c.f.counts.false_missing = false_missing.len();
     c.f.details.oracle = o.clone();
 }

@@ -56,6 +56,13 @@ pub(super) async fn fetch(
     .await
 }
 
+/// One session as its properties see it: what was read, its id and its acks.
+struct Session<'a> {
+    state: SessionState,
+    id: String,
+    acks: &'a [Option<Ack>],
+}
+
 /// Every property of one session.
 pub(super) fn check_session(
     c: &mut Check,
@@ -63,35 +70,26 @@ pub(super) fn check_session(
     codec: &Codec,
     state: SessionState,
 ) -> anyhow::Result<()> {
-    let SessionState {
-        s,
-        rows,
-        members,
-        report,
-    } = state;
-    let session_id = inp.plan.session_id(s);
-    let acks = &inp.load.acks[s];
-    c.f.details.cql_rows += rows.len();
-    acks_at_their_seqs(c, inp, s, &session_id, acks, &rows);
-    real_time_order(c, &session_id, acks);
-    c.f.unacked += acks.iter().filter(|a| a.is_none()).count();
-    rows_explained(c, inp, s, &session_id, acks, &rows);
-    window_is_newest_rows(c, inp, codec, &session_id, &rows, &members, &report)
+    let one = Session {
+        id: inp.plan.session_id(state.s),
+        acks: &inp.load.acks[state.s],
+        state,
+    };
+    c.f.details.cql_rows += one.state.rows.len();
+    c.f.counts.unacked += one.acks.iter().filter(|a| a.is_none()).count();
+    acks_at_their_seqs(c, inp, &one);
+    real_time_order(c, &one);
+    rows_explained(c, inp, &one);
+    window_is_newest_rows(c, inp, codec, &one)
 }
 
 /// (a) each acknowledged message is at its seq, exactly as acknowledged, and not replaced by
 /// another message. (b) no seq acknowledged twice.
-fn acks_at_their_seqs(
-    c: &mut Check,
-    inp: &Inputs<'_>,
-    s: usize,
-    session_id: &str,
-    acks: &[Option<Ack>],
-    rows: &Rows,
-) {
+fn acks_at_their_seqs(c: &mut Check, inp: &Inputs<'_>, one: &Session<'_>) {
+    let (s, session_id, acks, rows) = (one.state.s, &one.id, one.acks, &one.state.rows);
     let mut seq_owner: BTreeMap<i64, usize> = BTreeMap::new();
     for ack in acks.iter().flatten() {
-        c.f.acked += 1;
+        c.f.counts.acked += 1;
         if ack.attempts > 1 {
             c.f.details.retried_acks += 1;
         }
@@ -163,9 +161,10 @@ fn acks_at_their_seqs(
 }
 
 /// (e) real-time order.
-fn real_time_order(c: &mut Check, session_id: &str, acks: &[Option<Ack>]) {
-    for (b, why, a) in order_violations(acks) {
-        c.f.reordered += 1;
+fn real_time_order(c: &mut Check, one: &Session<'_>) {
+    let session_id = &one.id;
+    for (b, why, a) in order_violations(one.acks) {
+        c.f.counts.reordered += 1;
         c.example(
             "reordered",
             format!(
@@ -184,18 +183,11 @@ fn real_time_order(c: &mut Check, session_id: &str, acks: &[Option<Ack>]) {
             ),
         );
     }
-    c.f.unacked += acks.iter().filter(|a| a.is_none()).count();
 }
 
 /// Every row is explained by a send; an acknowledged message has one row only.
-fn rows_explained(
-    c: &mut Check,
-    inp: &Inputs<'_>,
-    s: usize,
-    session_id: &str,
-    acks: &[Option<Ack>],
-    rows: &Rows,
-) {
+fn rows_explained(c: &mut Check, inp: &Inputs<'_>, one: &Session<'_>) {
+    let (s, session_id, acks, rows) = (one.state.s, &one.id, one.acks, &one.state.rows);
     for (seq, (row, _)) in rows {
         let index = Plan::index_of(&row.client_msg_id).filter(|&j| j < acks.len());
         match index {
@@ -239,11 +231,15 @@ fn window_is_newest_rows(
     c: &mut Check,
     inp: &Inputs<'_>,
     codec: &Codec,
-    session_id: &str,
-    rows: &Rows,
-    members: &[(Vec<u8>, f64)],
-    report: &verify::Report,
+    one: &Session<'_>,
 ) -> anyhow::Result<()> {
+    let SessionState {
+        rows,
+        members,
+        report,
+        ..
+    } = &one.state;
+    let session_id = &one.id;
     c.f.details.windows_checked += 1;
     let mut problem: Option<String> = None;
     if members.len() > inp.window_size {
@@ -283,7 +279,7 @@ fn window_is_newest_rows(
         problem = Some(format!("verify_window: {report}"));
     }
     if let Some(p) = problem {
-        c.f.window_mismatches += 1;
+        c.f.counts.window_mismatches += 1;
         c.example("window_mismatch", format!("{session_id}: {p}"));
     } else if members.is_empty() {
         c.f.details.windows_empty += 1;

@@ -8,25 +8,33 @@ use serde::Serialize;
 /// Examples kept per category.
 const EXAMPLES: usize = 10;
 
-/// Everything the checker counted.
+/// The summary counts of a run (the checker's findings and the run's report carry them).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Findings {
+pub struct Counts {
     /// Acknowledged messages (distinct).
     pub acked: usize,
     /// Messages never acknowledged (gave up).
     pub unacked: usize,
-    /// See the module docs.
+    /// See [`crate::check`].
     pub lost: usize,
-    /// See the module docs.
+    /// See [`crate::check`].
     pub duplicated: usize,
-    /// See the module docs.
+    /// See [`crate::check`].
     pub reordered: usize,
-    /// See the module docs.
+    /// See [`crate::check`].
     pub window_mismatches: usize,
-    /// See the module docs.
+    /// See [`crate::check`] and [`crate::oracle`].
     pub overwritten: usize,
-    /// See the module docs.
+    /// See [`crate::oracle`].
     pub false_missing: usize,
+}
+
+/// Everything the checker counted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Findings {
+    /// The summary counts.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Acknowledged seqs that the final sweep (every session read with `after` from 0 to its end)
     /// neither returned nor reported: history's view ends below them. Fails the run; printed on a
     /// line of its own.
@@ -148,14 +156,14 @@ impl Check {
 
     /// The summary counts from their parts.
     pub(super) fn finish(mut self) -> Findings {
-        self.f.overwritten = self.overwritten.len() + self.f.details.content_mismatches;
+        self.f.counts.overwritten = self.overwritten.len() + self.f.details.content_mismatches;
         let d = &self.f.details;
-        self.f.lost = d.missing_rows
+        self.f.counts.lost = d.missing_rows
             + d.wrong_rows
             + d.writetime_mismatches
             + d.dlq_missing
             + d.dlq_wrong_reason;
-        self.f.duplicated = d.duplicated_messages
+        self.f.counts.duplicated = d.duplicated_messages
             + d.seqs_used_twice
             + d.unexplained_rows
             + d.dlq_duplicates
