@@ -28,19 +28,23 @@ pub(super) type Rows = BTreeMap<i64, (ChatMessage, i64)>;
 impl Cql {
     /// Prepares the statements of `keyspace`.
     pub async fn new(session: Arc<Session>, keyspace: &str) -> anyhow::Result<Cql> {
+        let statements = [
+            messages::select_session_max_seq_cql(keyspace),
+            messages::select_range_desc_cql(keyspace),
+            messages::select_writetimes_cql(keyspace),
+            messages::select_partition_count_cql(keyspace),
+        ];
+        let prepared =
+            futures::future::try_join_all(statements.map(|cql| session.prepare(cql))).await?;
+        let Ok([ceiling, range, writetimes, count]) = <[PreparedStatement; 4]>::try_from(prepared)
+        else {
+            anyhow::bail!("four statements prepared, four expected");
+        };
         Ok(Cql {
-            ceiling: session
-                .prepare(messages::select_session_max_seq_cql(keyspace))
-                .await?,
-            range: session
-                .prepare(messages::select_range_desc_cql(keyspace))
-                .await?,
-            writetimes: session
-                .prepare(messages::select_writetimes_cql(keyspace))
-                .await?,
-            count: session
-                .prepare(messages::select_partition_count_cql(keyspace))
-                .await?,
+            ceiling,
+            range,
+            writetimes,
+            count,
             keyspace: keyspace.to_owned(),
             session,
         })
