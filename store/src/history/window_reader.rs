@@ -33,6 +33,20 @@ pub(super) struct WindowView {
     pub(super) members: Vec<ChatMessage>,
 }
 
+impl WindowView {
+    /// A view of `members` in a window whose lowest and highest members are `lowest` and
+    /// `highest`, each as (seq, `server_time_us`).
+    fn new(lowest: (i64, i64), highest: (i64, i64), members: Vec<ChatMessage>) -> WindowView {
+        WindowView {
+            min: lowest.0,
+            max: highest.0,
+            min_time: lowest.1,
+            max_time: highest.1,
+            members,
+        }
+    }
+}
+
 /// What a window read asks for, besides the window's bounds.
 pub(super) enum WindowQuery<'a> {
     Latest(usize),
@@ -126,16 +140,10 @@ impl WindowReader {
                 (*score as i64, time)
             })
         };
-        let (min, min_time) = bound(replies.next())?;
-        let (max, max_time) = bound(replies.next())?;
+        let lowest = bound(replies.next())?;
+        let highest = bound(replies.next())?;
         let members = self.decode_members(sid, replies.flatten())?;
-        Some(WindowView {
-            min,
-            max,
-            min_time,
-            max_time,
-            members,
-        })
+        Some(WindowView::new(lowest, highest, members))
     }
 
     /// The window's lowest member at or above `seq` as (seq, version = `server_time_us`); `None`
@@ -271,15 +279,9 @@ impl WindowReader {
             }
         }
         members.reverse();
-        let (min, min_time) = members.first().map(|m| (m.seq, m.server_time_us))?;
-        let (max, max_time) = members.last().map(|m| (m.seq, m.server_time_us))?;
-        Some(WindowView {
-            min,
-            max,
-            min_time,
-            max_time,
-            members,
-        })
+        let lowest = members.first().map(|m| (m.seq, m.server_time_us))?;
+        let highest = members.last().map(|m| (m.seq, m.server_time_us))?;
+        Some(WindowView::new(lowest, highest, members))
     }
 
     /// Decodes window members (member, score) into messages of `sid`, ascending seq; `None` if any
