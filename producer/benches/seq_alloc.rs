@@ -7,23 +7,19 @@
 //! - `redis/incr_baseline`: a bare `INCR` over the same connection, the floor for one round trip.
 //!
 //! Segments are made so large that no iteration takes the CQL path; keys expire within a minute.
-//! `CHATLOG_REDIS_URL` and `CHATLOG_CQL_NODES` locate the stack (defaults as in `dev/stack.sh`).
+//! The `CHATLOG_*` variables of `dev/stack.sh env` locate the stack (its defaults otherwise).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chatlog_store::seq::{SeqAllocator, SeqConfig};
-use chatlog_store::{CqlConfig, RedisConfig};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_main};
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
+// The store benches' stack helpers (this crate's benches cannot depend on the root test kit,
+// which depends on this crate).
+#[path = "../../store/benches/common/mod.rs"]
+mod common;
 
 /// A benchmark group with the short measurement both groups share (a round trip is fast and
 /// steady: 20 samples over 3 s are enough).
@@ -38,33 +34,10 @@ fn short_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallT
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cql = CqlConfig {
-        nodes: env_or("CHATLOG_CQL_NODES", "127.0.0.1:9042")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        keyspace: "chatlog_bench".to_owned(),
-        // The local stack's login (dev/stack.sh env).
-        username: env_or("CHATLOG_CQL_USERNAME", "cassandra"),
-        password: chatlog_store::Secret::new(env_or("CHATLOG_CQL_PASSWORD", "cassandra")),
-        ..CqlConfig::default()
-    };
-    let redis_cfg = RedisConfig {
-        url: env_or("CHATLOG_REDIS_URL", "redis://127.0.0.1:6390/"),
-        ..RedisConfig::default()
-    };
     let (alloc, redis) = rt.block_on(async {
-        let session = cql
-            .connect()
+        let stack = common::connect("chatlog_bench")
             .await
-            .expect("CQL of the local stack (dev/stack.sh up)");
-        chatlog_store::migrate::apply(&session, &cql)
-            .await
-            .expect("migrations");
-        let redis = redis_cfg
-            .connect()
-            .await
-            .expect("Redis of the local stack (dev/stack.sh up)");
+            .expect(common::NO_STACK);
         let config = SeqConfig {
             min_segment: 10_000_000,
             max_segment: 10_000_000,
@@ -72,19 +45,12 @@ fn bench(c: &mut Criterion) {
             idle_ttl: Duration::from_secs(60),
             ..SeqConfig::default()
         };
-        let alloc = SeqAllocator::new(Arc::new(session), &cql.keyspace, redis.clone(), config)
+        let alloc = SeqAllocator::new(stack.cql, &stack.keyspace, stack.redis.clone(), config)
             .await
             .expect("allocator");
-        (alloc, redis)
+        (alloc, stack.redis)
     });
-    let run = format!(
-        "bench_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = common::unique("bench");
     let sessions: Vec<String> = (0..64).map(|i| format!("{run}_{i}")).collect();
     // First allocation of each session reserves its (huge) segment: outside the measurement.
     rt.block_on(async {

@@ -11,38 +11,24 @@
 //! Takes ~30 s. Creates a keyspace `bench_history_…` and drops it at the end.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatlog_schemas::testing;
 use chatlog_schemas::{ChatMessage, Codec};
 use chatlog_store::history::{History, HistoryConfig, Source};
+use chatlog_store::keys;
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
-use chatlog_store::{CqlConfig, RedisConfig, keys};
 use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
-use scylla::client::session::Session;
+
+mod common;
+use common::Stack;
 
 const MESSAGES: i64 = 1000;
 const FALLBACK_CALLS: usize = 500;
 const LOOP_TIME: Duration = Duration::from_secs(3);
 const CONCURRENCY: usize = 50;
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}_{nanos}", std::process::id())
-}
 
 /// A message with a 120-byte payload, the size the benchmark's numbers are for.
 fn message(sid: &str, seq: i64) -> ChatMessage {
@@ -53,9 +39,8 @@ fn message(sid: &str, seq: i64) -> ChatMessage {
 }
 
 struct Fixture {
-    cql: Arc<Session>,
-    keyspace: String,
-    redis: redis::aio::ConnectionManager,
+    /// The stack, on a keyspace of this run.
+    stack: Stack,
     history: History,
     /// A session with 1000 rows and a 200-member window.
     warm: String,
@@ -68,45 +53,22 @@ struct Fixture {
 }
 
 async fn setup() -> Fixture {
-    let t = tag();
-    let mut cql_config = CqlConfig {
-        keyspace: format!("bench_history_{t}"),
-        // The local stack's login (dev/stack.sh env).
-        username: env("CHATLOG_CQL_USERNAME", "cassandra"),
-        password: chatlog_store::Secret::new(env("CHATLOG_CQL_PASSWORD", "cassandra")),
-        ..CqlConfig::default()
-    };
-    cql_config.nodes = env("CHATLOG_CQL_NODES", "127.0.0.1:9042")
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    let redis_config = RedisConfig {
-        url: env("CHATLOG_REDIS_URL", "redis://127.0.0.1:6390/"),
-        ..RedisConfig::default()
-    };
-    let cql = Arc::new(
-        cql_config
-            .connect()
-            .await
-            .expect("CQL not reachable: start the local stack with dev/stack.sh up"),
-    );
-    chatlog_store::migrate::apply(&cql, &cql_config)
+    let stack = common::connect(&common::unique("bench_history"))
         .await
-        .expect("migrations");
-    let redis = redis_config
-        .connect()
-        .await
-        .expect("Redis not reachable: start the local stack with dev/stack.sh up");
+        .expect(common::NO_STACK);
+    let (cql, redis) = (&stack.cql, &stack.redis);
     let codec = Codec::default();
     let config = HistoryConfig::default();
-    let writer = MessageWriter::new(cql.clone(), &cql_config.keyspace, BatchLimits::default())
+    let writer = MessageWriter::new(cql.clone(), &stack.keyspace, BatchLimits::default())
         .await
         .expect("writer");
     let windows = WindowWriter::new(WindowConfig::default());
 
-    let warm = format!("warm_{t}");
-    let cold = format!("cold_{t}");
-    let many: Vec<String> = (0..CONCURRENCY).map(|i| format!("many{i}_{t}")).collect();
+    let warm = common::unique("warm");
+    let cold = common::unique("cold");
+    let many: Vec<String> = (0..CONCURRENCY)
+        .map(|i| common::unique(&format!("many{i}")))
+        .collect();
     let mut members = Vec::new();
     let mut sessions: BTreeMap<String, Vec<WindowEntry>> = BTreeMap::new();
     for sid in [&warm, &cold] {
@@ -147,26 +109,18 @@ async fn setup() -> Fixture {
     cql.query_unpaged(
         format!(
             "INSERT INTO {}.session_seq (session_id, max_seq) VALUES (?, ?)",
-            cql_config.keyspace
+            stack.keyspace
         ),
         (&cold, MESSAGES + 100),
     )
     .await
     .expect("ceiling");
 
-    let history = History::new(
-        cql.clone(),
-        &cql_config.keyspace,
-        redis.clone(),
-        codec,
-        config,
-    )
-    .await
-    .expect("history");
+    let history = History::new(cql.clone(), &stack.keyspace, redis.clone(), codec, config)
+        .await
+        .expect("history");
     Fixture {
-        cql,
-        keyspace: cql_config.keyspace,
-        redis,
+        stack,
         history,
         warm,
         cold,
@@ -199,6 +153,16 @@ async fn window_reads_per_second(history: &History, sessions: &[String]) -> f64 
         total += t.await.unwrap();
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The port of the stack's Redis as the Redis client reads its URL (redis-benchmark gets only
+/// the port, never a password from the URL).
+fn redis_port() -> String {
+    let client = common::redis_config().client().expect("CHATLOG_REDIS_URL");
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(_, port) => port.to_string(),
+        other => panic!("redis-benchmark needs a plain TCP address; the stack's Redis is {other}"),
+    }
 }
 
 /// Runs redis-benchmark with `args` and returns its requests/s.
@@ -268,17 +232,10 @@ fn main() {
         std::slice::from_ref(&fx.warm),
     ));
     let concurrent = rt.block_on(window_reads_per_second(&fx.history, &fx.many));
-    let url = env("CHATLOG_REDIS_URL", "redis://127.0.0.1:6390/");
-    let port = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .unwrap_or("6390")
-        .to_owned();
-    let plain = format!("chatlog_bench_zset_{}", tag());
+    let port = redis_port();
+    let plain = common::unique("chatlog_bench_zset");
     rt.block_on(async {
-        let mut con = fx.redis.clone();
+        let mut con = fx.stack.redis.clone();
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(&plain);
         for (seq, member) in &fx.members {
@@ -307,7 +264,7 @@ fn main() {
 
     // Clean up.
     rt.block_on(async {
-        let mut con = fx.redis.clone();
+        let mut con = fx.stack.redis.clone();
         let mut del = redis::cmd("DEL");
         del.arg(&plain).arg(keys::window(&fx.warm));
         for sid in &fx.many {
@@ -315,8 +272,9 @@ fn main() {
         }
         let _ = del.query_async::<()>(&mut con).await;
         let _ = fx
+            .stack
             .cql
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", fx.keyspace), ())
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", fx.stack.keyspace), ())
             .await;
     });
     c.final_summary();
