@@ -67,25 +67,12 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     // Its partition moves on once its session times out: the new owner writes seqs 1..5, then
     // 6..10.
     let owner = env.spawn_consumer(&chatlog::unique("zombie_new"), &["--config", &config]);
-    let sessions = std::slice::from_ref(&s);
-    env.wait_for_rows(
-        sessions,
-        20,
-        5,
-        Duration::from_secs(120),
-        &[&owner, &zombie],
-    )
-    .await;
+    env.wait_session(&s, 5, Duration::from_secs(120), &[&owner, &zombie])
+        .await;
     let more: Vec<_> = (6..=10).map(|seq| message(&s, seq, base, 0)).collect();
     env.produce(&more).await;
-    env.wait_for_rows(
-        sessions,
-        20,
-        10,
-        Duration::from_secs(60),
-        &[&owner, &zombie],
-    )
-    .await;
+    env.wait_session(&s, 10, Duration::from_secs(60), &[&owner, &zombie])
+        .await;
 
     // The window loses its data (a Redis restart, FLUSHALL or failover, seen as an empty window).
     let mut con = chatlog::redis_connection().await;
@@ -107,14 +94,8 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
     // The next message: a window refilled by the zombie would now read {1..5, 11}, and history,
     // trusting it between its lowest and highest member, would report 6..10 as missing.
     env.produce(&[message(&s, 11, base, 0)]).await;
-    env.wait_for_rows(
-        sessions,
-        20,
-        11,
-        Duration::from_secs(60),
-        &[&owner, &zombie],
-    )
-    .await;
+    env.wait_session(&s, 11, Duration::from_secs(60), &[&owner, &zombie])
+        .await;
     assert!(
         after_zombie.is_empty(),
         "a zombie wrote seqs it polled before its eviction into the window ({after_zombie:?}); \
@@ -135,7 +116,6 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
         "fencing_config",
         &format!("[kafka]\ngroup_instance_id = \"{instance}\"\n"),
     );
-    let sessions = std::slice::from_ref(&s);
 
     let old = env.spawn_consumer(&chatlog::unique("static_old"), &["--config", &config]);
     old.wait_log(
@@ -145,7 +125,7 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
     .unwrap();
     let first: Vec<_> = (1..=5).map(|seq| message(&s, seq, base, 0)).collect();
     env.produce(&first).await;
-    env.wait_for_rows(sessions, 20, 5, Duration::from_secs(60), &[&old])
+    env.wait_session(&s, 5, Duration::from_secs(60), &[&old])
         .await;
 
     // A replacement starts under the same static member id (a rescheduled pod while the old
@@ -162,7 +142,7 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
 
     let more: Vec<_> = (6..=10).map(|seq| message(&s, seq, base, 0)).collect();
     env.produce(&more).await;
-    env.wait_for_rows(sessions, 20, 10, Duration::from_secs(90), &[&new, &old])
+    env.wait_session(&s, 10, Duration::from_secs(90), &[&new, &old])
         .await;
     assert_eq!(row_seqs(&env, &s, 20).await, (1..=10).collect::<Vec<_>>());
     assert_eq!(
@@ -206,14 +186,8 @@ async fn a_failed_seek_after_a_failed_batch_exits_and_the_next_instance_redoes_t
             .collect::<Vec<_>>()
     };
     env.produce(&batch(1..=10)).await;
-    env.wait_for_rows(
-        std::slice::from_ref(&s),
-        30,
-        10,
-        Duration::from_secs(60),
-        &[&consumer],
-    )
-    .await;
+    env.wait_session(&s, 10, Duration::from_secs(60), &[&consumer])
+        .await;
 
     // Seqs 11..20: the window write fails for the whole stage budget, so the batch does not
     // commit and the consumer rewinds to seq 11 — and that seek fails.
@@ -243,14 +217,8 @@ async fn a_failed_seek_after_a_failed_batch_exits_and_the_next_instance_redoes_t
 
     // The next instance resumes from the committed offsets: the batch is redone, nothing lost.
     let next = env.spawn_consumer(&txn, &args);
-    env.wait_for_rows(
-        std::slice::from_ref(&s),
-        30,
-        30,
-        Duration::from_secs(90),
-        &[&next],
-    )
-    .await;
+    env.wait_session(&s, 30, Duration::from_secs(90), &[&next])
+        .await;
     assert_eq!(row_seqs(&env, &s, 30).await, (1..=30).collect::<Vec<_>>());
     assert_eq!(
         window_seqs(&url, &s, &env).await,

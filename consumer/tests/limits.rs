@@ -42,14 +42,8 @@ async fn future_server_time_goes_to_the_dlq_as_skew_and_seq_above_2_pow_53_as_in
     env.produce(&[message(&s, 4, base, 0)]).await;
 
     let consumer = env.spawn_consumer(&chatlog::unique("skew_txn"), &[]);
-    env.wait_for_rows(
-        std::slice::from_ref(&s),
-        4,
-        3,
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_session(&s, 3, Duration::from_secs(120), &[&consumer])
+        .await;
     let seqs: Vec<i64> = env.rows(&s, 4).await.iter().map(|r| r.0).collect();
     assert_eq!(
         seqs,
@@ -117,14 +111,8 @@ async fn a_running_consumer_publishes_and_enforces_its_limits() {
     let mut big = message(&s, 1, base, 0);
     big.content = vec![b'x'; 101];
     env.produce(&[big, message(&s, 2, base, 0)]).await;
-    env.wait_for_rows(
-        std::slice::from_ref(&s),
-        2,
-        1,
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_session(&s, 1, Duration::from_secs(120), &[&consumer])
+        .await;
     let dlq = env.read_dlq_records(1);
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].header("chatlog-dlq-reason"), "invalid");

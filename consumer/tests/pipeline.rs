@@ -41,11 +41,7 @@ async fn out_of_order_seqs_and_old_versions_never_replace_the_newest() {
         .collect();
     let (evens, odds): (Vec<_>, Vec<_>) = msgs.drain(..).partition(|m| m.seq % 2 == 0);
     let other = Env::new("order2", 1, 10).await; // a second, independent producer client
-    let other_codec = other.codec.clone();
-    let odd_records: Vec<_> = odds
-        .iter()
-        .map(|m| (Some(s.clone()), Some(other_codec.encode(m).unwrap())))
-        .collect();
+    let odd_records: Vec<_> = odds.iter().map(|m| other.record(m)).collect();
     tokio::join!(env.produce(&evens), env.produce_raw(&odd_records));
 
     // An edit of seq 50 (newer server time), then a stale replay of the original (older).
@@ -54,14 +50,8 @@ async fn out_of_order_seqs_and_old_versions_never_replace_the_newest() {
     env.produce(&[message(&s, 50, base, 0)]).await;
 
     let consumer = env.spawn_consumer(&chatlog::unique("order_txn"), &["--max-records", "7"]);
-    env.wait_for_rows(
-        std::slice::from_ref(&s),
-        50,
-        50,
-        Duration::from_secs(120),
-        &[&consumer],
-    )
-    .await;
+    env.wait_session(&s, 50, Duration::from_secs(120), &[&consumer])
+        .await;
     // Wait until the last record (the stale replay) is committed: the group's offset reaches the end.
     wait_committed(&env, 52).await;
 
@@ -153,15 +143,7 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_good_ones_persist() 
 
     // Interleave poison between good records.
     let mut records = Vec::new();
-    let encoded: Vec<_> = good
-        .iter()
-        .map(|m| {
-            (
-                Some(m.session_id.clone()),
-                Some(env.codec.encode(m).unwrap()),
-            )
-        })
-        .collect();
+    let encoded: Vec<_> = good.iter().map(|m| env.record(m)).collect();
     for (i, chunk) in encoded.chunks(encoded.len() / bad.len()).enumerate() {
         records.extend_from_slice(chunk);
         if let Some((key, value, _)) = bad.get(i) {
@@ -216,8 +198,8 @@ async fn a_record_without_a_key_goes_to_the_dlq_as_no_key_and_its_partition_move
     let (sessions, base, good) = workload("nk", 2, per_session);
     // A valid message without a Kafka key: its partition was not chosen by its session, so the
     // per-session order it was produced in means nothing; it must not be persisted.
-    let keyless = env.codec.encode(&good[0]).unwrap();
-    env.produce_raw(&[(None, Some(keyless.clone()))]).await;
+    let (_, keyless) = env.record(&good[0]);
+    env.produce_raw(&[(None, keyless.clone())]).await;
     env.produce(&good).await;
     let consumer = env.spawn_consumer(&chatlog::unique("nokey_txn"), &[]);
     env.wait_all(&sessions, per_session, &[&consumer]).await;
@@ -226,6 +208,6 @@ async fn a_record_without_a_key_goes_to_the_dlq_as_no_key_and_its_partition_move
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert_eq!(dlq[0].header("chatlog-dlq-reason"), "no_key");
     assert_eq!(dlq[0].key, None);
-    assert_eq!(dlq[0].payload.as_deref(), Some(keyless.as_slice()));
+    assert_eq!(dlq[0].payload, keyless);
     drop(consumer);
 }

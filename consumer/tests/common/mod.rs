@@ -97,17 +97,17 @@ impl Env {
         }
     }
 
+    /// The record of `m` as Logic produces it: keyed by its session, encoded.
+    pub fn record(&self, m: &ChatMessage) -> (Option<String>, Option<Vec<u8>>) {
+        (
+            Some(m.session_id.clone()),
+            Some(self.codec.encode(m).expect("encode")),
+        )
+    }
+
     /// Produces messages keyed by their session.
     pub async fn produce(&self, messages: &[ChatMessage]) {
-        let records: Vec<_> = messages
-            .iter()
-            .map(|m| {
-                (
-                    Some(m.session_id.clone()),
-                    Some(self.codec.encode(m).expect("encode")),
-                )
-            })
-            .collect();
+        let records: Vec<_> = messages.iter().map(|m| self.record(m)).collect();
         for chunk in records.chunks(1000) {
             self.produce_raw(chunk).await;
         }
@@ -219,6 +219,20 @@ impl Env {
             procs,
         )
         .await;
+    }
+
+    /// [`wait_for_rows`](Self::wait_for_rows) for one session of fewer than 1000 seqs (its first
+    /// bucket): until it holds `expected` rows.
+    pub async fn wait_session(
+        &self,
+        session: &str,
+        expected: usize,
+        limit: Duration,
+        procs: &[&ConsumerProcess],
+    ) {
+        let sessions = [session.to_owned()];
+        self.wait_for_rows(&sessions, DEFAULT_BUCKET_SIZE - 1, expected, limit, procs)
+            .await;
     }
 
     /// Polls the database until `sessions` hold `expected` rows in all, or panics after `limit`
