@@ -18,6 +18,8 @@
 //! - [`history`] (a folder): the history reader — window first, CQL for the rest, coalesced
 //!   fallbacks; its window and table readers are also [`verify`]'s.
 //! - [`verify`]: compares a session's window with the newest rows of CQL (operators' check).
+//! - `flight`: single-flight — identical concurrent requests of a process run once (history's
+//!   page reads, the cache's loads).
 //! - [`queues`]: per-session queues for group commit (seq allocation, the producer's turns).
 //! - [`seq`] (a folder): per-session seq allocation — Redis fast path, CQL LWT segments, recovery
 //!   after Redis loss.
@@ -30,6 +32,7 @@
 
 pub mod config;
 pub mod epoch;
+mod flight;
 pub mod history;
 pub mod keys;
 pub mod limits;

@@ -251,7 +251,7 @@ impl History {
                 window: WindowReader::new(redis.into(), codec),
                 table,
                 config,
-                flights: Flights::default(),
+                flights: Flights::new("chatlog_history_coalesced_total"),
                 db_reads: AtomicU64::new(0),
             }),
         })
@@ -327,9 +327,13 @@ impl History {
     /// Runs `request`, or joins an identical one in flight.
     async fn run(&self, session_id: &str, request: Request) -> Result<Page> {
         let this = self.clone();
-        let start =
-            move |sid: String, req: Request| async move { this.execute(&sid, &req).await }.boxed();
-        self.inner.flights.run(session_id, request, start).await
+        let start = move |(sid, req): (String, Request)| {
+            async move { this.execute(&sid, &req).await }.boxed()
+        };
+        self.inner
+            .flights
+            .run((session_id.to_owned(), request), start)
+            .await
     }
 
     async fn execute(&self, session_id: &str, request: &Request) -> Result<Page> {
