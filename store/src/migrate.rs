@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_consumer_limits.cql",
         text: include_str!("../../cql/0003_consumer_limits.cql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_dal.cql",
+        text: include_str!("../../cql/0004_dal.cql"),
+    },
 ];
 
 /// What [`apply`] did.
