@@ -177,7 +177,8 @@ impl TableReader {
             }
         }
         if found_new > 0 {
-            metrics::counter!("chatlog_history_window_hole_rows_total").increment(found_new as u64);
+            metrics::counter!(crate::telemetry::HISTORY_WINDOW_HOLE_ROWS)
+                .increment(found_new as u64);
         }
         // An ascending cut ends the page inside a hole: the member closing the hole ages it.
         let above = cut

@@ -251,7 +251,7 @@ impl History {
                 window: WindowReader::new(redis.into(), codec),
                 table,
                 config,
-                flights: Flights::new("chatlog_history_coalesced_total"),
+                flights: Flights::new(crate::telemetry::HISTORY_COALESCED),
                 db_reads: AtomicU64::new(0),
             }),
         })
@@ -345,16 +345,16 @@ impl History {
             Request::Get(seqs) => self.exec_get(session_id, seqs).await,
         }?;
         let op = request.op();
-        metrics::counter!("chatlog_history_requests_total", "op" => op, "source" => page.source.as_str())
+        metrics::counter!(crate::telemetry::HISTORY_REQUESTS, "op" => op, "source" => page.source.as_str())
             .increment(1);
-        metrics::histogram!("chatlog_history_request_duration_seconds", "op" => op)
+        metrics::histogram!(crate::telemetry::HISTORY_REQUEST_DURATION, "op" => op)
             .record(started.elapsed().as_secs_f64());
         Ok(page)
     }
 
     fn count_db_read(&self) {
         self.inner.db_reads.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("chatlog_history_db_reads_total").increment(1);
+        metrics::counter!(crate::telemetry::HISTORY_DB_READS).increment(1);
     }
 
     /// The window reader (the verifier reads the whole window through it).

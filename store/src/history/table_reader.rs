@@ -218,7 +218,7 @@ impl TableReader {
 
     fn count_query(&self) {
         self.db_queries.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("chatlog_history_db_queries_total").increment(1);
+        metrics::counter!(crate::telemetry::HISTORY_DB_QUERIES).increment(1);
     }
 
     /// Rows with `seq <= hi`, newest first, until `limit` rows, seq 1, or `K` consecutive empty

@@ -318,7 +318,8 @@ impl WindowReader {
             why,
             "history: window member unusable, reading the database"
         );
-        metrics::counter!("chatlog_history_window_errors_total", "reason" => "member").increment(1);
+        metrics::counter!(crate::telemetry::HISTORY_WINDOW_ERRORS, "reason" => "member")
+            .increment(1);
     }
 
     /// Decodes one window member (`score` = its seq) and checks that it holds that seq.
@@ -347,7 +348,7 @@ impl WindowReader {
 /// Logs and counts a window that Redis could not serve; the caller reads the table instead.
 fn window_unreadable(sid: &str, e: &redis::RedisError) {
     tracing::warn!(session_id = sid, error = %e, "history: window unreadable, reading the database");
-    metrics::counter!("chatlog_history_window_errors_total", "reason" => "redis").increment(1);
+    metrics::counter!(crate::telemetry::HISTORY_WINDOW_ERRORS, "reason" => "redis").increment(1);
 }
 
 /// Logs and counts a window written in another Redis epoch (the table answers instead).
@@ -356,5 +357,5 @@ fn window_untrusted(sid: &str) {
         session_id = sid,
         "history: window written in another Redis epoch (or none), reading the database"
     );
-    metrics::counter!("chatlog_history_window_errors_total", "reason" => "epoch").increment(1);
+    metrics::counter!(crate::telemetry::HISTORY_WINDOW_ERRORS, "reason" => "epoch").increment(1);
 }

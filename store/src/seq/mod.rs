@@ -113,7 +113,7 @@ use fast::{Fast, Request};
 use segment::{Ceiling, Reserve, SEGMENT_LOCKS, lock_index};
 
 /// The counter of allocations by path (`fast`, `segment`, `recover`).
-pub const ALLOCATIONS_METRIC: &str = "chatlog_seq_allocations_total";
+pub const ALLOCATIONS_METRIC: &str = crate::telemetry::SEQ_ALLOCATIONS;
 
 /// Which path an allocation took (the `path` label of `chatlog_seq_allocations_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
