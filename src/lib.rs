@@ -237,6 +237,30 @@ pub async fn create_cql_role(
     role
 }
 
+/// Connects with `config`'s login but a wrong password (its own with a unique suffix) and asserts
+/// the refusal is about authentication, and that neither the error nor the configuration's
+/// `Debug` shows that password or any of `never_shown`.
+pub async fn assert_wrong_cql_password_refused(
+    config: &chatlog_store::CqlConfig,
+    never_shown: &[&str],
+) {
+    let password = format!("{}-{}", config.password.expose(), unique("wrong"));
+    let wrong = chatlog_store::CqlConfig {
+        password: chatlog_store::Secret::new(password.clone()),
+        ..config.clone()
+    };
+    let err = match wrong.connect().await {
+        Ok(_) => panic!("a wrong CQL password was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+    let debug = format!("{wrong:?}");
+    for secret in never_shown.iter().copied().chain([password.as_str()]) {
+        assert!(!err.contains(secret), "an error shows the password: {err}");
+        assert!(!debug.contains(secret), "Debug shows the password: {debug}");
+    }
+}
+
 /// Drops a role made by [`create_cql_role`].
 pub async fn drop_cql_role(admin: &scylla::client::session::Session, role: &str) {
     admin

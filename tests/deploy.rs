@@ -385,16 +385,7 @@ fn compose_file_passes_docker_compose_config_and_wires_the_fleet() {
     );
 
     // Prometheus scrapes every consumer and loads the alert rules.
-    let prom = &services["prometheus"];
-    let mounts: Vec<String> = prom["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map_or_else(|| v["source"].to_string(), str::to_owned)
-        })
-        .collect();
+    let mounts = volumes(&services["prometheus"]);
     assert!(
         mounts
             .iter()
@@ -429,13 +420,7 @@ fn compose_file_passes_docker_compose_config_and_wires_the_fleet() {
     }
 
     // Grafana gets the datasource and the dashboard where the provider looks for it.
-    let grafana = &services["grafana"];
-    let gmounts: Vec<String> = grafana["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
-        .collect();
+    let gmounts = volumes(&services["grafana"]);
     let provider = yaml_file("deploy/grafana/provisioning/dashboards/chatlog.yml");
     let path = provider["providers"][0]["options"]["path"]
         .as_str()
@@ -466,6 +451,22 @@ fn compose_file_passes_docker_compose_config_and_wires_the_fleet() {
             }
         }
     }
+}
+
+/// The volumes of a compose service as `source:target[:mode]` (the short syntax; the long one
+/// by its source).
+fn volumes(service: &Value) -> Vec<String> {
+    service["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .or_else(|| v["source"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------- Dockerfile
@@ -527,12 +528,16 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
         builder[0].1
     );
     assert!(builder[0].1.to_lowercase().contains(" as builder"));
-    let runs: String = builder
-        .iter()
-        .filter(|(op, _)| op == "RUN")
-        .map(|(_, a)| a.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
+    // The commands a stage's RUN instructions run, one a line.
+    let runs_of = |stage: &[(String, String)]| -> String {
+        stage
+            .iter()
+            .filter(|(op, _)| op == "RUN")
+            .map(|(_, a)| a.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let runs = runs_of(builder);
     for pkg in ["cmake", "build-essential"] {
         assert!(
             runs.contains(pkg),
@@ -558,12 +563,7 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
     );
     // Libraries linked dynamically in the builder must exist at run time (OpenSSL: rdkafka's
     // `ssl` feature and the CQL driver's TLS).
-    let runtime_runs: String = runtime
-        .iter()
-        .filter(|(op, _)| op == "RUN")
-        .map(|(_, a)| a.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let runtime_runs = runs_of(runtime);
     if runs.contains("libssl-dev") {
         assert!(
             runtime_runs.contains("libssl3"),
