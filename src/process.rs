@@ -114,30 +114,42 @@ impl ConsumerProcess {
         self.child().try_wait().ok().flatten()
     }
 
-    /// Waits until the log contains `needle`; an error (with the log) once `limit` passes or the
-    /// process exits without having logged it.
-    pub fn wait_log(&self, needle: &str, limit: Duration) -> anyhow::Result<()> {
+    /// Calls `probe` every 50 ms until it answers `Some`; an error (with the log) if it fails,
+    /// `limit` passes, or the process exits first. `awaited` names what was waited for.
+    fn poll<T>(
+        &self,
+        limit: Duration,
+        awaited: &dyn Fn() -> String,
+        mut probe: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + limit;
         loop {
-            // The exit is read before the log, so a line logged just before exiting is seen.
+            // The exit is read before the probe, so what the process did just before exiting
+            // is seen.
             let exited = self.exited();
-            if self.log_text().contains(needle) {
-                return Ok(());
+            if let Some(done) = probe()? {
+                return Ok(done);
             }
             if let Some(status) = exited {
                 bail!(
-                    "the consumer exited ({status}) without logging {needle:?}; {}",
+                    "the consumer exited ({status}) before {}; {}",
+                    awaited(),
                     self.log_tail()
                 );
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{needle:?} not logged within {limit:?}; {}",
-                    self.log_tail()
-                );
+                bail!("not {} within {limit:?}; {}", awaited(), self.log_tail());
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// Waits until the log contains `needle`; an error (with the log) once `limit` passes or the
+    /// process exits without having logged it.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> anyhow::Result<()> {
+        self.poll(limit, &|| format!("logging {needle:?}"), || {
+            Ok(self.log_text().contains(needle).then_some(()))
+        })
     }
 
     /// The address its HTTP endpoint bound (it logs [`HTTP_LISTENING`] and the address; the
@@ -175,30 +187,28 @@ impl ConsumerProcess {
 
     /// Polls `/readyz` until it answers `want` and returns that body; an error (with the log) if
     /// it answers anything but 200 or 503, the process exits, or `limit` passes.
-    pub async fn wait_readyz(&self, want: u16, limit: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (status, body) = self.get_async("/readyz").await?;
-            if status == want {
-                return Ok(body);
-            }
-            if status != 200 && status != 503 {
-                bail!("/readyz answers 200 or 503, not {status}: {body}");
-            }
-            if let Some(exit) = self.exited() {
-                bail!(
-                    "the consumer exited ({exit}) before /readyz answered {want}; {}",
-                    self.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "/readyz not {want} within {limit:?} (last {status}: {body}); {}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    pub fn wait_readyz(&self, want: u16, limit: Duration) -> anyhow::Result<String> {
+        let mut last = None;
+        self.poll(limit, &|| format!("answering {want} on /readyz"), || {
+            // A refused connection is no answer yet: the exit or the deadline ends the wait.
+            let (status, body) = match self.get("/readyz") {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = Some(format!("{e:#}"));
+                    return Ok(None);
+                }
+            };
+            anyhow::ensure!(
+                status == 200 || status == 503,
+                "/readyz answers 200 or 503, not {status}: {body}"
+            );
+            last = Some(format!("{status}: {body}"));
+            Ok((status == want).then_some(body))
+        })
+        .with_context(|| {
+            let last = last.as_deref().unwrap_or("nothing");
+            format!("/readyz last answered {last}")
+        })
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`, `-TERM` …) with kill(1).
@@ -222,19 +232,7 @@ impl ConsumerProcess {
 
     /// Waits for it to exit; an error (with the log) if it still runs after `limit`.
     pub fn wait_exit(&self, limit: Duration) -> anyhow::Result<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the consumer did not exit within {limit:?}; {}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(POLL);
-        }
+        self.poll(limit, &|| "exiting".to_owned(), || Ok(self.exited()))
     }
 
     /// SIGTERM, then waits up to `patience` for it to exit, SIGKILL after that; its exit status

@@ -91,8 +91,12 @@ pub async fn spawn(bin: &Path, config: &Path, log: &Path) -> Result<ConsumerProc
         log,
     )
     .context("build it: cargo build --release -p chatlog-consumer")?;
-    consumer.wait_readyz(200, Duration::from_secs(60)).await?;
-    Ok(consumer)
+    // Off the async workers: the scenario's samplers run on them meanwhile.
+    tokio::task::spawn_blocking(move || {
+        consumer.wait_readyz(200, Duration::from_secs(60))?;
+        Ok(consumer)
+    })
+    .await?
 }
 
 /// Per stage of the consumer (`decode`, `cql`, `redis`, `commit`) between two `/metrics` texts:

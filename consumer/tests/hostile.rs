@@ -378,17 +378,11 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
         &chatlog::unique("stall_txn"),
         &["--config", config.as_str(), "--redis-url", url.as_str()],
     );
-    consumer
-        .wait_readyz(200, Duration::from_secs(60))
-        .await
-        .unwrap();
+    consumer.wait_readyz(200, Duration::from_secs(60)).unwrap();
 
     redis.freeze();
     env.produce(&good).await;
-    let body = consumer
-        .wait_readyz(503, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let body = consumer.wait_readyz(503, Duration::from_secs(60)).unwrap();
     assert!(body.contains("not moving"), "{body}");
     assert!(body.contains(&format!("{} [0]", env.topic)), "{body}");
     let (_, metrics) = consumer.get_async("/metrics").await.unwrap();
@@ -410,10 +404,7 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
 
     redis.thaw();
     env.wait_all(&sessions, per_session, &[&consumer]).await;
-    consumer
-        .wait_readyz(200, Duration::from_secs(30))
-        .await
-        .unwrap();
+    consumer.wait_readyz(200, Duration::from_secs(30)).unwrap();
     let (_, metrics) = consumer.get_async("/metrics").await.unwrap();
     assert_eq!(
         sample(&metrics, "chatlog_consumer_stalled_partitions"),

@@ -42,10 +42,7 @@ async fn live_metrics_pass_promtool_and_prometheus_counts_the_persisted_messages
     let (status, body) = chatlog::http::get(addr, "/healthz").expect("GET /healthz");
     assert_eq!(status, 200, "/healthz: {body}");
 
-    consumer
-        .wait_readyz(200, Duration::from_secs(60))
-        .await
-        .unwrap();
+    consumer.wait_readyz(200, Duration::from_secs(60)).unwrap();
 
     env.wait_all(&sessions, per_session, &[&consumer]).await;
 
