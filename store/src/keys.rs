@@ -30,6 +30,33 @@ pub fn client_msg(session_id: &str, sender_id: &str, client_msg_id: &str) -> Str
     )
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the first
+/// `{` and the next `}` when that is not empty — or of the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +69,20 @@ mod tests {
         assert_eq!(tag(&window_epoch("s1")), "{s1}");
         assert_eq!(tag(&client_msg("s1", "u", "c-9")), "{s1}");
         assert_ne!(client_msg("s", "a:b", "c"), client_msg("s", "a", "b:c"));
+    }
+
+    #[test]
+    fn slots_follow_the_cluster_spec() {
+        // The Redis Cluster specification's test vector: CRC16("123456789") = 0x31C3.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot("123456789"), 12739, "0x31C3 is below 16384");
+        assert_eq!(slot("a{user1000}.following"), slot("b{user1000}.followers"));
+        assert_eq!(
+            slot("foo{}{bar}"),
+            slot("foo{}{bar}"),
+            "empty tag: the whole key"
+        );
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot(&window("s1")), slot(&seq("s1")));
     }
 }

@@ -10,6 +10,8 @@
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
 //! - [`epoch`]: which lifetime of which dataset Redis serves, checked by the scripts so that state
 //!   written before Redis went back in time (restart from a snapshot, failover) is never trusted.
+//! - [`cache`]: the repositories' cache — strong cache-aside (one loader per key across
+//!   processes, deletion marks, epochs), degraded reads when Redis is away.
 //! - [`keys`]: Redis key formats (all keys of a session share one Cluster hash tag).
 //! - [`limits`]: the `consumer_limits` table — the limits each consumer enforces, read by producers.
 //! - [`messages`]: the `messages` table — statements, buckets, the typed row, the batch writer,
@@ -31,6 +33,7 @@
 //! No file here is over 700 lines and no function over 150.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod epoch;
 mod flight;

@@ -18,3 +18,21 @@ pub const HISTORY_DB_QUERIES: &str = "chatlog_history_db_queries_total";
 pub const HISTORY_WINDOW_ERRORS: &str = "chatlog_history_window_errors_total";
 /// Rows found in CQL inside a window's holes.
 pub const HISTORY_WINDOW_HOLE_ROWS: &str = "chatlog_history_window_hole_rows_total";
+
+/// Cache lookups, by `repo` and `result` (`hit`, `miss`).
+pub const CACHE_REQUESTS: &str = "chatlog_cache_requests_total";
+/// Database reads of cache misses (one per key per loader), by `repo`.
+pub const CACHE_LOADS: &str = "chatlog_cache_loads_total";
+/// Pauses waiting for another process's loader, by `repo`.
+pub const CACHE_LOCK_WAITS: &str = "chatlog_cache_lock_waits_total";
+/// Reads served by the database because the cache could not be used (Redis unreachable, a
+/// loader too slow, marks lost), by `repo`.
+pub const CACHE_DEGRADED_READS: &str = "chatlog_cache_degraded_reads_total";
+/// Fills refused because a write marked the entry after its loader locked it, by `repo`.
+pub const CACHE_FILLS_REFUSED: &str = "chatlog_cache_fills_refused_total";
+/// Deletion marks Redis did not take (kept and retried), by `repo`.
+pub const CACHE_MARKS_FAILED: &str = "chatlog_cache_marks_failed_total";
+/// Deletion marks kept for retry now, by `repo`.
+pub const CACHE_PENDING_MARKS: &str = "chatlog_cache_pending_marks";
+/// Cache misses that joined a load of the same key in flight in this process.
+pub const CACHE_COALESCED: &str = "chatlog_cache_coalesced_total";

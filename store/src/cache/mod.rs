@@ -1,0 +1,472 @@
+//! The cache in front of the repositories: cache-aside that no race leaves stale (ARCHITECTURE.md,
+//! "The Smart DAL").
+//!
+//! An entry is a Redis hash: `v` (the value: `+` and the encoded entity, or `-` for "the database
+//! has none"), `e` (the [epoch](crate::epoch) it was filled in), `o`/`u` (the token and lease end
+//! of the one loader, while it loads), `d` (marked deleted). The protocol:
+//!
+//! - **read** ([`Cache::get`], [`Cache::get_many`]): one atomic round trip carries the epoch and an
+//!   `HMGET` per key (keys in Cluster slot order); a value of this epoch is a hit.
+//! - **miss**: within the process, one load per key (single-flight); across processes, a Lua
+//!   get-or-lock (`store/lua/cache_lock.lua`) returns a value filled meanwhile, makes the caller
+//!   wait for another loader's lease, or makes the caller the loader.
+//! - **fill** (`cache_fill.lua`): only while the loader's token still owns the entry; TTL drawn
+//!   from `ttl ± ttl_jitter`, `empty_ttl` for "none".
+//! - **write** ([`Cache::invalidate`], after the database write): `cache_mark.lua` removes the
+//!   value and the owner and marks the entry deleted, so a loader holding the old row cannot fill.
+//! - **Redis away**: reads go to the database (counted); marks that could not be sent are kept
+//!   and retried every 100 ms and before this process's next read ([`pending`]).
+//! - **Redis back in time** (restart, failover): entries of another epoch are never hits.
+
+mod config;
+mod pending;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use redis::Value;
+
+pub use config::CacheConfig;
+use pending::Pending;
+
+use crate::epoch::{PinnedScript, is_noscript};
+use crate::flight::Flights;
+use crate::{RedisConnections, Result, keys, telemetry};
+
+/// What a key caches: the encoded entity, or `None` when the database has none.
+pub type Cached = Option<Vec<u8>>;
+
+const EPOCH_BODY: &str = "return server_epoch()\n";
+const LOCK_BODY: &str = include_str!("../../lua/cache_lock.lua");
+const FILL_BODY: &str = include_str!("../../lua/cache_fill.lua");
+const MARK_LUA: &str = include_str!("../../lua/cache_mark.lua");
+
+/// First and longest pause between two get-or-lock attempts while another process loads.
+const WAIT_FIRST: Duration = Duration::from_millis(2);
+const WAIT_MAX: Duration = Duration::from_millis(50);
+
+/// The cache of one repository (its `repo` label in the metrics). Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: RedisConnections,
+    config: CacheConfig,
+    repo: &'static str,
+    epoch: PinnedScript,
+    lock: PinnedScript,
+    fill: PinnedScript,
+    mark: redis::Script,
+    flights: Flights<String, Cached>,
+    pending: Pending,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("repo", &self.inner.repo)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of the get-or-lock script.
+enum Lock {
+    /// A value of this epoch.
+    Hit(Cached),
+    /// Another loader holds an unexpired lease.
+    Wait,
+    /// The caller owns the entry.
+    Owned,
+}
+
+impl Cache {
+    /// The cache of repository `repo` (a fixed name: it labels the metrics).
+    pub fn new(redis: RedisConnections, config: CacheConfig, repo: &'static str) -> Result<Cache> {
+        config.validate()?;
+        let pending = Pending::new(config.max_pending_marks);
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                redis,
+                config,
+                repo,
+                epoch: PinnedScript::new(EPOCH_BODY, "cache epoch"),
+                lock: PinnedScript::new(LOCK_BODY, "cache get-or-lock"),
+                fill: PinnedScript::new(FILL_BODY, "cache fill"),
+                mark: redis::Script::new(MARK_LUA),
+                flights: Flights::new(telemetry::CACHE_COALESCED),
+                pending,
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The value of `key`, from Redis, or loaded with `load` (the database read) and cached.
+    pub async fn get<L, F>(&self, key: String, load: L) -> Result<Cached>
+    where
+        L: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<Cached>> + Send + 'static,
+    {
+        match self.probe_or_degrade(std::slice::from_ref(&key)).await {
+            None => load().await,
+            Some(mut probed) => match probed.pop().flatten() {
+                Some(value) => Ok(value),
+                None => self.load_key(key, load).await,
+            },
+        }
+    }
+
+    /// The values of `keys` (result `i` is key `i`'s): every hit in one round trip, then each miss
+    /// loaded with `load(i)` (concurrently; one load per key in flight in this process).
+    pub async fn get_many<L, F>(&self, keys: Vec<String>, load: L) -> Result<Vec<Cached>>
+    where
+        L: Fn(usize) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Cached>> + Send + 'static,
+    {
+        let Some(probed) = self.probe_or_degrade(&keys).await else {
+            return futures::future::try_join_all((0..keys.len()).map(&load)).await;
+        };
+        let load = Arc::new(load);
+        let lookups = keys
+            .into_iter()
+            .zip(probed)
+            .enumerate()
+            .map(|(i, (key, hit))| {
+                let load = load.clone();
+                async move {
+                    match hit {
+                        Some(value) => Ok(value),
+                        None => self.load_key(key, move || load(i)).await,
+                    }
+                }
+            });
+        futures::future::try_join_all(lookups).await
+    }
+
+    /// [`probe`](Cache::probe), counted; `None` when the cache cannot be used now (off, Redis
+    /// unreachable, marks lost): the caller reads the database.
+    async fn probe_or_degrade(&self, keys: &[String]) -> Option<Vec<Option<Cached>>> {
+        let repo = self.inner.repo;
+        let degraded = || {
+            metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo)
+                .increment(keys.len() as u64);
+        };
+        if !self.inner.config.enabled || self.inner.pending.overflowed() {
+            degraded();
+            return None;
+        }
+        match self.probe(keys).await {
+            Ok(probed) => {
+                let hits = probed.iter().filter(|p| p.is_some()).count() as u64;
+                metrics::counter!(telemetry::CACHE_REQUESTS, "repo" => repo, "result" => "hit")
+                    .increment(hits);
+                metrics::counter!(telemetry::CACHE_REQUESTS, "repo" => repo, "result" => "miss")
+                    .increment(keys.len() as u64 - hits);
+                Some(probed)
+            }
+            Err(e) => {
+                tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
+                degraded();
+                None
+            }
+        }
+    }
+
+    /// Marks `keys` deleted after their rows changed (call it after the database write). Never
+    /// fails: marks Redis does not take are kept and retried (see [`pending`]).
+    pub async fn invalidate(&self, keys: &[String]) {
+        if !self.inner.config.enabled || keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.send_marks(keys).await {
+            let repo = self.inner.repo;
+            tracing::warn!(repo, error = %e, marks = keys.len(), "cache marks kept for retry");
+            metrics::counter!(telemetry::CACHE_MARKS_FAILED, "repo" => repo)
+                .increment(keys.len() as u64);
+            if self.inner.pending.add(keys) {
+                self.spawn_retrier();
+            }
+            self.report_pending();
+        }
+    }
+
+    /// One atomic round trip: the epoch, then `HMGET v e` of each key (in slot order). `Some` for
+    /// a hit. Sends the marks kept for retry first.
+    async fn probe(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Cached>>> {
+        self.flush_pending().await?;
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| keys::slot(&keys[i]));
+        let mut con = self.inner.redis.get();
+        let mut attempts = 0;
+        let mut replies: Vec<Value> = loop {
+            let script = self.inner.epoch.get(&mut con).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic().invoke_script(&script.prepare_invoke());
+            for &i in &order {
+                pipe.cmd("HMGET").arg(&keys[i]).arg("v").arg("e");
+            }
+            match pipe.query_async(&mut con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.inner.epoch.forget(&script);
+                    attempts += 1;
+                }
+                other => break other?,
+            }
+        };
+        if replies.len() != keys.len() + 1 {
+            return Err(unexpected("cache probe: reply count", &replies));
+        }
+        let epoch: String = redis::from_redis_value(replies.remove(0))?;
+        let mut probed: Vec<Option<Cached>> = vec![None; keys.len()];
+        for (&i, reply) in order.iter().zip(replies) {
+            let (value, filled_in): (Option<Vec<u8>>, Option<String>) =
+                redis::from_redis_value(reply)?;
+            if filled_in.as_deref() == Some(epoch.as_str()) {
+                probed[i] = value.as_deref().and_then(decode);
+            }
+        }
+        Ok(probed)
+    }
+
+    /// A miss: one load of `key` in flight in this process, through the get-or-lock protocol.
+    async fn load_key<L, F>(&self, key: String, load: L) -> Result<Cached>
+    where
+        L: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<Cached>> + Send + 'static,
+    {
+        let this = self.clone();
+        self.inner
+            .flights
+            .run(key, move |key| {
+                async move { this.lock_and_load(&key, load).await }.boxed()
+            })
+            .await
+    }
+
+    async fn lock_and_load<L, F>(&self, key: &str, load: L) -> Result<Cached>
+    where
+        L: FnOnce() -> F,
+        F: Future<Output = Result<Cached>>,
+    {
+        let repo = self.inner.repo;
+        let config = &self.inner.config;
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let started = Instant::now();
+        let mut pause = WAIT_FIRST;
+        loop {
+            let lease = config.lease.as_millis().to_string();
+            let answer = self
+                .run_pinned(&self.inner.lock, key, &[token.as_bytes(), lease.as_bytes()])
+                .await
+                .and_then(parse_lock);
+            match answer {
+                Ok(Lock::Hit(value)) => return Ok(value),
+                Ok(Lock::Wait) if started.elapsed() < config.max_wait => {
+                    metrics::counter!(telemetry::CACHE_LOCK_WAITS, "repo" => repo).increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(WAIT_MAX);
+                }
+                Ok(Lock::Wait) => {
+                    tracing::warn!(repo, waited = ?started.elapsed(), "cache loader too slow; reading the database");
+                    metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
+                    return load().await;
+                }
+                Ok(Lock::Owned) => {
+                    metrics::counter!(telemetry::CACHE_LOADS, "repo" => repo).increment(1);
+                    let loaded = load().await;
+                    self.fill(key, &token, &loaded).await;
+                    return loaded;
+                }
+                Err(e) => {
+                    tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
+                    metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
+                    return load().await;
+                }
+            }
+        }
+    }
+
+    /// Fills `key` with what its loader read (or gives the lease back after a failed read).
+    async fn fill(&self, key: &str, token: &str, loaded: &Result<Cached>) {
+        let config = &self.inner.config;
+        let (value, ttl_ms) = match loaded {
+            Ok(Some(v)) => (encode(Some(v)), config.draw_ttl_ms()),
+            Ok(None) => (encode(None), config.empty_ttl.as_millis() as u64),
+            Err(_) => (Vec::new(), 0),
+        };
+        let ttl = ttl_ms.to_string();
+        let filled = self
+            .run_pinned(
+                &self.inner.fill,
+                key,
+                &[token.as_bytes(), &value, ttl.as_bytes()],
+            )
+            .await
+            .and_then(|r: Value| redis::from_redis_value::<i64>(r).map_err(Into::into));
+        let repo = self.inner.repo;
+        match filled {
+            Ok(1) => {}
+            Ok(_) => {
+                // A write marked the entry after this loader locked it: what it read may be old.
+                metrics::counter!(telemetry::CACHE_FILLS_REFUSED, "repo" => repo).increment(1);
+            }
+            Err(e) => tracing::warn!(repo, error = %e, "cache fill failed"),
+        }
+    }
+
+    /// Runs a pinned script on `key`, loading it again once if this Redis lifetime lacks it.
+    async fn run_pinned(
+        &self,
+        script: &PinnedScript,
+        key: &str,
+        args: &[&[u8]],
+    ) -> redis::RedisResult<Value> {
+        let mut con = self.inner.redis.get();
+        let mut attempts = 0;
+        loop {
+            let loaded = script.get(&mut con).await?;
+            let mut call = loaded.prepare_invoke();
+            call.key(key);
+            for a in args {
+                call.arg(*a);
+            }
+            match call.invoke_async(&mut con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    script.forget(&loaded);
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one mark per key in one round trip (loading the script first if Redis lacks it).
+    async fn send_marks(&self, keys: &[String]) -> redis::RedisResult<()> {
+        let mut con = self.inner.redis.get();
+        let ttl = self.inner.config.mark_ttl.as_millis().to_string();
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let mut call = self.inner.mark.prepare_invoke();
+            call.key(key).arg(&ttl);
+            pipe.invoke_script(&call).ignore();
+        }
+        match pipe.query_async::<()>(&mut con).await {
+            Err(e) if is_noscript(&e) => {
+                self.inner
+                    .mark
+                    .prepare_invoke()
+                    .load_async(&mut con)
+                    .await?;
+                pipe.query_async(&mut con).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends the marks kept for retry; `Err` while Redis still refuses them.
+    async fn flush_pending(&self) -> redis::RedisResult<()> {
+        let Some(batch) = self.inner.pending.batch() else {
+            return Ok(());
+        };
+        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        self.send_marks(&keys).await?;
+        self.inner.pending.sent(&batch);
+        self.report_pending();
+        Ok(())
+    }
+
+    fn report_pending(&self) {
+        metrics::gauge!(telemetry::CACHE_PENDING_MARKS, "repo" => self.inner.repo)
+            .set(self.inner.pending.len() as f64);
+    }
+
+    /// Retries the kept marks every 100 ms until none is left (or the cache is dropped).
+    fn spawn_retrier(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                if cache.flush_pending().await.is_ok() && cache.inner.pending.stop_if_empty() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn encode(value: Option<&Vec<u8>>) -> Vec<u8> {
+    match value {
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(b'+');
+            out.extend_from_slice(v);
+            out
+        }
+        None => b"-".to_vec(),
+    }
+}
+
+/// `Some` for a well-formed value (`None` for anything else: treated as a miss).
+fn decode(v: &[u8]) -> Option<Cached> {
+    match v.split_first() {
+        Some((b'+', rest)) => Some(Some(rest.to_vec())),
+        Some((b'-', [])) => Some(None),
+        _ => None,
+    }
+}
+
+fn parse_lock(reply: Value) -> redis::RedisResult<Lock> {
+    let Value::Array(mut parts) = reply else {
+        return Err(unexpected("cache get-or-lock", &[reply]));
+    };
+    let status = match parts.first() {
+        Some(Value::Int(s)) => *s,
+        _ => return Err(unexpected("cache get-or-lock", &parts)),
+    };
+    match (status, parts.len()) {
+        (1, 2) => {
+            let value: Vec<u8> = redis::from_redis_value(parts.remove(1))?;
+            // A malformed value is no hit: take the entry over as if it were missing.
+            Ok(decode(&value).map_or(Lock::Owned, Lock::Hit))
+        }
+        (2, 1) => Ok(Lock::Wait),
+        (3, 1) => Ok(Lock::Owned),
+        _ => Err(unexpected("cache get-or-lock", &parts)),
+    }
+}
+
+fn unexpected(what: &'static str, got: &[Value]) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        what,
+        format!("{:.200}", format!("{got:?}")),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_garbage_is_a_miss() {
+        let v = b"user".to_vec();
+        assert_eq!(decode(&encode(Some(&v))), Some(Some(v)));
+        assert_eq!(decode(&encode(None)), Some(None));
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(b"-x"), None);
+        assert_eq!(decode(b"?"), None);
+    }
+}
