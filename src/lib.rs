@@ -199,6 +199,18 @@ pub fn redis_config() -> chatlog_store::RedisConfig {
     }
 }
 
+/// History's settings with a window of `window_size` messages (the writers' `W`), everything
+/// else the defaults; vary them with struct update syntax.
+pub fn history_config(window_size: usize) -> chatlog_store::history::HistoryConfig {
+    chatlog_store::history::HistoryConfig {
+        window: chatlog_store::window::WindowConfig {
+            size: window_size,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A new keyspace named `<prefix>_…` with every migration applied, and a session to it.
 pub async fn fresh_keyspace(
     prefix: &str,

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use chatlog_store::history::HistoryConfig;
-use chatlog_store::window::WindowConfig;
 
 use crate::events::Events;
 use crate::record::{LoadResult, Plan};
@@ -40,11 +39,7 @@ pub struct Inputs<'a> {
 /// `W` and the run's settle horizon, everything else the defaults.
 pub fn history_config(window_size: usize, settle_horizon: Duration) -> HistoryConfig {
     HistoryConfig {
-        window: WindowConfig {
-            size: window_size,
-            ..WindowConfig::default()
-        },
         settle_horizon,
-        ..HistoryConfig::default()
+        ..chatlog::history_config(window_size)
     }
 }
