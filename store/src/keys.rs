@@ -30,6 +30,11 @@ pub fn client_msg(session_id: &str, sender_id: &str, client_msg_id: &str) -> Str
     )
 }
 
+/// The cache entry of a user ([`crate::repo::users`]); the user's keys share the tag `{u:<id>}`.
+pub fn user(user_id: &str) -> String {
+    format!("{PREFIX}:{{u:{user_id}}}:user")
+}
+
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the first
 /// `{` and the next `}` when that is not empty — or of the whole key, modulo 16384.
 pub fn slot(key: &str) -> u16 {

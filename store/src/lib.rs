@@ -22,6 +22,8 @@
 //! - [`verify`]: compares a session's window with the newest rows of CQL (operators' check).
 //! - `flight`: single-flight — identical concurrent requests of a process run once (history's
 //!   page reads, the cache's loads).
+//! - [`repo`] (a folder): the Smart DAL's repositories — users, sessions and members,
+//!   conversation lists and read state — each on CQL and cached.
 //! - [`queues`]: per-session queues for group commit (seq allocation, the producer's turns).
 //! - [`seq`] (a folder): per-session seq allocation — Redis fast path, CQL LWT segments, recovery
 //!   after Redis loss.
@@ -43,6 +45,7 @@ pub mod limits;
 pub mod messages;
 pub mod migrate;
 pub mod queues;
+pub mod repo;
 pub mod secret;
 pub mod security;
 pub mod seq;

@@ -1,0 +1,51 @@
+//! The Smart DAL's repositories beyond messages: users, sessions and their members, each user's
+//! conversation list and read state (ARCHITECTURE.md, "The Smart DAL").
+//!
+//! Each repository is a trait with two implementations callers cannot tell apart: one on CQL
+//! (`CqlUserRepo`, …) and a cached decorator around it (`CachedUserRepo<CqlUserRepo>`, …) that
+//! reads through [`crate::cache`] and, on a write, writes the database first and then marks the
+//! cache entry deleted.
+//!
+//! # Layout
+//! - [`users`]: the `users` table — profile and status, looked up on every authentication.
+//!
+//! Every CQL statement of a table lives in its repository's file; every Redis key in
+//! [`crate::keys`].
+
+pub mod users;
+
+use std::sync::Arc;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::{Error, Result};
+
+/// The longest id (user or session) a repository accepts, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks an id a caller passed: not empty, at most [`MAX_ID_BYTES`], no `}` (it would end a Redis
+/// Cluster hash tag early and move the key to another slot).
+pub fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.contains('}') {
+        return Err(Error::Request(format!(
+            "{what} must be 1 to {MAX_ID_BYTES} bytes without '}}' (got {} bytes)",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Prepares `cql`, marked idempotent (the driver may retry it).
+pub(crate) async fn prepare(
+    session: &Arc<Session>,
+    cql: String,
+    what: &'static str,
+) -> Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(cql)
+        .await
+        .map_err(|e| Error::cql(format!("prepare {what}"), e))?;
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
