@@ -35,6 +35,26 @@ pub fn user(user_id: &str) -> String {
     format!("{PREFIX}:{{u:{user_id}}}:user")
 }
 
+/// The cache entry of a session's row ([`crate::repo::sessions`]).
+pub fn session(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:info")
+}
+
+/// The cache entry of a session's member list ([`crate::repo::sessions`]).
+pub fn members(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:members")
+}
+
+/// The cache entry of a user's conversation list and read state ([`crate::repo`]).
+pub fn conversations(user_id: &str) -> String {
+    format!("{PREFIX}:{{u:{user_id}}}:convs")
+}
+
+/// A session's latest message (max seq, its time, the message), kept by the consumer.
+pub fn latest(session_id: &str) -> String {
+    format!("{PREFIX}:{{{session_id}}}:latest")
+}
+
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the first
 /// `{` and the next `}` when that is not empty — or of the whole key, modulo 16384.
 pub fn slot(key: &str) -> u16 {
@@ -73,6 +93,11 @@ mod tests {
         assert_eq!(tag(&seq("s1")), "{s1}");
         assert_eq!(tag(&window_epoch("s1")), "{s1}");
         assert_eq!(tag(&client_msg("s1", "u", "c-9")), "{s1}");
+        assert_eq!(tag(&session("s1")), "{s1}");
+        assert_eq!(tag(&members("s1")), "{s1}");
+        assert_eq!(tag(&latest("s1")), "{s1}");
+        assert_eq!(tag(&user("u1")), "{u:u1}");
+        assert_eq!(tag(&conversations("u1")), "{u:u1}");
         assert_ne!(client_msg("s", "a:b", "c"), client_msg("s", "a", "b:c"));
     }
 
