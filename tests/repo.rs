@@ -325,3 +325,163 @@ async fn degraded_while_redis_is_frozen_the_writer_never_reads_what_it_failed_to
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+mod members {
+    use std::collections::BTreeSet;
+
+    use chatlog_schemas::SessionType;
+    use chatlog_store::repo::sessions::{
+        CachedSessionRepo, CqlSessionRepo, Member, MemberRole, SessionInfo, SessionRepo,
+        SessionsConfig,
+    };
+
+    use super::*;
+
+    async fn cql_sessions() -> Arc<CqlSessionRepo> {
+        let (cql, config) = fresh_keyspace("repo").await;
+        let settings = SessionsConfig::default();
+        let repo = CqlSessionRepo::new(cql, &config.keyspace, &settings).await;
+        Arc::new(repo.expect("sessions repo"))
+    }
+
+    fn cached_sessions(
+        db: &Arc<CqlSessionRepo>,
+        redis: redis::aio::ConnectionManager,
+    ) -> CachedSessionRepo<CqlSessionRepo> {
+        let cache = Cache::new(redis.into(), CacheConfig::default(), "sessions").expect("cache");
+        CachedSessionRepo::new(db.clone(), cache, &SessionsConfig::default())
+    }
+
+    fn group(session_id: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: session_id.to_owned(),
+            session_type: SessionType::Group,
+            name: "a group".into(),
+            owner_id: "owner".into(),
+            member_count: 0,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    fn member(i: usize) -> Member {
+        Member {
+            user_id: format!("user-{i:06}"),
+            role: MemberRole::Member,
+            joined_at_ms: i as i64,
+        }
+    }
+
+    /// Every member of the session, walked page by page with the cursor.
+    async fn walk(repo: &impl SessionRepo, sid: &str, limit: usize) -> Vec<Member> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = repo.members(sid, cursor.as_deref(), limit).await.unwrap();
+            assert!(page.members.len() <= limit.min(1000));
+            all.extend(page.members);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return all,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn members_of_a_100000_member_group_are_paged_completely_and_counted() {
+        let db = cql_sessions().await;
+        let repo = cached_sessions(&db, redis_connection().await);
+        let sid = unique("big");
+        repo.upsert(&group(&sid)).await.unwrap();
+        let members: Vec<Member> = (0..100_000).map(member).collect();
+        db.import_members(&sid, &members).await.unwrap();
+        let walked = walk(&repo, &sid, 1000).await;
+        assert_eq!(walked.len(), 100_000, "every member once");
+        assert_eq!(walked, members, "in user_id order, nothing altered");
+        assert_eq!(repo.get(&sid).await.unwrap().unwrap().member_count, 100_000);
+        // Larger than the cache holds: pages come from CQL, bounded by the request.
+        assert_eq!(repo.all_members(&sid, 10_000).await.unwrap(), None);
+        let one = repo.members(&sid, Some("user-049999"), 1).await.unwrap();
+        assert_eq!(one.members, vec![member(50_000)]);
+        assert_eq!(one.next.as_deref(), Some("user-050000"));
+    }
+
+    #[tokio::test]
+    async fn members_of_a_small_group_are_paged_from_the_cached_list_and_follow_changes() {
+        let db = cql_sessions().await;
+        let repo = cached_sessions(&db, redis_connection().await);
+        let sid = unique("small");
+        assert!(
+            repo.add_member(&sid, &member(1)).await.is_err(),
+            "no such session"
+        );
+        repo.upsert(&group(&sid)).await.unwrap();
+        for i in 0..50 {
+            assert!(repo.add_member(&sid, &member(i)).await.unwrap());
+        }
+        assert!(
+            !repo.add_member(&sid, &member(7)).await.unwrap(),
+            "already a member"
+        );
+        assert_eq!(
+            walk(&repo, &sid, 7).await,
+            (0..50).map(member).collect::<Vec<_>>()
+        );
+        let reads = db.db_reads();
+        assert_eq!(walk(&repo, &sid, 7).await.len(), 50);
+        assert_eq!(
+            db.db_reads(),
+            reads,
+            "warm: every page from the cached list"
+        );
+        assert!(repo.remove_member(&sid, "user-000007").await.unwrap());
+        assert!(!repo.remove_member(&sid, "user-000007").await.unwrap());
+        let after: Vec<Member> = (0..50).filter(|&i| i != 7).map(member).collect();
+        assert_eq!(
+            walk(&repo, &sid, 7).await,
+            after,
+            "the removal shows at once"
+        );
+        assert_eq!(repo.get(&sid).await.unwrap().unwrap().member_count, 49);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn members_count_stays_exact_under_concurrent_adds_and_removes_from_two_processes() {
+        let db = cql_sessions().await;
+        let a = Arc::new(cached_sessions(&db, redis_connection().await));
+        let b = Arc::new(cached_sessions(&db, redis_connection().await));
+        let sid = unique("busy");
+        a.upsert(&group(&sid)).await.unwrap();
+        // 80 users, each added twice (once per process): exactly one add of each applies.
+        let adds = (0..160).map(|i| {
+            let (repo, sid) = (if i % 2 == 0 { a.clone() } else { b.clone() }, sid.clone());
+            tokio::spawn(async move { repo.add_member(&sid, &member(i / 2)).await.unwrap() })
+        });
+        let applied = futures::future::join_all(adds).await;
+        assert_eq!(
+            applied.into_iter().filter(|r| *r.as_ref().unwrap()).count(),
+            80
+        );
+        let removes = (0..30).map(|i| {
+            let (repo, sid) = (if i % 2 == 0 { a.clone() } else { b.clone() }, sid.clone());
+            tokio::spawn(async move { repo.remove_member(&sid, &member(i).user_id).await.unwrap() })
+        });
+        for r in futures::future::join_all(removes).await {
+            assert!(r.unwrap());
+        }
+        for repo in [&a, &b] {
+            assert_eq!(repo.get(&sid).await.unwrap().unwrap().member_count, 50);
+            let ids: BTreeSet<String> = walk(&**repo, &sid, 1000)
+                .await
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            assert_eq!(ids, (30..80).map(|i| member(i).user_id).collect());
+        }
+        assert_eq!(
+            db.recount(&sid).await.unwrap(),
+            50,
+            "the kept count is the real one"
+        );
+    }
+}

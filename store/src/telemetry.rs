@@ -36,3 +36,6 @@ pub const CACHE_MARKS_FAILED: &str = "chatlog_cache_marks_failed_total";
 pub const CACHE_PENDING_MARKS: &str = "chatlog_cache_pending_marks";
 /// Cache misses that joined a load of the same key in flight in this process.
 pub const CACHE_COALESCED: &str = "chatlog_cache_coalesced_total";
+
+/// Member pages read from CQL because the group has more members than the cache holds.
+pub const REPO_MEMBERS_UNCACHED_PAGES: &str = "chatlog_repo_members_uncached_pages_total";

@@ -8,10 +8,13 @@
 //!
 //! # Layout
 //! - [`users`]: the `users` table — profile and status, looked up on every authentication.
+//! - [`sessions`]: the `sessions` and `session_members` tables — a session, its members (paged),
+//!   an exact member count.
 //!
 //! Every CQL statement of a table lives in its repository's file; every Redis key in
 //! [`crate::keys`].
 
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
@@ -34,6 +37,27 @@ pub fn check_id(what: &str, id: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A cached entity as the cache stores it (JSON: readable with `redis-cli`, and a field added by
+/// a newer version does not break an older reader).
+pub(crate) fn encode_cached<T: serde::Serialize>(value: Option<&T>) -> Result<Option<Vec<u8>>> {
+    value
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| Error::Request(format!("encode for the cache: {e}")))
+}
+
+/// A cached entity, `None` when it does not decode (written by another version, damaged): the
+/// caller then reads the database.
+pub(crate) fn decode_cached<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(error = %e, "a cached value does not decode; reading the database");
+            None
+        }
+    }
 }
 
 /// Prepares `cql`, marked idempotent (the driver may retry it).

@@ -13,7 +13,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{check_id, prepare};
+use super::{check_id, decode_cached, encode_cached, prepare};
 use crate::cache::{Cache, Cached};
 use crate::{Error, Result, keys};
 
@@ -278,24 +278,18 @@ impl<R: UserRepo> CachedUserRepo<R> {
         async move { encode(inner.get(&user_id).await?) }
     }
 
-    /// A cached value that does not decode (written by another version, damaged) is read from
-    /// the database instead.
+    /// A cached value that does not decode is read from the database instead.
     async fn decode_or_read(&self, user_id: &str, cached: Cached) -> Result<Option<User>> {
         let Some(bytes) = cached else { return Ok(None) };
-        match serde_json::from_slice(&bytes) {
-            Ok(user) => Ok(Some(user)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cached user does not decode; reading the database");
-                self.inner.get(user_id).await
-            }
+        match decode_cached(&bytes) {
+            Some(user) => Ok(Some(user)),
+            None => self.inner.get(user_id).await,
         }
     }
 }
 
 fn encode(user: Option<User>) -> Result<Cached> {
-    user.map(|u| serde_json::to_vec(&u))
-        .transpose()
-        .map_err(|e| Error::Request(format!("encode user for the cache: {e}")))
+    encode_cached(user.as_ref())
 }
 
 impl<R: UserRepo> UserRepo for CachedUserRepo<R> {

@@ -21,21 +21,21 @@ pub enum SerialMode {
 }
 
 impl SerialMode {
-    pub(super) fn serial(self) -> SerialConsistency {
+    pub(crate) fn serial(self) -> SerialConsistency {
         match self {
             SerialMode::Serial => SerialConsistency::Serial,
             SerialMode::LocalSerial => SerialConsistency::LocalSerial,
         }
     }
 
-    pub(super) fn read(self) -> Consistency {
+    pub(crate) fn read(self) -> Consistency {
         match self {
             SerialMode::Serial => Consistency::Serial,
             SerialMode::LocalSerial => Consistency::LocalSerial,
         }
     }
 
-    pub(super) fn commit(self) -> Consistency {
+    pub(crate) fn commit(self) -> Consistency {
         match self {
             SerialMode::Serial => Consistency::Quorum,
             SerialMode::LocalSerial => Consistency::LocalQuorum,
