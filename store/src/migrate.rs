@@ -20,28 +20,23 @@ pub struct Migration {
     pub text: &'static str,
 }
 
+/// One [`Migration`]: its number and its file in `cql/`, embedded.
+macro_rules! migration {
+    ($version:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $file,
+            text: include_str!(concat!("../../cql/", $file)),
+        }
+    };
+}
+
 /// Every migration, in order. Add a file to `cql/` and a line here.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_keyspace.cql",
-        text: include_str!("../../cql/0001_keyspace.cql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_messages.cql",
-        text: include_str!("../../cql/0002_messages.cql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_consumer_limits.cql",
-        text: include_str!("../../cql/0003_consumer_limits.cql"),
-    },
-    Migration {
-        version: 4,
-        name: "0004_dal.cql",
-        text: include_str!("../../cql/0004_dal.cql"),
-    },
+    migration!(1, "0001_keyspace.cql"),
+    migration!(2, "0002_messages.cql"),
+    migration!(3, "0003_consumer_limits.cql"),
+    migration!(4, "0004_dal.cql"),
 ];
 
 /// What [`apply`] did.

@@ -10,10 +10,16 @@
 //! - [`users`]: the `users` table — profile and status, looked up on every authentication.
 //! - [`sessions`]: the `sessions` and `session_members` tables — a session, its members (paged),
 //!   an exact member count.
+//! - [`conversations`]: the `user_sessions` and `read_state` tables — a user's conversation
+//!   list with pinned/muted, read state and unread counts, sorted and paged.
+//! - [`latest`]: the `session_latest` table — each session's latest message, written by the
+//!   consumer (CQL and Redis, max seq wins), read by the conversation list.
 //!
 //! Every CQL statement of a table lives in its repository's file; every Redis key in
 //! [`crate::keys`].
 
+pub mod conversations;
+pub mod latest;
 pub mod sessions;
 pub mod users;
 
@@ -58,6 +64,24 @@ pub(crate) fn decode_cached<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Opt
             None
         }
     }
+}
+
+/// Database reads one `get_many` runs at once.
+const READ_CONCURRENCY: usize = 32;
+
+/// `read(id)` for each of `ids`, [`READ_CONCURRENCY`] at a time; result `i` is id `i`'s.
+pub(crate) async fn read_each<'a, T, F>(
+    ids: &'a [String],
+    read: impl Fn(&'a str) -> F,
+) -> Result<Vec<T>>
+where
+    F: std::future::Future<Output = Result<T>> + 'a,
+{
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(READ_CONCURRENCY) {
+        out.extend(futures::future::try_join_all(chunk.iter().map(|id| read(id))).await?);
+    }
+    Ok(out)
 }
 
 /// Prepares `cql`, marked idempotent (the driver may retry it).

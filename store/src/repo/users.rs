@@ -13,14 +13,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{check_id, decode_cached, encode_cached, prepare};
+use super::{check_id, decode_cached, encode_cached, prepare, read_each};
 use crate::cache::{Cache, Cached};
 use crate::{Error, Result, keys};
 
 /// Most users one `get_many` call takes.
 pub const MAX_BATCH: usize = 1000;
-/// Database reads a `get_many` runs at once.
-const READ_CONCURRENCY: usize = 32;
 
 /// Bounds of a user's fields, checked on every write (so what is read back is bounded too).
 pub const MAX_NICKNAME_BYTES: usize = 256;
@@ -213,17 +211,7 @@ impl UserRepo for CqlUserRepo {
 
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<User>>> {
         check_batch(user_ids)?;
-        // Chunks of concurrent reads, built without closures (a closure returning this trait's
-        // futures trips the compiler's `Send` check).
-        let mut users = Vec::with_capacity(user_ids.len());
-        for chunk in user_ids.chunks(READ_CONCURRENCY) {
-            let mut reads = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                reads.push(self.get(id));
-            }
-            users.extend(futures::future::try_join_all(reads).await?);
-        }
-        Ok(users)
+        read_each(user_ids, |id| self.get(id)).await
     }
 
     async fn upsert(&self, user: &User) -> Result<()> {
