@@ -1,4 +1,6 @@
 -- Appends messages to a session's window (see APPEND_LUA in store/src/window.rs). Runs after epoch.lua.
+-- KEYS[3] (optional): the session's latest (store/src/repo/latest.rs), raised to this call's
+-- highest (seq, version): max wins, so a replay or a late batch never lowers it.
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -49,6 +51,35 @@ for i = 3, #ARGV, 2 do
 end
 if #fresh > 0 then
   redis.call('ZADD', key, unpack(fresh))
+end
+if KEYS[3] then
+  local best = nil
+  for i = 3, #ARGV, 2 do
+    if best == nil then
+      best = i
+    else
+      local a, b = tonumber(ARGV[i]), tonumber(ARGV[best])
+      if a > b or (a == b and string.sub(ARGV[i + 1], 1, 16) > string.sub(ARGV[best + 1], 1, 16)) then
+        best = i
+      end
+    end
+  end
+  if best ~= nil then
+    local seq, member = ARGV[best], ARGV[best + 1]
+    local version = string.sub(member, 1, 16)
+    local s, t, e = unpack(redis.call('HMGET', KEYS[3], 's', 't', 'e'))
+    if e ~= ep then
+      -- Not of this epoch (or none): this batch's highest is only a lower bound, so the entry
+      -- is partial until a reader completes it from CQL (latest_fill.lua).
+      redis.call('DEL', KEYS[3])
+      redis.call('HSET', KEYS[3], 's', seq, 't', version, 'm', member, 'e', ep, 'p', '1')
+    elseif not tonumber(s) or tonumber(s) < tonumber(seq) or (tonumber(s) == tonumber(seq) and (t or '') < version) then
+      redis.call('HSET', KEYS[3], 's', seq, 't', version, 'm', member)
+    end
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[3], ttl)
+    end
+  end
 end
 local n = redis.call('ZCARD', key)
 if n > size then

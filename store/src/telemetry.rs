@@ -39,3 +39,14 @@ pub const CACHE_COALESCED: &str = "chatlog_cache_coalesced_total";
 
 /// Member pages read from CQL because the group has more members than the cache holds.
 pub const REPO_MEMBERS_UNCACHED_PAGES: &str = "chatlog_repo_members_uncached_pages_total";
+
+/// In-place updates of cached entries (`repo`; `result`: `in_place`, or `marked` when the entry
+/// was not a fresh value of this epoch and was marked deleted instead).
+pub const CACHE_UPDATES: &str = "chatlog_cache_updates_total";
+
+/// Conversation lists cut at `dal.max_conversations` (the user has more conversations).
+pub const CONVERSATIONS_TRUNCATED: &str = "chatlog_repo_conversations_truncated_total";
+
+/// Sessions' latest messages read (`result`: `hit` in Redis, `miss` loaded from CQL and filled,
+/// `degraded` read from CQL because Redis was unreadable).
+pub const LATEST_READS: &str = "chatlog_repo_latest_reads_total";

@@ -35,7 +35,8 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
     Some((version, avro))
 }
 
-/// Appends messages to one window. `KEYS[1]` = window, `KEYS[2]` = its epoch ([`keys::window_epoch`]);
+/// Appends messages to one window. `KEYS[1]` = window, `KEYS[2]` = its epoch ([`keys::window_epoch`]),
+/// optional `KEYS[3]` = the session's latest ([`keys::latest`], see [`crate::repo::latest`]);
 /// `ARGV` = size, ttl_ms, then (seq, member) pairs. Returns the window's cardinality.
 ///
 /// 1. **Epoch.** A window written in another epoch of Redis (see [`crate::epoch`]: a restart from
@@ -49,6 +50,12 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
 ///    row is in the table, where history finds it.
 /// 3. Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size`
 ///    seqs and refresh the TTL of both keys.
+/// 4. **The session's latest** (`KEYS[3]`): raised to the call's highest (seq, version) — max wins,
+///    so replays and late batches never lower it — in the same call, once per session per batch:
+///    a hot session's latest is written through, never invalidated per message. Of another epoch
+///    (or absent) it is started afresh from this call and flagged partial (`p`): readers complete
+///    it from CQL, max wins ([`crate::repo::latest`]). It is written for every seq of the call,
+///    also those below the window's lowest member. Its TTL follows the window's.
 ///
 /// The common case is a seq above the window's highest one (a new message): it has no member to
 /// compare with, so such seqs — when each appears once in the call — are added by one variadic
@@ -188,9 +195,10 @@ impl WindowWriter {
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.script.get_hash())
-                .arg(2)
+                .arg(3)
                 .arg(keys::window(session_id))
                 .arg(keys::window_epoch(session_id))
+                .arg(keys::latest(session_id))
                 .arg(self.config.size)
                 .arg(ttl_ms);
             for e in entries {

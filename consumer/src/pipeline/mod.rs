@@ -8,7 +8,9 @@
 //!   decode    good messages | poison (reason)
 //!   write     at the same time:
 //!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
-//!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq
+//!             then each session's latest            monotonic: USING TIMESTAMP seq
+//!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq,
+//!             (window and the session's latest)       the latest max (seq, version) wins
 //!   commit    begin; DLQ records; send_offsets(last + 1, fresh group metadata); commit
 //!   on abortable error: abort, rewind to the batch's first offsets, back off, poll again
 //!   a rewind that cannot seek is fatal → exit; the next instance starts from the committed offsets
@@ -43,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use chatlog_schemas::Codec;
 use chatlog_store::messages::MessageWriter;
+use chatlog_store::repo::latest::LatestWriter;
 use chatlog_store::window::WindowWriter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
@@ -132,6 +135,8 @@ pub struct Pipeline {
     producer: TxProducer,
     codec: Codec,
     writer: MessageWriter,
+    /// Each session's latest (`session_latest`), written after the batch's rows.
+    latest: LatestWriter,
     windows: WindowWriter,
     redis: redis::aio::ConnectionManager,
     runtime: Handle,
@@ -161,12 +166,10 @@ impl Pipeline {
         }
         // Producers of the topic refuse limits above the ones published here (issue 14, item 5).
         config.publish_limits(&session).await?;
-        let writer = MessageWriter::new(
-            Arc::new(session),
-            &config.cql.keyspace,
-            config.writer.clone(),
-        )
-        .await?;
+        let session = Arc::new(session);
+        let latest = LatestWriter::new(session.clone(), &config.cql.keyspace).await?;
+        let writer =
+            MessageWriter::new(session, &config.cql.keyspace, config.writer.clone()).await?;
         let redis = config.redis.connect().await?;
         let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)?
             .create_with_context(Context::default())
@@ -201,6 +204,7 @@ impl Pipeline {
             producer,
             codec,
             writer,
+            latest,
             redis,
             runtime: Handle::current(),
             shutdown,

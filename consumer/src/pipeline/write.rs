@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::Consumer;
 
+use chatlog_store::repo::latest::{LatestRow, latest_of};
 use chatlog_store::window::{self, WindowEntry};
 
 use super::collect::{Batch, next_offsets};
@@ -147,8 +148,16 @@ impl Pipeline {
         let plan = WritePlan::new(good, self.windows.config().size);
         let fence = polled_from + self.config.kafka.window_fence();
         let budget = self.config.retry.stage_budget;
+        let latest = latest_rows(good.iter());
         self.runtime.block_on(async {
-            let rows = self.retry("cql", None, budget, || self.writer.write(&plan.rows));
+            // Each session's latest after the rows: it never names a message whose row the
+            // batch failed to write (its highest seq is always among `plan.rows`).
+            let rows = async {
+                self.retry("cql", None, budget, || self.writer.write(&plan.rows))
+                    .await?;
+                self.retry("cql", None, budget, || self.latest.write(&latest))
+                    .await
+            };
             let windows = async {
                 if plan.windows.is_empty() {
                     return Ok(());
@@ -238,6 +247,7 @@ impl Pipeline {
             // The whole session at once first: most sessions of such a batch are fine.
             let owned: Vec<Good> = messages.iter().map(|g| (*g).clone()).collect();
             let plan = WritePlan::new(&owned, self.windows.config().size);
+            let latest = latest_rows(messages.iter().copied());
             let written = async {
                 for rows in [&plan.trimmed_rows, &plan.rows] {
                     if !rows.is_empty() {
@@ -245,6 +255,8 @@ impl Pipeline {
                             .await?;
                     }
                 }
+                self.retry("cql", None, budget, || self.latest.write(&latest))
+                    .await?;
                 for windows in [&plan.windows_after_trimmed_rows, &plan.windows] {
                     self.append_windows(windows, fence, budget).await?;
                 }
@@ -261,12 +273,16 @@ impl Pipeline {
         }
         messages.sort_by_key(|g| (g.origin.partition, g.origin.offset));
         for g in messages {
-            let failed = match self
-                .retry("cql", None, budget, || {
+            let latest = latest_rows(std::iter::once(g));
+            let row = async {
+                self.retry("cql", None, budget, || {
                     self.writer.write(std::slice::from_ref(&g.message))
                 })
-                .await
-            {
+                .await?;
+                self.retry("cql", None, budget, || self.latest.write(&latest))
+                    .await
+            };
+            let failed = match row.await {
                 Err(e) => Some(("cql", e)),
                 Ok(_) => {
                     let entry = WindowEntry {
@@ -421,6 +437,18 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Each session's latest among `good` (highest seq, then newest version).
+fn latest_rows<'a>(good: impl Iterator<Item = &'a Good>) -> Vec<LatestRow> {
+    latest_of(good.map(|g| {
+        (
+            g.message.session_id.as_str(),
+            g.message.seq,
+            g.message.server_time_us,
+            g.avro.as_slice(),
+        )
+    }))
 }
 
 pub(super) fn observe_stage(stage: &'static str, started: Instant) {

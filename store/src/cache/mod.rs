@@ -17,6 +17,12 @@
 //! - **Redis away**: reads go to the database (counted); marks that could not be sent are kept
 //!   and retried every 100 ms and before this process's next read ([`pending`]).
 //! - **Redis back in time** (restart, failover): entries of another epoch are never hits.
+//! - **in-place update** ([`Cache::update_in_place`], after the database write): for entries read
+//!   with [`Cache::get_entry`], a monotonic field (`cache_update.lua`) is raised to the maximum on
+//!   a value of this epoch with no loader, and anything else is marked deleted as a write's mark
+//!   is. A large entry (a 5,000-conversation list) then survives frequent small writes (mark read)
+//!   without a reload, and no race leaves it stale: a loader's fill replaces the whole hash, extra
+//!   fields included, and only while its token owns it (an update in between removed the token).
 
 mod config;
 mod pending;
@@ -38,10 +44,27 @@ use crate::{RedisConnections, Result, keys, telemetry};
 /// What a key caches: the encoded entity, or `None` when the database has none.
 pub type Cached = Option<Vec<u8>>;
 
+/// What [`Cache::get_entry`] reads: the value and the fields updated in place since its fill
+/// ([`Cache::update_in_place`]; none after a load, which read them from the database).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Cached,
+    /// `(field, value)` of every in-place update since the fill.
+    pub fields: Fields,
+}
+
+/// `(field, value)` pairs of a hash.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The fields of an entry's hash the engine itself uses (never an in-place field).
+const ENGINE_FIELDS: [&[u8]; 5] = [b"v", b"e", b"o", b"u", b"d"];
+
 const EPOCH_BODY: &str = "return server_epoch()\n";
 const LOCK_BODY: &str = include_str!("../../lua/cache_lock.lua");
 const FILL_BODY: &str = include_str!("../../lua/cache_fill.lua");
 const MARK_LUA: &str = include_str!("../../lua/cache_mark.lua");
+const UPDATE_BODY: &str = include_str!("../../lua/cache_update.lua");
 
 /// First and longest pause between two get-or-lock attempts while another process loads.
 const WAIT_FIRST: Duration = Duration::from_millis(2);
@@ -61,7 +84,8 @@ struct Inner {
     lock: PinnedScript,
     fill: PinnedScript,
     mark: redis::Script,
-    flights: Flights<String, Cached>,
+    update: PinnedScript,
+    flights: Flights<String, Entry>,
     pending: Pending,
 }
 
@@ -76,8 +100,8 @@ impl std::fmt::Debug for Cache {
 
 /// The answer of the get-or-lock script.
 enum Lock {
-    /// A value of this epoch.
-    Hit(Cached),
+    /// A value of this epoch (with its in-place fields when the whole hash was asked).
+    Hit(Entry),
     /// Another loader holds an unexpired lease.
     Wait,
     /// The caller owns the entry.
@@ -98,6 +122,7 @@ impl Cache {
                 lock: PinnedScript::new(LOCK_BODY, "cache get-or-lock"),
                 fill: PinnedScript::new(FILL_BODY, "cache fill"),
                 mark: redis::Script::new(MARK_LUA),
+                update: PinnedScript::new(UPDATE_BODY, "cache update in place"),
                 flights: Flights::new(telemetry::CACHE_COALESCED),
                 pending,
             }),
@@ -119,8 +144,98 @@ impl Cache {
             None => load().await,
             Some(mut probed) => match probed.pop().flatten() {
                 Some(value) => Ok(value),
-                None => self.load_key(key, load).await,
+                None => Ok(self.load_key(key, load, false).await?.value),
             },
+        }
+    }
+
+    /// Like [`get`](Cache::get), for an entry updated in place ([`update_in_place`]): the value
+    /// and its in-place fields, read together in one atomic round trip (epoch + `HGETALL`).
+    /// Every in-place field present was written after the value's load began, so the caller
+    /// merges them into the value (each field a maximum).
+    ///
+    /// [`update_in_place`]: Cache::update_in_place
+    pub async fn get_entry<L, F>(&self, key: String, load: L) -> Result<Entry>
+    where
+        L: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<Cached>> + Send + 'static,
+    {
+        let repo = self.inner.repo;
+        let degraded = || {
+            metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
+        };
+        if !self.inner.config.enabled || self.inner.pending.overflowed() {
+            degraded();
+            return Ok(Entry {
+                value: load().await?,
+                fields: Vec::new(),
+            });
+        }
+        match self.probe_entry(&key).await {
+            Ok(Some(entry)) => {
+                metrics::counter!(telemetry::CACHE_REQUESTS, "repo" => repo, "result" => "hit")
+                    .increment(1);
+                Ok(entry)
+            }
+            Ok(None) => {
+                metrics::counter!(telemetry::CACHE_REQUESTS, "repo" => repo, "result" => "miss")
+                    .increment(1);
+                self.load_key(key, load, true).await
+            }
+            Err(e) => {
+                tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
+                degraded();
+                Ok(Entry {
+                    value: load().await?,
+                    fields: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Raises field `field` of `key`'s entry to `value` (decimal integers joined by `:`, each
+    /// part raised to the maximum of the stored and the new one) after the database write, if the
+    /// entry holds a value of this epoch and nobody loads it; otherwise marks the entry deleted
+    /// (as [`invalidate`](Cache::invalidate)). An entry already holding `max_fields` fields is
+    /// marked instead of growing: the next read reloads it and the fill drops every in-place
+    /// field. Never fails: a call Redis does not take is kept as a mark and retried.
+    pub async fn update_in_place(&self, key: &str, field: &str, value: &str, max_fields: usize) {
+        if !self.inner.config.enabled {
+            return;
+        }
+        let repo = self.inner.repo;
+        let mark_ttl = self.inner.config.mark_ttl.as_millis().to_string();
+        let most = (max_fields + ENGINE_FIELDS.len()).to_string();
+        let done = self
+            .run_pinned(
+                &self.inner.update,
+                key,
+                &[
+                    field.as_bytes(),
+                    value.as_bytes(),
+                    most.as_bytes(),
+                    mark_ttl.as_bytes(),
+                ],
+            )
+            .await
+            .and_then(|r: Value| redis::from_redis_value::<i64>(r).map_err(Into::into));
+        match done {
+            Ok(1) => {
+                metrics::counter!(telemetry::CACHE_UPDATES, "repo" => repo, "result" => "in_place")
+                    .increment(1);
+            }
+            Ok(_) => {
+                metrics::counter!(telemetry::CACHE_UPDATES, "repo" => repo, "result" => "marked")
+                    .increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(repo, error = %e, "cache update kept for retry as a mark");
+                metrics::counter!(telemetry::CACHE_MARKS_FAILED, "repo" => repo).increment(1);
+                if self.inner.pending.add(&[key.to_owned()]) {
+                    self.spawn_retrier();
+                }
+                self.report_pending();
+            }
         }
     }
 
@@ -144,7 +259,7 @@ impl Cache {
                 async move {
                     match hit {
                         Some(value) => Ok(value),
-                        None => self.load_key(key, move || load(i)).await,
+                        None => Ok(self.load_key(key, move || load(i), false).await?.value),
                     }
                 }
             });
@@ -236,22 +351,52 @@ impl Cache {
         Ok(probed)
     }
 
-    /// A miss: one load of `key` in flight in this process, through the get-or-lock protocol.
-    async fn load_key<L, F>(&self, key: String, load: L) -> Result<Cached>
+    /// One atomic round trip: the epoch, then `HGETALL` of `key`. `Some` for a hit.
+    async fn probe_entry(&self, key: &str) -> redis::RedisResult<Option<Entry>> {
+        self.flush_pending().await?;
+        let mut con = self.inner.redis.get();
+        let mut attempts = 0;
+        let (epoch, all): (String, Fields) = loop {
+            let script = self.inner.epoch.get(&mut con).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .invoke_script(&script.prepare_invoke())
+                .cmd("HGETALL")
+                .arg(key);
+            match pipe.query_async(&mut con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.inner.epoch.forget(&script);
+                    attempts += 1;
+                }
+                other => break other?,
+            }
+        };
+        Ok(whole_entry(all, Some(&epoch)))
+    }
+
+    /// A miss: one load of `key` in flight in this process, through the get-or-lock protocol
+    /// (`whole`: the hit of another loader comes with its in-place fields, the fill drops them).
+    async fn load_key<L, F>(&self, key: String, load: L, whole: bool) -> Result<Entry>
     where
         L: FnOnce() -> F + Send + 'static,
         F: Future<Output = Result<Cached>> + Send + 'static,
     {
         let this = self.clone();
+        // Plain and whole loads of one key never share a flight (a plain one has no fields).
+        let flight = if whole { format!("{key}\0all") } else { key };
         self.inner
             .flights
-            .run(key, move |key| {
-                async move { this.lock_and_load(&key, load).await }.boxed()
+            .run(flight, move |flight| {
+                async move {
+                    let key = flight.strip_suffix("\0all").unwrap_or(&flight);
+                    this.lock_and_load(key, load, whole).await
+                }
+                .boxed()
             })
             .await
     }
 
-    async fn lock_and_load<L, F>(&self, key: &str, load: L) -> Result<Cached>
+    async fn lock_and_load<L, F>(&self, key: &str, load: L, whole: bool) -> Result<Entry>
     where
         L: FnOnce() -> F,
         F: Future<Output = Result<Cached>>,
@@ -261,14 +406,23 @@ impl Cache {
         let token = uuid::Uuid::now_v7().simple().to_string();
         let started = Instant::now();
         let mut pause = WAIT_FIRST;
+        let plain = |value: Cached| Entry {
+            value,
+            fields: Vec::new(),
+        };
+        let flag: &[u8] = if whole { b"1" } else { b"0" };
         loop {
             let lease = config.lease.as_millis().to_string();
             let answer = self
-                .run_pinned(&self.inner.lock, key, &[token.as_bytes(), lease.as_bytes()])
+                .run_pinned(
+                    &self.inner.lock,
+                    key,
+                    &[token.as_bytes(), lease.as_bytes(), flag],
+                )
                 .await
                 .and_then(parse_lock);
             match answer {
-                Ok(Lock::Hit(value)) => return Ok(value),
+                Ok(Lock::Hit(entry)) => return Ok(entry),
                 Ok(Lock::Wait) if started.elapsed() < config.max_wait => {
                     metrics::counter!(telemetry::CACHE_LOCK_WAITS, "repo" => repo).increment(1);
                     tokio::time::sleep(pause).await;
@@ -277,25 +431,25 @@ impl Cache {
                 Ok(Lock::Wait) => {
                     tracing::warn!(repo, waited = ?started.elapsed(), "cache loader too slow; reading the database");
                     metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
-                    return load().await;
+                    return load().await.map(plain);
                 }
                 Ok(Lock::Owned) => {
                     metrics::counter!(telemetry::CACHE_LOADS, "repo" => repo).increment(1);
                     let loaded = load().await;
-                    self.fill(key, &token, &loaded).await;
-                    return loaded;
+                    self.fill(key, &token, &loaded, whole).await;
+                    return loaded.map(plain);
                 }
                 Err(e) => {
                     tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
                     metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
-                    return load().await;
+                    return load().await.map(plain);
                 }
             }
         }
     }
 
     /// Fills `key` with what its loader read (or gives the lease back after a failed read).
-    async fn fill(&self, key: &str, token: &str, loaded: &Result<Cached>) {
+    async fn fill(&self, key: &str, token: &str, loaded: &Result<Cached>, whole: bool) {
         let config = &self.inner.config;
         let (value, ttl_ms) = match loaded {
             Ok(Some(v)) => (encode(Some(v)), config.draw_ttl_ms()),
@@ -307,7 +461,12 @@ impl Cache {
             .run_pinned(
                 &self.inner.fill,
                 key,
-                &[token.as_bytes(), &value, ttl.as_bytes()],
+                &[
+                    token.as_bytes(),
+                    &value,
+                    ttl.as_bytes(),
+                    if whole { b"1" } else { b"0" },
+                ],
             )
             .await
             .and_then(|r: Value| redis::from_redis_value::<i64>(r).map_err(Into::into));
@@ -438,14 +597,48 @@ fn parse_lock(reply: Value) -> redis::RedisResult<Lock> {
     };
     match (status, parts.len()) {
         (1, 2) => {
-            let value: Vec<u8> = redis::from_redis_value(parts.remove(1))?;
+            let reply = parts.remove(1);
+            if let Value::Array(_) = reply {
+                // The whole hash (an entry read with `get_entry`); its epoch was checked.
+                let all: Fields = redis::from_redis_value(reply)?;
+                return Ok(whole_entry(all, None).map_or(Lock::Owned, Lock::Hit));
+            }
+            let value: Vec<u8> = redis::from_redis_value(reply)?;
             // A malformed value is no hit: take the entry over as if it were missing.
-            Ok(decode(&value).map_or(Lock::Owned, Lock::Hit))
+            Ok(decode(&value).map_or(Lock::Owned, |value| {
+                Lock::Hit(Entry {
+                    value,
+                    fields: Vec::new(),
+                })
+            }))
         }
         (2, 1) => Ok(Lock::Wait),
         (3, 1) => Ok(Lock::Owned),
         _ => Err(unexpected("cache get-or-lock", &parts)),
     }
+}
+
+/// The entry an `HGETALL` shows: `Some` if it holds a well-formed value (filled in `epoch`, when
+/// given), with its in-place fields.
+fn whole_entry(all: Fields, epoch: Option<&str>) -> Option<Entry> {
+    let mut value = None;
+    let mut filled_in = None;
+    let mut fields = Vec::new();
+    for (field, v) in all {
+        match field.as_slice() {
+            b"v" => value = Some(v),
+            b"e" => filled_in = Some(v),
+            f if ENGINE_FIELDS.contains(&f) => {}
+            _ => fields.push((field, v)),
+        }
+    }
+    if let Some(epoch) = epoch
+        && filled_in.as_deref() != Some(epoch.as_bytes())
+    {
+        return None;
+    }
+    let value = decode(&value?)?;
+    Some(Entry { value, fields })
 }
 
 fn unexpected(what: &'static str, got: &[Value]) -> redis::RedisError {

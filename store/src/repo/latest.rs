@@ -1,0 +1,427 @@
+//! Each session's latest message: the highest seq, its server time and the message, kept by the
+//! consumer as part of its batch — one write per session per batch, never one per member — and
+//! read by the conversation list ([`super::conversations`]).
+//!
+//! **CQL** (`session_latest`, [`LatestWriter`]): every cell is written `USING TIMESTAMP <seq>`, so
+//! the highest seq wins without a read and a replay writes identical cells. The `message` column
+//! holds the window member ([`crate::window::member`]: 16 hex digits of `server_time_us`, then the
+//! Avro bytes), so that two versions of one seq (an edit), written with the same timestamp, are
+//! settled by Cassandra's and ScyllaDB's tie rule (the greater value wins) in favour of the newer
+//! version — for `server_time` (a larger number) and `message` (a larger prefix) alike.
+//!
+//! **Redis** ([`keys::latest`], a hash: `s` seq, `t` version, `m` member, `e` epoch, `p` partial):
+//! written through by the consumer's window script (`store/lua/window_append.lua`, max wins, in
+//! the same call as the window), so a hot session's latest is never invalidated. An entry of
+//! another epoch, absent, or partial (created by the consumer, which knew only its batch) is not
+//! trusted: [`LatestReader`] loads the row from CQL and fills max-wins (`store/lua/latest_fill.lua`),
+//! so a fill never lowers what the consumer wrote meanwhile, and whatever order the consumer's
+//! CQL write, its Redis write, the reader's CQL read and its fill take, the entry ends at the max.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use redis::Value;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::prepare;
+use crate::epoch::{PinnedScript, is_noscript};
+use crate::{Error, RedisConnections, Result, keys, telemetry, window};
+
+/// CQL reads (misses) and writes a reader or writer runs at once.
+const CONCURRENCY: usize = 32;
+
+/// A session's latest message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latest {
+    /// The highest seq the consumer persisted (0: none yet).
+    pub seq: i64,
+    /// Its server time, µs since the Unix epoch.
+    pub server_time_us: i64,
+    /// Its Avro single-object bytes (empty when read without messages, or none yet).
+    pub avro: Vec<u8>,
+}
+
+/// One session's latest of a batch, for [`LatestWriter::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestRow {
+    /// The session.
+    pub session_id: String,
+    /// The highest seq of the batch.
+    pub seq: i64,
+    /// Its server time (µs): its version.
+    pub server_time_us: i64,
+    /// The window member of the message ([`window::member`]).
+    pub member: Vec<u8>,
+}
+
+/// The latest of each session among `messages` — `(session, seq, server_time_us, avro)` — by
+/// (seq, version): one row per session, whatever the order.
+pub fn latest_of<'a>(
+    messages: impl IntoIterator<Item = (&'a str, i64, i64, &'a [u8])>,
+) -> Vec<LatestRow> {
+    let mut best: BTreeMap<&str, (i64, i64, &[u8])> = BTreeMap::new();
+    for (session, seq, time, avro) in messages {
+        let slot = best.entry(session).or_insert((seq, time, avro));
+        if (seq, time) > (slot.0, slot.1) {
+            *slot = (seq, time, avro);
+        }
+    }
+    best.into_iter()
+        .map(|(session, (seq, time, avro))| LatestRow {
+            session_id: session.to_owned(),
+            seq,
+            server_time_us: time,
+            member: window::member(time, avro),
+        })
+        .collect()
+}
+
+fn upsert_cql(keyspace: &str) -> String {
+    format!(
+        "UPDATE {keyspace}.session_latest USING TIMESTAMP ? SET max_seq = ?, server_time = ?, \
+         message = ? WHERE session_id = ?"
+    )
+}
+
+fn select_cql(keyspace: &str) -> String {
+    format!("SELECT max_seq, message FROM {keyspace}.session_latest WHERE session_id = ?")
+}
+
+/// Writes `session_latest` (the consumer's CQL stage).
+#[derive(Clone)]
+pub struct LatestWriter {
+    session: Arc<Session>,
+    upsert: PreparedStatement,
+}
+
+impl LatestWriter {
+    /// Prepares the statement on `keyspace`.
+    pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<LatestWriter> {
+        Ok(LatestWriter {
+            upsert: prepare(&session, upsert_cql(keyspace), "session_latest upsert").await?,
+            session,
+        })
+    }
+
+    /// Writes each row `USING TIMESTAMP <seq>` (idempotent, monotonic), 32 at a time.
+    pub async fn write(&self, rows: &[LatestRow]) -> Result<()> {
+        futures::stream::iter(rows.iter().map(|r| async move {
+            self.session
+                .execute_unpaged(
+                    &self.upsert,
+                    (
+                        r.seq,
+                        r.seq,
+                        r.server_time_us,
+                        r.member.as_slice(),
+                        r.session_id.as_str(),
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| Error::cql("write session_latest", e))
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+}
+
+const EPOCH_BODY: &str = "return server_epoch()\n";
+const FILL_BODY: &str = include_str!("../../lua/latest_fill.lua");
+
+/// Reads sessions' latests: Redis first (one pipelined round trip), CQL for what Redis does not
+/// vouch for (then filled, max wins), CQL only while Redis is unreadable.
+#[derive(Clone)]
+pub struct LatestReader {
+    session: Arc<Session>,
+    select: PreparedStatement,
+    redis: Option<RedisConnections>,
+    ttl_ms: u64,
+    epoch: Arc<PinnedScript>,
+    fill: Arc<PinnedScript>,
+}
+
+impl LatestReader {
+    /// A reader of `keyspace`; with `redis`, through the Redis entries (filled with `ttl`; keep
+    /// it the consumer's `window.ttl`).
+    pub async fn new(
+        session: Arc<Session>,
+        keyspace: &str,
+        redis: Option<RedisConnections>,
+        ttl: std::time::Duration,
+    ) -> Result<LatestReader> {
+        Ok(LatestReader {
+            select: prepare(&session, select_cql(keyspace), "session_latest select").await?,
+            session,
+            redis,
+            ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
+            epoch: Arc::new(PinnedScript::new(EPOCH_BODY, "latest epoch")),
+            fill: Arc::new(PinnedScript::new(FILL_BODY, "latest fill")),
+        })
+    }
+
+    /// The latest of each of `sessions` (result `i` is session `i`'s; `None`: no message yet),
+    /// with the message bytes when `messages` (else `avro` is empty and only the seqs and times
+    /// are transferred: the conversation list sorts thousands of them).
+    pub async fn read(&self, sessions: &[String], messages: bool) -> Result<Vec<Option<Latest>>> {
+        let Some(redis) = &self.redis else {
+            return self.read_cql(sessions, messages).await;
+        };
+        let probed = match self.probe(redis, sessions, messages).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "latest unreadable in Redis; reading CQL");
+                metrics::counter!(telemetry::LATEST_READS, "result" => "degraded")
+                    .increment(sessions.len() as u64);
+                return self.read_cql(sessions, messages).await;
+            }
+        };
+        let hits = probed.iter().filter(|p| p.is_some()).count() as u64;
+        metrics::counter!(telemetry::LATEST_READS, "result" => "hit").increment(hits);
+        metrics::counter!(telemetry::LATEST_READS, "result" => "miss")
+            .increment(sessions.len() as u64 - hits);
+        // Misses in chunks of concurrent loads, built without closures (a closure returning
+        // these futures trips the compiler's `Send` check in the repositories' traits).
+        let mut out: Vec<Option<Latest>> = Vec::with_capacity(sessions.len());
+        let mut misses: Vec<usize> = Vec::new();
+        for (i, hit) in probed.into_iter().enumerate() {
+            if hit.is_none() {
+                misses.push(i);
+            }
+            out.push(hit.flatten());
+        }
+        for chunk in misses.chunks(CONCURRENCY) {
+            let mut loads = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                loads.push(self.load_and_fill(redis, &sessions[i], messages));
+            }
+            for (&i, loaded) in chunk
+                .iter()
+                .zip(futures::future::try_join_all(loads).await?)
+            {
+                out[i] = loaded;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Epoch + `HMGET` of every session's entry in one atomic round trip (slot order); `Some` for
+    /// an entry of this epoch that is not partial.
+    async fn probe(
+        &self,
+        redis: &RedisConnections,
+        sessions: &[String],
+        messages: bool,
+    ) -> redis::RedisResult<Vec<Option<Option<Latest>>>> {
+        let mut order: Vec<usize> = (0..sessions.len()).collect();
+        let keys: Vec<String> = sessions.iter().map(|s| keys::latest(s)).collect();
+        order.sort_by_key(|&i| keys::slot(&keys[i]));
+        let mut con = redis.get();
+        let mut attempts = 0;
+        let mut replies: Vec<Value> = loop {
+            let script = self.epoch.get(&mut con).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic().invoke_script(&script.prepare_invoke());
+            for &i in &order {
+                let cmd = pipe.cmd("HMGET").arg(&keys[i]).arg("s").arg("t").arg("e");
+                cmd.arg("p");
+                if messages {
+                    cmd.arg("m");
+                }
+            }
+            match pipe.query_async(&mut con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.epoch.forget(&script);
+                    attempts += 1;
+                }
+                other => break other?,
+            }
+        };
+        if replies.len() != sessions.len() + 1 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "latest probe: reply count",
+            )));
+        }
+        let epoch: String = redis::from_redis_value(replies.remove(0))?;
+        let mut probed = vec![None; sessions.len()];
+        for (&i, reply) in order.iter().zip(replies) {
+            let mut fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply)?;
+            fields.resize(5, None);
+            let member = fields.pop().flatten();
+            let partial = fields.pop().flatten().is_some();
+            let filled_in = fields.pop().flatten();
+            let (s, t) = (fields.remove(0), fields.remove(0));
+            if partial || filled_in.as_deref() != Some(epoch.as_bytes()) {
+                continue;
+            }
+            probed[i] = parse_entry(s.as_deref(), t.as_deref(), member.as_deref(), messages);
+        }
+        Ok(probed)
+    }
+
+    /// A miss: the CQL row, filled into Redis max-wins; the result is what Redis holds after the
+    /// fill (it may be above the row: the consumer wrote meanwhile).
+    async fn load_and_fill(
+        &self,
+        redis: &RedisConnections,
+        session_id: &str,
+        messages: bool,
+    ) -> Result<Option<Latest>> {
+        let row = self.select_one(session_id).await?;
+        let (seq, member) = row.clone().unwrap_or((0, Vec::new()));
+        let (seq_arg, ttl) = (seq.to_string(), self.ttl_ms.to_string());
+        let key = keys::latest(session_id);
+        let mut con = redis.get();
+        let mut attempts = 0;
+        let filled = loop {
+            let script = match self.fill.get(&mut con).await {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
+            let mut call = script.prepare_invoke();
+            call.key(&key).arg(&seq_arg).arg(&member).arg(&ttl);
+            match call.invoke_async::<(String, Vec<u8>)>(&mut con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.fill.forget(&script);
+                    attempts += 1;
+                }
+                other => break other,
+            }
+        };
+        let from_row = row_to_latest(row, messages);
+        match filled {
+            Ok((s, t)) => match parse_entry(Some(s.as_bytes()), Some(&t), None, false).flatten() {
+                // The consumer wrote a newer one meanwhile: report it (with its message, read
+                // again, when asked for).
+                Some(newer) if newer.seq > seq => {
+                    if !messages {
+                        return Ok(Some(newer));
+                    }
+                    let again = self.probe(redis, &[session_id.to_owned()], true).await;
+                    Ok(match again.ok().and_then(|mut p| p.pop().flatten()) {
+                        Some(found) => found,
+                        None => from_row,
+                    })
+                }
+                _ => Ok(from_row),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "latest fill failed");
+                Ok(from_row)
+            }
+        }
+    }
+
+    async fn select_one(&self, session_id: &str) -> Result<Option<(i64, Vec<u8>)>> {
+        let what = "read session_latest";
+        let row = self
+            .session
+            .execute_unpaged(&self.select, (session_id,))
+            .await
+            .map_err(|e| Error::cql(what, e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql(what, e))?
+            .maybe_first_row::<(Option<i64>, Option<Vec<u8>>)>()
+            .map_err(|e| Error::cql(what, e))?;
+        Ok(row.and_then(|(seq, member)| Some((seq?, member.unwrap_or_default()))))
+    }
+
+    async fn read_cql(&self, sessions: &[String], messages: bool) -> Result<Vec<Option<Latest>>> {
+        let mut out = Vec::with_capacity(sessions.len());
+        for chunk in sessions.chunks(CONCURRENCY) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for sid in chunk {
+                reads.push(self.select_one(sid));
+            }
+            for row in futures::future::try_join_all(reads).await? {
+                out.push(row_to_latest(row, messages));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn row_to_latest(row: Option<(i64, Vec<u8>)>, messages: bool) -> Option<Latest> {
+    let (seq, member) = row?;
+    if seq <= 0 {
+        return None;
+    }
+    let (time, avro) = window::parse_member(&member).unwrap_or((0, &[]));
+    Some(Latest {
+        seq,
+        server_time_us: time,
+        avro: if messages { avro.to_vec() } else { Vec::new() },
+    })
+}
+
+/// `Some(None)`: an entry saying "no message yet"; `None`: not an entry this reader understands
+/// (treated as a miss).
+fn parse_entry(
+    s: Option<&[u8]>,
+    t: Option<&[u8]>,
+    member: Option<&[u8]>,
+    messages: bool,
+) -> Option<Option<Latest>> {
+    let seq: i64 = std::str::from_utf8(s?).ok()?.parse().ok()?;
+    if seq <= 0 {
+        return Some(None);
+    }
+    let time = i64::from_str_radix(std::str::from_utf8(t?).ok()?, 16).ok()?;
+    let avro = if messages {
+        let (_, avro) = window::parse_member(member?)?;
+        avro.to_vec()
+    } else {
+        Vec::new()
+    };
+    Some(Some(Latest {
+        seq,
+        server_time_us: time,
+        avro,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_of_a_batch_is_its_highest_seq_then_version() {
+        let rows = latest_of([
+            ("a", 5, 100, &b"a5"[..]),
+            ("b", 1, 50, &b"b1"[..]),
+            ("a", 7, 90, &b"a7"[..]),
+            ("a", 7, 95, &b"a7-edit"[..]),
+            ("a", 6, 200, &b"a6"[..]),
+        ]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].seq, rows[0].server_time_us),
+            (7, 95),
+            "seq first, then the newer version"
+        );
+        assert_eq!(rows[0].member, window::member(95, b"a7-edit"));
+        assert_eq!((rows[1].session_id.as_str(), rows[1].seq), ("b", 1));
+    }
+
+    #[test]
+    fn entries_parse_or_miss() {
+        let m = window::member(0x1234, b"avro");
+        let got = parse_entry(Some(b"9"), Some(&m[..16]), Some(&m), true);
+        assert_eq!(
+            got,
+            Some(Some(Latest {
+                seq: 9,
+                server_time_us: 0x1234,
+                avro: b"avro".to_vec()
+            }))
+        );
+        assert_eq!(parse_entry(Some(b"0"), Some(b""), None, false), Some(None));
+        assert_eq!(parse_entry(Some(b"x"), Some(&m[..16]), None, false), None);
+        assert_eq!(parse_entry(Some(b"3"), Some(&m[..16]), None, true), None);
+    }
+}
