@@ -1,0 +1,379 @@
+//! Conversation lists and read state against the local stack (real Cassandra and Redis): a
+//! 5,000-conversation list walked page by page is complete and in the documented order, mark_read
+//! never moves backward whatever the order of concurrent calls, and no slow loader fills a list
+//! cache with read state older than a write that returned.
+//!
+//! "Two processes" are two `Cache` values over one Redis (as in tests/repo.rs).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatlog::{fresh_keyspace, redis_connection, unique};
+use chatlog_store::cache::{Cache, CacheConfig};
+use chatlog_store::repo::conversations::{
+    CachedConversationRepo, ConversationConfig, ConversationPage, ConversationRepo,
+    CqlConversationRepo, Memberships, unread,
+};
+use chatlog_store::repo::latest::{LatestReader, LatestRow, LatestWriter};
+use chatlog_store::window;
+
+struct World {
+    cql: Arc<scylla::client::session::Session>,
+    keyspace: String,
+    db: Arc<CqlConversationRepo>,
+    latest: LatestWriter,
+}
+
+async fn world() -> World {
+    let (cql, config) = fresh_keyspace("convs").await;
+    let db = CqlConversationRepo::new(cql.clone(), &config.keyspace, Default::default())
+        .await
+        .expect("conversations repo");
+    World {
+        latest: LatestWriter::new(cql.clone(), &config.keyspace)
+            .await
+            .expect("latest writer"),
+        db: Arc::new(db),
+        keyspace: config.keyspace,
+        cql,
+    }
+}
+
+impl World {
+    /// A cached repository over `inner` with a Redis connection of its own ("a process").
+    async fn cached<R: ConversationRepo>(&self, inner: &Arc<R>) -> CachedConversationRepo<R> {
+        let redis = redis_connection().await;
+        let cache = Cache::new(
+            redis.clone().into(),
+            CacheConfig::default(),
+            "conversations",
+        )
+        .expect("cache");
+        let config = ConversationConfig::default();
+        let latest = LatestReader::new(
+            self.cql.clone(),
+            &self.keyspace,
+            Some(redis.into()),
+            config.latest_ttl,
+        )
+        .await
+        .expect("latest reader");
+        CachedConversationRepo::new(inner.clone(), cache, latest, config).expect("cached repo")
+    }
+}
+
+/// Every page of `user`'s list, walked with the cursor (`limit` per page).
+async fn walk<R: ConversationRepo>(
+    repo: &R,
+    user: &str,
+    limit: usize,
+) -> Vec<chatlog_store::repo::conversations::Conversation> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let ConversationPage {
+            conversations,
+            next,
+            ..
+        } = repo
+            .conversations(user, limit, cursor.as_deref())
+            .await
+            .expect("page");
+        assert!(conversations.len() <= limit);
+        all.extend(conversations);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return all,
+        }
+    }
+    panic!("the walk did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_list_of_5000_is_complete_and_ordered() {
+    let w = world().await;
+    let user = unique("u");
+    let n = 5000;
+    let base_us = chatlog::now_ms() * 1000;
+    // Session i: pinned every 97th; no message every 10th (sorted by its join time, some equal);
+    // the others' latest times repeat in groups of 7 (ties broken by session id); joins at a few
+    // distinct times so that message-less ones tie too.
+    let sessions: Vec<String> = (0..n)
+        .map(|i| format!("{user}-s{:05}", (i * 7919) % n))
+        .collect();
+    let joined = |i: usize| 1_000_000 + (i % 3) as i64;
+    let time_of = |i: usize| base_us - ((i / 7) as i64) * 1_000;
+    let seq_of = |i: usize| 1 + (i % 40) as i64;
+    for chunk in sessions.chunks(100).enumerate() {
+        let (c, ids) = chunk;
+        let joins = ids
+            .iter()
+            .enumerate()
+            .map(|(k, s)| w.db.join(&user, s, joined(c * 100 + k)));
+        futures::future::try_join_all(joins).await.expect("join");
+    }
+    let rows: Vec<LatestRow> = sessions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 != 0)
+        .map(|(i, s)| LatestRow {
+            session_id: s.clone(),
+            seq: seq_of(i),
+            server_time_us: time_of(i),
+            member: window::member(time_of(i), format!("avro-{s}").as_bytes()),
+        })
+        .collect();
+    w.latest.write(&rows).await.expect("latest");
+    let cached = w.cached(&w.db).await;
+    for (i, s) in sessions.iter().enumerate() {
+        if i % 97 == 0 {
+            cached.set_pinned(&user, s, true).await.expect("pin");
+        }
+        if i % 13 == 0 {
+            cached
+                .mark_read(&user, s, seq_of(i) / 2)
+                .await
+                .expect("mark");
+        }
+    }
+
+    // The documented order, computed here from what was written.
+    let mut expected: Vec<(bool, i64, String, i64)> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let has_message = i % 10 != 0;
+            let activity = if has_message {
+                time_of(i)
+            } else {
+                joined(i) * 1000
+            };
+            let max_seq = if has_message { seq_of(i) } else { 0 };
+            let read = if i % 13 == 0 { seq_of(i) / 2 } else { 0 };
+            (i % 97 == 0, activity, s.clone(), unread(max_seq, read, 0))
+        })
+        .collect();
+    expected.sort_by(|a, b| (!a.0, -a.1, &a.2).cmp(&(!b.0, -b.1, &b.2)));
+    assert!(
+        expected.windows(2).any(|p| p[0].1 == p[1].1),
+        "the list has ties to break"
+    );
+
+    for (what, limit) in [("cold, 137 a page", 137), ("warm, 500 a page", 500)] {
+        let started = Instant::now();
+        let got = walk(&cached, &user, limit).await;
+        eprintln!(
+            "{what}: {} conversations in {:?}",
+            got.len(),
+            started.elapsed()
+        );
+        let ids: Vec<&str> = got.iter().map(|c| c.session_id.as_str()).collect();
+        let unique_ids: BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), n, "{what}: every conversation");
+        assert_eq!(unique_ids.len(), n, "{what}: each exactly once");
+        let shown: Vec<(bool, i64, String, i64)> = got
+            .iter()
+            .map(|c| (c.pinned, c.activity_us, c.session_id.clone(), c.unread))
+            .collect();
+        assert_eq!(shown, expected, "{what}: the documented order and counts");
+        for c in &got {
+            if let Some(l) = &c.latest {
+                assert_eq!(l.avro, format!("avro-{}", c.session_id).into_bytes());
+                assert_eq!(c.max_seq, l.seq);
+            }
+        }
+    }
+    // The database alone agrees with the cache.
+    let from_db = walk(w.db.as_ref(), &user, 1000).await;
+    let ids = |v: &[chatlog_store::repo::conversations::Conversation]| -> Vec<(String, i64)> {
+        v.iter().map(|c| (c.session_id.clone(), c.unread)).collect()
+    };
+    assert_eq!(ids(&from_db), ids(&walk(&cached, &user, 1000).await));
+
+    // A limit above the page bound is capped; a warm whole-list page stays fast.
+    let started = Instant::now();
+    let page = cached.conversations(&user, 100_000, None).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "warm first page of {} in {elapsed:?}",
+        page.conversations.len()
+    );
+    assert_eq!(page.conversations.len(), 500, "limit capped at max_page");
+    assert_eq!(page.total, n);
+    assert!(!page.truncated);
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "a warm page of a 5,000-conversation list took {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_lists_are_truncated_at_the_bound() {
+    let (cql, config) = fresh_keyspace("convs").await;
+    let small = ConversationConfig {
+        max_conversations: 10,
+        ..Default::default()
+    };
+    let db = CqlConversationRepo::new(cql, &config.keyspace, small)
+        .await
+        .unwrap();
+    let user = unique("u");
+    for i in 0..25 {
+        db.join(&user, &format!("s{i:02}"), i).await.unwrap();
+    }
+    let Memberships { list, truncated } = db.memberships(&user).await.unwrap();
+    assert!(truncated);
+    assert_eq!(list.len(), 10, "nothing beyond the bound");
+    let page = db.conversations(&user, 100, None).await.unwrap();
+    assert_eq!((page.total, page.truncated), (10, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_mark_read_never_moves_backward_under_concurrent_marks() {
+    let w = world().await;
+    let user = unique("u");
+    let session = unique("s");
+    w.db.join(&user, &session, 1).await.unwrap();
+    let a = Arc::new(w.cached(&w.db).await);
+    let b = Arc::new(w.cached(&w.db).await);
+    // Seqs 1..=400 in a scrambled order, from two processes at once, with reads in between: after
+    // each mark returns, both processes read at least it (and the list stays cached meanwhile).
+    let seqs: Vec<i64> = (0..400).map(|i| 1 + (i * 263) % 400).collect();
+    let marks = seqs.chunks(8).enumerate().map(|(k, chunk)| {
+        let (a, b, user, session) = (a.clone(), b.clone(), user.clone(), session.clone());
+        let chunk = chunk.to_vec();
+        async move {
+            let (me, other) = if k % 2 == 0 { (a, b) } else { (b, a) };
+            for seq in chunk {
+                me.mark_read(&user, &session, seq).await.unwrap();
+                for repo in [&me, &other] {
+                    let seen = repo.memberships(&user).await.unwrap().list[0].has_read_seq;
+                    assert!(seen >= seq, "read {seen} after mark_read({seq}) returned");
+                }
+            }
+        }
+    });
+    futures::future::join_all(marks).await;
+    for repo in [&a, &b] {
+        assert_eq!(
+            repo.memberships(&user).await.unwrap().list[0].has_read_seq,
+            400
+        );
+    }
+    assert_eq!(
+        w.db.memberships(&user).await.unwrap().list[0].has_read_seq,
+        400
+    );
+    // Lower marks afterwards change nothing, in the database or the cache.
+    a.mark_read(&user, &session, 7).await.unwrap();
+    b.mark_read(&user, &session, 0).await.unwrap();
+    assert_eq!(
+        a.memberships(&user).await.unwrap().list[0].has_read_seq,
+        400
+    );
+    assert_eq!(
+        w.db.memberships(&user).await.unwrap().list[0].has_read_seq,
+        400
+    );
+    // clear_history: min_seq rises to the session's latest and never goes down.
+    w.latest
+        .write(&[LatestRow {
+            session_id: session.clone(),
+            seq: 450,
+            server_time_us: 1,
+            member: window::member(1, b"m"),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(b.clear_history(&user, &session).await.unwrap(), 450);
+    assert_eq!(a.min_seq(&user, &session).await.unwrap(), 450);
+    let page = a.conversations(&user, 10, None).await.unwrap();
+    assert_eq!(
+        (page.conversations[0].max_seq, page.conversations[0].unread),
+        (450, 0)
+    );
+}
+
+/// A repository whose membership reads return what the database held `delay` before they return:
+/// a slow loader.
+struct Slow<R> {
+    inner: Arc<R>,
+    delay: std::sync::Mutex<Duration>,
+}
+
+impl<R: ConversationRepo> ConversationRepo for Slow<R> {
+    async fn join(&self, u: &str, s: &str, at: i64) -> chatlog_store::Result<()> {
+        self.inner.join(u, s, at).await
+    }
+    async fn leave(&self, u: &str, s: &str) -> chatlog_store::Result<()> {
+        self.inner.leave(u, s).await
+    }
+    async fn set_pinned(&self, u: &str, s: &str, p: bool) -> chatlog_store::Result<()> {
+        self.inner.set_pinned(u, s, p).await
+    }
+    async fn set_muted(&self, u: &str, s: &str, m: bool) -> chatlog_store::Result<()> {
+        self.inner.set_muted(u, s, m).await
+    }
+    async fn mark_read(&self, u: &str, s: &str, seq: i64) -> chatlog_store::Result<()> {
+        self.inner.mark_read(u, s, seq).await
+    }
+    async fn clear_history(&self, u: &str, s: &str) -> chatlog_store::Result<i64> {
+        self.inner.clear_history(u, s).await
+    }
+    async fn min_seq(&self, u: &str, s: &str) -> chatlog_store::Result<i64> {
+        self.inner.min_seq(u, s).await
+    }
+    async fn memberships(&self, u: &str) -> chatlog_store::Result<Memberships> {
+        let read = self.inner.memberships(u).await;
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        read
+    }
+    async fn conversations(
+        &self,
+        u: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> chatlog_store::Result<ConversationPage> {
+        self.inner.conversations(u, limit, cursor).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_cache_has_no_stale_fill_after_mark_read() {
+    let w = world().await;
+    let slow = Arc::new(Slow {
+        inner: w.db.clone(),
+        delay: std::sync::Mutex::new(Duration::ZERO),
+    });
+    let loader = Arc::new(w.cached(&slow).await);
+    let writer = w.cached(&w.db).await;
+    let checker = w.cached(&w.db).await;
+    let mut stale = 0;
+    let rounds = 60;
+    for round in 0..rounds {
+        let user = unique("u");
+        let session = format!("{user}-s");
+        w.db.join(&user, &session, 1).await.unwrap();
+        writer.mark_read(&user, &session, 5).await.unwrap();
+        // A cold read by the slow process: it locks the entry and reads has_read 5, then waits
+        // 20–80 ms before filling; the writer's mark_read(9) lands in between.
+        *slow.delay.lock().unwrap() = Duration::from_millis(20 + (round % 4) * 20);
+        let slow_read = {
+            let (loader, user) = (loader.clone(), user.clone());
+            tokio::spawn(async move { loader.memberships(&user).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        writer.mark_read(&user, &session, 9).await.unwrap();
+        let _ = slow_read.await.unwrap();
+        // After the write returned (and the slow fill had its chance): every read sees 9.
+        for _ in 0..3 {
+            let seen = checker.memberships(&user).await.unwrap().list[0].has_read_seq;
+            if seen < 9 {
+                stale += 1;
+            }
+        }
+    }
+    assert_eq!(stale, 0, "stale reads after mark_read returned");
+}
