@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# chatlog's benchmarks, side by side with their references, in one run (issue 8; see BENCHMARKS.md):
+# chatlog's benchmarks, side by side with their references, in one run (issues 8 and 16; see BENCHMARKS.md):
 #
 #   dev/bench.sh            the full run (~3-4 minutes on 2 cores, plus the release build)
 #   dev/bench.sh --quick    a smoke run (seconds)
+#   dev/bench.sh --only cache   P8 and P9 alone (the cached repositories: users, conversation lists)
 #   dev/bench.sh --help     every size and setting (messages, sessions, consumer batch/linger, …)
 #
 # Brings the local stack up if it is not (dev/stack.sh up is idempotent), builds chatlog-bench and
-# chatlog-consumer in release mode, runs P1..P7, prints the table, writes target/bench/results.json
+# chatlog-consumer in release mode, runs P1..P9, prints the table, writes target/bench/results.json
 # and draws target/bench/{throughput,latency_cdf,rss}.png (matplotlib; installed from PyPI if missing).
 # Extra arguments go to chatlog-bench.
 set -euo pipefail
@@ -32,6 +33,11 @@ mkdir -p "$out"
 target/release/chatlog-bench --consumer-bin target/release/chatlog-consumer --out-dir "$out" "$@"
 
 py="${CHATLOG_PYTHON:-python3}"
+# The read-only parts (--only reads, --only cache) record no time series: nothing to draw.
+if ! "$py" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["series"] else 1)' "$out/results.json"; then
+  echo "[bench] no time series in this run: no plots" >&2
+  exit 0
+fi
 if ! "$py" -c 'import matplotlib' 2>/dev/null; then
   echo "[bench] installing matplotlib for $py from PyPI" >&2
   "$py" -m pip install -q matplotlib >/dev/null 2>&1 \

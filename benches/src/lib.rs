@@ -1,5 +1,5 @@
-//! chatlog's benchmark harness (`dev/bench.sh`): every figure of issue 8 measured side by side with
-//! its reference in one run, against the local stack, reported as ratios.
+//! chatlog's benchmark harness (`dev/bench.sh`): every figure of issues 8 and 16 measured side by
+//! side with its reference in one run, against the local stack, reported as ratios.
 //!
 //! | | ours | reference | goal |
 //! |---|---|---|---|
@@ -10,16 +10,19 @@
 //! | P5 | history `latest(50)` reads/s | `redis-benchmark ZREVRANGE <window> 0 49`, same concurrency | ≥ 0.5× |
 //! | P6 | seq allocations/s | `redis-benchmark INCR`, same concurrency | ≥ 0.5× |
 //! | P7 | consumer peak RSS (VmHWM) at max rate | — | ≤ 200 MiB |
+//! | P8 | cached `get_user` reads/s (`CachedUserRepo<CqlUserRepo>`, warm) | `redis-benchmark GET` of a value of the same size, same concurrency | ≥ 0.5× |
+//! | P8-cql | the same cached reads/s | the uncached read (`CqlUserRepo::get`), same callers | ≥ 10× |
+//! | P9 | conversation lists/s (200 conversations, warm, first page of 200), with p99 | `redis-benchmark MGET` of 200 keys, same concurrency | ≥ 0.3× |
 //!
-//! Order of a run: the producer library sends `messages` records (after one warm-up record per
+//! Order of a run: P5 and P6 (reads, on windows of their own), P8 and P9 (the cached
+//! repositories, on users and sessions of their own), then the producer library sends `messages` records (after one warm-up record per
 //! session) to a fresh topic (P3, ours), `ProducerPerformance` sends as many to another (P3,
 //! reference); the loader writes the stored rows into a fresh keyspace (P1 reference); the real
 //! `chatlog-consumer` then drains the pre-produced topic into another keyspace (P1 drain: committed
 //! offsets sampled every 50 ms, rate from the first commit to the last, start-up excluded), and
 //! keeps running while the producer sends `live_messages` more at full speed (P1 live, P7) and then
 //! paces at half the live rate (P4), then at a quarter (supplementary); the consumer is stopped; the naive consumer reads the same
-//! topic with its own group (P2); history and the seq allocator run against `redis-benchmark` (P5,
-//! P6). Everything the run created (topics, keyspaces, Redis keys, groups) is deleted at the end.
+//! topic with its own group (P2). Everything the run created (topics, keyspaces, Redis keys, groups) is deleted at the end.
 #![forbid(unsafe_code)]
 
 pub mod child;

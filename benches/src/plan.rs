@@ -11,7 +11,7 @@ use crate::workload::Workload;
 
 /// Command-line options; unset sizes take the full or `--quick` defaults (see [`Plan`]).
 #[derive(Debug, Clone, Default, clap::Parser)]
-#[command(about = "chatlog benchmarks: P1..P7 next to their references, in one run")]
+#[command(about = "chatlog benchmarks: P1..P9 next to their references, in one run")]
 pub struct Options {
     /// Smoke-run sizes (seconds, not minutes).
     #[arg(long)]
@@ -52,10 +52,10 @@ pub struct Options {
     /// Seconds of the naive consumer (P2).
     #[arg(long)]
     pub naive_seconds: Option<f64>,
-    /// Seconds of each read/allocation loop (P5, P6).
+    /// Seconds of each read/allocation loop (P5, P6, P8, P9).
     #[arg(long)]
     pub loop_seconds: Option<f64>,
-    /// Concurrent callers of P5 and P6 (and redis-benchmark clients).
+    /// Concurrent callers of P5, P6, P8 and P9 (and redis-benchmark clients).
     #[arg(long)]
     pub callers: Option<usize>,
     /// The `chatlog-consumer` binary.
@@ -68,7 +68,7 @@ pub struct Options {
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
     /// Run only some scenarios (for profiling): `all`, `reads` (P5 and P6 alone, on windows the
-    /// harness writes itself) or `produce` (P3 alone).
+    /// harness writes itself), `cache` (P8 and P9 alone) or `produce` (P3 alone).
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
 }
@@ -77,11 +77,13 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Only {
-    /// P1…P7.
+    /// P1…P9.
     #[default]
     All,
     /// P5 and P6.
     Reads,
+    /// P8 and P9 (the Smart DAL's cached repositories).
+    Cache,
     /// P3 alone.
     Produce,
 }
@@ -117,9 +119,9 @@ pub struct Plan {
     pub latency_probes: usize,
     /// P2 seconds.
     pub naive_seconds: f64,
-    /// P5/P6 loop seconds.
+    /// P5/P6/P8/P9 loop seconds.
     pub loop_seconds: f64,
-    /// P5/P6 callers.
+    /// P5/P6/P8/P9 callers.
     pub callers: usize,
     /// The consumer binary.
     pub consumer_bin: PathBuf,

@@ -1,13 +1,16 @@
-//! P5 and P6: history `latest(50)` reads/s next to `redis-benchmark ZREVRANGE <window> 0 49`, and
-//! seq allocations/s next to `redis-benchmark INCR`, at the same concurrency (callers = clients).
+//! The read loops of P5, P6, P8 and P9: history `latest(50)` reads/s next to `redis-benchmark
+//! ZREVRANGE <window> 0 49`, seq allocations/s next to `redis-benchmark INCR`, cached `get_user`
+//! reads/s next to `redis-benchmark GET` (and the uncached CQL read), conversation lists/s next
+//! to `redis-benchmark MGET`, at the same concurrency (callers = clients).
 
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chatlog_store::history::{History, Source};
+use chatlog_store::repo::conversations::ConversationRepo;
+use chatlog_store::repo::users::UserRepo;
 use chatlog_store::seq::SeqAllocator;
 
 use crate::cpu::seconds as cpu_seconds;
@@ -20,10 +23,17 @@ pub struct Measured {
     pub rate: f64,
     /// Operations done.
     pub ops: u64,
+    /// Latency of one operation at the 99th percentile, ms (redis-benchmark's own figure for it).
+    pub p99_ms: f64,
     /// Client CPU (user + system) per operation, µs.
     pub client_cpu_us: f64,
     /// Redis server CPU per operation, µs.
     pub redis_cpu_us: f64,
+}
+
+/// A histogram of per-operation latencies in µs (1 µs to 60 s, 3 significant digits).
+fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>> {
+    Ok(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
 /// The Redis server's process id (`INFO server`), when it runs on this machine.
@@ -66,7 +76,7 @@ async fn with_cpu<T>(
 pub struct Loops<'a> {
     /// Redis's pid, when it runs on this machine.
     pub redis: Option<u32>,
-    /// One session per caller (at least as many as callers).
+    /// One session (P8, P9: one user) per caller, at least as many as callers.
     pub sessions: &'a [String],
     /// How long each measurement runs.
     pub seconds: f64,
@@ -100,6 +110,45 @@ impl Loops<'_> {
         .await
     }
 
+    /// `get(user)` reads/s of `callers` callers, caller `c` on user `sessions[c]`; every user must
+    /// exist (a `None` would be a cached "absent", not the read measured).
+    pub async fn user_reads<R: UserRepo>(&self, repo: &Arc<R>, callers: usize) -> Result<Measured> {
+        self.run(repo, callers, |repo: Arc<R>, user, _, _| async move {
+            if repo.get(&user).await?.is_none() {
+                bail!("user {user} read as absent");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// First pages of `len` conversations per second of `callers` callers, caller `c` listing
+    /// user `sessions[c]`'s; every page must hold `len` conversations with their latest message.
+    pub async fn conversation_lists<R: ConversationRepo>(
+        &self,
+        repo: &Arc<R>,
+        len: usize,
+        callers: usize,
+    ) -> Result<Measured> {
+        self.run(repo, callers, move |repo: Arc<R>, user, _, _| async move {
+            let page = repo.conversations(&user, len, None).await?;
+            let with_latest = page
+                .conversations
+                .iter()
+                .filter(|c| c.latest.as_ref().is_some_and(|l| !l.avro.is_empty()))
+                .count();
+            if page.conversations.len() != len || with_latest != len {
+                bail!(
+                    "the list of {user} held {} conversations, {with_latest} with a latest message, \
+                     not {len}",
+                    page.conversations.len()
+                );
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// `callers` concurrent loops with their CPU cost: caller `c` calls `op(target, sessions[c],
     /// c, n)` in its `n`th round (`target` and the session cloned per call, each a reference
     /// count, so the future owns them).
@@ -120,39 +169,40 @@ impl Loops<'_> {
                 sessions.len()
             );
         }
-        let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(seconds);
-        let counter = done.clone();
         let run = async move {
             let tasks: Vec<_> = (0..callers)
                 .map(|c| {
                     let op = op.clone();
-                    let done = done.clone();
                     let target = target.clone();
                     let session: Arc<str> = sessions[c].as_str().into();
                     tokio::spawn(async move {
+                        let mut latency = latency_histogram()?;
                         let mut n = 0u64;
                         while Instant::now() < until {
+                            let t0 = Instant::now();
                             op(target.clone(), session.clone(), c, n).await?;
+                            latency.saturating_record(t0.elapsed().as_micros() as u64);
                             n += 1;
                         }
-                        done.fetch_add(n, Ordering::Relaxed);
-                        Ok::<_, anyhow::Error>(())
+                        Ok::<_, anyhow::Error>(latency)
                     })
                 })
                 .collect();
+            let mut latency = latency_histogram()?;
             for t in tasks {
-                t.await??;
+                latency.add(t.await??)?;
             }
-            Ok(started.elapsed().as_secs_f64())
+            Ok((started.elapsed().as_secs_f64(), latency))
         };
-        let (wall, client, server) = with_cpu(redis, run).await?;
-        let ops = counter.load(Ordering::Relaxed);
+        let ((wall, latency), client, server) = with_cpu(redis, run).await?;
+        let ops = latency.len();
         let per = |cpu: f64| cpu * 1e6 / ops.max(1) as f64;
         Ok(Measured {
             rate: ops as f64 / wall,
             ops,
+            p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
             client_cpu_us: per(client),
             redis_cpu_us: per(server),
         })
@@ -192,11 +242,15 @@ pub fn redis_benchmark(
         .lines()
         .find(|l| !l.starts_with("\"test\"") && l.starts_with('"'))
         .with_context(|| format!("redis-benchmark printed no result: {text}"))?;
-    let rps = row
-        .split("\",\"")
-        .nth(1)
-        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
-        .with_context(|| format!("redis-benchmark result {row:?}"))?;
+    // Columns: test, rps, avg, min, p50, p95, p99, max (latencies in ms).
+    let column = |i: usize| {
+        row.split("\",\"")
+            .nth(i)
+            .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+            .with_context(|| format!("redis-benchmark result {row:?}, column {i}"))
+    };
+    let rps = column(1)?;
+    let p99_ms = column(6)?;
     // `times`: "0m0.000000s 0m0.000000s" (the shell) then the children's line.
     let client_cpu = crate::cpu::shell_times(&text);
     let server_cpu = match (r0, r1) {
@@ -207,6 +261,7 @@ pub fn redis_benchmark(
     Ok(Measured {
         rate: rps,
         ops: requests as u64,
+        p99_ms,
         client_cpu_us: per(client_cpu),
         redis_cpu_us: per(server_cpu),
     })

@@ -1,4 +1,4 @@
-//! The results: one [`Figure`] per goal (P1…P7), the machine, the plan, time series and the latency
+//! The results: one [`Figure`] per goal (P1…P9), the machine, the plan, time series and the latency
 //! CDF — written as JSON and printed as a table.
 
 use std::collections::BTreeMap;
@@ -154,7 +154,7 @@ pub struct Results {
     pub machine: Machine,
     /// The sizes and settings used.
     pub plan: serde_json::Value,
-    /// P1…P7.
+    /// P1…P9.
     pub figures: BTreeMap<String, Figure>,
     /// Supporting numbers (per scenario).
     pub details: BTreeMap<String, serde_json::Value>,
@@ -175,7 +175,7 @@ fn num(v: f64) -> String {
 }
 
 impl Results {
-    /// The table of P1…P7 (Markdown).
+    /// The table of P1…P9 (Markdown).
     pub fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(

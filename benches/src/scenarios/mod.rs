@@ -1,7 +1,8 @@
-//! The scenarios of a run, one module each (P1…P7, see the crate docs), in the order they run:
-//! P5 and P6 (reads, on sessions of their own), then through Kafka P3 (whose sends the others
-//! consume), P1 (loader, drain, loader again, live), P4 (paced, while the consumer still runs),
-//! P7 (the consumer's peak memory) and P2 (the naive consumer).
+//! The scenarios of a run, one module each (P1…P9, see the crate docs), in the order they run:
+//! P5 and P6 (reads, on sessions of their own), P8 and P9 (the cached repositories, on users and
+//! sessions of their own), then through Kafka P3 (whose sends the others consume), P1 (loader,
+//! drain, loader again, live), P4 (paced, while the consumer still runs), P7 (the consumer's peak
+//! memory) and P2 (the naive consumer).
 
 mod measure;
 mod p1;
@@ -11,6 +12,8 @@ mod p4;
 mod p5;
 mod p6;
 mod p7;
+mod p8;
+mod p9;
 mod versus;
 mod world;
 
@@ -79,7 +82,7 @@ async fn scenarios(
     // Measured after the write scenarios, both sides met a machine those had left behind (Cassandra
     // compacting, Redis and the harness hundreds of MiB larger): per read the client cost 58 instead
     // of 45 µs and Redis 21 instead of 13 µs, while the reference ran later and met less of it.
-    if plan.only != Only::Produce {
+    if matches!(plan.only, Only::All | Only::Reads) {
         let read_sessions: Vec<String> = (0..plan.callers)
             .map(|i| format!("{}_r{i}", world.run))
             .collect();
@@ -93,7 +96,19 @@ async fn scenarios(
         let rpid = p5::run(plan, world, e2e_ks, &read_sessions, &mut out).await?;
         p6::run(plan, world, e2e_ks, rpid, &mut out).await?;
     }
-    if plan.only != Only::Reads {
+    // P8 and P9 next, for the same reason: before the write scenarios change the machine.
+    if matches!(plan.only, Only::All | Only::Cache) {
+        let rpid = reads::redis_pid(&mut world.redis.clone()).await;
+        let mut out = Collect {
+            figures: &mut figures,
+            details: &mut details,
+            series: &mut all_series,
+            cdf: &mut cdf,
+        };
+        p8::run(plan, world, e2e_ks, rpid, &mut out).await?;
+        p9::run(plan, world, e2e_ks, rpid, &mut out).await?;
+    }
+    if matches!(plan.only, Only::All | Only::Produce) {
         let cx = Ctx {
             plan,
             world,

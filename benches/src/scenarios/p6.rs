@@ -62,6 +62,7 @@ pub(super) async fn run(
             ours: "allocate",
             reference: "redis-benchmark INCR",
             unit: "op/s",
+            goal: 0.5,
         },
         json!({}),
         out,

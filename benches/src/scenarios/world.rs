@@ -34,9 +34,9 @@ impl World {
                 .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
                 .await;
         }
-        // Every Redis key of the run carries the run id in its hash tag.
+        // Every Redis key of the run carries the run id in its hash tag (a user's after `u:`).
         let mut con = self.redis.clone();
-        let pattern = format!("chatlog:{{{}_*", self.run);
+        let pattern = format!("chatlog:{{*{}_*", self.run);
         let mut cursor: u64 = 0;
         loop {
             let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
