@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chatlog_consumer::{Config, telemetry};
+use chatlog_store::telemetry as store_telemetry;
 use deploy_files::{
     dashboard_exprs, exported_series_names, metric_names_in, read, root, rule_exprs, run, tool,
     yaml_file, yaml_to_json,
@@ -30,7 +31,30 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ChatlogConsumerLagHigh",
     "ChatlogDlqRateHigh",
     "ChatlogTransactionAbortRateHigh",
+    "ChatlogCacheDegradedReads",
+    "ChatlogCacheMarksPending",
 ];
+
+/// The cached repositories' metrics (chatlog-store's cache): exported by the processes that run
+/// the repositories (Logic), not by the consumer. The dashboard's cache row and the
+/// `chatlog-cache` alerts use them, and only them besides the consumer's.
+const CACHE_METRICS: &[&str] = &[
+    store_telemetry::CACHE_REQUESTS,
+    store_telemetry::CACHE_LOADS,
+    store_telemetry::CACHE_LOCK_WAITS,
+    store_telemetry::CACHE_DEGRADED_READS,
+    store_telemetry::CACHE_FILLS_REFUSED,
+    store_telemetry::CACHE_MARKS_FAILED,
+    store_telemetry::CACHE_PENDING_MARKS,
+    store_telemetry::CACHE_COALESCED,
+];
+
+/// What the dashboard and the alerts may use: the consumer's series and the cache's.
+fn known_series_names() -> BTreeSet<String> {
+    let mut names = exported_series_names();
+    names.extend(CACHE_METRICS.iter().map(|m| (*m).to_owned()));
+    names
+}
 
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
@@ -103,13 +127,13 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         assert!(fired.contains(name), "no unit test makes {name} fire");
         assert!(silent.contains(name), "no unit test keeps {name} silent");
     }
-    // Rules use only what the consumer exports.
-    let exported = exported_series_names();
+    // Rules use only what the consumer (or, for the cache, chatlog-store) exports.
+    let exported = known_series_names();
     for (name, expr) in rule_exprs() {
         for metric in metric_names_in(&expr) {
             assert!(
                 exported.contains(&metric) || metric == "up",
-                "{name}: `{metric}` in `{expr}` is not exported by the consumer"
+                "{name}: `{metric}` in `{expr}` is exported neither by the consumer nor by the cache"
             );
         }
     }
@@ -197,8 +221,8 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
         }
     }
 
-    // Only metrics the consumer exports (plus Prometheus's `up`).
-    let exported = exported_series_names();
+    // Only metrics the consumer or the cache exports (plus Prometheus's `up`).
+    let exported = known_series_names();
     let exprs = dashboard_exprs(&dashboard);
     for (title, expr) in &exprs {
         let names = metric_names_in(expr);
@@ -206,7 +230,7 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
         for name in names {
             assert!(
                 exported.contains(&name) || name == "up",
-                "{title}: `{name}` in `{expr}` is not exported by the consumer"
+                "{title}: `{name}` in `{expr}` is exported neither by the consumer nor by the cache"
             );
         }
     }
@@ -254,6 +278,24 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
     );
     assert!(has(&e(telemetry::DLQ_RECORDS)), "DLQ");
     assert!(has(&e(telemetry::E2E_LATENCY)), "end-to-end latency");
+    // The cache row: hit ratio by repo, loads, lock waits, degraded reads, refused fills,
+    // pending marks.
+    assert!(
+        has(&|x| x.contains(store_telemetry::CACHE_REQUESTS)
+            && x.contains("result=\"hit\"")
+            && x.contains(" / ")
+            && x.contains("by (repo)")),
+        "cache hit ratio by repo"
+    );
+    for (metric, what) in [
+        (store_telemetry::CACHE_LOADS, "cache loads"),
+        (store_telemetry::CACHE_LOCK_WAITS, "cache lock waits"),
+        (store_telemetry::CACHE_DEGRADED_READS, "degraded reads"),
+        (store_telemetry::CACHE_FILLS_REFUSED, "refused fills"),
+        (store_telemetry::CACHE_PENDING_MARKS, "pending marks"),
+    ] {
+        assert!(has(&|x| x.contains(metric) && x.contains("repo")), "{what}");
+    }
 }
 
 // ------------------------------------------------------------------------------- compose
@@ -698,7 +740,7 @@ fn example_config_parses_validates_and_documents_every_field() {
 #[test]
 fn operations_guide_covers_every_metric_alert_and_dlq_header() {
     let ops = read("docs/OPERATIONS.md");
-    for name in telemetry::ALL {
+    for name in telemetry::ALL.iter().chain(CACHE_METRICS) {
         assert!(
             ops.contains(name),
             "docs/OPERATIONS.md does not explain {name}"
