@@ -2,7 +2,9 @@
 //! what the per-seq script leaves (the original, with the rule added since that a seq below a
 //! non-empty window's lowest member is not added). Differential test against the local stack's Redis:
 //! random windows, random batches with replays, late seqs, duplicate seqs and older/newer
-//! versions, both scripts applied to twin keys, the resulting ZSETs compared.
+//! versions, both scripts applied to twin keys, the resulting ZSETs compared. The fast script also
+//! keeps the session's latest (`KEYS[3]`): it must end at the highest (seq, version) appended,
+//! whatever the order, the first member of a tie kept.
 
 use chatlog_store::window::APPEND_LUA;
 use redis::aio::ConnectionManager;
@@ -103,11 +105,15 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
     let run = chatlog::unique("winlua");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for case in 0..300 {
-        let (a, b, epoch) = (
+        let (a, b, epoch, latest) = (
             format!("chatlog:{{{run}}}:a{case}"),
             format!("chatlog:{{{run}}}:b{case}"),
             format!("chatlog:{{{run}}}:e{case}"),
+            format!("chatlog:{{{run}}}:l{case}"),
         );
+        // The oracle of the latest: (seq, version, member), raised only by a strictly higher
+        // (seq, version).
+        let mut expected: Option<(u64, u64, Vec<u8>)> = None;
         let size = 1 + rng.below(30);
         let top = 5 + rng.below(60);
         // Two or three appends per case: the state after one is the start of the next.
@@ -118,19 +124,42 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
                     (seq, member(seq, rng.below(4), rng.below(2)))
                 })
                 .collect();
+            for (seq, m) in &entries {
+                let version =
+                    u64::from_str_radix(std::str::from_utf8(&m[..16]).unwrap(), 16).unwrap();
+                if expected
+                    .as_ref()
+                    .is_none_or(|(s, v, _)| (*seq, version) > (*s, *v))
+                {
+                    expected = Some((*seq, version, m.clone()));
+                }
+            }
             let na = append(&mut con, &reference, &[&a], size, &entries).await;
-            let nb = append(&mut con, &fast, &[&b, &epoch], size, &entries).await;
+            let nb = append(&mut con, &fast, &[&b, &epoch, &latest], size, &entries).await;
             assert_eq!(na, nb, "case {case}: cardinality");
             assert_eq!(
                 dump(&mut con, &a).await,
                 dump(&mut con, &b).await,
                 "case {case}: after appending {entries:?}"
             );
+            let (s, m): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                .arg(&latest)
+                .arg("s")
+                .arg("m")
+                .query_async(&mut con)
+                .await
+                .expect("hmget");
+            assert_eq!(
+                s.zip(m),
+                expected.as_ref().map(|(s, _, m)| (*s, m.clone())),
+                "case {case}: the latest after appending {entries:?}"
+            );
         }
         let _: () = redis::cmd("DEL")
             .arg(&a)
             .arg(&b)
             .arg(&epoch)
+            .arg(&latest)
             .query_async(&mut con)
             .await
             .expect("del");

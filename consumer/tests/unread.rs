@@ -267,6 +267,11 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
             &state(&repo, &users).await,
             &expected(60, true),
         );
+        check(
+            "during the replay, CQL alone",
+            &state(db.as_ref(), &users).await,
+            &expected(60, true),
+        );
         looks += 1;
         assert!(
             Instant::now() < deadline,
