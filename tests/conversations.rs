@@ -377,3 +377,36 @@ async fn conversation_cache_has_no_stale_fill_after_mark_read() {
     }
     assert_eq!(stale, 0, "stale reads after mark_read returned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
+    let w = world().await;
+    let reader = LatestReader::new(w.cql.clone(), &w.keyspace, None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let row = |s: &str, seq: i64, time: i64| LatestRow {
+        session_id: s.to_owned(),
+        seq,
+        server_time_us: time,
+        member: window::member(time, format!("{s}-{seq}-{time}").as_bytes()),
+    };
+    // Two sessions, the same writes in opposite orders (an edit of seq 5, a late seq 4): the
+    // timestamp is the seq, so the versions of seq 5 tie and the database keeps the greater
+    // value — the newer version, for the time and for the version-prefixed message alike.
+    let (up, down) = (unique("s"), unique("s"));
+    for r in [row(&up, 5, 100), row(&up, 5, 200), row(&up, 4, 900)] {
+        w.latest.write(&[r]).await.unwrap();
+    }
+    for r in [row(&down, 4, 900), row(&down, 5, 200), row(&down, 5, 100)] {
+        w.latest.write(&[r]).await.unwrap();
+    }
+    let got = reader
+        .read(&[up.clone(), down.clone()], true)
+        .await
+        .unwrap();
+    for (s, l) in [up, down].iter().zip(got) {
+        let l = l.expect("a latest");
+        assert_eq!((l.seq, l.server_time_us), (5, 200), "{s}");
+        assert_eq!(l.avro, format!("{s}-5-200").into_bytes());
+    }
+}

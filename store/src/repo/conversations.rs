@@ -630,7 +630,10 @@ async fn assemble(
     list.truncate(config.max_conversations);
     let limit = limit.min(config.max_page);
     let ids: Vec<String> = list.iter().map(|m| m.session_id.clone()).collect();
-    let summaries = latest.read(&ids, false).await?;
+    // A list no longer than a page is read with its messages at once (one round trip less, and
+    // still sized by the request); a longer one first without them, to sort.
+    let whole = list.len() <= limit;
+    let mut summaries = latest.read(&ids, whole).await?;
     let mut keyed: Vec<(Cursor, usize)> = list
         .iter()
         .zip(&summaries)
@@ -649,11 +652,15 @@ async fn assemble(
     };
     let end = (start + limit).min(keyed.len());
     let page = &keyed[start..end];
-    let page_ids: Vec<String> = page
-        .iter()
-        .map(|(_, i)| list[*i].session_id.clone())
-        .collect();
-    let latests = latest.read(&page_ids, true).await?;
+    let latests = if whole {
+        page.iter().map(|(_, i)| summaries[*i].take()).collect()
+    } else {
+        let page_ids: Vec<String> = page
+            .iter()
+            .map(|(_, i)| list[*i].session_id.clone())
+            .collect();
+        latest.read(&page_ids, true).await?
+    };
     let conversations = page
         .iter()
         .zip(latests)
