@@ -10,10 +10,16 @@
 //! - [`users`]: the `users` table — profile and status, looked up on every authentication.
 //! - [`sessions`]: the `sessions` and `session_members` tables — a session, its members (paged),
 //!   an exact member count.
+//! - [`conversations`]: the `user_sessions` and `read_state` tables — a user's conversation
+//!   list with pinned/muted, read state and unread counts, sorted and paged.
+//! - [`latest`]: the `session_latest` table — each session's latest message, written by the
+//!   consumer (CQL and Redis, max seq wins), read by the conversation list.
 //!
 //! Every CQL statement of a table lives in its repository's file; every Redis key in
 //! [`crate::keys`].
 
+pub mod conversations;
+pub mod latest;
 pub mod sessions;
 pub mod users;
 
