@@ -318,7 +318,7 @@ impl Cache {
     async fn probe(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Cached>>> {
         self.flush_pending().await?;
         let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by_key(|&i| keys::slot(&keys[i]));
+        order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
         let mut con = self.inner.redis.get();
         let mut attempts = 0;
         let mut replies: Vec<Value> = loop {

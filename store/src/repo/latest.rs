@@ -219,7 +219,7 @@ impl LatestReader {
     ) -> redis::RedisResult<Vec<Option<Option<Latest>>>> {
         let mut order: Vec<usize> = (0..sessions.len()).collect();
         let keys: Vec<String> = sessions.iter().map(|s| keys::latest(s)).collect();
-        order.sort_by_key(|&i| keys::slot(&keys[i]));
+        order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
         let mut con = redis.get();
         let mut attempts = 0;
         let mut replies: Vec<Value> = loop {
