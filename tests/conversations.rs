@@ -410,3 +410,35 @@ async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
         assert_eq!(l.avro, format!("{s}-5-200").into_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_latest_cold_reads_of_one_session_load_it_once() {
+    let w = world().await;
+    let redis = redis_connection().await;
+    let reader = LatestReader::new(
+        w.cql.clone(),
+        &w.keyspace,
+        Some(redis.into()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let session = unique("s");
+    w.latest
+        .write(&[LatestRow {
+            session_id: session.clone(),
+            seq: 3,
+            server_time_us: 30,
+            member: window::member(30, b"m"),
+        }])
+        .await
+        .unwrap();
+    let ids = [session];
+    let reads = (0..500).map(|_| reader.read(&ids, false));
+    for got in futures::future::join_all(reads).await {
+        assert_eq!(got.unwrap()[0].as_ref().map(|l| l.seq), Some(3));
+    }
+    assert_eq!(reader.db_reads(), 1, "500 cold reads, one CQL read");
+    reader.read(&ids, true).await.unwrap();
+    assert_eq!(reader.db_reads(), 1, "then filled: Redis answers");
+}

@@ -50,3 +50,6 @@ pub const CONVERSATIONS_TRUNCATED: &str = "chatlog_repo_conversations_truncated_
 /// Sessions' latest messages read (`result`: `hit` in Redis, `miss` loaded from CQL and filled,
 /// `degraded` read from CQL because Redis was unreadable).
 pub const LATEST_READS: &str = "chatlog_repo_latest_reads_total";
+
+/// Misses of a session's latest that joined a load of the same session in flight in this process.
+pub const LATEST_COALESCED: &str = "chatlog_repo_latest_coalesced_total";

@@ -19,14 +19,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use redis::Value;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::prepare;
 use crate::epoch::{PinnedScript, is_noscript};
+use crate::flight::Flights;
 use crate::{Error, RedisConnections, Result, keys, telemetry, window};
 
 /// CQL reads (misses) and writes a reader or writer runs at once.
@@ -143,6 +145,10 @@ pub struct LatestReader {
     ttl_ms: u64,
     epoch: Arc<PinnedScript>,
     fill: Arc<PinnedScript>,
+    /// One load per (session, with messages) in flight in this process: a hot group's members
+    /// opening their lists together after a Redis restart cost one CQL read per process.
+    flights: Arc<Flights<(String, bool), Option<Latest>>>,
+    reads: Arc<AtomicU64>,
 }
 
 impl LatestReader {
@@ -161,7 +167,14 @@ impl LatestReader {
             ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
             epoch: Arc::new(PinnedScript::new(EPOCH_BODY, "latest epoch")),
             fill: Arc::new(PinnedScript::new(FILL_BODY, "latest fill")),
+            flights: Arc::new(Flights::new(telemetry::LATEST_COALESCED)),
+            reads: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Rows read from `session_latest` so far (by this reader and its clones).
+    pub fn db_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// The latest of each of `sessions` (result `i` is session `i`'s; `None`: no message yet),
@@ -197,7 +210,7 @@ impl LatestReader {
         for chunk in misses.chunks(CONCURRENCY) {
             let mut loads = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                loads.push(self.load_and_fill(redis, &sessions[i], messages));
+                loads.push(self.load_shared(redis, &sessions[i], messages));
             }
             for (&i, loaded) in chunk
                 .iter()
@@ -264,6 +277,21 @@ impl LatestReader {
         Ok(probed)
     }
 
+    /// [`load_and_fill`](Self::load_and_fill), one in flight per session in this process.
+    async fn load_shared(
+        &self,
+        redis: &RedisConnections,
+        session_id: &str,
+        messages: bool,
+    ) -> Result<Option<Latest>> {
+        let (this, redis) = (self.clone(), redis.clone());
+        self.flights
+            .run((session_id.to_owned(), messages), move |(sid, messages)| {
+                async move { this.load_and_fill(&redis, &sid, messages).await }.boxed()
+            })
+            .await
+    }
+
     /// A miss: the CQL row, filled into Redis max-wins; the result is what Redis holds after the
     /// fill (it may be above the row: the consumer wrote meanwhile).
     async fn load_and_fill(
@@ -319,6 +347,7 @@ impl LatestReader {
 
     async fn select_one(&self, session_id: &str) -> Result<Option<(i64, Vec<u8>)>> {
         let what = "read session_latest";
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let row = self
             .session
             .execute_unpaged(&self.select, (session_id,))
