@@ -288,6 +288,13 @@ async fn conversation_mark_read_never_moves_backward_under_concurrent_marks() {
         .unwrap();
     assert_eq!(b.clear_history(&user, &session).await.unwrap(), 450);
     assert_eq!(a.min_seq(&user, &session).await.unwrap(), 450);
+    a.clear_history_to(&user, &session, 300).await.unwrap();
+    assert_eq!(
+        b.min_seq(&user, &session).await.unwrap(),
+        450,
+        "never lowers"
+    );
+    assert_eq!(w.db.min_seq(&user, &session).await.unwrap(), 450);
     let page = a.conversations(&user, 10, None).await.unwrap();
     assert_eq!(
         (page.conversations[0].max_seq, page.conversations[0].unread),
@@ -320,6 +327,9 @@ impl<R: ConversationRepo> ConversationRepo for Slow<R> {
     }
     async fn clear_history(&self, u: &str, s: &str) -> chatlog_store::Result<i64> {
         self.inner.clear_history(u, s).await
+    }
+    async fn clear_history_to(&self, u: &str, s: &str, seq: i64) -> chatlog_store::Result<()> {
+        self.inner.clear_history_to(u, s, seq).await
     }
     async fn min_seq(&self, u: &str, s: &str) -> chatlog_store::Result<i64> {
         self.inner.min_seq(u, s).await

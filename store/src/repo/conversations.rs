@@ -208,13 +208,24 @@ pub trait ConversationRepo: Send + Sync + 'static {
         seq: i64,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Clears `user`'s history of `session`: `min_seq` rises to the session's latest persisted
-    /// seq (never lowers). Returns the seq the history now starts above.
+    /// Clears `user`'s history of `session`: `min_seq` rises to the session's latest seq as this
+    /// repository sees it (the cached one: Redis first, which the consumer writes with the
+    /// window, so what the user was shown is cleared). Never lowers. Returns the seq the history
+    /// now starts above.
     fn clear_history(
         &self,
         user_id: &str,
         session_id: &str,
     ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Clears `user`'s history of `session` up to `seq` (0 ≤ seq ≤ 2^53; a seq Logic has seen,
+    /// e.g. the last one the client showed): `min_seq` rises to it, never lowers.
+    fn clear_history_to(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        seq: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// The seq `user`'s history of `session` starts above (0: whole history): history reads for
     /// this user go `after(min_seq)`.
@@ -489,16 +500,21 @@ impl ConversationRepo for CqlConversationRepo {
 
     async fn clear_history(&self, user_id: &str, session_id: &str) -> Result<i64> {
         check_pair(user_id, session_id)?;
-        let latest = self.latest.read(&[session_id.to_owned()], false).await?;
-        let max_seq = latest.first().cloned().flatten().map_or(0, |l| l.seq);
-        self.write(
-            &self.statements.clear,
-            (max_seq, max_seq, user_id, session_id),
-            "clear read_state",
-        )
-        .await?;
+        let max_seq = latest_seq(&self.latest, session_id).await?;
+        self.clear_history_to(user_id, session_id, max_seq).await?;
         // Another clear may have gone higher: report what holds.
         Ok(self.min_seq(user_id, session_id).await?.max(max_seq))
+    }
+
+    async fn clear_history_to(&self, user_id: &str, session_id: &str, seq: i64) -> Result<()> {
+        check_pair(user_id, session_id)?;
+        check_seq(seq)?;
+        self.write(
+            &self.statements.clear,
+            (seq, seq, user_id, session_id),
+            "clear read_state",
+        )
+        .await
     }
 
     async fn min_seq(&self, user_id: &str, session_id: &str) -> Result<i64> {
@@ -692,6 +708,12 @@ async fn assemble(
     })
 }
 
+/// The latest seq of `session_id` as `latest` reads it (0: none).
+async fn latest_seq(latest: &LatestReader, session_id: &str) -> Result<i64> {
+    let read = latest.read(&[session_id.to_owned()], false).await?;
+    Ok(read.into_iter().next().flatten().map_or(0, |l| l.seq))
+}
+
 /// `max(0, max_seq − max(has_read_seq, min_seq))`.
 pub fn unread(max_seq: i64, has_read_seq: i64, min_seq: i64) -> i64 {
     max_seq.saturating_sub(has_read_seq.max(min_seq)).max(0)
@@ -810,9 +832,19 @@ impl<R: ConversationRepo> ConversationRepo for CachedConversationRepo<R> {
     }
 
     async fn clear_history(&self, user_id: &str, session_id: &str) -> Result<i64> {
-        let min_seq = self.inner.clear_history(user_id, session_id).await?;
-        self.raise(user_id, session_id, 0, min_seq).await;
-        Ok(min_seq)
+        check_pair(user_id, session_id)?;
+        let max_seq = latest_seq(&self.latest, session_id).await?;
+        self.clear_history_to(user_id, session_id, max_seq).await?;
+        // Another clear may have gone higher: report what holds.
+        Ok(self.min_seq(user_id, session_id).await?.max(max_seq))
+    }
+
+    async fn clear_history_to(&self, user_id: &str, session_id: &str, seq: i64) -> Result<()> {
+        self.inner
+            .clear_history_to(user_id, session_id, seq)
+            .await?;
+        self.raise(user_id, session_id, 0, seq).await;
+        Ok(())
     }
 
     async fn min_seq(&self, user_id: &str, session_id: &str) -> Result<i64> {
