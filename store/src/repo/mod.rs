@@ -7,6 +7,8 @@
 //! cache entry deleted.
 //!
 //! # Layout
+//! - [`dal`]: [`Dal`], every repository cached, built once by Logic, and the calls that keep
+//!   two of them consistent (join, leave).
 //! - [`users`]: the `users` table — profile and status, looked up on every authentication.
 //! - [`sessions`]: the `sessions` and `session_members` tables — a session, its members (paged),
 //!   an exact member count.
@@ -19,9 +21,12 @@
 //! [`crate::keys`].
 
 pub mod conversations;
+pub mod dal;
 pub mod latest;
 pub mod sessions;
 pub mod users;
+
+pub use dal::{Dal, DalConfig};
 
 use std::sync::Arc;
 
