@@ -150,14 +150,14 @@ impl Pipeline {
         let budget = self.config.retry.stage_budget;
         let latest = latest_rows(good.iter());
         self.runtime.block_on(async {
-            // Each session's latest after the rows: it never names a message whose row the
-            // batch failed to write (its highest seq is always among `plan.rows`).
-            let rows = async {
-                self.retry("cql", None, budget, || self.writer.write(&plan.rows))
-                    .await?;
-                self.retry("cql", None, budget, || self.latest.write(&latest))
-                    .await
-            };
+            // Each session's latest after the rows (one stage: a retry rewrites both, which is
+            // idempotent): it never names a message whose row the batch failed to write (its
+            // highest seq is always among `plan.rows`).
+            let rows = self.retry("cql", None, budget, || async {
+                let written = self.writer.write(&plan.rows).await?;
+                self.latest.write(&latest).await?;
+                Ok(written)
+            });
             let windows = async {
                 if plan.windows.is_empty() {
                     return Ok(());
@@ -274,14 +274,10 @@ impl Pipeline {
         messages.sort_by_key(|g| (g.origin.partition, g.origin.offset));
         for g in messages {
             let latest = latest_rows(std::iter::once(g));
-            let row = async {
-                self.retry("cql", None, budget, || {
-                    self.writer.write(std::slice::from_ref(&g.message))
-                })
-                .await?;
-                self.retry("cql", None, budget, || self.latest.write(&latest))
-                    .await
-            };
+            let row = self.retry("cql", None, budget, || async {
+                self.writer.write(std::slice::from_ref(&g.message)).await?;
+                self.latest.write(&latest).await
+            });
             let failed = match row.await {
                 Err(e) => Some(("cql", e)),
                 Ok(_) => {
