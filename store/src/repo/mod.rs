@@ -20,6 +20,7 @@
 //! Every CQL statement of a table lives in its repository's file; every Redis key in
 //! [`crate::keys`].
 
+mod by_id;
 pub mod conversations;
 pub mod dal;
 pub mod latest;
@@ -87,6 +88,26 @@ where
         out.extend(futures::future::try_join_all(chunk.iter().map(|id| read(id))).await?);
     }
     Ok(out)
+}
+
+/// The first row `statement` returns for `values` as a `T` (`None`: no row).
+pub(crate) async fn read_row<T>(
+    session: &Session,
+    statement: &PreparedStatement,
+    values: impl scylla::serialize::row::SerializeRow,
+    what: &'static str,
+) -> Result<Option<T>>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    session
+        .execute_unpaged(statement, values)
+        .await
+        .map_err(|e| Error::cql(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::cql(what, e))?
+        .maybe_first_row::<T>()
+        .map_err(|e| Error::cql(what, e))
 }
 
 /// Prepares `cql`, marked idempotent (the driver may retry it).

@@ -13,8 +13,9 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{check_id, decode_cached, encode_cached, prepare, read_each};
-use crate::cache::{Cache, Cached};
+use super::by_id::ById;
+use super::{check_id, prepare, read_each, read_row};
+use crate::cache::Cache;
 use crate::{Error, Result, keys};
 
 /// Most users one `get_many` call takes.
@@ -196,16 +197,8 @@ impl UserRepo for CqlUserRepo {
     async fn get(&self, user_id: &str) -> Result<Option<User>> {
         check_id("user_id", user_id)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let what = "read users";
-        let row = self
-            .session
-            .execute_unpaged(&self.select, (user_id,))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<UserRow>()
-            .map_err(|e| Error::cql(what, e))?;
+        let row: Option<UserRow> =
+            read_row(&self.session, &self.select, (user_id,), "read users").await?;
         Ok(row.map(User::from))
     }
 
@@ -247,72 +240,52 @@ impl UserRepo for CqlUserRepo {
 /// then mark the user's entry deleted.
 pub struct CachedUserRepo<R> {
     inner: Arc<R>,
-    cache: Cache,
+    by_id: ById<User>,
 }
 
 impl<R: UserRepo> CachedUserRepo<R> {
     /// Caches `inner` in `cache` (made with repo name `"users"`).
     pub fn new(inner: Arc<R>, cache: Cache) -> CachedUserRepo<R> {
-        CachedUserRepo { inner, cache }
+        let db = inner.clone();
+        let read = move |id: String| {
+            let db = db.clone();
+            async move { db.get(&id).await }
+        };
+        CachedUserRepo {
+            inner,
+            by_id: ById::new(cache, keys::user, read),
+        }
     }
 
     /// The repository behind the cache.
     pub fn inner(&self) -> &Arc<R> {
         &self.inner
     }
-
-    fn load(&self, user_id: &str) -> impl Future<Output = Result<Cached>> + Send + 'static {
-        let (inner, user_id) = (self.inner.clone(), user_id.to_owned());
-        async move { encode(inner.get(&user_id).await?) }
-    }
-
-    /// A cached value that does not decode is read from the database instead.
-    async fn decode_or_read(&self, user_id: &str, cached: Cached) -> Result<Option<User>> {
-        let Some(bytes) = cached else { return Ok(None) };
-        match decode_cached(&bytes) {
-            Some(user) => Ok(Some(user)),
-            None => self.inner.get(user_id).await,
-        }
-    }
-}
-
-fn encode(user: Option<User>) -> Result<Cached> {
-    encode_cached(user.as_ref())
 }
 
 impl<R: UserRepo> UserRepo for CachedUserRepo<R> {
     async fn get(&self, user_id: &str) -> Result<Option<User>> {
         check_id("user_id", user_id)?;
-        let load = self.load(user_id);
-        let cached = self.cache.get(keys::user(user_id), move || load).await?;
-        self.decode_or_read(user_id, cached).await
+        self.by_id.get(user_id).await
     }
 
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<User>>> {
         check_batch(user_ids)?;
-        let (inner, ids) = (self.inner.clone(), Arc::new(user_ids.to_vec()));
-        let load = move |i: usize| {
-            let (inner, ids) = (inner.clone(), ids.clone());
-            async move { encode(inner.get(&ids[i]).await?) }
-        };
-        let keys = user_ids.iter().map(|id| keys::user(id)).collect();
-        let cached = self.cache.get_many(keys, load).await?;
-        let mut users = Vec::with_capacity(cached.len());
-        for (id, c) in user_ids.iter().zip(cached) {
-            users.push(self.decode_or_read(id, c).await?);
-        }
-        Ok(users)
+        self.by_id.get_many(user_ids).await
     }
 
     async fn upsert(&self, user: &User) -> Result<()> {
         self.inner.upsert(user).await?;
-        self.cache.invalidate(&[keys::user(&user.user_id)]).await;
+        self.by_id
+            .cache()
+            .invalidate(&[keys::user(&user.user_id)])
+            .await;
         Ok(())
     }
 
     async fn delete(&self, user_id: &str) -> Result<()> {
         self.inner.delete(user_id).await?;
-        self.cache.invalidate(&[keys::user(user_id)]).await;
+        self.by_id.cache().invalidate(&[keys::user(user_id)]).await;
         Ok(())
     }
 }

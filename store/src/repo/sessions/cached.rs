@@ -1,6 +1,5 @@
 //! [`CachedSessionRepo`]: sessions and whole member lists through the cache.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -8,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     MAX_PAGE, Member, MemberPage, SessionInfo, SessionRepo, SessionsConfig, check_batch, page_of,
 };
-use crate::cache::{Cache, Cached};
+use crate::cache::Cache;
+use crate::repo::by_id::ById;
 use crate::repo::{check_id, decode_cached, encode_cached};
 use crate::{Result, keys, telemetry};
 
@@ -24,6 +24,7 @@ enum CachedMembers {
 /// to `R` first, then mark the session's entries deleted.
 pub struct CachedSessionRepo<R> {
     inner: Arc<R>,
+    by_id: ById<SessionInfo>,
     cache: Cache,
     members_cache_max: usize,
 }
@@ -31,8 +32,14 @@ pub struct CachedSessionRepo<R> {
 impl<R: SessionRepo> CachedSessionRepo<R> {
     /// Caches `inner` in `cache` (made with repo name `"sessions"`).
     pub fn new(inner: Arc<R>, cache: Cache, config: &SessionsConfig) -> CachedSessionRepo<R> {
+        let db = inner.clone();
+        let read = move |id: String| {
+            let db = db.clone();
+            async move { db.get(&id).await }
+        };
         CachedSessionRepo {
             inner,
+            by_id: ById::new(cache.clone(), keys::session, read),
             cache,
             members_cache_max: config.members_cache_max,
         }
@@ -41,24 +48,6 @@ impl<R: SessionRepo> CachedSessionRepo<R> {
     /// The repository behind the cache.
     pub fn inner(&self) -> &Arc<R> {
         &self.inner
-    }
-
-    fn load(&self, session_id: &str) -> impl Future<Output = Result<Cached>> + Send + 'static {
-        let (inner, id) = (self.inner.clone(), session_id.to_owned());
-        async move { encode_cached(inner.get(&id).await?.as_ref()) }
-    }
-
-    /// A cached session that does not decode is read from the database instead.
-    async fn decode_or_read(
-        &self,
-        session_id: &str,
-        cached: Cached,
-    ) -> Result<Option<SessionInfo>> {
-        let Some(bytes) = cached else { return Ok(None) };
-        match decode_cached(&bytes) {
-            Some(session) => Ok(Some(session)),
-            None => self.inner.get(session_id).await,
-        }
     }
 
     async fn cached_members(&self, session_id: &str) -> Result<Option<CachedMembers>> {
@@ -84,28 +73,12 @@ impl<R: SessionRepo> CachedSessionRepo<R> {
 impl<R: SessionRepo> SessionRepo for CachedSessionRepo<R> {
     async fn get(&self, session_id: &str) -> Result<Option<SessionInfo>> {
         check_id("session_id", session_id)?;
-        let load = self.load(session_id);
-        let cached = self
-            .cache
-            .get(keys::session(session_id), move || load)
-            .await?;
-        self.decode_or_read(session_id, cached).await
+        self.by_id.get(session_id).await
     }
 
     async fn get_many(&self, session_ids: &[String]) -> Result<Vec<Option<SessionInfo>>> {
         check_batch(session_ids)?;
-        let (inner, ids) = (self.inner.clone(), Arc::new(session_ids.to_vec()));
-        let load = move |i: usize| {
-            let (inner, ids) = (inner.clone(), ids.clone());
-            async move { encode_cached(inner.get(&ids[i]).await?.as_ref()) }
-        };
-        let keys = session_ids.iter().map(|id| keys::session(id)).collect();
-        let cached = self.cache.get_many(keys, load).await?;
-        let mut sessions = Vec::with_capacity(cached.len());
-        for (id, c) in session_ids.iter().zip(cached) {
-            sessions.push(self.decode_or_read(id, c).await?);
-        }
-        Ok(sessions)
+        self.by_id.get_many(session_ids).await
     }
 
     async fn upsert(&self, session: &SessionInfo) -> Result<()> {

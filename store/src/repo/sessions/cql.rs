@@ -14,7 +14,7 @@ use super::{
     COUNT_ATTEMPTS, IMPORT_BATCH, MAX_PAGE, Member, MemberPage, MemberRole, SessionInfo,
     SessionRepo, SessionsConfig, check_batch, check_session, page_of,
 };
-use crate::repo::{check_id, prepare, read_each};
+use crate::repo::{check_id, prepare, read_each, read_row};
 use crate::seq::SerialMode;
 use crate::{Error, Result};
 
@@ -326,16 +326,13 @@ impl SessionRepo for CqlSessionRepo {
     async fn get(&self, session_id: &str) -> Result<Option<SessionInfo>> {
         check_id("session_id", session_id)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let what = "read sessions";
-        let row = self
-            .session
-            .execute_unpaged(&self.statements.select, (session_id,))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<SessionRow>()
-            .map_err(|e| Error::cql(what, e))?;
+        let row: Option<SessionRow> = read_row(
+            &self.session,
+            &self.statements.select,
+            (session_id,),
+            "read sessions",
+        )
+        .await?;
         Ok(row.map(SessionInfo::from))
     }
 
