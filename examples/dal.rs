@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_producer::{NewMessage, Producer, ProducerConfig};
+use chatlog_producer::{NewMessage, Producer};
 use chatlog_schemas::{ContentType, SessionType};
 use chatlog_store::repo::conversations::ConversationRepo;
 use chatlog_store::repo::sessions::{Member, MemberRole, SessionInfo, SessionRepo};
@@ -118,11 +118,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Alice sends three messages (the producer), the consumer persists them and the latest.
     let producer = Producer::new(
-        ProducerConfig {
-            bootstrap_servers: chatlog::kafka_bootstrap(),
-            topic: topic.into(),
-            ..ProducerConfig::default()
-        },
+        chatlog::producer_config(topic),
         session.clone(),
         keyspace,
         redis,

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_producer::{NewMessage, Producer, ProducerConfig};
+use chatlog_producer::{NewMessage, Producer};
 use chatlog_schemas::{Codec, ContentType, SessionType};
 use chatlog_store::history::{History, HistoryConfig};
 use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of};
@@ -79,11 +79,7 @@ async fn main() -> anyhow::Result<()> {
 
     let redis = chatlog::redis_connection().await;
     let producer = Producer::new(
-        ProducerConfig {
-            bootstrap_servers: chatlog::kafka_bootstrap(),
-            topic: topic.into(),
-            ..ProducerConfig::default()
-        },
+        chatlog::producer_config(topic),
         session.clone(),
         keyspace,
         redis.clone(),

@@ -143,6 +143,16 @@ fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// The producer's settings for the local stack and `topic`: the stack's Kafka, the defaults
+/// otherwise (vary them with struct update syntax).
+pub fn producer_config(topic: &str) -> chatlog_producer::ProducerConfig {
+    chatlog_producer::ProducerConfig {
+        bootstrap_servers: kafka_bootstrap(),
+        topic: topic.to_owned(),
+        ..chatlog_producer::ProducerConfig::default()
+    }
+}
+
 /// A send for producer tests: a text `hello` from `u-1` in a group session, sent at a fixed time
 /// (2023-11-14), no extensions. Tests vary it with struct update syntax
 /// (`NewMessage { content, ..new_message(session, id) }`); stored messages come from
