@@ -76,6 +76,11 @@ impl Versus {
         &self.ours_many
     }
 
+    /// Ours with one caller.
+    pub(super) fn ours_one(&self) -> &Measured {
+        &self.ours_one
+    }
+
     /// Prints the progress lines and records the figure and its details, with `extra`'s keys
     /// (a JSON object) added to them.
     pub(super) fn record(&self, sides: &Sides, extra: serde_json::Value, out: &mut Collect<'_>) {
