@@ -287,7 +287,18 @@ impl LatestReader {
         let (this, redis) = (self.clone(), redis.clone());
         self.flights
             .run((session_id.to_owned(), messages), move |(sid, messages)| {
-                async move { this.load_and_fill(&redis, &sid, messages).await }.boxed()
+                async move {
+                    // A flight of this session may have filled Redis between our probe and this
+                    // flight: look again before reading CQL (one load per session, not two).
+                    let again = this
+                        .probe(&redis, std::slice::from_ref(&sid), messages)
+                        .await;
+                    if let Some(hit) = again.ok().and_then(|mut p| p.pop()).flatten() {
+                        return Ok(hit);
+                    }
+                    this.load_and_fill(&redis, &sid, messages).await
+                }
+                .boxed()
             })
             .await
     }
