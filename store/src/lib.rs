@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`config`]: how to reach the CQL database and Redis (documented, `deny_unknown_fields`).
+//! - `cql`: small CQL helpers the table modules share (idempotent prepare, first-row read).
 //! - [`secret`]: a string that never prints (passwords, keys).
 //! - [`security`]: TLS files of the CQL and Redis clients (Kafka's live in `chatlog-kafka`).
 //! - [`migrate`]: the numbered migrations of `cql/`, applied once each and recorded.
@@ -37,6 +38,7 @@
 
 pub mod cache;
 pub mod config;
+mod cql;
 pub mod epoch;
 mod flight;
 pub mod history;

@@ -47,15 +47,8 @@ pub(crate) async fn read_ceiling(
     select: &PreparedStatement,
     session_id: &str,
 ) -> Result<Option<i64>> {
-    let what = "read session_seq ceiling";
-    let row = session
-        .execute_unpaged(select, (session_id,))
-        .await
-        .map_err(|e| Error::cql(what, e))?
-        .into_rows_result()
-        .map_err(|e| Error::cql(what, e))?
-        .maybe_first_row::<(Option<i64>,)>()
-        .map_err(|e| Error::cql(what, e))?;
+    let row: Option<(Option<i64>,)> =
+        crate::cql::read_row(session, select, (session_id,), "read session_seq ceiling").await?;
     Ok(row.and_then(|(max,)| max))
 }
 

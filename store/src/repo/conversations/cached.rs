@@ -116,11 +116,7 @@ impl<R: ConversationRepo> ConversationRepo for CachedConversationRepo<R> {
     }
 
     async fn clear_history(&self, user_id: &str, session_id: &str) -> Result<i64> {
-        check_pair(user_id, session_id)?;
-        let max_seq = latest_seq(&self.latest, session_id).await?;
-        self.clear_history_to(user_id, session_id, max_seq).await?;
-        // Another clear may have gone higher: report what holds.
-        Ok(self.min_seq(user_id, session_id).await?.max(max_seq))
+        clear_to_latest(self, &self.latest, user_id, session_id).await
     }
 
     async fn clear_history_to(&self, user_id: &str, session_id: &str, seq: i64) -> Result<()> {

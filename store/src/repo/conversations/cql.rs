@@ -2,6 +2,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::repo::read_row;
 
 type MembershipRow = (String, Option<CqlTimestamp>, Option<bool>, Option<bool>);
 
@@ -245,11 +246,7 @@ impl ConversationRepo for CqlConversationRepo {
     }
 
     async fn clear_history(&self, user_id: &str, session_id: &str) -> Result<i64> {
-        check_pair(user_id, session_id)?;
-        let max_seq = latest_seq(&self.latest, session_id).await?;
-        self.clear_history_to(user_id, session_id, max_seq).await?;
-        // Another clear may have gone higher: report what holds.
-        Ok(self.min_seq(user_id, session_id).await?.max(max_seq))
+        clear_to_latest(self, &self.latest, user_id, session_id).await
     }
 
     async fn clear_history_to(&self, user_id: &str, session_id: &str, seq: i64) -> Result<()> {
@@ -265,16 +262,13 @@ impl ConversationRepo for CqlConversationRepo {
 
     async fn min_seq(&self, user_id: &str, session_id: &str) -> Result<i64> {
         check_pair(user_id, session_id)?;
-        let what = "read read_state";
-        let row = self
-            .session
-            .execute_unpaged(&self.statements.read_state, (user_id, session_id))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| Error::cql(what, e))?;
+        let row: Option<(Option<i64>,)> = read_row(
+            &self.session,
+            &self.statements.read_state,
+            (user_id, session_id),
+            "read read_state",
+        )
+        .await?;
         Ok(row.and_then(|(m,)| m).unwrap_or(0))
     }
 

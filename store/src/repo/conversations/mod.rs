@@ -382,6 +382,20 @@ async fn assemble(
     })
 }
 
+/// [`ConversationRepo::clear_history`] of `repo`: `min_seq` rises to the session's latest seq as
+/// `latest` reads it; returns what holds after (another clear may have gone higher).
+async fn clear_to_latest<R: ConversationRepo>(
+    repo: &R,
+    latest: &LatestReader,
+    user_id: &str,
+    session_id: &str,
+) -> Result<i64> {
+    check_pair(user_id, session_id)?;
+    let max_seq = latest_seq(latest, session_id).await?;
+    repo.clear_history_to(user_id, session_id, max_seq).await?;
+    Ok(repo.min_seq(user_id, session_id).await?.max(max_seq))
+}
+
 /// The latest seq of `session_id` as `latest` reads it (0: none).
 async fn latest_seq(latest: &LatestReader, session_id: &str) -> Result<i64> {
     let read = latest.read(&[session_id.to_owned()], false).await?;
