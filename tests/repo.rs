@@ -197,6 +197,17 @@ async fn stale_reads_never_follow_a_returned_write_under_slow_loaders() {
     );
 }
 
+/// A private `redis-server` for a test that stops or freezes it.
+fn private_server() -> TestRedis {
+    let port = free_port();
+    TestRedis::start(&["--port".into(), port.to_string()], port)
+}
+
+/// The version of user `id` as `repo` reads it (`None`: no such user).
+async fn version(repo: &impl UserRepo, id: &str) -> Option<u64> {
+    repo.get(id).await.unwrap().map(|u| version_of(&u))
+}
+
 /// A private Redis with a short command timeout, so reads while it is away degrade quickly.
 async fn private_redis(server: &TestRedis) -> redis::aio::ConnectionManager {
     connect_to(server.port).await;
@@ -214,32 +225,21 @@ async fn private_redis(server: &TestRedis) -> redis::aio::ConnectionManager {
 #[tokio::test]
 async fn degraded_reads_while_redis_is_down_and_no_stale_value_after_it_restarts_from_a_snapshot() {
     let db = cql_users().await;
-    let port = free_port();
-    let mut server = TestRedis::start(&["--port".into(), port.to_string()], port);
+    let mut server = private_server();
+    let port = server.port;
     let repo = cached(&db, private_redis(&server).await);
     let id = unique("u");
     db.upsert(&user(&id, 1)).await.unwrap();
-    assert_eq!(
-        repo.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(1)
-    );
+    assert_eq!(version(&repo, &id).await, Some(1));
     // The snapshot holds the cached v1; then Redis goes down.
     let mut admin = connect_to(port).await;
     let _: String = redis::cmd("SAVE").query_async(&mut admin).await.unwrap();
     server.kill();
     let before = db.db_reads();
-    assert_eq!(
-        repo.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(1),
-        "served by CQL"
-    );
+    assert_eq!(version(&repo, &id).await, Some(1), "served by CQL");
     // The worst case: a writer that changed the row and died before it could mark the entry.
     db.upsert(&user(&id, 2)).await.unwrap();
-    assert_eq!(
-        repo.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(2),
-        "served by CQL"
-    );
+    assert_eq!(version(&repo, &id).await, Some(2), "served by CQL");
     assert_eq!(db.db_reads(), before + 2, "both reads went to the database");
     // Back from the snapshot: the entry says v1, filled in another lifetime of Redis.
     server.restart();
@@ -264,10 +264,7 @@ async fn degraded_reads_while_redis_is_down_and_no_stale_value_after_it_restarts
     // Once the cache answers again it refills from CQL instead of trusting v1.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert_eq!(
-            repo.get(&id).await.unwrap().map(|u| version_of(&u)),
-            Some(2)
-        );
+        assert_eq!(version(&repo, &id).await, Some(2));
         if raw(&mut admin).await.is_some_and(|v| v.contains("\"v2\"")) {
             break;
         }
@@ -277,44 +274,29 @@ async fn degraded_reads_while_redis_is_down_and_no_stale_value_after_it_restarts
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        repo.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(2),
-        "a hit now"
-    );
+    assert_eq!(version(&repo, &id).await, Some(2), "a hit now");
 }
 
 #[tokio::test]
 async fn degraded_while_redis_is_frozen_the_writer_never_reads_what_it_failed_to_mark() {
     let db = cql_users().await;
-    let port = free_port();
-    let server = TestRedis::start(&["--port".into(), port.to_string()], port);
+    let server = private_server();
     let writer = cached(&db, private_redis(&server).await);
     let other = cached(&db, private_redis(&server).await);
     let id = unique("u");
     writer.upsert(&user(&id, 1)).await.unwrap();
-    assert_eq!(
-        writer.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(1)
-    );
+    assert_eq!(version(&writer, &id).await, Some(1));
     // Frozen: same lifetime afterwards (no epoch change), so only the kept mark protects.
     server.freeze();
     writer.upsert(&user(&id, 2)).await.unwrap();
-    assert_eq!(
-        writer.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(2),
-        "degraded read"
-    );
+    assert_eq!(version(&writer, &id).await, Some(2), "degraded read");
     server.thaw();
     // The writer's own next read sends the kept mark before it reads.
-    assert_eq!(
-        writer.get(&id).await.unwrap().map(|u| version_of(&u)),
-        Some(2)
-    );
+    assert_eq!(version(&writer, &id).await, Some(2));
     // Others: the background retry lands within a few rounds (the documented residual window).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let v = other.get(&id).await.unwrap().map(|u| version_of(&u));
+        let v = version(&other, &id).await;
         if v == Some(2) {
             break;
         }

@@ -170,8 +170,6 @@ impl<R: ConversationRepo> ConversationRepo for CachedConversationRepo<R> {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<ConversationPage> {
-        let cursor = cursor.map(Cursor::parse).transpose()?;
-        let memberships = self.memberships(user_id).await?;
-        assemble(&self.latest, &self.config, memberships, limit, cursor).await
+        list_page(self, &self.latest, &self.config, user_id, limit, cursor).await
     }
 }

@@ -382,6 +382,21 @@ async fn assemble(
     })
 }
 
+/// [`ConversationRepo::conversations`] of `repo`: its memberships sorted by `latest` and cut
+/// into the page after `cursor`.
+async fn list_page<R: ConversationRepo>(
+    repo: &R,
+    latest: &LatestReader,
+    config: &ConversationConfig,
+    user_id: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<ConversationPage> {
+    let cursor = cursor.map(Cursor::parse).transpose()?;
+    let memberships = repo.memberships(user_id).await?;
+    assemble(latest, config, memberships, limit, cursor).await
+}
+
 /// [`ConversationRepo::clear_history`] of `repo`: `min_seq` rises to the session's latest seq as
 /// `latest` reads it; returns what holds after (another clear may have gone higher).
 async fn clear_to_latest<R: ConversationRepo>(

@@ -51,6 +51,7 @@ impl<R: SessionRepo> CachedSessionRepo<R> {
     }
 
     async fn cached_members(&self, session_id: &str) -> Result<Option<CachedMembers>> {
+        check_id("session_id", session_id)?;
         let (inner, id, max) = (
             self.inner.clone(),
             session_id.to_owned(),
@@ -112,7 +113,6 @@ impl<R: SessionRepo> SessionRepo for CachedSessionRepo<R> {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<MemberPage> {
-        check_id("session_id", session_id)?;
         let Some(CachedMembers::All(all)) = self.cached_members(session_id).await? else {
             metrics::counter!(telemetry::REPO_MEMBERS_UNCACHED_PAGES).increment(1);
             return self.inner.members(session_id, cursor, limit).await;
@@ -125,7 +125,6 @@ impl<R: SessionRepo> SessionRepo for CachedSessionRepo<R> {
     }
 
     async fn all_members(&self, session_id: &str, at_most: usize) -> Result<Option<Vec<Member>>> {
-        check_id("session_id", session_id)?;
         match self.cached_members(session_id).await? {
             Some(CachedMembers::All(all)) if all.len() <= at_most => Ok(Some(all)),
             Some(CachedMembers::All(_)) => Ok(None),
