@@ -90,6 +90,11 @@ async fn walk<R: ConversationRepo>(
     panic!("the walk did not end");
 }
 
+/// The `has_read_seq` of `user`'s first membership as `repo` reads it.
+async fn has_read<R: ConversationRepo>(repo: &R, user: &str) -> i64 {
+    repo.memberships(user).await.unwrap().list[0].has_read_seq
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_list_of_5000_is_complete_and_ordered() {
     let w = world().await;
@@ -248,7 +253,7 @@ async fn conversation_mark_read_never_moves_backward_under_concurrent_marks() {
             for seq in chunk {
                 me.mark_read(&user, &session, seq).await.unwrap();
                 for repo in [&me, &other] {
-                    let seen = repo.memberships(&user).await.unwrap().list[0].has_read_seq;
+                    let seen = has_read(&**repo, &user).await;
                     assert!(seen >= seq, "read {seen} after mark_read({seq}) returned");
                 }
             }
@@ -256,26 +261,14 @@ async fn conversation_mark_read_never_moves_backward_under_concurrent_marks() {
     });
     futures::future::join_all(marks).await;
     for repo in [&a, &b] {
-        assert_eq!(
-            repo.memberships(&user).await.unwrap().list[0].has_read_seq,
-            400
-        );
+        assert_eq!(has_read(&**repo, &user).await, 400);
     }
-    assert_eq!(
-        w.db.memberships(&user).await.unwrap().list[0].has_read_seq,
-        400
-    );
+    assert_eq!(has_read(&*w.db, &user).await, 400);
     // Lower marks afterwards change nothing, in the database or the cache.
     a.mark_read(&user, &session, 7).await.unwrap();
     b.mark_read(&user, &session, 0).await.unwrap();
-    assert_eq!(
-        a.memberships(&user).await.unwrap().list[0].has_read_seq,
-        400
-    );
-    assert_eq!(
-        w.db.memberships(&user).await.unwrap().list[0].has_read_seq,
-        400
-    );
+    assert_eq!(has_read(&*a, &user).await, 400);
+    assert_eq!(has_read(&*w.db, &user).await, 400);
     // clear_history: min_seq rises to the session's latest and never goes down.
     w.latest
         .write(&[LatestRow {
@@ -379,7 +372,7 @@ async fn conversation_cache_has_no_stale_fill_after_mark_read() {
         let _ = slow_read.await.unwrap();
         // After the write returned (and the slow fill had its chance): every read sees 9.
         for _ in 0..3 {
-            let seen = checker.memberships(&user).await.unwrap().list[0].has_read_seq;
+            let seen = has_read(&checker, &user).await;
             if seen < 9 {
                 stale += 1;
             }
