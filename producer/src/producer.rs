@@ -313,21 +313,15 @@ impl Producer {
         if let Some(first) = inner.turns.queue_or_lead(&session_id, waiting) {
             // Turns run in a task of their own, never in a caller's future: a caller that stops
             // waiting cannot leave a seq allocated but not produced while later turns go on.
-            let producer = self.clone();
-            let sid = session_id.clone();
-            let turns = inner.turns.clone().drain(
-                session_id,
-                vec![first],
-                TURN_BATCH,
-                move |batch: Vec<Waiting>| {
-                    let (producer, sid) = (producer.clone(), sid.clone());
-                    async move { producer.turn(&sid, batch).await }
-                },
-            );
             // Without a runtime the drain is dropped unrun, and the send fails as closed.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(turns);
-            }
+            let (producer, sid) = (self.clone(), session_id.clone());
+            let serve = move |batch: Vec<Waiting>| {
+                let (producer, sid) = (producer.clone(), sid.clone());
+                async move { producer.turn(&sid, batch).await }
+            };
+            inner
+                .turns
+                .spawn_drain(&session_id, vec![first], TURN_BATCH, serve);
         }
         answer.await.unwrap_or(Err(Error::Closed))
     }

@@ -111,6 +111,26 @@ impl<T: Send + 'static> SessionQueues<T> {
             guard.finish();
         }
     }
+
+    /// [`drain`](Self::drain) in a task of its own, so no waiter depends on a caller that may
+    /// stop waiting. Without a runtime the drain is dropped unrun: the session is forgotten and
+    /// its waiters see their reply channels close.
+    pub fn spawn_drain<F, Fut>(
+        self: &Arc<Self>,
+        session_id: &str,
+        first: Vec<T>,
+        max: usize,
+        serve: F,
+    ) where
+        F: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        // Built before the spawn: dropped unrun, it still cleans up.
+        let drain = self.clone().drain(session_id.to_owned(), first, max, serve);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain);
+        }
+    }
 }
 
 /// Forgets a session's queue unless its drain finished.

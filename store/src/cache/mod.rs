@@ -16,6 +16,8 @@
 //!   value and the owner and marks the entry deleted, so a loader holding the old row cannot fill.
 //! - **Redis away**: reads go to the database (counted); marks that could not be sent are kept
 //!   and retried every 100 ms and before this process's next read ([`pending`]).
+//! - **coalesced reads** ([`coalesce`]): single-key reads that arrive while one is under way share
+//!   the next round trip, one epoch check for all of them.
 //! - **Redis back in time** (restart, failover): entries of another epoch are never hits.
 //! - **in-place update** ([`Cache::update_in_place`], after the database write): for entries read
 //!   with [`Cache::get_entry`], a monotonic field (`cache_update.lua`) is raised to the maximum on
@@ -24,6 +26,7 @@
 //!   without a reload, and no race leaves it stale: a loader's fill replaces the whole hash, extra
 //!   fields included, and only while its token owns it (an update in between removed the token).
 
+mod coalesce;
 mod config;
 mod pending;
 
@@ -87,6 +90,7 @@ struct Inner {
     update: PinnedScript,
     flights: Flights<String, Entry>,
     pending: Pending,
+    lanes: coalesce::Lanes,
 }
 
 impl std::fmt::Debug for Cache {
@@ -125,6 +129,7 @@ impl Cache {
                 update: PinnedScript::new(UPDATE_BODY, "cache update in place"),
                 flights: Flights::new(telemetry::CACHE_COALESCED),
                 pending,
+                lanes: coalesce::lanes(),
             }),
         })
     }
@@ -278,7 +283,13 @@ impl Cache {
             degraded();
             return None;
         }
-        match self.probe(keys).await {
+        // One key: coalesced with the other single-key reads of its lane (one epoch check per
+        // round trip); several: one round trip of their own.
+        let probed = match keys {
+            [key] => self.probe_coalesced(key).await.map(|hit| vec![hit]),
+            _ => self.probe(keys).await.map_err(|e| e.to_string()),
+        };
+        match probed {
             Ok(probed) => {
                 let hits = probed.iter().filter(|p| p.is_some()).count() as u64;
                 metrics::counter!(telemetry::CACHE_REQUESTS, "repo" => repo, "result" => "hit")

@@ -228,10 +228,8 @@ impl Drop for NextCall {
             return;
         }
         let allocator = self.allocator.clone();
-        // Built before the spawn: if the task never runs (no runtime here, or one shutting
-        // down), dropping it still releases the lane and its waiters.
-        let drain = queues.clone().drain(
-            self.lane.to_owned(),
+        queues.spawn_drain(
+            self.lane,
             Vec::new(),
             FAST_BATCH,
             move |batch: Vec<Request>| {
@@ -239,9 +237,6 @@ impl Drop for NextCall {
                 async move { allocator.serve(batch).await }
             },
         );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain);
-        }
     }
 }
 

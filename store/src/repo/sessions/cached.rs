@@ -50,6 +50,13 @@ impl<R: SessionRepo> CachedSessionRepo<R> {
         &self.inner
     }
 
+    /// Marks the session (its count) and its member list deleted after a member change — even
+    /// after an error: the transaction may have applied before the error.
+    async fn members_changed(&self, session_id: &str) {
+        let keys = [keys::session(session_id), keys::members(session_id)];
+        self.cache.invalidate(&keys).await;
+    }
+
     async fn cached_members(&self, session_id: &str) -> Result<Option<CachedMembers>> {
         check_id("session_id", session_id)?;
         let (inner, id, max) = (
@@ -92,18 +99,13 @@ impl<R: SessionRepo> SessionRepo for CachedSessionRepo<R> {
 
     async fn add_member(&self, session_id: &str, member: &Member) -> Result<bool> {
         let added = self.inner.add_member(session_id, member).await;
-        // Marked even after an error: the transaction may have applied before the error.
-        self.cache
-            .invalidate(&[keys::session(session_id), keys::members(session_id)])
-            .await;
+        self.members_changed(session_id).await;
         added
     }
 
     async fn remove_member(&self, session_id: &str, user_id: &str) -> Result<bool> {
         let removed = self.inner.remove_member(session_id, user_id).await;
-        self.cache
-            .invalidate(&[keys::session(session_id), keys::members(session_id)])
-            .await;
+        self.members_changed(session_id).await;
         removed
     }
 
