@@ -28,7 +28,7 @@ use crate::series::Series;
 use crate::workload::Workload;
 use crate::{cpu, reads};
 
-use world::{Collect, Ctx, World};
+use world::{Collect, Ctx, Reads, World};
 
 /// Runs every scenario of `plan`; cleans up what it created even when a scenario fails.
 pub async fn run(plan: &Plan) -> Result<Results> {
@@ -94,7 +94,16 @@ async fn scenarios(
             cdf: &mut cdf,
         };
         let rpid = p5::run(plan, world, e2e_ks, &read_sessions, &mut out).await?;
-        p6::run(plan, world, e2e_ks, rpid, &mut out).await?;
+        p6::run(
+            Reads {
+                plan,
+                world,
+                e2e_ks,
+                rpid,
+            },
+            &mut out,
+        )
+        .await?;
     }
     // P8 and P9 next, for the same reason: before the write scenarios change the machine.
     if matches!(plan.only, Only::All | Only::Cache) {
@@ -105,8 +114,14 @@ async fn scenarios(
             series: &mut all_series,
             cdf: &mut cdf,
         };
-        p8::run(plan, world, e2e_ks, rpid, &mut out).await?;
-        p9::run(plan, world, e2e_ks, rpid, &mut out).await?;
+        let reads = Reads {
+            plan,
+            world,
+            e2e_ks,
+            rpid,
+        };
+        p8::run(reads, &mut out).await?;
+        p9::run(reads, &mut out).await?;
     }
     if matches!(plan.only, Only::All | Only::Produce) {
         let cx = Ctx {

@@ -6,20 +6,19 @@ use anyhow::Result;
 use chatlog_store::seq::{SeqAllocator, SeqConfig};
 use serde_json::json;
 
-use crate::plan::Plan;
 use crate::reads;
 
 use super::versus::{self, Sides};
-use super::world::{Collect, World};
+use super::world::{Collect, Reads};
 
 /// Runs P6; `rpid` is Redis's pid (its CPU time is counted).
-pub(super) async fn run(
-    plan: &Plan,
-    world: &World,
-    e2e_ks: &str,
-    rpid: Option<u32>,
-    out: &mut Collect<'_>,
-) -> Result<()> {
+pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let Reads {
+        plan,
+        world,
+        e2e_ks,
+        rpid,
+    } = reads;
     let session = world.session.clone();
     let redis = world.redis.clone();
     let callers = plan.callers;

@@ -11,12 +11,11 @@ use chatlog_store::repo::users::{CachedUserRepo, CqlUserRepo, User, UserRepo, Us
 use serde_json::json;
 
 use crate::cpu;
-use crate::plan::Plan;
 use crate::reads;
 use crate::report::{Figure, Goal};
 
 use super::versus::{self, Sides};
-use super::world::{Collect, World};
+use super::world::{Collect, Reads};
 
 /// Redis connections of the cache in P8 (as P5's history reader has).
 const CACHE_CONNECTIONS: usize = 4;
@@ -40,13 +39,13 @@ fn user(user_id: &str) -> User {
 }
 
 /// Runs P8 against Redis (`rpid`, its pid) and the run's keyspace `e2e_ks`.
-pub(super) async fn run(
-    plan: &Plan,
-    world: &World,
-    e2e_ks: &str,
-    rpid: Option<u32>,
-    out: &mut Collect<'_>,
-) -> Result<()> {
+pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let Reads {
+        plan,
+        world,
+        e2e_ks,
+        rpid,
+    } = reads;
     let callers = plan.callers;
     let secs = plan.loop_seconds;
     eprintln!(

@@ -18,12 +18,11 @@ use chatlog_store::repo::latest::{LatestReader, LatestRow, LatestWriter};
 use chatlog_store::window;
 use serde_json::json;
 
-use crate::plan::Plan;
 use crate::reads;
 use crate::workload::Workload;
 
 use super::versus::{self, Sides};
-use super::world::{Collect, World};
+use super::world::{Collect, Reads, World};
 
 /// Conversations in the list (and keys of the MGET).
 const CONVERSATIONS: usize = 200;
@@ -88,13 +87,13 @@ async fn reference_keys(world: &World, bytes: usize) -> Result<Vec<String>> {
 }
 
 /// Runs P9 against Redis (`rpid`, its pid) and the run's keyspace `e2e_ks`.
-pub(super) async fn run(
-    plan: &Plan,
-    world: &World,
-    e2e_ks: &str,
-    rpid: Option<u32>,
-    out: &mut Collect<'_>,
-) -> Result<()> {
+pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let Reads {
+        plan,
+        world,
+        e2e_ks,
+        rpid,
+    } = reads;
     let callers = plan.callers;
     eprintln!(
         "[bench] P9: conversation list of {CONVERSATIONS}, {callers} callers, \

@@ -84,6 +84,17 @@ pub(super) struct Collect<'a> {
     pub(super) cdf: &'a mut Vec<(f64, f64)>,
 }
 
+/// What the read scenarios (P6, P8, P9) run against.
+#[derive(Clone, Copy)]
+pub(super) struct Reads<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) world: &'a World,
+    /// The keyspace of the real consumer.
+    pub(super) e2e_ks: &'a str,
+    /// Redis's pid (its CPU time is counted), if found.
+    pub(super) rpid: Option<u32>,
+}
+
 /// What the Kafka scenarios (P3, P1, P4, P7, P2) read.
 pub(super) struct Ctx<'a> {
     pub(super) plan: &'a Plan,
