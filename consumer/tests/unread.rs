@@ -40,6 +40,18 @@ async fn state<R: ConversationRepo>(repo: &R, users: &[String]) -> State {
     out
 }
 
+/// The state through the cache and through CQL alone: both must be `want`.
+async fn check_both<C: ConversationRepo, D: ConversationRepo>(
+    what: &str,
+    cached: &C,
+    db: &D,
+    users: &[String],
+    want: &State,
+) {
+    assert_eq!(&state(cached, users).await, want, "{what}");
+    assert_eq!(&state(db, users).await, want, "{what}, CQL alone");
+}
+
 /// What CQL and Redis hold for the sessions' latests and the users' read state, with write times.
 async fn stored(env: &Env, redis: &RedisConnections, sessions: &[String]) -> Vec<String> {
     let ks = &env.cql.keyspace;
@@ -178,12 +190,7 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     repo.mark_read(a, &sessions[1], 12).await.unwrap();
     assert_eq!(repo.clear_history(b, &sessions[2]).await.unwrap(), 30);
     repo.mark_read(b, &sessions[3], 25).await.unwrap();
-    check("marked", &state(&repo, &users).await, &expected(30, true));
-    check(
-        "marked, CQL alone",
-        &state(db.as_ref(), &users).await,
-        &expected(30, true),
-    );
+    check_both("marked", &repo, db.as_ref(), &users, &expected(30, true)).await;
 
     // 3. Thirty more per session; the consumer is killed with SIGKILL in the middle.
     let more: Vec<_> = (31..=60)
@@ -210,16 +217,14 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     let consumer = env.spawn_consumer(&txn, &args);
     env.wait_for_rows(&sessions, 60, total, Duration::from_secs(120), &[&consumer])
         .await;
-    check(
+    check_both(
         "60 messages after kill -9",
-        &state(&repo, &users).await,
+        &repo,
+        db.as_ref(),
+        &users,
         &expected(60, true),
-    );
-    check(
-        "60 messages, CQL alone",
-        &state(db.as_ref(), &users).await,
-        &expected(60, true),
-    );
+    )
+    .await;
     let page = repo.conversations(a, 10, None).await.unwrap();
     for c in &page.conversations {
         let l = c.latest.as_ref().expect("a latest message");
@@ -262,16 +267,14 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut looks = 0;
     while !env.committed_to_end().await {
-        check(
+        check_both(
             "during the replay",
-            &state(&repo, &users).await,
+            &repo,
+            db.as_ref(),
+            &users,
             &expected(60, true),
-        );
-        check(
-            "during the replay, CQL alone",
-            &state(db.as_ref(), &users).await,
-            &expected(60, true),
-        );
+        )
+        .await;
         looks += 1;
         assert!(
             Instant::now() < deadline,
