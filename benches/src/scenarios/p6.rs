@@ -12,21 +12,15 @@ use super::versus::{self, Sides};
 use super::world::{Collect, Reads};
 
 /// Runs P6; `rpid` is Redis's pid (its CPU time is counted).
-pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
-    let Reads {
-        plan,
-        world,
-        e2e_ks,
-        rpid,
-    } = reads;
-    let session = world.session.clone();
-    let redis = world.redis.clone();
-    let callers = plan.callers;
-    let secs = plan.loop_seconds;
+pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let session = cx.world.session.clone();
+    let redis = cx.world.redis.clone();
+    let callers = cx.plan.callers;
+    let secs = cx.plan.loop_seconds;
     eprintln!("[bench] P6: seq allocations, {callers} callers");
     let alloc = SeqAllocator::new(
         session.clone(),
-        e2e_ks,
+        cx.e2e_ks,
         redis.clone(),
         SeqConfig {
             min_segment: 10_000_000,
@@ -38,15 +32,15 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     )
     .await?;
     let seq_sessions: Vec<String> = (0..callers)
-        .map(|i| format!("{}_q{i}", world.run))
+        .map(|i| format!("{}_q{i}", cx.world.run))
         .collect();
     for sid in &seq_sessions {
         alloc.allocate(sid, "warm", "m", 1).await?;
     }
-    let incr_key = format!("chatlog:{{{}_incr}}:n", world.run);
+    let incr_key = format!("chatlog:{{{}_incr}}:n", cx.world.run);
     let incr = ["INCR", incr_key.as_str()];
     let loops = reads::Loops {
-        redis: rpid,
+        redis: cx.rpid,
         sessions: &seq_sessions,
         seconds: secs,
     };

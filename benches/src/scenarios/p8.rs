@@ -39,22 +39,16 @@ fn user(user_id: &str) -> User {
 }
 
 /// Runs P8 against Redis (`rpid`, its pid) and the run's keyspace `e2e_ks`.
-pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
-    let Reads {
-        plan,
-        world,
-        e2e_ks,
-        rpid,
-    } = reads;
-    let callers = plan.callers;
-    let secs = plan.loop_seconds;
+pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let callers = cx.plan.callers;
+    let secs = cx.plan.loop_seconds;
     eprintln!(
         "[bench] P8: cached get_user, {callers} callers, {CACHE_CONNECTIONS} Redis connections"
     );
     let users: Vec<String> = (0..callers)
-        .map(|i| format!("{}_u{i}", world.run))
+        .map(|i| format!("{}_u{i}", cx.world.run))
         .collect();
-    let db = Arc::new(CqlUserRepo::new(world.session.clone(), e2e_ks).await?);
+    let db = Arc::new(CqlUserRepo::new(cx.world.session.clone(), cx.e2e_ks).await?);
     for id in &users {
         db.upsert(&user(id)).await?;
     }
@@ -73,16 +67,16 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     // The reference reads a plain string of the cached value's size (a user's entry is a hash of
     // value, epoch and lock fields, which GET cannot read).
     let value = serde_json::to_vec(&user(&users[0]))?;
-    let get_key = format!("chatlog:{{{}_get}}:user", world.run);
+    let get_key = format!("chatlog:{{{}_get}}:user", cx.world.run);
     redis::cmd("SET")
         .arg(&get_key)
         .arg(&value)
         .arg("EX")
         .arg(1800)
-        .query_async::<()>(&mut world.redis.clone())
+        .query_async::<()>(&mut cx.world.redis.clone())
         .await?;
     let loops = reads::Loops {
-        redis: rpid,
+        redis: cx.rpid,
         sessions: &users,
         seconds: secs,
     };
@@ -96,7 +90,7 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
         bail!("the warm cache read the database {loads} times during P8 (entries expired?)");
     }
     // The uncached read, same callers, right after; Cassandra's CPU is counted too.
-    let procs = cpu::Procs::detect(rpid);
+    let procs = cpu::Procs::detect(cx.rpid);
     let before = procs.snapshot();
     let cql = loops.user_reads(&db, callers).await?;
     let cql_cpu = cpu::per_op_us(&before.until(&procs.snapshot(), &[]), cql.ops);

@@ -87,26 +87,21 @@ async fn reference_keys(world: &World, bytes: usize) -> Result<Vec<String>> {
 }
 
 /// Runs P9 against Redis (`rpid`, its pid) and the run's keyspace `e2e_ks`.
-pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
-    let Reads {
-        plan,
-        world,
-        e2e_ks,
-        rpid,
-    } = reads;
-    let callers = plan.callers;
+pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
+    let callers = cx.plan.callers;
     eprintln!(
         "[bench] P9: conversation list of {CONVERSATIONS}, {callers} callers, \
          {CACHE_CONNECTIONS} Redis connections"
     );
     let config = ConversationConfig::default();
-    let db =
-        Arc::new(CqlConversationRepo::new(world.session.clone(), e2e_ks, config.clone()).await?);
+    let db = Arc::new(
+        CqlConversationRepo::new(cx.world.session.clone(), cx.e2e_ks, config.clone()).await?,
+    );
     let users: Vec<String> = (0..callers)
-        .map(|i| format!("{}_v{i}", world.run))
+        .map(|i| format!("{}_v{i}", cx.world.run))
         .collect();
     let sessions: Vec<String> = (0..CONVERSATIONS)
-        .map(|i| format!("{}_c{i}", world.run))
+        .map(|i| format!("{}_c{i}", cx.world.run))
         .collect();
     let pairs: Vec<(&String, &String)> = users
         .iter()
@@ -115,9 +110,9 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     for chunk in pairs.chunks(SETUP_CONCURRENCY) {
         futures::future::try_join_all(chunk.iter().map(|(u, s)| db.join(u, s, 1_000_000))).await?;
     }
-    let rows = latest_rows(&sessions, plan.content_bytes)?;
+    let rows = latest_rows(&sessions, cx.plan.content_bytes)?;
     let member_bytes = rows[0].member.len();
-    LatestWriter::new(world.session.clone(), e2e_ks)
+    LatestWriter::new(cx.world.session.clone(), cx.e2e_ks)
         .await?
         .write(&rows)
         .await?;
@@ -126,8 +121,8 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
         .await?;
     let cache = Cache::new(connections.clone(), CacheConfig::default(), "conversations")?;
     let latest = LatestReader::new(
-        world.session.clone(),
-        e2e_ks,
+        cx.world.session.clone(),
+        cx.e2e_ks,
         Some(connections),
         config.latest_ttl,
     )
@@ -142,13 +137,13 @@ pub(super) async fn run(reads: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     for user in &users {
         cached.conversations(user, CONVERSATIONS, None).await?;
     }
-    let keys = reference_keys(world, member_bytes).await?;
+    let keys = reference_keys(cx.world, member_bytes).await?;
     let mut mget = vec!["MGET"];
     mget.extend(keys.iter().map(String::as_str));
     let loops = reads::Loops {
-        redis: rpid,
+        redis: cx.rpid,
         sessions: &users,
-        seconds: plan.loop_seconds,
+        seconds: cx.plan.loop_seconds,
     };
     let lists_before = db.db_reads();
     let measured = versus::measure(&loops, callers, 1, &mget, |c| {
