@@ -333,13 +333,11 @@ impl<R: ConversationRepo> ConversationRepo for Slow<R> {
         tokio::time::sleep(delay).await;
         read
     }
-    async fn conversations(
-        &self,
-        u: &str,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> chatlog_store::Result<ConversationPage> {
-        self.inner.conversations(u, limit, cursor).await
+    fn latest(&self) -> &LatestReader {
+        self.inner.latest()
+    }
+    fn config(&self) -> &ConversationConfig {
+        self.inner.config()
     }
 }
 

@@ -93,9 +93,22 @@ async fn absent_users_are_cached_as_absent_and_found_once_written() {
 struct SlowReads {
     db: Arc<CqlUserRepo>,
     seed: AtomicU64,
+    /// Held after the first read instead of a spread pause (a load that surely overlaps a
+    /// write), and the reads done so far.
+    first_hold: Duration,
+    reads: AtomicU64,
 }
 
 impl SlowReads {
+    fn new(db: &Arc<CqlUserRepo>, first_hold: Duration) -> SlowReads {
+        SlowReads {
+            db: db.clone(),
+            seed: AtomicU64::new(7),
+            first_hold,
+            reads: AtomicU64::new(0),
+        }
+    }
+
     fn pause(&self) -> Duration {
         // A cheap spread of 0–15 ms (xorshift of a counter): interleavings differ per read.
         let mut x = self.seed.fetch_add(0x9E37_79B9, Ordering::Relaxed) | 1;
@@ -109,7 +122,13 @@ impl SlowReads {
 impl UserRepo for SlowReads {
     async fn get(&self, user_id: &str) -> chatlog_store::Result<Option<User>> {
         let read = self.db.get(user_id).await;
-        tokio::time::sleep(self.pause()).await;
+        let first = self.reads.fetch_add(1, Ordering::SeqCst) == 0;
+        let pause = if first && !self.first_hold.is_zero() {
+            self.first_hold
+        } else {
+            self.pause()
+        };
+        tokio::time::sleep(pause).await;
         read
     }
     async fn get_many(&self, ids: &[String]) -> chatlog_store::Result<Vec<Option<User>>> {
@@ -127,10 +146,7 @@ impl UserRepo for SlowReads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_reads_never_follow_a_returned_write_under_slow_loaders() {
     let db = cql_users().await;
-    let slow = Arc::new(SlowReads {
-        db: db.clone(),
-        seed: AtomicU64::new(7),
-    });
+    let slow = Arc::new(SlowReads::new(&db, Duration::ZERO));
     let processes = [
         Arc::new(cached(&slow, redis_connection().await)),
         Arc::new(cached(&slow, redis_connection().await)),
@@ -194,6 +210,42 @@ async fn stale_reads_never_follow_a_returned_write_under_slow_loaders() {
         "{} stale reads of {reads}: {:?}",
         stale.len(),
         &stale[..stale.len().min(10)]
+    );
+}
+
+#[tokio::test]
+async fn stale_value_never_reaches_a_read_that_joined_a_load_after_a_write_returned() {
+    let db = cql_users().await;
+    let slow = Arc::new(SlowReads::new(&db, Duration::from_millis(300)));
+    let repo = Arc::new(cached(&slow, redis_connection().await));
+    let id = unique("u");
+    db.upsert(&user(&id, 1)).await.unwrap();
+    // A loads: it reads v1, then holds it for 300 ms before filling.
+    let first = {
+        let (repo, id) = (repo.clone(), id.clone());
+        tokio::spawn(async move { version(&*repo, &id).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.reads.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first load never read the database"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The write returns while A still holds v1.
+    repo.upsert(&user(&id, 2)).await.unwrap();
+    // B starts after the write returned and joins A's load in this process: it must get v2.
+    assert_eq!(
+        version(&*repo, &id).await,
+        Some(2),
+        "a read after the write"
+    );
+    first.await.unwrap();
+    assert_eq!(
+        version(&*repo, &id).await,
+        Some(2),
+        "and the cache holds v2"
     );
 }
 

@@ -140,9 +140,13 @@ impl Cache {
     }
 
     /// The value of `key`, from Redis, or loaded with `load` (the database read) and cached.
+    ///
+    /// `load` may run twice: when a write marks the entry while it loads, the first read may
+    /// predate the write, and reads that joined this load after the write returned must not get
+    /// it — so the value is read again, uncached.
     pub async fn get<L, F>(&self, key: String, load: L) -> Result<Cached>
     where
-        L: FnOnce() -> F + Send + 'static,
+        L: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Cached>> + Send + 'static,
     {
         match self.probe_or_degrade(std::slice::from_ref(&key)).await {
@@ -162,7 +166,7 @@ impl Cache {
     /// [`update_in_place`]: Cache::update_in_place
     pub async fn get_entry<L, F>(&self, key: String, load: L) -> Result<Entry>
     where
-        L: FnOnce() -> F + Send + 'static,
+        L: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Cached>> + Send + 'static,
     {
         let repo = self.inner.repo;
@@ -389,7 +393,7 @@ impl Cache {
     /// (`whole`: the hit of another loader comes with its in-place fields, the fill drops them).
     async fn load_key<L, F>(&self, key: String, load: L, whole: bool) -> Result<Entry>
     where
-        L: FnOnce() -> F + Send + 'static,
+        L: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Cached>> + Send + 'static,
     {
         let this = self.clone();
@@ -409,7 +413,7 @@ impl Cache {
 
     async fn lock_and_load<L, F>(&self, key: &str, load: L, whole: bool) -> Result<Entry>
     where
-        L: FnOnce() -> F,
+        L: Fn() -> F,
         F: Future<Output = Result<Cached>>,
     {
         let repo = self.inner.repo;
@@ -447,8 +451,13 @@ impl Cache {
                 Ok(Lock::Owned) => {
                     metrics::counter!(telemetry::CACHE_LOADS, "repo" => repo).increment(1);
                     let loaded = load().await;
-                    self.fill(key, &token, &loaded, whole).await;
-                    return loaded.map(plain);
+                    if self.fill(key, &token, &loaded, whole).await || loaded.is_err() {
+                        return loaded.map(plain);
+                    }
+                    // A write marked the entry after the lock (or the fill's fate is unknown):
+                    // what was read may predate it, and reads that joined this load after the
+                    // write returned must not get it. Read again, now, uncached.
+                    return load().await.map(plain);
                 }
                 Err(e) => {
                     tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
@@ -459,8 +468,9 @@ impl Cache {
         }
     }
 
-    /// Fills `key` with what its loader read (or gives the lease back after a failed read).
-    async fn fill(&self, key: &str, token: &str, loaded: &Result<Cached>, whole: bool) {
+    /// Fills `key` with what its loader read (or gives the lease back after a failed read);
+    /// `true` if the fill happened (no write marked the entry since the lock).
+    async fn fill(&self, key: &str, token: &str, loaded: &Result<Cached>, whole: bool) -> bool {
         let config = &self.inner.config;
         let (value, ttl_ms) = match loaded {
             Ok(Some(v)) => (encode(Some(v)), config.draw_ttl_ms()),
@@ -483,12 +493,16 @@ impl Cache {
             .and_then(|r: Value| redis::from_redis_value::<i64>(r).map_err(Into::into));
         let repo = self.inner.repo;
         match filled {
-            Ok(1) => {}
+            Ok(1) => true,
             Ok(_) => {
                 // A write marked the entry after this loader locked it: what it read may be old.
                 metrics::counter!(telemetry::CACHE_FILLS_REFUSED, "repo" => repo).increment(1);
+                false
             }
-            Err(e) => tracing::warn!(repo, error = %e, "cache fill failed"),
+            Err(e) => {
+                tracing::warn!(repo, error = %e, "cache fill failed");
+                false
+            }
         }
     }
 

@@ -44,9 +44,16 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> ById<T> {
         &self.cache
     }
 
-    fn load(&self, id: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send + 'static {
-        let read = (self.read)(id.to_owned());
-        async move { encode_cached(read.await?.as_ref()) }
+    /// The load of `id` for the cache (it may call it twice: see [`Cache::get`]).
+    fn load(
+        &self,
+        id: &str,
+    ) -> impl Fn() -> BoxFuture<'static, Result<Option<Vec<u8>>>> + Send + Sync + 'static {
+        let (read, id) = (self.read.clone(), id.to_owned());
+        move || {
+            let read = read(id.clone());
+            async move { encode_cached(read.await?.as_ref()) }.boxed()
+        }
     }
 
     async fn decode_or_read(&self, id: &str, cached: Option<Vec<u8>>) -> Result<Option<T>> {
@@ -59,8 +66,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> ById<T> {
 
     /// The entity `id`, from the cache or read and cached.
     pub(crate) async fn get(&self, id: &str) -> Result<Option<T>> {
-        let load = self.load(id);
-        let cached = self.cache.get((self.key)(id), move || load).await?;
+        let cached = self.cache.get((self.key)(id), self.load(id)).await?;
         self.decode_or_read(id, cached).await
     }
 

@@ -2,6 +2,8 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 /// [`ConversationRepo`] with the cache in front of `R`: the list through [`Cache`] (read state
 /// updated in place, memberships marked deleted on change), the sessions' latests through Redis.
@@ -35,13 +37,21 @@ impl<R: ConversationRepo> CachedConversationRepo<R> {
         &self.inner
     }
 
-    fn load(&self, user_id: &str) -> impl Future<Output = Result<Cached>> + Send + 'static {
+    /// The load of `user_id`'s list for the cache (it may call it twice: see [`Cache::get`]).
+    fn load(
+        &self,
+        user_id: &str,
+    ) -> impl Fn() -> BoxFuture<'static, Result<Cached>> + Send + Sync + 'static {
         let (inner, user_id) = (self.inner.clone(), user_id.to_owned());
-        async move {
-            let m = inner.memberships(&user_id).await?;
-            serde_json::to_vec(&m)
-                .map(Some)
-                .map_err(|e| Error::Request(format!("encode conversations for the cache: {e}")))
+        move || {
+            let (inner, user_id) = (inner.clone(), user_id.clone());
+            async move {
+                let m = inner.memberships(&user_id).await?;
+                serde_json::to_vec(&m)
+                    .map(Some)
+                    .map_err(|e| Error::Request(format!("encode conversations for the cache: {e}")))
+            }
+            .boxed()
         }
     }
 
@@ -142,10 +152,9 @@ impl<R: ConversationRepo> ConversationRepo for CachedConversationRepo<R> {
 
     async fn memberships(&self, user_id: &str) -> Result<Memberships> {
         check_id("user_id", user_id)?;
-        let load = self.load(user_id);
         let entry = self
             .cache
-            .get_entry(keys::conversations(user_id), move || load)
+            .get_entry(keys::conversations(user_id), self.load(user_id))
             .await?;
         let decoded = entry
             .value
@@ -164,12 +173,11 @@ impl<R: ConversationRepo> ConversationRepo for CachedConversationRepo<R> {
         Ok(memberships)
     }
 
-    async fn conversations(
-        &self,
-        user_id: &str,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<ConversationPage> {
-        list_page(self, &self.latest, &self.config, user_id, limit, cursor).await
+    fn latest(&self) -> &LatestReader {
+        &self.latest
+    }
+
+    fn config(&self) -> &ConversationConfig {
+        &self.config
     }
 }

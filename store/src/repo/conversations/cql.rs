@@ -126,11 +126,6 @@ impl CqlConversationRepo {
         })
     }
 
-    /// The settings in force.
-    pub fn config(&self) -> &ConversationConfig {
-        &self.config
-    }
-
     /// Membership lists read from the database so far.
     pub fn db_reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
@@ -317,12 +312,11 @@ impl ConversationRepo for CqlConversationRepo {
         Ok(Memberships { list, truncated })
     }
 
-    async fn conversations(
-        &self,
-        user_id: &str,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<ConversationPage> {
-        list_page(self, &self.latest, &self.config, user_id, limit, cursor).await
+    fn latest(&self) -> &LatestReader {
+        &self.latest
+    }
+
+    fn config(&self) -> &ConversationConfig {
+        &self.config
     }
 }

@@ -240,14 +240,28 @@ pub trait ConversationRepo: Send + Sync + 'static {
     /// The memberships of `user`, by session id, with their read state.
     fn memberships(&self, user_id: &str) -> impl Future<Output = Result<Memberships>> + Send;
 
+    /// The reader of the sessions' latests this repository sorts by.
+    fn latest(&self) -> &LatestReader;
+
+    /// The settings in force.
+    fn config(&self) -> &ConversationConfig;
+
     /// One page of `user`'s conversation list: `limit` entries (capped at
-    /// [`ConversationConfig::max_page`]) after `cursor` (`None`: from the top).
+    /// [`ConversationConfig::max_page`]) after `cursor` (`None`: from the top). Every
+    /// implementation lists the same way: its [`memberships`](Self::memberships), sorted by the
+    /// sessions' latests.
     fn conversations(
         &self,
         user_id: &str,
         limit: usize,
         cursor: Option<&str>,
-    ) -> impl Future<Output = Result<ConversationPage>> + Send;
+    ) -> impl Future<Output = Result<ConversationPage>> + Send {
+        async move {
+            let cursor = cursor.map(Cursor::parse).transpose()?;
+            let memberships = self.memberships(user_id).await?;
+            assemble(self.latest(), self.config(), memberships, limit, cursor).await
+        }
+    }
 }
 
 fn check_pair(user_id: &str, session_id: &str) -> Result<()> {
@@ -380,21 +394,6 @@ async fn assemble(
         total: keyed.len(),
         truncated,
     })
-}
-
-/// [`ConversationRepo::conversations`] of `repo`: its memberships sorted by `latest` and cut
-/// into the page after `cursor`.
-async fn list_page<R: ConversationRepo>(
-    repo: &R,
-    latest: &LatestReader,
-    config: &ConversationConfig,
-    user_id: &str,
-    limit: usize,
-    cursor: Option<&str>,
-) -> Result<ConversationPage> {
-    let cursor = cursor.map(Cursor::parse).transpose()?;
-    let memberships = repo.memberships(user_id).await?;
-    assemble(latest, config, memberships, limit, cursor).await
 }
 
 /// [`ConversationRepo::clear_history`] of `repo`: `min_seq` rises to the session's latest seq as

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -64,16 +66,18 @@ impl<R: SessionRepo> CachedSessionRepo<R> {
             session_id.to_owned(),
             self.members_cache_max,
         );
-        let load = async move {
-            let all = inner.all_members(&id, max).await?;
-            encode_cached(Some(
-                &all.map_or(CachedMembers::TooMany, CachedMembers::All),
-            ))
+        // The cache may call it twice (see `Cache::get`).
+        let load = move || {
+            let (inner, id) = (inner.clone(), id.clone());
+            async move {
+                let all = inner.all_members(&id, max).await?;
+                encode_cached(Some(
+                    &all.map_or(CachedMembers::TooMany, CachedMembers::All),
+                ))
+            }
+            .boxed()
         };
-        let cached = self
-            .cache
-            .get(keys::members(session_id), move || load)
-            .await?;
+        let cached = self.cache.get(keys::members(session_id), load).await?;
         Ok(cached.and_then(|bytes| decode_cached(&bytes)))
     }
 }
