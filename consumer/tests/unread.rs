@@ -40,16 +40,19 @@ async fn state<R: ConversationRepo>(repo: &R, users: &[String]) -> State {
     out
 }
 
-/// The state through the cache and through CQL alone: both must be `want`.
-async fn check_both<C: ConversationRepo, D: ConversationRepo>(
-    what: &str,
-    cached: &C,
-    db: &D,
-    users: &[String],
-    want: &State,
-) {
-    assert_eq!(&state(cached, users).await, want, "{what}");
-    assert_eq!(&state(db, users).await, want, "{what}, CQL alone");
+/// The users' lists through the cache and through CQL alone.
+struct Lists<'a, C, D> {
+    cached: &'a C,
+    db: &'a D,
+    users: &'a [String],
+}
+
+impl<C: ConversationRepo, D: ConversationRepo> Lists<'_, C, D> {
+    /// Both must be `want`.
+    async fn check(&self, what: &str, want: &State) {
+        assert_eq!(&state(self.cached, self.users).await, want, "{what}");
+        assert_eq!(&state(self.db, self.users).await, want, "{what}, CQL alone");
+    }
 }
 
 /// What CQL and Redis hold for the sessions' latests and the users' read state, with write times.
@@ -128,6 +131,11 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     .unwrap();
     let cache = Cache::new(redis.clone(), CacheConfig::default(), "conversations").unwrap();
     let repo = CachedConversationRepo::new(db.clone(), cache, latest, config).unwrap();
+    let lists = Lists {
+        cached: &repo,
+        db: db.as_ref(),
+        users: &users,
+    };
     for u in &users {
         for s in &sessions {
             repo.join(u, s, 1).await.unwrap();
@@ -190,7 +198,7 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     repo.mark_read(a, &sessions[1], 12).await.unwrap();
     assert_eq!(repo.clear_history(b, &sessions[2]).await.unwrap(), 30);
     repo.mark_read(b, &sessions[3], 25).await.unwrap();
-    check_both("marked", &repo, db.as_ref(), &users, &expected(30, true)).await;
+    lists.check("marked", &expected(30, true)).await;
 
     // 3. Thirty more per session; the consumer is killed with SIGKILL in the middle.
     let more: Vec<_> = (31..=60)
@@ -217,14 +225,9 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     let consumer = env.spawn_consumer(&txn, &args);
     env.wait_for_rows(&sessions, 60, total, Duration::from_secs(120), &[&consumer])
         .await;
-    check_both(
-        "60 messages after kill -9",
-        &repo,
-        db.as_ref(),
-        &users,
-        &expected(60, true),
-    )
-    .await;
+    lists
+        .check("60 messages after kill -9", &expected(60, true))
+        .await;
     let page = repo.conversations(a, 10, None).await.unwrap();
     for c in &page.conversations {
         let l = c.latest.as_ref().expect("a latest message");
@@ -267,14 +270,7 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut looks = 0;
     while !env.committed_to_end().await {
-        check_both(
-            "during the replay",
-            &repo,
-            db.as_ref(),
-            &users,
-            &expected(60, true),
-        )
-        .await;
+        lists.check("during the replay", &expected(60, true)).await;
         looks += 1;
         assert!(
             Instant::now() < deadline,
