@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Env, workload};
 
@@ -44,22 +44,13 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
     while kills < 5 {
         let consumer = env.spawn_consumer(&txn, &args);
         // Kill once this instance has made some progress (a committed or half-done batch).
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let n = env.count(&sessions, per_session).await;
-            if n >= total {
-                break;
-            }
-            if n > last + 300 {
-                last = n;
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no progress; log:\n{}",
-                consumer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = env
+            .wait_count(&sessions, per_session, &consumer, |n| {
+                n >= total || n > last + 300
+            })
+            .await;
+        if n < total {
+            last = n;
         }
         consumer.kill();
         kills += 1;

@@ -207,20 +207,11 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
         .collect();
     env.produce(&more).await;
     let total = sessions.len() * 60;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let n = env.count(&sessions, 60).await;
+    env.wait_count(&sessions, 60, &consumer, |n| {
         assert!(n < total, "the consumer finished before it could be killed");
-        if n > sessions.len() * 35 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no progress:\n{}",
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        n > sessions.len() * 35
+    })
+    .await;
     consumer.kill();
     let consumer = env.spawn_consumer(&txn, &args);
     env.wait_for_rows(&sessions, 60, total, Duration::from_secs(120), &[&consumer])

@@ -235,6 +235,30 @@ impl Env {
             .await;
     }
 
+    /// Counts the rows of `sessions` (seqs up to `max_seq`) every 20 ms until `enough(count)`,
+    /// and returns that count; fails with `consumer`'s log after 90 s without it.
+    pub async fn wait_count(
+        &self,
+        sessions: &[String],
+        max_seq: i64,
+        consumer: &ConsumerProcess,
+        mut enough: impl FnMut(usize) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let n = self.count(sessions, max_seq).await;
+            if enough(n) {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress:\n{}",
+                consumer.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls the database until `sessions` hold `expected` rows in all, or panics after `limit`
     /// with the consumer logs.
     pub async fn wait_for_rows(
