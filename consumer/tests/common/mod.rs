@@ -242,21 +242,20 @@ impl Env {
         sessions: &[String],
         max_seq: i64,
         consumer: &ConsumerProcess,
-        mut enough: impl FnMut(usize) -> bool,
+        enough: impl Fn(usize) -> bool,
     ) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        let probe = || async {
             let n = self.count(sessions, max_seq).await;
-            if enough(n) {
-                return n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no progress:\n{}",
-                consumer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if enough(n) { Ok(n) } else { Err(n) }
+        };
+        let stalled = |n| format!("no progress at {n} rows:\n{}", consumer.log_text());
+        poll_until(
+            Duration::from_secs(90),
+            Duration::from_millis(20),
+            probe,
+            stalled,
+        )
+        .await
     }
 
     /// Polls the database until `sessions` hold `expected` rows in all, or panics after `limit`
