@@ -182,7 +182,10 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     // 1. Thirty messages per session, consumed.
     let base = base_time_us();
     env.produce(&all_messages(&sessions, 30, base)).await;
-    let args = ["--max-records", "40", "--linger", "10ms"];
+    // Four records per transaction: step 3's 180 records take 45 transactions, so the test sees
+    // the consumer part-way through before it kills it (with 40 per transaction, a fast run
+    // finished them before the first count).
+    let args = ["--max-records", "4", "--linger", "10ms"];
     let txn = chatlog::unique("unread_txn");
     let consumer = env.spawn_consumer(&txn, &args);
     env.wait_all(&sessions, 30, &[&consumer]).await;
