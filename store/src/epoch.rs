@@ -136,6 +136,32 @@ impl PinnedScript {
         )))
     }
 
+    /// One atomic round trip: this script (no keys, no arguments), then every command of
+    /// `reads`; the replies in that order. Loads the script again once if this Redis lifetime
+    /// lacks it (`NOSCRIPT`).
+    pub async fn before<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        reads: &redis::Pipeline,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        let mut attempts = 0;
+        loop {
+            let script = self.get(con).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic().invoke_script(&script.prepare_invoke());
+            for cmd in reads.cmd_iter() {
+                pipe.add_command(cmd.clone());
+            }
+            match pipe.query_async(con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.forget(&script);
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Forgets `script` (its Redis lifetime is gone: `NOSCRIPT`) unless another call already
     /// replaced it.
     pub fn forget(&self, script: &std::sync::Arc<redis::Script>) {

@@ -334,23 +334,12 @@ impl Cache {
         self.flush_pending().await?;
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
+        let mut reads = redis::pipe();
+        for &i in &order {
+            reads.cmd("HMGET").arg(&keys[i]).arg("v").arg("e");
+        }
         let mut con = self.inner.redis.get();
-        let mut attempts = 0;
-        let mut replies: Vec<Value> = loop {
-            let script = self.inner.epoch.get(&mut con).await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic().invoke_script(&script.prepare_invoke());
-            for &i in &order {
-                pipe.cmd("HMGET").arg(&keys[i]).arg("v").arg("e");
-            }
-            match pipe.query_async(&mut con).await {
-                Err(e) if is_noscript(&e) && attempts == 0 => {
-                    self.inner.epoch.forget(&script);
-                    attempts += 1;
-                }
-                other => break other?,
-            }
-        };
+        let mut replies = self.inner.epoch.before(&mut con, &reads).await?;
         if replies.len() != keys.len() + 1 {
             return Err(unexpected("cache probe: reply count", &replies));
         }
@@ -370,22 +359,10 @@ impl Cache {
     async fn probe_entry(&self, key: &str) -> redis::RedisResult<Option<Entry>> {
         self.flush_pending().await?;
         let mut con = self.inner.redis.get();
-        let mut attempts = 0;
-        let (epoch, all): (String, Fields) = loop {
-            let script = self.inner.epoch.get(&mut con).await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .invoke_script(&script.prepare_invoke())
-                .cmd("HGETALL")
-                .arg(key);
-            match pipe.query_async(&mut con).await {
-                Err(e) if is_noscript(&e) && attempts == 0 => {
-                    self.inner.epoch.forget(&script);
-                    attempts += 1;
-                }
-                other => break other?,
-            }
-        };
+        let mut read = redis::pipe();
+        read.cmd("HGETALL").arg(key);
+        let replies = self.inner.epoch.before(&mut con, &read).await?;
+        let (epoch, all): (String, Fields) = redis::from_redis_value(Value::Array(replies))?;
         Ok(whole_entry(all, Some(&epoch)))
     }
 

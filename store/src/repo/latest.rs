@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use redis::Value;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -233,27 +232,15 @@ impl LatestReader {
         let mut order: Vec<usize> = (0..sessions.len()).collect();
         let keys: Vec<String> = sessions.iter().map(|s| keys::latest(s)).collect();
         order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
-        let mut con = redis.get();
-        let mut attempts = 0;
-        let mut replies: Vec<Value> = loop {
-            let script = self.epoch.get(&mut con).await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic().invoke_script(&script.prepare_invoke());
-            for &i in &order {
-                let cmd = pipe.cmd("HMGET").arg(&keys[i]).arg("s").arg("t").arg("e");
-                cmd.arg("p");
-                if messages {
-                    cmd.arg("m");
-                }
+        let mut reads = redis::pipe();
+        for &i in &order {
+            let cmd = reads.cmd("HMGET").arg(&keys[i]).arg("s").arg("t").arg("e");
+            cmd.arg("p");
+            if messages {
+                cmd.arg("m");
             }
-            match pipe.query_async(&mut con).await {
-                Err(e) if is_noscript(&e) && attempts == 0 => {
-                    self.epoch.forget(&script);
-                    attempts += 1;
-                }
-                other => break other?,
-            }
-        };
+        }
+        let mut replies = self.epoch.before(&mut redis.get(), &reads).await?;
         if replies.len() != sessions.len() + 1 {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
