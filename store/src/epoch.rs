@@ -162,6 +162,32 @@ impl PinnedScript {
         }
     }
 
+    /// Runs the script on `key` with `args`, loading it again once if this Redis lifetime lacks
+    /// it (`NOSCRIPT`).
+    pub async fn run<C: redis::aio::ConnectionLike + Send, T: redis::FromRedisValue>(
+        &self,
+        con: &mut C,
+        key: &str,
+        args: &[&[u8]],
+    ) -> redis::RedisResult<T> {
+        let mut attempts = 0;
+        loop {
+            let script = self.get(con).await?;
+            let mut call = script.prepare_invoke();
+            call.key(key);
+            for a in args {
+                call.arg(*a);
+            }
+            match call.invoke_async(con).await {
+                Err(e) if is_noscript(&e) && attempts == 0 => {
+                    self.forget(&script);
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Forgets `script` (its Redis lifetime is gone: `NOSCRIPT`) unless another call already
     /// replaced it.
     pub fn forget(&self, script: &std::sync::Arc<redis::Script>) {

@@ -483,30 +483,14 @@ impl Cache {
         }
     }
 
-    /// Runs a pinned script on `key`, loading it again once if this Redis lifetime lacks it.
+    /// Runs a pinned script on `key` over one of the cache's connections.
     async fn run_pinned(
         &self,
         script: &PinnedScript,
         key: &str,
         args: &[&[u8]],
     ) -> redis::RedisResult<Value> {
-        let mut con = self.inner.redis.get();
-        let mut attempts = 0;
-        loop {
-            let loaded = script.get(&mut con).await?;
-            let mut call = loaded.prepare_invoke();
-            call.key(key);
-            for a in args {
-                call.arg(*a);
-            }
-            match call.invoke_async(&mut con).await {
-                Err(e) if is_noscript(&e) && attempts == 0 => {
-                    script.forget(&loaded);
-                    attempts += 1;
-                }
-                other => return other,
-            }
-        }
+        script.run(&mut self.inner.redis.get(), key, args).await
     }
 
     /// Sends one mark per key in one round trip (loading the script first if Redis lacks it).

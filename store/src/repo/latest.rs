@@ -26,7 +26,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::prepare;
-use crate::epoch::{PinnedScript, is_noscript};
+use crate::epoch::PinnedScript;
 use crate::flight::Flights;
 use crate::{Error, RedisConnections, Result, keys, telemetry, window};
 
@@ -302,23 +302,9 @@ impl LatestReader {
         let (seq, member) = row.clone().unwrap_or((0, Vec::new()));
         let (seq_arg, ttl) = (seq.to_string(), self.ttl_ms.to_string());
         let key = keys::latest(session_id);
-        let mut con = redis.get();
-        let mut attempts = 0;
-        let filled = loop {
-            let script = match self.fill.get(&mut con).await {
-                Ok(s) => s,
-                Err(e) => break Err(e),
-            };
-            let mut call = script.prepare_invoke();
-            call.key(&key).arg(&seq_arg).arg(&member).arg(&ttl);
-            match call.invoke_async::<(String, Vec<u8>)>(&mut con).await {
-                Err(e) if is_noscript(&e) && attempts == 0 => {
-                    self.fill.forget(&script);
-                    attempts += 1;
-                }
-                other => break other,
-            }
-        };
+        let args: [&[u8]; 3] = [seq_arg.as_bytes(), &member, ttl.as_bytes()];
+        let filled: redis::RedisResult<(String, Vec<u8>)> =
+            self.fill.run(&mut redis.get(), &key, &args).await;
         let from_row = row_to_latest(row, messages);
         match filled {
             Ok((s, t)) => match parse_entry(Some(s.as_bytes()), Some(&t), None, false).flatten() {
