@@ -68,6 +68,7 @@ impl Workload {
             send_time_ms: m.send_time_ms,
             server_time_us: sent.server_time_us,
             ext: m.ext.clone(),
+            state: Default::default(),
         }
     }
 

@@ -127,6 +127,7 @@ pub async fn poison(
                     send_time_ms: chatlog::now_ms(),
                     server_time_us: chatlog::now_ms() * 1000,
                     ext: BTreeMap::new(),
+                    state: Default::default(),
                 };
                 let mut b = codec.encode(&m)?;
                 if kind == "truncated" {

@@ -90,6 +90,7 @@ impl Plan {
             send_time_ms: m.send_time_ms,
             server_time_us: ack.server_time_us,
             ext: m.ext,
+            state: Default::default(),
         }
     }
 }

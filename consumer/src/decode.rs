@@ -152,6 +152,7 @@ pub(crate) fn test_message(session_id: &str, seq: i64, server_time_us: i64) -> C
         send_time_ms: 1,
         server_time_us,
         ext: Default::default(),
+        state: Default::default(),
     }
 }
 

@@ -571,6 +571,7 @@ mod tests {
             send_time_ms: i64::MAX,
             server_time_us: i64::MAX,
             ext,
+            state: Default::default(),
         };
         m.validate(&limits).unwrap();
         let codec = Codec::builder()

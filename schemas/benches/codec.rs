@@ -30,6 +30,7 @@ fn typical() -> ChatMessage {
         send_time_ms: 1_732_590_000_123,
         server_time_us: 1_732_590_000_125_456,
         ext,
+        state: Default::default(),
     }
 }
 

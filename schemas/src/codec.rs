@@ -19,6 +19,10 @@ pub const SCHEMA_V1_JSON: &str = include_str!("../chat_message.avsc");
 /// JSON of schema v2 (`schemas/chat_message_v2.avsc`): v1 plus `reply_to_seq` and `edited`.
 pub const SCHEMA_V2_JSON: &str = include_str!("../chat_message_v2.avsc");
 
+/// JSON of schema v3 (`schemas/chat_message_v3.avsc`): v2 plus `state`, `mutated_at`,
+/// `mutated_by` and `edit_count` — what a mutated message is written with.
+pub const SCHEMA_V3_JSON: &str = include_str!("../chat_message_v3.avsc");
+
 /// Default maximum size of an encoded message (header + datum): 1 MiB.
 pub const DEFAULT_MAX_ENCODED_BYTES: usize = 1024 * 1024;
 
@@ -29,20 +33,24 @@ pub enum SchemaVersion {
     V1,
     /// `chat_message_v2.avsc`.
     V2,
+    /// `chat_message_v3.avsc`.
+    V3,
 }
 
 impl SchemaVersion {
-    /// The version [`Codec::encode`] writes and [`Codec::decode`] reads into.
+    /// The version [`Codec::encode`] writes for a message as sent ([`MessageState::Normal`](crate::MessageState::Normal)).
+    /// A mutated message is written as [`SchemaVersion::V3`]; [`Codec::decode`] reads into v3.
     pub const CURRENT: SchemaVersion = SchemaVersion::V1;
 
     /// All shipped versions.
-    pub const ALL: [SchemaVersion; 2] = [SchemaVersion::V1, SchemaVersion::V2];
+    pub const ALL: [SchemaVersion; 3] = [SchemaVersion::V1, SchemaVersion::V2, SchemaVersion::V3];
 
     /// The schema JSON of this version, as embedded in the crate.
     pub const fn schema_json(self) -> &'static str {
         match self {
             SchemaVersion::V1 => SCHEMA_V1_JSON,
             SchemaVersion::V2 => SCHEMA_V2_JSON,
+            SchemaVersion::V3 => SCHEMA_V3_JSON,
         }
     }
 }
@@ -85,8 +93,8 @@ impl Entry {
 }
 
 /// The shipped schemas, parsed once per process.
-fn shipped() -> &'static [Arc<Entry>; 2] {
-    static SHIPPED: OnceLock<[Arc<Entry>; 2]> = OnceLock::new();
+fn shipped() -> &'static [Arc<Entry>; 3] {
+    static SHIPPED: OnceLock<[Arc<Entry>; 3]> = OnceLock::new();
     SHIPPED.get_or_init(|| {
         SchemaVersion::ALL.map(|v| {
             // The embedded schemas are fixed at compile time and covered by tests.
@@ -99,6 +107,7 @@ fn shipped() -> &'static [Arc<Entry>; 2] {
 struct Inner {
     v1: Arc<Entry>,
     v2: Arc<Entry>,
+    v3: Arc<Entry>,
     /// Every known writer schema (shipped ones first), searched linearly: there are only a few.
     writers: Vec<Arc<Entry>>,
     max_encoded_bytes: usize,
@@ -107,7 +116,7 @@ struct Inner {
 
 /// Encodes and decodes [`ChatMessage`]s in Avro single-object encoding.
 ///
-/// Holds the shipped schemas (v1 and v2) indexed by fingerprint, the reader schema (v1), the
+/// Holds the shipped schemas (v1, v2, v3) indexed by fingerprint, the reader schema (v3), the
 /// maximum encoded size and the validation [`Limits`]. Cloning is an `Arc` clone; a `Codec` is
 /// `Send + Sync` and meant to be shared.
 ///
@@ -126,6 +135,7 @@ struct Inner {
 ///     send_time_ms: 1_700_000_000_000,
 ///     server_time_us: 1_700_000_000_000_123,
 ///     ext: Default::default(),
+///     state: Default::default(),
 /// };
 /// let bytes = codec.encode(&msg).unwrap();
 /// assert_eq!(&bytes[..2], &[0xC3, 0x01]);
@@ -143,6 +153,7 @@ pub struct CodecBuilder {
     max_encoded_bytes: usize,
     limits: Limits,
     extra: Vec<String>,
+    readable: Vec<SchemaVersion>,
 }
 
 impl Default for CodecBuilder {
@@ -151,6 +162,7 @@ impl Default for CodecBuilder {
             max_encoded_bytes: DEFAULT_MAX_ENCODED_BYTES,
             limits: Limits::default(),
             extra: Vec::new(),
+            readable: SchemaVersion::ALL.to_vec(),
         }
     }
 }
@@ -176,10 +188,23 @@ impl CodecBuilder {
         self
     }
 
+    /// Reads only these shipped versions (default: all of them), as a consumer of an older
+    /// release would: bytes of the others are [`DecodeError::UnknownFingerprint`]. For tests of
+    /// mixed-release fleets (what an old consumer does with a mutation).
+    pub fn readable_versions(mut self, versions: &[SchemaVersion]) -> Self {
+        self.readable = versions.to_vec();
+        self
+    }
+
     /// Parses the extra writer schemas and builds the codec.
     pub fn build(self) -> Result<Codec, SchemaError> {
-        let [v1, v2] = shipped().clone();
-        let mut writers = vec![v1.clone(), v2.clone()];
+        let [v1, v2, v3] = shipped().clone();
+        let mut writers: Vec<Arc<Entry>> = SchemaVersion::ALL
+            .iter()
+            .zip([&v1, &v2, &v3])
+            .filter(|(v, _)| self.readable.contains(v))
+            .map(|(_, e)| e.clone())
+            .collect();
         for json in &self.extra {
             let entry = Entry::parse(json)?;
             // Same canonical form = same schema for reading; keep the first.
@@ -191,6 +216,7 @@ impl CodecBuilder {
             inner: Arc::new(Inner {
                 v1,
                 v2,
+                v3,
                 writers,
                 max_encoded_bytes: self.max_encoded_bytes,
                 limits: self.limits,
@@ -265,6 +291,7 @@ impl Codec {
         match version {
             SchemaVersion::V1 => &self.inner.v1,
             SchemaVersion::V2 => &self.inner.v2,
+            SchemaVersion::V3 => &self.inner.v3,
         }
     }
 
@@ -284,8 +311,9 @@ impl Codec {
         Ok(())
     }
 
-    /// Validates `msg` against the codec's limits and encodes it with the current schema:
-    /// `C3 01`, fingerprint (little-endian), binary datum.
+    /// Validates `msg` against the codec's limits and encodes it: `C3 01`, fingerprint
+    /// (little-endian), binary datum — under schema v1 for a message as sent (readable by every
+    /// consumer release) and under v3 for a mutated one (its state is not part of v1).
     pub fn encode(&self, msg: &ChatMessage) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::new();
         self.encode_into(msg, &mut out)?;
@@ -298,8 +326,14 @@ impl Codec {
         msg.validate(&self.inner.limits)?;
         let start = out.len();
         out.reserve(HEADER_LEN + wire::datum_len_hint(msg));
-        out.extend_from_slice(&self.inner.v1.header);
-        wire::encode_v1(msg, out);
+        if msg.is_mutated() {
+            out.reserve(16 + msg.state.mutated_by().map_or(0, str::len));
+            out.extend_from_slice(&self.inner.v3.header);
+            wire::encode_v3(msg, out);
+        } else {
+            out.extend_from_slice(&self.inner.v1.header);
+            wire::encode_v1(msg, out);
+        }
         if let Err(e) = self.check_len(out.len() - start) {
             out.truncate(start);
             return Err(e);
@@ -371,17 +405,21 @@ impl Codec {
             .map_err(|e| DecodeError::Malformed(format!("schema resolution failed: {e}")))
     }
 
-    /// Decodes single-object bytes written with any known writer schema into the current
-    /// (v1) reader schema, then validates the message against the codec's limits.
+    /// Decodes single-object bytes written with any known writer schema into the v3 reader
+    /// schema (v1 and v2 bytes are messages as sent: [`MessageState::Normal`](crate::MessageState)),
+    /// then validates the message against the codec's limits.
     ///
     /// Never panics: any input gives a message or a [`DecodeError`].
     pub fn decode(&self, bytes: &[u8]) -> Result<ChatMessage, DecodeError> {
         let (writer, datum) = self.split(bytes)?;
-        let reader = &*self.inner.v1;
-        let msg = if writer.fingerprint == reader.fingerprint {
+        let msg = if writer.fingerprint == self.inner.v1.fingerprint {
             wire::decode_v1(datum)?
+        } else if writer.fingerprint == self.inner.v3.fingerprint {
+            wire::decode_v3(datum)?
+        } else if writer.fingerprint == self.inner.v2.fingerprint {
+            value::from_value_v1(self.resolve(writer, &self.inner.v1, datum)?)?
         } else {
-            value::from_value_v1(self.resolve(writer, reader, datum)?)?
+            value::from_value_v3(self.resolve(writer, &self.inner.v3, datum)?)?
         };
         msg.validate(&self.inner.limits)?;
         Ok(msg)

@@ -72,14 +72,17 @@ mod wire;
 
 pub use canonical::parsing_canonical_form;
 pub use codec::{
-    Codec, CodecBuilder, DEFAULT_MAX_ENCODED_BYTES, SCHEMA_V1_JSON, SCHEMA_V2_JSON, SchemaVersion,
-    schema_fingerprint,
+    Codec, CodecBuilder, DEFAULT_MAX_ENCODED_BYTES, SCHEMA_V1_JSON, SCHEMA_V2_JSON, SCHEMA_V3_JSON,
+    SchemaVersion, schema_fingerprint,
 };
 pub use error::{DecodeError, EncodeError, SchemaError};
 pub use fingerprint::{HEADER_LEN, MAGIC, crc64_avro, header};
-pub use model::{ChatMessage, ChatMessageV2, ContentType, NewMessage, SessionType};
+pub use model::{
+    ChatMessage, ChatMessageV2, ContentType, FINAL_VERSION_BIT, MessageState, NewMessage,
+    SessionType,
+};
 pub use validate::{Limits, MAX_SEQ, ValidationError};
-pub use value::{to_value_v1, to_value_v2};
+pub use value::{to_value_v1, to_value_v2, to_value_v3};
 
 /// Re-export of the apache-avro crate this codec is built on (for [`Codec::encode_value`],
 /// [`Codec::decode_value`] and [`Codec::schema`]).

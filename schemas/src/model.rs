@@ -1,5 +1,6 @@
-//! The typed message model: [`ChatMessage`] (schema v1, the current reader schema),
-//! [`ChatMessageV2`] (schema v2), [`NewMessage`] (what a client submits), plus their enums.
+//! The typed message model: [`ChatMessage`] (the reader form of schema v3: the v1 fields and the
+//! [`MessageState`] a recall, edit or delete for everyone leaves), [`ChatMessageV2`] (schema v2),
+//! [`NewMessage`] (what a client submits), plus their enums.
 
 use std::collections::BTreeMap;
 
@@ -127,8 +128,14 @@ impl ContentType {
     }
 }
 
-/// One chat message: the Rust form of the current schema, `chatlog.ChatMessage` v1
-/// (`schemas/chat_message.avsc`). Fields are in schema order.
+/// One chat message: the v1 fields (`schemas/chat_message.avsc`, in schema order) and its
+/// [`state`](ChatMessage::state) (schema v3, `schemas/chat_message_v3.avsc`).
+///
+/// A message as sent is [`MessageState::Normal`] and encodes as v1, which consumers of every
+/// release read. A mutation (recall, edit, delete for everyone) is the *whole* message in its new
+/// state, with the same seq and a higher [`version`](ChatMessage::version): it encodes as v3 and
+/// replaces the earlier version wherever the two meet (CQL cells by write timestamp, the window
+/// by its version prefix), in any order.
 ///
 /// Build it, [`validate`](ChatMessage::validate) it and encode it with
 /// [`Codec::encode`](crate::Codec::encode); [`Codec::decode`](crate::Codec::decode) gives it back
@@ -158,6 +165,137 @@ pub struct ChatMessage {
     pub server_time_us: i64,
     /// Free-form string extensions.
     pub ext: BTreeMap<String, String>,
+    /// What has happened to the message since it was sent (schema v3; `Normal` in v1 and v2).
+    pub state: MessageState,
+}
+
+/// Bit 62 of a [`ChatMessage::version`]: set for the final states (recalled, deleted for
+/// everyone), so that no edit — even one issued from a read that had not yet seen the recall —
+/// can outrank them and bring content back. Times in µs since 1970 stay below 2^51.
+pub const FINAL_VERSION_BIT: i64 = 1 << 62;
+
+/// What has happened to a message since it was sent (Avro enum `chatlog.MessageState` of schema
+/// v3 plus the fields `mutated_at`, `mutated_by` and `edit_count`).
+///
+/// `at_us` is the server time of the mutation (µs since the Unix epoch, stamped by the producer
+/// library above the version it replaces), `by` the user who made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MessageState {
+    /// As sent.
+    #[default]
+    Normal,
+    /// The content was replaced `count` times; `at_us` is the last edit.
+    Edited {
+        /// Server time of the last edit.
+        at_us: i64,
+        /// Number of edits (≥ 1).
+        count: u32,
+        /// Who made the last edit.
+        by: String,
+    },
+    /// Recalled by its sender: content and ext removed. Final.
+    Recalled {
+        /// Server time of the recall.
+        at_us: i64,
+        /// Who recalled it.
+        by: String,
+    },
+    /// Deleted for everyone (a moderator's removal): content and ext removed. Final.
+    Deleted {
+        /// Server time of the deletion.
+        at_us: i64,
+        /// Who deleted it.
+        by: String,
+    },
+}
+
+impl MessageState {
+    /// The symbols of Avro enum `chatlog.MessageState`, in index order.
+    pub const SYMBOLS: [&'static str; 4] = ["NORMAL", "EDITED", "RECALLED", "DELETED"];
+
+    /// The Avro symbol index of this state.
+    pub const fn index(&self) -> u32 {
+        match self {
+            MessageState::Normal => 0,
+            MessageState::Edited { .. } => 1,
+            MessageState::Recalled { .. } => 2,
+            MessageState::Deleted { .. } => 3,
+        }
+    }
+
+    /// The Avro symbol, e.g. `"RECALLED"`; also the label used in metrics and logs.
+    pub const fn symbol(&self) -> &'static str {
+        Self::SYMBOLS[self.index() as usize]
+    }
+
+    /// Whether the state is final (recalled or deleted): no later edit outranks it.
+    pub const fn is_final(&self) -> bool {
+        matches!(
+            self,
+            MessageState::Recalled { .. } | MessageState::Deleted { .. }
+        )
+    }
+
+    /// Server time of the last mutation; `None` when `Normal`.
+    pub const fn mutated_at_us(&self) -> Option<i64> {
+        match self {
+            MessageState::Normal => None,
+            MessageState::Edited { at_us, .. }
+            | MessageState::Recalled { at_us, .. }
+            | MessageState::Deleted { at_us, .. } => Some(*at_us),
+        }
+    }
+
+    /// Who made the last mutation; `None` when `Normal`.
+    pub fn mutated_by(&self) -> Option<&str> {
+        match self {
+            MessageState::Normal => None,
+            MessageState::Edited { by, .. }
+            | MessageState::Recalled { by, .. }
+            | MessageState::Deleted { by, .. } => Some(by),
+        }
+    }
+
+    /// Number of edits (0 unless `Edited`).
+    pub const fn edit_count(&self) -> u32 {
+        match self {
+            MessageState::Edited { count, .. } => *count,
+            _ => 0,
+        }
+    }
+
+    /// The state from its wire parts (symbol index, `mutated_at`, `mutated_by`, `edit_count`);
+    /// `None` for an index outside the shipped symbols.
+    pub fn from_parts(index: u32, at_us: i64, by: String, count: u32) -> Option<MessageState> {
+        Some(match index {
+            0 => MessageState::Normal,
+            1 => MessageState::Edited { at_us, count, by },
+            2 => MessageState::Recalled { at_us, by },
+            3 => MessageState::Deleted { at_us, by },
+            _ => return None,
+        })
+    }
+}
+
+impl ChatMessage {
+    /// The version of this message: what orders two records of one seq everywhere they meet —
+    /// the CQL write timestamp of its cells and the 16-hex-digit prefix of its window member.
+    /// `server_time_us` as sent, the mutation's time once mutated, and for a final state that
+    /// time with [`FINAL_VERSION_BIT`] set.
+    pub const fn version(&self) -> i64 {
+        match &self.state {
+            MessageState::Normal => self.server_time_us,
+            MessageState::Edited { at_us, .. } => *at_us,
+            MessageState::Recalled { at_us, .. } | MessageState::Deleted { at_us, .. } => {
+                FINAL_VERSION_BIT | *at_us
+            }
+        }
+    }
+
+    /// Whether the message is anything but [`MessageState::Normal`].
+    pub const fn is_mutated(&self) -> bool {
+        !matches!(self.state, MessageState::Normal)
+    }
 }
 
 /// A message as a client submits it: every [`ChatMessage`] field but the three the server
@@ -200,6 +338,7 @@ impl NewMessage {
             send_time_ms: self.send_time_ms,
             server_time_us,
             ext: self.ext,
+            state: MessageState::Normal,
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn message_at(session: &str, seq: i64, base_time_us: i64, version: i64) -> C
         send_time_ms: base_time_us / 1000,
         server_time_us: base_time_us + seq * 10 + version,
         ext: BTreeMap::new(),
+        state: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use crate::model::{ChatMessage, ChatMessageV2, NewMessage};
+use crate::model::{ChatMessage, ChatMessageV2, MessageState, NewMessage};
 
 /// The largest seq (and `reply_to_seq`) a message may carry: 2^53. JavaScript clients read a
 /// seq as an IEEE double, which holds every integer up to 2^53 exactly and no longer tells
@@ -208,6 +208,28 @@ pub enum ValidationError {
         /// The offending value.
         value: i64,
     },
+    /// A mutated message's `mutated_at` is not after its `server_time`, or reaches
+    /// [`FINAL_VERSION_BIT`](crate::FINAL_VERSION_BIT) (a mutation always follows the send; its
+    /// time must leave the final bit free).
+    #[error("field `mutated_at` is {at_us}, not in (server_time = {server_time_us}, 2^62)")]
+    MutationTimeOutOfRange {
+        /// The offending `mutated_at`.
+        at_us: i64,
+        /// The message's `server_time`.
+        server_time_us: i64,
+    },
+    /// An edited message's `edit_count` is 0 or above `i32::MAX` (the Avro `int`).
+    #[error("field `edit_count` is {count}: an edited message has 1 ..= 2^31-1 edits")]
+    EditCountOutOfRange {
+        /// The offending count.
+        count: u32,
+    },
+    /// A recalled or deleted message still carries content or ext: a final state holds none.
+    #[error("a {state} message must carry no content and no ext")]
+    ContentNotRemoved {
+        /// `"RECALLED"` or `"DELETED"`.
+        state: &'static str,
+    },
     /// `reply_to_seq` (schema v2) is present but below 1.
     #[error("field `reply_to_seq` must be >= 1 when present, got {seq}")]
     ReplyToSeqNotPositive {
@@ -231,6 +253,9 @@ impl ValidationError {
             ValidationError::ExtTooLarge { .. } => "ext_too_large",
             ValidationError::NegativeTime { .. } => "negative_time",
             ValidationError::ReplyToSeqNotPositive { .. } => "reply_to_seq_not_positive",
+            ValidationError::MutationTimeOutOfRange { .. } => "mutation_time_out_of_range",
+            ValidationError::EditCountOutOfRange { .. } => "edit_count_out_of_range",
+            ValidationError::ContentNotRemoved { .. } => "content_not_removed",
         }
     }
 
@@ -249,6 +274,9 @@ impl ValidationError {
                 "ext"
             }
             ValidationError::ReplyToSeqNotPositive { .. } => "reply_to_seq",
+            ValidationError::MutationTimeOutOfRange { .. } => "mutated_at",
+            ValidationError::EditCountOutOfRange { .. } => "edit_count",
+            ValidationError::ContentNotRemoved { .. } => "content",
         }
     }
 }
@@ -287,7 +315,34 @@ impl ChatMessage {
             });
         }
         check_time("server_time", self.server_time_us)?;
-        client_fields!(self).check(limits)
+        client_fields!(self).check(limits)?;
+        self.check_state(limits)
+    }
+
+    /// The state's own rules: a mutation after the send and below the final bit, a known
+    /// author, 1 or more edits, nothing left of a recalled or deleted message's content.
+    fn check_state(&self, limits: &Limits) -> Result<(), ValidationError> {
+        let (Some(at_us), Some(by)) = (self.state.mutated_at_us(), self.state.mutated_by()) else {
+            return Ok(());
+        };
+        if at_us <= self.server_time_us || at_us >= crate::FINAL_VERSION_BIT {
+            return Err(ValidationError::MutationTimeOutOfRange {
+                at_us,
+                server_time_us: self.server_time_us,
+            });
+        }
+        check_id("mutated_by", by, limits)?;
+        match &self.state {
+            MessageState::Edited { count, .. } if *count == 0 || i32::try_from(*count).is_err() => {
+                Err(ValidationError::EditCountOutOfRange { count: *count })
+            }
+            state if state.is_final() && (!self.content.is_empty() || !self.ext.is_empty()) => {
+                Err(ValidationError::ContentNotRemoved {
+                    state: state.symbol(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -402,6 +457,7 @@ mod tests {
             send_time_ms: 0,
             server_time_us: 0,
             ext: BTreeMap::new(),
+            state: Default::default(),
         }
     }
 

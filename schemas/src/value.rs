@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use apache_avro::types::Value;
 
 use crate::error::DecodeError;
-use crate::model::{ChatMessage, ChatMessageV2, ContentType, SessionType};
+use crate::model::{ChatMessage, ChatMessageV2, ContentType, MessageState, SessionType};
 
 fn v1_fields(m: &ChatMessage) -> Vec<(String, Value)> {
     vec![
@@ -142,7 +142,60 @@ fn message_from(f: &mut Fields) -> Result<ChatMessage, DecodeError> {
         send_time_ms: long("send_time", f.take("send_time")?)?,
         server_time_us: long("server_time", f.take("server_time")?)?,
         ext,
+        state: Default::default(),
     })
+}
+
+/// The schema-v3 record value of a message (`reply_to_seq` null).
+pub fn to_value_v3(m: &ChatMessage) -> Value {
+    let mut fields = v1_fields(m);
+    fields.push((
+        "reply_to_seq".into(),
+        Value::Union(0, Box::new(Value::Null)),
+    ));
+    fields.push((
+        "edited".into(),
+        Value::Boolean(matches!(m.state, MessageState::Edited { .. })),
+    ));
+    fields.push((
+        "state".into(),
+        Value::Enum(m.state.index(), m.state.symbol().into()),
+    ));
+    fields.push((
+        "mutated_at".into(),
+        Value::TimestampMicros(m.state.mutated_at_us().unwrap_or(0)),
+    ));
+    fields.push((
+        "mutated_by".into(),
+        Value::String(m.state.mutated_by().unwrap_or("").into()),
+    ));
+    fields.push((
+        "edit_count".into(),
+        Value::Int(i32::try_from(m.state.edit_count()).unwrap_or(i32::MAX)),
+    ));
+    Value::Record(fields)
+}
+
+/// A message from a record value resolved into the v3 reader schema (state included).
+pub(crate) fn from_value_v3(v: Value) -> Result<ChatMessage, DecodeError> {
+    let mut f = record(v)?;
+    let mut m = message_from(&mut f)?;
+    let state = symbol("state", f.take("state")?)?;
+    // The enum declares NORMAL as its default: resolution already mapped unknown symbols.
+    let index = MessageState::SYMBOLS
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or(0) as u32;
+    let at_us = long("mutated_at", f.take("mutated_at")?)?;
+    let by = string("mutated_by", f.take("mutated_by")?)?;
+    let count = match f.take("edit_count")? {
+        Value::Int(n) => u32::try_from(n).map_err(|_| {
+            DecodeError::Malformed(format!("field `edit_count`: negative count {n}"))
+        })?,
+        v => return Err(bad("edit_count", &v)),
+    };
+    m.state = MessageState::from_parts(index, at_us, by, count).unwrap_or_default();
+    Ok(m)
 }
 
 /// A message from a record value resolved into the v1 reader schema.

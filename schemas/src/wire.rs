@@ -1,4 +1,4 @@
-//! Hand-written Avro binary encoding of the current schema (v1) — the fast path.
+//! Hand-written Avro binary encoding of schemas v1 and v3 — the fast path.
 //!
 //! [`Codec`](crate::Codec) uses it when the writer schema *is* the reader schema, so no schema
 //! resolution is needed. It produces exactly what any Avro implementation writes for
@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::DecodeError;
-use crate::model::{ChatMessage, ContentType, SessionType};
+use crate::model::{ChatMessage, ContentType, MessageState, SessionType};
 
 /// Appends the zig-zag varint encoding of `v` (Avro `int` and `long`).
 #[inline]
@@ -40,7 +40,21 @@ pub(crate) fn datum_len_hint(m: &ChatMessage) -> usize {
     strings + ext + 13 * 10
 }
 
-/// Appends the Avro binary datum of `m` under schema v1 (field order of `chat_message.avsc`).
+/// Appends the Avro binary datum of `m` under schema v3 (`chat_message_v3.avsc`): the v1 fields,
+/// v2's `reply_to_seq` (null) and `edited`, then `state`, `mutated_at`, `mutated_by`,
+/// `edit_count`.
+pub(crate) fn encode_v3(m: &ChatMessage, out: &mut Vec<u8>) {
+    encode_v1(m, out);
+    put_long(out, 0); // reply_to_seq: union branch 0, null
+    out.push(u8::from(matches!(m.state, MessageState::Edited { .. }))); // edited
+    put_long(out, i64::from(m.state.index()));
+    put_long(out, m.state.mutated_at_us().unwrap_or(0));
+    put_bytes(out, m.state.mutated_by().unwrap_or("").as_bytes());
+    put_long(out, i64::from(m.state.edit_count()));
+}
+
+/// Appends the Avro binary datum of `m` under schema v1 (field order of `chat_message.avsc`);
+/// its state is not part of v1.
 pub(crate) fn encode_v1(m: &ChatMessage, out: &mut Vec<u8>) {
     put_bytes(out, m.msg_id.as_bytes());
     put_bytes(out, m.client_msg_id.as_bytes());
@@ -232,6 +246,50 @@ impl<'a> Cursor<'a> {
 /// Decodes a datum written with schema v1 (the whole of `datum`, no trailing bytes).
 pub(crate) fn decode_v1(datum: &[u8]) -> Result<ChatMessage, DecodeError> {
     let mut c = Cursor::new(datum);
+    let m = v1_fields(&mut c)?;
+    c.finish()?;
+    Ok(m)
+}
+
+/// Decodes a datum written with schema v3 (the whole of `datum`, no trailing bytes).
+pub(crate) fn decode_v3(datum: &[u8]) -> Result<ChatMessage, DecodeError> {
+    let mut c = Cursor::new(datum);
+    let mut m = v1_fields(&mut c)?;
+    match c.long()? {
+        0 => {}
+        1 => {
+            let _reply_to_seq = c.long()?;
+        }
+        b => {
+            return Err(DecodeError::Malformed(format!(
+                "field `reply_to_seq`: union branch {b} out of range"
+            )));
+        }
+    }
+    match c.byte()? {
+        0 | 1 => {}
+        b => {
+            return Err(DecodeError::Malformed(format!(
+                "field `edited`: boolean byte {b}"
+            )));
+        }
+    }
+    let index = c.enum_index("state")?;
+    let at_us = c.long()?;
+    let by = c.string("mutated_by")?;
+    let count = c.int()?;
+    let count = u32::try_from(count).map_err(|_| {
+        DecodeError::Malformed(format!("field `edit_count`: negative count {count}"))
+    })?;
+    m.state = MessageState::from_parts(index, at_us, by, count).ok_or_else(|| {
+        DecodeError::Malformed(format!("field `state`: enum index {index} out of range"))
+    })?;
+    c.finish()?;
+    Ok(m)
+}
+
+/// The v1 fields, read from the start of a v1 or v3 datum.
+fn v1_fields(c: &mut Cursor<'_>) -> Result<ChatMessage, DecodeError> {
     // A struct expression evaluates its fields in the order written: this is the field order of
     // `chat_message.avsc`, the order the datum holds them in.
     let m = ChatMessage {
@@ -246,6 +304,7 @@ pub(crate) fn decode_v1(datum: &[u8]) -> Result<ChatMessage, DecodeError> {
         send_time_ms: c.long()?,
         server_time_us: c.long()?,
         ext: c.string_map("ext")?,
+        state: Default::default(),
     };
     c.finish()?;
     Ok(m)

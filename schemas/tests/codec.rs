@@ -18,6 +18,8 @@ const V1_CANONICAL: &str = r#"{"name":"chatlog.ChatMessage","type":"record","fie
 /// shipped schema's canonical form would orphan every message already written with it.
 const V1_FP_LE_HEX: &str = "1ebb96a945e24446";
 const V2_FP_LE_HEX: &str = "3601df2f8f1707c4";
+/// Schema v3, as fastavro computes it (`fingerprint(to_parsing_canonical_form(..), "CRC-64-AVRO")`).
+const V3_FP_LE_HEX: &str = "16a359a99d0a4e57";
 
 fn le_hex(fp: u64) -> String {
     fp.to_le_bytes()
@@ -41,6 +43,7 @@ fn sample() -> ChatMessage {
         send_time_ms: 1_732_590_000_123,
         server_time_us: 1_732_590_000_125_456,
         ext,
+        state: Default::default(),
     }
 }
 
@@ -88,8 +91,13 @@ fn canonical_form_and_fingerprints_are_pinned() {
     }
     assert_eq!(
         codec.known_fingerprints(),
-        vec![codec.fingerprint_v1(), codec.fingerprint_v2()]
+        vec![
+            codec.fingerprint_v1(),
+            codec.fingerprint_v2(),
+            codec.fingerprint(SchemaVersion::V3)
+        ]
     );
+    assert_eq!(le_hex(codec.fingerprint(SchemaVersion::V3)), V3_FP_LE_HEX);
 }
 
 #[test]
@@ -447,7 +455,7 @@ fn bad_extra_writer_schemas_are_refused() {
         .writer_schema(SCHEMA_V1_JSON)
         .build()
         .unwrap();
-    assert_eq!(c.known_fingerprints().len(), 2);
+    assert_eq!(c.known_fingerprints().len(), 3);
 }
 
 #[test]

@@ -62,6 +62,7 @@ fn message(i: i64, content_type: ContentType, content: &[u8], ext: &[(&str, &str
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        state: Default::default(),
     }
 }
 

@@ -57,6 +57,7 @@ fn message() -> impl Strategy<Value = ChatMessage> {
                 send_time_ms,
                 server_time_us,
                 ext: ext.into_iter().collect::<BTreeMap<_, _>>(),
+                state: Default::default(),
             },
         )
 }

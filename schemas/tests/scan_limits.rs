@@ -33,6 +33,7 @@ fn message() -> ChatMessage {
         send_time_ms: 1_700_000_000_000,
         server_time_us: 1_700_000_000_000_000,
         ext: Default::default(),
+        state: Default::default(),
     }
 }
 

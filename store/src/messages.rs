@@ -195,6 +195,7 @@ impl From<MessageRow> for ChatMessage {
             send_time_ms: row.send_time.0,
             server_time_us: row.server_time,
             ext: row.ext.unwrap_or_default(),
+            state: Default::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ fn msg(seq: i64, server_time_us: i64) -> ChatMessage {
         send_time_ms: 1,
         server_time_us,
         ext: BTreeMap::new(),
+        state: Default::default(),
     }
 }
 
