@@ -125,7 +125,7 @@ async fn conversation_list_of_5000_is_complete_and_ordered() {
         .map(|(i, s)| LatestRow {
             session_id: s.clone(),
             seq: seq_of(i),
-            server_time_us: time_of(i),
+            version: time_of(i),
             member: window::member(time_of(i), format!("avro-{s}").as_bytes()),
         })
         .collect();
@@ -274,7 +274,7 @@ async fn conversation_mark_read_never_moves_backward_under_concurrent_marks() {
         .write(&[LatestRow {
             session_id: session.clone(),
             seq: 450,
-            server_time_us: 1,
+            version: 1,
             member: window::member(1, b"m"),
         }])
         .await
@@ -388,7 +388,7 @@ async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
     let row = |s: &str, seq: i64, time: i64| LatestRow {
         session_id: s.to_owned(),
         seq,
-        server_time_us: time,
+        version: time,
         member: window::member(time, format!("{s}-{seq}-{time}").as_bytes()),
     };
     // Two sessions, the same writes in opposite orders (an edit of seq 5, a late seq 4): the
@@ -407,7 +407,7 @@ async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
         .unwrap();
     for (s, l) in [up, down].iter().zip(got) {
         let l = l.expect("a latest");
-        assert_eq!((l.seq, l.server_time_us), (5, 200), "{s}");
+        assert_eq!((l.seq, l.version), (5, 200), "{s}");
         assert_eq!(l.avro, format!("{s}-5-200").into_bytes());
     }
 }
@@ -429,7 +429,7 @@ async fn conversation_latest_cold_reads_of_one_session_load_it_once() {
         .write(&[LatestRow {
             session_id: session.clone(),
             seq: 3,
-            server_time_us: 30,
+            version: 30,
             member: window::member(30, b"m"),
         }])
         .await

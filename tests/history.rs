@@ -125,7 +125,7 @@ impl Fixture {
     }
 
     fn member(&self, m: &ChatMessage) -> Vec<u8> {
-        window::member(m.server_time_us, &self.codec.encode(m).expect("encode"))
+        window::member(m.version(), &self.codec.encode(m).expect("encode"))
     }
 
     /// Writes `seqs` to the table and the window, as the consumer would.

@@ -36,6 +36,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The per-session window kept in Redis.
     pub window: WindowConfig,
+    /// How long messages of each session type are kept (`retention.group = "90d"`; default: for
+    /// ever). Rows get the rest of it as their CQL TTL, anchored at the send; a message past it
+    /// is skipped (counted as `expired`), so a replay never brings it back.
+    pub retention: chatlog_store::retention::Retention,
     /// Retries of CQL and Redis writes.
     pub retry: RetryConfig,
     /// Records that cannot be written: isolation, stalled partitions, commit deadline, DLQ logs.

@@ -120,12 +120,14 @@ pub fn decode_at(codec: &Codec, record: Record, now_us: i64) -> Decoded {
         return poison(record, "key_mismatch", detail);
     }
     // A future server time would be written as the rows' write timestamp (no later correction
-    // could win over it) and win every version comparison in the window. The past is fine: an
-    // old record replayed after an outage is old, not skewed.
-    if let Err(e) = codec
-        .limits()
-        .check_server_time(message.server_time_us, now_us)
-    {
+    // could win over it) and win every version comparison in the window; so would a future
+    // mutation time (the version of a mutated message). The past is fine: an old record replayed
+    // after an outage is old, not skewed.
+    let newest_us = message
+        .state
+        .mutated_at_us()
+        .map_or(message.server_time_us, |at| at.max(message.server_time_us));
+    if let Err(e) = codec.limits().check_server_time(newest_us, now_us) {
         let detail = format!("{e} (seq {} of {:?})", message.seq, message.session_id);
         return poison(record, "skew", detail);
     }

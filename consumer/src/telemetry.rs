@@ -60,6 +60,11 @@ pub const DLQ_TRUNCATED: &str = "chatlog_dlq_truncated_records_total";
 /// Connections to the HTTP endpoint closed at once because `max_connections` were open.
 pub const HTTP_REJECTED: &str = "chatlog_http_rejected_connections_total";
 
+/// Records past their session type's retention, skipped (not written, not poison).
+pub const EXPIRED: &str = "chatlog_consumer_expired_records_total";
+/// Mutated messages (recall, edit, delete for everyone) among persisted records, by state.
+pub const MUTATIONS: &str = "chatlog_consumer_mutations_total";
+
 /// Every metric family the consumer exports. Dashboards and alert rules may use only these (a
 /// histogram `h` is exported as `h_bucket`, `h_sum` and `h_count`).
 pub const ALL: &[&str] = &[
@@ -78,7 +83,13 @@ pub const ALL: &[&str] = &[
     STALLED_PARTITIONS,
     DLQ_TRUNCATED,
     HTTP_REJECTED,
+    EXPIRED,
+    MUTATIONS,
 ];
+
+/// Values of the `state` label of [`MUTATIONS`] (the Avro symbols of `chatlog.MessageState`,
+/// lower-cased).
+pub const MUTATION_STATES: &[&str] = &["edited", "recalled", "deleted"];
 
 /// The histograms among [`ALL`].
 pub const HISTOGRAMS: &[&str] = &[BATCH_RECORDS, STAGE_DURATION, E2E_LATENCY];
@@ -209,6 +220,14 @@ fn describe() {
         HTTP_REJECTED,
         "HTTP connections closed at once because http max_connections were open."
     );
+    describe_counter!(
+        EXPIRED,
+        "Records skipped because their session type's retention had passed."
+    );
+    describe_counter!(
+        MUTATIONS,
+        "Mutated messages persisted, by state (edited, recalled, deleted)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the consumer's version."
@@ -235,6 +254,10 @@ fn init_series() {
     metrics::counter!(REVOKED_DROPPED).increment(0);
     metrics::counter!(DLQ_TRUNCATED).increment(0);
     metrics::counter!(HTTP_REJECTED).increment(0);
+    metrics::counter!(EXPIRED).increment(0);
+    for &state in MUTATION_STATES {
+        metrics::counter!(MUTATIONS, "state" => state).increment(0);
+    }
     metrics::gauge!(STALLED_PARTITIONS).set(0.0);
     // A registered histogram renders with zero counts until its first observation.
     for &stage in STAGES {

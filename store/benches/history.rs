@@ -79,7 +79,7 @@ async fn setup() -> Fixture {
                 .iter()
                 .map(|m| WindowEntry {
                     seq: m.seq,
-                    member: window::member(m.server_time_us, &codec.encode(m).unwrap()),
+                    member: window::member(m.version(), &codec.encode(m).unwrap()),
                 })
                 .collect();
             members = entries
@@ -97,7 +97,7 @@ async fn setup() -> Fixture {
                 let m = message(sid, s);
                 WindowEntry {
                     seq: s,
-                    member: window::member(m.server_time_us, &codec.encode(&m).unwrap()),
+                    member: window::member(m.version(), &codec.encode(&m).unwrap()),
                 }
             })
             .collect();

@@ -1,24 +1,29 @@
 //! The `messages` table: its statements, the bucket rule, row ↔ [`ChatMessage`] mapping and the
 //! batch writer the consumer uses.
 //!
-//! Writes are deterministic and idempotent: every row is written `USING TIMESTAMP <server_time µs>`
-//! of its message, so replaying a batch rewrites identical cells with the identical timestamp (the
-//! state and `writetime()` are the same as without the replay), and a replay of an older version can
-//! never overwrite a newer edit. Batches are UNLOGGED and hold rows of one partition only, capped by
+//! Writes are deterministic and idempotent: every row is written `USING TIMESTAMP <version>` of its
+//! message ([`ChatMessage::version`]: the server time as sent, the mutation's time once recalled,
+//! edited or deleted, with bit 62 set for the final states), so replaying a batch rewrites identical
+//! cells with the identical timestamp (the state and `writetime()` are the same as without the
+//! replay), and a replay of an older version can never overwrite a newer one. A mutation writes
+//! *every* column (a recalled row's content becomes the empty blob), so cell-by-cell last-writer-
+//! wins never leaves a row mixed from two versions. A message as sent leaves the state columns
+//! unset (no tombstones). Batches are UNLOGGED and hold rows of one partition only, capped by
 //! count and bytes (Cassandra fails batches over 50 KiB by default, ScyllaDB over 1 MiB).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chatlog_schemas::{ChatMessage, ContentType, SessionType};
+use chatlog_schemas::{ChatMessage, ContentType, MessageState, SessionType};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlTimestamp;
+use scylla::value::{CqlTimestamp, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 use serde::Deserialize;
 
+use crate::retention::Retention;
 use crate::{Error, Result};
 
 /// Rows per partition bucket unless configured otherwise: `bucket = seq / bucket_size`.
@@ -31,13 +36,15 @@ pub fn bucket_of(seq: i64, bucket_size: i64) -> i64 {
 
 /// The columns of a message row, in the order every statement here uses.
 const COLUMNS: &str = "session_id, bucket, seq, msg_id, client_msg_id, session_type, sender_id, \
-                       content_type, content, send_time, server_time, ext";
+                       content_type, content, send_time, server_time, ext, state, mutated_at, \
+                       mutated_by, edit_count";
 
-/// `INSERT` of one message with its own write timestamp (the last bind marker).
+/// `INSERT` of one message with its own write timestamp and time to live (the last two bind
+/// markers; a TTL of 0 keeps the row forever).
 pub fn insert_cql(keyspace: &str) -> String {
     format!(
-        "INSERT INTO {keyspace}.messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         USING TIMESTAMP ?"
+        "INSERT INTO {keyspace}.messages ({COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
     )
 }
 
@@ -177,6 +184,14 @@ pub struct MessageRow {
     pub server_time: i64,
     /// Extension fields (`null` when empty).
     pub ext: Option<BTreeMap<String, String>>,
+    /// [`MessageState`] index; `null` as sent.
+    pub state: Option<i8>,
+    /// The last mutation's server time (µs); `null` as sent.
+    pub mutated_at: Option<i64>,
+    /// Who made the last mutation; `null` as sent.
+    pub mutated_by: Option<String>,
+    /// Number of edits; `null` as sent.
+    pub edit_count: Option<i32>,
 }
 
 impl From<MessageRow> for ChatMessage {
@@ -195,14 +210,26 @@ impl From<MessageRow> for ChatMessage {
             send_time_ms: row.send_time.0,
             server_time_us: row.server_time,
             ext: row.ext.unwrap_or_default(),
-            state: Default::default(),
+            // An index this release does not know reads as the message as sent, like Avro's
+            // enum default.
+            state: row
+                .state
+                .and_then(|index| {
+                    MessageState::from_parts(
+                        u32::try_from(index).ok()?,
+                        row.mutated_at.unwrap_or(0),
+                        row.mutated_by.unwrap_or_default(),
+                        u32::try_from(row.edit_count.unwrap_or(0)).unwrap_or(0),
+                    )
+                })
+                .unwrap_or_default(),
         }
     }
 }
 
-/// The 13 bind values of [`insert_cql`]: a message's columns, borrowed, and its write timestamp.
-/// Bound in order (`enforce_order`): the last marker is `USING TIMESTAMP ?`, which has no column
-/// name to match.
+/// The 18 bind values of [`insert_cql`]: a message's columns, borrowed, its write timestamp and
+/// its time to live. Bound in order (`enforce_order`): the last markers are `USING TIMESTAMP ?
+/// AND TTL ?`, which have no column name to match.
 #[derive(Debug, SerializeRow)]
 #[scylla(flavor = "enforce_order", skip_name_checks)]
 pub struct InsertRow<'a> {
@@ -218,11 +245,30 @@ pub struct InsertRow<'a> {
     send_time: CqlTimestamp,
     server_time: i64,
     ext: &'a BTreeMap<String, String>,
+    state: MaybeUnset<i8>,
+    mutated_at: MaybeUnset<i64>,
+    mutated_by: MaybeUnset<&'a str>,
+    edit_count: MaybeUnset<i32>,
     write_time: i64,
+    ttl: i32,
 }
 
-/// The bind values of [`insert_cql`] for `m`.
+/// The bind values of [`insert_cql`] for `m`, kept forever.
 pub fn insert_bind(m: &ChatMessage, bucket_size: i64) -> InsertRow<'_> {
+    insert_bind_ttl(m, bucket_size, 0)
+}
+
+/// The bind values of [`insert_cql`] for `m` with a time to live of `ttl_secs` (0: forever; see
+/// [`crate::retention`]).
+pub fn insert_bind_ttl(m: &ChatMessage, bucket_size: i64, ttl_secs: i32) -> InsertRow<'_> {
+    let mutated = m.is_mutated();
+    fn when<T>(set: bool, v: T) -> MaybeUnset<T> {
+        if set {
+            MaybeUnset::Set(v)
+        } else {
+            MaybeUnset::Unset
+        }
+    }
     InsertRow {
         session_id: &m.session_id,
         bucket: bucket_of(m.seq, bucket_size),
@@ -236,7 +282,15 @@ pub fn insert_bind(m: &ChatMessage, bucket_size: i64) -> InsertRow<'_> {
         send_time: CqlTimestamp(m.send_time_ms),
         server_time: m.server_time_us,
         ext: &m.ext,
-        write_time: m.server_time_us,
+        state: when(mutated, m.state.index() as i8),
+        mutated_at: when(mutated, m.state.mutated_at_us().unwrap_or(0)),
+        mutated_by: when(mutated, m.state.mutated_by().unwrap_or("")),
+        edit_count: when(
+            mutated,
+            i32::try_from(m.state.edit_count()).unwrap_or(i32::MAX),
+        ),
+        write_time: m.version(),
+        ttl: ttl_secs.max(0),
     }
 }
 
@@ -337,6 +391,7 @@ pub struct MessageWriter {
     session: Arc<Session>,
     insert: PreparedStatement,
     limits: BatchLimits,
+    retention: Retention,
 }
 
 impl MessageWriter {
@@ -352,7 +407,15 @@ impl MessageWriter {
             session,
             insert,
             limits,
+            retention: Retention::default(),
         })
+    }
+
+    /// Writes rows with the rest of their session type's retention as TTL (default: forever);
+    /// rows already past it are skipped.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The limits in force.
@@ -376,20 +439,33 @@ impl MessageWriter {
 
     async fn write_group(&self, group: Vec<&ChatMessage>) -> Result<()> {
         let bucket_size = self.limits.bucket_size;
-        if let [only] = group.as_slice() {
+        let now_us = crate::retention::now_us();
+        let ttl = |m: &ChatMessage| {
+            self.retention
+                .expiry(m.session_type, m.server_time_us, now_us)
+                .ttl_secs()
+        };
+        let group: Vec<(&ChatMessage, i32)> = group
+            .into_iter()
+            .filter_map(|m| Some((m, ttl(m)?)))
+            .collect();
+        if let [(only, ttl)] = group.as_slice() {
             self.session
-                .execute_unpaged(&self.insert, insert_bind(only, bucket_size))
+                .execute_unpaged(&self.insert, insert_bind_ttl(only, bucket_size, *ttl))
                 .await
                 .map_err(|e| Error::cql("insert message", e))?;
             return Ok(());
         }
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_is_idempotent(true);
+        if group.is_empty() {
+            return Ok(());
+        }
         let values: Vec<_> = group
             .iter()
-            .map(|m| {
+            .map(|(m, ttl)| {
                 batch.append_statement(self.insert.clone());
-                insert_bind(m, bucket_size)
+                insert_bind_ttl(m, bucket_size, *ttl)
             })
             .collect();
         self.session

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_messages.cql"),
     migration!(3, "0003_consumer_limits.cql"),
     migration!(4, "0004_dal.cql"),
+    migration!(5, "0005_mutations.cql"),
 ];
 
 /// What [`apply`] did.
@@ -139,12 +140,28 @@ pub async fn apply(session: &Session, config: &CqlConfig) -> Result<Report> {
 
 async fn run_statements(session: &Session, m: &Migration, config: &CqlConfig) -> Result<()> {
     for stmt in m.statements(config) {
-        session
-            .query_unpaged(stmt.as_str(), ())
-            .await
-            .map_err(|e| Error::cql(format!("migration {} `{stmt}`", m.name), e))?;
+        match session.query_unpaged(stmt.as_str(), ()).await {
+            Ok(_) => {}
+            // `ALTER TABLE … ADD` has no `IF NOT EXISTS` on ScyllaDB: a column another instance
+            // (or an interrupted earlier run) already added is the state this statement wants.
+            Err(e) if is_add_column(&stmt) && column_exists(&e.to_string()) => {
+                tracing::info!(migration = m.name, "columns already added");
+            }
+            Err(e) => return Err(Error::cql(format!("migration {} `{stmt}`", m.name), e)),
+        }
     }
     Ok(())
+}
+
+fn is_add_column(stmt: &str) -> bool {
+    let upper = stmt.to_ascii_uppercase();
+    upper.starts_with("ALTER TABLE") && upper.contains(" ADD ")
+}
+
+/// Cassandra says "… already exists", ScyllaDB "… conflicts with an existing column".
+fn column_exists(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("already exist") || e.contains("conflicts with an existing column")
 }
 
 #[cfg(test)]

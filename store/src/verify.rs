@@ -12,7 +12,7 @@
 //! - `older_than_window`: rows among the newest `W` below the window's lowest member (the window
 //!   holds fewer than `W`: normal after expiry or a flush, until new messages refill it);
 //! - `extra_in_window`: members with no row;
-//! - `differing`: both have the seq but the version (`server_time_us`) or the content differs;
+//! - `differing`: both have the seq but the version ([`ChatMessage::version`]) or the content differs;
 //! - `undecodable`: members that are not `version prefix + single-object Avro` of their seq.
 //!
 //! Content is compared decoded (as [`ChatMessage`]), not as bytes: a member written by a newer
@@ -186,13 +186,14 @@ pub async fn verify_window(history: &History, session_id: &str) -> Result<Report
             Some(row) => {
                 let content_differs = ChatMessage {
                     server_time_us: row.server_time_us,
+                    state: row.state.clone(),
                     ..message.clone()
                 } != *row;
-                if content_differs || m.version != row.server_time_us {
+                if content_differs || m.version != row.version() {
                     report.differing.push(Difference {
                         seq: m.seq,
                         window_version: m.version,
-                        db_version: row.server_time_us,
+                        db_version: row.version(),
                         content_differs,
                     });
                 }

@@ -2,7 +2,8 @@
 //! by history.
 //!
 //! Key [`crate::keys::window`]; score = seq; member = 16 lowercase hex digits of the message's
-//! `server_time_us` (its version) followed by the message's Avro single-object bytes. The version
+//! [`version`](chatlog_schemas::ChatMessage::version) (its `server_time_us` as sent, its mutation's
+//! time once recalled, edited or deleted) followed by the message's Avro single-object bytes. The version
 //! prefix lets the Lua script keep one member per seq and never replace a newer version with an older
 //! one, without decoding Avro in Lua. Re-adding an identical member is a no-op, so replays are harmless.
 
@@ -17,10 +18,10 @@ use crate::{Error, Result, keys};
 /// Bytes of the version prefix of a member.
 pub const VERSION_LEN: usize = 16;
 
-/// The window member of a message: version prefix + its Avro bytes.
-pub fn member(server_time_us: i64, avro: &[u8]) -> Vec<u8> {
+/// The window member of a message: version prefix ([`ChatMessage::version`](chatlog_schemas::ChatMessage::version)) + its Avro bytes.
+pub fn member(version: i64, avro: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(VERSION_LEN + avro.len());
-    m.extend_from_slice(format!("{:016x}", server_time_us.max(0) as u64).as_bytes());
+    m.extend_from_slice(format!("{:016x}", version.max(0) as u64).as_bytes());
     m.extend_from_slice(avro);
     m
 }

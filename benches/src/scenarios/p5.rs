@@ -46,7 +46,7 @@ pub(super) async fn populate_windows(
                 let avro = codec.encode(&stored)?;
                 Ok(WindowEntry {
                     seq: seq as i64,
-                    member: window::member(stored.server_time_us, &avro),
+                    member: window::member(stored.version(), &avro),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -59,7 +59,7 @@ fn latest_rows(sessions: &[String], content_bytes: usize) -> Result<Vec<LatestRo
             Ok(LatestRow {
                 session_id: sid.clone(),
                 seq: seq as i64,
-                server_time_us: time,
+                version: time,
                 member: window::member(time, &avro),
             })
         })
@@ -184,10 +184,7 @@ mod tests {
         let sessions: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
         let rows = latest_rows(&sessions, 160).unwrap();
         assert_eq!(rows.len(), 3);
-        assert!(
-            rows.windows(2)
-                .all(|w| w[0].server_time_us < w[1].server_time_us)
-        );
+        assert!(rows.windows(2).all(|w| w[0].version < w[1].version));
         let by_session: BTreeMap<&str, usize> = rows
             .iter()
             .map(|r| (r.session_id.as_str(), r.member.len()))

@@ -267,7 +267,7 @@ fn window_is_newest_rows(
             ));
             break;
         }
-        let want = window::member(row.server_time_us, &codec.encode(row)?);
+        let want = window::member(row.version(), &codec.encode(row)?);
         if *member != want {
             problem = Some(format!(
                 "member of seq {} differs from the row's bytes",

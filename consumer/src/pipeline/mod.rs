@@ -168,8 +168,9 @@ impl Pipeline {
         config.publish_limits(&session).await?;
         let session = Arc::new(session);
         let latest = LatestWriter::new(session.clone(), &config.cql.keyspace).await?;
-        let writer =
-            MessageWriter::new(session, &config.cql.keyspace, config.writer.clone()).await?;
+        let writer = MessageWriter::new(session, &config.cql.keyspace, config.writer.clone())
+            .await?
+            .with_retention(config.retention.clone());
         let redis = config.redis.connect().await?;
         let consumer: BaseConsumer<Context> = kafka::consumer_config(&config.kafka)?
             .create_with_context(Context::default())

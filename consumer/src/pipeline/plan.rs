@@ -37,7 +37,7 @@ impl WritePlan {
         for (session_id, mut messages) in by_session(good) {
             let entry = |g: &Good| WindowEntry {
                 seq: g.message.seq,
-                member: window::member(g.message.server_time_us, &g.avro),
+                member: window::member(g.message.version(), &g.avro),
             };
             let Some(lowest_kept) =
                 window::lowest_kept(messages.iter().map(|g| g.message.seq), window_size)

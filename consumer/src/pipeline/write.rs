@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::Consumer;
 
 use chatlog_store::repo::latest::{LatestRow, latest_of};
+use chatlog_store::retention::Expiry;
 use chatlog_store::window::{self, WindowEntry};
 
 use super::collect::{Batch, next_offsets};
@@ -58,8 +59,22 @@ impl Pipeline {
             }
         }
         observe_stage("decode", started);
+        if self.config.retention.is_set() {
+            // Past its retention: a replay must not bring it back (rows or window). Not poison.
+            let now_us = chatlog_store::retention::now_us();
+            let before = good.len();
+            good.retain(|g| {
+                self.config.retention.expiry(
+                    g.message.session_type,
+                    g.message.server_time_us,
+                    now_us,
+                ) != Expiry::Expired
+            });
+            metrics::counter!(telemetry::EXPIRED).increment((before - good.len()) as u64);
+        }
 
         let mut persisted = good.len();
+        let mut mutations = [0u64; 3];
         if !good.is_empty() {
             // While isolating, record by record at once: a whole-batch attempt could spend the
             // window fence and leave the records no time.
@@ -89,8 +104,13 @@ impl Pipeline {
             let dead: BTreeSet<&Origin> = failed.iter().map(|d| &d.poison.record.origin).collect();
             let now_us = now_micros();
             for g in good.iter().filter(|g| !dead.contains(&g.origin)) {
-                let latency = (now_us - g.message.server_time_us).max(0) as f64 / 1e6;
-                metrics::histogram!(telemetry::E2E_LATENCY).record(latency);
+                // A mutation's latency runs from the mutation, not from the original send.
+                let since = g.message.state.mutated_at_us();
+                let latency = (now_us - since.unwrap_or(g.message.server_time_us)).max(0);
+                metrics::histogram!(telemetry::E2E_LATENCY).record(latency as f64 / 1e6);
+                if since.is_some() {
+                    mutations[g.message.state.index() as usize - 1] += 1;
+                }
             }
             persisted -= failed.len();
             poison.extend(failed);
@@ -109,6 +129,11 @@ impl Pipeline {
         metrics::histogram!(telemetry::BATCH_RECORDS).record(records as f64);
         metrics::counter!(telemetry::RECORDS, "outcome" => "persisted").increment(persisted as u64);
         metrics::counter!(telemetry::RECORDS, "outcome" => "dlq").increment(poison.len() as u64);
+        for (state, n) in telemetry::MUTATION_STATES.iter().zip(mutations) {
+            if n > 0 {
+                metrics::counter!(telemetry::MUTATIONS, "state" => *state).increment(n);
+            }
+        }
         for d in &poison {
             let p = &d.poison;
             metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
@@ -283,7 +308,7 @@ impl Pipeline {
                 Ok(_) => {
                     let entry = WindowEntry {
                         seq: g.message.seq,
-                        member: window::member(g.message.server_time_us, &g.avro),
+                        member: window::member(g.message.version(), &g.avro),
                     };
                     let windows = BTreeMap::from([(session.to_owned(), vec![entry])]);
                     self.append_windows(&windows, fence, budget)
@@ -324,7 +349,7 @@ impl Pipeline {
         fence: BootInstant,
         budget: Duration,
     ) -> Result<(), Failed> {
-        let member = window::member(g.message.server_time_us, &g.avro);
+        let member = window::member(g.message.version(), &g.avro);
         tracing::debug!(
             seq = g.message.seq,
             partition = g.origin.partition,
@@ -441,7 +466,7 @@ fn latest_rows<'a>(good: impl Iterator<Item = &'a Good>) -> Vec<LatestRow> {
         (
             g.message.session_id.as_str(),
             g.message.seq,
-            g.message.server_time_us,
+            g.message.version(),
             g.avro.as_slice(),
         )
     }))

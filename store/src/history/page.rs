@@ -205,7 +205,8 @@ pub(super) fn now_us() -> i64 {
 }
 
 /// Merges window messages and table rows: one message per seq, ascending; when both have a seq
-/// the higher `server_time_us` wins (the window on a tie).
+/// the higher [`ChatMessage::version`] wins (the window on a tie): an edit, recall or deletion
+/// read from either side is never undone by the other side's older copy.
 pub(super) fn merge(
     window: impl IntoIterator<Item = ChatMessage>,
     rows: impl IntoIterator<Item = ChatMessage>,
@@ -217,7 +218,7 @@ pub(super) fn merge(
     for m in window {
         if by_seq
             .get(&m.seq)
-            .is_none_or(|old| m.server_time_us >= old.server_time_us)
+            .is_none_or(|old| m.version() >= old.version())
         {
             by_seq.insert(m.seq, m);
         }
@@ -228,7 +229,7 @@ pub(super) fn merge(
 pub(super) fn keep_newer(by_seq: &mut BTreeMap<i64, ChatMessage>, m: ChatMessage) {
     if by_seq
         .get(&m.seq)
-        .is_none_or(|old| m.server_time_us > old.server_time_us)
+        .is_none_or(|old| m.version() > old.version())
     {
         by_seq.insert(m.seq, m);
     }

@@ -4,8 +4,9 @@
 //!
 //! **CQL** (`session_latest`, [`LatestWriter`]): every cell is written `USING TIMESTAMP <seq>`, so
 //! the highest seq wins without a read and a replay writes identical cells. The `message` column
-//! holds the window member ([`crate::window::member`]: 16 hex digits of `server_time_us`, then the
-//! Avro bytes), so that two versions of one seq (an edit), written with the same timestamp, are
+//! holds the window member ([`crate::window::member`]: 16 hex digits of the message's version,
+//! then the Avro bytes), so that two versions of one seq (an edit or a recall, see
+//! [`chatlog_schemas::ChatMessage::version`]), written with the same timestamp, are
 //! settled by Cassandra's and ScyllaDB's tie rule (the greater value wins) in favour of the newer
 //! version — for `server_time` (a larger number) and `message` (a larger prefix) alike.
 //!
@@ -38,10 +39,20 @@ const CONCURRENCY: usize = 32;
 pub struct Latest {
     /// The highest seq the consumer persisted (0: none yet).
     pub seq: i64,
-    /// Its server time, µs since the Unix epoch.
-    pub server_time_us: i64,
+    /// Its [`version`](chatlog_schemas::ChatMessage::version): the server time as sent (µs since
+    /// the Unix epoch), its last mutation's time once mutated, with bit 62 set for a recall or
+    /// deletion ([`Latest::activity_us`] clears it).
+    pub version: i64,
     /// Its Avro single-object bytes (empty when read without messages, or none yet).
     pub avro: Vec<u8>,
+}
+
+impl Latest {
+    /// When the session last saw activity through this message: the time of its send or of its
+    /// last mutation (a recall of the latest message is news too), µs since the Unix epoch.
+    pub fn activity_us(&self) -> i64 {
+        self.version & !chatlog_schemas::FINAL_VERSION_BIT
+    }
 }
 
 /// One session's latest of a batch, for [`LatestWriter::write`].
@@ -51,13 +62,13 @@ pub struct LatestRow {
     pub session_id: String,
     /// The highest seq of the batch.
     pub seq: i64,
-    /// Its server time (µs): its version.
-    pub server_time_us: i64,
+    /// Its [`version`](chatlog_schemas::ChatMessage::version).
+    pub version: i64,
     /// The window member of the message ([`window::member`]).
     pub member: Vec<u8>,
 }
 
-/// The latest of each session among `messages` — `(session, seq, server_time_us, avro)` — by
+/// The latest of each session among `messages` — `(session, seq, version, avro)` — by
 /// (seq, version): one row per session, whatever the order.
 pub fn latest_of<'a>(
     messages: impl IntoIterator<Item = (&'a str, i64, i64, &'a [u8])>,
@@ -73,7 +84,7 @@ pub fn latest_of<'a>(
         .map(|(session, (seq, time, avro))| LatestRow {
             session_id: session.to_owned(),
             seq,
-            server_time_us: time,
+            version: time,
             member: window::member(time, avro),
         })
         .collect()
@@ -115,7 +126,7 @@ impl LatestWriter {
                     (
                         r.seq,
                         r.seq,
-                        r.server_time_us,
+                        r.version,
                         r.member.as_slice(),
                         r.session_id.as_str(),
                     ),
@@ -367,7 +378,7 @@ fn row_to_latest(row: Option<(i64, Vec<u8>)>, messages: bool) -> Option<Latest> 
     let (time, avro) = window::parse_member(&member).unwrap_or((0, &[]));
     Some(Latest {
         seq,
-        server_time_us: time,
+        version: time,
         avro: if messages { avro.to_vec() } else { Vec::new() },
     })
 }
@@ -393,7 +404,7 @@ fn parse_entry(
     };
     Some(Some(Latest {
         seq,
-        server_time_us: time,
+        version: time,
         avro,
     }))
 }
@@ -413,7 +424,7 @@ mod tests {
         ]);
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            (rows[0].seq, rows[0].server_time_us),
+            (rows[0].seq, rows[0].version),
             (7, 95),
             "seq first, then the newer version"
         );
@@ -429,7 +440,7 @@ mod tests {
             got,
             Some(Some(Latest {
                 seq: 9,
-                server_time_us: 0x1234,
+                version: 0x1234,
                 avro: b"avro".to_vec()
             }))
         );

@@ -345,7 +345,7 @@ async fn assemble(
         .map(|(i, (m, l))| {
             let activity = l
                 .as_ref()
-                .map_or(m.joined_at_ms.saturating_mul(1000), |l| l.server_time_us);
+                .map_or(m.joined_at_ms.saturating_mul(1000), Latest::activity_us);
             (Cursor::of(m.pinned, activity, &m.session_id), i)
         })
         .collect();
