@@ -1,12 +1,13 @@
 //! Delete for me: the seqs a user hid in a session (`hidden_messages`, migration 0005). The one
 //! owner of its statements: the producer library writes ([`HiddenMessages::hide`]), history reads
-//! for one viewer ([`HiddenMessages::hidden_in`]).
+//! for one viewer ([`HiddenMessages::hidden_among`], through
+//! [`History::viewer`](crate::history::History::viewer)).
 //!
 //! Per-user state, like `read_state`: it changes nothing anyone else sees, so it does not travel
 //! through Kafka. A hide is one idempotent CQL write per seq (a retry writes the same row), needs no
 //! ordering with the message (a seq hidden before its message is stored applies when it arrives),
 //! and no replay of the topic can undo it. A read is sized by the request: one partition slice of
-//! the page's seq range, at most as many rows as the page holds.
+//! the page's seqs (`seq IN ?`), at most as many rows as the page holds.
 
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ impl HiddenMessages {
             &session,
             format!(
                 "SELECT seq FROM {keyspace}.hidden_messages \
-                 WHERE user_id = ? AND session_id = ? AND seq >= ? AND seq <= ? LIMIT ?"
+                 WHERE user_id = ? AND session_id = ? AND seq IN ?"
             ),
             "hidden_messages select",
         )
@@ -101,30 +102,31 @@ impl HiddenMessages {
         Ok(())
     }
 
-    /// The seqs in `lo..=hi` that `user_id` hid in `session_id`, newest first, at most `limit`.
-    pub async fn hidden_in(
+    /// Which of `seqs` (a page's, so bounded by the request) `user_id` hid in `session_id`,
+    /// ascending.
+    pub async fn hidden_among(
         &self,
         user_id: &str,
         session_id: &str,
-        lo: i64,
-        hi: i64,
-        limit: usize,
+        seqs: &[i64],
     ) -> Result<Vec<i64>> {
-        if lo > hi || limit == 0 {
+        if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let rows = self
             .session
-            .execute_unpaged(&self.select, (user_id, session_id, lo, hi, limit))
+            .execute_unpaged(&self.select, (user_id, session_id, seqs))
             .await
             .map_err(|e| Error::cql("read hidden messages", e))?
             .into_rows_result()
             .map_err(|e| Error::cql("read hidden messages", e))?;
-        rows.rows::<(i64,)>()
+        let mut hidden = rows
+            .rows::<(i64,)>()
             .map_err(|e| Error::cql("read hidden messages", e))?
             .map(|r| r.map(|(seq,)| seq))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::cql("read hidden messages", e))
+            .map_err(|e| Error::cql("read hidden messages", e))?;
+        hidden.sort_unstable();
+        Ok(hidden)
     }
 }

@@ -183,21 +183,25 @@ mod requests;
 pub(crate) mod table_reader;
 #[cfg(test)]
 mod tests;
+mod viewer;
 pub(crate) mod window_reader;
 
 pub use config::HistoryConfig;
 pub use page::{Page, Source};
+pub use viewer::Viewer;
 
 use flight::{Flights, Request};
 use table_reader::TableReader;
 use window_reader::WindowReader;
 
+use crate::hidden::HiddenMessages;
 use crate::{CqlConfig, Error, RedisConnections, Result};
 
 struct Inner {
     config: HistoryConfig,
     window: WindowReader,
     table: TableReader,
+    hidden: HiddenMessages,
     flights: Flights,
     db_reads: AtomicU64,
 }
@@ -240,16 +244,18 @@ impl History {
             ));
         }
         let table = TableReader::new(
-            session,
+            session.clone(),
             keyspace,
             config.bucket_size,
             config.max_empty_buckets,
         )
         .await?;
+        let hidden = HiddenMessages::new(session.clone(), keyspace).await?;
         Ok(History {
             inner: Arc::new(Inner {
                 window: WindowReader::new(redis.into(), codec),
                 table,
+                hidden,
                 config,
                 flights: Flights::new(crate::telemetry::HISTORY_COALESCED),
                 db_reads: AtomicU64::new(0),
@@ -355,6 +361,11 @@ impl History {
     fn count_db_read(&self) {
         self.inner.db_reads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::telemetry::HISTORY_DB_READS).increment(1);
+    }
+
+    /// The delete-for-me rows ([`viewer`](History::viewer) reads them).
+    pub(crate) fn hidden(&self) -> &HiddenMessages {
+        &self.inner.hidden
     }
 
     /// The window reader (the verifier reads the whole window through it).

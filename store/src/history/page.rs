@@ -47,8 +47,12 @@ pub struct Page {
     /// seq), as closed ranges like `missing`, disjoint from it. Ask again once the horizon has
     /// passed; each becomes a message or moves to `missing`.
     pub pending: Vec<RangeInclusive<i64>>,
+    /// Seqs of messages this page's viewer deleted for themselves (delete for me), ascending:
+    /// they exist but are not shown to this user, and are no gap. Empty unless read through
+    /// [`History::viewer`](super::History::viewer).
+    pub hidden: Vec<i64>,
     /// The closed seq range this page is complete for: each seq in it is in exactly one of
-    /// `messages`, `missing` and `pending` (for [`History::get`](super::History::get): each *requested* seq in it).
+    /// `messages`, `missing`, `pending` and `hidden` (for [`History::get`](super::History::get): each *requested* seq in it).
     /// `None` when nothing is proven.
     pub covered: Option<RangeInclusive<i64>>,
     /// Where the messages came from.
@@ -65,6 +69,7 @@ impl Page {
             messages: Vec::new(),
             missing: Vec::new(),
             pending: Vec::new(),
+            hidden: Vec::new(),
             covered: None,
             source,
             next: None,

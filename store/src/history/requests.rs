@@ -313,6 +313,7 @@ impl History {
         missing.sort_unstable();
         let hi = last.min(head.map_or(0, |(h, _)| h));
         Ok(Page {
+            hidden: Vec::new(),
             messages: found.into_values().collect(),
             missing: ranges_of(missing),
             pending: ranges_of(pending),
@@ -396,6 +397,7 @@ impl History {
         } = draft;
         let Some((lo, hi)) = covered.filter(|(lo, hi)| lo <= hi) else {
             return Ok(Page {
+                hidden: Vec::new(),
                 messages,
                 next,
                 ..Page::empty(source)
@@ -418,6 +420,7 @@ impl History {
         };
         let (missing, pending) = classify(&messages, &runs, top_us, now_us(), self.horizon_us());
         Ok(Page {
+            hidden: Vec::new(),
             messages,
             missing,
             pending,
