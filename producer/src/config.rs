@@ -100,6 +100,30 @@ pub struct ProducerConfig {
     /// secret-looking keys never print. The settings of [`FORCED_KAFKA_SETTINGS`] cannot be
     /// changed.
     pub kafka: Properties,
+    /// Settings of recall, edit and delete for everyone ([`Producer::recall`](crate::Producer::recall)
+    /// and its siblings).
+    pub mutations: MutationsConfig,
+}
+
+/// Settings of the mutations (`[mutations]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MutationsConfig {
+    /// How long a mutation waits for its target message to be stored when history does not have
+    /// it yet (sent and acknowledged, still on its way through Kafka and the consumer): it reads
+    /// again with backoff until then, and fails with a retriable
+    /// [`Error::TargetNotFound`](crate::Error::TargetNotFound) after. Default 5 s; `"0s"` reads
+    /// once.
+    #[serde(with = "humantime_serde")]
+    pub wait_for_target: Duration,
+}
+
+impl Default for MutationsConfig {
+    fn default() -> Self {
+        MutationsConfig {
+            wait_for_target: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ProducerConfig {
@@ -118,6 +142,7 @@ impl Default for ProducerConfig {
             schema_header: false,
             security: KafkaSecurity::default(),
             kafka: Properties::default(),
+            mutations: MutationsConfig::default(),
         }
     }
 }
@@ -156,6 +181,13 @@ impl ProducerConfig {
         }
         if self.clock_check_interval < Duration::from_millis(100) {
             return bad("clock_check_interval must be at least 100ms".into());
+        }
+        if self.mutations.wait_for_target > self.settle_horizon {
+            return bad(format!(
+                "mutations.wait_for_target ({:?}) must not exceed settle_horizon ({:?}): a target \
+                 absent that long is reported missing anyway",
+                self.mutations.wait_for_target, self.settle_horizon
+            ));
         }
         self.security
             .properties()
@@ -229,6 +261,8 @@ mod tests {
             message_timeout = "10s"
             schema_header = true
             clock_check_interval = "5s"
+            [mutations]
+            wait_for_target = "2s"
             [limits]
             max_content_bytes = 4096
             max_skew = "4s"
@@ -251,6 +285,7 @@ mod tests {
         assert_eq!(c.limits.max_id_bytes, Limits::default().max_id_bytes);
         assert_eq!(c.limits.max_skew, Duration::from_secs(4));
         assert_eq!(c.clock_check_interval, Duration::from_secs(5));
+        assert_eq!(c.mutations.wait_for_target, Duration::from_secs(2));
         assert_eq!(c.seq.dedup_ttl, Duration::from_secs(3600));
         assert_eq!(c.seq.idle_ttl, Duration::ZERO);
         let kc = c.client_config().unwrap();
@@ -264,6 +299,7 @@ mod tests {
             "[limits]\nmax_content = 1",
             "[seq]\nmin_segmnt = 1",
             "compression = \"zstd\"",
+            "[mutations]\nwait_for = \"1s\"",
         ] {
             assert!(
                 toml::from_str::<ProducerConfig>(typo).is_err(),

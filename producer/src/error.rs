@@ -93,6 +93,53 @@ pub enum Error {
         /// Each limit above the consumer's, `name = producer's > consumer's`.
         above: Vec<String>,
     },
+    /// The actor may not make this mutation (Logic's policy as the library applies it: only the
+    /// sender edits or recalls; the sender, an admin or the owner deletes for everyone). Nothing
+    /// was sent; retrying fails the same way.
+    #[error("{action} not allowed: {reason}")]
+    NotAllowed {
+        /// `recall`, `edit` or `delete_for_everyone`.
+        action: &'static str,
+        /// Why, e.g. "only the sender may edit".
+        reason: String,
+    },
+    /// The message to mutate is not in history. `settled`: the seq is final-missing (it never
+    /// was and never will be a message): retrying fails the same way. Otherwise it may still be
+    /// on its way (acknowledged, not yet stored, or a seq not sent yet): it was waited for up to
+    /// `mutations.wait_for_target`, and a retry later may find it.
+    #[error(
+        "message {seq} of session {session_id:?} not found ({})",
+        if *settled { "it does not exist" } else { "not stored yet: retry later" }
+    )]
+    TargetNotFound {
+        /// The session.
+        session_id: String,
+        /// The seq asked for.
+        seq: i64,
+        /// Whether history reports the seq final-missing.
+        settled: bool,
+    },
+    /// The message is recalled or deleted for everyone: no edit applies to it any more. Nothing
+    /// was sent.
+    #[error("message is {state}: a final state, it cannot be edited")]
+    Final {
+        /// The state's symbol, `RECALLED` or `DELETED`.
+        state: &'static str,
+    },
+    /// More seqs in one delete-for-me call than
+    /// [`MAX_HIDE`](chatlog_store::hidden::MAX_HIDE). Nothing was written.
+    #[error("{count} seqs in one call, over the limit of {max}")]
+    TooManySeqs {
+        /// Seqs asked.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Reading the target message (history) or writing delete-for-me rows failed (Redis or CQL
+    /// unreachable). Nothing was sent; retrying is safe (a mutation is re-read and re-decided,
+    /// a hide is an idempotent write).
+    #[error("store: {0}")]
+    Store(#[source] chatlog_store::Error),
     /// The producer was closed.
     #[error("producer is closed")]
     Closed,
@@ -102,7 +149,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether sending the same message again (same `client_msg_id`) may succeed.
+    /// Whether sending the same message again (same `client_msg_id`), or asking for the same
+    /// mutation again, may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Kafka { retriable, .. } => *retriable,
@@ -112,7 +160,17 @@ impl Error {
                 e,
                 chatlog_store::Error::Config(_) | chatlog_store::Error::Request(_)
             ),
+            Error::TargetNotFound { settled, .. } => !*settled,
+            Error::Store(e) => {
+                !matches!(
+                    e,
+                    chatlog_store::Error::Config(_) | chatlog_store::Error::Request(_)
+                ) && !e.is_permanent()
+            }
             Error::Invalid(_)
+            | Error::NotAllowed { .. }
+            | Error::Final { .. }
+            | Error::TooManySeqs { .. }
             | Error::Encode(_)
             | Error::Settled { .. }
             | Error::Conflict { .. }
@@ -134,6 +192,11 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::ClockSkew { .. } => "skew",
             Error::LimitsAboveConsumer { .. } => "limits",
+            Error::NotAllowed { .. } => "not_allowed",
+            Error::TargetNotFound { .. } => "not_found",
+            Error::Final { .. } => "final",
+            Error::TooManySeqs { .. } => "too_many",
+            Error::Store(_) => "store",
             Error::Closed => "closed",
             Error::Config(_) => "config",
         }
@@ -195,6 +258,21 @@ mod tests {
         }
         assert!(!Error::kafka(KafkaError::ClientCreation("x".into())).is_retriable());
         assert!(!Error::Closed.is_retriable());
+        let not_found = |settled| Error::TargetNotFound {
+            session_id: "s".into(),
+            seq: 1,
+            settled,
+        };
+        assert!(not_found(false).is_retriable());
+        assert!(!not_found(true).is_retriable());
+        assert!(!Error::Final { state: "RECALLED" }.is_retriable());
+        assert!(
+            !Error::NotAllowed {
+                action: "edit",
+                reason: "x".into()
+            }
+            .is_retriable()
+        );
         assert!(!Error::Invalid(ValidationError::EmptyId { field: "sender_id" }).is_retriable());
         assert!(
             Error::Allocation(chatlog_store::Error::Redis {

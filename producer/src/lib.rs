@@ -59,14 +59,21 @@ mod clock;
 mod config;
 mod error;
 pub mod metrics;
+mod mutate;
 mod producer;
 
 // The Kafka settings of `ProducerConfig::security` and `ProducerConfig::kafka`.
 pub use chatlog_kafka::{KafkaProtocol, KafkaSecurity, Properties};
-pub use chatlog_schemas::{ContentType, Limits, NewMessage, SessionType, ValidationError};
+pub use chatlog_schemas::{
+    ChatMessage, ContentType, FINAL_VERSION_BIT, Limits, MessageState, NewMessage, SessionType,
+    ValidationError,
+};
+pub use chatlog_store::hidden::MAX_HIDE;
+pub use chatlog_store::repo::sessions::MemberRole;
 pub use chatlog_store::seq::{AllocPath, Allocation, SeqAllocator, SeqConfig};
 pub use clock::Clock;
-pub use config::{Compression, FORCED_KAFKA_SETTINGS, ProducerConfig};
+pub use config::{Compression, FORCED_KAFKA_SETTINGS, MutationsConfig, ProducerConfig};
 pub use error::{Error, Result, code_retriable, kafka_retriable};
 pub use metrics::CLOCK_OFFSET;
+pub use mutate::{Actor, Mutated};
 pub use producer::{Producer, SCHEMA_HEADER, Sent, max_encoded_len};

@@ -6,6 +6,10 @@
 
 /// Sends by result: `ok`, `invalid` (refused before anything was allocated), `error`.
 pub const RECORDS: &str = "chatlog_producer_records_total";
+/// Mutations by `action` (`recall`, `edit`, `delete_for_everyone`, `delete_for_me`) and `result`:
+/// `ok`, `unchanged` (already recalled or deleted: nothing sent), `invalid`, `not_allowed`,
+/// `final` (an edit of a recalled or deleted message), `not_found`, `error`.
+pub const MUTATIONS: &str = "chatlog_producer_mutations_total";
 /// Time of one `send`, validation to Kafka acknowledgement, in seconds.
 pub const SEND_DURATION: &str = "chatlog_producer_send_duration_seconds";
 /// Seq allocations by path: `fast` (Redis), `segment` (a new CQL segment), `recover` (after Redis
@@ -22,6 +26,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS,
         "Messages sent through the chatlog producer, by result."
+    );
+    describe_counter!(
+        MUTATIONS,
+        "Recalls, edits and deletes through the chatlog producer, by action and result."
     );
     describe_histogram!(
         SEND_DURATION,

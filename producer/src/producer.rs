@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatlog_schemas::{Codec, Limits, NewMessage};
+use chatlog_schemas::{ChatMessage, Codec, Limits, NewMessage, SchemaVersion};
 use chatlog_store::queues::SessionQueues;
 use chatlog_store::seq::{AllocRequest, Allocation, SeqAllocator};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -48,14 +48,14 @@ pub struct Sent {
 /// allocator and the in-flight bound, and [`close`](Producer::close) closes all of them.
 #[derive(Clone)]
 pub struct Producer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     kafka: FutureProducer,
     topic: String,
     codec: Codec,
-    limits: Limits,
+    pub(crate) limits: Limits,
     seq: SeqAllocator,
     permits: Arc<Semaphore>,
     max_in_flight: u32,
@@ -66,7 +66,9 @@ struct Inner {
     /// message_timeout`, see [`ProducerConfig::settle_horizon`]).
     reproduce_within: Duration,
     /// The clock messages are stamped with, checked against Redis `TIME`.
-    clock: Arc<ClockCheck>,
+    pub(crate) clock: Arc<ClockCheck>,
+    /// What recall, edit and delete read and write besides Kafka.
+    pub(crate) mutations: crate::mutate::Mutations,
 }
 
 /// A validated send with its in-flight permit, waiting for its session's next turn.
@@ -85,20 +87,26 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// A sent message's record handed to librdkafka, waiting for its delivery report.
+struct Pending {
+    alloc: Allocation,
+    flight: InFlight,
+}
+
 /// A record handed to librdkafka, waiting for its delivery report. It holds its in-flight permit
-/// until the report arrives: [`finish`](Pending::finish) releases it then, and a `Pending` dropped
-/// before (the caller stopped waiting) hands the wait to a task, so the bound holds either way.
+/// until the report arrives: [`delivered`](InFlight::delivered) releases it then, and an
+/// `InFlight` dropped before (the caller stopped waiting) hands the wait to a task, so the bound
+/// holds either way.
 ///
 /// Awaiting the report in the caller's own task, rather than in a task spawned per record, saves a
 /// spawn and a cross-thread wake-up per send: with both on the hot path the producer spent about
 /// half of its CPU in the kernel's scheduler and futexes (P3 of `dev/bench.sh`).
-struct Pending {
-    alloc: Allocation,
+pub(crate) struct InFlight {
     delivery: Option<DeliveryFuture>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for Pending {
+impl Drop for InFlight {
     fn drop(&mut self) {
         if let (Some(delivery), Some(permit)) = (self.delivery.take(), self.permit.take())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -141,7 +149,8 @@ impl Producer {
         let clock = Arc::new(ClockCheck::start(clock, &mut redis, config.limits.max_skew).await?);
         ClockCheck::spawn_refresh(&clock, redis.clone(), config.clock_check_interval);
         let kafka: FutureProducer = config.client_config()?.create().map_err(Error::kafka)?;
-        let seq = SeqAllocator::new(session, keyspace, redis, config.seq.clone())
+        let seq_session = session.clone();
+        let seq = SeqAllocator::new(session, keyspace, redis.clone(), config.seq.clone())
             .await
             .map_err(Error::Allocation)?;
         let codec = Codec::builder()
@@ -154,6 +163,8 @@ impl Producer {
             .then(|| format!("{:016x}", codec.current_fingerprint()));
         let max_in_flight = u32::try_from(config.max_in_flight)
             .map_err(|_| Error::Config("max_in_flight is too large".into()))?;
+        let mutations =
+            crate::mutate::Mutations::new(&config, seq_session, keyspace, redis).await?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 kafka,
@@ -167,8 +178,19 @@ impl Producer {
                 schema_header,
                 reproduce_within: config.settle_horizon.saturating_sub(config.message_timeout),
                 clock,
+                mutations,
             }),
         })
+    }
+
+    /// Waits for an in-flight permit (the bound sends and mutations share).
+    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// The seq allocator this producer uses.
@@ -297,12 +319,7 @@ impl Producer {
         let inner = &*self.inner;
         message.validate(&inner.limits)?;
         inner.clock.check()?;
-        let permit = inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed)?;
+        let permit = self.permit().await?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let session_id = message.session_id.clone();
         let waiting = Waiting {
@@ -388,32 +405,53 @@ impl Producer {
             }
         }
         let message = new.assign(alloc.msg_id.clone(), alloc.seq, alloc.server_time_us);
-        let payload = inner.codec.encode(&message).map_err(Error::Encode)?;
+        let flight = self.hand_over(&message, permit)?;
+        Ok(Pending { alloc, flight })
+    }
+
+    /// Encodes `message` and hands it to librdkafka, keyed by its session (so it follows the
+    /// session's earlier records on one partition), stamped with its version's time:
+    /// deterministic, so a re-produced duplicate is the identical record. `permit` is held until
+    /// the delivery report.
+    pub(crate) fn hand_over(
+        &self,
+        message: &ChatMessage,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<InFlight> {
+        let inner = &*self.inner;
+        let payload = inner.codec.encode(message).map_err(Error::Encode)?;
+        let stamp_us = message.version() & !chatlog_schemas::FINAL_VERSION_BIT;
         let mut record = FutureRecord::to(&inner.topic)
             .key(message.session_id.as_bytes())
             .payload(&payload)
-            // Deterministic, so a re-produced duplicate is the identical record.
-            .timestamp(alloc.server_time_us / 1000);
+            .timestamp(stamp_us / 1000);
+        let fingerprint;
         if let Some(fp) = &inner.schema_header {
+            // A mutation is written under v3: name the schema it was written with.
+            fingerprint = if message.is_mutated() {
+                format!("{:016x}", inner.codec.fingerprint(SchemaVersion::V3))
+            } else {
+                fp.clone()
+            };
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: SCHEMA_HEADER,
-                value: Some(fp.as_bytes()),
+                value: Some(fingerprint.as_bytes()),
             }));
         }
         let delivery: DeliveryFuture = inner
             .kafka
             .send_result(record)
             .map_err(|(e, _record)| Error::kafka(e))?;
-        Ok(Pending {
-            alloc,
+        Ok(InFlight {
             delivery: Some(delivery),
             permit: Some(permit),
         })
     }
 }
 
-impl Pending {
-    async fn finish(mut self) -> Result<Sent> {
+impl InFlight {
+    /// Waits for the delivery report: the record's partition and offset once Kafka has it.
+    pub(crate) async fn delivered(&mut self) -> Result<(i32, i64)> {
         // Awaited in place: if this future is dropped meanwhile, `self` (still holding the delivery
         // and the permit) is dropped with it and its `Drop` takes over the wait.
         let report = match self.delivery.as_mut() {
@@ -422,18 +460,24 @@ impl Pending {
         };
         self.delivery = None;
         self.permit = None;
-        let delivered = match report {
-            Ok(Ok(d)) => d,
-            Ok(Err((e, _message))) => return Err(Error::kafka(e)),
+        match report {
+            Ok(Ok(d)) => Ok((d.partition, d.offset)),
+            Ok(Err((e, _message))) => Err(Error::kafka(e)),
             // The client was dropped, or the runtime is shutting down.
-            Err(_canceled) => return Err(Error::Closed),
-        };
+            Err(_canceled) => Err(Error::Closed),
+        }
+    }
+}
+
+impl Pending {
+    async fn finish(mut self) -> Result<Sent> {
+        let (partition, offset) = self.flight.delivered().await?;
         Ok(Sent {
             msg_id: std::mem::take(&mut self.alloc.msg_id),
             seq: self.alloc.seq,
             server_time_us: self.alloc.server_time_us,
-            partition: delivered.partition,
-            offset: delivered.offset,
+            partition,
+            offset,
             duplicate: self.alloc.duplicate,
         })
     }
@@ -535,7 +579,17 @@ pub fn max_encoded_len(limits: &Limits) -> usize {
     let msg_id = 36 + VARINT;
     let scalars = 6 * VARINT; // session_type, seq, content_type, send_time, server_time, ext count
     let ext = limits.max_ext_bytes + limits.max_ext_entries * 2 * VARINT + 2 * VARINT;
-    chatlog_schemas::HEADER_LEN + ids + msg_id + scalars + limits.max_content_bytes + VARINT + ext
+    // v3's fields of a mutated message: reply_to_seq, edited, state, mutated_at, edit_count and
+    // mutated_by (an id).
+    let mutation = 5 * VARINT + limits.max_id_bytes + VARINT;
+    chatlog_schemas::HEADER_LEN
+        + ids
+        + msg_id
+        + scalars
+        + limits.max_content_bytes
+        + VARINT
+        + ext
+        + mutation
 }
 
 #[cfg(test)]
@@ -580,6 +634,19 @@ mod tests {
             .build()
             .unwrap();
         let bytes = codec.encode(&m).unwrap();
+        assert!(bytes.len() <= max_encoded_len(&limits));
+        // Edited: v3, with every mutation field at its largest.
+        let edited = ChatMessage {
+            server_time_us: (1 << 61) - 1,
+            state: chatlog_schemas::MessageState::Edited {
+                at_us: chatlog_schemas::FINAL_VERSION_BIT - 1,
+                count: i32::MAX as u32,
+                by: "y".repeat(20),
+            },
+            ..m
+        };
+        edited.validate(&limits).unwrap();
+        let bytes = codec.encode(&edited).unwrap();
         assert!(bytes.len() <= max_encoded_len(&limits));
     }
 }
