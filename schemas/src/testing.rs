@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{ChatMessage, ContentType, SCHEMA_V2_JSON, SessionType};
+use crate::{ChatMessage, ContentType, MessageState, SCHEMA_V2_JSON, SessionType};
 
 /// The default base time of [`message`]: 2023-11-14, a fixed time in the past (the microseconds
 /// of 1_700_000_000 s), so messages are old enough to be settled and identical in every run.
@@ -53,6 +53,45 @@ pub fn message_at(session: &str, seq: i64, base_time_us: i64, version: i64) -> C
         server_time_us: base_time_us + seq * 10 + version,
         ext: BTreeMap::new(),
         state: Default::default(),
+    }
+}
+
+/// `m` edited by its sender at `at_us` (its `count`th edit) to `content`.
+pub fn edited(m: &ChatMessage, at_us: i64, count: u32, content: &[u8]) -> ChatMessage {
+    ChatMessage {
+        content: content.to_vec(),
+        state: MessageState::Edited {
+            at_us,
+            count,
+            by: m.sender_id.clone(),
+        },
+        ..m.clone()
+    }
+}
+
+/// `m` recalled by its sender at `at_us`: content and ext removed.
+pub fn recalled(m: &ChatMessage, at_us: i64) -> ChatMessage {
+    ChatMessage {
+        content: Vec::new(),
+        ext: BTreeMap::new(),
+        state: MessageState::Recalled {
+            at_us,
+            by: m.sender_id.clone(),
+        },
+        ..m.clone()
+    }
+}
+
+/// `m` deleted for everyone by `by` at `at_us`: content and ext removed.
+pub fn deleted(m: &ChatMessage, at_us: i64, by: &str) -> ChatMessage {
+    ChatMessage {
+        content: Vec::new(),
+        ext: BTreeMap::new(),
+        state: MessageState::Deleted {
+            at_us,
+            by: by.to_owned(),
+        },
+        ..m.clone()
     }
 }
 

@@ -121,3 +121,198 @@ async fn the_row_counter_counts_what_the_writer_stored() {
         .unwrap();
     assert_eq!(total, (a.len() + b.len()) as i64);
 }
+
+/// Every order of `items` (Heap's algorithm; `items` is small).
+fn orders<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    fn heap<T: Clone>(k: usize, a: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            heap(k - 1, a, out);
+            let j = if k % 2 == 0 { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    heap(items.len(), &mut items.to_vec(), &mut out);
+    out
+}
+
+/// The row at (session, seq) as a message, with `writetime(content)`.
+async fn stored(
+    session: &Session,
+    keyspace: &str,
+    session_id: &str,
+    seq: i64,
+) -> (ChatMessage, i64) {
+    let bucket = bucket_of(seq, BatchLimits::default().bucket_size);
+    let rows: Vec<MessageRow> = session
+        .query_unpaged(
+            select_range_desc_cql(keyspace),
+            (session_id, bucket, seq, seq),
+        )
+        .await
+        .expect("read")
+        .into_rows_result()
+        .expect("rows")
+        .rows::<MessageRow>()
+        .expect("typed")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let (writetime,): (i64,) = session
+        .query_unpaged(
+            format!(
+                "SELECT writetime(content) FROM {keyspace}.messages \
+                 WHERE session_id = ? AND bucket = ? AND seq = ?"
+            ),
+            (session_id, bucket, seq),
+        )
+        .await
+        .expect("read writetime")
+        .into_rows_result()
+        .expect("rows")
+        .single_row::<(i64,)>()
+        .expect("one row");
+    assert_eq!(rows.len(), 1, "{session_id}/{seq}");
+    (
+        rows.into_iter().next().map(ChatMessage::from).unwrap(),
+        writetime,
+    )
+}
+
+/// A message, two edits and a recall of it — the recall *between* the edits in time — applied in
+/// every one of the 24 orders (each version written alone, as separate batches would), then the
+/// whole history replayed in send order: CQL and the window always end at the recall, content
+/// gone, `writetime` = its version (the final bit outranks the later edit). Edits alone end at the
+/// newest edit. This is what lets a mutation arrive before its original (a retried send, another
+/// producer) or be replayed after a crash.
+#[tokio::test]
+async fn recall_and_edits_converge_in_every_order_and_on_replay() {
+    use chatlog_schemas::Codec;
+    use chatlog_schemas::testing::{edited, recalled};
+    use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
+    use chatlog_store::{RedisConfig, keys};
+
+    let (session, config, writer) = writer_in("store_mut").await;
+    let mut redis = RedisConfig {
+        url: env("CHATLOG_REDIS_URL", "redis://127.0.0.1:6390/"),
+        ..RedisConfig::default()
+    }
+    .connect()
+    .await
+    .expect("Redis (start it with dev/stack.sh up)");
+    let windows = WindowWriter::new(WindowConfig::default());
+    let codec = Codec::default();
+    let run = config.keyspace.clone();
+
+    let cases: Vec<(&str, Vec<ChatMessage>, usize)> = {
+        let m = message("mut", 5);
+        let t = m.server_time_us;
+        let e1 = edited(&m, t + 100, 1, b"first edit");
+        let r = recalled(&m, t + 150);
+        let e2 = edited(&m, t + 200, 2, b"second edit, after the recall in time");
+        vec![
+            ("recall", vec![m.clone(), e1.clone(), r, e2.clone()], 2),
+            ("edits", vec![m, e1, e2], 2),
+        ]
+    };
+    for (name, versions, winner) in cases {
+        let want = versions[winner].clone();
+        for (i, order) in orders(&versions).into_iter().enumerate() {
+            let sid = format!("{run}-{name}-{i}");
+            let each: Vec<ChatMessage> = order
+                .iter()
+                .chain(versions.iter()) // the replay, in send order
+                .map(|m| ChatMessage {
+                    session_id: sid.clone(),
+                    ..m.clone()
+                })
+                .collect();
+            for m in &each {
+                writer.write(std::slice::from_ref(m)).await.expect("write");
+                let entry = WindowEntry {
+                    seq: m.seq,
+                    member: window::member(m.version(), &codec.encode(m).expect("encode")),
+                };
+                windows
+                    .append(&mut redis, &BTreeMap::from([(sid.clone(), vec![entry])]))
+                    .await
+                    .expect("window");
+            }
+            let (row, writetime) = stored(&session, &config.keyspace, &sid, want.seq).await;
+            let want_here = ChatMessage {
+                session_id: sid.clone(),
+                ..want.clone()
+            };
+            assert_eq!(row, want_here, "{name}, order {i}");
+            assert_eq!(writetime, want.version(), "{name}, order {i}");
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(keys::window(&sid))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await
+                .expect("ZRANGE");
+            let want_member_here =
+                window::member(want.version(), &codec.encode(&want_here).expect("encode"));
+            assert_eq!(members, vec![want_member_here], "{name}, order {i}");
+        }
+    }
+}
+
+/// Retention: a row's TTL is what remains of its session type's retention counted from its send,
+/// so a replay neither extends it nor brings back a message already past it (skipped); a type
+/// without retention is kept forever (no TTL).
+#[tokio::test]
+async fn retention_ttl_is_anchored_at_the_send_and_expired_rows_are_not_written() {
+    use chatlog_store::retention::{Retention, now_us};
+    use std::time::Duration;
+
+    let (session, config, writer) = writer_in("store_ttl").await;
+    let writer = writer.with_retention(Retention {
+        group: Some(Duration::from_secs(3_600)),
+        ..Retention::default()
+    });
+    let now = now_us();
+    let mut fresh = message("ttl", 1); // a group message sent 10 minutes ago
+    fresh.server_time_us = now - 600_000_000;
+    let mut expired = message("ttl", 2); // sent two hours ago: past its hour
+    expired.server_time_us = now - 7_200_000_000;
+    let mut single = message("ttl", 3); // a one-to-one message: no retention
+    single.session_type = SessionType::Single;
+    single.server_time_us = now - 7_200_000_000;
+    writer
+        .write(&[fresh.clone(), expired, single])
+        .await
+        .expect("write");
+
+    let ttls: Vec<(i64, Option<i32>)> = session
+        .query_unpaged(
+            format!(
+                "SELECT seq, ttl(content) FROM {}.messages WHERE session_id = ? AND bucket = 0",
+                config.keyspace
+            ),
+            ("ttl",),
+        )
+        .await
+        .expect("read")
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(i64, Option<i32>)>()
+        .expect("typed")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        ttls.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![3, 1],
+        "the expired message is not written"
+    );
+    assert_eq!(ttls[0].1, None, "no retention for one-to-one: no TTL");
+    let ttl = ttls[1].1.expect("a TTL on the group message");
+    assert!(
+        (2_900..=3_000).contains(&ttl),
+        "about 50 of its 60 minutes remain, got {ttl} s"
+    );
+}
