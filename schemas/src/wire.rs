@@ -304,9 +304,8 @@ fn v1_fields(c: &mut Cursor<'_>) -> Result<ChatMessage, DecodeError> {
         send_time_ms: c.long()?,
         server_time_us: c.long()?,
         ext: c.string_map("ext")?,
-        state: Default::default(),
+        state: MessageState::Normal,
     };
-    c.finish()?;
     Ok(m)
 }
 
