@@ -680,4 +680,58 @@ mod tests {
             Err("seq_out_of_range")
         );
     }
+
+    #[test]
+    fn mutated_states_have_their_own_rules() {
+        let l = Limits::default();
+        let mut m = valid();
+        m.server_time_us = 1_000;
+        let edit = |at_us, count, by: &str| MessageState::Edited {
+            at_us,
+            count,
+            by: by.into(),
+        };
+        m.state = edit(1_001, 1, "u-1");
+        m.validate(&l).unwrap();
+        for (state, reason) in [
+            (edit(1_000, 1, "u-1"), "mutation_time_out_of_range"),
+            (
+                edit(crate::FINAL_VERSION_BIT, 1, "u-1"),
+                "mutation_time_out_of_range",
+            ),
+            (edit(1_001, 0, "u-1"), "edit_count_out_of_range"),
+            (edit(1_001, 1 << 31, "u-1"), "edit_count_out_of_range"),
+            (edit(1_001, 1, ""), "empty_id"),
+            (
+                MessageState::Recalled {
+                    at_us: 1_001,
+                    by: "u-1".into(),
+                },
+                "content_not_removed",
+            ),
+        ] {
+            let bad = ChatMessage {
+                state: state.clone(),
+                ..m.clone()
+            };
+            let err = bad.validate(&l).unwrap_err();
+            assert_eq!(err.reason(), reason, "{state:?}");
+        }
+        // A recall or deletion with content and ext removed is valid; ext alone is refused too.
+        let mut gone = ChatMessage {
+            content: Vec::new(),
+            state: MessageState::Deleted {
+                at_us: 1_001,
+                by: "admin".into(),
+            },
+            ..m.clone()
+        };
+        gone.validate(&l).unwrap();
+        assert!(gone.version() > crate::FINAL_VERSION_BIT);
+        gone.ext.insert("mention".into(), "u-2".into());
+        assert_eq!(
+            gone.validate(&l).unwrap_err().reason(),
+            "content_not_removed"
+        );
+    }
 }

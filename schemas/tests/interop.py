@@ -59,7 +59,13 @@ def from_avro_record(decoded):
     """What fastavro decoded -> JSON form (timestamps back to integers)."""
     out = dict(decoded)
     out["content_hex"] = out.pop("content").hex()
-    for field, unit in (("send_time", "milliseconds"), ("server_time", "microseconds")):
+    for field, unit in (
+        ("send_time", "milliseconds"),
+        ("server_time", "microseconds"),
+        ("mutated_at", "microseconds"),
+    ):
+        if field not in out:
+            continue
         value = out[field]
         if isinstance(value, datetime.datetime):
             out[field] = (value - EPOCH) // datetime.timedelta(**{unit: 1})

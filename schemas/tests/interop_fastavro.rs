@@ -14,8 +14,8 @@ use std::process::Command;
 
 use chatlog_schemas::testing::schema_v2_with_content_type;
 use chatlog_schemas::{
-    ChatMessage, ChatMessageV2, Codec, ContentType, SCHEMA_V1_JSON, SCHEMA_V2_JSON, SessionType,
-    parsing_canonical_form, schema_fingerprint,
+    ChatMessage, ChatMessageV2, Codec, ContentType, MessageState, SCHEMA_V1_JSON, SCHEMA_V2_JSON,
+    SCHEMA_V3_JSON, SessionType, parsing_canonical_form, schema_fingerprint,
 };
 use serde_json::{Value as Json, json};
 
@@ -95,6 +95,7 @@ fn pcf_schemas(v3_path: &Path) -> Vec<String> {
     let mut v = vec![
         SCHEMA_V1_JSON.to_owned(),
         SCHEMA_V2_JSON.to_owned(),
+        SCHEMA_V3_JSON.to_owned(),
         std::fs::read_to_string(v3_path).unwrap(),
     ];
     v.extend(
@@ -153,6 +154,29 @@ fn fastavro_reads_ours_and_we_read_fastavro() {
         edited: true,
     };
     let v3_message = message(6, ContentType::Unknown, b"{\"lat\":1.5}", &[]);
+    // Schema v3 as shipped: an edited and a recalled message.
+    let edited = {
+        let m = message(7, ContentType::Text, "edited, 二".as_bytes(), &[("k", "v")]);
+        ChatMessage {
+            state: MessageState::Edited {
+                at_us: m.server_time_us + 5_000_000,
+                count: 3,
+                by: m.sender_id.clone(),
+            },
+            ..m
+        }
+    };
+    let recalled = {
+        let m = message(8, ContentType::Image, &[], &[]);
+        ChatMessage {
+            state: MessageState::Recalled {
+                at_us: m.server_time_us + 1,
+                by: "moderator-1".into(),
+            },
+            ..m
+        }
+    };
+    let mutated = [("v3_edited", &edited), ("v3_recalled", &recalled)];
 
     let mut cases = Vec::new();
     let mut ours = BTreeMap::new();
@@ -186,6 +210,28 @@ fn fastavro_reads_ours_and_we_read_fastavro() {
         record.insert("reply_to_seq".into(), Json::Null);
         record.insert("edited".into(), json!(false));
         cases.push(json!({ "name": "v3_like", "schema": v3_path, "record": record }));
+    }
+    for (name, m) in mutated {
+        let bytes = codec.encode(m).unwrap();
+        let path = dir.join(format!("{name}.ours.bin"));
+        write(&path, &bytes);
+        ours.insert(name.to_owned(), bytes);
+        let mut record = record_json(m, m.content_type.symbol());
+        record.insert("reply_to_seq".into(), Json::Null);
+        record.insert(
+            "edited".into(),
+            json!(matches!(m.state, MessageState::Edited { .. })),
+        );
+        record.insert("state".into(), json!(m.state.symbol()));
+        record.insert("mutated_at".into(), json!(m.state.mutated_at_us()));
+        record.insert("mutated_by".into(), json!(m.state.mutated_by()));
+        record.insert("edit_count".into(), json!(m.state.edit_count()));
+        cases.push(json!({
+            "name": name,
+            "schema": schemas_dir().join("chat_message_v3.avsc"),
+            "record": record,
+            "ours": path,
+        }));
     }
     write(
         &dir.join("cases.json"),
@@ -246,6 +292,11 @@ fn fastavro_reads_ours_and_we_read_fastavro() {
     let bytes = theirs("v2");
     assert_eq!(codec.decode_as_v2(&bytes).unwrap(), v2_message);
     assert_eq!(codec.decode(&bytes).unwrap(), v2_message.message);
+    for (name, m) in mutated {
+        let bytes = theirs(name);
+        assert_eq!(codec.decode(&bytes).unwrap(), *m, "{name}");
+        assert_eq!(bytes, ours[name], "{name}: fastavro bytes differ from ours");
+    }
     let bytes = theirs("v3_like");
     // LOCATION is not a v1 symbol: the enum default of the reader schema applies.
     assert_eq!(codec.decode(&bytes).unwrap(), v3_message);
