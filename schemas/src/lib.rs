@@ -7,8 +7,16 @@
 //!
 //! | version | file | fingerprint |
 //! |---|---|---|
-//! | v1 (current reader and writer) | `chat_message.avsc` | [`Codec::fingerprint_v1`] |
+//! | v1 (written for a message as sent) | `chat_message.avsc` | [`Codec::fingerprint_v1`] |
 //! | v2 (v1 + `reply_to_seq` `["null","long"]` = null, `edited` `boolean` = false) | `chat_message_v2.avsc` | [`Codec::fingerprint_v2`] |
+//! | v3 (v2 + `state` enum [`MessageState`] = `NORMAL`, `mutated_at` `timestamp-micros` = 0, `mutated_by` string = "", `edit_count` int = 0; written for a recalled, edited or deleted message) | `chat_message_v3.avsc` | [`Codec::fingerprint`]`(SchemaVersion::V3)` |
+//!
+//! The reader form is [`ChatMessage`]: the v1 fields and its [`MessageState`]. A message as sent
+//! is written as v1, which consumers of every release read; only a mutation (the whole message
+//! in its new state, same seq, higher [`ChatMessage::version`]) is written as v3, so a consumer
+//! of an older release sends mutations to its DLQ as `unknown_fingerprint` — never a crash, and
+//! never a silent downgrade of a recall to the original — and they replay safely once it is
+//! upgraded (the highest version wins wherever versions meet).
 //!
 //! Fields of v1, in order: `msg_id` string (UUIDv7), `client_msg_id` string, `session_id` string,
 //! `session_type` enum [`SessionType`], `seq` long, `sender_id` string, `content_type` enum
