@@ -13,8 +13,9 @@
 //!    switchable TCP proxy ([`proxy`]) that a failover moves to the promoted replica.
 //! 3. **Load** ([`load`]): messages through `chatlog_producer::Producer` over many sessions,
 //!    retried with the same client_msg_id on failure, some resent after their ack (half of those
-//!    with another content: must be refused); ~1 % poison records produced raw, every 50th a
-//!    2 MiB lz4-compressed one. Every ack and every poison record is recorded.
+//!    with another content: must be refused), ~10 % mutated 1–3 times after their ack (edit,
+//!    recall, delete for everyone); ~1 % poison records produced raw, every 50th a 2 MiB
+//!    lz4-compressed one. Every ack, every mutation and every poison record is recorded.
 //! 4. **Faults** ([`faults`]) spread over the load: kill -9 of consumers, rebalances, a Kafka
 //!    broker restart, a Redis restart + FLUSHALL, a Redis rollback to an earlier snapshot, a
 //!    failover to a lagging replica, Cassandra paused with SIGSTOP, consumers frozen (in a CQL
@@ -24,9 +25,13 @@
 //! 6. **Drain** ([`drain`]): the group's committed offsets reach the end of every partition; the
 //!    fleet stops; the CQL row count is stable.
 //! 7. **Check** ([`check`]): lost, duplicated, reordered, window mismatches, overwritten, false
-//!    missing (definitions there and in docs/RELIABILITY.md), summed up in one line:
-//!    `chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0 overwritten,
-//!    0 false missing, K faults injected (kill=5, rebalance=1, …)`.
+//!    missing, mutation mismatches (definitions there and in docs/RELIABILITY.md), summed up in
+//!    one line: `chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0
+//!    overwritten, 0 false missing, 0 mutation mismatches (M mutations), K faults injected
+//!    (kill=5, rebalance=1, …)`.
+//! 8. **Replay** ([`replay`]): the topic consumed again from offset 0 into the same stores by a
+//!    new group (one kill -9 part-way), then the same checks again, on a second line:
+//!    `chaos: after a replay from offset 0 (R records, kill=1, Ts): 0 lost, …`.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -40,6 +45,7 @@ pub mod oracle;
 pub mod poison;
 pub mod proxy;
 pub mod record;
+pub mod replay;
 pub mod report;
 mod run;
 pub mod sabotage;

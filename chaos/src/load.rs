@@ -20,6 +20,16 @@
 //! - A share of acknowledged messages is sent a second time right away (a client retry after a
 //!   lost ack): it must return the same seq and msg_id, marked duplicate.
 //! - A `poll_zombie` fault can hold new sends back for a moment ([`Load::hold`]).
+//! - **Mutations**: after an ack, with probability `mutation_ratio` (seeded per message), a task
+//!   makes 1–3 mutations of the message through instance A — edit (by the sender, with a new
+//!   content unique to that edit), recall (by the sender) or delete for everyone (by the sender or
+//!   an admin) — each after 0–4 s, so they run beside later sends of the session and beside the
+//!   faults. Each is retried like a send (backoff 0.2 → 5 s, up to [`GIVE_UP`]) while its errors
+//!   are retriable (`not_found` while the message is on its way to the stores, `store`, `kafka`);
+//!   a Kafka error may have produced it anyway, so such attempts are counted as *uncertain*.
+//!   Recorded per mutation: what was asked, by whom, the attempts (uncertain ones apart) and how
+//!   it ended: acknowledged (the returned message's [`StateKey`]), refused (e.g. `final`: an edit
+//!   of a recalled message) or given up.
 //!
 //! Recorded per ack: the seq, msg_id, server time, Kafka partition and offset, attempts, when its
 //! first attempt began and when it was acknowledged, and which instance sent it. The checker's
@@ -32,15 +42,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chatlog_producer::{NewMessage, Producer};
+use chatlog_producer::{Actor, NewMessage, Producer};
+use chatlog_store::repo::sessions::MemberRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::events::Events;
 pub use crate::record::{
-    Ack, ConflictingResend, LiveAck, LoadResult, Plan, PoisonRecord, Resend, Via, payload_hash,
-    sha256_hex,
+    Ack, ConflictingResend, LiveAck, LoadResult, Mutation, MutationAck, MutationKind,
+    MutationOutcome, Plan, PoisonRecord, Resend, StateKey, Via, payload_hash, sha256_hex,
 };
 
 /// How long one message is retried before the harness gives up on it (it is then "unacked").
@@ -69,6 +80,8 @@ struct Shared {
     acked: AtomicU64,
     rate: f64,
     resend_ratio: f64,
+    /// Share of acknowledged messages that get mutations.
+    mutation_ratio: f64,
     seed: u64,
     /// Per session: the next message number to send (claimed by the worker, its partner during
     /// `two_producers`, and late sends).
@@ -94,7 +107,9 @@ pub struct Load {
 }
 
 impl Load {
-    /// The load of `plan` through `producers`.
+    /// The load of `plan` through `producers`; `mutation_ratio` of the acknowledged messages get
+    /// 1–3 mutations.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         plan: Plan,
         producers: Producers,
@@ -102,6 +117,7 @@ impl Load {
         concurrency: usize,
         rate: f64,
         resend_ratio: f64,
+        mutation_ratio: f64,
         seed: u64,
     ) -> Load {
         let acks = plan.per_session.iter().map(|&n| vec![None; n]).collect();
@@ -116,6 +132,7 @@ impl Load {
                 acked: AtomicU64::new(0),
                 rate,
                 resend_ratio,
+                mutation_ratio,
                 seed,
                 next: (0..sessions).map(|_| AtomicUsize::new(0)).collect(),
                 paired: (0..sessions).map(|_| AtomicBool::new(false)).collect(),
@@ -235,7 +252,7 @@ impl Load {
                 sent.seq,
                 sent.duplicate
             ));
-            record_ack(
+            let ack = record_ack(
                 &shared,
                 s,
                 j,
@@ -245,6 +262,7 @@ impl Load {
                 Via::Late,
             )
             .await;
+            spawn_mutations(&shared, &ack);
         });
         lock(&self.shared.extra).push(task);
         Some(j)
@@ -403,7 +421,7 @@ enum AfterAck {
 
 /// Sends message `j` of session `s` through `via` until acknowledged, records the ack, and
 /// resends it once (`resend`) with the same client_msg_id.
-async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: AfterAck) {
+async fn send_one(shared: &Arc<Shared>, s: usize, j: usize, via: Via, resend: AfterAck) {
     let producer = match via {
         Via::B => &shared.producers.b,
         _ => &shared.producers.a,
@@ -414,6 +432,7 @@ async fn send_one(shared: &Shared, s: usize, j: usize, via: Via, resend: AfterAc
         return;
     };
     let ack = record_ack(shared, s, j, sent, attempts, first_try_at, via).await;
+    spawn_mutations(shared, &ack);
     if resend == AfterAck::Conflicting {
         let mut edited = message.clone();
         edited
@@ -480,6 +499,152 @@ async fn record_ack(
     shared.out.lock().await.acks[s][j] = Some(ack.clone());
     shared.acked.fetch_add(1, Ordering::Relaxed);
     ack
+}
+
+/// With probability `mutation_ratio` (seeded by the message, so a rerun with the same seed picks
+/// the same messages), starts a task that makes 1–3 mutations of the acknowledged message `ack`;
+/// [`Load::run`] waits for it.
+fn spawn_mutations(shared: &Arc<Shared>, ack: &Ack) {
+    let salt = ((ack.session as u64) << 32 | ack.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let mut rng = StdRng::seed_from_u64(shared.seed ^ 0x3D17_A7E5 ^ salt);
+    if shared.mutation_ratio <= 0.0 || !rng.random_bool(shared.mutation_ratio.min(1.0)) {
+        return;
+    }
+    let n = rng.random_range(1..=3usize);
+    let (s, j, seq) = (ack.session, ack.index, ack.seq);
+    let shared2 = shared.clone();
+    let task = tokio::spawn(async move {
+        let mut gate = shared2.gate.subscribe();
+        for k in 0..n {
+            // Some at once (the message may not be stored yet: `not_found`, retried), most a few
+            // seconds later, beside later sends and the faults.
+            let delay = if rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(0..4000)
+            };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let _ = gate.wait_for(|open| *open).await;
+            let kind = match rng.random_range(0..10) {
+                0..=5 => MutationKind::Edit,
+                6 | 7 => MutationKind::Recall,
+                _ => MutationKind::DeleteForEveryone,
+            };
+            let by_admin = kind == MutationKind::DeleteForEveryone && rng.random_bool(0.5);
+            mutate_one(&shared2, s, j, seq, k, kind, by_admin).await;
+        }
+    });
+    lock(&shared.extra).push(task);
+}
+
+/// The admin who deletes for everyone in session `s` (a member with the Admin role).
+pub fn admin_of(s: usize) -> String {
+    format!("admin-{}", s % 7)
+}
+
+/// Makes the `k`-th mutation of message `j` of session `s` (at `seq`) through instance A until it
+/// is acknowledged, refused or given up, and records it.
+async fn mutate_one(
+    shared: &Shared,
+    s: usize,
+    j: usize,
+    seq: i64,
+    k: usize,
+    kind: MutationKind,
+    by_admin: bool,
+) {
+    let plan = &shared.plan;
+    let message = plan.message(s, j);
+    let session_id = message.session_id;
+    let (actor, by) = if by_admin {
+        let admin = admin_of(s);
+        (
+            Actor::Member {
+                user_id: admin.clone(),
+                role: MemberRole::Admin,
+            },
+            admin,
+        )
+    } else {
+        (Actor::Sender(message.sender_id.clone()), message.sender_id)
+    };
+    let content = plan.edit_content(s, j, k);
+    let producer = &shared.producers.a;
+    let first_try_at = shared.events.now();
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let (mut attempts, mut uncertain_attempts) = (0, 0);
+    let outcome = loop {
+        attempts += 1;
+        let result = {
+            let Ok(_permit) = shared.permits.acquire().await else {
+                break MutationOutcome::GaveUp("closed".into());
+            };
+            match kind {
+                MutationKind::Edit => {
+                    producer
+                        .edit(&session_id, seq, content.clone(), &actor)
+                        .await
+                }
+                MutationKind::Recall => producer.recall(&session_id, seq, &actor).await,
+                MutationKind::DeleteForEveryone => {
+                    producer.delete_for_everyone(&session_id, seq, &actor).await
+                }
+            }
+        };
+        match result {
+            Ok(m) => {
+                break MutationOutcome::Acked(MutationAck {
+                    key: StateKey::of(&m.message),
+                    unchanged: m.unchanged,
+                    partition: m.partition,
+                    offset: m.offset,
+                });
+            }
+            Err(e) => {
+                let reason = e.reason();
+                *shared
+                    .out
+                    .lock()
+                    .await
+                    .mutation_errors
+                    .entry(reason.to_owned())
+                    .or_default() += 1;
+                // Only a Kafka error comes after the record was handed to Kafka: it may be in
+                // the topic. Every other error is raised before anything is produced.
+                let produced_maybe = reason == "kafka";
+                if produced_maybe {
+                    uncertain_attempts += 1;
+                }
+                if !produced_maybe && !e.is_retriable() {
+                    break MutationOutcome::Refused(reason.to_owned());
+                }
+                if started.elapsed() > GIVE_UP {
+                    shared.events.log(format!(
+                        "giving up on the {kind:?} of {session_id} seq {seq} after {attempts} \
+                         attempts: {e}"
+                    ));
+                    break MutationOutcome::GaveUp(reason.to_owned());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let mutation = Mutation {
+        session: s,
+        index: j,
+        seq,
+        kind,
+        by,
+        content_hash: (kind == MutationKind::Edit).then(|| payload_hash(&content)),
+        first_try_at,
+        ended_at: shared.events.now(),
+        attempts,
+        uncertain_attempts,
+        outcome,
+    };
+    shared.out.lock().await.mutations.push(mutation);
 }
 
 async fn record_error(shared: &Shared, e: &chatlog_producer::Error) {

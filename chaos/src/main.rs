@@ -1,7 +1,9 @@
 //! `chatlog-chaos`: one chaos run against the stack the `CHATLOG_*` variables name (see
 //! `dev/chaos.sh` and docs/RELIABILITY.md). Prints the summary line, writes the figures as JSON
 //! with `--json`, and exits 1 if anything was lost, duplicated, reordered, overwritten or falsely
-//! reported missing, or a window was wrong (2 if the run itself could not be carried out).
+//! reported missing, a message's final state is not its last acknowledged mutation, or a window
+//! was wrong — after the run or after the replay from offset 0 (2 if the run itself could not be
+//! carried out).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -112,6 +114,12 @@ struct Cli {
     /// Share of acknowledged messages resent with the same client_msg_id.
     #[arg(long)]
     resend_ratio: Option<f64>,
+    /// Share of acknowledged messages that get 1–3 mutations (edit, recall, delete for everyone).
+    #[arg(long)]
+    mutation_ratio: Option<f64>,
+    /// No replay of the topic from offset 0 after the check (and no second check).
+    #[arg(long)]
+    no_replay: bool,
     /// Window size W of the consumers.
     #[arg(long)]
     window_size: Option<usize>,
@@ -174,6 +182,7 @@ impl Cli {
             oracle_rate,
             poison_ratio,
             resend_ratio,
+            mutation_ratio,
             window_size,
             partitions,
             seed,
@@ -185,6 +194,7 @@ impl Cli {
             o.cassandra_pause = Duration::from_secs(s);
         }
         o.sabotage = self.sabotage;
+        o.replay &= !self.no_replay;
         o.pause_flush &= !self.no_pause_flush;
         if let Some(s) = self.consumer_pause_secs {
             o.consumer_pause = Duration::from_secs(s);
@@ -231,12 +241,23 @@ async fn main() -> ExitCode {
             eprintln!("  {e}");
         }
     }
+    if let Some(replay) = &report.replay {
+        for (what, examples) in &replay.findings.examples {
+            eprintln!("chaos: after the replay: {what}:");
+            for e in examples {
+                eprintln!("  {e}");
+            }
+        }
+    }
     eprintln!(
         "chaos: run folder {} (events.log, consumer-*.log, report.json); {:.0}s",
         report.run.dir.display(),
         report.duration_secs
     );
     println!("{}", report.summary);
+    if let Some(replay) = &report.replay {
+        println!("{}", replay.summary);
+    }
     if let Some(line) = report.not_returned_line() {
         println!("{line}");
     }

@@ -107,6 +107,12 @@ pub struct Options {
     /// Share of acknowledged messages sent a second time with the same client_msg_id (a client
     /// retry after a lost ack): must get the same seq back.
     pub resend_ratio: f64,
+    /// Share of acknowledged messages that get 1–3 mutations (edit, recall, delete for everyone)
+    /// through instance A (see [`crate::load`]).
+    pub mutation_ratio: f64,
+    /// After the drain and the check: replay the topic from offset 0 into the same stores (a
+    /// fresh consumer group, one kill -9 part-way) and check again (see [`crate::replay`]).
+    pub replay: bool,
     /// Window size `W` of the consumers.
     pub window_size: usize,
     /// Partitions of the run's topic.
@@ -170,6 +176,8 @@ impl Options {
             settle_horizon: Duration::from_secs(60),
             poison_ratio: 0.01,
             resend_ratio: 0.005,
+            mutation_ratio: 0.1,
+            replay: true,
             window_size: 200,
             partitions: 8,
             drain_timeout: Duration::from_secs(240),
@@ -228,6 +236,10 @@ impl Options {
         anyhow::ensure!(
             (0.0..=0.5).contains(&self.poison_ratio) && (0.0..=0.5).contains(&self.resend_ratio),
             "--poison-ratio and --resend-ratio must be within 0..=0.5"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.mutation_ratio),
+            "--mutation-ratio must be within 0..=1"
         );
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.two_producers_share),

@@ -15,7 +15,8 @@
 //!   (`not returned`: history's view of the session ends below them, e.g. a window whose head went
 //!   back in a rollback and got no message since); they fail the run too.
 //! - **No message comes back as another.** Each message a read returns must carry the content of
-//!   the message its client_msg_id names (session, sender, types, content, send time, ext); a
+//!   the message its client_msg_id names (session, sender, types, content, send time, ext — or,
+//!   once mutated, one of that message's edit contents, or no content and no ext); a
 //!   msg_id returned at a seq where that msg_id was acknowledged must be that acknowledged
 //!   message; and a seq acknowledged for a message before the read began must not come back
 //!   holding another message (an *overwrite* seen online).
@@ -27,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatlog_schemas::ChatMessage;
+use chatlog_schemas::{ChatMessage, MessageState};
 use chatlog_store::history::History;
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -36,7 +37,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::events::Events;
-use crate::load::{Ack, LiveAck, Load, Plan};
+use crate::load::{Ack, LiveAck, Load, Plan, StateKey};
 
 /// Looks up acknowledged messages by seq while the run goes on.
 pub trait Acked {
@@ -90,20 +91,44 @@ pub struct Observations {
     /// Acknowledged `(session, seq)` the final sweep neither returned nor reported missing.
     #[serde(skip)]
     pub not_returned: BTreeMap<(usize, i64), String>,
+    /// What the final sweep returned at each `(session, seq)`: the checker holds the mutated
+    /// messages' copies to their expected state.
+    #[serde(skip)]
+    pub final_copies: BTreeMap<(usize, i64), FinalCopy>,
+}
+
+/// A message as the final sweep returned it (the parts a mutation changes).
+#[derive(Debug, Clone)]
+pub struct FinalCopy {
+    /// Its msg_id.
+    pub msg_id: String,
+    /// Its state.
+    pub key: StateKey,
+    /// Its ext.
+    pub ext: BTreeMap<String, String>,
 }
 
 /// Whether `m` carries exactly the content of message `j` of session `s` (everything but the
-/// fields the producer assigns: seq, msg_id, server time).
+/// fields the producer assigns: seq, msg_id, server time) in some state: as sent, edited with
+/// one of the load's edit contents of that message, or recalled or deleted (no content, no ext).
+/// Which state it must be in is the checker's business (after the drain), not the online reads'
+/// (a read may see a state a newer acknowledged mutation has not replaced yet).
 fn same_content(plan: &Plan, s: usize, j: usize, m: &ChatMessage) -> bool {
     let want = plan.message(s, j);
+    let content = match &m.state {
+        MessageState::Normal => m.content == want.content && m.ext == want.ext,
+        MessageState::Edited { .. } => plan.is_edit_of(s, j, &m.content) && m.ext == want.ext,
+        MessageState::Recalled { .. } | MessageState::Deleted { .. } => {
+            m.content.is_empty() && m.ext.is_empty()
+        }
+    };
     m.client_msg_id == want.client_msg_id
         && m.session_id == want.session_id
         && m.session_type == want.session_type
         && m.sender_id == want.sender_id
         && m.content_type == want.content_type
-        && m.content == want.content
+        && content
         && m.send_time_ms == want.send_time_ms
-        && m.ext == want.ext
 }
 
 /// Records one answer of history for session `s`, read by `op` starting at `at` (s since the run
@@ -334,6 +359,20 @@ impl Oracle {
         Ok(())
     }
 
+    /// An oracle reading the same history for the same load, with no observations yet and no
+    /// online reads: for a second [`Oracle::sweep`] (after the replay).
+    pub fn fresh(&self) -> Oracle {
+        Oracle {
+            history: self.history.clone(),
+            load: self.load.clone(),
+            events: self.events.clone(),
+            obs: Arc::default(),
+            window_size: self.window_size,
+            stop: tokio::sync::watch::channel(false).0,
+            task: None,
+        }
+    }
+
     /// What was seen so far.
     pub fn observations(&self) -> Observations {
         lock(&self.obs).clone()
@@ -411,6 +450,19 @@ impl Reader {
             };
             self.record(s, "sweep", at, &page);
             returned.extend(page.messages.iter().map(|m| m.seq));
+            {
+                let mut obs = lock(&self.obs);
+                for m in &page.messages {
+                    obs.final_copies.insert(
+                        (s, m.seq),
+                        FinalCopy {
+                            msg_id: m.msg_id.clone(),
+                            key: StateKey::of(m),
+                            ext: m.ext.clone(),
+                        },
+                    );
+                }
+            }
             reported.extend(page.missing_seqs());
             match page.next {
                 Some(next) if next > cursor => cursor = next,

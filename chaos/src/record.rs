@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chatlog_producer::NewMessage;
-use chatlog_schemas::{ChatMessage, ContentType, SessionType};
+use chatlog_schemas::{ChatMessage, ContentType, MessageState, SessionType};
 use serde::Serialize;
 
 /// The messages of a run: deterministic from (session, index).
@@ -73,6 +73,22 @@ impl Plan {
             send_time_ms: self.base_ms + j as i64,
             ext,
         }
+    }
+
+    /// The new content of the `k`-th mutation of message `j` of session `s` when it is an edit:
+    /// recognisable as an edit of that message ([`Plan::is_edit_of`]) and unique per edit, so
+    /// a stored content names the edit that wrote it.
+    pub fn edit_content(&self, s: usize, j: usize, k: usize) -> Vec<u8> {
+        format!("chaos {} s{s} #{j} edit {k}", self.run).into_bytes()
+    }
+
+    /// Whether `content` is one of the edit contents of message `j` of session `s`.
+    pub fn is_edit_of(&self, s: usize, j: usize, content: &[u8]) -> bool {
+        let prefix = format!("chaos {} s{s} #{j} edit ", self.run);
+        content
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .is_some_and(|k| k.parse::<usize>().is_ok())
     }
 
     /// The complete message the producer stored for an acknowledged send.
@@ -164,6 +180,131 @@ pub struct ConflictingResend {
     pub acked_seq: Option<i64>,
 }
 
+/// What a mutation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MutationKind {
+    /// `Producer::edit` by the sender.
+    Edit,
+    /// `Producer::recall` by the sender.
+    Recall,
+    /// `Producer::delete_for_everyone`, by the sender or an admin.
+    DeleteForEveryone,
+}
+
+impl MutationKind {
+    /// The state symbol a landed mutation of this kind leaves (`EDITED`, `RECALLED`, `DELETED`).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            MutationKind::Edit => "EDITED",
+            MutationKind::Recall => "RECALLED",
+            MutationKind::DeleteForEveryone => "DELETED",
+        }
+    }
+}
+
+/// The part of a message a mutation changes, as the checker compares it: version, state symbol,
+/// content (hash and length), edit count and who made the last mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateKey {
+    /// [`ChatMessage::version`].
+    pub version: i64,
+    /// The state's symbol (`NORMAL`, `EDITED`, `RECALLED`, `DELETED`).
+    pub state: &'static str,
+    /// [`payload_hash`] of the content.
+    pub content_hash: u64,
+    /// Content length.
+    pub content_len: usize,
+    /// Edits so far (0 unless edited).
+    pub edit_count: u32,
+    /// Who made the last mutation (empty as sent).
+    pub by: String,
+}
+
+impl StateKey {
+    /// The key of `m`.
+    pub fn of(m: &ChatMessage) -> StateKey {
+        StateKey {
+            version: m.version(),
+            state: m.state.symbol(),
+            content_hash: payload_hash(&m.content),
+            content_len: m.content.len(),
+            edit_count: m.state.edit_count(),
+            by: m.state.mutated_by().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Whether the state is final (recalled or deleted).
+    pub fn is_final(&self) -> bool {
+        self.state == MessageState::SYMBOLS[2] || self.state == MessageState::SYMBOLS[3]
+    }
+}
+
+impl std::fmt::Display for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} v{} ({} bytes, hash {:016x}, edits {}, by {:?})",
+            self.state, self.version, self.content_len, self.content_hash, self.edit_count, self.by
+        )
+    }
+}
+
+/// One mutation the load asked for (retried like a send until acknowledged, refused or given up).
+#[derive(Debug, Clone, Serialize)]
+pub struct Mutation {
+    /// Session number.
+    pub session: usize,
+    /// Message number within the session.
+    pub index: usize,
+    /// The message's seq.
+    pub seq: i64,
+    /// Which mutation.
+    pub kind: MutationKind,
+    /// Who asked (the sender, or an admin's user id).
+    pub by: String,
+    /// [`payload_hash`] of the new content of an edit.
+    pub content_hash: Option<u64>,
+    /// When the first attempt started (s since the run started).
+    pub first_try_at: f64,
+    /// When it ended (ack, refusal, give-up).
+    pub ended_at: f64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Failed attempts that may have produced it anyway (a Kafka error: the record may be in
+    /// the topic). Each may have landed with a version of its own.
+    pub uncertain_attempts: u32,
+    /// How it ended.
+    pub outcome: MutationOutcome,
+}
+
+/// How a mutation ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MutationOutcome {
+    /// Acknowledged: the message in its new state is in Kafka.
+    Acked(MutationAck),
+    /// Refused by the producer (`final`, `not_allowed`, …): nothing of the last attempt was
+    /// produced.
+    Refused(String),
+    /// Given up after [`crate::load::GIVE_UP`] (or the load closed); the last error's reason.
+    GaveUp(String),
+}
+
+/// What an acknowledged mutation returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct MutationAck {
+    /// The message's state after it ([`StateKey::of`] of the returned message).
+    pub key: StateKey,
+    /// The producer changed nothing (a recall or delete of a message already final): `key` is
+    /// the state found.
+    pub unchanged: bool,
+    /// Kafka partition (of the mutation's record; -1 when unchanged).
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+}
+
 /// A poison record produced raw.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoisonRecord {
@@ -186,7 +327,7 @@ pub struct PoisonRecord {
 }
 
 /// What the load did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LoadResult {
     /// Acknowledged sends, by session then index (None: never acknowledged).
     pub acks: Vec<Vec<Option<Ack>>>,
@@ -204,6 +345,11 @@ pub struct LoadResult {
     pub poison: Vec<PoisonRecord>,
     /// Poison records whose production failed and was retried (a retry may write it twice).
     pub poison_retries: usize,
+    /// Mutations of acknowledged messages (edit, recall, delete for everyone), in the order they
+    /// ended.
+    pub mutations: Vec<Mutation>,
+    /// Failed mutation attempts by reason (`not_found`, `kafka`, `final`, …).
+    pub mutation_errors: BTreeMap<String, usize>,
 }
 
 /// A message the load has acknowledged, as the online oracle looks it up by seq.

@@ -14,8 +14,9 @@ use crate::{events, fleet};
 pub struct Report {
     /// The one summary line.
     pub summary: String,
-    /// True when lost, duplicated, reordered, window mismatches, overwritten and false missing are
-    /// 0, every message was acknowledged and every planned fault of every kind was injected.
+    /// True when lost, duplicated, reordered, window mismatches, overwritten, false missing,
+    /// mutation mismatches and not returned are 0 (after the run and after the replay), every
+    /// message was acknowledged and every planned fault of every kind was injected.
     pub ok: bool,
     /// The summary counts (the checker's).
     #[serde(flatten)]
@@ -42,7 +43,25 @@ pub struct Report {
     pub send_errors: std::collections::BTreeMap<String, usize>,
     /// A few send error texts.
     pub send_error_examples: Vec<String>,
+    /// Failed mutation attempts by reason (each retried while retriable).
+    pub mutation_errors: std::collections::BTreeMap<String, usize>,
     /// Everything the checker counted, with examples.
+    pub findings: Findings,
+    /// The replay from offset 0 and the second check (absent with `--no-replay` or
+    /// `--sabotage`).
+    pub replay: Option<ReplayReport>,
+}
+
+/// The replay from offset 0 and what the checker found after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// Its summary line (`chaos: after a replay from offset 0 (…): 0 lost, …`).
+    pub summary: String,
+    /// Every count 0 (and not returned).
+    pub ok: bool,
+    /// What the replay did.
+    pub replayed: crate::replay::Replayed,
+    /// What the checker found after it.
     pub findings: Findings,
 }
 
@@ -76,12 +95,15 @@ pub struct Phases {
     pub drain: f64,
     /// The checker.
     pub check: f64,
+    /// The replay from offset 0 and its check.
+    pub replay: f64,
 }
 
 impl Report {
     /// The line printed when the final sweep did not return acknowledged messages.
     pub fn not_returned_line(&self) -> Option<String> {
-        let n = self.findings.not_returned;
+        let n = self.findings.not_returned
+            + self.replay.as_ref().map_or(0, |r| r.findings.not_returned);
         (n > 0).then(|| {
             format!(
                 "chaos: {n} acknowledged messages not returned by the final history sweep \

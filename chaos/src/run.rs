@@ -1,6 +1,7 @@
 //! One chaos run, phase by phase (the crate docs list them): begin (the run's names and event
 //! log), connect (the stack, the Redis proxy), setup (keyspace, topics, the fleet, the producers),
-//! load (with the poison, the faults and the oracle at once), drain and check, report.
+//! load (with the poison, the faults and the oracle at once), drain and check, the replay from
+//! offset 0 and its check, report.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,9 +18,10 @@ use crate::options::Options;
 use crate::oracle::{self, Oracle};
 use crate::proxy::{self, Proxy};
 use crate::record::{LoadResult, Plan};
-use crate::report::{Phases, Report, RunInfo};
+use crate::replay::Replayed;
+use crate::report::{Phases, ReplayReport, Report, RunInfo};
 use crate::stack::{self, Stack};
-use crate::{drain, events, faults, load, poison, sabotage};
+use crate::{drain, events, faults, load, poison, replay, sabotage};
 
 /// Runs one chaos run with `opts`. `quiet` keeps the event log off stderr (it is always written to
 /// `<run dir>/events.log`).
@@ -287,6 +289,7 @@ async fn load_phase(
         opts.concurrency,
         opts.rate,
         opts.resend_ratio,
+        opts.mutation_ratio,
         opts.seed,
     );
     let history = chatlog_store::history::History::new(
@@ -471,6 +474,50 @@ async fn drain_and_check(
     })
     .await?;
     phases.check = check_started.elapsed().as_secs_f64();
+    events.log(format!(
+        "checked: {} lost, {} duplicated, {} reordered, {} window mismatches, {} overwritten, {} \
+         false missing, {} mutation mismatches ({} mutations)",
+        findings.counts.lost,
+        findings.counts.duplicated,
+        findings.counts.reordered,
+        findings.counts.window_mismatches,
+        findings.counts.overwritten,
+        findings.counts.false_missing,
+        findings.counts.mutation_mismatches,
+        findings.counts.mutations
+    ));
+
+    // The replay from offset 0 into the same stores, and the same checks again. Not with
+    // --sabotage: its damage would be repaired by the replay, and it expects exact counts.
+    let replay = if opts.replay && !opts.sabotage {
+        let replay_started = Instant::now();
+        let replayed = replay::replay(opts, stack, run_info, events).await?;
+        check::wait_stable(&cql, &session_ids, Duration::from_secs(60), events).await?;
+        let sweep = oracle.fresh();
+        sweep.sweep().await.context("the sweep after the replay")?;
+        // The wrongtype messages were dead-lettered because of a key clash the fault repaired
+        // afterwards: replayed, they are stored, not dead-lettered again.
+        let mut expected = load.clone();
+        expected.poison.retain(|p| p.kind != "wrongtype");
+        let findings = check::check(check::Inputs {
+            plan: &plan,
+            load: &expected,
+            cql: &cql,
+            redis: stack.redis().await?,
+            window_size: opts.window_size,
+            kafka: &stack.kafka,
+            topic: &run_info.topic,
+            dlq: &replayed.dlq,
+            events,
+            oracle: &sweep.observations(),
+            horizon: opts.settle_horizon,
+        })
+        .await?;
+        phases.replay = replay_started.elapsed().as_secs_f64();
+        Some((replayed, findings))
+    } else {
+        None
+    };
 
     Ok(Checked {
         findings,
@@ -478,6 +525,7 @@ async fn drain_and_check(
         load,
         by_kind,
         injected,
+        replay,
     })
 }
 
@@ -488,6 +536,8 @@ struct Checked {
     load: LoadResult,
     by_kind: BTreeMap<String, usize>,
     injected: usize,
+    /// The replay and what the checker found after it.
+    replay: Option<(Replayed, Findings)>,
 }
 
 /// The summary line and the report (also written to `<run dir>/report.json`).
@@ -504,6 +554,7 @@ fn report(
         load,
         by_kind,
         injected,
+        replay,
     } = checked;
     let Begun {
         dir,
@@ -512,15 +563,9 @@ fn report(
         ..
     } = begun;
     let summary = format!(
-        "chaos: {} acked, {} lost, {} duplicated, {} reordered, {} window mismatches, {} \
-         overwritten, {} false missing, {} faults injected {}",
+        "chaos: {} acked, {}, {} faults injected {}",
         findings.counts.acked,
-        findings.counts.lost,
-        findings.counts.duplicated,
-        findings.counts.reordered,
-        findings.counts.window_mismatches,
-        findings.counts.overwritten,
-        findings.counts.false_missing,
+        counts_text(&findings.counts),
         injected,
         faults::per_kind(&opts, &by_kind)
     );
@@ -528,16 +573,23 @@ fn report(
     let every_kind = faults::Kind::ALL
         .iter()
         .all(|k| by_kind.get(k.name()).copied().unwrap_or(0) == k.planned(&opts));
-    let ok = findings.counts.lost == 0
-        && findings.counts.duplicated == 0
-        && findings.counts.reordered == 0
-        && findings.counts.window_mismatches == 0
-        && findings.counts.overwritten == 0
-        && findings.counts.false_missing == 0
-        && findings.not_returned == 0
+    let replay = replay.map(|(replayed, findings)| ReplayReport {
+        summary: format!(
+            "chaos: after a replay from offset 0 ({} records, kill={}, {:.0}s): {}",
+            replayed.records,
+            replayed.kills,
+            replayed.secs,
+            counts_text(&findings.counts)
+        ),
+        ok: clean(&findings),
+        replayed,
+        findings,
+    });
+    let ok = clean(&findings)
         && findings.counts.unacked == 0
         && injected == planned
-        && every_kind;
+        && every_kind
+        && replay.as_ref().is_none_or(|r| r.ok);
     let report = Report {
         summary,
         ok,
@@ -553,7 +605,9 @@ fn report(
         fleet: fleet_stats,
         send_errors: load.errors.clone(),
         send_error_examples: load.error_examples.clone(),
+        mutation_errors: load.mutation_errors.clone(),
         findings,
+        replay,
     };
     events.log(format!(
         "checked in {:.1}s; run took {:.1}s",
@@ -561,6 +615,35 @@ fn report(
     ));
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     Ok(report)
+}
+
+/// `0 lost, 0 duplicated, …, 0 mutation mismatches (M mutations)`: the counts of the summary line.
+fn counts_text(c: &check::Counts) -> String {
+    format!(
+        "{} lost, {} duplicated, {} reordered, {} window mismatches, {} overwritten, {} false \
+         missing, {} mutation mismatches ({} mutations)",
+        c.lost,
+        c.duplicated,
+        c.reordered,
+        c.window_mismatches,
+        c.overwritten,
+        c.false_missing,
+        c.mutation_mismatches,
+        c.mutations
+    )
+}
+
+/// Whether the checker found nothing: every count of the summary and *not returned* are 0.
+fn clean(f: &Findings) -> bool {
+    let c = &f.counts;
+    c.lost == 0
+        && c.duplicated == 0
+        && c.reordered == 0
+        && c.window_mismatches == 0
+        && c.overwritten == 0
+        && c.false_missing == 0
+        && c.mutation_mismatches == 0
+        && f.not_returned == 0
 }
 
 /// Waits until `n` consumers logged that they are consuming.

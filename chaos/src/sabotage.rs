@@ -13,6 +13,7 @@
 //! | the recorded msg_id of session 4's 4th ack replaced (its row now holds another message than the one acknowledged there) | 1 overwritten |
 //! | a read that reported session 5's 3rd ack's seq missing 1 s after its ack, added to the oracle's observations | 1 false missing |
 //! | one more message of session 6 in the history, given up on (never acknowledged) | 1 unacked |
+//! | an acknowledged recall of an unmutated message of session 7 added to the history (its row, window member and history copy still hold the message as sent: as if the recall had been undone) | 1 mutation mismatch |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +30,15 @@ use scylla::client::session::Session;
 use crate::events::Events;
 use crate::load::{LoadResult, Plan};
 use crate::oracle::{Observations, Seen};
+use crate::record::{Mutation, MutationAck, MutationKind, MutationOutcome, StateKey};
 use crate::report::RunInfo;
 use crate::stack::Stack;
+use chatlog_schemas::FINAL_VERSION_BIT;
 
-/// (lost, duplicated, reordered, window mismatches, overwritten, false missing, unacked) a
-/// sabotaged run reports.
-pub const EXPECTED: (usize, usize, usize, usize, usize, usize, usize) = (2, 2, 1, 1, 1, 1, 1);
+/// (lost, duplicated, reordered, window mismatches, overwritten, false missing, unacked, mutation
+/// mismatches) a sabotaged run reports.
+pub const EXPECTED: (usize, usize, usize, usize, usize, usize, usize, usize) =
+    (2, 2, 1, 1, 1, 1, 1, 1);
 
 /// Applies the damage of the module docs.
 pub async fn corrupt(
@@ -47,8 +51,8 @@ pub async fn corrupt(
     events: &Events,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        plan.sessions >= 7 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
-        "--sabotage needs at least 7 sessions of 50 messages and 2 poison records"
+        plan.sessions >= 8 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
+        "--sabotage needs at least 8 sessions of 50 messages and 2 poison records"
     );
     let ack = |s: usize, j: usize| {
         load.acks[s][j]
@@ -99,6 +103,17 @@ pub async fn corrupt(
         .await?;
 
     let victim = ack(5, 2)?;
+    // Session 7: a message the load did not mutate.
+    let mutated: std::collections::BTreeSet<usize> = load
+        .mutations
+        .iter()
+        .filter(|m| m.session == 7)
+        .map(|m| m.index)
+        .collect();
+    let j = (0..plan.per_session[7])
+        .find(|j| !mutated.contains(j))
+        .context("session 7: every message was mutated")?;
+    let recalled = ack(7, j)?;
 
     // Session 3: two acks' offsets swapped in the history.
     let (a, b) = (ack(3, 5)?, ack(3, 6)?);
@@ -126,6 +141,35 @@ pub async fn corrupt(
 
     // Session 6: one more message, which the harness gave up on.
     load.acks[6].push(None);
+
+    // Session 7: "a recall was acknowledged" for a message the load did not mutate.
+    let sender = plan.message(7, j).sender_id;
+    let at_us = recalled.server_time_us + 1;
+    load.mutations.push(Mutation {
+        session: 7,
+        index: j,
+        seq: recalled.seq,
+        kind: MutationKind::Recall,
+        by: sender.clone(),
+        content_hash: None,
+        first_try_at: recalled.acked_at,
+        ended_at: recalled.acked_at,
+        attempts: 1,
+        uncertain_attempts: 0,
+        outcome: MutationOutcome::Acked(MutationAck {
+            key: StateKey {
+                version: FINAL_VERSION_BIT | at_us,
+                state: "RECALLED",
+                content_hash: crate::record::payload_hash(&[]),
+                content_len: 0,
+                edit_count: 0,
+                by: sender,
+            },
+            unchanged: false,
+            partition: recalled.partition,
+            offset: recalled.offset + 1,
+        }),
+    });
 
     // Poison record 0 "was written elsewhere".
     load.poison[0].offset += 1_000_000;
@@ -169,8 +213,9 @@ pub async fn corrupt(
     events.log(format!(
         "SABOTAGE: deleted 1 row, wrote 1 copy, removed 1 window member, swapped 2 offsets, moved 1 \
          poison offset, duplicated 1 DLQ record, replaced 1 acknowledged msg_id, added 1 missing \
-         report, added 1 unacknowledged message; expected (lost, duplicated, reordered, window, \
-         overwritten, false missing, unacked) = {EXPECTED:?}"
+         report, added 1 unacknowledged message, added 1 acknowledged recall; expected (lost, \
+         duplicated, reordered, window, overwritten, false missing, unacked, mutation \
+         mismatches) = {EXPECTED:?}"
     ));
     Ok(())
 }

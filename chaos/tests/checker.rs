@@ -1,7 +1,8 @@
 //! The checker catches what it claims to: a short run without faults whose stores and history are
 //! then damaged in known ways (`--sabotage`, see `chatlog_chaos::sabotage`) must report exactly
 //! those findings. A checker that says "0" to everything would pass the CI run too; this test is
-//! what makes the CI run's zeros mean something. About 15 seconds.
+//! what makes the CI run's zeros mean something. About 15 seconds. The hand-made histories below
+//! (no stack) test the judgements themselves: the oracle's, the order rule and the mutations'.
 
 use chatlog_chaos::{Options, Size};
 
@@ -40,13 +41,21 @@ async fn sabotaged_stores_are_reported_exactly() {
             report.counts.window_mismatches,
             report.counts.overwritten,
             report.counts.false_missing,
-            report.counts.unacked
+            report.counts.unacked,
+            report.counts.mutation_mismatches
         ),
         chatlog_chaos::sabotage::EXPECTED,
         "{}\n{examples}",
         report.summary
     );
     assert_eq!(report.counts.acked, 2000);
+    // The load's own mutations (10 % of the messages) and the planted recall: the mismatch above
+    // is the planted one alone.
+    assert!(
+        report.counts.mutations > 100,
+        "{} mutations acknowledged",
+        report.counts.mutations
+    );
     assert!(!report.ok, "a damaged store must fail the run");
 }
 
@@ -55,9 +64,13 @@ async fn sabotaged_stores_are_reported_exactly() {
 mod hand_made {
     use std::collections::BTreeMap;
 
-    use chatlog_chaos::load::{Ack, LiveAck, Plan, Via};
+    use chatlog_chaos::check::mutations::Expected;
+    use chatlog_chaos::load::{
+        Ack, LiveAck, Mutation, MutationAck, MutationKind, MutationOutcome, Plan, StateKey, Via,
+        payload_hash,
+    };
     use chatlog_chaos::oracle::{Observations, judge_missing, observe};
-    use chatlog_schemas::ChatMessage;
+    use chatlog_schemas::{ChatMessage, MessageState};
 
     const HORIZON: f64 = 60.0;
 
@@ -205,5 +218,199 @@ mod hand_made {
         let v = chatlog_chaos::check::order_violations(&all[0]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].0.index, 6);
+    }
+
+    /// A recall of message `j` of session `s` by `by`, acknowledged with `version` (the final
+    /// bit set), `uncertain` failed attempts before it.
+    fn mutation(
+        plan: &Plan,
+        a: &Ack,
+        kind: MutationKind,
+        outcome: Option<StateKey>,
+        uncertain: u32,
+        k: usize,
+    ) -> Mutation {
+        let sender = plan.message(a.session, a.index).sender_id;
+        Mutation {
+            session: a.session,
+            index: a.index,
+            seq: a.seq,
+            kind,
+            by: sender,
+            content_hash: (kind == MutationKind::Edit)
+                .then(|| payload_hash(&plan.edit_content(a.session, a.index, k))),
+            first_try_at: a.acked_at + 1.0,
+            ended_at: a.acked_at + 2.0,
+            attempts: 1 + uncertain,
+            uncertain_attempts: uncertain,
+            outcome: match outcome {
+                Some(key) => MutationOutcome::Acked(MutationAck {
+                    key,
+                    unchanged: false,
+                    partition: a.partition,
+                    offset: a.offset + 10,
+                }),
+                None => MutationOutcome::GaveUp("kafka".into()),
+            },
+        }
+    }
+
+    /// The message of `a` in `state`, as the producer builds it.
+    fn in_state(plan: &Plan, a: &Ack, state: MessageState, content: Vec<u8>) -> ChatMessage {
+        let mut m = stored(plan, a);
+        if state.is_final() {
+            m.content.clear();
+            m.ext.clear();
+        } else {
+            m.content = content;
+        }
+        m.state = state;
+        m
+    }
+
+    #[test]
+    fn a_row_reverted_after_an_acknowledged_recall_is_a_mutation_mismatch() {
+        let plan = plan();
+        // Message 0 of session 0 carries an ext (every 10th does): a recall must remove it too.
+        let a = ack(0, 0, 1, 1.0, 1.1);
+        let original = stored(&plan, &a);
+        assert!(!original.ext.is_empty());
+        let by = original.sender_id.clone();
+        let edited = in_state(
+            &plan,
+            &a,
+            MessageState::Edited {
+                at_us: a.server_time_us + 10,
+                count: 1,
+                by: by.clone(),
+            },
+            plan.edit_content(0, 0, 0),
+        );
+        let recalled = in_state(
+            &plan,
+            &a,
+            MessageState::Recalled {
+                at_us: a.server_time_us + 20,
+                by: by.clone(),
+            },
+            Vec::new(),
+        );
+        let history = [
+            mutation(
+                &plan,
+                &a,
+                MutationKind::Edit,
+                Some(StateKey::of(&edited)),
+                0,
+                0,
+            ),
+            mutation(
+                &plan,
+                &a,
+                MutationKind::Recall,
+                Some(StateKey::of(&recalled)),
+                0,
+                1,
+            ),
+        ];
+        let refs: Vec<&Mutation> = history.iter().collect();
+        let expected = Expected::new(&original, &refs);
+        let judge = |m: &ChatMessage| expected.judge(&StateKey::of(m), &m.ext);
+        // The recall has the highest version: only the recalled message is right.
+        assert_eq!(judge(&recalled), None);
+        // Reverted to the message as sent (a replay of the original winning), or to the edit
+        // the recall replaced: mismatches.
+        assert!(judge(&original).is_some(), "a reverted row must be counted");
+        assert!(judge(&edited).is_some(), "an undone recall must be counted");
+        // Recalled, but its content still there (flagged, not removed).
+        let mut flagged = recalled.clone();
+        flagged.content = original.content.clone();
+        assert!(judge(&flagged).is_some(), "a recalled row keeps no content");
+        let mut with_ext = recalled.clone();
+        with_ext.ext = original.ext.clone();
+        assert!(judge(&with_ext).is_some(), "a recalled row keeps no ext");
+        // Recalled at another time than the acknowledged recall: another version.
+        let other = in_state(
+            &plan,
+            &a,
+            MessageState::Recalled {
+                at_us: a.server_time_us + 30,
+                by: by.clone(),
+            },
+            Vec::new(),
+        );
+        assert!(judge(&other).is_some());
+        // Without mutations, the message as sent is expected.
+        let untouched = Expected::new(&original, &[]);
+        assert_eq!(
+            untouched.judge(&StateKey::of(&original), &original.ext),
+            None
+        );
+        assert!(
+            untouched
+                .judge(&StateKey::of(&edited), &edited.ext)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_uncertain_mutation_may_have_landed_above_the_acknowledged_ones_only() {
+        let plan = plan();
+        let a = ack(1, 3, 4, 1.0, 1.1);
+        let original = stored(&plan, &a);
+        let by = original.sender_id.clone();
+        let edit = |k: usize, at: i64, count: u32| {
+            in_state(
+                &plan,
+                &a,
+                MessageState::Edited {
+                    at_us: a.server_time_us + at,
+                    count,
+                    by: by.clone(),
+                },
+                plan.edit_content(1, 3, k),
+            )
+        };
+        // Edit 0 acknowledged at +10; edit 1 failed with Kafka errors (it may be in the topic).
+        let history = [
+            mutation(
+                &plan,
+                &a,
+                MutationKind::Edit,
+                Some(StateKey::of(&edit(0, 10, 1))),
+                0,
+                0,
+            ),
+            mutation(&plan, &a, MutationKind::Edit, None, 2, 1),
+        ];
+        let refs: Vec<&Mutation> = history.iter().collect();
+        let expected = Expected::new(&original, &refs);
+        let judge = |m: &ChatMessage| expected.judge(&StateKey::of(m), &m.ext);
+        assert_eq!(judge(&edit(0, 10, 1)), None, "the acknowledged edit");
+        assert_eq!(
+            judge(&edit(1, 20, 2)),
+            None,
+            "the uncertain edit, landed above it"
+        );
+        assert!(
+            judge(&edit(1, 5, 1)).is_some(),
+            "below the acknowledged edit, the uncertain one cannot win"
+        );
+        assert!(
+            judge(&edit(2, 20, 2)).is_some(),
+            "a content no attempt asked for"
+        );
+        assert!(judge(&original).is_some(), "the acknowledged edit undone");
+        // A recall nobody asked for.
+        let recalled = in_state(
+            &plan,
+            &a,
+            MessageState::Recalled {
+                at_us: a.server_time_us + 30,
+                by: by.clone(),
+            },
+            Vec::new(),
+        );
+        assert!(judge(&recalled).is_some());
     }
 }

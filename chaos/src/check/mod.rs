@@ -6,7 +6,9 @@
 //!
 //! - **lost**: acknowledged messages with no row at their (session, seq), or whose row is the same
 //!   message (msg_id) but differs in some field (client_msg_id, content, sender, types, times,
-//!   ext) or whose `writetime()` is not its server time; plus poison records missing from the DLQ.
+//!   ext; for a mutated message: in a field no mutation changes) or whose `writetime()` is not its
+//!   version (the server time as sent; a mutated message's: its state's version); plus poison
+//!   records missing from the DLQ.
 //! - **duplicated**: acknowledged messages stored a second time (another row of the session holds
 //!   their client_msg_id, or a resend with the same client_msg_id got another seq or msg_id); a
 //!   (session, seq) acknowledged for two different messages; rows no send explains; DLQ records
@@ -29,10 +31,16 @@
 //!   a read reported `missing` after the message's ack or within the settle horizon of its
 //!   allocation. Acknowledged seqs the final sweep did not return are counted apart
 //!   (`not_returned`).
+//! - **mutation mismatches**: messages with a recorded mutation whose CQL row, window member
+//!   (when the window holds it) or copy returned by the final sweep is not in the state expected
+//!   (see [`mutations`]: the acknowledged mutation with the highest version, or what an uncertain
+//!   attempt above it could have left; a recalled or deleted message without content and ext),
+//!   plus acknowledged mutations that do not carry what was asked; each message once.
 
 mod cql;
 mod dlq;
 mod inputs;
+pub mod mutations;
 mod online;
 mod order;
 mod resends;
@@ -60,6 +68,8 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
         history_config(inp.window_size, inp.horizon),
     )
     .await?;
+    // What each mutated message may be at the end, before the rows are judged.
+    c.expected = mutations::expected(&mut c, &inp);
     // Resends first: they decide which extra rows are explained.
     resends::resends(&mut c, &inp);
     resends::conflicting(&mut c, &inp);
@@ -73,5 +83,7 @@ pub async fn check(inp: Inputs<'_>) -> anyhow::Result<Findings> {
     dlq::dlq(&mut c, &inp).await?;
     // (g) what the online oracle and the final sweep saw.
     online::online(&mut c, &inp);
+    // The final sweep's copies of the mutated messages.
+    mutations::history(&mut c, &inp);
     Ok(c.finish())
 }

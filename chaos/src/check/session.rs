@@ -80,11 +80,20 @@ pub(super) fn check_session(
     acks_at_their_seqs(c, inp, &one);
     real_time_order(c, &one);
     rows_explained(c, inp, &one);
+    super::mutations::window_members(
+        c,
+        inp.plan,
+        codec,
+        one.state.s,
+        one.acks,
+        &one.state.members,
+    );
     window_is_newest_rows(c, inp, codec, &one)
 }
 
-/// (a) each acknowledged message is at its seq, exactly as acknowledged, and not replaced by
-/// another message. (b) no seq acknowledged twice.
+/// (a) each acknowledged message is at its seq, exactly as acknowledged (a mutated one in the
+/// state its mutations left, written at that state's version), and not replaced by another
+/// message. (b) no seq acknowledged twice.
 fn acks_at_their_seqs(c: &mut Check, inp: &Inputs<'_>, one: &Session<'_>) {
     let (s, session_id, acks, rows) = (one.state.s, &one.id, one.acks, &one.state.rows);
     let mut seq_owner: BTreeMap<i64, usize> = BTreeMap::new();
@@ -136,6 +145,35 @@ fn acks_at_their_seqs(c: &mut Check, inp: &Inputs<'_>, one: &Session<'_>) {
                         row.client_msg_id
                     ),
                 );
+            }
+            Some((row, writetime)) if c.expected.contains_key(&(s, ack.index)) => {
+                // A mutated message: its identity as sent, its state as the mutations left it,
+                // written at that state's version.
+                let want = inp.plan.stored(ack);
+                let key = crate::record::StateKey::of(row);
+                if !super::mutations::same_identity(row, &want) {
+                    c.f.details.wrong_rows += 1;
+                    c.example(
+                        "wrong_row",
+                        format!("{session_id} seq {}: row {row:?}, acked {want:?}", ack.seq),
+                    );
+                } else if let Some(why) = c.expected[&(s, ack.index)].judge(&key, &row.ext) {
+                    c.f.details.mutation_mismatches_cql += 1;
+                    c.mismatch(
+                        (s, ack.index),
+                        "mutation_mismatch_cql",
+                        format!("{session_id} seq {}: the row is {why}", ack.seq),
+                    );
+                } else if *writetime != key.version {
+                    c.f.details.writetime_mismatches += 1;
+                    c.example(
+                        "writetime_mismatch",
+                        format!(
+                            "{session_id} seq {}: writetime {writetime}, version {}",
+                            ack.seq, key.version
+                        ),
+                    );
+                }
             }
             Some((row, writetime)) => {
                 let want = inp.plan.stored(ack);

@@ -27,6 +27,11 @@ pub struct Counts {
     pub overwritten: usize,
     /// See [`crate::oracle`].
     pub false_missing: usize,
+    /// Mutated messages whose CQL row, window member or final history read is not the state
+    /// their acknowledged mutations left (see [`crate::check`]).
+    pub mutation_mismatches: usize,
+    /// Acknowledged mutations.
+    pub mutations: usize,
 }
 
 /// Everything the checker counted.
@@ -108,6 +113,31 @@ pub struct Details {
     pub windows_short: usize,
     /// Empty windows.
     pub windows_empty: usize,
+    /// Mutations the load asked for (any outcome).
+    pub mutations: usize,
+    /// Acknowledged mutations that changed nothing (a recall or delete of a final message).
+    pub mutations_unchanged: usize,
+    /// Mutations refused by the producer, by reason (`final`: an edit of a recalled or deleted
+    /// message).
+    pub mutations_refused: BTreeMap<String, usize>,
+    /// Mutations given up (never acknowledged nor refused).
+    pub mutations_given_up: usize,
+    /// Failed mutation attempts that may have produced the mutation anyway (Kafka errors).
+    pub mutation_uncertain_attempts: usize,
+    /// Messages with at least one recorded mutation.
+    pub mutated_messages: usize,
+    /// Mutated messages expected edited, recalled, deleted at the end.
+    pub final_edited: usize,
+    /// See `final_edited`.
+    pub final_recalled: usize,
+    /// See `final_edited`.
+    pub final_deleted: usize,
+    /// CQL rows of mutated messages not in the expected state (→ mutation mismatches).
+    pub mutation_mismatches_cql: usize,
+    /// Window members of mutated messages not in the expected state (→ mutation mismatches).
+    pub mutation_mismatches_window: usize,
+    /// Final-sweep copies of mutated messages not in the expected state (→ mutation mismatches).
+    pub mutation_mismatches_history: usize,
     /// Poison records produced.
     pub poison: usize,
     /// DLQ records read under read_committed.
@@ -143,6 +173,10 @@ pub(super) struct Check {
     /// (session, seq) of edits stored as messages of their own under the known limit: reads
     /// return the edited content there, which is no mismatch.
     pub(super) known_limit_edits: BTreeSet<(usize, i64)>,
+    /// What each mutated message may be at the end.
+    pub(super) expected: BTreeMap<(usize, usize), super::mutations::Expected>,
+    /// Mutated messages found in another state (each counted once).
+    pub(super) mismatched: BTreeSet<(usize, usize)>,
 }
 
 impl Check {
@@ -154,8 +188,16 @@ impl Check {
         }
     }
 
+    /// Counts message `key` as a mutation mismatch (once) and keeps `text` as an example of
+    /// `what`.
+    pub(super) fn mismatch(&mut self, key: (usize, usize), what: &str, text: String) {
+        self.mismatched.insert(key);
+        self.example(what, text);
+    }
+
     /// The summary counts from their parts.
     pub(super) fn finish(mut self) -> Findings {
+        self.f.counts.mutation_mismatches = self.mismatched.len();
         self.f.counts.overwritten = self.overwritten.len() + self.f.details.content_mismatches;
         let d = &self.f.details;
         self.f.counts.lost = d.missing_rows
