@@ -262,6 +262,57 @@ mod tests {
         }
     }
 
+    /// A consumer of a release before mutations reads v1 and v2 only: a mutation record (v3)
+    /// goes to its DLQ as `unknown_fingerprint` (replayed once it is upgraded: the highest version
+    /// wins whatever the order), while messages as sent (v1) still decode.
+    #[test]
+    fn an_older_release_sends_a_recall_or_edit_record_to_the_dlq_and_still_reads_v1() {
+        use chatlog_schemas::{MessageState, SchemaVersion};
+        let current = Codec::default();
+        let older = Codec::builder()
+            .readable_versions(&[SchemaVersion::V1, SchemaVersion::V2])
+            .build()
+            .unwrap();
+        let sent = message();
+        let at_us = sent.server_time_us + 1;
+        let recalled = ChatMessage {
+            content: Vec::new(),
+            ext: Default::default(),
+            state: MessageState::Recalled {
+                at_us,
+                by: sent.sender_id.clone(),
+            },
+            ..sent.clone()
+        };
+        let edited = ChatMessage {
+            content: b"edited".to_vec(),
+            state: MessageState::Edited {
+                at_us,
+                count: 1,
+                by: sent.sender_id.clone(),
+            },
+            ..sent.clone()
+        };
+        for mutated in [recalled, edited] {
+            let bytes = current.encode(&mutated).unwrap();
+            assert_eq!(
+                reason(decode(&older, record(Some("s1"), Some(bytes.clone())))),
+                "unknown_fingerprint",
+                "{:?}",
+                mutated.state
+            );
+            match decode(&current, record(Some("s1"), Some(bytes))) {
+                Decoded::Good(g) => assert_eq!(g.message, mutated),
+                Decoded::Poison(p) => panic!("the current release refused {p:?}"),
+            }
+        }
+        let bytes = current.encode(&sent).unwrap();
+        match decode(&older, record(Some("s1"), Some(bytes))) {
+            Decoded::Good(g) => assert_eq!(g.message, sent),
+            Decoded::Poison(p) => panic!("the older release refused a message as sent: {p:?}"),
+        }
+    }
+
     #[test]
     fn seq_above_2_pow_53_is_invalid() {
         let codec = Codec::default();
