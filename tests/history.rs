@@ -904,3 +904,60 @@ async fn a_huge_seq_gap_is_listed_as_ranges_bounded_by_the_page() {
             .expect("every read returns within a minute");
     }
 }
+
+/// Delete for me: the viewer who hid seqs gets every page without them (latest, before, after,
+/// get), listed in `hidden` — not as gaps — while another viewer and the shared history still see
+/// them; a seq hidden before its message is stored applies when it arrives.
+#[tokio::test]
+async fn delete_for_me_hides_messages_from_that_viewer_only() {
+    use chatlog_store::hidden::HiddenMessages;
+
+    let mut f = fixture(5, 1000).await;
+    f.write(1..=10).await; // seqs 6..=10 in the window, 1..=5 in the table only
+    let hidden = HiddenMessages::new(f.cql.clone(), &f.config.keyspace)
+        .await
+        .expect("hidden");
+    hidden
+        .hide("alice", &f.sid, &[2, 9, 12], 0)
+        .await
+        .expect("hide"); // 12 is not stored yet
+
+    let alice = f.history.viewer("alice");
+    let page = alice.latest(&f.sid, 10).await.expect("latest");
+    f.assert_messages(&page, [1, 3, 4, 5, 6, 7, 8, 10]);
+    assert_eq!(page.hidden, vec![2, 9], "{page:?}");
+    assert!(
+        page.missing.is_empty() && page.pending.is_empty(),
+        "{page:?}"
+    );
+    let page = alice.get(&f.sid, &[2, 3, 9]).await.expect("get");
+    f.assert_messages(&page, [3]);
+    assert_eq!(page.hidden, vec![2, 9]);
+    let page = alice.before(&f.sid, 5, 10).await.expect("before");
+    f.assert_messages(&page, [1, 3, 4]);
+    let page = alice.after(&f.sid, 8, 10).await.expect("after");
+    f.assert_messages(&page, [10]);
+    assert_eq!(page.hidden, vec![9]);
+
+    for page in [
+        f.history
+            .viewer("bob")
+            .latest(&f.sid, 10)
+            .await
+            .expect("bob"),
+        f.history.latest(&f.sid, 10).await.expect("shared"),
+    ] {
+        f.assert_messages(&page, 1..=10);
+        assert!(page.hidden.is_empty());
+    }
+
+    f.write(11..=12).await;
+    let page = f
+        .history
+        .viewer("alice")
+        .latest(&f.sid, 3)
+        .await
+        .expect("latest");
+    f.assert_messages(&page, [10, 11]);
+    assert_eq!(page.hidden, vec![12]);
+}
