@@ -53,6 +53,55 @@
 //! producer.close(Duration::from_secs(10)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Mutations: recall, edit, delete for everyone, delete for me
+//!
+//! [`Producer::recall`], [`Producer::edit`] and [`Producer::delete_for_everyone`] change a stored
+//! message. Each one reads the message through history (window first, CQL second), waiting up to
+//! [`MutationsConfig::wait_for_target`] when it is sent but not stored yet (a revoke right after
+//! the send is not a "message not found"), applies the policy to the [`Actor`] Logic checked
+//! (only the sender edits or recalls; the sender, an admin or the owner of the session deletes
+//! for everyone — [`Error::NotAllowed`] otherwise, nothing sent), then produces the *whole*
+//! message in its new state ([`MessageState`]) to the same topic with the same key, at a version
+//! above the one it replaces, and returns [`Mutated`] once Kafka has it. The consumer applies it
+//! like any message, and the highest version wins everywhere (CQL write timestamp, window
+//! member), so any order of original, mutations and replays ends in the same state. A recalled or
+//! deleted message keeps no content and no ext, and is final: an edit of it is
+//! [`Error::Final`], a second recall or delete is `Ok` with [`Mutated::unchanged`].
+//!
+//! Mutations of one message through one producer take turns and build on each other even
+//! before the consumer stored the previous one (an edit right after an edit counts 2). Two Logic
+//! processes mutating one message at the same instant may both build on the same version: the
+//! higher version wins, and an edit racing a recall never outranks it (the final bit).
+//!
+//! [`Producer::delete_for_me`] is per-user state, not a Kafka record: it hides seqs from one user
+//! (`History::viewer(user)` leaves them out), idempotently.
+//!
+//! Metrics: `chatlog_producer_mutations_total{action, result}` (see [`metrics::MUTATIONS`]).
+//!
+//! ```no_run
+//! # async fn logic(producer: chatlog_producer::Producer) -> chatlog_producer::Result<()> {
+//! use chatlog_producer::{Actor, Error, MemberRole};
+//!
+//! // The sender fixes a typo, then takes the message back.
+//! let me = Actor::Sender("u:1".into());
+//! let edited = producer.edit("g:42", 17, b"hello, world".to_vec(), &me).await?;
+//! assert_eq!(edited.message.state.edit_count(), 1);
+//! producer.recall("g:42", 17, &me).await?;
+//!
+//! // A moderator removes another message; a plain member may not.
+//! let admin = Actor::Member { user_id: "u:9".into(), role: MemberRole::Admin };
+//! producer.delete_for_everyone("g:42", 18, &admin).await?;
+//! let member = Actor::Member { user_id: "u:5".into(), role: MemberRole::Member };
+//! match producer.delete_for_everyone("g:42", 19, &member).await {
+//!     Err(Error::NotAllowed { reason, .. }) => println!("refused: {reason}"),
+//!     other => println!("{other:?}"),
+//! }
+//!
+//! // Hide two messages from user u:5 only.
+//! producer.delete_for_me("u:5", "g:42", &[20, 21]).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 
 mod clock;
