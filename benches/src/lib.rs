@@ -13,6 +13,7 @@
 //! | P8 | cached `get_user` reads/s (`CachedUserRepo<CqlUserRepo>`, warm) | `redis-benchmark GET` of a value of the same size, same concurrency | ≥ 0.5× |
 //! | P8-cql | the same cached reads/s | the uncached read (`CqlUserRepo::get`), same callers | ≥ 10× |
 //! | P9 | conversation lists/s (200 conversations, warm, first page of 200), with p99 | `redis-benchmark MGET` of 200 keys, same concurrency | ≥ 0.3× |
+//! | P10 | `chatlog-consumer` draining mutations (edits, recalls, deletes for everyone of stored messages; v3 records) msgs/s | the same consumer draining as many new messages of the same sessions' shape, same run, alternating | ≥ 0.8× |
 //!
 //! Order of a run: P5 and P6 (reads, on windows of their own), P8 and P9 (the cached
 //! repositories, on users and sessions of their own), then the producer library sends `messages` records (after one warm-up record per
@@ -22,7 +23,8 @@
 //! offsets sampled every 50 ms, rate from the first commit to the last, start-up excluded), and
 //! keeps running while the producer sends `live_messages` more at full speed (P1 live, P7) and then
 //! paces at half the live rate (P4), then at a quarter (supplementary); the consumer is stopped; the naive consumer reads the same
-//! topic with its own group (P2). Everything the run created (topics, keyspaces, Redis keys, groups) is deleted at the end.
+//! topic with its own group (P2); last, P10 alternates appends and mutations, each pre-produced
+//! to a fresh topic and drained by a fresh consumer ([`mutations`] builds both loads). Everything the run created (topics, keyspaces, Redis keys, groups) is deleted at the end.
 #![forbid(unsafe_code)]
 
 pub mod child;
@@ -30,6 +32,7 @@ pub mod cpu;
 pub mod kafka;
 pub mod latency;
 pub mod loader;
+pub mod mutations;
 pub mod naive;
 pub mod plan;
 pub mod produce;

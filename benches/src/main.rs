@@ -1,4 +1,4 @@
-//! `chatlog-bench`: runs P1…P9 next to their references (see the `chatlog_bench` crate docs and
+//! `chatlog-bench`: runs P1…P10 next to their references (see the `chatlog_bench` crate docs and
 //! BENCHMARKS.md), prints the table and writes `<out-dir>/results.json`. `dev/bench.sh` builds it,
 //! runs it and draws the plots.
 

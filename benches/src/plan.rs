@@ -11,7 +11,7 @@ use crate::workload::Workload;
 
 /// Command-line options; unset sizes take the full or `--quick` defaults (see [`Plan`]).
 #[derive(Debug, Clone, Default, clap::Parser)]
-#[command(about = "chatlog benchmarks: P1..P9 next to their references, in one run")]
+#[command(about = "chatlog benchmarks: P1..P10 next to their references, in one run")]
 pub struct Options {
     /// Smoke-run sizes (seconds, not minutes).
     #[arg(long)]
@@ -58,6 +58,15 @@ pub struct Options {
     /// Concurrent callers of P5, P6, P8 and P9 (and redis-benchmark clients).
     #[arg(long)]
     pub callers: Option<usize>,
+    /// Records of each P10 load (appends, and as many mutations of them).
+    #[arg(long)]
+    pub mutation_messages: Option<usize>,
+    /// Sessions of each P10 round (default: 100 messages each, inside the Redis window).
+    #[arg(long)]
+    pub mutation_sessions: Option<usize>,
+    /// P10 rounds (appends, then mutations, on fresh sessions each round).
+    #[arg(long)]
+    pub mutation_rounds: Option<usize>,
     /// The `chatlog-consumer` binary.
     #[arg(long, default_value = "target/release/chatlog-consumer")]
     pub consumer_bin: PathBuf,
@@ -68,7 +77,8 @@ pub struct Options {
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
     /// Run only some scenarios (for profiling): `all`, `reads` (P5 and P6 alone, on windows the
-    /// harness writes itself), `cache` (P8 and P9 alone) or `produce` (P3 alone).
+    /// harness writes itself), `cache` (P8 and P9 alone), `produce` (P3 alone) or `mutations`
+    /// (P10 alone).
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
 }
@@ -86,6 +96,8 @@ pub enum Only {
     Cache,
     /// P3 alone.
     Produce,
+    /// P10 alone (the consumer on mutations vs appends).
+    Mutations,
 }
 
 /// The resolved sizes and settings of a run.
@@ -123,6 +135,12 @@ pub struct Plan {
     pub loop_seconds: f64,
     /// P5/P6/P8/P9 callers.
     pub callers: usize,
+    /// Records of each P10 load.
+    pub mutation_messages: usize,
+    /// Sessions of each P10 round.
+    pub mutation_sessions: usize,
+    /// P10 rounds.
+    pub mutation_rounds: usize,
     /// The consumer binary.
     pub consumer_bin: PathBuf,
     /// Kafka jars.
@@ -144,6 +162,7 @@ impl Options {
         let sessions = pick(self.sessions, 200, 60).max(1);
         let messages = pick(self.messages, 200_000, 3_000).max(1);
         let content_bytes = pick(self.content_bytes, 160, 160);
+        let mutation_messages = pick(self.mutation_messages, 200_000, 2_000).max(1);
         let kafka_lib = match &self.kafka_lib {
             Some(p) => p.clone(),
             None => kafka_lib()?,
@@ -170,6 +189,12 @@ impl Options {
             naive_seconds: pickf(self.naive_seconds, 10.0, 2.0),
             loop_seconds: pickf(self.loop_seconds, 5.0, 1.0),
             callers: pick(self.callers, 50, 50).min(sessions).max(1),
+            mutation_messages,
+            mutation_sessions: self
+                .mutation_sessions
+                .unwrap_or(mutation_messages / 100)
+                .clamp(1, mutation_messages),
+            mutation_rounds: pick(self.mutation_rounds, 2, 1).max(1),
             consumer_bin: self.consumer_bin.clone(),
             kafka_lib,
             out_dir: self.out_dir.clone(),

@@ -195,3 +195,56 @@ pub fn java_producer_performance(
         cpu_seconds: crate::cpu::shell_times(&text),
     })
 }
+
+/// What [`raw`] produced.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RawProduced {
+    /// Records.
+    pub records: usize,
+    /// Encoded bytes of all records (Avro single-object).
+    pub bytes: usize,
+}
+
+/// Produces `messages` to `topic` as they are, keyed by session (Avro through
+/// [`Codec::encode`](chatlog_schemas::Codec::encode): v1 for a message as sent, v3 for a mutated
+/// one), with the library's producer settings (acks=all, idempotence, lz4, linger 5 ms): records
+/// the harness builds itself — P10's appends and mutations — pre-produced for the consumer.
+pub async fn raw(
+    topic: &str,
+    messages: impl Iterator<Item = ChatMessage>,
+    in_flight: usize,
+) -> Result<RawProduced> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", chatlog::kafka_bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .context("raw producer")?;
+    let codec = chatlog_schemas::Codec::default();
+    let mut done = RawProduced::default();
+    let mut sends = futures::stream::iter(messages)
+        .map(|m| {
+            let producer = &producer;
+            let payload = codec.encode(&m);
+            async move {
+                let payload = payload.with_context(|| format!("encode {m:?}"))?;
+                let record = FutureRecord::to(topic)
+                    .key(m.session_id.as_bytes())
+                    .payload(&payload);
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+                Ok::<usize, anyhow::Error>(payload.len())
+            }
+        })
+        .buffer_unordered(in_flight.max(1));
+    while let Some(bytes) = sends.next().await {
+        done.records += 1;
+        done.bytes += bytes?;
+    }
+    Ok(done)
+}

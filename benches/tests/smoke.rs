@@ -1,5 +1,5 @@
 //! The benchmark harness runs end to end at a minimal size against the local stack and writes a
-//! results JSON holding every figure P1…P9 with a positive value. Speed is never asserted here
+//! results JSON holding every figure P1…P10 with a positive value. Speed is never asserted here
 //! (ratios belong in BENCHMARKS.md, not in a timed test); this only keeps `dev/bench.sh` working.
 
 use std::path::PathBuf;
@@ -48,6 +48,7 @@ async fn the_quick_run_measures_every_figure() {
         naive_seconds: Some(0.5),
         loop_seconds: Some(0.3),
         callers: Some(8),
+        mutation_messages: Some(400),
         consumer_bin: consumer_bin(),
         out_dir: out_dir.clone(),
         only: Only::All,
@@ -62,7 +63,7 @@ async fn the_quick_run_measures_every_figure() {
         serde_json::from_str(&std::fs::read_to_string(&path).expect("read results"))
             .expect("results are JSON");
     for id in [
-        "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P8-cql", "P9",
+        "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P8-cql", "P9", "P10",
     ] {
         let f = &json["figures"][id];
         let value = f["value"].as_f64().unwrap_or(0.0);

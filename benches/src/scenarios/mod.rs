@@ -2,10 +2,12 @@
 //! P5 and P6 (reads, on sessions of their own), P8 and P9 (the cached repositories, on users and
 //! sessions of their own), then through Kafka P3 (whose sends the others consume), P1 (loader,
 //! drain, loader again, live), P4 (paced, while the consumer still runs), P7 (the consumer's peak
-//! memory) and P2 (the naive consumer).
+//! memory) and P2 (the naive consumer); last P10 (the consumer on mutations vs appends, on
+//! topics and sessions of its own).
 
 mod measure;
 mod p1;
+mod p10;
 mod p2;
 mod p3;
 mod p4;
@@ -33,7 +35,7 @@ use world::{Collect, Ctx, Reads, World};
 /// Runs every scenario of `plan`; cleans up what it created even when a scenario fails.
 pub async fn run(plan: &Plan) -> Result<Results> {
     std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("create {:?}", plan.out_dir))?;
-    if plan.only == Only::All && !plan.consumer_bin.exists() {
+    if matches!(plan.only, Only::All | Only::Mutations) && !plan.consumer_bin.exists() {
         bail!(
             "{:?} does not exist: build it with `cargo build --release -p chatlog-consumer`",
             plan.consumer_bin
@@ -51,8 +53,14 @@ pub async fn run(plan: &Plan) -> Result<Results> {
         run: run.clone(),
         session: session.clone(),
         keyspaces: vec![cql_e2e.keyspace.clone(), raw_ks.clone()],
-        topics: vec![topic.clone(), format!("{topic}_pp"), format!("{topic}.dlq")],
-        groups: vec![format!("{topic}_e2e"), format!("{topic}_naive")],
+        topics: [topic.clone(), format!("{topic}_pp"), format!("{topic}.dlq")]
+            .into_iter()
+            .chain(p10::topics(&topic, plan.mutation_rounds))
+            .collect(),
+        groups: [format!("{topic}_e2e"), format!("{topic}_naive")]
+            .into_iter()
+            .chain(p10::groups(&topic, plan.mutation_rounds))
+            .collect(),
         redis: redis.clone(),
     };
     let result = scenarios(plan, &world, &topic, &cql_e2e.keyspace, &raw_ks).await;
@@ -123,18 +131,32 @@ async fn scenarios(
         p8::run(reads, &mut out).await?;
         p9::run(reads, &mut out).await?;
     }
+    let procs = cpu::Procs::detect(reads::redis_pid(&mut world.redis.clone()).await);
+    let cx = Ctx {
+        plan,
+        world,
+        topic,
+        e2e_ks,
+        raw_ks,
+        workload: &workload,
+        origin,
+        procs,
+    };
     if matches!(plan.only, Only::All | Only::Produce) {
-        let cx = Ctx {
-            plan,
-            world,
-            topic,
-            e2e_ks,
-            raw_ks,
-            workload: &workload,
-            origin,
-            procs: cpu::Procs::detect(reads::redis_pid(&mut world.redis.clone()).await),
-        };
         pipeline(
+            &cx,
+            &mut Collect {
+                figures: &mut figures,
+                details: &mut details,
+                series: &mut all_series,
+                cdf: &mut cdf,
+            },
+        )
+        .await?;
+    }
+    // Last: P10's drains are compared with each other, not with what ran before.
+    if matches!(plan.only, Only::All | Only::Mutations) {
+        p10::run(
             &cx,
             &mut Collect {
                 figures: &mut figures,
