@@ -339,6 +339,10 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("settle_horizon"), "{err}");
         let mut c = ProducerConfig::default();
+        c.mutations.wait_for_target = c.settle_horizon + Duration::from_secs(1);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("mutations.wait_for_target"), "{err}");
+        let mut c = ProducerConfig::default();
         c.limits.max_skew = Duration::from_millis(10);
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("limits.max_skew"), "{err}");
