@@ -592,6 +592,8 @@ mod tests {
                 REVOKED_DROPPED,
                 DLQ_TRUNCATED,
                 HTTP_REJECTED,
+                EXPIRED,
+                MUTATIONS,
             ]
             .contains(name);
             assert_eq!(name.ends_with("_total"), counter, "{name}");
