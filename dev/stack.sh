@@ -394,10 +394,25 @@ redis_rollback() { # redis_rollback FILE: kill -9 redis, start it from FILE
 
 # ------------------------------------------------------------------------------------ the other tools
 
+# The Debian package starts a Prometheus server on :9090 (under systemd), which would block the
+# compose deployment's Prometheus; we only need its promtool. Stopped and disabled, every time
+# (idempotent; a no-op without systemd, as in containers).
+debian_prometheus_off() {
+  command -v systemctl >/dev/null 2>&1 || return 0
+  [ -d /run/systemd/system ] || return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null; then
+    log "stopping and disabling the Debian prometheus service (it holds :9090; only promtool is used)"
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || log "could not stop the prometheus service"
+  fi
+}
+
 tools_install() {
   # promtool (Prometheus), docker-compose (validates the compose file without an engine), python3 +
-  # fastavro (the independent Avro implementation of the interop test).
-  apt_install prometheus docker-compose python3 openssl
+  # fastavro (the independent Avro implementation of the interop test; pip to install it).
+  apt_install prometheus docker-compose python3 python3-pip openssl
+  debian_prometheus_off
   local py="${CHATLOG_PYTHON:-python3}"
   if ! "$py" -c 'import fastavro' 2>/dev/null; then
     log "installing fastavro for $py from PyPI"
