@@ -2,17 +2,21 @@
 # The chaos harness (docs/RELIABILITY.md): local stack up, build, one chaos run, the summary line.
 #
 #   dev/chaos.sh ci   [chatlog-chaos flags…]   108k messages, W = 200, every fault kind at least once
-#                                               (5 kill -9, 10 late sends, one of each other kind; debug
-#                                               build, ~3.3 minutes); CI runs it as a step of dev/test.sh
+#                                               (5 kill -9, 10 late sends, one of each other kind), ~10 %
+#                                               of the messages mutated, then a replay from offset 0 with
+#                                               one kill -9 (debug build, ~4 minutes); CI runs it as a
+#                                               step of dev/test.sh
 #   dev/chaos.sh full [chatlog-chaos flags…]   1,000,000 messages, 20 kill -9, 3 rebalances, 2 rollbacks,
 #                                               2 failovers, 2 poll zombies, 2 two-producer periods, 2 wrongtype, 50 late
 #                                               sends, one of each other kind, 1 % poison (release build)
 #
-# It prints one summary line:
-#   chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0 overwritten, 0 false missing, K faults injected (kill=…, …)
-# Exit status: 0 when every count is 0, every message was acknowledged and every planned fault injected;
-# 1 when the checker found something; 2 when the run could not be carried out. The report (JSON) goes to
-# target/chaos/ (CHATLOG_CHAOS_OUT moves it); events.log and the consumer logs to the run folder it names.
+# It prints the summary line, and the same counts after the replay from offset 0:
+#   chaos: N acked, 0 lost, 0 duplicated, 0 reordered, 0 window mismatches, 0 overwritten, 0 false missing, 0 mutation mismatches (M mutations), K faults injected (kill=…, …)
+#   chaos: after a replay from offset 0 (R records, kill=1, T s): 0 lost, 0 duplicated, …, 0 mutation mismatches (M mutations)
+# Exit status: 0 when every count of both lines is 0, every message was acknowledged and every planned
+# fault injected; 1 when the checker found something; 2 when the run could not be carried out. The
+# report (JSON) goes to target/chaos/ (CHATLOG_CHAOS_OUT moves it); events.log and the consumer logs
+# to the run folder it names.
 # CHATLOG_CHAOS_BUILD=0 skips the cargo build (dev/test.sh: `cargo test` has just built both binaries).
 #
 # DANGER: the run restarts Kafka, restarts, flushes and rolls back Redis, fails it over to a replica it

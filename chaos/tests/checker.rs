@@ -413,4 +413,45 @@ mod hand_made {
         );
         assert!(judge(&recalled).is_some());
     }
+
+    #[test]
+    fn online_reads_accept_every_state_of_the_message_and_no_other_content() {
+        let plan = plan();
+        let a = ack(1, 2, 3, 1.0, 1.1);
+        let live_a = live(std::slice::from_ref(&a));
+        let by = plan.message(1, 2).sender_id;
+        let read = |m: ChatMessage| {
+            let mut obs = Observations::default();
+            observe(&mut obs, &plan, &live_a, 1, "get", 9.0, &[m], &[], &[]);
+            obs.content_mismatches.len()
+        };
+        let edited = |content: Vec<u8>| {
+            in_state(
+                &plan,
+                &a,
+                MessageState::Edited {
+                    at_us: a.server_time_us + 5,
+                    count: 1,
+                    by: by.clone(),
+                },
+                content,
+            )
+        };
+        let recalled = in_state(
+            &plan,
+            &a,
+            MessageState::Recalled {
+                at_us: a.server_time_us + 9,
+                by: by.clone(),
+            },
+            Vec::new(),
+        );
+        assert_eq!(read(edited(plan.edit_content(1, 2, 1))), 0);
+        assert_eq!(read(recalled.clone()), 0);
+        // Another message's edit, or its own content under a recalled state: mismatches.
+        assert_eq!(read(edited(plan.edit_content(1, 3, 1))), 1);
+        let mut flagged = recalled;
+        flagged.content = stored(&plan, &a).content;
+        assert_eq!(read(flagged), 1);
+    }
 }
