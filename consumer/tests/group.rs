@@ -108,7 +108,13 @@ async fn a_second_process_with_the_same_transactional_id_fences_the_first() {
         Some(3),
         "the fenced instance exits with code 3"
     );
-    assert!(old.log_text().contains("fatal"), "the reason is logged");
+    let log = old.log_text();
+    assert!(log.contains("fatal"), "the reason is logged");
+    // Said plainly, with the id: two instances configured alike would fence each other in a loop.
+    assert!(
+        log.contains("another instance started with this transactional_id") && log.contains(&txn),
+        "the fenced instance says why and which id; log:\n{log}"
+    );
     env.wait_for_rows(
         &sessions,
         20,

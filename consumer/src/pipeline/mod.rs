@@ -231,12 +231,36 @@ impl Pipeline {
         self
     }
 
+    /// A fatal error as the operator should read it: being fenced by another producer with this
+    /// instance's transactional id is expected once (a restarted copy of this instance took
+    /// over) but loops forever when two instances are configured with the same id — say which.
+    fn explain_fatal(&self, e: Error) -> Error {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let Error::KafkaFatal { what, source } = &e else {
+            return e;
+        };
+        if !matches!(
+            source.rdkafka_error_code(),
+            Some(C::ProducerFenced | C::InvalidProducerEpoch | C::Fenced)
+        ) {
+            return e;
+        }
+        Error::Fatal(format!(
+            "{what}: fenced: another instance started with this transactional_id ({:?}) and \
+             took over its work. Expected once when this instance was replaced (a restart, a \
+             rescheduled pod); if it repeats, two running instances share the id: give every \
+             instance its own kafka.transactional_id (CHATLOG_TRANSACTIONAL_ID, e.g. \
+             chatlog-consumer-<ordinal>). ({source})",
+            self.config.kafka.transactional_id
+        ))
+    }
+
     /// Runs until shutdown (returns `Ok`) or a fatal error. Blocks: call it on its own thread.
     pub fn run(self) -> Result<()> {
         let kafka = &self.config.kafka;
         self.producer
             .init_transactions(kafka.transaction_timeout)
-            .map_err(|e| Error::kafka_fatal("init_transactions", e))?;
+            .map_err(|e| self.explain_fatal(Error::kafka_fatal("init_transactions", e)))?;
         self.consumer
             .subscribe(&[&kafka.topic])
             .map_err(|e| Error::kafka(format!("subscribe {}", kafka.topic), e))?;
@@ -278,7 +302,7 @@ impl Pipeline {
                 }
                 Err(Failed::Fatal(e)) => {
                     self.health.set_ready(false);
-                    return Err(e);
+                    return Err(self.explain_fatal(e));
                 }
                 Err(failed) => {
                     let (why, blame) = match failed {
