@@ -707,7 +707,8 @@ async fn not_allowed_recall_edit_and_delete_for_everyone_produce_nothing() {
 async fn recall_waits_for_a_message_sent_but_not_stored_yet() {
     // OpenIM #3241: a revoke right after the send fails with "msg not found". Here the consumer
     // is not even running when the recall is asked.
-    let w = World::new("mut_wait", Duration::from_secs(30)).await;
+    // Long enough for a consumer to start on a loaded machine (at most the settle horizon).
+    let w = World::new("mut_wait", Duration::from_secs(55)).await;
     let sid = unique("s");
     let sent = w.send(&sid, "fast").await;
     let producer = w.producer.clone();
