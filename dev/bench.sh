@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# chatlog's benchmarks, side by side with their references, in one run (issues 8 and 16; see BENCHMARKS.md):
+# chatlog's benchmarks, side by side with their references, in one run (issues 8, 16 and 17; see BENCHMARKS.md):
 #
 #   dev/bench.sh            the full run (~3-4 minutes on 2 cores, plus the release build)
 #   dev/bench.sh --quick    a smoke run (seconds)
 #   dev/bench.sh --only cache   P8 and P9 alone (the cached repositories: users, conversation lists)
+#   dev/bench.sh --only mutations   P10 alone (the consumer on edits/recalls/deletes vs appends)
 #   dev/bench.sh --help     every size and setting (messages, sessions, consumer batch/linger, …)
 #
 # Brings the local stack up if it is not (dev/stack.sh up is idempotent), builds chatlog-bench and
-# chatlog-consumer in release mode, runs P1..P9, prints the table, writes target/bench/results.json
+# chatlog-consumer in release mode, runs P1..P10, prints the table, writes target/bench/results.json
 # and draws target/bench/{throughput,latency_cdf,rss}.png (matplotlib; installed from PyPI if missing).
 # Extra arguments go to chatlog-bench.
 set -euo pipefail
