@@ -922,3 +922,52 @@ async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last
     let recalled = last.values().filter(|m| is_recalled(&m.message)).count();
     assert_eq!(recalled, 3, "odd seqs recalled: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recall_and_edit_are_refused_while_the_clock_is_skewed() {
+    let w = World::new("mut_skew", Duration::from_secs(30)).await;
+    let consumer = w.consumer(&unique("g"), &[]);
+    let sid = unique("s");
+    let sent = w.send(&sid, "hello").await;
+    let before = w.until_stored(&sid, sent.seq, &[&consumer]).await;
+    let clock = chatlog_producer::Clock::system();
+    let skewed = Producer::with_clock(
+        ProducerConfig {
+            bootstrap_servers: kafka_bootstrap(),
+            topic: w.topic.clone(),
+            ..ProducerConfig::default()
+        },
+        w.session.clone(),
+        &w.cql.keyspace,
+        redis_connection().await,
+        clock.clone(),
+    )
+    .await
+    .expect("a producer with the host clock");
+    // The host clock jumps a minute ahead: a mutation stamped with it would outrank later ones.
+    clock.set_offset_us(60_000_000);
+    let end = w.end_offsets();
+    let recall = skewed.recall(&sid, sent.seq, &sender()).await;
+    let edit = skewed.edit(&sid, sent.seq, b"x".to_vec(), &sender()).await;
+    for r in [recall, edit] {
+        assert!(
+            matches!(r, Err(Error::ClockSkew { ahead: true, .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(w.end_offsets(), end, "nothing produced while skewed");
+    assert_eq!(
+        w.history.get(&sid, &[sent.seq]).await.unwrap().messages,
+        vec![before]
+    );
+    // Back in bounds, it mutates again.
+    clock.set_offset_us(0);
+    let recalled = skewed
+        .recall(&sid, sent.seq, &sender())
+        .await
+        .expect("recall");
+    let seen = w
+        .until_history(&sid, sent.seq, &[&consumer], is_recalled)
+        .await;
+    assert_eq!(seen, recalled.message);
+}
