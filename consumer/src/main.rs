@@ -19,10 +19,23 @@ use tokio_util::sync::CancellationToken;
 
 /// chatlog's persistence consumer: Kafka (transactions) → CQL + Redis windows, poison → DLQ.
 ///
-/// Settings come from the TOML file given with --config; the flags and environment variables below
-/// override it. Unknown keys in the file are errors.
+/// Settings, lowest precedence first: the built-in defaults (shown by `config`), the TOML file
+/// given with --config (consumer/chatlog-consumer.example.toml documents every key; unknown keys
+/// are errors), then the environment variables and flags below (a flag beats its variable).
+/// Secrets (CQL, Redis, SASL passwords) are best passed in the environment; they are never
+/// printed.
+///
+/// Exit codes: 0 after SIGTERM/SIGINT (the current batch finished and committed, or `migrate` /
+/// `config` done); 1 an error the next start may not see (Kafka, CQL or Redis unreachable at
+/// start, a migration failed); 2 the configuration is invalid; 3 fatal for this instance (fenced
+/// by a newer instance with the same transactional id, a broken transactional producer, a rewind
+/// that could not seek) — restart it, the next instance resumes from the committed offsets.
+///
+/// Logs go to stderr; CHATLOG_LOG sets the filter (tracing's EnvFilter syntax, e.g. `info`,
+/// `chatlog_consumer=debug,rdkafka=warn`; default `info`), --log-format json prints one JSON
+/// object per line.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, max_term_width = 100)]
+#[command(version, max_term_width = 100)]
 struct Cli {
     /// TOML configuration file (see consumer/chatlog-consumer.example.toml).
     #[arg(long, env = "CHATLOG_CONSUMER_CONFIG", global = true)]

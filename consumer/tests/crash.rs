@@ -82,3 +82,38 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
     );
     assert!(dlq.iter().all(|(reason, _)| reason == "bad_magic"));
 }
+
+/// Kafka unreachable at start is a start-up failure (exit 1: restart with backoff), not a fatal
+/// error of the instance (exit 3), as docs/OPERATIONS.md's exit-code table says; the log names
+/// the brokers it could not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unreachable_at_start_exits_1_and_says_where_it_looked() {
+    let env = Env::new("unreach", 1, 10).await;
+    let config = std::env::temp_dir().join(format!("{}.toml", chatlog::unique("unreach")));
+    // A short transaction timeout, so init_transactions gives up in seconds (validation wants
+    // it above 2 × stage_budget + linger).
+    std::fs::write(
+        &config,
+        "[kafka]\ntransaction_timeout = \"6s\"\n\n[retry]\nstage_budget = \"2s\"\n",
+    )
+    .expect("write config");
+    let closed = format!("127.0.0.1:{}", chatlog::free_port());
+    let consumer = env.spawn_consumer(
+        &chatlog::unique("unreach_txn"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--bootstrap-servers",
+            &closed,
+        ],
+    );
+    let status = consumer
+        .wait_exit(Duration::from_secs(120))
+        .expect("the consumer gives up on an unreachable Kafka");
+    let log = consumer.log_text();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(
+        log.contains("is it reachable?") && log.contains(&closed),
+        "log:\n{log}"
+    );
+}

@@ -258,9 +258,23 @@ impl Pipeline {
     /// Runs until shutdown (returns `Ok`) or a fatal error. Blocks: call it on its own thread.
     pub fn run(self) -> Result<()> {
         let kafka = &self.config.kafka;
+        // Unreachable brokers time out here (retriable): a start-up failure, exit 1 — only a
+        // fatal answer (fenced, a broken producer) is fatal for the instance.
         self.producer
             .init_transactions(kafka.transaction_timeout)
-            .map_err(|e| self.explain_fatal(Error::kafka_fatal("init_transactions", e)))?;
+            .map_err(|e| match kafka::classify(&e) {
+                kafka::TxnFailure::Fatal => {
+                    self.explain_fatal(Error::kafka_fatal("init_transactions", e))
+                }
+                _ => Error::kafka(
+                    format!(
+                        "init_transactions: no answer from Kafka at {:?} within \
+                         kafka.transaction_timeout ({:?}); is it reachable?",
+                        kafka.bootstrap_servers, kafka.transaction_timeout
+                    ),
+                    e,
+                ),
+            })?;
         self.consumer
             .subscribe(&[&kafka.topic])
             .map_err(|e| Error::kafka(format!("subscribe {}", kafka.topic), e))?;
