@@ -205,6 +205,47 @@ impl Default for HttpConfig {
     }
 }
 
+/// A TOML error as the message and the line number, never toml's quoted source line: inside an
+/// inline table (`cql = { password = "…", typo = 1 }`) that line holds the password.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let at = e
+        .span()
+        .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+        .unwrap_or_default();
+    format!("{}{at}", e.message())
+}
+
+/// The TOML value of an environment variable: a TOML literal when it is one, else a string;
+/// always a string for a password and for librdkafka properties (all strings, some secret).
+fn env_value(keys: &[String], raw: &str) -> toml::Value {
+    if keys.last().is_some_and(|k| k.ends_with("password"))
+        || keys.iter().any(|k| k == "properties")
+    {
+        return toml::Value::String(raw.to_owned());
+    }
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets `keys` (a path of tables) to `value` in `table`, creating the tables on the way.
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("no key")?;
+    let mut at = table;
+    for key in parents {
+        at = match at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{key}` is a value, not a section")),
+        };
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
 /// Shutdown behaviour.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -222,7 +263,58 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Prefix of the environment variables that set any key of the configuration:
+/// `CHATLOG__<SECTION>__<KEY>` (double underscores separate the path, case-insensitive), e.g.
+/// `CHATLOG__KAFKA__GROUP_INSTANCE_ID=consumer-0`, `CHATLOG__RETENTION__GROUP=90days`,
+/// `CHATLOG__WINDOW__SIZE=500`. A value is read as a TOML value when it is one (numbers, booleans,
+/// arrays, quoted strings) and as a string otherwise; quote a string that looks like a number
+/// (`'"123"'`). Keys ending in `password` and `kafka.properties` entries are always strings.
+pub const ENV_PREFIX: &str = "CHATLOG__";
+
 impl Config {
+    /// The configuration from the TOML file at `path` (or the defaults), with every
+    /// [`ENV_PREFIX`] variable among `vars` set over it. Unknown keys, in the file or the
+    /// variables, are errors that name them.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let (text, source) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_owned()),
+        };
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{source}: {}", toml_message(&text, &e))))?;
+        let mut names = Vec::new();
+        for (name, value) in vars {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(Error::Config(format!(
+                    "{name}: empty key in the path (use CHATLOG__SECTION__KEY)"
+                )));
+            }
+            set_path(&mut table, &keys, env_value(&keys, &value))
+                .map_err(|why| Error::Config(format!("{name}: {why}")))?;
+            names.push(name);
+        }
+        let text = toml::to_string(&table)
+            .map_err(|e| Error::Config(format!("{source}: cannot merge the environment: {e}")))?;
+        Config::from_toml(&text).map_err(|e| {
+            if names.is_empty() {
+                Error::Config(format!("{source}: {e}"))
+            } else {
+                Error::Config(format!("{source} with {}: {e}", names.join(", ")))
+            }
+        })
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -232,15 +324,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| {
-            // The message and the line number, never toml's quoted source line: inside an inline
-            // table (`cql = { password = "…", typo = 1 }`) that line holds the password.
-            let at = e
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            Error::Config(format!("{}{at}", e.message()))
-        })
+        toml::from_str(text).map_err(|e| Error::Config(toml_message(text, &e)))
     }
 
     /// Checks values that parse but cannot work together.
@@ -506,5 +590,58 @@ mod tests {
         let mut c = Config::default();
         c.retry.stage_budget = Duration::from_secs(30);
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment_over_the_file() {
+        let file = std::env::temp_dir().join(format!("chatlog-env-{}.toml", std::process::id()));
+        std::fs::write(&file, "[window]\nsize = 50\nttl = \"1day\"\n").unwrap();
+        let vars = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let c = Config::load(
+            Some(&file),
+            vars(&[
+                ("CHATLOG__KAFKA__GROUP_INSTANCE_ID", "consumer-7"),
+                ("CHATLOG__window__size", "500"),
+                ("CHATLOG__RETENTION__GROUP", "90days"),
+                ("CHATLOG__CQL__PASSWORD", "1234"),
+                ("CHATLOG__KAFKA__PROPERTIES__FETCH.WAIT.MAX.MS", "50"),
+                (
+                    "CHATLOG_TOPIC",
+                    "not ours: the flags' variables are read by clap",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_instance_id.as_deref(), Some("consumer-7"));
+        assert_eq!(c.window.size, 500, "the variable beats the file");
+        assert_eq!(
+            c.window.ttl,
+            Duration::from_secs(86_400),
+            "the file beats the default"
+        );
+        assert_eq!(c.retention.group, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            c.cql.password.expose(),
+            "1234",
+            "a password is always a string"
+        );
+        assert_eq!(c.kafka.topic, Config::default().kafka.topic);
+
+        let err = Config::load(None, vars(&[("CHATLOG__WINDOW__SIZES", "5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sizes") && err.contains("CHATLOG__WINDOW__SIZES"),
+            "an unknown key is named with its variable: {err}"
+        );
+        let err = Config::load(None, vars(&[("CHATLOG__CQL__PASSWORD__X", "hunter2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::remove_file(&file).ok();
     }
 }

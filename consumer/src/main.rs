@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Settings, lowest precedence first: the built-in defaults (shown by `config`), the TOML file
 /// given with --config (consumer/chatlog-consumer.example.toml documents every key; unknown keys
-/// are errors), then the environment variables and flags below (a flag beats its variable).
+/// are errors), any key as an environment variable CHATLOG__<SECTION>__<KEY> (e.g.
+/// CHATLOG__KAFKA__GROUP_INSTANCE_ID=consumer-0, CHATLOG__RETENTION__GROUP=90days), then the
+/// environment variables and flags below (a flag beats its variable).
 /// Secrets (CQL, Redis, SASL passwords) are best passed in the environment; they are never
 /// printed.
 ///
@@ -144,10 +146,10 @@ enum Command {
 
 impl Cli {
     fn config(&self) -> Result<Config, Error> {
-        let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        // Non-UTF-8 variables cannot be ours: skipped rather than a panic in `std::env::vars`.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let mut c = Config::load(self.config.as_deref(), vars)?;
         let set = |dst: &mut String, v: &Option<String>| {
             if let Some(v) = v {
                 dst.clone_from(v);
