@@ -11,12 +11,12 @@ use chatlog_schemas::{Codec, Limits};
 use chatlog_store::messages::BatchLimits;
 use chatlog_store::window::WindowConfig;
 use chatlog_store::{CqlConfig, RedisConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// Everything the consumer needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Kafka: topics, group, transactions.
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// Kafka settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
@@ -130,7 +130,7 @@ impl KafkaConfig {
 }
 
 /// How records are gathered into one transaction.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Most records in one transaction. Larger batches make fuller per-partition CQL batches and
@@ -160,7 +160,7 @@ impl Default for BatchConfig {
 }
 
 /// Retries of CQL and Redis writes (exponential backoff with a budget per batch).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// First backoff.
@@ -186,7 +186,7 @@ impl Default for RetryConfig {
 }
 
 /// The HTTP endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Listen address of `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port).
@@ -247,7 +247,7 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
 }
 
 /// Shutdown behaviour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// On SIGTERM/SIGINT: time to finish and commit the current batch before exiting anyway.
@@ -313,6 +313,14 @@ impl Config {
                 Error::Config(format!("{source} with {}: {e}", names.join(", ")))
             }
         })
+    }
+
+    /// The configuration as TOML, as `chatlog-consumer config` prints it: every key, secrets as
+    /// `"***"` when set (so the text shows they are configured, never their values) and `""`
+    /// when not.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::Config(format!("cannot print the configuration: {e}")))
     }
 
     /// Reads a TOML file.
@@ -430,7 +438,7 @@ impl Config {
 }
 
 /// How the consumer keeps partitions moving past records that cannot be written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IsolationConfig {
     /// Rewinds in a row (no commit in between) after which the failing batch is redone in small
@@ -643,5 +651,27 @@ mod tests {
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         std::fs::remove_file(&file).ok();
+    }
+
+    #[test]
+    fn the_printed_configuration_is_toml_that_reads_back_with_secrets_masked() {
+        let text = Config::default().to_toml().unwrap();
+        let back = Config::from_toml(&text).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{:?}", Config::default()));
+        let mut c = Config::default();
+        c.cql.password = chatlog_store::Secret::new("hunter2");
+        c.kafka.security.sasl_password = chatlog_store::Secret::new("sasl-hunter2");
+        c.kafka.properties.0.insert(
+            "sasl.oauthbearer.client.secret".into(),
+            "oauth-hunter2".into(),
+        );
+        c.kafka
+            .properties
+            .0
+            .insert("fetch.wait.max.ms".into(), "50".into());
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("password = \"***\""), "{text}");
+        assert!(text.contains("\"fetch.wait.max.ms\" = \"50\""), "{text}");
     }
 }

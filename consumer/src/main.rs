@@ -140,7 +140,7 @@ enum Command {
     Run,
     /// Apply the CQL migrations and exit.
     Migrate,
-    /// Print the effective configuration (secrets masked) and exit.
+    /// Print the effective configuration as TOML (secrets masked as "***") and exit.
     Config,
 }
 
@@ -229,10 +229,7 @@ async fn main() -> ExitCode {
             run(config, faults).await
         }
         Command::Migrate => migrate(&config).await,
-        Command::Config => {
-            println!("{config:#?}");
-            Ok(())
-        }
+        Command::Config => config.to_toml().map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

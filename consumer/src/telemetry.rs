@@ -19,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
@@ -364,7 +364,7 @@ struct AppState {
 
 /// Limits of the HTTP endpoint, so that slow or numerous clients cannot hold it (slow loris) or
 /// exhaust the process's file descriptors.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
     /// Longest time a client may take to send a request's head (request line and headers),

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chatlog_store::Secret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// How a Kafka client authenticates and encrypts.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaProtocol {
     /// No TLS, no SASL (local development only).
@@ -27,7 +27,7 @@ pub enum KafkaProtocol {
 }
 
 /// Kafka TLS and SASL settings, mapped onto librdkafka properties by [`KafkaSecurity::properties`].
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSecurity {
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
@@ -142,6 +142,23 @@ impl<'de> Deserialize<'de> for Properties {
             )));
         }
         Ok(Properties(map))
+    }
+}
+
+/// Serializes with the values of sensitive keys ([`Properties::is_sensitive`]) as `***`.
+impl Serialize for Properties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            let v = if Properties::is_sensitive(k) {
+                "***"
+            } else {
+                v
+            };
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
@@ -25,7 +25,7 @@ pub const MAX_SEQ: i64 = 1 << 53;
 /// let strict = Limits { max_content_bytes: 4096, ..Limits::default() };
 /// assert_eq!(strict.max_id_bytes, 128);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Maximum length of `content`, in bytes. Default 64 KiB.

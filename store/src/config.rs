@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::security::TlsFiles;
 use crate::{Error, Result, Secret};
 
 /// The CQL database (ScyllaDB in production, Cassandra locally).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CqlConfig {
     /// Contact points, `host:port`.
@@ -129,7 +129,7 @@ fn cql_tls_context(tls: &TlsFiles) -> Result<openssl::ssl::SslContext> {
 ///
 /// `Debug` shows the URL with any password replaced by `***`; a URL that carries a password is
 /// refused by [`RedisConfig::validate`] and [`RedisConfig::client`].
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://[user@]host:port/db` or `rediss://` for TLS. Put the password in `password`: a URL

@@ -21,7 +21,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::retention::Retention;
 use crate::{Error, Result};
@@ -315,7 +315,7 @@ pub fn approx_row_bytes(m: &ChatMessage) -> usize {
 }
 
 /// Limits of the batch writer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchLimits {
     /// Rows of one session per partition bucket: `bucket = seq / bucket_size`. Fixed for the life

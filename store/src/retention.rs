@@ -16,10 +16,10 @@
 use std::time::Duration;
 
 use chatlog_schemas::SessionType;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Retention per session type; a type without one is kept forever.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
     /// One-to-one conversations (e.g. `"365d"`); none: forever.

@@ -1,6 +1,6 @@
 //! A secret string (password, key) that never appears in `Debug`, `Display` or logs.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A string that prints as `***`. Read it with [`Secret::expose`] at the one place it is needed.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -36,6 +36,14 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Serializes masked: `"***"` when set, `""` when empty — so a printed configuration shows
+/// whether a secret is configured, never its value.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -51,6 +59,8 @@ mod tests {
     fn never_prints_the_value() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?} {s}").contains("hunter2"));
+        assert_eq!(serde_json::to_string(&s).unwrap(), r#""***""#);
+        assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), "\"\"");
         assert_eq!(s.expose(), "hunter2");
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, keys};
 
@@ -91,7 +91,7 @@ pub fn lowest_kept(seqs: impl IntoIterator<Item = i64>, size: usize) -> Option<i
 pub const TRUSTED_BODY: &str = include_str!("../lua/window_trusted.lua");
 
 /// Window settings shared by writer and reader.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
     /// Newest messages kept per session.
