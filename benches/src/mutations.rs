@@ -17,7 +17,30 @@ pub const MODERATOR: &str = "mod-00001";
 /// How long after its send a message is mutated (µs): every mutation is a later version.
 pub const MUTATION_DELAY_US: i64 = 30_000_000;
 
-/// The kinds of mutation, in the order message `i` takes them (`i % 3`).
+/// Which mutations a load holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mix {
+    /// Message `i` gets an edit, a recall or a delete for everyone by `i % 3` (the figure).
+    #[default]
+    Thirds,
+    /// Every message gets an edit: records as large as the appends' (the worst case for the
+    /// consumer's rows; supplementary).
+    Edits,
+}
+
+impl Mix {
+    /// The kind of mutation message `i` gets.
+    pub fn kind(self, i: usize) -> Kind {
+        match (self, i % 3) {
+            (Mix::Edits, _) | (Mix::Thirds, 0) => Kind::Edit,
+            (Mix::Thirds, 1) => Kind::Recall,
+            (Mix::Thirds, _) => Kind::Delete,
+        }
+    }
+}
+
+/// The kinds of mutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -38,6 +61,8 @@ pub struct MutationLoad {
     pub messages: usize,
     /// Server time of message 0 (µs); message `i` was sent `i` µs later.
     pub first_server_time_us: i64,
+    /// Which mutations.
+    pub mix: Mix,
 }
 
 impl MutationLoad {
@@ -51,11 +76,13 @@ impl MutationLoad {
         messages: usize,
         content_bytes: usize,
         first_server_time_us: i64,
+        mix: Mix,
     ) -> MutationLoad {
         MutationLoad {
             workload: Workload::new(prefix, sessions, content_bytes),
             messages,
             first_server_time_us,
+            mix,
         }
     }
 
@@ -89,19 +116,15 @@ impl MutationLoad {
     }
 
     /// The kind of mutation message `i` gets.
-    pub fn kind(i: usize) -> Kind {
-        match i % 3 {
-            0 => Kind::Edit,
-            1 => Kind::Recall,
-            _ => Kind::Delete,
-        }
+    pub fn kind(&self, i: usize) -> Kind {
+        self.mix.kind(i)
     }
 
     /// Message `i` in its mutated state: same seq and ids, a version above the original's.
     pub fn mutation(&self, i: usize) -> ChatMessage {
         let mut m = self.original(i);
         let at_us = m.server_time_us + MUTATION_DELAY_US;
-        match Self::kind(i) {
+        match self.kind(i) {
             Kind::Edit => {
                 let size = m.content.len();
                 let mut content = format!("#{i:010} edited: ").into_bytes();
@@ -142,7 +165,7 @@ mod tests {
     use super::*;
 
     fn load() -> MutationLoad {
-        MutationLoad::new("unit", 7, 100, 160, 1_764_000_000_000_000)
+        MutationLoad::new("unit", 7, 100, 160, 1_764_000_000_000_000, Mix::Thirds)
     }
 
     #[test]
@@ -166,7 +189,7 @@ mod tests {
         let mut kinds = [0; 3];
         for i in l.all() {
             let (o, m) = (l.original(i), l.mutation(i));
-            match MutationLoad::kind(i) {
+            match l.kind(i) {
                 Kind::Edit => {
                     kinds[0] += 1;
                     assert_eq!(m.content.len(), o.content.len(), "{i}");
@@ -174,7 +197,7 @@ mod tests {
                     assert_eq!(m.state.edit_count(), 1);
                 }
                 Kind::Recall | Kind::Delete => {
-                    kinds[usize::from(MutationLoad::kind(i) == Kind::Delete) + 1] += 1;
+                    kinds[usize::from(l.kind(i) == Kind::Delete) + 1] += 1;
                     assert!(m.state.is_final(), "{i}");
                     assert!(m.content.is_empty() && m.ext.is_empty(), "{i}");
                 }
@@ -186,6 +209,24 @@ mod tests {
             Some(MODERATOR),
             "a delete is a moderator's"
         );
+    }
+
+    #[test]
+    fn the_edits_mix_edits_every_message_at_the_same_size() {
+        let l = MutationLoad {
+            mix: Mix::Edits,
+            ..load()
+        };
+        for i in l.all() {
+            let (o, m) = (l.original(i), l.mutation(i));
+            assert_eq!(l.kind(i), Kind::Edit, "{i}");
+            assert_eq!(m.content.len(), o.content.len(), "{i}");
+            assert!(
+                matches!(m.state, MessageState::Edited { count: 1, .. }),
+                "{i}"
+            );
+            assert!(m.version() > o.version(), "{i}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::child::ConsumerSettings;
+use crate::mutations::Mix;
 use crate::workload::Workload;
 
 /// Command-line options; unset sizes take the full or `--quick` defaults (see [`Plan`]).
@@ -67,6 +68,10 @@ pub struct Options {
     /// P10 rounds (appends, then mutations, on fresh sessions each round).
     #[arg(long)]
     pub mutation_rounds: Option<usize>,
+    /// P10's mutations: `thirds` (edit, recall, delete for everyone in turn: the figure) or
+    /// `edits` (every one an edit of the same size: supplementary).
+    #[arg(long, value_enum, default_value_t = Mix::Thirds)]
+    pub mutation_mix: Mix,
     /// The `chatlog-consumer` binary.
     #[arg(long, default_value = "target/release/chatlog-consumer")]
     pub consumer_bin: PathBuf,
@@ -141,6 +146,8 @@ pub struct Plan {
     pub mutation_sessions: usize,
     /// P10 rounds.
     pub mutation_rounds: usize,
+    /// P10's mutations.
+    pub mutation_mix: Mix,
     /// The consumer binary.
     pub consumer_bin: PathBuf,
     /// Kafka jars.
@@ -195,6 +202,7 @@ impl Options {
                 .unwrap_or(mutation_messages / 100)
                 .clamp(1, mutation_messages),
             mutation_rounds: pick(self.mutation_rounds, 2, 1).max(1),
+            mutation_mix: self.mutation_mix,
             consumer_bin: self.consumer_bin.clone(),
             kafka_lib,
             out_dir: self.out_dir.clone(),

@@ -93,6 +93,7 @@ pub(super) async fn run(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<()> {
             n,
             plan.content_bytes,
             first_us,
+            plan.mutation_mix,
         );
         let a_topic = topic_of(cx.topic, round, false);
         chatlog::create_topic(&a_topic, plan.partitions).await;
@@ -149,7 +150,8 @@ pub(super) async fn run(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<()> {
         "P10".into(),
         json!({
             "messages": n, "sessions": s, "rounds": rounds,
-            "mix": "message i: i % 3 = 0 edit (same content size, by the sender), 1 recall (by the sender), 2 delete for everyone (by a moderator)",
+            "mix": plan.mutation_mix,
+            "mix_thirds": "message i: i % 3 = 0 edit (same content size, by the sender), 1 recall (by the sender), 2 delete for everyone (by a moderator)",
             "append_rates": appends, "mutation_rates": mutations,
             "per_round": per_round,
             "producer_api": producer_api,
@@ -336,7 +338,14 @@ async fn producer_api(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<serde_json:
     let (plan, origin) = (cx.plan, cx.origin);
     let n = (plan.mutation_messages / 10).max(1);
     let s = (n / 100).max(1);
-    let load = MutationLoad::new(&format!("{}_mp", cx.world.run), s, n, plan.content_bytes, 0);
+    let load = MutationLoad::new(
+        &format!("{}_mp", cx.world.run),
+        s,
+        n,
+        plan.content_bytes,
+        0,
+        plan.mutation_mix,
+    );
     let topic = api_topic(cx.topic);
     chatlog::create_topic(&topic, plan.partitions).await;
     eprintln!("[bench] P10 producer API: {n} sends, then {n} mutations, over {s} sessions");
@@ -372,6 +381,7 @@ async fn producer_api(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<serde_json:
     drain(cx, &topic, "producer API's sends", out).await?;
     let started = Instant::now();
     let targets = Arc::new(sent.stored);
+    let mix = load.mix;
     let tasks = 16.min(n);
     let per_task = (plan.producer_concurrency / tasks).max(1);
     let handles: Vec<_> = (0..tasks)
@@ -382,7 +392,7 @@ async fn producer_api(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<serde_json:
                     let (producer, m) = (producer.clone(), &targets[i]);
                     async move {
                         let sender = Actor::Sender(m.sender_id.clone());
-                        let r = match MutationLoad::kind(i) {
+                        let r = match mix.kind(i) {
                             Kind::Edit => {
                                 let content = m.content.iter().rev().copied().collect();
                                 producer.edit(&m.session_id, m.seq, content, &sender).await
