@@ -163,7 +163,14 @@ impl ConsumerProcess {
         let addr = text
             .lines()
             .find_map(|l| l.split(HTTP_LISTENING).nth(1))
-            .map(str::trim)
+            // The address ends where the line's text does: a human line may end in a colour
+            // code, a JSON line in `"`.
+            .map(|rest| {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
             .context("the listening line vanished")?;
         let addr: SocketAddr = addr
             .parse()

@@ -268,8 +268,9 @@ async fn run(config: Config, faults: Faults) -> Result<(), Error> {
         http_shutdown.clone(),
     )
     .await?;
-    // Tests and operators read the bound address from this line.
-    eprintln!("chatlog-consumer: http listening on {addr}");
+    // Tests and operators read the bound address from this line (a log event, so that JSON
+    // mode prints only JSON).
+    tracing::info!(address = %addr, "http listening on {addr}");
     let patience = config.shutdown.timeout;
     let pipeline = Pipeline::connect(config, shutdown.clone(), health)
         .await?

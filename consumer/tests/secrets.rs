@@ -200,5 +200,16 @@ async fn logs_of_a_running_consumer_never_show_secrets() {
     let log = consumer.log_text();
     assert!(log.contains("consuming"), "the consumer ran:\n{log}");
     assert_clean(&log, &secrets, "the consumer's log");
+    // JSON mode prints only JSON: every line parses, the listening address included.
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    assert!(
+        consumer.http_addr().is_ok(),
+        "the address is read from JSON too"
+    );
     chatlog::drop_cql_role(&env.session, &role).await;
 }
