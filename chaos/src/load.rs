@@ -24,12 +24,13 @@
 //!   makes 1–3 mutations of the message through instance A — edit (by the sender, with a new
 //!   content unique to that edit), recall (by the sender) or delete for everyone (by the sender or
 //!   an admin) — each after 0–4 s, so they run beside later sends of the session and beside the
-//!   faults. Each is retried like a send (backoff 0.2 → 5 s, up to [`GIVE_UP`]) while its errors
-//!   are retriable (`not_found` while the message is on its way to the stores, `store`, `kafka`);
-//!   a Kafka error may have produced it anyway, so such attempts are counted as *uncertain*.
-//!   Recorded per mutation: what was asked, by whom, the attempts (uncertain ones apart) and how
-//!   it ended: acknowledged (the returned message's [`StateKey`]), refused (e.g. `final`: an edit
-//!   of a recalled message) or given up.
+//!   faults, with at most `concurrency / 2` attempts in flight of their own. Each is retried like
+//!   a send (backoff 0.2 → 5 s, up to [`GIVE_UP`]) while its errors are retriable (`not_found`
+//!   while the message is on its way to the stores, `store`, `kafka`); a Kafka error may have
+//!   produced it anyway, so such attempts are counted as *uncertain*. Recorded per mutation: what
+//!   was asked, by whom, the attempts (uncertain ones apart) and how it ended: acknowledged (the
+//!   returned message's [`StateKey`]), refused (e.g. `final`: an edit of a recalled message) or
+//!   given up.
 //!
 //! Recorded per ack: the seq, msg_id, server time, Kafka partition and offset, attempts, when its
 //! first attempt began and when it was acknowledged, and which instance sent it. The checker's
@@ -76,6 +77,10 @@ struct Shared {
     producers: Producers,
     events: Events,
     permits: Semaphore,
+    /// Mutation attempts in flight: apart from the sends' permits, since an attempt may wait up
+    /// to the producer's `wait_for_target` for a message not stored yet, which would hold the
+    /// sends back below their rate.
+    mutation_permits: Semaphore,
     ticket: AtomicU64,
     acked: AtomicU64,
     rate: f64,
@@ -128,6 +133,7 @@ impl Load {
                 producers,
                 events,
                 permits: Semaphore::new(concurrency),
+                mutation_permits: Semaphore::new((concurrency / 2).max(1)),
                 ticket: AtomicU64::new(0),
                 acked: AtomicU64::new(0),
                 rate,
@@ -577,7 +583,7 @@ async fn mutate_one(
     let outcome = loop {
         attempts += 1;
         let result = {
-            let Ok(_permit) = shared.permits.acquire().await else {
+            let Ok(_permit) = shared.mutation_permits.acquire().await else {
                 break MutationOutcome::GaveUp("closed".into());
             };
             match kind {
