@@ -48,6 +48,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Logging beyond what `CHATLOG_LOG` filters.
+    pub log: LogConfig,
     /// Apply the CQL migrations at start (the `migrate` subcommand does it alone).
     pub migrate_on_start: bool,
 }
@@ -259,6 +261,24 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// How often an info line sums up the consuming (records/s, batches, mean batch, DLQ,
+    /// lag), idle or not; 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            progress_interval: Duration::from_secs(30),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -25,16 +25,23 @@ pub type Tp = (String, i32);
 
 /// Rebalance and statistics callbacks. They run inside `poll` on the pipeline thread and only
 /// record what happened; the pipeline acts on it between polls.
-#[derive(Default)]
 pub struct Context {
     revoked: Mutex<BTreeSet<Tp>>,
     assigned: Mutex<BTreeSet<Tp>>,
     /// Assignments completed so far, empty ones included: librdkafka delivers one after every
     /// rebalance this member takes part in, so a new one proves membership again.
     assignments: AtomicU64,
+    /// The lag of this member's partitions, summed, at the last statistics (-1: none yet).
+    lag: AtomicI64,
 }
 
 impl Context {
+    /// The lag of this member's partitions, summed, at librdkafka's last statistics; `None`
+    /// before the first.
+    pub fn lag(&self) -> Option<i64> {
+        Some(self.lag.load(Ordering::Relaxed)).filter(|l| *l >= 0)
+    }
+
     /// Partitions revoked (or lost) since the last call.
     pub fn take_revoked(&self) -> BTreeSet<Tp> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
@@ -60,8 +67,20 @@ fn tps(tpl: &TopicPartitionList) -> impl Iterator<Item = Tp> + '_ {
         .map(|e| (e.topic().to_owned(), e.partition()))
 }
 
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            revoked: Mutex::default(),
+            assigned: Mutex::default(),
+            assignments: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
+        }
+    }
+}
+
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
+        let mut total = 0i64;
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
                 // Offsets are committed by the transaction, which librdkafka does not see as a
@@ -81,9 +100,11 @@ impl ClientContext for Context {
                 if *partition >= 0 && lag >= 0 {
                     metrics::gauge!(telemetry::LAG, "partition" => partition.to_string())
                         .set(lag as f64);
+                    total += lag;
                 }
             }
         }
+        self.lag.store(total, Ordering::Relaxed);
     }
 }
 

@@ -218,7 +218,12 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
     let per_session = 20;
     let (sessions, _, good) = workload("l", 6, per_session);
     env.produce(&good).await;
-    let consumer = env.spawn_consumer(&chatlog::unique("obslag_txn"), &[]);
+    // The summary line every second (set through the environment, as any key can be).
+    let consumer = env.spawn_consumer_with_env(
+        &chatlog::unique("obslag_txn"),
+        &[],
+        &[("CHATLOG__LOG__PROGRESS_INTERVAL", "1s")],
+    );
     let addr = consumer.http_addr().unwrap();
     env.wait_all(&sessions, per_session, &[&consumer]).await;
     // Statistics arrive every 5 s; give them a few rounds.
@@ -243,6 +248,45 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The periodic info line sums up the consuming, with the lag once statistics came.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        // Human log lines colour field names: compare the text without the escape codes.
+        let log = strip_ansi(&consumer.log_text());
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(" progress ") && l.contains("lag=0"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress line with lag=0:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        line.contains("records_per_s=") && line.contains("mean_batch=") && line.contains("dlq=0"),
+        "{line}"
+    );
+}
+
+/// `text` without ANSI colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// /healthz answers as soon as the process runs; /readyz stays 503 (and the ready gauge 0) while

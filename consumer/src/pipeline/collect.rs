@@ -23,6 +23,9 @@ pub(super) struct Batch {
     pub(super) polled_from: BootInstant,
 }
 
+/// How long [`Pipeline::collect`] polls an idle topic before it returns no batch.
+const IDLE_RETURN: Duration = Duration::from_secs(1);
+
 impl Pipeline {
     /// Polls until `max_records` records (`isolation.batch_records` while isolating) or
     /// `max_bytes`, `linger` after the first one, or shutdown. `None`: no records. An error:
@@ -41,8 +44,12 @@ impl Pipeline {
         let mut bytes = 0;
         let mut deadline: Option<Instant> = None;
         let mut polled_from: Option<BootInstant> = None;
+        let started = Instant::now();
         while batch.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled() {
             let wait = match deadline {
+                // Idle: hand back to the loop now and then, for its periodic work (the summary
+                // line, stall reports).
+                None if started.elapsed() >= IDLE_RETURN => break,
                 None => Duration::from_millis(100),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());

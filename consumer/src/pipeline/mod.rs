@@ -62,6 +62,7 @@ mod collect;
 mod commit;
 mod isolation;
 mod plan;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -288,8 +289,23 @@ impl Pipeline {
         );
         let mut backoff = self.config.retry.initial_backoff;
         let mut progress = Progress::default();
+        let mut summary = summary::Summary::new(self.config.log.progress_interval, Instant::now());
         while !self.shutdown.is_cancelled() {
             self.report_stalls(&mut progress);
+            if let Some(line) = summary.due(Instant::now()) {
+                tracing::info!(
+                    records_per_s = format_args!("{:.1}", line.records_per_s),
+                    batches = line.batches,
+                    mean_batch = format_args!("{:.1}", line.mean_batch),
+                    dlq = line.dlq,
+                    lag = %self
+                        .consumer
+                        .context()
+                        .lag()
+                        .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                    "progress"
+                );
+            }
             let batch = match self.collect(&progress) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => continue,
@@ -301,8 +317,10 @@ impl Pipeline {
             let first_offsets = first_offsets(&batch.records);
             let range = offset_range(&batch.records);
             let isolate = progress.isolating();
+            let records = batch.records.len();
             match self.process(batch, isolate) {
-                Ok(()) => {
+                Ok(dlq) => {
+                    summary.committed(records, dlq);
                     backoff = self.config.retry.initial_backoff;
                     if isolate || !progress.stuck.is_empty() {
                         tracing::info!(isolating = isolate, "batch committed after rewinds");

@@ -37,8 +37,9 @@ pub(super) struct SessionOutcome {
 impl Pipeline {
     /// decode → write (cql ‖ redis) → commit, for one batch. A write that can never succeed
     /// (or, when `isolate`, any failed write) is redone session by session and record by record
-    /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ.
-    pub(super) fn process(&self, batch: Batch, isolate: bool) -> Result<(), Failed> {
+    /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ. Returns how
+    /// many records of the committed batch went to the DLQ.
+    pub(super) fn process(&self, batch: Batch, isolate: bool) -> Result<usize, Failed> {
         let Batch {
             records: batch,
             polled_from,
@@ -151,7 +152,7 @@ impl Pipeline {
             }
         }
         tracing::debug!(records, persisted, dlq = poison.len(), "batch committed");
-        Ok(())
+        Ok(poison.len())
     }
 
     /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same
