@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::child::{self, ConsumerTarget};
 use crate::kafka::OffsetMeter;
-use crate::mutations::{Kind, MODERATOR, MUTATION_DELAY_US, MutationLoad};
+use crate::mutations::{Kind, MODERATOR, MUTATION_DELAY_US, Mix, MutationLoad};
 use crate::report::{Figure, Goal};
 use crate::{cpu, produce, series};
 
@@ -137,7 +137,12 @@ pub(super) async fn run(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<()> {
     out.figures.insert(
         "P10".to_owned(),
         Figure::ratio(
-            "consumer drain of mutations (edit, recall, delete for everyone; v3) msg/s",
+            match plan.mutation_mix {
+                Mix::Thirds => {
+                    "consumer drain of mutations (edit, recall, delete for everyone; v3)"
+                }
+                Mix::Edits => "consumer drain of mutations (edits only, same content size; v3)",
+            },
             m,
             a,
             "the same consumer draining as many appends",
