@@ -21,7 +21,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, max_term_width = 100)]
 struct Cli {
-    /// The preset: ci (108k messages, every fault kind, ~3.3 minutes) or full (1M messages).
+    /// The preset: ci (108k messages, every fault kind, mutations, the replay: ~4 minutes) or full
+    /// (1M messages).
     #[arg(long, default_value = "ci")]
     size: Size,
     /// Messages to send.

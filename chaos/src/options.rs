@@ -10,7 +10,8 @@ use serde::Serialize;
 #[serde(rename_all = "lowercase")]
 pub enum Size {
     /// 108k messages, 5 consumer kills, 10 late sends and one of every other fault kind, W = 200:
-    /// about 3.3 minutes, run by CI (`dev/test.sh` runs `dev/chaos.sh ci`).
+    /// ~10 % of the messages mutated, then the replay: about 4 minutes, run by CI (`dev/test.sh`
+    /// runs `dev/chaos.sh ci`).
     Ci,
     /// 1,000,000 messages, 20 kills, 3 rebalances, 2 rollbacks, 2 failovers, 2 poll zombies,
     /// 2 two-producer periods, 50 late sends, 2 wrongtype sessions and one of each other kind, 1 %
