@@ -221,6 +221,23 @@ pub fn history_config(window_size: usize) -> chatlog_store::history::HistoryConf
     }
 }
 
+/// A history reader of `keyspace` with the default codec and settings.
+pub async fn default_history(
+    session: &std::sync::Arc<scylla::client::session::Session>,
+    keyspace: &str,
+    redis: &redis::aio::ConnectionManager,
+) -> chatlog_store::history::History {
+    chatlog_store::history::History::new(
+        session.clone(),
+        keyspace,
+        redis.clone(),
+        chatlog_schemas::Codec::default(),
+        chatlog_store::history::HistoryConfig::default(),
+    )
+    .await
+    .expect("history reader")
+}
+
 /// A new keyspace named `<prefix>_…` with every migration applied, and a session to it.
 pub async fn fresh_keyspace(
     prefix: &str,
@@ -613,5 +630,26 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Calls `probe` every `every` until it returns `Ok`, or panics after `limit` with `failure` of
+/// the last `Err` (what it saw instead).
+pub async fn poll_until<T, E, Fut>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: impl FnMut() -> Fut,
+    failure: impl FnOnce(E) -> String,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{}", failure(e)),
+            Err(_) => tokio::time::sleep(every).await,
+        }
     }
 }

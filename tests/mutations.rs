@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatlog::process::ConsumerProcess;
 use chatlog::{
@@ -18,7 +18,7 @@ use chatlog_producer::{
     Producer, ProducerConfig, Sent,
 };
 use chatlog_schemas::Codec;
-use chatlog_store::history::{History, HistoryConfig};
+use chatlog_store::history::History;
 use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of};
 use chatlog_store::{CqlConfig, keys, window};
 use rdkafka::ClientConfig;
@@ -99,15 +99,7 @@ impl World {
         )
         .await
         .expect("producer");
-        let history = History::new(
-            session.clone(),
-            &cql.keyspace,
-            redis.clone(),
-            Codec::default(),
-            HistoryConfig::default(),
-        )
-        .await
-        .expect("history");
+        let history = chatlog::default_history(&session, &cql.keyspace, &redis).await;
         let raw = ClientConfig::new()
             .set("bootstrap.servers", kafka_bootstrap())
             .set("enable.idempotence", "true")
@@ -377,23 +369,17 @@ struct Row {
 
 /// Calls `probe` every 25 ms until it is `Ok`; panics after [`SHOWS_WITHIN`] with what it saw
 /// last and the logs of `procs`.
-async fn poll<T, Fut>(procs: &[&ConsumerProcess], mut probe: impl FnMut() -> Fut, what: &str) -> T
+async fn poll<T, Fut>(procs: &[&ConsumerProcess], probe: impl FnMut() -> Fut, what: &str) -> T
 where
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + SHOWS_WITHIN;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(seen) if Instant::now() > deadline => {
-                for p in procs {
-                    eprintln!("---- {} ----\n{}", p.log_path().display(), p.log_text());
-                }
-                panic!("{what}: not within {SHOWS_WITHIN:?}; last seen: {seen}");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+    chatlog::poll_until(SHOWS_WITHIN, Duration::from_millis(25), probe, |seen| {
+        for p in procs {
+            eprintln!("---- {} ----\n{}", p.log_path().display(), p.log_text());
         }
-    }
+        format!("{what}: not within {SHOWS_WITHIN:?}; last seen: {seen}")
+    })
+    .await
 }
 
 fn sender() -> Actor {

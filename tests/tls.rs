@@ -16,8 +16,7 @@ use chatlog_consumer::telemetry::Health;
 use chatlog_consumer::{Config, Pipeline};
 use chatlog_producer::{KafkaProtocol, KafkaSecurity};
 use chatlog_producer::{NewMessage, Producer, ProducerConfig};
-use chatlog_schemas::Codec;
-use chatlog_store::history::{History, HistoryConfig, Source};
+use chatlog_store::history::Source;
 use chatlog_store::security::TlsFiles;
 use chatlog_store::{CqlConfig, keys};
 
@@ -119,15 +118,7 @@ async fn producer_consumer_and_history_through_tls_end_to_end() {
     let worker = std::thread::spawn(move || pipeline.run());
 
     let redis = redis_connection().await;
-    let history = History::new(
-        session.clone(),
-        &cql.keyspace,
-        redis.clone(),
-        Codec::default(),
-        HistoryConfig::default(),
-    )
-    .await
-    .expect("history over CQL TLS");
+    let history = chatlog::default_history(&session, &cql.keyspace, &redis).await;
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let page = history.latest(&sid, 10).await.expect("history read");

@@ -449,26 +449,7 @@ impl Env {
     }
 }
 
-/// Calls `probe` every `every` until it returns `Ok`, or panics after `limit` with `failure` of
-/// the last `Err` (what it saw instead).
-pub async fn poll_until<T, E, Fut>(
-    limit: Duration,
-    every: Duration,
-    mut probe: impl FnMut() -> Fut,
-    failure: impl FnOnce(E) -> String,
-) -> T
-where
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{}", failure(e)),
-            Err(_) => tokio::time::sleep(every).await,
-        }
-    }
-}
+pub use chatlog::poll_until;
 
 /// Prints the log of every process in `procs` (before a failure).
 pub fn dump_logs(procs: &[&ConsumerProcess]) {
