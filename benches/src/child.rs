@@ -107,7 +107,7 @@ pub fn stage_summary(before: &str, after: &str) -> serde_json::Value {
         let h = since(
             before,
             after,
-            "chatlog_stage_duration_seconds",
+            "chatlog_consumer_stage_duration_seconds",
             &[("stage", stage)],
         );
         out.insert(
@@ -121,7 +121,7 @@ pub fn stage_summary(before: &str, after: &str) -> serde_json::Value {
     }
     let b = since(before, after, "chatlog_consumer_batch_records", &[]);
     out.insert("records_per_batch".to_owned(), serde_json::json!(b.mean()));
-    let e = since(before, after, "chatlog_e2e_latency_seconds", &[]);
+    let e = since(before, after, "chatlog_consumer_e2e_latency_seconds", &[]);
     out.insert(
         "consumer_e2e_latency".to_owned(),
         serde_json::json!({"mean_ms": e.mean() * 1000.0,

@@ -31,19 +31,19 @@ pub const BATCH_RECORDS: &str = "chatlog_consumer_batch_records";
 /// Time spent per stage (`decode`, `cql`, `redis`, `commit`), histogram in seconds. `cql` and
 /// `redis` run at the same time, and are observed twice in a batch whose hot sessions have their
 /// older rows written first (see `WritePlan`): they do not add up to a batch's duration.
-pub const STAGE_DURATION: &str = "chatlog_stage_duration_seconds";
+pub const STAGE_DURATION: &str = "chatlog_consumer_stage_duration_seconds";
 /// From a message's server time to its visibility in the Redis window, histogram in seconds.
-pub const E2E_LATENCY: &str = "chatlog_e2e_latency_seconds";
+pub const E2E_LATENCY: &str = "chatlog_consumer_e2e_latency_seconds";
 /// Consumer lag per partition, from librdkafka statistics.
 pub const LAG: &str = "chatlog_consumer_lag_records";
 /// Transactions by result (`committed`, `aborted`).
-pub const TRANSACTIONS: &str = "chatlog_transactions_total";
+pub const TRANSACTIONS: &str = "chatlog_consumer_transactions_total";
 /// DLQ records by reason.
-pub const DLQ_RECORDS: &str = "chatlog_dlq_records_total";
+pub const DLQ_RECORDS: &str = "chatlog_consumer_dlq_records_total";
 /// Rebalance events by kind (`assign`, `revoke`, `lost`).
-pub const REBALANCES: &str = "chatlog_rebalances_total";
+pub const REBALANCES: &str = "chatlog_consumer_rebalances_total";
 /// Retries by stage (`cql`, `redis`, `commit`).
-pub const RETRIES: &str = "chatlog_retries_total";
+pub const RETRIES: &str = "chatlog_consumer_retries_total";
 /// Uncommitted records dropped because their partition was revoked before their batch ran (the new
 /// owner reads them again from the committed offset).
 pub const REVOKED_DROPPED: &str = "chatlog_consumer_revoked_records_total";
@@ -56,9 +56,9 @@ pub const BUILD_INFO: &str = "chatlog_consumer_build_info";
 pub const STALLED_PARTITIONS: &str = "chatlog_consumer_stalled_partitions";
 /// DLQ records sent as truncated copies (value cut, `chatlog-dlq-truncated` header) because the
 /// whole record is larger than the DLQ takes.
-pub const DLQ_TRUNCATED: &str = "chatlog_dlq_truncated_records_total";
+pub const DLQ_TRUNCATED: &str = "chatlog_consumer_dlq_truncated_records_total";
 /// Connections to the HTTP endpoint closed at once because `max_connections` were open.
-pub const HTTP_REJECTED: &str = "chatlog_http_rejected_connections_total";
+pub const HTTP_REJECTED: &str = "chatlog_consumer_http_rejected_connections_total";
 
 /// Records past their session type's retention, skipped (not written, not poison).
 pub const EXPIRED: &str = "chatlog_consumer_expired_records_total";
