@@ -150,10 +150,7 @@ impl Fixture {
     async fn append_window(&self, msgs: &[ChatMessage]) {
         let entries = msgs
             .iter()
-            .map(|m| WindowEntry {
-                seq: m.seq,
-                member: self.member(m),
-            })
+            .map(|m| WindowEntry::of(m, &self.codec.encode(m).expect("encode")))
             .collect();
         let mut con = self.redis.clone();
         self.window
@@ -960,4 +957,42 @@ async fn delete_for_me_hides_messages_from_that_viewer_only() {
         .expect("latest");
     f.assert_messages(&page, [10, 11]);
     assert_eq!(page.hidden, vec![12]);
+}
+
+/// A mutation (recall, edit) of an older message after the session's window was lost (FLUSHALL,
+/// failover, idle expiry) must not start the window at that old seq: history takes the window's
+/// newest member for the session's head, so `latest` would answer the recalled seq 3 instead of
+/// 10, and `after` would skip 4..=10. The chaos run found it (59 window mismatches). The row is in
+/// the table, where history reads it; the window restarts with the next new message.
+#[tokio::test]
+async fn recall_of_an_old_message_after_the_window_was_lost_does_not_restart_the_window() {
+    use chatlog_schemas::testing::{edited, recalled};
+
+    let mut f = fixture(5, 1000).await;
+    f.write(1..=10).await;
+    f.drop_window().await;
+    let t = f.written[&3].server_time_us;
+    let recall = recalled(&f.written[&3], t + 1_000);
+    let edit = edited(&f.written[&9], t + 2_000, 1, b"edited");
+    f.write_rows(&[recall.clone(), edit.clone()]).await;
+    f.append_window(&[recall.clone(), edit.clone()]).await;
+    assert!(
+        f.window_seqs().await.is_empty(),
+        "a mutation never starts a window"
+    );
+
+    let page = f.history.latest(&f.sid, 3).await.expect("latest");
+    f.assert_messages(&page, [8, 9, 10]);
+    let page = f.history.after(&f.sid, 2, 10).await.expect("after");
+    f.assert_messages(&page, 3..=10);
+    assert_eq!(page.messages[0], recall, "the recall, from the table");
+
+    // The next new message restarts the window; a mutation of a seq it holds replaces it.
+    f.write(11..=12).await;
+    let again = edited(&f.written[&12], t + 3_000, 1, b"edited 12");
+    f.write_rows(std::slice::from_ref(&again)).await;
+    f.append_window(std::slice::from_ref(&again)).await;
+    assert_eq!(f.window_seqs().await, vec![11, 12]);
+    let page = f.history.latest(&f.sid, 2).await.expect("latest");
+    f.assert_read(&page, Source::Window, [11, 12]);
 }

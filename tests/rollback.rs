@@ -26,6 +26,7 @@ async fn append(con: &mut ConnectionManager, sid: &str, seqs: impl IntoIterator<
         .map(|seq| WindowEntry {
             seq,
             member: window::member(1_000 + seq, format!("message {seq}").as_bytes()),
+            replace_only: false,
         })
         .collect();
     writer()

@@ -10,19 +10,22 @@ use chatlog_store::window::APPEND_LUA;
 use redis::aio::ConnectionManager;
 
 /// The script before the fast path (store/src/window.rs at the consumer's first release), plus the
-/// lowest-member rule.
+/// lowest-member rule and replace-only entries (a negative seq: applied after the others, and only
+/// where the window holds the seq).
 const REFERENCE_LUA: &str = r#"
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
-for i = 3, #ARGV, 2 do
-  local seq = ARGV[i]
-  local member = ARGV[i + 1]
+local function apply(seq, member, replace_only)
   local version = string.sub(member, 1, 16)
   if low == nil or tonumber(seq) >= low then
+    local here = redis.call('ZRANGEBYSCORE', key, seq, seq)
+    if replace_only and #here == 0 then
+      return
+    end
     local keep_existing = false
-    for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
+    for _, existing in ipairs(here) do
       if existing ~= member then
         if string.sub(existing, 1, 16) > version then
           keep_existing = true
@@ -33,6 +36,18 @@ for i = 3, #ARGV, 2 do
     end
     if not keep_existing then
       redis.call('ZADD', key, seq, member)
+    end
+  end
+end
+for pass = 1, 2 do
+  for i = 3, #ARGV, 2 do
+    local seq = ARGV[i]
+    local replace_only = string.sub(seq, 1, 1) == '-'
+    if replace_only then
+      seq = string.sub(seq, 2)
+    end
+    if (pass == 1) ~= replace_only then
+      apply(seq, ARGV[i + 1], replace_only)
     end
   end
 end
@@ -73,7 +88,7 @@ async fn append(
     script: &redis::Script,
     keys: &[&str],
     size: u64,
-    entries: &[(u64, Vec<u8>)],
+    entries: &[(i64, Vec<u8>)],
 ) -> i64 {
     let mut inv = script.prepare_invoke();
     for key in keys {
@@ -104,7 +119,7 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
     let fast = redis::Script::new(APPEND_LUA);
     let run = chatlog::unique("winlua");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for case in 0..300 {
+    for case in 0..1000 {
         let (a, b, epoch, latest) = (
             format!("chatlog:{{{run}}}:a{case}"),
             format!("chatlog:{{{run}}}:b{case}"),
@@ -118,20 +133,27 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
         let top = 5 + rng.below(60);
         // Two or three appends per case: the state after one is the start of the next.
         for _ in 0..2 + rng.below(2) {
-            let entries: Vec<(u64, Vec<u8>)> = (0..rng.below(25))
+            // One entry in four replace-only (a mutation: a negative seq on the wire).
+            let entries: Vec<(i64, Vec<u8>)> = (0..rng.below(25))
                 .map(|_| {
                     let seq = 1 + rng.below(top + 10);
-                    (seq, member(seq, rng.below(4), rng.below(2)))
+                    let wire = if rng.below(4) == 0 {
+                        -(seq as i64)
+                    } else {
+                        seq as i64
+                    };
+                    (wire, member(seq, rng.below(4), rng.below(2)))
                 })
                 .collect();
-            for (seq, m) in &entries {
+            for (wire, m) in &entries {
+                let seq = wire.unsigned_abs();
                 let version =
                     u64::from_str_radix(std::str::from_utf8(&m[..16]).unwrap(), 16).unwrap();
                 if expected
                     .as_ref()
-                    .is_none_or(|(s, v, _)| (*seq, version) > (*s, *v))
+                    .is_none_or(|(s, v, _)| (seq, version) > (*s, *v))
                 {
-                    expected = Some((*seq, version, m.clone()));
+                    expected = Some((seq, version, m.clone()));
                 }
             }
             let na = append(&mut con, &reference, &[&a], size, &entries).await;

@@ -180,6 +180,7 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
             vec![chatlog_store::window::WindowEntry {
                 seq: 1,
                 member: chatlog_store::window::member(bad.server_time_us, &record),
+                replace_only: false,
             }],
         )]),
     )

@@ -80,6 +80,7 @@ async fn setup() -> Fixture {
                 .map(|m| WindowEntry {
                     seq: m.seq,
                     member: window::member(m.version(), &codec.encode(m).unwrap()),
+                    replace_only: false,
                 })
                 .collect();
             members = entries
@@ -98,6 +99,7 @@ async fn setup() -> Fixture {
                 WindowEntry {
                     seq: s,
                     member: window::member(m.version(), &codec.encode(&m).unwrap()),
+                    replace_only: false,
                 }
             })
             .collect();

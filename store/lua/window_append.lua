@@ -1,9 +1,26 @@
 -- Appends messages to a session's window (see APPEND_LUA in store/src/window.rs). Runs after epoch.lua.
 -- KEYS[3] (optional): the session's latest (store/src/repo/latest.rs), raised to this call's
 -- highest (seq, version): max wins, so a replay or a late batch never lowers it.
+-- ARGV: size, ttl, then (seq, member) pairs; a negative seq -s marks a replace-only entry (a
+-- mutation): it replaces the member at seq s under the version rule when the window holds s, and
+-- is dropped otherwise — it never starts, extends or fills a window (its row is in the table).
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+-- seqs[k] as a number (to compare), texts[k] as given (a score: Lua would print a number above
+-- 10^14 in exponent form), only[k] for replace-only.
+local seqs, texts, members, only = {}, {}, {}, {}
+for i = 3, #ARGV, 2 do
+  local k = #seqs + 1
+  local text = ARGV[i]
+  only[k] = string.sub(text, 1, 1) == '-'
+  if only[k] then
+    text = string.sub(text, 2)
+  end
+  texts[k] = text
+  seqs[k] = tonumber(text)
+  members[k] = ARGV[i + 1]
+end
 local ep = server_epoch()
 if redis.call('GET', KEYS[2]) ~= ep then
   redis.call('DEL', key)
@@ -16,56 +33,130 @@ if head ~= nil then
   low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
 end
 local times = {}
-for i = 3, #ARGV, 2 do
-  times[ARGV[i]] = (times[ARGV[i]] or 0) + 1
+for k = 1, #seqs do
+  times[seqs[k]] = (times[seqs[k]] or 0) + 1
 end
 local fresh = {}
-for i = 3, #ARGV, 2 do
-  local seq = ARGV[i]
-  local member = ARGV[i + 1]
-  if low ~= nil and tonumber(seq) < low then
+-- Seqs at or below the head (replays, late arrivals, mutations) and seqs given twice: compared
+-- with what the window holds at their seq, in their order.
+local slow = {}
+local lo, hi = nil, nil
+for k = 1, #seqs do
+  local n = seqs[k]
+  if low ~= nil and n < low then
     -- below the window: its row is in the table
-  elseif times[seq] == 1 and (head == nil or tonumber(seq) > head) then
-    fresh[#fresh + 1] = seq
-    fresh[#fresh + 1] = member
+  elseif only[k] and times[n] == 1 and (head == nil or n > head) then
+    -- a mutation of a seq the window does not hold, nor this call adds
+  elseif times[n] == 1 and not only[k] and (head == nil or n > head) then
+    fresh[#fresh + 1] = texts[k]
+    fresh[#fresh + 1] = members[k]
     if #fresh >= 1000 then
       redis.call('ZADD', key, unpack(fresh))
       fresh = {}
     end
   else
-    local version = string.sub(member, 1, 16)
-    local keep_existing = false
-    for _, existing in ipairs(redis.call('ZRANGEBYSCORE', key, seq, seq)) do
-      if existing ~= member then
-        if string.sub(existing, 1, 16) > version then
-          keep_existing = true
-        else
-          redis.call('ZREM', key, existing)
-        end
-      end
-    end
-    if not keep_existing then
-      redis.call('ZADD', key, seq, member)
-    end
+    slow[#slow + 1] = k
+    if lo == nil or n < seqs[lo] then lo = k end
+    if hi == nil or n > seqs[hi] then hi = k end
   end
 end
+-- Replace-only entries after the others: a mutation whose original comes in the same call
+-- finds it (their versions, not their order, decide which stays).
+local ordered = {}
+for _, k in ipairs(slow) do
+  if not only[k] then ordered[#ordered + 1] = k end
+end
+for _, k in ipairs(slow) do
+  if only[k] then ordered[#ordered + 1] = k end
+end
+slow = ordered
 if #fresh > 0 then
   redis.call('ZADD', key, unpack(fresh))
 end
+if #slow > 0 then
+  -- One read of the members in the slow seqs' range (bounded by the window's size) instead of a
+  -- read per seq; the rule per entry is unchanged: an existing member of a higher version stays
+  -- and the entry is dropped, the others at its seq give way to it. Only the difference between
+  -- before and after is written, in bulk.
+  local at = {}
+  local before = {}
+  local range = redis.call('ZRANGEBYSCORE', key, texts[lo], texts[hi], 'WITHSCORES')
+  for j = 1, #range, 2 do
+    local n = tonumber(range[j + 1])
+    at[n] = at[n] or {}
+    table.insert(at[n], range[j])
+    before[range[j]] = true
+  end
+  local text_of = {}
+  for _, k in ipairs(slow) do
+    local n = seqs[k]
+    local member = members[k]
+    local version = string.sub(member, 1, 16)
+    -- A replace-only entry is dropped where the window holds nothing at its seq.
+    local keep_existing = only[k] and #(at[n] or {}) == 0
+    local present = false
+    text_of[member] = texts[k]
+    local kept = {}
+    for _, existing in ipairs(at[n] or {}) do
+      if existing == member then
+        present = true
+        kept[#kept + 1] = existing
+      elseif string.sub(existing, 1, 16) > version then
+        keep_existing = true
+        kept[#kept + 1] = existing
+      end
+    end
+    if not keep_existing and not present then
+      kept[#kept + 1] = member
+    end
+    at[n] = kept
+  end
+  local after = {}
+  local adds = {}
+  for _, list in pairs(at) do
+    for _, m in ipairs(list) do
+      after[m] = true
+      if not before[m] then
+        adds[#adds + 1] = text_of[m]
+        adds[#adds + 1] = m
+        if #adds >= 1000 then
+          redis.call('ZADD', key, unpack(adds))
+          adds = {}
+        end
+      end
+    end
+  end
+  local removes = {}
+  for m, _ in pairs(before) do
+    if not after[m] then
+      removes[#removes + 1] = m
+      if #removes >= 1000 then
+        redis.call('ZREM', key, unpack(removes))
+        removes = {}
+      end
+    end
+  end
+  if #adds > 0 then
+    redis.call('ZADD', key, unpack(adds))
+  end
+  if #removes > 0 then
+    redis.call('ZREM', key, unpack(removes))
+  end
+end
 if KEYS[3] then
   local best = nil
-  for i = 3, #ARGV, 2 do
+  for k = 1, #seqs do
     if best == nil then
-      best = i
+      best = k
     else
-      local a, b = tonumber(ARGV[i]), tonumber(ARGV[best])
-      if a > b or (a == b and string.sub(ARGV[i + 1], 1, 16) > string.sub(ARGV[best + 1], 1, 16)) then
-        best = i
+      local a, b = seqs[k], seqs[best]
+      if a > b or (a == b and string.sub(members[k], 1, 16) > string.sub(members[best], 1, 16)) then
+        best = k
       end
     end
   end
   if best ~= nil then
-    local seq, member = ARGV[best], ARGV[best + 1]
+    local seq, member = texts[best], members[best]
     local version = string.sub(member, 1, 16)
     local s, t, e = unpack(redis.call('HMGET', KEYS[3], 's', 't', 'e'))
     if e ~= ep then

@@ -117,6 +117,22 @@ pub struct WindowEntry {
     pub seq: i64,
     /// The member: see [`member`].
     pub member: Vec<u8>,
+    /// Replace the member of `seq` only if the window holds one (a mutation): never start,
+    /// extend or fill a window. A mutation is usually of an older message; after the window
+    /// was lost or expired, adding it would make that old seq the window's head (history takes
+    /// the head for the session's newest) and leave a hole above it. Its row is in the table.
+    pub replace_only: bool,
+}
+
+impl WindowEntry {
+    /// The entry of a message: `member` its window member; a mutated message replaces only.
+    pub fn of(message: &chatlog_schemas::ChatMessage, avro: &[u8]) -> WindowEntry {
+        WindowEntry {
+            seq: message.seq,
+            member: member(message.version(), avro),
+            replace_only: message.is_mutated(),
+        }
+    }
 }
 
 /// Writes windows: one script call per session, all sessions of a batch pipelined in one round trip.
@@ -203,7 +219,9 @@ impl WindowWriter {
                 .arg(self.config.size)
                 .arg(ttl_ms);
             for e in entries {
-                cmd.arg(e.seq).arg(&e.member);
+                // A negative seq marks a replace-only entry (seqs are >= 1).
+                let seq = if e.replace_only { -e.seq } else { e.seq };
+                cmd.arg(seq).arg(&e.member);
             }
             pipe.ignore();
         }

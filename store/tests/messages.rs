@@ -232,10 +232,8 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
                 .collect();
             for m in &each {
                 writer.write(std::slice::from_ref(m)).await.expect("write");
-                let entry = WindowEntry {
-                    seq: m.seq,
-                    member: window::member(m.version(), &codec.encode(m).expect("encode")),
-                };
+                // As the consumer writes it: a mutation replaces only (see WindowEntry).
+                let entry = WindowEntry::of(m, &codec.encode(m).expect("encode"));
                 windows
                     .append(&mut redis, &BTreeMap::from([(sid.clone(), vec![entry])]))
                     .await

@@ -47,6 +47,7 @@ pub(super) async fn populate_windows(
                 Ok(WindowEntry {
                     seq: seq as i64,
                     member: window::member(stored.version(), &avro),
+                    replace_only: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -35,10 +35,7 @@ impl WritePlan {
     pub(super) fn new(good: &[Good], window_size: usize) -> WritePlan {
         let mut plan = WritePlan::default();
         for (session_id, mut messages) in by_session(good) {
-            let entry = |g: &Good| WindowEntry {
-                seq: g.message.seq,
-                member: window::member(g.message.version(), &g.avro),
-            };
+            let entry = |g: &Good| WindowEntry::of(&g.message, &g.avro);
             let Some(lowest_kept) =
                 window::lowest_kept(messages.iter().map(|g| g.message.seq), window_size)
             else {

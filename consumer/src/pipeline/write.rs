@@ -307,10 +307,7 @@ impl Pipeline {
             let failed = match row.await {
                 Err(e) => Some(("cql", e)),
                 Ok(_) => {
-                    let entry = WindowEntry {
-                        seq: g.message.seq,
-                        member: window::member(g.message.version(), &g.avro),
-                    };
+                    let entry = WindowEntry::of(&g.message, &g.avro);
                     let windows = BTreeMap::from([(session.to_owned(), vec![entry])]);
                     self.append_windows(&windows, fence, budget)
                         .await
