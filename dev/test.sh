@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test, against the real local stack: brings the stack up (installing what is missing), checks
 # formatting, lints and the dependency policy, runs the whole test suite of the workspace, then the
-# chaos harness's CI size (`dev/chaos.sh ci`, ~3.3 minutes), which prints its summary line. Extra
+# chaos harness's CI size (`dev/chaos.sh ci`, ~4 minutes, a replay from offset 0 included), which prints its summary line. Extra
 # arguments go to `cargo test`; CHATLOG_SKIP_CHAOS=1 skips the chaos step (e.g. a filtered test run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
