@@ -86,6 +86,12 @@ async fn scenarios(
     let mut details: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut all_series: BTreeMap<String, Series> = BTreeMap::new();
     let mut cdf = Vec::new();
+    let mut out = Collect {
+        figures: &mut figures,
+        details: &mut details,
+        series: &mut all_series,
+        cdf: &mut cdf,
+    };
     // P5 and P6 run first, on sessions of their own whose windows are written the consumer's way.
     // Measured after the write scenarios, both sides met a machine those had left behind (Cassandra
     // compacting, Redis and the harness hundreds of MiB larger): per read the client cost 58 instead
@@ -95,12 +101,6 @@ async fn scenarios(
             .map(|i| format!("{}_r{i}", world.run))
             .collect();
         p5::populate_windows(&world.redis, &read_sessions).await?;
-        let mut out = Collect {
-            figures: &mut figures,
-            details: &mut details,
-            series: &mut all_series,
-            cdf: &mut cdf,
-        };
         let rpid = p5::run(plan, world, e2e_ks, &read_sessions, &mut out).await?;
         p6::run(
             Reads {
@@ -116,12 +116,6 @@ async fn scenarios(
     // P8 and P9 next, for the same reason: before the write scenarios change the machine.
     if matches!(plan.only, Only::All | Only::Cache) {
         let rpid = reads::redis_pid(&mut world.redis.clone()).await;
-        let mut out = Collect {
-            figures: &mut figures,
-            details: &mut details,
-            series: &mut all_series,
-            cdf: &mut cdf,
-        };
         let reads = Reads {
             plan,
             world,
@@ -143,29 +137,11 @@ async fn scenarios(
         procs,
     };
     if matches!(plan.only, Only::All | Only::Produce) {
-        pipeline(
-            &cx,
-            &mut Collect {
-                figures: &mut figures,
-                details: &mut details,
-                series: &mut all_series,
-                cdf: &mut cdf,
-            },
-        )
-        .await?;
+        pipeline(&cx, &mut out).await?;
     }
     // Last: P10's drains are compared with each other, not with what ran before.
     if matches!(plan.only, Only::All | Only::Mutations) {
-        p10::run(
-            &cx,
-            &mut Collect {
-                figures: &mut figures,
-                details: &mut details,
-                series: &mut all_series,
-                cdf: &mut cdf,
-            },
-        )
-        .await?;
+        p10::run(&cx, &mut out).await?;
     }
     Ok(Results {
         started_unix,
