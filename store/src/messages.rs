@@ -95,11 +95,22 @@ pub fn select_partition_count_cql(keyspace: &str) -> String {
     format!("SELECT COUNT(*) FROM {keyspace}.messages WHERE session_id = ? AND bucket = ?")
 }
 
-/// `DELETE` of one row (`session_id`, `bucket`, `seq`): only the chaos run's sabotage uses it, to
-/// plant a lost row the checker must find.
+/// `DELETE` of one row (`session_id`, `bucket`, `seq`) for good: an erasure (and the chaos run's
+/// sabotage, which plants a lost row the checker must find).
+///
+/// Written at the largest timestamp, [`ERASE_TIMESTAMP`]: a plain `DELETE` takes the current time,
+/// which loses to the cells of a recalled or deleted message (their version carries bit 62, far
+/// above any clock), and a replay of the message would bring the row back. Nothing written later
+/// outranks this tombstone: an erased message stays erased, whatever is replayed.
 pub fn delete_row_cql(keyspace: &str) -> String {
-    format!("DELETE FROM {keyspace}.messages WHERE session_id = ? AND bucket = ? AND seq = ?")
+    format!(
+        "DELETE FROM {keyspace}.messages USING TIMESTAMP {ERASE_TIMESTAMP} \
+         WHERE session_id = ? AND bucket = ? AND seq = ?"
+    )
 }
+
+/// The write timestamp of [`delete_row_cql`]: above every version ([`ChatMessage::version`]).
+pub const ERASE_TIMESTAMP: i64 = i64::MAX;
 
 /// Counts stored rows, partition by partition ([`select_partition_count_cql`]): how tools see what
 /// was persisted. Never on a request path: a count reads whole partitions.

@@ -314,3 +314,37 @@ async fn retention_ttl_is_anchored_at_the_send_and_expired_rows_are_not_written(
         "about 50 of its 60 minutes remain, got {ttl} s"
     );
 }
+
+/// An erasure removes a row for good, even a recalled one — whose cells carry the final bit of
+/// its version, far above the clock a plain `DELETE` uses (the chaos sabotage's planted deletion
+/// silently failed on such rows) — and no replay brings it back.
+#[tokio::test]
+async fn erasing_a_recalled_row_sticks_through_a_replay() {
+    use chatlog_schemas::testing::recalled;
+    use chatlog_store::messages::delete_row_cql;
+
+    let (session, config, writer) = writer_in("store_erase").await;
+    let m = message("erase", 4);
+    let r = recalled(&m, m.server_time_us + 10);
+    writer.write(&[m.clone(), r.clone()]).await.expect("write");
+    let bucket = bucket_of(4, BatchLimits::default().bucket_size);
+    session
+        .query_unpaged(delete_row_cql(&config.keyspace), ("erase", bucket, 4i64))
+        .await
+        .expect("erase");
+    writer.write(&[m, r]).await.expect("replay");
+    let left = session
+        .query_unpaged(
+            select_range_desc_cql(&config.keyspace),
+            ("erase", bucket, 1i64, 10i64),
+        )
+        .await
+        .expect("read")
+        .into_rows_result()
+        .expect("rows")
+        .rows_num();
+    assert_eq!(
+        left, 0,
+        "the erased row is gone, the replay notwithstanding"
+    );
+}
