@@ -74,18 +74,36 @@ if #fresh > 0 then
   redis.call('ZADD', key, unpack(fresh))
 end
 if #slow > 0 then
-  -- One read of the members in the slow seqs' range (bounded by the window's size) instead of a
-  -- read per seq; the rule per entry is unchanged: an existing member of a higher version stays
+  -- The members at the slow seqs read first (bounded by the window's size), then the rule per
+  -- entry, unchanged: an existing member of a higher version stays
   -- and the entry is dropped, the others at its seq give way to it. Only the difference between
   -- before and after is written, in bulk.
   local at = {}
   local before = {}
-  local range = redis.call('ZRANGEBYSCORE', key, texts[lo], texts[hi], 'WITHSCORES')
-  for j = 1, #range, 2 do
-    local n = tonumber(range[j + 1])
-    at[n] = at[n] or {}
-    table.insert(at[n], range[j])
-    before[range[j]] = true
+  local function read(range)
+    for j = 1, #range, 2 do
+      local n = tonumber(range[j + 1])
+      at[n] = at[n] or {}
+      table.insert(at[n], range[j])
+      before[range[j]] = true
+    end
+  end
+  -- Dense (a replay, a late run of seqs): one read of the range. Sparse (a few mutations spread
+  -- over a long window): one read per distinct seq, so the cost follows the entries, not the
+  -- window's size.
+  local distinct, first = 0, {}
+  for _, k in ipairs(slow) do
+    if not first[seqs[k]] then
+      first[seqs[k]] = k
+      distinct = distinct + 1
+    end
+  end
+  if seqs[hi] - seqs[lo] + 1 <= 4 * distinct then
+    read(redis.call('ZRANGEBYSCORE', key, texts[lo], texts[hi], 'WITHSCORES'))
+  else
+    for _, k in pairs(first) do
+      read(redis.call('ZRANGEBYSCORE', key, texts[k], texts[k], 'WITHSCORES'))
+    end
   end
   local text_of = {}
   for _, k in ipairs(slow) do
