@@ -13,31 +13,13 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use serde::Serialize;
 
 use crate::drain;
 use crate::events::Events;
-use crate::fleet::{self, Fleet, FleetGuard, FleetStats};
+use crate::fleet::{self, Fleet, FleetGuard};
 use crate::options::Options;
-use crate::report::RunInfo;
+use crate::report::{Replayed, RunInfo};
 use crate::stack::Stack;
-
-/// What the replay did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Replayed {
-    /// The replay's consumer group.
-    pub group: String,
-    /// The replay's DLQ topic.
-    pub dlq: String,
-    /// Records in the topic (all replayed).
-    pub records: i64,
-    /// kill -9 of a replaying consumer (restarted at once).
-    pub kills: usize,
-    /// From the fleet's start to the end of the drain.
-    pub secs: f64,
-    /// The replay fleet's starts, kills and exits.
-    pub fleet: FleetStats,
-}
 
 /// Replays the run's topic from offset 0 with `opts.consumers` consumers of a new group; returns
 /// once the group committed the end of every partition and the fleet stopped.

@@ -60,7 +60,7 @@ pub struct ReplayReport {
     /// Every count 0 (and not returned).
     pub ok: bool,
     /// What the replay did.
-    pub replayed: crate::replay::Replayed,
+    pub replayed: Replayed,
     /// What the checker found after it.
     pub findings: Findings,
 }
@@ -122,4 +122,21 @@ impl Report {
             )
         })
     }
+}
+
+/// What the replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replayed {
+    /// The replay's consumer group.
+    pub group: String,
+    /// The replay's DLQ topic.
+    pub dlq: String,
+    /// Records in the topic (all replayed).
+    pub records: i64,
+    /// kill -9 of a replaying consumer (restarted at once).
+    pub kills: usize,
+    /// From the fleet's start to the end of the drain.
+    pub secs: f64,
+    /// The replay fleet's starts, kills and exits.
+    pub fleet: crate::fleet::FleetStats,
 }

@@ -18,7 +18,7 @@ use crate::options::Options;
 use crate::oracle::{self, Oracle};
 use crate::proxy::{self, Proxy};
 use crate::record::{LoadResult, Plan};
-use crate::replay::Replayed;
+use crate::report::Replayed;
 use crate::report::{Phases, ReplayReport, Report, RunInfo};
 use crate::stack::{self, Stack};
 use crate::{drain, events, faults, load, poison, replay, sabotage};

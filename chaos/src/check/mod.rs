@@ -39,6 +39,7 @@
 
 mod cql;
 mod dlq;
+mod expected;
 mod inputs;
 pub mod mutations;
 mod online;

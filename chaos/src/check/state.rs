@@ -174,7 +174,7 @@ pub(super) struct Check {
     /// return the edited content there, which is no mismatch.
     pub(super) known_limit_edits: BTreeSet<(usize, i64)>,
     /// What each mutated message may be at the end.
-    pub(super) expected: BTreeMap<(usize, usize), super::mutations::Expected>,
+    pub(super) expected: BTreeMap<(usize, usize), super::expected::Expected>,
     /// Mutated messages found in another state (each counted once).
     pub(super) mismatched: BTreeSet<(usize, usize)>,
 }
