@@ -499,6 +499,10 @@ async fn verify_window_finds_planted_differences() {
 
     let report = verify_window(&fx.history, &fx.sid).await.unwrap();
     assert!(report.is_consistent(), "{report}");
+    assert!(
+        report.window_epoch_current,
+        "written by the consumer in this epoch"
+    );
     assert_eq!(report.window_range, Some((21, 30)));
     assert!(report.older_than_window.is_empty(), "{report}");
 

@@ -13,6 +13,7 @@
 //! | the recorded msg_id of session 4's 4th ack replaced (its row now holds another message than the one acknowledged there) | 1 overwritten |
 //! | a read that reported session 5's 3rd ack's seq missing 1 s after its ack, added to the oracle's observations | 1 false missing |
 //! | one more message of session 6 in the history, given up on (never acknowledged) | 1 unacked |
+//! | session 8's window loses its newest member and is marked as written in another Redis epoch (as a session quiet since a failover is left) | nothing: history never serves such a window, so the checker counts it in `windows_other_epoch` and compares nothing |
 //! | an acknowledged recall of an unmutated message of session 7 added to the history (its row, window member and history copy still hold the message as sent: as if the recall had been undone) | 1 mutation mismatch |
 
 use std::sync::Arc;
@@ -51,8 +52,8 @@ pub async fn corrupt(
     events: &Events,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        plan.sessions >= 8 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
-        "--sabotage needs at least 8 sessions of 50 messages and 2 poison records"
+        plan.sessions >= 9 && plan.per_session.iter().all(|&n| n >= 50) && load.poison.len() >= 2,
+        "--sabotage needs at least 9 sessions of 50 messages and 2 poison records"
     );
     let ack = |s: usize, j: usize| {
         load.acks[s][j]
@@ -99,6 +100,17 @@ pub async fn corrupt(
     // Session 2: the window loses its newest member.
     let _: Vec<(Vec<u8>, f64)> = redis::cmd("ZPOPMAX")
         .arg(keys::window(&plan.session_id(2)))
+        .query_async(&mut redis)
+        .await?;
+
+    // Session 8: the same damage, in a window of another epoch (not served, not a finding).
+    let _: Vec<(Vec<u8>, f64)> = redis::cmd("ZPOPMAX")
+        .arg(keys::window(&plan.session_id(8)))
+        .query_async(&mut redis)
+        .await?;
+    let _: () = redis::cmd("SET")
+        .arg(keys::window_epoch(&plan.session_id(8)))
+        .arg("0:0")
         .query_async(&mut redis)
         .await?;
 

@@ -49,6 +49,8 @@ async fn sabotaged_stores_are_reported_exactly() {
         report.summary
     );
     assert_eq!(report.counts.acked, 2000);
+    // Session 8's damaged window of another epoch is not served, so it is no finding.
+    assert_eq!(report.findings.details.windows_other_epoch, 1);
     // The load's own mutations (10 % of the messages) and the planted recall: the mismatch above
     // is the planted one alone.
     assert!(

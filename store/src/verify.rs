@@ -15,6 +15,9 @@
 //! - `differing`: both have the seq but the version ([`ChatMessage::version`]) or the content differs;
 //! - `undecodable`: members that are not `version prefix + single-object Avro` of their seq.
 //!
+//! A window written in another Redis epoch (Redis restarted from a snapshot or failed over since)
+//! is reported as such (`window_epoch_current`): history never serves it, whatever it holds.
+//!
 //! Content is compared decoded (as [`ChatMessage`]), not as bytes: a member written by a newer
 //! schema version or another encoder has different bytes for the same message, and the table only
 //! holds the v1 columns.
@@ -52,6 +55,11 @@ pub struct Report {
     pub session_id: String,
     /// `W`, the configured window size.
     pub window_size: usize,
+    /// Whether the window was written in the serving Redis's epoch. A window of another epoch (left
+    /// by a restart from a snapshot or a failover) is never served: history reads the table, and
+    /// the consumer's next write for the session starts the window over. Its members are still
+    /// compared below, for the operator's information.
+    pub window_epoch_current: bool,
     /// Members in the window.
     pub window_members: usize,
     /// Lowest and highest seq of the window.
@@ -96,6 +104,13 @@ impl fmt::Display for Report {
             self.db_rows,
             range(self.db_range)
         )?;
+        if !self.window_epoch_current && self.window_members > 0 {
+            writeln!(
+                f,
+                "  window epoch:       another Redis epoch (not served: history reads the table \
+                 until the next message starts the window over)"
+            )?;
+        }
         writeln!(f, "  missing in window:  {:?}", self.missing_in_window)?;
         writeln!(f, "  older than window:  {:?}", self.older_than_window)?;
         writeln!(f, "  extra in window:    {:?}", self.extra_in_window)?;
@@ -132,7 +147,7 @@ impl fmt::Display for Report {
 pub async fn verify_window(history: &History, session_id: &str) -> Result<Report> {
     let w = history.config().window.size;
     let table = history.table_reader();
-    let members = history.window_reader().all_members(session_id).await?;
+    let (members, window_epoch_current) = history.window_reader().all_members(session_id).await?;
     let window_min = members.iter().map(|m| m.seq).min();
     let window_max = members.iter().map(|m| m.seq).max();
 
@@ -162,6 +177,7 @@ pub async fn verify_window(history: &History, session_id: &str) -> Result<Report
     let mut report = Report {
         session_id: session_id.to_owned(),
         window_size: w,
+        window_epoch_current,
         window_members: members.len(),
         window_range: window_min.zip(window_max),
         db_rows: rows.len(),

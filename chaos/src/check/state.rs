@@ -113,6 +113,9 @@ pub struct Details {
     pub windows_short: usize,
     /// Empty windows.
     pub windows_empty: usize,
+    /// Windows written in another Redis epoch (a session quiet since a rollback or failover): not
+    /// served, not compared.
+    pub windows_other_epoch: usize,
     /// Mutations the load asked for (any outcome).
     pub mutations: usize,
     /// Acknowledged mutations that changed nothing (a recall or delete of a final message).

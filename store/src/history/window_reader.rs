@@ -72,22 +72,26 @@ impl WindowReader {
         }
     }
 
-    /// Every member of the window, decoded (the verifier's read; no epoch check: it reports
-    /// what the window holds).
-    pub(crate) async fn all_members(&self, sid: &str) -> Result<Vec<WindowMember>> {
-        let mut con = self.redis.get();
-        let raw: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+    /// Every member of the window, decoded, and whether the window was written in the serving
+    /// Redis's epoch (the verifier's read, one atomic round trip: it reports what the window holds
+    /// even when history would not trust it).
+    pub(crate) async fn all_members(&self, sid: &str) -> Result<(Vec<WindowMember>, bool)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGE")
             .arg(keys::window(sid))
             .arg(0)
             .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut con)
+            .arg("WITHSCORES");
+        type Scored = Vec<(Vec<u8>, f64)>;
+        let (trusted, (raw,)): (bool, (Scored,)) = self
+            .read_checked(sid, &pipe)
             .await
             .map_err(Error::redis("read window"))?;
-        Ok(raw
+        let members = raw
             .iter()
             .map(|(member, score)| self.decode_member(member, *score))
-            .collect())
+            .collect();
+        Ok((members, trusted))
     }
 
     /// Reads what `query` needs from the window, with the window's bounds, in one atomic round
@@ -182,16 +186,32 @@ impl WindowReader {
         sid: &str,
         reads: &redis::Pipeline,
     ) -> Option<T> {
+        match self.read_checked(sid, reads).await {
+            Ok((true, t)) => Some(t),
+            Ok((false, _)) => {
+                window_untrusted(sid);
+                None
+            }
+            Err(e) => {
+                window_unreadable(sid, &e);
+                None
+            }
+        }
+    }
+
+    /// Runs the window-epoch check and `reads` in one `MULTI`: whether the window was written in
+    /// the serving Redis's epoch, and the replies of `reads`.
+    async fn read_checked<T: redis::FromRedisValue>(
+        &self,
+        sid: &str,
+        reads: &redis::Pipeline,
+    ) -> redis::RedisResult<(bool, T)> {
         let mut con = self.redis.get();
         let epoch_key = keys::window_epoch(sid);
-        for _ in 0..2 {
-            let script = match self.trusted.get(&mut con).await {
-                Ok(script) => script,
-                Err(e) => {
-                    window_unreadable(sid, &e);
-                    return None;
-                }
-            };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let script = self.trusted.get(&mut con).await?;
             let mut check = script.prepare_invoke();
             check.key(&epoch_key);
             let mut pipe = redis::pipe();
@@ -201,32 +221,23 @@ impl WindowReader {
             }
             let mut replies: Vec<redis::Value> = match pipe.query_async(&mut con).await {
                 Ok(r) => r,
-                Err(e) if crate::epoch::is_noscript(&e) => {
+                // The pinned script went with a restart: load it again, once.
+                Err(e) if crate::epoch::is_noscript(&e) && attempts < 2 => {
                     self.trusted.forget(&script);
                     continue;
                 }
-                Err(e) => {
-                    window_unreadable(sid, &e);
-                    return None;
-                }
+                Err(e) => return Err(e),
             };
             if replies.is_empty() {
-                return None;
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "window read: empty transaction reply",
+                )));
             }
-            let trusted = redis::from_redis_value::<i64>(replies.remove(0));
-            if !matches!(trusted, Ok(1)) {
-                window_untrusted(sid);
-                return None;
-            }
-            return match redis::from_redis_value::<T>(redis::Value::Array(replies)) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    window_unreadable(sid, &e.into());
-                    None
-                }
-            };
+            let trusted = matches!(redis::from_redis_value::<i64>(replies.remove(0)), Ok(1));
+            let t = redis::from_redis_value::<T>(redis::Value::Array(replies))?;
+            return Ok((trusted, t));
         }
-        None
     }
 
     /// The window read of `latest(n)`: the epoch check and one `ZREVRANGE key 0 n-1` instead of
