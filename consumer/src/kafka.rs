@@ -145,7 +145,9 @@ impl ConsumerContext for Context {
     }
 }
 
-fn base(config: &KafkaConfig) -> Result<ClientConfig> {
+/// The settings every Kafka client of `config` shares: bootstrap servers, TLS/SASL, extra
+/// properties (the operators' tools build their own clients on it).
+pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
     for (k, v) in config.security.properties()? {
@@ -160,7 +162,7 @@ fn base(config: &KafkaConfig) -> Result<ClientConfig> {
 /// The group consumer: manual offsets (committed by the transaction), read_committed,
 /// cooperative-sticky assignment.
 pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
-    let mut c = base(config)?;
+    let mut c = client_config(config)?;
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -186,7 +188,7 @@ pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
 /// sized from `max_record_bytes` (see [`dlq_producer_max_bytes`]), so that a record the decoder
 /// accepts as `oversize`-free always fits in the DLQ; user `properties` cannot lower it.
 pub fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> Result<ClientConfig> {
-    let mut c = base(config)?;
+    let mut c = client_config(config)?;
     c.set("transactional.id", &config.transactional_id)
         .set(
             "transaction.timeout.ms",
@@ -224,7 +226,7 @@ pub fn dlq_producer_max_bytes(max_record_bytes: usize) -> usize {
 /// The DLQ topic's `max.message.bytes` (its own setting or the broker's default), read with an
 /// admin client. `None` when it cannot be read (no DescribeConfigs permission, old broker).
 pub async fn dlq_topic_max_bytes(config: &KafkaConfig, timeout: Duration) -> Option<usize> {
-    let admin: AdminClient<DefaultClientContext> = match base(config).and_then(|c| {
+    let admin: AdminClient<DefaultClientContext> = match client_config(config).and_then(|c| {
         c.create()
             .map_err(|e| Error::kafka("create admin client", e))
     }) {

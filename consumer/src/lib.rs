@@ -14,6 +14,7 @@
 //! - [`telemetry`]: metric names, the Prometheus recorder, `/metrics` `/healthz` `/readyz`.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
