@@ -143,7 +143,6 @@ pub async fn run(cli: cli::Cli) -> u8 {
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
-            tracing::error!(error = %e, "chatlog: stopping");
             eprintln!("error: {e}");
             e.exit_code()
         }
