@@ -1,10 +1,907 @@
-//! `doctor` (being built).
+//! `doctor`: every dependency checked the way the consumer will use it — Kafka with the configured
+//! security (brokers, the topic and the DLQ topic, the transaction log), CQL with the login
+//! (server version, keyspace, migrations, published consumer limits), Redis with its password
+//! (version, role), and this host's clock against Redis and CQL. One line per check with a verdict
+//! (`ok`, `warn`, `FAIL`); exit 1 if any check fails. The three services are checked at once,
+//! each step bounded by `--timeout`, so one that does not answer neither hides nor delays the
+//! others' lines.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chatlog_store::migrate::{self, State};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::metadata::Metadata;
+use scylla::client::session::Session;
 
 use crate::cli::DoctorArgs;
 use crate::connect::Ctx;
-use crate::{Error, Outcome, Result};
+use crate::{Outcome, Result};
 
-/// Runs `doctor`.
-pub async fn run(_ctx: &Ctx, _args: &DoctorArgs) -> Result<Outcome> {
-    Err(Error::Other("doctor: not built yet".into()))
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look (does not change the exit code).
+    Warn,
+    /// Broken: the consumer (or the producer) would fail on it.
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One checked thing.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was checked (`kafka`, `cql migrations`, `clock redis`…).
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found, and for a problem what to do.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict,
+            detail: detail.into(),
+        }
+    }
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check::new(name, Verdict::Ok, detail)
+    }
+    fn warn(name: &'static str, detail: impl Into<String>) -> Check {
+        Check::new(name, Verdict::Warn, detail)
+    }
+    fn fail(name: &'static str, detail: impl Into<String>) -> Check {
+        Check::new(name, Verdict::Fail, detail)
+    }
+}
+
+/// Runs `doctor`: prints one line per check and a summary.
+pub async fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<Outcome> {
+    let checks = checks(ctx, args).await;
+    print!("{}", render(&checks));
+    Ok(Outcome::problems_if(
+        checks.iter().any(|c| c.verdict == Verdict::Fail),
+    ))
+}
+
+/// Every check, in a fixed order (Kafka, CQL, Redis, clocks, consumer limits).
+pub async fn checks(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
+    let (kafka, (cql, cql_clock, limits), (redis, redis_clock)) =
+        tokio::join!(kafka(ctx, args), cql(ctx, args), redis(ctx, args));
+    let mut all = kafka;
+    all.extend(cql);
+    all.extend(redis);
+    all.push(redis_clock);
+    all.push(cql_clock);
+    all.extend(limits);
+    all
+}
+
+/// The checks as aligned lines, then `doctor: N ok, N warn, N FAIL`.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        out.push_str(&format!("{:<20} {:<4}  {}\n", c.name, c.verdict, c.detail));
+    }
+    let count = |v| checks.iter().filter(|c| c.verdict == v).count();
+    out.push_str(&format!(
+        "doctor: {} ok, {} warn, {} FAIL\n",
+        count(Verdict::Ok),
+        count(Verdict::Warn),
+        count(Verdict::Fail)
+    ));
+    out
+}
+
+/// `fut` within `limit`; a timeout or an error becomes its text.
+async fn bounded<T, E: fmt::Display>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}", humantime(limit))),
+    }
+}
+
+fn humantime(d: Duration) -> humantime_serde::re::humantime::FormattedDuration {
+    humantime_serde::re::humantime::format_duration(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka
+
+const KAFKA_HINT: &str = "is Kafka up (locally: dev/stack.sh up) and do kafka.bootstrap_servers \
+                          and kafka.security match its listener?";
+
+/// `kafka`, `kafka topic`, `kafka dlq topic`, `kafka transactions`.
+async fn kafka(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
+    let k = &ctx.config.kafka;
+    let names = [
+        "kafka",
+        "kafka topic",
+        "kafka dlq topic",
+        "kafka transactions",
+    ];
+    let not_checked = |why: &str| {
+        names[1..]
+            .iter()
+            .map(|n| Check::fail(n, format!("not checked: {why}")))
+            .collect::<Vec<_>>()
+    };
+    let mut base = match ctx.kafka_base() {
+        Ok(b) => b,
+        Err(e) => {
+            let mut out = vec![Check::fail(
+                "kafka",
+                format!("{}: invalid client settings: {e}", k.bootstrap_servers),
+            )];
+            out.extend(not_checked("the Kafka client settings are invalid"));
+            return out;
+        }
+    };
+    let security = base
+        .get("security.protocol")
+        .unwrap_or("plaintext")
+        .to_ascii_lowercase();
+    // Asking about a topic must never create it (a broker with auto.create.topics.enable would).
+    base.set("allow.auto.create.topics", "false");
+    let timeout = args.timeout;
+    let topics = [
+        k.topic.clone(),
+        k.dlq_topic.clone(),
+        "__transaction_state".to_owned(),
+    ];
+    let probe = base.clone();
+    // librdkafka's metadata calls block: off the runtime's threads, each bounded by `timeout`.
+    let fetched = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = probe
+            .create()
+            .map_err(|e| format!("cannot create a client: {e}"))?;
+        topics
+            .iter()
+            .map(|t| {
+                consumer
+                    .fetch_metadata(Some(t), timeout)
+                    .map_err(|e| format!("metadata request: {e}"))
+            })
+            .collect::<Result<Vec<Metadata>, String>>()
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("metadata task failed: {e}")));
+    let metas = match fetched {
+        Ok(m) => m,
+        Err(e) => {
+            let mut out = vec![Check::fail(
+                "kafka",
+                format!("{} ({security}): {e}; {KAFKA_HINT}", k.bootstrap_servers),
+            )];
+            out.extend(not_checked("Kafka unreachable"));
+            return out;
+        }
+    };
+    let brokers = metas[0].brokers();
+    let mut out = vec![Check::ok(
+        "kafka",
+        format!(
+            "{} ({security}): {} broker{} ({})",
+            k.bootstrap_servers,
+            brokers.len(),
+            plural(brokers.len()),
+            brokers
+                .iter()
+                .map(|b| format!("{}@{}:{}", b.id(), b.host(), b.port()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )];
+    let topic_missing = |what: &str, name: &str| {
+        format!(
+            "{what} {name} does not exist on {}: create it (docs/OPERATIONS.md, \"Deploying\"; \
+             locally the kit's create_topic or kafka-topics.sh --create) or fix kafka.{}",
+            k.bootstrap_servers,
+            if what == "topic" {
+                "topic"
+            } else {
+                "dlq_topic"
+            }
+        )
+    };
+    // The topic.
+    out.push(match topic(&metas[0], &k.topic) {
+        TopicState::Missing => Check::fail("kafka topic", topic_missing("topic", &k.topic)),
+        TopicState::Error(e) => Check::fail("kafka topic", format!("{}: {e}", k.topic)),
+        TopicState::Partitions { count, leaderless } => {
+            leaderless_check("kafka topic", &k.topic, count, leaderless)
+        }
+    });
+    // The DLQ topic, and whether a record the consumer accepts fits in it whole.
+    out.push(match topic(&metas[1], &k.dlq_topic) {
+        TopicState::Missing => {
+            Check::fail("kafka dlq topic", topic_missing("DLQ topic", &k.dlq_topic))
+        }
+        TopicState::Error(e) => Check::fail("kafka dlq topic", format!("{}: {e}", k.dlq_topic)),
+        TopicState::Partitions { count, leaderless } => {
+            let check = leaderless_check("kafka dlq topic", &k.dlq_topic, count, leaderless);
+            if check.verdict != Verdict::Ok {
+                check
+            } else {
+                dlq_size_check(ctx, check, timeout).await
+            }
+        }
+    });
+    out.push(transactions(&base, &metas[0], &metas[2], timeout).await);
+    out
+}
+
+enum TopicState {
+    Missing,
+    Error(String),
+    Partitions { count: usize, leaderless: usize },
+}
+
+fn topic(meta: &Metadata, name: &str) -> TopicState {
+    use rdkafka::types::RDKafkaRespErr;
+    match meta.topics().iter().find(|t| t.name() == name) {
+        None => TopicState::Missing,
+        Some(t) => match t.error() {
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => TopicState::Missing,
+            Some(e) => TopicState::Error(format!("{e:?}")),
+            None if t.partitions().is_empty() => TopicState::Missing,
+            None => TopicState::Partitions {
+                count: t.partitions().len(),
+                leaderless: t.partitions().iter().filter(|p| p.leader() < 0).count(),
+            },
+        },
+    }
+}
+
+fn leaderless_check(name: &'static str, topic: &str, count: usize, leaderless: usize) -> Check {
+    let detail = format!("{topic}: {count} partition{}", plural(count));
+    if leaderless > 0 {
+        Check::fail(
+            name,
+            format!("{detail}, {leaderless} without a leader: are all brokers up?"),
+        )
+    } else {
+        Check::ok(name, detail)
+    }
+}
+
+/// Appends the DLQ topic's `max.message.bytes` to `check`; warns when a record the consumer accepts
+/// (`batch.max_record_bytes`) plus its DLQ headers would not fit whole (it would go as a truncated
+/// copy, see docs/OPERATIONS.md).
+async fn dlq_size_check(ctx: &Ctx, mut check: Check, timeout: Duration) -> Check {
+    let k = &ctx.config.kafka;
+    let needed = ctx
+        .config
+        .batch
+        .max_record_bytes
+        .saturating_add(chatlog_consumer::kafka::DLQ_OVERHEAD);
+    match chatlog_consumer::kafka::dlq_topic_max_bytes(k, timeout).await {
+        Some(max) if max < needed => {
+            check.verdict = Verdict::Warn;
+            check.detail = format!(
+                "{}, max.message.bytes {max} < batch.max_record_bytes + 16384 = {needed}: the \
+                 largest accepted records would reach the DLQ as truncated copies (kafka-configs.sh \
+                 --alter --entity-type topics --entity-name {} --add-config \
+                 max.message.bytes={needed})",
+                check.detail, k.dlq_topic
+            );
+        }
+        Some(max) => check.detail = format!("{}, max.message.bytes {max}", check.detail),
+        None => {
+            check.verdict = Verdict::Warn;
+            check.detail = format!(
+                "{}, max.message.bytes unknown (DescribeConfigs refused?): the consumer assumes \
+                 1000000",
+                check.detail
+            );
+        }
+    }
+    check
+}
+
+/// Whether the consumer's transactions can start: the transaction log exists, or the brokers'
+/// `transaction.state.log.replication.factor` is at most the number of brokers (else the first
+/// transaction fails to create it, and the consumer never gets going).
+async fn transactions(
+    base: &rdkafka::ClientConfig,
+    cluster: &Metadata,
+    log: &Metadata,
+    timeout: Duration,
+) -> Check {
+    const NAME: &str = "kafka transactions";
+    if let TopicState::Partitions { count, .. } = topic(log, "__transaction_state") {
+        return Check::ok(
+            NAME,
+            format!("transaction log __transaction_state: {count} partitions"),
+        );
+    }
+    let brokers = cluster.brokers();
+    let Some(broker) = brokers.first() else {
+        return Check::fail(NAME, "no broker in the metadata");
+    };
+    let admin: AdminClient<DefaultClientContext> = match base.create() {
+        Ok(a) => a,
+        Err(e) => return Check::warn(NAME, format!("cannot create an admin client: {e}")),
+    };
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let spec = [ResourceSpecifier::Broker(broker.id())];
+    let factor = bounded(timeout, admin.describe_configs(&spec, &opts))
+        .await
+        .and_then(|results| {
+            results
+                .into_iter()
+                .find_map(|r| {
+                    r.ok()?
+                        .get("transaction.state.log.replication.factor")?
+                        .value
+                        .as_deref()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .ok_or_else(|| "transaction.state.log.replication.factor not shown".to_owned())
+        });
+    match factor {
+        Err(e) => Check::warn(
+            NAME,
+            format!(
+                "the transaction log does not exist yet and the broker's settings cannot be read \
+                 ({e}): the first transaction will tell"
+            ),
+        ),
+        Ok(f) if f > brokers.len() => Check::fail(
+            NAME,
+            format!(
+                "the transaction log does not exist yet and cannot be created: \
+                 transaction.state.log.replication.factor = {f} > {} broker{}; set it (and \
+                 transaction.state.log.min.isr) at most to the number of brokers",
+                brokers.len(),
+                plural(brokers.len())
+            ),
+        ),
+        Ok(f) => Check::ok(
+            NAME,
+            format!(
+                "the transaction log will be created by the first transaction (replication \
+                 factor {f}, {} broker{})",
+                brokers.len(),
+                plural(brokers.len())
+            ),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CQL
+
+/// `cql`, `cql keyspace`, `cql migrations`; the CQL clock check; the consumer limits check.
+async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
+    let c = &ctx.config.cql;
+    let nodes = c.nodes.join(",");
+    let login = if c.username.is_empty() {
+        "no login".to_owned()
+    } else {
+        format!("as {}", c.username)
+    };
+    let session = match bounded(args.timeout, ctx.cql()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let why = "not checked: CQL unreachable";
+            return (
+                vec![
+                    Check::fail(
+                        "cql",
+                        format!(
+                            "{nodes} ({login}): {e}; is the database up (locally: dev/stack.sh \
+                             up) and are cql.nodes and the login (CHATLOG_CQL_USERNAME/PASSWORD) \
+                             right?"
+                        ),
+                    ),
+                    Check::fail("cql keyspace", why),
+                    Check::fail("cql migrations", why),
+                ],
+                Check::fail("clock cql", why),
+                vec![Check::fail("consumer limits", why)],
+            );
+        }
+    };
+    let version = bounded(args.timeout, release_version(&session)).await;
+    let mut out = vec![match version {
+        Ok(v) => Check::ok("cql", format!("{nodes} ({login}): release_version {v}")),
+        Err(e) => Check::fail(
+            "cql",
+            format!("{nodes} ({login}): connected, but system.local cannot be read: {e}"),
+        ),
+    }];
+    let status = bounded(args.timeout, migrate::status(&session, c)).await;
+    let ks = &c.keyspace;
+    let mut limits_readable = false;
+    match &status {
+        Err(e) => {
+            out.push(Check::fail(
+                "cql keyspace",
+                format!("{ks}: cannot read the schema: {e}"),
+            ));
+            out.push(Check::fail(
+                "cql migrations",
+                "not checked: the schema cannot be read",
+            ));
+        }
+        Ok(s) => {
+            out.push(if s.keyspace_exists {
+                Check::ok("cql keyspace", format!("{ks} exists"))
+            } else {
+                Check::fail(
+                    "cql keyspace",
+                    format!(
+                        "{ks} does not exist on {nodes}: run `chatlog migrate up` (or fix \
+                         cql.keyspace)"
+                    ),
+                )
+            });
+            let total = s.migrations.len();
+            let versions = |it: &mut dyn Iterator<Item = &migrate::MigrationStatus>| {
+                it.map(|m| m.migration.name).collect::<Vec<_>>().join(", ")
+            };
+            let pending = versions(&mut s.pending());
+            let edited = versions(&mut s.edited());
+            out.push(if !edited.is_empty() {
+                Check::fail(
+                    "cql migrations",
+                    format!(
+                        "{ks}: EDITED after they were applied: {edited}; see `chatlog migrate \
+                         status`"
+                    ),
+                )
+            } else if !pending.is_empty() {
+                Check::fail(
+                    "cql migrations",
+                    format!(
+                        "{ks}: {} of {total} pending ({pending}): run `chatlog migrate up`",
+                        s.pending().count()
+                    ),
+                )
+            } else {
+                let newest = s
+                    .migrations
+                    .last()
+                    .map_or(String::new(), |m| match m.state {
+                        State::Applied { applied_at_ms } => format!(
+                            ", newest {} applied {}",
+                            m.migration.name,
+                            crate::migrate::when(applied_at_ms)
+                        ),
+                        _ => String::new(),
+                    });
+                Check::ok(
+                    "cql migrations",
+                    format!("{ks}: all {total} applied{newest}"),
+                )
+            });
+            limits_readable = s.migrations.iter().any(|m| {
+                m.migration.name.contains("consumer_limits")
+                    && matches!(m.state, State::Applied { .. })
+            });
+        }
+    }
+    let clock = skew_check(
+        "clock cql",
+        "CQL",
+        args,
+        bounded(args.timeout, cql_clock(&session)).await,
+    );
+    let limits = if limits_readable {
+        consumer_limits(ctx, &session, args).await
+    } else {
+        Check::warn(
+            "consumer limits",
+            "not checked: the consumer_limits table is not there yet (migrations pending)",
+        )
+    };
+    (out, clock, vec![limits])
+}
+
+async fn release_version(session: &Session) -> Result<String, String> {
+    let (v,) = session
+        .query_unpaged("SELECT release_version FROM system.local", ())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_rows_result()
+        .map_err(|e| e.to_string())?
+        .single_row::<(Option<String>,)>()
+        .map_err(|e| e.to_string())?;
+    Ok(v.unwrap_or_else(|| "(not shown)".to_owned()))
+}
+
+/// One sample of the coordinator's clock: (its time in µs since the epoch, this host's time
+/// halfway through the round trip, the round trip).
+async fn cql_clock(session: &Session) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let sent = Instant::now();
+        let local = now_us();
+        let (ms,) = session
+            .query_unpaged("SELECT toUnixTimestamp(now()) FROM system.local", ())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_rows_result()
+            .map_err(|e| e.to_string())?
+            .single_row::<(i64,)>()
+            .map_err(|e| e.to_string())?;
+        samples.push(Sample::new(ms.saturating_mul(1000), local, sent.elapsed()));
+    }
+    Ok(samples)
+}
+
+/// The limits consumers published for the topic (producers compare theirs with them at start).
+async fn consumer_limits(ctx: &Ctx, session: &Session, args: &DoctorArgs) -> Check {
+    const NAME: &str = "consumer limits";
+    let k = &ctx.config.kafka;
+    let read = chatlog_store::limits::read(session, &ctx.config.cql.keyspace, &k.topic);
+    match bounded(args.timeout, read).await {
+        Err(e) => Check::warn(NAME, format!("cannot read consumer_limits: {e}")),
+        Ok(rows) if rows.is_empty() => Check::warn(
+            NAME,
+            format!(
+                "none published for topic {}: no consumer has started on it yet (producers then \
+                 compare with the consumer defaults)",
+                k.topic
+            ),
+        ),
+        Ok(rows) => {
+            let newest = rows.iter().map(|r| r.published_at_ms).max();
+            let differ = rows.iter().any(|r| {
+                r.limits != rows[0].limits || r.max_record_bytes != rows[0].max_record_bytes
+            });
+            let detail = format!(
+                "{} instance{} published for topic {}, newest {}",
+                rows.len(),
+                plural(rows.len()),
+                k.topic,
+                crate::migrate::when(newest)
+            );
+            if differ {
+                Check::warn(
+                    NAME,
+                    format!(
+                        "{detail}; the instances' limits differ (a rolling change? producers \
+                         follow the strictest)"
+                    ),
+                )
+            } else {
+                Check::ok(NAME, detail)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// `redis`, `redis role`; the Redis clock check.
+async fn redis(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check) {
+    let url = chatlog_store::config::redact_url(&ctx.config.redis.url);
+    let auth = if ctx.config.redis.password.expose().is_empty() {
+        "no password"
+    } else {
+        "with password"
+    };
+    let mut con = match bounded(args.timeout, ctx.redis()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let why = "not checked: Redis unreachable";
+            return (
+                vec![
+                    Check::fail(
+                        "redis",
+                        format!(
+                            "{url} ({auth}): {e}; is Redis up (locally: dev/stack.sh up) and are \
+                             redis.url and CHATLOG_REDIS_PASSWORD right?"
+                        ),
+                    ),
+                    Check::fail("redis role", why),
+                ],
+                Check::fail("clock redis", why),
+            );
+        }
+    };
+    let info = bounded(args.timeout, async {
+        let server: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut con)
+            .await?;
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut con)
+            .await?;
+        Ok::<_, redis::RedisError>((server, replication))
+    })
+    .await;
+    let mut out = Vec::new();
+    match info {
+        Err(e) => {
+            out.push(Check::fail(
+                "redis",
+                format!("{url} ({auth}): connected, but INFO failed: {e}"),
+            ));
+            out.push(Check::fail("redis role", "not checked: INFO failed"));
+        }
+        Ok((server, replication)) => {
+            out.push(version_check(&url, auth, &server, &replication));
+            out.push(role_check(&replication));
+        }
+    }
+    let clock = skew_check(
+        "clock redis",
+        "Redis",
+        args,
+        bounded(args.timeout, redis_clock(&mut con)).await,
+    );
+    (out, clock)
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The version the scripts need: effects replication (the default since Redis 5; the scripts read
+/// `INFO` and `TIME` before writing), and 7 or newer for the seq fast path's cheap epoch check
+/// (older servers run the full check per call; see store/src/epoch.rs). The scripts also need
+/// `run_id` and `master_replid` in `INFO` (some managed services hide them).
+fn version_check(url: &str, auth: &str, server: &str, replication: &str) -> Check {
+    const NAME: &str = "redis";
+    let version = info_field(server, "redis_version").unwrap_or("unknown");
+    let head = format!("{url} ({auth}): redis_version {version}");
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let hex = |v: Option<&str>| {
+        v.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if !hex(info_field(server, "run_id")) || !hex(info_field(replication, "master_replid")) {
+        return Check::fail(
+            NAME,
+            format!(
+                "{head}: INFO shows no run_id or master_replid, which the epoch check of every \
+                 script reads (they would fail); use a server that shows them"
+            ),
+        );
+    }
+    match major {
+        0..=4 => Check::fail(
+            NAME,
+            format!(
+                "{head}: too old — the scripts read INFO and TIME before writing, which needs \
+                 script effects replication (the default since Redis 5); 7 or newer recommended"
+            ),
+        ),
+        5 | 6 => Check::warn(
+            NAME,
+            format!(
+                "{head}: works, but the seq fast path then runs the full epoch check per call \
+                 (slower); 7 or newer recommended"
+            ),
+        ),
+        _ => Check::ok(NAME, head),
+    }
+}
+
+/// Writes (seqs, windows) need the master: a replica refuses them.
+fn role_check(replication: &str) -> Check {
+    const NAME: &str = "redis role";
+    match info_field(replication, "role") {
+        Some("master") => {
+            let replicas = info_field(replication, "connected_slaves").unwrap_or("0");
+            Check::ok(NAME, format!("master, {replicas} connected replicas"))
+        }
+        Some(role) => {
+            let master = match (
+                info_field(replication, "master_host"),
+                info_field(replication, "master_port"),
+            ) {
+                (Some(h), Some(p)) => format!(" of {h}:{p}"),
+                _ => String::new(),
+            };
+            Check::fail(
+                NAME,
+                format!(
+                    "{role}{master}: the consumer and the producer write, which needs the master; \
+                     point redis.url at it"
+                ),
+            )
+        }
+        None => Check::warn(NAME, "INFO replication shows no role"),
+    }
+}
+
+async fn redis_clock(con: &mut redis::aio::ConnectionManager) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let sent = Instant::now();
+        let local = now_us();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(con)
+            .await
+            .map_err(|e| e.to_string())?;
+        samples.push(Sample::new(
+            secs.saturating_mul(1_000_000).saturating_add(micros),
+            local,
+            sent.elapsed(),
+        ));
+    }
+    Ok(samples)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clocks
+
+/// One reading of a server's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// The server's clock minus this host's, µs, this host's read halfway through the round trip.
+    pub skew_us: i64,
+    /// The round trip.
+    pub rtt: Duration,
+}
+
+impl Sample {
+    /// `server_us` read in a round trip of `rtt` that began at `local_before_us` (this host).
+    pub fn new(server_us: i64, local_before_us: i64, rtt: Duration) -> Sample {
+        let half = i64::try_from(rtt.as_micros() / 2).unwrap_or(i64::MAX);
+        Sample {
+            skew_us: server_us.saturating_sub(local_before_us.saturating_add(half)),
+            rtt,
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The verdict on the best (shortest round trip) of `samples`: above `max_skew` FAIL, above half
+/// of it warn. The uncertainty is half the round trip (plus 1 ms for CQL's millisecond clock).
+pub fn skew_verdict(samples: &[Sample], max_skew: Duration) -> Option<(Verdict, Sample)> {
+    let best = *samples.iter().min_by_key(|s| s.rtt)?;
+    let skew = Duration::from_micros(best.skew_us.unsigned_abs());
+    let verdict = if skew > max_skew {
+        Verdict::Fail
+    } else if skew > max_skew / 2 {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    Some((verdict, best))
+}
+
+fn skew_check(
+    name: &'static str,
+    service: &str,
+    args: &DoctorArgs,
+    samples: Result<Vec<Sample>, String>,
+) -> Check {
+    let samples = match samples {
+        Ok(s) => s,
+        Err(e) => return Check::fail(name, format!("cannot read {service}'s clock: {e}")),
+    };
+    let Some((verdict, best)) = skew_verdict(&samples, args.max_skew) else {
+        return Check::fail(name, format!("no reading of {service}'s clock"));
+    };
+    let ms = best.skew_us as f64 / 1000.0;
+    let side = if best.skew_us >= 0 {
+        "ahead of"
+    } else {
+        "behind"
+    };
+    let detail = format!(
+        "{service} is {:.1} ms {side} this host (round trip {:.1} ms; limit {})",
+        ms.abs(),
+        best.rtt.as_secs_f64() * 1000.0,
+        humantime(args.max_skew)
+    );
+    match verdict {
+        Verdict::Ok => Check::ok(name, detail),
+        _ => Check::new(
+            name,
+            verdict,
+            format!(
+                "{detail}: check NTP/chrony on this host and on {service}'s; the consumer refuses \
+                 records stamped further ahead than limits.max_skew"
+            ),
+        ),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(skew_ms: i64, rtt_ms: u64) -> Sample {
+        Sample {
+            skew_us: skew_ms * 1000,
+            rtt: Duration::from_millis(rtt_ms),
+        }
+    }
+
+    #[test]
+    fn skew_is_judged_on_the_shortest_round_trip_against_the_limit_and_its_half() {
+        let limit = Duration::from_millis(500);
+        let judge = |s: &[Sample]| skew_verdict(s, limit).map(|(v, b)| (v, b.skew_us));
+        assert_eq!(judge(&[]), None);
+        assert_eq!(
+            judge(&[sample(900, 50), sample(10, 1)]),
+            Some((Verdict::Ok, 10_000))
+        );
+        assert_eq!(judge(&[sample(-300, 1)]).unwrap().0, Verdict::Warn);
+        assert_eq!(judge(&[sample(600, 1)]).unwrap().0, Verdict::Fail);
+        assert_eq!(judge(&[sample(-600, 1)]).unwrap().0, Verdict::Fail);
+        assert_eq!(judge(&[sample(250, 1)]).unwrap().0, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_sample_compensates_half_the_round_trip() {
+        // Sent at 1_000_000 µs, answered after 10 ms: the server read its clock at ~1_005_000.
+        let s = Sample::new(1_005_000, 1_000_000, Duration::from_millis(10));
+        assert_eq!(s.skew_us, 0);
+    }
+
+    #[test]
+    fn redis_versions_and_roles() {
+        let repl = "role:master\nconnected_slaves:0\nmaster_replid:ab12\n";
+        let server = |v: &str| format!("redis_version:{v}\nrun_id:0f9a\n");
+        assert_eq!(
+            version_check("u", "a", &server("7.0.15"), repl).verdict,
+            Verdict::Ok
+        );
+        assert_eq!(
+            version_check("u", "a", &server("6.2.1"), repl).verdict,
+            Verdict::Warn
+        );
+        assert_eq!(
+            version_check("u", "a", &server("4.0.9"), repl).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(
+            version_check("u", "a", "redis_version:7.2.0\n", repl).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(role_check(repl).verdict, Verdict::Ok);
+        let replica = role_check("role:slave\nmaster_host:10.0.0.1\nmaster_port:6379\n");
+        assert_eq!(replica.verdict, Verdict::Fail);
+        assert!(
+            replica.detail.contains("10.0.0.1:6379"),
+            "{}",
+            replica.detail
+        );
+    }
 }

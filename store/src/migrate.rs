@@ -6,6 +6,7 @@
 //! `IF NOT EXISTS`, and the record is an LWT insert, so two consumers starting at once are safe.
 
 use scylla::client::session::Session;
+use scylla::value::CqlTimestamp;
 
 use crate::{CqlConfig, Error, Result};
 
@@ -136,6 +137,163 @@ pub async fn apply(session: &Session, config: &CqlConfig) -> Result<Report> {
         report.applied.push(m.version);
     }
     Ok(report)
+}
+
+/// Where one migration stands in a keyspace (see [`status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Recorded with this build's checksum.
+    Applied {
+        /// When it was recorded, ms since the Unix epoch (`None`: the cell is empty).
+        applied_at_ms: Option<i64>,
+    },
+    /// Not recorded.
+    Pending,
+    /// Recorded with another checksum: the file was edited after it was applied (`apply` refuses
+    /// to run until that is resolved).
+    Edited {
+        /// The checksum recorded.
+        recorded: i64,
+        /// When it was recorded, ms since the Unix epoch.
+        applied_at_ms: Option<i64>,
+    },
+}
+
+/// One migration of [`MIGRATIONS`] and its [`State`].
+#[derive(Debug, Clone)]
+pub struct MigrationStatus {
+    /// The migration (this build's file).
+    pub migration: Migration,
+    /// Where it stands.
+    pub state: State,
+}
+
+/// What [`status`] found.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Whether the keyspace exists.
+    pub keyspace_exists: bool,
+    /// Whether its `schema_migrations` table exists.
+    pub table_exists: bool,
+    /// Every migration of [`MIGRATIONS`], in order.
+    pub migrations: Vec<MigrationStatus>,
+    /// Versions recorded that this build does not know (applied by a newer release), with their
+    /// names.
+    pub unknown: Vec<(u32, String)>,
+}
+
+impl Status {
+    /// Whether every migration is applied unchanged.
+    pub fn up_to_date(&self) -> bool {
+        self.migrations
+            .iter()
+            .all(|m| matches!(m.state, State::Applied { .. }))
+    }
+
+    /// The migrations not yet applied.
+    pub fn pending(&self) -> impl Iterator<Item = &MigrationStatus> {
+        self.migrations.iter().filter(|m| m.state == State::Pending)
+    }
+
+    /// The migrations edited after they were applied.
+    pub fn edited(&self) -> impl Iterator<Item = &MigrationStatus> {
+        self.migrations
+            .iter()
+            .filter(|m| matches!(m.state, State::Edited { .. }))
+    }
+}
+
+/// Where each migration stands in `config.keyspace`, read-only: unlike [`apply`] it creates
+/// neither the keyspace nor `schema_migrations` (a missing one means every migration is pending),
+/// so an operator can look before changing anything.
+pub async fn status(session: &Session, config: &CqlConfig) -> Result<Status> {
+    config.validate()?;
+    let ks = &config.keyspace;
+    let what = "read the schema (system_schema)";
+    // The keyspace name is validated, but a bound value keeps the schema reads plain.
+    let keyspace_exists = !session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (ks,),
+        )
+        .await
+        .map_err(|e| Error::cql(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::cql(what, e))?
+        .rows::<(String,)>()
+        .map_err(|e| Error::cql(what, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::cql(what, e))?
+        .is_empty();
+    let table_exists = keyspace_exists
+        && !session
+            .query_unpaged(
+                "SELECT table_name FROM system_schema.tables \
+                 WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
+                (ks,),
+            )
+            .await
+            .map_err(|e| Error::cql(what, e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql(what, e))?
+            .rows::<(String,)>()
+            .map_err(|e| Error::cql(what, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::cql(what, e))?
+            .is_empty();
+    type Row = (i32, Option<String>, Option<i64>, Option<CqlTimestamp>);
+    let recorded: Vec<Row> = if table_exists {
+        let what = "read schema_migrations";
+        session
+            .query_unpaged(
+                format!("SELECT version, name, checksum, applied_at FROM {ks}.schema_migrations"),
+                (),
+            )
+            .await
+            .map_err(|e| Error::cql(what, e))?
+            .into_rows_result()
+            .map_err(|e| Error::cql(what, e))?
+            .rows::<Row>()
+            .map_err(|e| Error::cql(what, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::cql(what, e))?
+    } else {
+        Vec::new()
+    };
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|m| {
+            let state = match recorded.iter().find(|r| r.0 as u32 == m.version) {
+                None => State::Pending,
+                Some((_, _, sum, at)) => {
+                    let applied_at_ms = at.map(|t| t.0);
+                    match sum {
+                        Some(sum) if *sum == m.checksum() => State::Applied { applied_at_ms },
+                        other => State::Edited {
+                            recorded: other.unwrap_or(0),
+                            applied_at_ms,
+                        },
+                    }
+                }
+            };
+            MigrationStatus {
+                migration: *m,
+                state,
+            }
+        })
+        .collect();
+    let mut unknown: Vec<(u32, String)> = recorded
+        .iter()
+        .filter(|r| !MIGRATIONS.iter().any(|m| m.version == r.0 as u32))
+        .map(|r| (r.0 as u32, r.1.clone().unwrap_or_default()))
+        .collect();
+    unknown.sort();
+    Ok(Status {
+        keyspace_exists,
+        table_exists,
+        migrations,
+        unknown,
+    })
 }
 
 async fn run_statements(session: &Session, m: &Migration, config: &CqlConfig) -> Result<()> {
