@@ -15,6 +15,19 @@ pub fn window_epoch(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:wep")
 }
 
+/// The `SCAN … MATCH` pattern of every session's window key ([`window`]).
+pub fn window_pattern() -> String {
+    window("*")
+}
+
+/// The session id of a window key ([`window`]); `None` for any other key.
+pub fn session_of_window(key: &str) -> Option<&str> {
+    key.strip_prefix(PREFIX)?
+        .strip_prefix(":{")?
+        .strip_suffix("}:win")
+        .filter(|s| !s.is_empty())
+}
+
 /// The seq allocator's hash of a session: `cur` (last handed out) and `max` (reserved ceiling).
 pub fn seq(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:seq")
@@ -99,6 +112,9 @@ mod tests {
         assert_eq!(tag(&user("u1")), "{u:u1}");
         assert_eq!(tag(&conversations("u1")), "{u:u1}");
         assert_ne!(client_msg("s", "a:b", "c"), client_msg("s", "a", "b:c"));
+        assert_eq!(session_of_window(&window("s1")), Some("s1"));
+        assert_eq!(session_of_window(&window_epoch("s1")), None);
+        assert_eq!(window_pattern(), window("*"));
     }
 
     #[test]

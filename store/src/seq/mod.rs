@@ -458,6 +458,54 @@ impl SeqAllocator {
     }
 }
 
+/// A session's seq hash as Redis holds it, read outside the scripts (a snapshot for operators:
+/// `chatlog inspect session`; the allocator never trusts a value read this way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashSnapshot {
+    /// `cur`: the last seq handed out.
+    pub cur: Option<i64>,
+    /// `max`: the top of the segment installed (the fast path serves while `cur < max`).
+    pub max: Option<i64>,
+    /// `step`: the size of that segment.
+    pub step: Option<i64>,
+    /// `at`: when it was installed, ms since the Unix epoch.
+    pub at_ms: Option<i64>,
+    /// `ep`: the Redis epoch ([`crate::epoch`]) it was written in; the fast path serves only in
+    /// that epoch.
+    pub epoch: Option<String>,
+    /// Milliseconds until the hash expires (idle TTL); `None` without one.
+    pub ttl_ms: Option<i64>,
+}
+
+/// The seq hash of `session_id` ([`keys::seq`](crate::keys::seq)); `None` if Redis has none.
+pub async fn read_hash<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+    session_id: &str,
+) -> Result<Option<HashSnapshot>> {
+    let key = crate::keys::seq(session_id);
+    type Fields = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+    let ((cur, max, step, at_ms, epoch), ttl): (Fields, i64) = redis::pipe()
+        .cmd("HMGET")
+        .arg(&key)
+        .arg(&["cur", "max", "step", "at", epoch::SEQ_FIELD])
+        .cmd("PTTL")
+        .arg(&key)
+        .query_async(con)
+        .await
+        .map_err(Error::redis("read the seq hash"))?;
+    if ttl == -2 {
+        return Ok(None);
+    }
+    Ok(Some(HashSnapshot {
+        cur,
+        max,
+        step,
+        at_ms,
+        epoch,
+        ttl_ms: (ttl >= 0).then_some(ttl),
+    }))
+}
+
 /// What the slow path of an allocation acts on: the fast script's answers that are no seq.
 enum Slow {
     /// No seq hash of this Redis lifetime: reserve a segment (first one or recovery).
