@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Plots of a chatlog-bench run: benches/plot.py RESULTS_JSON OUT_DIR
+"""Plots of a chatlog-bench run: benches/plot.py RESULTS_JSON OUT_DIR [MORE_RESULTS_JSON...]
 
+- goals.png: the headline — every figure against its goal (how many times the goal it reaches,
+  log scale; right of 1 = met), from RESULTS_JSON and any MORE_RESULTS_JSON (e.g. the
+  `--only mutations` and `--only cache` runs' files);
 - throughput.png: every cumulative counter of the run as a rate over time (one line per scenario;
   the scenarios run one after another, so the lines follow each other along the time axis);
 - latency_cdf.png: P4's acknowledgement -> Redis window visibility latency, as a CDF;
@@ -42,13 +45,50 @@ def flat(series):
     return [t0, t1], [r, r]
 
 
+def headline(figures, path):
+    """Each figure as a multiple of its goal: value / goal for "at least", goal / value for "at
+    most" (so right of 1 is always better than the goal)."""
+    rows = []
+    for name, f in sorted(figures.items(), key=lambda kv: (len(kv[0].split("-")[0]), kv[0])):
+        goal, value = f.get("goal") or {}, f.get("value")
+        if not value:
+            continue
+        if "at_least" in goal:
+            x = value / goal["at_least"]
+        elif "at_most" in goal:
+            x = goal["at_most"] / value
+        else:
+            continue
+        label = f"{name}: {f.get('what', '')[:46]} ({value:.3g} vs {f.get('goal_text', '')})"
+        rows.append((label, x, bool(f.get("met"))))
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    ax.barh(ys, [x for _, x, _ in rows], color=["tab:green" if m else "tab:red" for *_, m in rows])
+    ax.set_yticks(ys, [label for label, *_ in rows], fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=1.0, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("multiple of the goal (log; >= 1: met)")
+    ax.set_title("chatlog-bench: every figure against its goal (green: met, red: missed)")
+    ax.grid(alpha=0.3, axis="x", which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
     results = json.load(open(sys.argv[1]))
     out = sys.argv[2]
     os.makedirs(out, exist_ok=True)
     figs = results["figures"]
+    merged = dict(figs)
+    for more in sys.argv[3:]:
+        merged.update(json.load(open(more)).get("figures", {}))
+    headline(merged, os.path.join(out, "goals.png"))
     cpus = results["machine"]["cpus"]
 
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -126,7 +166,7 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(out, "rss.png"), dpi=110)
         plt.close(fig)
-    print(f"plots: {out}/throughput.png, latency_cdf.png, rss.png")
+    print(f"plots: {out}/goals.png, throughput.png, latency_cdf.png, rss.png")
 
 
 if __name__ == "__main__":
