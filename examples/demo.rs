@@ -42,6 +42,16 @@ struct Args {
     /// Where the consumer's log goes.
     #[arg(long, default_value = "/tmp/chatlog-demo-consumer.log")]
     consumer_log: String,
+    /// After the summary, keep the consumer (and its /metrics) running until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+/// The last `n` lines of the consumer's log, for an error that says why it is gone.
+fn log_tail(path: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[tokio::main]
@@ -145,6 +155,16 @@ async fn main() -> anyhow::Result<()> {
         if n as usize >= sent || Instant::now() > deadline {
             break n as usize;
         }
+        // A consumer that died will not persist the rest: say so now, with its last words,
+        // rather than after the deadline.
+        if let Some(status) = consumer.try_wait()? {
+            anyhow::bail!(
+                "the consumer exited ({status}) with {n} of {sent} messages persisted; the end of \
+                 its log ({}):\n{}",
+                args.consumer_log,
+                log_tail(&args.consumer_log, 20)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let total_secs = started.elapsed().as_secs_f64();
@@ -186,9 +206,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "  metrics             http://{}/metrics (also /healthz, /readyz)",
-        args.http_listen
+        "  metrics             http://{}/metrics (also /healthz, /readyz){}",
+        args.http_listen,
+        if args.keep_running {
+            "; the consumer keeps running: Ctrl-C stops it"
+        } else {
+            "; served until the consumer stops below (--keep-running keeps it up)"
+        }
     );
+    if args.keep_running {
+        tokio::signal::ctrl_c().await?;
+    }
 
     // Stop the consumer as an orchestrator would: SIGTERM, then it commits and exits 0.
     let _ = chatlog::signal(consumer.id(), "-TERM");
