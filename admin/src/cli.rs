@@ -144,6 +144,10 @@ pub enum VerifyWhat {
         /// Windows checked at once with --all.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// With --all: only sessions whose id matches this glob (Redis MATCH syntax, e.g.
+        /// `tenant42-*`).
+        #[arg(long = "match", requires = "all", default_value = "*")]
+        matching: String,
     },
 }
 

@@ -141,7 +141,9 @@ impl fmt::Display for Report {
         write!(
             f,
             "  verdict: {}",
-            if self.is_consistent() {
+            if !self.window_epoch_current && self.window_members > 0 {
+                "other epoch (never served, whatever it holds)"
+            } else if self.is_consistent() {
                 "consistent"
             } else {
                 "INCONSISTENT"
