@@ -90,8 +90,10 @@ async fn doctor_reports_a_healthy_stack() {
     chatlog::create_topic(&topic, 3).await;
     create_dlq_topic(&dlq).await;
     // A consumer of this topic has started: its limits are published (by the consumer's code).
-    let mut consumer = chatlog_consumer::Config::default();
-    consumer.cql = cql.clone();
+    let mut consumer = chatlog_consumer::Config {
+        cql: cql.clone(),
+        ..Default::default()
+    };
     consumer.kafka.topic = topic.clone();
     consumer.kafka.transactional_id = chatlog::unique("doctor_instance");
     consumer
