@@ -239,3 +239,43 @@ async fn doctor_fails_when_redis_is_unreachable() {
         assert_eq!(line(&checks, name, &ran).0, "ok", "{name}\n{ran}");
     }
 }
+
+#[tokio::test]
+async fn doctor_fails_when_kafka_and_cql_are_unreachable() {
+    let kafka = format!("127.0.0.1:{}", chatlog::free_port());
+    let cql = format!("127.0.0.1:{}", chatlog::free_port());
+
+    let ran = common::run(
+        common::chatlog(&chatlog::unique("doctor_nocql")),
+        &[
+            "--bootstrap-servers",
+            &kafka,
+            "--cql-nodes",
+            &cql,
+            "doctor",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .await;
+
+    assert_eq!(ran.code, Some(1), "{ran}");
+    let (checks, _) = lines(&ran.stdout);
+    for (name, address) in [("kafka", &kafka), ("cql", &cql)] {
+        let (verdict, detail) = line(&checks, name, &ran);
+        assert_eq!(verdict, "FAIL", "{name}\n{ran}");
+        assert!(
+            detail.contains(address.as_str()) && detail.contains("dev/stack.sh up"),
+            "{name}\n{ran}"
+        );
+    }
+    for name in ["kafka topic", "cql migrations", "clock cql"] {
+        let (verdict, detail) = line(&checks, name, &ran);
+        assert_eq!(verdict, "FAIL", "{name}\n{ran}");
+        assert!(detail.contains("not checked"), "{name}\n{ran}");
+    }
+    // Redis is still checked, and fine.
+    for name in ["redis", "redis role", "clock redis"] {
+        assert_eq!(line(&checks, name, &ran).0, "ok", "{name}\n{ran}");
+    }
+}
