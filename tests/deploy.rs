@@ -1,9 +1,11 @@
 //! The deployment files against real tools, without a running consumer: the alert rules pass
-//! `promtool check rules` and their unit tests, the Grafana dashboard parses and uses only
-//! exported metrics, the compose file passes `docker-compose config` and wires the fleet, the
-//! Dockerfile is multi-stage and non-root, the example config parses and documents every field,
-//! and the operations guide covers every metric, alert and DLQ header. (The live `/metrics`
-//! tests are in consumer/tests/observability.rs.)
+//! `promtool check rules` and their unit tests and link their runbook sections, Alertmanager's
+//! configuration passes `amtool check-config` and routes by severity, the Grafana dashboards
+//! parse, take their datasource from a variable and use only metrics the code records, the
+//! compose file passes `docker-compose config` and wires the fleet, the load generator and
+//! Alertmanager, the Dockerfile is multi-stage and non-root and ships both binaries, the example
+//! config parses and documents every field, and the operations guide covers every metric, alert
+//! and DLQ header. (The live `/metrics` tests are in consumer/tests/observability.rs.)
 //!
 //! A missing tool fails the test with the command that installs it; nothing is skipped.
 
@@ -36,8 +38,8 @@ const REQUIRED_ALERTS: &[&str] = &[
 ];
 
 /// The cached repositories' metrics (chatlog-store's cache): exported by the processes that run
-/// the repositories (Logic), not by the consumer. The dashboard's cache row and the
-/// `chatlog-cache` alerts use them, and only them besides the consumer's.
+/// the repositories (Logic), not by the consumer. The Logic dashboard's cache row and the
+/// `chatlog-cache` alerts use them.
 const CACHE_METRICS: &[&str] = &[
     store_telemetry::CACHE_REQUESTS,
     store_telemetry::CACHE_LOADS,
@@ -49,11 +51,207 @@ const CACHE_METRICS: &[&str] = &[
     store_telemetry::CACHE_COALESCED,
 ];
 
-/// What the dashboard and the alerts may use: the consumer's series and the cache's.
+/// Where the libraries that run inside Logic name their metrics: (crate source folder, the file
+/// of its name constants). Every `pub const X: &str = "chatlog_…"` there is a metric family.
+const LOGIC_METRIC_SOURCES: &[(&str, &str)] = &[
+    ("store/src", "store/src/telemetry.rs"),
+    ("producer/src", "producer/src/metrics.rs"),
+];
+
+/// The metric families a name file declares: constant name → metric name (string literals
+/// only; aliases of other constants are skipped, their target is declared elsewhere).
+fn metric_consts(rel: &str) -> BTreeMap<String, String> {
+    let text = read(rel);
+    let mut out = BTreeMap::new();
+    for part in text.split("pub const ").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let Some((_, value)) = part.split_once('=') else {
+            continue;
+        };
+        let value = value.trim_start();
+        if let Some(rest) = value.strip_prefix('"') {
+            let metric = rest.split('"').next().unwrap_or_default();
+            if metric.starts_with("chatlog_") {
+                out.insert(name, metric.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The `.rs` files under a folder of the repository, recursively.
+fn rust_files(rel: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root().join(rel)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The invocations of the `metrics` macros in a crate's sources: (macro, its argument text).
+fn metric_macro_calls(src: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for file in rust_files(src) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for mac in ["counter!(", "gauge!(", "histogram!("] {
+            let mut from = 0;
+            while let Some(at) = text[from..].find(mac) {
+                let start = from + at + mac.len();
+                // The argument list up to the matching parenthesis.
+                let mut depth = 1;
+                let mut end = start;
+                for (i, c) in text[start..].char_indices() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        end = start + i;
+                        break;
+                    }
+                }
+                out.push((
+                    mac.trim_end_matches("!(").to_owned(),
+                    text[start..end].to_owned(),
+                ));
+                from = start;
+            }
+        }
+    }
+    out
+}
+
+/// Logic's metric families (producer, seq, history, cache, repositories) as read from the code,
+/// with the series names they render as (histograms: `_bucket`, `_sum`, `_count`).
+fn logic_series_names() -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut families = BTreeSet::new();
+    let mut series = BTreeSet::new();
+    for (src, names_file) in LOGIC_METRIC_SOURCES {
+        let consts = metric_consts(names_file);
+        assert!(
+            !consts.is_empty(),
+            "no metric name constants in {names_file}"
+        );
+        // A family is a histogram when some `histogram!` (or `describe_histogram!`) names it.
+        let histograms: BTreeSet<&String> = metric_macro_calls(src)
+            .iter()
+            .filter(|(mac, _)| mac.ends_with("histogram"))
+            .filter_map(|(_, args)| {
+                let first = args.split([',', ')']).next().unwrap().trim();
+                consts.get(first.rsplit("::").next().unwrap())
+            })
+            .collect();
+        for metric in consts.values() {
+            families.insert(metric.clone());
+            if histograms.contains(metric) {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    series.insert(format!("{metric}{suffix}"));
+                }
+            } else {
+                series.insert(metric.clone());
+            }
+        }
+    }
+    // The reader above must find what the crates declare (a reformatted file must not empty it).
+    for typed in CACHE_METRICS.iter().chain(&[
+        store_telemetry::SEQ_ALLOCATIONS,
+        store_telemetry::HISTORY_REQUESTS,
+        chatlog_producer::metrics::RECORDS,
+        chatlog_producer::metrics::MUTATIONS,
+        chatlog_producer::metrics::CLOCK_OFFSET,
+    ]) {
+        assert!(families.contains(*typed), "{typed} not read from the code");
+    }
+    for histogram in [
+        chatlog_producer::metrics::SEND_DURATION,
+        store_telemetry::HISTORY_REQUEST_DURATION,
+    ] {
+        assert!(
+            series.contains(&format!("{histogram}_bucket")),
+            "{histogram} not recognised as a histogram"
+        );
+    }
+    (families, series)
+}
+
+/// What the dashboards and the alerts may use: the consumer's series and Logic's (producer,
+/// seq, history, cache, repositories), as the code names them.
 fn known_series_names() -> BTreeSet<String> {
     let mut names = exported_series_names();
-    names.extend(CACHE_METRICS.iter().map(|m| (*m).to_owned()));
+    names.extend(logic_series_names().1);
     names
+}
+
+/// GitHub's anchors of a Markdown file's headings (outside code fences): lower case, spaces to
+/// `-`, punctuation dropped, `-1`, `-2`… for repeated headings.
+fn markdown_anchors(text: &str) -> BTreeSet<String> {
+    let mut anchors = BTreeSet::new();
+    let mut in_fence = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if hashes == 0 || hashes > 6 || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let slug = github_slug(&line[hashes..]);
+        let mut anchor = slug.clone();
+        let mut n = 0;
+        while !anchors.insert(anchor.clone()) {
+            n += 1;
+            anchor = format!("{slug}-{n}");
+        }
+    }
+    anchors
+}
+
+/// GitHub's slug of a heading's text.
+fn github_slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The repository's web address (Cargo.toml, `[workspace.package] repository`).
+fn repository_url() -> String {
+    let manifest = read("Cargo.toml");
+    let section = manifest
+        .split("[workspace.package]")
+        .nth(1)
+        .expect("Cargo.toml has [workspace.package]");
+    let section = section.split("\n[").next().unwrap();
+    let line = section
+        .lines()
+        .find(|l| l.trim_start().starts_with("repository"))
+        .expect("[workspace.package] repository");
+    let url = line.split('"').nth(1).expect("repository = \"…\"");
+    assert!(url.starts_with("https://"), "repository {url}");
+    url.trim_end_matches('/').to_owned()
 }
 
 #[test]
@@ -74,7 +272,10 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     println!("{}", String::from_utf8_lossy(&out.stdout));
 
     // Every alert: a severity, a summary and a runbook section that exists.
-    let ops = read("docs/OPERATIONS.md").to_lowercase();
+    let ops_text = read("docs/OPERATIONS.md");
+    let anchors = markdown_anchors(&ops_text);
+    let ops = ops_text.to_lowercase();
+    let repository = repository_url();
     let rules = yaml_file("deploy/prometheus/alerts.yml");
     let mut alerts = BTreeSet::new();
     for rule in rules["groups"]
@@ -96,9 +297,27 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
             rule["annotations"]["summary"].is_string(),
             "{name}: summary"
         );
-        let runbook = rule["annotations"]["runbook"].as_str().unwrap_or_default();
-        let anchor = format!("docs/operations.md#{}", name.to_lowercase());
-        assert_eq!(runbook.to_lowercase(), anchor, "{name}: runbook");
+        // runbook_url: the alert's own section of docs/OPERATIONS.md on the repository's site.
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no runbook_url annotation"));
+        let (page, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url} has no #anchor"));
+        assert_eq!(
+            page,
+            format!("{repository}/blob/main/docs/OPERATIONS.md"),
+            "{name}: runbook_url points at docs/OPERATIONS.md of the repository"
+        );
+        assert!(
+            anchors.contains(anchor),
+            "{name}: runbook_url anchor #{anchor} is no heading of docs/OPERATIONS.md"
+        );
+        assert_eq!(
+            anchor,
+            github_slug(name),
+            "{name}: runbook_url links another alert's section"
+        );
         assert!(
             ops.contains(&format!("### {}", name.to_lowercase())),
             "docs/OPERATIONS.md has no `### {name}` section"
@@ -127,49 +346,110 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         assert!(fired.contains(name), "no unit test makes {name} fire");
         assert!(silent.contains(name), "no unit test keeps {name} silent");
     }
-    // Rules use only what the consumer (or, for the cache, chatlog-store) exports.
+    // Rules use only what the consumer or the Logic libraries record.
     let exported = known_series_names();
     for (name, expr) in rule_exprs() {
         for metric in metric_names_in(&expr) {
             assert!(
                 exported.contains(&metric) || metric == "up",
-                "{name}: `{metric}` in `{expr}` is exported neither by the consumer nor by the cache"
+                "{name}: `{metric}` in `{expr}` is recorded neither by the consumer nor by \
+                 chatlog-store or chatlog-producer"
             );
         }
     }
 }
 
-// ------------------------------------------------------------------------------- dashboard
+// ------------------------------------------------------------------------------- dashboards
 
-#[test]
-fn dashboard_json_is_valid_and_covers_the_pipeline() {
-    let text = read("deploy/grafana/dashboards/chatlog-consumer.json");
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is valid JSON");
+/// The provisioned dashboards: (file name, parsed JSON), every `*.json` of
+/// deploy/grafana/dashboards.
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = root().join("deploy/grafana/dashboards");
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name} is not valid JSON: {e}"));
+            (name, value)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Where a dashboard's panel, target or variable gets its data: the `${datasource}` variable,
+/// of type prometheus.
+fn assert_uses_datasource_variable(what: &str, datasource: &Value) {
+    assert_eq!(
+        datasource["type"], "prometheus",
+        "{what}: datasource {datasource}"
+    );
+    assert_eq!(
+        datasource["uid"], "${datasource}",
+        "{what}: the datasource must be the dashboard variable `${{datasource}}`, not {datasource}"
+    );
+}
+
+/// Checks one dashboard: structure, layout, the datasource variable everywhere, and returns its
+/// expressions.
+fn check_dashboard(file: &str, dashboard: &Value, provisioned_uid: &str) -> Vec<(String, String)> {
     assert!(
         dashboard["uid"]
             .as_str()
-            .is_some_and(|u| !u.is_empty() && u.len() <= 40)
+            .is_some_and(|u| !u.is_empty() && u.len() <= 40),
+        "{file}: uid"
     );
-    assert!(dashboard["title"].is_string());
-    assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+    assert!(dashboard["title"].is_string(), "{file}: title");
+    assert!(
+        dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "{file}: schemaVersion"
+    );
     assert!(
         dashboard.get("id").is_none_or(Value::is_null),
-        "provisioned dashboards carry no id"
+        "{file}: provisioned dashboards carry no id"
     );
 
-    // The datasource the panels use is the provisioned one.
-    let provisioning = yaml_file("deploy/grafana/provisioning/datasources/prometheus.yml");
-    let ds = &provisioning["datasources"][0];
-    assert_eq!(ds["type"], "prometheus");
-    let uid = ds["uid"].as_str().expect("provisioned datasource uid");
+    // The datasource is a variable (type datasource, Prometheus ones), defaulting to the
+    // provisioned one, so the dashboard imports into any Grafana.
+    let variables: Vec<&Value> = dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let ds = variables
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .unwrap_or_else(|| panic!("{file}: no `datasource` variable"));
+    assert_eq!(ds["type"], "datasource", "{file}: datasource variable type");
+    assert_eq!(
+        ds["query"], "prometheus",
+        "{file}: datasource variable query"
+    );
+    assert_eq!(
+        ds["current"]["value"], provisioned_uid,
+        "{file}: the datasource variable defaults to the provisioned datasource"
+    );
+    for v in &variables {
+        if v["type"] == "query" {
+            assert_uses_datasource_variable(
+                &format!("{file}: variable {}", v["name"]),
+                &v["datasource"],
+            );
+        }
+    }
 
     let panels = dashboard["panels"].as_array().expect("panels");
     let mut ids = BTreeSet::new();
     let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for panel in panels {
         let title = panel["title"].as_str().expect("panel title").to_owned();
+        let title = format!("{file}: {title}");
         let id = panel["id"].as_u64().expect("panel id");
-        assert!(ids.insert(id), "duplicate panel id {id}");
+        assert!(ids.insert(id), "{file}: duplicate panel id {id}");
         let g = &panel["gridPos"];
         let (x, y, w, h) = (
             g["x"].as_u64().unwrap(),
@@ -186,6 +466,10 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
             }
         }
         if panel["type"] == "row" {
+            assert!(
+                panel["panels"].as_array().is_none_or(Vec::is_empty),
+                "{title}: a collapsed row hides its panels from these checks"
+            );
             continue;
         }
         assert!(
@@ -201,12 +485,14 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
             "{title}: panel type {}",
             panel["type"]
         );
-        assert_eq!(panel["datasource"]["type"], "prometheus", "{title}");
-        assert_eq!(panel["datasource"]["uid"], uid, "{title}: datasource uid");
+        assert_uses_datasource_variable(&title, &panel["datasource"]);
         let targets = panel["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{title}: no targets");
         let mut refs = BTreeSet::new();
         for t in targets {
+            if !t["datasource"].is_null() {
+                assert_uses_datasource_variable(&format!("{title}: target"), &t["datasource"]);
+            }
             assert!(
                 refs.insert(t["refId"].as_str().expect("refId").to_owned()),
                 "{title}: duplicate refId"
@@ -218,32 +504,32 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
                 expr.matches(')').count(),
                 "{title}: unbalanced parentheses in {expr}"
             );
+            // Labels are bounded: nothing groups or names series by a session or a user.
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            for text in [expr, legend] {
+                for unbounded in ["session", "user", "msg_id", "client_msg"] {
+                    assert!(
+                        !text.contains(unbounded),
+                        "{title}: `{unbounded}` in {text:?}: no unbounded label on a dashboard"
+                    );
+                }
+            }
         }
     }
 
-    // Only metrics the consumer or the cache exports (plus Prometheus's `up`).
-    let exported = known_series_names();
-    let exprs = dashboard_exprs(&dashboard);
-    for (title, expr) in &exprs {
-        let names = metric_names_in(expr);
-        assert!(!names.is_empty(), "{title}: no metric in {expr}");
-        for name in names {
-            assert!(
-                exported.contains(&name) || name == "up",
-                "{title}: `{name}` in `{expr}` is exported neither by the consumer nor by the cache"
-            );
-        }
-    }
     // Every variable the expressions use is defined.
-    let vars: BTreeSet<String> = dashboard["templating"]["list"]
-        .as_array()
+    let exprs: Vec<(String, String)> = dashboard_exprs(dashboard)
         .into_iter()
-        .flatten()
+        .map(|(t, e)| (format!("{file}: {t}"), e))
+        .collect();
+    let vars: BTreeSet<String> = variables
+        .iter()
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect();
     for (title, expr) in &exprs {
         for part in expr.split('$').skip(1) {
             let var: String = part
+                .trim_start_matches('{')
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
@@ -253,35 +539,97 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
             );
         }
     }
+    exprs
+}
 
-    // The panels an operator needs.
-    let has = |pred: &dyn Fn(&str) -> bool| exprs.iter().any(|(_, e)| pred(e));
+#[test]
+fn dashboards_are_valid_use_the_datasource_variable_and_cover_the_pipeline() {
+    // The datasource the panels default to is the provisioned one.
+    let provisioning = yaml_file("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let ds = &provisioning["datasources"][0];
+    assert_eq!(ds["type"], "prometheus");
+    let uid = ds["uid"].as_str().expect("provisioned datasource uid");
+
+    let dashboards = dashboards();
+    let files: BTreeSet<&str> = dashboards.iter().map(|(f, _)| f.as_str()).collect();
+    for want in ["chatlog-consumer.json", "chatlog-logic.json"] {
+        assert!(files.contains(want), "deploy/grafana/dashboards/{want}");
+    }
+    let mut uids = BTreeSet::new();
+    let mut by_file: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (file, dashboard) in &dashboards {
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap_or_default().to_owned()),
+            "{file}: dashboard uid {} is taken",
+            dashboard["uid"]
+        );
+        by_file.insert(file.clone(), check_dashboard(file, dashboard, uid));
+    }
+
+    // Only metrics the code records (the consumer's, and the Logic libraries': producer, seq,
+    // history, cache, repositories), plus Prometheus's `up`.
+    let exported = known_series_names();
+    for (title, expr) in by_file.values().flatten() {
+        let names = metric_names_in(expr);
+        assert!(!names.is_empty(), "{title}: no metric in {expr}");
+        for name in names {
+            assert!(
+                exported.contains(&name) || name == "up",
+                "{title}: `{name}` in `{expr}` is recorded neither by the consumer nor by \
+                 chatlog-store or chatlog-producer (a typo, or a renamed metric?)"
+            );
+        }
+    }
+
+    // The consumer's panels an operator needs.
+    let consumer = &by_file["chatlog-consumer.json"];
+    let has = |exprs: &[(String, String)], pred: &dyn Fn(&str) -> bool| {
+        exprs.iter().any(|(_, e)| pred(e))
+    };
     let e = |name: &'static str| move |x: &str| x.contains(name);
     assert!(
-        has(&|x| x.contains(telemetry::RECORDS) && x.contains("rate(")),
+        has(consumer, &|x| x.contains(telemetry::RECORDS)
+            && x.contains("rate(")),
         "throughput"
     );
-    assert!(has(&e(telemetry::LAG)), "lag");
-    assert!(has(&e(telemetry::BATCH_RECORDS)), "batch size");
+    assert!(has(consumer, &e(telemetry::LAG)), "lag");
+    assert!(has(consumer, &e(telemetry::BATCH_RECORDS)), "batch size");
     for q in ["0.5", "0.99"] {
         assert!(
-            has(&|x| x.contains(&format!("histogram_quantile({q}"))
+            has(consumer, &|x| x
+                .contains(&format!("histogram_quantile({q}"))
                 && x.contains(telemetry::STAGE_DURATION)
                 && x.contains("stage")),
             "stage p{q}"
         );
     }
     assert!(
-        has(&|x| x.contains(telemetry::TRANSACTIONS)
+        has(consumer, &|x| x.contains(telemetry::TRANSACTIONS)
             && (x.contains("aborted") || x.contains("result"))),
         "aborts"
     );
-    assert!(has(&e(telemetry::DLQ_RECORDS)), "DLQ");
-    assert!(has(&e(telemetry::E2E_LATENCY)), "end-to-end latency");
-    // The cache row: hit ratio by repo, loads, lock waits, degraded reads, refused fills,
-    // pending marks.
+    assert!(has(consumer, &e(telemetry::DLQ_RECORDS)), "DLQ");
     assert!(
-        has(&|x| x.contains(store_telemetry::CACHE_REQUESTS)
+        has(consumer, &e(telemetry::E2E_LATENCY)),
+        "end-to-end latency"
+    );
+    // The consumer's dashboard shows only what a consumer exports (its live test,
+    // consumer/tests/observability.rs, scrapes one and compares).
+    let consumer_series = exported_series_names();
+    for (title, expr) in consumer {
+        for name in metric_names_in(expr) {
+            assert!(
+                consumer_series.contains(&name) || name == "up",
+                "{title}: `{name}` is not a consumer metric: Logic's go on chatlog-logic.json"
+            );
+        }
+    }
+
+    // The Logic dashboard: the cache row (hit ratio by repo, loads, lock waits, degraded reads,
+    // refused fills, pending marks), and every family the Logic libraries record.
+    let logic = &by_file["chatlog-logic.json"];
+    assert!(
+        has(logic, &|x| x.contains(store_telemetry::CACHE_REQUESTS)
             && x.contains("result=\"hit\"")
             && x.contains(" / ")
             && x.contains("by (repo)")),
@@ -294,7 +642,91 @@ fn dashboard_json_is_valid_and_covers_the_pipeline() {
         (store_telemetry::CACHE_FILLS_REFUSED, "refused fills"),
         (store_telemetry::CACHE_PENDING_MARKS, "pending marks"),
     ] {
-        assert!(has(&|x| x.contains(metric) && x.contains("repo")), "{what}");
+        assert!(
+            has(logic, &|x| x.contains(metric) && x.contains("repo")),
+            "{what}"
+        );
+    }
+    for q in ["0.5", "0.99"] {
+        for (histogram, by) in [
+            (chatlog_producer::metrics::SEND_DURATION, "by (le)"),
+            (store_telemetry::HISTORY_REQUEST_DURATION, "by (op, le)"),
+        ] {
+            assert!(
+                has(logic, &|x| x.contains(&format!("histogram_quantile({q}"))
+                    && x.contains(&format!("{histogram}_bucket"))
+                    && x.contains(by)),
+                "{histogram} p{q} {by}"
+            );
+        }
+    }
+    assert!(
+        has(logic, &|x| x.contains(store_telemetry::SEQ_ALLOCATIONS)
+            && x.contains("by (path)")),
+        "seq allocations by path"
+    );
+    let families = logic_series_names().0;
+    let used: BTreeSet<String> = logic
+        .iter()
+        .flat_map(|(_, e)| metric_names_in(e))
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).map(str::to_owned))
+                .filter(|family| families.contains(family))
+                .unwrap_or(n)
+        })
+        .collect();
+    for family in families {
+        assert!(
+            used.contains(&family),
+            "{family} (recorded by a Logic library) has no panel on chatlog-logic.json"
+        );
+    }
+}
+
+/// The literal label keys of a `metrics` macro's arguments (`NAME, "key" => value, …`).
+fn label_keys(args: &str) -> Vec<String> {
+    // Each `=>` is preceded by its key: every part but the last ends with one.
+    let parts: Vec<&str> = args.split("=>").collect();
+    parts[..parts.len() - 1]
+        .iter()
+        .filter_map(|part| {
+            let key = part.rsplit(',').next().unwrap().trim();
+            key.strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Whether a label key names something unbounded (a session, a user, a message, a key).
+fn is_unbounded_label(key: &str) -> bool {
+    ["session", "user", "sender", "msg", "client", "_id", "key"]
+        .iter()
+        .any(|u| key.contains(u))
+}
+
+/// No metric the code records takes a label that could hold a session, a user or a message:
+/// label keys of every `counter!`/`gauge!`/`histogram!` call of the consumer and the Logic
+/// libraries.
+#[test]
+fn recorded_metrics_take_no_unbounded_label() {
+    let mut keys = BTreeSet::new();
+    for src in ["consumer/src", "store/src", "producer/src"] {
+        for (mac, args) in metric_macro_calls(src) {
+            for key in label_keys(&args) {
+                assert!(
+                    !is_unbounded_label(&key),
+                    "{src}: {mac}!({args}) has the label `{key}`: labels must be bounded"
+                );
+                keys.insert(key);
+            }
+        }
+    }
+    // The reader found the labels it should (a change of style must not blind it).
+    for key in ["outcome", "stage", "reason", "repo", "path", "op", "result"] {
+        assert!(keys.contains(key), "label `{key}` not found: {keys:?}");
     }
 }
 
@@ -335,6 +767,8 @@ fn compose_file_passes_docker_compose_config_and_wires_the_fleet() {
         "migrate",
         "prometheus",
         "grafana",
+        "load",
+        "alertmanager",
     ] {
         assert!(services.contains_key(name), "service {name}");
     }
@@ -480,6 +914,127 @@ fn compose_file_passes_docker_compose_config_and_wires_the_fleet() {
         "{gmounts:?}"
     );
 
+    // The load generator: the operator tool from the same image, with the consumers' config
+    // file and credentials, sending for ever once every consumer is healthy (so the dashboard
+    // shows traffic right after `up`), restarted if it fails.
+    let load = &services["load"];
+    let image = consumers[0].1["image"].clone();
+    assert_eq!(load["image"], image, "load runs the consumers' image");
+    assert_eq!(
+        load["entrypoint"],
+        serde_json::json!(["/usr/local/bin/chatlog"]),
+        "load runs the operator tool"
+    );
+    let command: Vec<&str> = load["command"]
+        .as_array()
+        .expect("load command")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command.first(), Some(&"load"), "{command:?}");
+    for flag in ["--forever", "--rate", "--quiet"] {
+        assert!(command.contains(&flag), "load {flag}: {command:?}");
+    }
+    for key in [
+        "CHATLOG_CONSUMER_CONFIG",
+        "CHATLOG_CQL_USERNAME",
+        "CHATLOG_CQL_PASSWORD",
+        "CHATLOG_REDIS_PASSWORD",
+    ] {
+        assert_eq!(
+            env(load, key),
+            env(consumers[0].1, key),
+            "load takes the consumers' {key}"
+        );
+        assert!(env(load, key).is_some(), "load: {key}");
+    }
+    assert_eq!(
+        env(load, "CHATLOG_TRANSACTIONAL_ID"),
+        None,
+        "load is no consumer"
+    );
+    assert_eq!(
+        volumes(load),
+        volumes(consumers[0].1),
+        "load mounts the consumers' config file"
+    );
+    for (name, _) in &consumers {
+        assert_eq!(
+            load["depends_on"][name.as_str()]["condition"],
+            "service_healthy",
+            "load starts once {name} is healthy"
+        );
+    }
+    assert!(
+        load["restart"].as_str().is_some_and(|r| r != "no"),
+        "load restarts after a failure"
+    );
+    assert!(load["ports"].is_null(), "load publishes nothing");
+    // The doctor one-shot, when there is one: the operator tool's `doctor`, run once.
+    if let Some(doctor) = services.get("doctor") {
+        assert_eq!(doctor["image"], image);
+        assert_eq!(doctor["entrypoint"], load["entrypoint"]);
+        assert_eq!(doctor["command"], serde_json::json!(["doctor"]));
+        assert_eq!(doctor["restart"], "no");
+        assert_eq!(
+            env(doctor, "CHATLOG_CQL_PASSWORD"),
+            env(consumers[0].1, "CHATLOG_CQL_PASSWORD")
+        );
+    }
+
+    // Alertmanager: a pinned image, its config file mounted where its --config.file says,
+    // published on 127.0.0.1 only, and Prometheus sends it the alerts.
+    let am = &services["alertmanager"];
+    let am_image = am["image"].as_str().expect("alertmanager image");
+    let version = am_image
+        .strip_prefix("prom/alertmanager:v")
+        .unwrap_or_else(|| panic!("prom/alertmanager:vX.Y.Z, not {am_image}"));
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "a pinned Alertmanager version, not {am_image}"
+    );
+    let am_config = am["command"]
+        .as_array()
+        .expect("alertmanager command")
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--config.file="))
+        .expect("alertmanager --config.file");
+    assert!(
+        volumes(am)
+            .iter()
+            .any(|m| m.contains(&format!("deploy/alertmanager/alertmanager.yml:{am_config}"))),
+        "deploy/alertmanager/alertmanager.yml mounted at {am_config}: {:?}",
+        volumes(am)
+    );
+    let am_ports: Vec<String> = am["ports"]
+        .as_array()
+        .expect("alertmanager ports")
+        .iter()
+        .map(|p| {
+            p.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| p.to_string())
+        })
+        .collect();
+    assert!(
+        am_ports
+            .iter()
+            .any(|p| p.starts_with("127.0.0.1:9093:9093")),
+        "Alertmanager on 127.0.0.1:9093: {am_ports:?}"
+    );
+    let alertmanagers: Vec<String> = prometheus_yml["alerting"]["alertmanagers"]
+        .as_array()
+        .expect("prometheus.yml alerting.alertmanagers")
+        .iter()
+        .flat_map(|a| a["static_configs"].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| c["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        alertmanagers.contains(&"alertmanager:9093".to_owned()),
+        "Prometheus sends its alerts to the alertmanager service: {alertmanagers:?}"
+    );
+
     // Every bind-mounted file exists.
     for (name, svc) in services {
         for v in svc["volumes"].as_array().into_iter().flatten() {
@@ -509,6 +1064,79 @@ fn volumes(service: &Value) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+// ------------------------------------------------------------------------------- Alertmanager
+
+/// Where Alertmanager sends an alert with these labels: the receiver `amtool` names.
+fn amtool_route(amtool: &Path, labels: &[&str]) -> String {
+    let out = run(Command::new(amtool)
+        .args(["config", "routes", "test", "--config.file=alertmanager.yml"])
+        .args(labels)
+        .current_dir(root().join("deploy/alertmanager")));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn alertmanager_config_passes_amtool_and_routes_by_severity() {
+    let amtool = tool("amtool", "prometheus-alertmanager");
+    let out = run(Command::new(&amtool)
+        .args(["check-config", "alertmanager.yml"])
+        .current_dir(root().join("deploy/alertmanager")));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+
+    // As shipped nothing is delivered anywhere: no receiver has an integration (the file says
+    // how to add one), so a fresh `docker compose up` sends no traffic out of the machine.
+    let config = yaml_file("deploy/alertmanager/alertmanager.yml");
+    let receivers = config["receivers"].as_array().expect("receivers");
+    for r in receivers {
+        let integrations: Vec<&String> = r
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.ends_with("_configs"))
+            .collect();
+        assert!(
+            integrations.is_empty(),
+            "receiver {} delivers through {integrations:?}: ship it commented out",
+            r["name"]
+        );
+    }
+
+    // Every alert of alerts.yml reaches a receiver chosen by its severity: critical ones the
+    // pager, warnings the chat.
+    let rules = yaml_file("deploy/prometheus/alerts.yml");
+    let mut routed = BTreeMap::new();
+    for rule in rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        let Some(name) = rule["alert"].as_str() else {
+            continue;
+        };
+        let severity = rule["labels"]["severity"].as_str().unwrap();
+        let receiver = amtool_route(
+            &amtool,
+            &[
+                &format!("alertname={name}"),
+                &format!("severity={severity}"),
+            ],
+        );
+        routed.insert(name.to_owned(), receiver.clone());
+        let want = if severity == "critical" {
+            "pager"
+        } else {
+            "chat"
+        };
+        assert_eq!(
+            receiver, want,
+            "{name} (severity {severity}) goes to {want}"
+        );
+    }
+    println!("routes: {routed:?}");
+    assert!(routed.values().any(|r| r == "pager") && routed.values().any(|r| r == "chat"));
 }
 
 // ------------------------------------------------------------------------------- Dockerfile
@@ -587,8 +1215,8 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
         );
     }
     assert!(
-        runs.contains("cargo build --release --locked -p chatlog-consumer"),
-        "builds the consumer from the lock file"
+        runs.contains("cargo build --release --locked -p chatlog-consumer -p chatlog-admin"),
+        "builds the consumer and the operator tool from the lock file"
     );
 
     let runtime = stage(stages.len() - 1);
@@ -602,6 +1230,37 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
             .iter()
             .any(|(op, a)| op == "COPY" && a.starts_with("--from=builder")),
         "the runtime copies the binary from the builder"
+    );
+    // Both binaries land in /usr/local/bin: `chatlog-consumer` and the operator tool `chatlog`
+    // (`docker run --entrypoint chatlog …`).
+    let installed: BTreeSet<String> = runtime
+        .iter()
+        .filter(|(op, a)| op == "COPY" && a.starts_with("--from=builder"))
+        .flat_map(|(_, a)| {
+            let parts: Vec<&str> = a.split_whitespace().skip(1).collect();
+            let (dest, sources) = parts.split_last().unwrap();
+            sources
+                .iter()
+                .map(|src| {
+                    let file = src.rsplit('/').next().unwrap();
+                    if dest.ends_with('/') {
+                        format!("{dest}{file}")
+                    } else {
+                        (*dest).to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for bin in ["/usr/local/bin/chatlog-consumer", "/usr/local/bin/chatlog"] {
+        assert!(
+            installed.contains(bin),
+            "the image ships {bin}: {installed:?}"
+        );
+    }
+    assert!(
+        text.contains("--entrypoint chatlog"),
+        "the Dockerfile says how to run the operator tool"
     );
     // Libraries linked dynamically in the builder must exist at run time (OpenSSL: rdkafka's
     // `ssl` feature and the CQL driver's TLS).
@@ -772,6 +1431,17 @@ fn operations_guide_covers_every_metric_alert_and_dlq_header() {
     ] {
         assert!(ops.contains(topic), "{topic}");
     }
+}
+
+#[test]
+fn label_key_reader_finds_unbounded_labels() {
+    let keys = label_keys(
+        "crate::telemetry::X, \"repo\" => repo, \"session_id\" => id.to_string(), \"result\" => \"hit\"",
+    );
+    assert_eq!(keys, ["repo", "session_id", "result"]);
+    assert!(is_unbounded_label(&keys[1]));
+    assert!(!is_unbounded_label(&keys[0]) && !is_unbounded_label(&keys[2]));
+    assert!(label_keys("telemetry::READY").is_empty());
 }
 
 #[test]
