@@ -33,7 +33,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Characters of the detail `list` shows (the whole detail is in `show` and `--json`).
 const DETAIL_CHARS: usize = 60;
-/// Characters of a key shown on one line.
+/// The detail's column: its characters and the ellipsis.
+const DETAIL_WIDTH: usize = DETAIL_CHARS + 1;
+/// Characters of a key shown on one line of `replay` (`list` shows it whole, last).
 const KEY_CHARS: usize = 40;
 /// Records read ahead of the printer or the producer.
 const READ_AHEAD: usize = 256;
@@ -399,8 +401,8 @@ async fn list(ctx: &Ctx, select: &DlqSelect, json: bool) -> Result<Outcome> {
     let mut count = 0usize;
     if !json {
         println!(
-            "{:<12} {:<20} {:>9} {:<5} {:<36} {:<24} DETAIL",
-            "DLQ", "REASON", "BYTES", "TRUNC", "ORIGIN", "KEY"
+            "{:<12} {:<20} {:>9} {:<5} {:<32} {:<DETAIL_WIDTH$} KEY",
+            "DLQ", "REASON", "BYTES", "TRUNC", "ORIGIN", "DETAIL"
         );
     }
     while let Some(record) = reading.records.recv().await {
@@ -420,17 +422,17 @@ async fn list(ctx: &Ctx, select: &DlqSelect, json: bool) -> Result<Outcome> {
                 "-"
             };
             println!(
-                "{:<12} {:<20} {:>9} {:<5} {:<36} {:<24} {}",
+                "{:<12} {:<20} {:>9} {:<5} {:<32} {:<DETAIL_WIDTH$} {}",
                 r.position(),
                 r.reason(),
                 bytes,
                 trunc,
                 r.origin(),
-                show_key(r.key.as_deref(), KEY_CHARS),
                 shorten(
                     &one_line(&r.header(dlq::DETAIL).unwrap_or_default()),
                     DETAIL_CHARS
                 ),
+                show_key(r.key.as_deref(), usize::MAX),
             );
         }
     }
@@ -532,9 +534,7 @@ async fn show(ctx: &Ctx, partition: i32, offset: i64) -> Result<Outcome> {
             )));
         }
     };
-    let time = r
-        .timestamp_ms
-        .map_or("-".into(), |ms| rfc3339(ms.saturating_mul(1000)));
+    let time = r.timestamp_ms.map_or("-".into(), rfc3339_ms);
     println!(
         "{:<16}{} {}  (written {time})",
         "record",
@@ -959,6 +959,17 @@ fn rfc3339(us: i64) -> String {
         )
 }
 
+/// RFC 3339 time of `ms` ms since the Unix epoch (the number itself if out of range).
+fn rfc3339_ms(ms: i64) -> String {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .map_or_else(
+            || ms.to_string(),
+            |t| humantime_serde::re::humantime::format_rfc3339_millis(t).to_string(),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1019,5 +1030,6 @@ mod tests {
             "2023-11-14T22:13:20.000000Z"
         );
         assert_eq!(rfc3339(-1), "-1");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -13,7 +13,7 @@ use chatlog_kafka::dlq;
 use chatlog_schemas::{ChatMessage, Codec, ContentType, MessageState, SessionType};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Partitions of the replay targets: a prime, so a wrong hash rarely agrees by chance.
@@ -95,10 +95,34 @@ fn plain_producer() -> FutureProducer {
         .expect("producer")
 }
 
+/// How records are written to the DLQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Without a transaction.
+    Plain,
+    /// In one transaction, committed (as the consumer writes them: a marker follows).
+    Committed,
+    /// In one transaction, aborted (a `read_committed` reader never sees them).
+    Aborted,
+}
+
 /// Writes `records` to partition `i % partitions` of `topic`, in order; their DLQ positions
 /// (`partition/offset`).
-async fn write_dlq(topic: &str, partitions: i32, records: &[Poison]) -> Vec<String> {
-    let producer = plain_producer();
+async fn write_dlq(topic: &str, partitions: i32, records: &[Poison], how: Write) -> Vec<String> {
+    let timeout = Duration::from_secs(30);
+    let producer: FutureProducer = match how {
+        Write::Plain => plain_producer(),
+        Write::Committed | Write::Aborted => {
+            let p: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", chatlog::kafka_bootstrap())
+                .set("transactional.id", chatlog::unique("dlq_test_writer"))
+                .create()
+                .expect("transactional producer");
+            p.init_transactions(timeout).expect("init transactions");
+            p.begin_transaction().expect("begin");
+            p
+        }
+    };
     let mut positions = Vec::new();
     for (i, r) in records.iter().enumerate() {
         let mut headers = OwnedHeaders::new();
@@ -121,6 +145,11 @@ async fn write_dlq(topic: &str, partitions: i32, records: &[Poison]) -> Vec<Stri
             .await
             .unwrap_or_else(|(e, _)| panic!("write the DLQ record: {e}"));
         positions.push(format!("{}/{}", d.partition, d.offset));
+    }
+    match how {
+        Write::Plain => {}
+        Write::Committed => producer.commit_transaction(timeout).expect("commit"),
+        Write::Aborted => producer.abort_transaction(timeout).expect("abort"),
     }
     positions
 }
@@ -293,7 +322,7 @@ async fn dlq_replay_lands_in_the_partition_the_producer_would_choose() {
         .zip(1..)
         .map(|(k, n)| Poison::message(k, n, "unknown_fingerprint"))
         .collect();
-    let positions = write_dlq(&dlq_topic, 2, &records).await;
+    let positions = write_dlq(&dlq_topic, 2, &records, Write::Plain).await;
 
     // What Java's partitioner and the producer library's settings choose for each key.
     let java = java_partitions(PARTITIONS, &keys);
@@ -383,7 +412,16 @@ async fn dlq_list_and_show_read_the_headers() {
             ],
         },
     ];
-    let positions = write_dlq(&dlq_topic, 1, &records).await;
+    // As the consumer writes them: in a transaction, then a marker; and an aborted one after.
+    let positions = write_dlq(&dlq_topic, 1, &records, Write::Committed).await;
+    let aborted_key = format!("aborted-{run}");
+    let aborted = write_dlq(
+        &dlq_topic,
+        1,
+        &[Poison::message(&aborted_key, 4, "invalid")],
+        Write::Aborted,
+    )
+    .await;
     let cli = || chatlog("unused", &dlq_topic);
 
     let list = common::run(cli(), &["dlq", "list"]).await;
@@ -404,6 +442,10 @@ async fn dlq_list_and_show_read_the_headers() {
     ] {
         assert!(first.contains(part), "{part} in {first:?}");
     }
+    assert!(
+        !list.stdout.contains(&aborted_key) && !list.stdout.contains("invalid"),
+        "an aborted record is listed: {list}"
+    );
     let second = line(&positions[1]);
     assert!(
         second.contains("write_failed")
@@ -482,6 +524,15 @@ async fn dlq_list_and_show_read_the_headers() {
         "{show}"
     );
 
+    let (pa, oa) = aborted[0].split_once('/').expect("p/o");
+    let hidden = common::run(cli(), &["dlq", "show", pa, oa]).await;
+    assert_eq!(hidden.code, Some(1), "{hidden}");
+    assert!(
+        hidden.stderr.contains(&format!(
+            "no committed record at offset {oa} of partition {pa}"
+        )),
+        "{hidden}"
+    );
     let beyond = common::run(cli(), &["dlq", "show", "0", "999"]).await;
     assert_eq!(beyond.code, Some(1), "{beyond}");
     assert!(
@@ -520,7 +571,7 @@ async fn dlq_replay_skips_truncated_copies() {
     let mut keyless = Poison::message(&format!("g:{run}-nokey"), 10, "no_key");
     keyless.key = None;
     records.push(keyless);
-    let positions = write_dlq(&dlq_topic, 1, &records).await;
+    let positions = write_dlq(&dlq_topic, 1, &records, Write::Plain).await;
 
     // 10 a second: the 4 records replayed take at least 300 ms from the first to the last.
     let ran = common::run(
