@@ -507,21 +507,22 @@ pub async fn delete_window<C: ConnectionLike + Send>(con: &mut C, session_id: &s
 ///
 /// Why this order is safe with a consumer writing the same session concurrently (it writes a
 /// batch's rows and its window at the same time; every append runs atomically in Redis):
-/// - A consumer append after the `DEL` finds no window (no epoch): it starts a fresh one from
-///   its own batch. Our rows then land either above nothing — our append comes first, theirs
-///   adds newer seqs above our head or replaces ours at equal seqs by the version rule — or
-///   below a non-empty window, where the script adds no seq below the lowest member: the
-///   window stays complete from its lowest to its highest member, and history reads the rest
-///   from the table. No interleaving makes a member claim seqs it does not hold.
-/// - A consumer append before the `DEL` is wiped, and its rows — written before or at the same
-///   time — are in our read unless they land after it. The rows that land after step 2 are
-///   newer messages (the window then ends below them until the session's next message; the
-///   re-verify sees them as missing in the window and a second repair takes them) or mutations
-///   whose replace-only entry found no window (the re-verify sees them differ; again a repeat
-///   fixes it).
-/// - The other order (read, then `DEL`, then append) could wipe a consumer append made between
-///   the read and the `DEL` and then publish a window without those newer messages as the
-///   session's head, with nothing left to correct it: that is why the `DEL` comes first.
+/// - **A consumer append after the `DEL`** finds no window (no epoch) and starts a fresh one
+///   from its batch, or lands on ours: newer seqs above our head, equal seqs by the version
+///   rule. Our rows never go below a non-empty window's lowest member (the script drops them:
+///   history reads them from the table), so no interleaving leaves a member that claims seqs
+///   the window does not hold. One case ends stale: a mutation (replace-only) that arrives
+///   before our append finds no member and is dropped, and if its row landed after our read we
+///   write the older version — the re-verify sees the difference, and a repeat fixes it.
+/// - **A consumer append before the `DEL`** is wiped; its rows, written at the same time, are
+///   in our read unless they land after it. Then the window ends below those newer messages:
+///   the re-verify sees them missing in the window if they have landed by then (a repeat takes
+///   them); if not, the window lacks them until the session's next message, whose append leaves
+///   a hole that history reads from the table (until then `latest` stops below them). The
+///   race is one batch's skew between its row and window writes (milliseconds).
+/// - **The other order** (read, then `DEL`, then append) would wipe every consumer append made
+///   between the read and the `DEL`, whole batches whose rows the read missed, and publish a
+///   head below them: the `DEL` comes first so that only that skew is exposed.
 ///
 /// A table row that does not encode (it passed validation when written, so only an older
 /// codec's limits can refuse it) stops the repair with an error, the window deleted: history
