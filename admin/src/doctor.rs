@@ -448,17 +448,21 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
             ));
         }
         Ok(s) => {
-            out.push(if s.keyspace_exists {
-                Check::ok("cql keyspace", format!("{ks} exists"))
+            if s.keyspace_exists {
+                out.push(Check::ok("cql keyspace", format!("{ks} exists")));
+                out.push(tablets_check(
+                    ks,
+                    bounded(args.timeout, keyspace_tablets(&session, ks)).await,
+                ));
             } else {
-                Check::fail(
+                out.push(Check::fail(
                     "cql keyspace",
                     format!(
                         "{ks} does not exist on {nodes}: run `chatlog migrate up` (or fix \
                          cql.keyspace)"
                     ),
-                )
-            });
+                ));
+            }
             let total = s.migrations.len();
             let versions = |it: &mut dyn Iterator<Item = &migrate::MigrationStatus>| {
                 it.map(|m| m.migration.name).collect::<Vec<_>>().join(", ")
@@ -519,6 +523,61 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
         )
     };
     (out, clock, vec![limits])
+}
+
+/// What ScyllaDB says of `keyspace`'s tablets: `Ok(None)` on a database without
+/// `system_schema.scylla_keyspaces` (Cassandra, old ScyllaDB: no tablets), `Ok(Some(None))` for a
+/// ScyllaDB keyspace on vnodes (no row, or no `initial_tablets`), `Ok(Some(Some(n)))` with tablets.
+async fn keyspace_tablets(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<Option<i32>>, String> {
+    let rows = match session
+        .query_unpaged(
+            "SELECT initial_tablets FROM system_schema.scylla_keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.to_string().contains("scylla_keyspaces") => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let row = rows
+        .into_rows_result()
+        .map_err(|e| e.to_string())?
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(row.and_then(|(n,)| n)))
+}
+
+/// The verdict on a keyspace's tablets: chatlog needs lightweight transactions (the seq ceiling,
+/// the migrations' record, the member count), which ScyllaDB does not support in a keyspace with
+/// tablets.
+fn tablets_check(keyspace: &str, read: Result<Option<Option<i32>>, String>) -> Check {
+    match read {
+        Ok(None) => Check::ok(
+            "cql tablets",
+            format!("{keyspace}: no tablets (not ScyllaDB): lightweight transactions work"),
+        ),
+        Ok(Some(None)) => Check::ok(
+            "cql tablets",
+            format!("{keyspace}: vnodes, tablets off: lightweight transactions work"),
+        ),
+        Ok(Some(Some(n))) => Check::fail(
+            "cql tablets",
+            format!(
+                "{keyspace} uses tablets (initial_tablets {n}): ScyllaDB does not support the \
+                 lightweight transactions chatlog needs there (seq ceiling, migrations); create \
+                 the keyspace with `AND tablets = {{'enabled': false}}` before migrating \
+                 (docs/OPERATIONS.md, \"Deploying\")"
+            ),
+        ),
+        Err(e) => Check::warn(
+            "cql tablets",
+            format!("{keyspace}: cannot read system_schema.scylla_keyspaces: {e}"),
+        ),
+    }
 }
 
 async fn release_version(session: &Session) -> Result<String, String> {
@@ -873,6 +932,19 @@ mod tests {
         // Sent at 1_000_000 µs, answered after 10 ms: the server read its clock at ~1_005_000.
         let s = Sample::new(1_005_000, 1_000_000, Duration::from_millis(10));
         assert_eq!(s.skew_us, 0);
+    }
+
+    #[test]
+    fn a_keyspace_with_tablets_fails_the_check() {
+        assert_eq!(tablets_check("ks", Ok(None)).verdict, Verdict::Ok);
+        assert_eq!(tablets_check("ks", Ok(Some(None))).verdict, Verdict::Ok);
+        let with = tablets_check("ks", Ok(Some(Some(0))));
+        assert_eq!(with.verdict, Verdict::Fail);
+        assert!(with.detail.contains("'enabled': false"), "{}", with.detail);
+        assert_eq!(
+            tablets_check("ks", Err("timeout".into())).verdict,
+            Verdict::Warn
+        );
     }
 
     #[test]
