@@ -145,9 +145,9 @@ pub enum VerifyWhat {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
         /// With --all: only sessions whose id matches this glob (Redis MATCH syntax, e.g.
-        /// `tenant42-*`).
-        #[arg(long = "match", requires = "all", default_value = "*")]
-        matching: String,
+        /// `tenant42-*`; default: every session).
+        #[arg(long = "match", conflicts_with = "session")]
+        matching: Option<String>,
     },
 }
 

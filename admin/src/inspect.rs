@@ -349,8 +349,13 @@ fn render(v: &View) -> String {
     }
     let _ = writeln!(
         o,
-        "verdict: window {}{}",
-        v.class().as_str(),
+        "verdict: {}{}",
+        match v.class() {
+            Class::Absent => "no window (history reads the table)",
+            Class::Consistent => "window consistent",
+            Class::Inconsistent => "window INCONSISTENT",
+            Class::OtherEpoch => "window of another epoch (not served: history reads the table)",
+        },
         if v.class() == Class::Inconsistent {
             format!(
                 " (chatlog verify windows --session {} --repair rebuilds it from the table)",

@@ -167,6 +167,7 @@ pub async fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<Outcome> {
             if *concurrency == 0 {
                 return Err(Error::Usage("--concurrency must be at least 1".into()));
             }
+            let matching = matching.as_deref().unwrap_or("*");
             walk(&tools, matching, *concurrency, &mut summary).await?;
         }
         _ => {
