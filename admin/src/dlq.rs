@@ -401,8 +401,8 @@ async fn list(ctx: &Ctx, select: &DlqSelect, json: bool) -> Result<Outcome> {
     let mut count = 0usize;
     if !json {
         println!(
-            "{:<12} {:<20} {:>9} {:<5} {:<32} {:<DETAIL_WIDTH$} KEY",
-            "DLQ", "REASON", "BYTES", "TRUNC", "ORIGIN", "DETAIL"
+            "{:<12} {:<20} {:>9} {:>10} {:<32} {:<DETAIL_WIDTH$} KEY",
+            "DLQ", "REASON", "BYTES", "TRUNCATED", "ORIGIN", "DETAIL"
         );
     }
     while let Some(record) = reading.records.recv().await {
@@ -412,21 +412,14 @@ async fn list(ctx: &Ctx, select: &DlqSelect, json: bool) -> Result<Outcome> {
         if json {
             println!("{}", record_json(&r));
         } else {
-            let bytes = match r.truncated_from() {
-                Some(original) => format!("{}/{original}", r.value_len()),
-                None => r.value_len().to_string(),
-            };
-            let trunc = if r.truncated_from().is_some() {
-                "yes"
-            } else {
-                "-"
-            };
+            // A truncated copy: the original value's length (BYTES is what the DLQ holds).
+            let truncated = r.truncated_from().unwrap_or_else(|| "-".into());
             println!(
-                "{:<12} {:<20} {:>9} {:<5} {:<32} {:<DETAIL_WIDTH$} {}",
+                "{:<12} {:<20} {:>9} {:>10} {:<32} {:<DETAIL_WIDTH$} {}",
                 r.position(),
                 r.reason(),
-                bytes,
-                trunc,
+                r.value_len(),
+                truncated,
                 r.origin(),
                 shorten(
                     &one_line(&r.header(dlq::DETAIL).unwrap_or_default()),
