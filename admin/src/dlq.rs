@@ -6,14 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use chatlog_kafka::dlq;
 use chatlog_schemas::{ChatMessage, MessageState};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -206,9 +204,9 @@ struct Reading {
     marks: BTreeMap<i32, (i64, i64)>,
     /// Offsets to scan in all (progress bar length).
     total: u64,
-    /// Offsets scanned so far (records taken or filtered out, and the gaps between them).
-    scanned: Arc<AtomicU64>,
-    records: mpsc::Receiver<Result<DlqRecord>>,
+    /// The selected records, each with the offsets scanned up to it (records taken or filtered
+    /// out, and the gaps between them: the progress).
+    records: mpsc::Receiver<Result<(DlqRecord, u64)>>,
 }
 
 /// Opens the DLQ (`kafka.dlq_topic`) for `select` and starts reading it on a blocking thread.
@@ -233,15 +231,13 @@ async fn read(ctx: &Ctx, select: &DlqSelect) -> Result<Reading> {
             .await
             .map_err(|e| Error::Other(format!("the DLQ reader stopped: {e}")))??;
     let total = spans.iter().map(|s| (s.end - s.start) as u64).sum();
-    let scanned = Arc::new(AtomicU64::new(0));
     let (tx, records) = mpsc::channel(READ_AHEAD);
-    let (t, select2, counter) = (topic.clone(), select.clone(), scanned.clone());
-    tokio::task::spawn_blocking(move || scan(&consumer, &t, spans, &select2, &tx, &counter));
+    let (t, select2) = (topic.clone(), select.clone());
+    tokio::task::spawn_blocking(move || scan(&consumer, &t, spans, &select2, &tx));
     Ok(Reading {
         topic,
         marks,
         total,
-        scanned,
         records,
     })
 }
@@ -320,8 +316,7 @@ fn scan(
     topic: &str,
     spans: Vec<Span>,
     select: &DlqSelect,
-    tx: &mpsc::Sender<Result<DlqRecord>>,
-    scanned: &AtomicU64,
+    tx: &mpsc::Sender<Result<(DlqRecord, u64)>>,
 ) {
     // Per open partition: (next offset expected, end).
     let mut open: HashMap<i32, (i64, i64)> = spans
@@ -329,16 +324,19 @@ fn scan(
         .map(|s| (s.partition, (s.start, s.end)))
         .collect();
     let mut taken = 0usize;
+    let mut scanned = 0u64;
     let mut news = Instant::now();
     let mut last_error: Option<KafkaError> = None;
-    while !open.is_empty() && select.limit.is_none_or(|l| taken < l) {
+    // Until every span is read, --limit records are taken, or nobody listens any more (an
+    // error downstream): the thread must end for the process to.
+    while !open.is_empty() && select.limit.is_none_or(|l| taken < l) && !tx.is_closed() {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             // With read_committed the end is the last stable offset: records of a transaction
             // still open (a consumer mid-batch) are not there yet, and are not waited for.
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 if let Some((next, end)) = open.remove(&p) {
-                    scanned.fetch_add((end - next).max(0) as u64, Ordering::Relaxed);
+                    scanned += (end - next).max(0) as u64;
                 }
                 news = Instant::now();
             }
@@ -353,11 +351,11 @@ fn scan(
                     continue;
                 };
                 if m.offset() >= end {
-                    scanned.fetch_add((end - next).max(0) as u64, Ordering::Relaxed);
+                    scanned += (end - next).max(0) as u64;
                     open.remove(&p);
                     continue;
                 }
-                scanned.fetch_add((m.offset() + 1 - next).max(0) as u64, Ordering::Relaxed);
+                scanned += (m.offset() + 1 - next).max(0) as u64;
                 if m.offset() + 1 >= end {
                     open.remove(&p);
                 } else {
@@ -370,9 +368,12 @@ fn scan(
                     continue;
                 }
                 taken += 1;
-                if tx.blocking_send(Ok(record)).is_err() {
+                if tx.blocking_send(Ok((record, scanned))).is_err() {
                     return;
                 }
+                // A rate-limited replay keeps the channel full for long: waiting on it is not
+                // Kafka's silence.
+                news = Instant::now();
             }
         }
         if news.elapsed() > IDLE_TIMEOUT {
@@ -406,7 +407,7 @@ async fn list(ctx: &Ctx, select: &DlqSelect, json: bool) -> Result<Outcome> {
         );
     }
     while let Some(record) = reading.records.recv().await {
-        let r = record?;
+        let (r, _) = record?;
         count += 1;
         *by_reason.entry(r.reason()).or_default() += 1;
         if json {
@@ -513,7 +514,7 @@ async fn show(ctx: &Ctx, partition: i32, offset: i64) -> Result<Outcome> {
         limit: Some(1),
     };
     let mut reading = read(ctx, &select).await?;
-    let found = reading.records.recv().await.transpose()?;
+    let found = reading.records.recv().await.transpose()?.map(|(r, _)| r);
     let (low, high) = reading.marks.get(&partition).copied().unwrap_or((0, 0));
     let r = match found {
         Some(r) if r.offset == offset => r,
@@ -706,9 +707,11 @@ async fn replay(ctx: &Ctx, select: &DlqSelect, opts: &ReplayOpts) -> Result<Outc
     let mut in_flight = FuturesUnordered::new();
     let mut read_error = None;
     while let Some(record) = reading.records.recv().await {
-        bar.set_position(reading.scanned.load(Ordering::Relaxed));
         let r = match record {
-            Ok(r) => r,
+            Ok((r, scanned)) => {
+                bar.set_position(scanned);
+                r
+            }
             Err(e) => {
                 read_error = Some(e);
                 break;
@@ -756,6 +759,10 @@ async fn replay(ctx: &Ctx, select: &DlqSelect, opts: &ReplayOpts) -> Result<Outc
                 tally.failed += 1;
                 say(format!("{line} FAILED to send: {e}  key {key}"));
             }
+        }
+        // Acknowledgements as they come, so lines and the bar follow the replay.
+        while let Some(Some(done)) = in_flight.next().now_or_never() {
+            settle(done, &topic, &mut tally, &say);
         }
         bar.set_message(format!("{} replayed", tally.replayed));
     }
