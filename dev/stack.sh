@@ -408,11 +408,27 @@ debian_prometheus_off() {
   fi
 }
 
+# The Debian Alertmanager package starts a server on :9093 and :9094 (the local Kafka's controller
+# and SASL ports); only its amtool is used (tests/deploy.rs checks the compose Alertmanager config).
+# Stopped and disabled, every time, before Kafka starts.
+debian_alertmanager_off() {
+  command -v systemctl >/dev/null 2>&1 || return 0
+  [ -d /run/systemd/system ] || return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if systemctl is-enabled --quiet prometheus-alertmanager 2>/dev/null || systemctl is-active --quiet prometheus-alertmanager 2>/dev/null; then
+    log "stopping and disabling the Debian prometheus-alertmanager service (it holds :9093/:9094; only amtool is used)"
+    $sudo systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || log "could not stop the prometheus-alertmanager service"
+  fi
+}
+
 tools_install() {
-  # promtool (Prometheus), docker-compose (validates the compose file without an engine), python3 +
-  # fastavro (the independent Avro implementation of the interop test; pip to install it).
-  apt_install prometheus docker-compose python3 python3-pip openssl
+  # promtool (Prometheus), amtool (Alertmanager), docker-compose (validates the compose file
+  # without an engine), python3 + fastavro (the independent Avro implementation of the interop
+  # test; pip to install it).
+  apt_install prometheus prometheus-alertmanager docker-compose python3 python3-pip openssl
   debian_prometheus_off
+  debian_alertmanager_off
   local py="${CHATLOG_PYTHON:-python3}"
   if ! "$py" -c 'import fastavro' 2>/dev/null; then
     log "installing fastavro for $py from PyPI"

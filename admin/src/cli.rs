@@ -247,6 +247,11 @@ pub struct LoadArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Serve the producer's metrics (`chatlog_producer_*`, `chatlog_seq_*`) on this address's
+    /// /metrics while sending, as a Logic process would (the Docker quick start's Logic
+    /// dashboard scrapes it).
+    #[arg(long, env = "CHATLOG_LOAD_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `config`.

@@ -58,6 +58,9 @@ impl Ctx {
                     self.codec()?,
                     HistoryConfig {
                         window: self.config.window.clone(),
+                        // The partitions the consumer writes: another bucket size would read
+                        // the wrong ones.
+                        bucket_size: self.config.writer.bucket_size,
                         ..HistoryConfig::default()
                     },
                 )

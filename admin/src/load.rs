@@ -60,6 +60,11 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
             args.rate
         )));
     }
+    let metrics_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(listen) = args.metrics_listen {
+        let addr = serve_metrics(listen, metrics_shutdown.clone()).await?;
+        eprintln!("load: producer metrics on http://{addr}/metrics");
+    }
     let producer = Producer::new(
         producer_config(ctx),
         ctx.cql().await?,
@@ -89,7 +94,35 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
         }
     }
     producer.close(Duration::from_secs(10)).await?;
+    metrics_shutdown.cancel();
     Ok(Outcome::problems_if(any_failed))
+}
+
+/// A Prometheus recorder for this process (every `_seconds` histogram with buckets from 0.5 ms to
+/// 10 s, so it renders as a histogram, not a summary) served on `listen` with the consumer's
+/// bounded HTTP endpoint.
+async fn serve_metrics(
+    listen: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| Error::Other(format!("load: metrics recorder: {e}")))?;
+    let health = std::sync::Arc::new(chatlog_consumer::telemetry::Health::default());
+    health.set_ready(true);
+    Ok(chatlog_consumer::telemetry::serve_with_limits(
+        listen,
+        chatlog_consumer::telemetry::HttpLimits::default(),
+        handle,
+        health,
+        shutdown,
+    )
+    .await?)
 }
 
 /// The producer settings: the consumer configuration's Kafka connection, topic, security, extra

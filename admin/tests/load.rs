@@ -69,3 +69,64 @@ async fn load_refuses_zero_sessions_as_a_usage_error() {
     assert_eq!(ran.code, Some(2), "{ran}");
     assert!(ran.stderr.contains("--sessions"), "{ran}");
 }
+
+/// `--metrics-listen` serves the producer's metrics as a Logic process would (histograms with
+/// buckets, not summaries), and `--forever` stops cleanly on SIGTERM with its summary.
+#[tokio::test]
+async fn load_serves_producer_metrics_and_stops_on_sigterm() {
+    let (_session, cql) = chatlog::fresh_keyspace("load_metrics").await;
+    let topic = chatlog::unique("load_metrics_in");
+    chatlog::create_topic(&topic, 2).await;
+    let port = chatlog::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = common::chatlog(&cql.keyspace);
+    cmd.args([
+        "--topic",
+        &topic,
+        "load",
+        "--forever",
+        "--messages",
+        "50",
+        "--sessions",
+        "5",
+    ])
+    .args(["--rate", "200", "--quiet", "--metrics-listen", &listen])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("start chatlog load");
+    let addr: std::net::SocketAddr = listen.parse().expect("address");
+    let ok = "chatlog_producer_records_total{result=\"ok\"}";
+    let text = chatlog::poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        move || async move {
+            match chatlog::http::get(addr, "/metrics") {
+                Ok((200, text)) if chatlog::prometheus::sample(&text, ok).unwrap_or(0.0) >= 1.0 => {
+                    Ok(text)
+                }
+                Ok((status, text)) => Err(format!("{status}: {text}")),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+        |last| format!("no producer metrics on /metrics: {last}"),
+    )
+    .await;
+    assert!(
+        text.contains("chatlog_producer_send_duration_seconds_bucket"),
+        "the send duration must be a histogram:\n{text}"
+    );
+    assert!(text.contains("chatlog_seq_allocations_total"), "{text}");
+    chatlog::signal(child.id(), "-TERM").expect("SIGTERM");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("acknowledged, 0 failed"), "{stdout}");
+}
