@@ -31,7 +31,8 @@ impl std::fmt::Display for Ran {
 /// `CHATLOG_LOG=warn`.
 pub fn chatlog(keyspace: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
-    cmd.args(["--keyspace", keyspace]).env("CHATLOG_LOG", "warn");
+    cmd.args(["--keyspace", keyspace])
+        .env("CHATLOG_LOG", "warn");
     cmd
 }
 

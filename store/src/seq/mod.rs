@@ -483,7 +483,13 @@ pub async fn read_hash<C: redis::aio::ConnectionLike + Send>(
     session_id: &str,
 ) -> Result<Option<HashSnapshot>> {
     let key = crate::keys::seq(session_id);
-    type Fields = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+    type Fields = (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    );
     let ((cur, max, step, at_ms, epoch), ttl): (Fields, i64) = redis::pipe()
         .cmd("HMGET")
         .arg(&key)
