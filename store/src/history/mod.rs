@@ -233,6 +233,7 @@ impl History {
         codec: Codec,
         config: HistoryConfig,
     ) -> Result<History> {
+        crate::telemetry::describe();
         CqlConfig {
             keyspace: keyspace.to_owned(),
             ..CqlConfig::default()

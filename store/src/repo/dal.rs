@@ -52,6 +52,7 @@ impl Dal {
         redis: RedisConnections,
         config: DalConfig,
     ) -> Result<Dal> {
+        crate::telemetry::describe();
         let cache = |repo| Cache::new(redis.clone(), config.cache.clone(), repo);
         let users = CqlUserRepo::new(session.clone(), keyspace).await?;
         let sessions = CqlSessionRepo::new(session.clone(), keyspace, &config.sessions).await?;
