@@ -49,7 +49,12 @@ def headline(figures, path):
     """Each figure as a multiple of its goal: value / goal for "at least", goal / value for "at
     most" (so right of 1 is always better than the goal)."""
     rows = []
-    for name, f in sorted(figures.items(), key=lambda kv: (len(kv[0].split("-")[0]), kv[0])):
+    def order(kv):
+        # P1 … P10 by number; P3′ and P8-cql right after P3 and P8.
+        digits = "".join(c for c in kv[0][1:] if c.isdigit())
+        return (int(digits or 0), kv[0])
+
+    for name, f in sorted(figures.items(), key=order):
         goal, value = f.get("goal") or {}, f.get("value")
         if not value:
             continue

@@ -6,6 +6,11 @@
 //! not yet seen. A message is visible once its window's newest seq reaches its seq (the consumer
 //! appends a partition's records in order, all of a batch in one script call per session). The
 //! poll interval bounds the resolution; it is reported with the figures.
+//!
+//! The poller reads on a Redis connection of its own: on a shared multiplexed connection (the
+//! producer's seq allocations use one) its reads would queue behind the allocations and add their
+//! wait to every latency. The acknowledgement time is taken in the sending task the moment
+//! `send()` resolves with Kafka's delivery report.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,9 +59,12 @@ pub async fn run(
     rate: f64,
     seconds: f64,
     probes: usize,
-    redis: ConnectionManager,
     origin: Instant,
 ) -> Result<Paced> {
+    let redis = chatlog::redis_config()
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("the latency probe's Redis connection: {e}"))?;
     let sessions = workload.sessions.len();
     let probes = probes.min(sessions).max(1);
     let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(vec![BTreeMap::new(); probes]));

@@ -17,10 +17,11 @@ pub struct Options {
     /// Smoke-run sizes (seconds, not minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Messages pre-produced for P3 and drained for P1/P2.
+    /// Messages pre-produced for P3 and drained for P1/P2 (default 2 000 000: P1's drain and
+    /// loader windows last ≥ 10 s each on 2 cores).
     #[arg(long)]
     pub messages: Option<usize>,
-    /// Messages of the live run (P1 live, P7).
+    /// Messages of the live run (P1 live, P7; default 400 000).
     #[arg(long)]
     pub live_messages: Option<usize>,
     /// Sessions the messages are spread over (round-robin).
@@ -167,7 +168,9 @@ impl Options {
         let pickf =
             |v: Option<f64>, full: f64, quick: f64| v.unwrap_or(if q { quick } else { full });
         let sessions = pick(self.sessions, 200, 60).max(1);
-        let messages = pick(self.messages, 200_000, 3_000).max(1);
+        // 10× the 200 000 of the first runs: the drain (~120 k msg/s) and each loader pass
+        // (~190 k rows/s) now last 10–20 s, not 1–2 s in which start-up effects weigh.
+        let messages = pick(self.messages, 2_000_000, 3_000).max(1);
         let content_bytes = pick(self.content_bytes, 160, 160);
         let mutation_messages = pick(self.mutation_messages, 200_000, 2_000).max(1);
         let kafka_lib = match &self.kafka_lib {
@@ -177,7 +180,7 @@ impl Options {
         Ok(Plan {
             quick: q,
             messages,
-            live_messages: pick(self.live_messages, 100_000, 2_000).max(1),
+            live_messages: pick(self.live_messages, 400_000, 2_000).max(1),
             sessions,
             partitions: self.partitions.unwrap_or(8).max(1),
             content_bytes,

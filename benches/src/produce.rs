@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chatlog_producer::{Producer, ProducerConfig, SeqConfig};
-use chatlog_schemas::ChatMessage;
+use chatlog_producer::{NewMessage, Producer, ProducerConfig, Sent, SeqConfig};
+use chatlog_schemas::{ChatMessage, Codec};
 use futures::StreamExt;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::series::{Sampler, Series};
 use crate::workload::Workload;
@@ -46,8 +48,8 @@ pub struct Burst {
 /// polling every send would put all of them on one thread).
 const BURST_TASKS: usize = 16;
 
-/// Sends messages `range` of `workload` as fast as `concurrency` concurrent sends allow, from
-/// [`BURST_TASKS`] tasks.
+/// Sends messages `range` of `workload` through the producer library as fast as `concurrency`
+/// concurrent sends allow, from [`BURST_TASKS`] tasks.
 pub async fn burst(
     producer: &Producer,
     workload: &Workload,
@@ -55,6 +57,30 @@ pub async fn burst(
     concurrency: usize,
     origin: Instant,
 ) -> Burst {
+    let producer = producer.clone();
+    burst_with(workload, range, concurrency, origin, true, move |_, m| {
+        let producer = producer.clone();
+        async move { producer.send(m).await.map_err(|e| e.to_string()) }
+    })
+    .await
+}
+
+/// Sends messages `range` of `workload` with `send` (given the message's index and the message)
+/// as fast as `concurrency` concurrent sends allow, from [`BURST_TASKS`] tasks: the same load
+/// generator for the library ([`burst`]) and for the pre-assigned path ([`Preassigned`]).
+/// `keep_stored`: rebuild the stored messages (after the clock stops) into [`Burst::stored`].
+pub async fn burst_with<F, Fut>(
+    workload: &Workload,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    origin: Instant,
+    keep_stored: bool,
+    send: F,
+) -> Burst
+where
+    F: Fn(usize, NewMessage) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<Sent, String>> + Send + 'static,
+{
     let acked = Arc::new(AtomicU64::new(0));
     let counter = acked.clone();
     let sampler = Sampler::start(origin, Duration::from_millis(50), move || {
@@ -65,18 +91,18 @@ pub async fn burst(
     let per_task = (concurrency / tasks).max(1);
     let handles: Vec<_> = (0..tasks)
         .map(|k| {
-            let producer = producer.clone();
+            let send = send.clone();
             let workload = workload.clone();
             let acked = acked.clone();
             let range = range.clone();
             tokio::spawn(async move {
                 let mut sends = futures::stream::iter(range.skip(k).step_by(tasks))
                     .map(|i| {
-                        let producer = producer.clone();
                         let m = workload.message(i);
+                        let sent = send(i, m);
                         let acked = acked.clone();
                         async move {
-                            let r = producer.send(m).await;
+                            let r = sent.await;
                             acked.fetch_add(1, Ordering::Relaxed);
                             r.map(|sent| (i, sent))
                         }
@@ -112,10 +138,13 @@ pub async fn burst(
     }
     let seconds = started.elapsed().as_secs_f64();
     // Rebuilt after the clock stopped: the harness keeps no message while sending.
-    let stored = sent
-        .iter()
-        .map(|(i, s)| Workload::stored(&workload.message(*i), s))
-        .collect();
+    let stored = if keep_stored {
+        sent.iter()
+            .map(|(i, s)| Workload::stored(&workload.message(*i), s))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Burst {
         stored,
         seconds,
@@ -124,7 +153,94 @@ pub async fn burst(
     }
 }
 
-/// Kafka's `ProducerPerformance` result.
+/// P3′: the producer's produce path with the seqs given — what [`Producer::send`] does after the
+/// seq allocation, re-done here step by step because the library has no public way to skip the
+/// allocation: validate the message against the limits, assign msg_id, seq and server time, Avro
+/// encode with a codec built as the producer builds it, build the record with the same key
+/// (session id), timestamp and (if configured) schema header, and produce it through an rdkafka
+/// `FutureProducer` created from the library's own [`ProducerConfig::client_config`], awaiting
+/// the delivery report in the sending task. Not measured: the allocation itself, the per-session
+/// turn queue, the in-flight semaphore (the load generator's bound is lower) and the per-send
+/// fingerprint and metrics.
+#[derive(Clone)]
+pub struct Preassigned {
+    kafka: FutureProducer,
+    topic: Arc<str>,
+    codec: Arc<Codec>,
+    limits: chatlog_schemas::Limits,
+    schema_header: Option<Arc<str>>,
+    sessions: usize,
+}
+
+impl Preassigned {
+    /// A produce path to `config.topic` with `config`'s Kafka settings; message `i` of a workload
+    /// over `sessions` sessions gets seq `i / sessions + 1` (round-robin, as the sends are).
+    pub fn new(config: &ProducerConfig, sessions: usize) -> Result<Preassigned> {
+        let kafka: FutureProducer = config
+            .client_config()
+            .context("the producer's Kafka settings")?
+            .create()
+            .context("Kafka producer")?;
+        let codec = Codec::builder()
+            .limits(config.limits)
+            .max_encoded_bytes(chatlog_producer::max_encoded_len(&config.limits))
+            .build()
+            .context("codec")?;
+        let schema_header = config
+            .schema_header
+            .then(|| format!("{:016x}", codec.current_fingerprint()).into());
+        Ok(Preassigned {
+            kafka,
+            topic: config.topic.as_str().into(),
+            codec: Arc::new(codec),
+            limits: config.limits,
+            schema_header,
+            sessions: sessions.max(1),
+        })
+    }
+
+    /// Sends message `i` with its pre-assigned seq; waits for Kafka's acknowledgement.
+    pub async fn send(&self, i: usize, new: NewMessage) -> std::result::Result<Sent, String> {
+        new.validate(&self.limits).map_err(|e| e.to_string())?;
+        let seq = (i / self.sessions) as i64 + 1;
+        let server_time_us = chatlog::now_ms() * 1000;
+        // A msg_id as long as a UUID's text, unique per message (the allocation would give one).
+        let msg_id = format!("00000000-0000-7000-8000-{i:012x}");
+        let message = new.assign(msg_id, seq, server_time_us);
+        let payload = self.codec.encode(&message).map_err(|e| e.to_string())?;
+        let mut record = FutureRecord::to(&self.topic)
+            .key(message.session_id.as_bytes())
+            .payload(&payload)
+            .timestamp(server_time_us / 1000);
+        if let Some(fp) = &self.schema_header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: chatlog_producer::SCHEMA_HEADER,
+                value: Some(fp.as_bytes()),
+            }));
+        }
+        let delivery = self
+            .kafka
+            .send_result(record)
+            .map_err(|(e, _)| e.to_string())?;
+        drop(payload);
+        let (partition, offset) = match delivery.await {
+            Ok(Ok(d)) => (d.partition, d.offset),
+            Ok(Err((e, _))) => return Err(e.to_string()),
+            Err(_) => return Err("the Kafka client went away".into()),
+        };
+        Ok(Sent {
+            msg_id: message.msg_id,
+            seq,
+            server_time_us,
+            partition,
+            offset,
+            duplicate: false,
+        })
+    }
+}
+
+/// Kafka's `ProducerPerformance` result (unkeyed random payloads: supplementary since P3's
+/// reference is [`java_keyed`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JavaPerf {
     /// Records per second it reported.
@@ -196,6 +312,97 @@ pub fn java_producer_performance(
     })
 }
 
+/// What the keyed Java producer (`benches/java/KeyedProducerPerf.java`) measured over its timed
+/// window (start-up and warm-up excluded), as it printed it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JavaKeyed {
+    /// Records in the timed window.
+    pub records: u64,
+    /// Seconds of the window (first send to the end of `flush`).
+    pub seconds: f64,
+    /// Records per second over the window.
+    pub records_per_s: f64,
+    /// Mean send → acknowledgement, ms.
+    pub avg_latency_ms: f64,
+    /// CPU seconds of the JVM over the window (all its threads).
+    pub cpu_seconds: f64,
+    /// CPU seconds of the JVM before the window (start-up, compiling the source, warm-up).
+    pub cpu_seconds_before_window: f64,
+    /// Wall seconds from the JVM's start to the window's start.
+    pub seconds_before_window: f64,
+    /// Distinct records in its input file (record `i` is entry `i % entries`).
+    pub entries: u64,
+    /// Failed sends.
+    pub errors: u64,
+}
+
+/// Writes the keyed Java producer's input: `entries` records rounded up to whole rounds over the
+/// sessions, each `[u32 key length][key][u32 value length][value]`, record `i` the session id of
+/// message `i` and message `i` encoded as chatlog stores it (v1 Avro, a UUID-long msg_id, seq and
+/// server time filled) — so its keys follow the same round-robin and its payloads compress as
+/// ours do.
+pub fn write_keyed_records(workload: &Workload, path: &Path, entries: usize) -> Result<usize> {
+    let s = workload.sessions.len();
+    let entries = entries.div_ceil(s).max(1) * s;
+    let codec = Codec::default();
+    let mut out = Vec::with_capacity(entries * (workload.record_bytes() + 40));
+    for i in 0..entries {
+        let new = workload.message(i);
+        let key = new.session_id.clone();
+        let m = new.assign(
+            format!("00000000-0000-7000-8000-{i:012x}"),
+            (i / s) as i64 + 1,
+            chatlog::now_ms() * 1000,
+        );
+        let value = codec.encode(&m).context("encode")?;
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(&value);
+    }
+    std::fs::write(path, out).with_context(|| format!("write {path:?}"))?;
+    Ok(entries)
+}
+
+/// Runs `benches/java/KeyedProducerPerf.java` (a single-file program, on the Kafka jars in `lib`):
+/// `warmup` untimed records, then `records` timed ones, from `records_file`.
+pub fn java_keyed(
+    lib: &Path,
+    topic: &str,
+    records: usize,
+    warmup: usize,
+    records_file: &Path,
+) -> Result<JavaKeyed> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("java/KeyedProducerPerf.java");
+    let out = Command::new("java")
+        .arg("-Xmx512m")
+        .arg("-cp")
+        .arg(format!("{}/*", lib.display()))
+        .arg(&source)
+        .arg(chatlog::kafka_bootstrap())
+        .arg(topic)
+        .arg(records.to_string())
+        .arg(warmup.to_string())
+        .arg(records_file)
+        .output()
+        .context("run java (benches/java/KeyedProducerPerf.java)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().rfind(|l| l.starts_with('{')) else {
+        bail!(
+            "KeyedProducerPerf printed no result ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let result: JavaKeyed =
+        serde_json::from_str(line).with_context(|| format!("KeyedProducerPerf printed {line}"))?;
+    if result.errors > 0 {
+        bail!("KeyedProducerPerf: {} sends failed", result.errors);
+    }
+    Ok(result)
+}
+
 /// What [`raw`] produced.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RawProduced {
@@ -214,7 +421,6 @@ pub async fn raw(
     messages: impl Iterator<Item = ChatMessage>,
     in_flight: usize,
 ) -> Result<RawProduced> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", chatlog::kafka_bootstrap())
         .set("acks", "all")

@@ -63,7 +63,7 @@ async fn the_quick_run_measures_every_figure() {
         serde_json::from_str(&std::fs::read_to_string(&path).expect("read results"))
             .expect("results are JSON");
     for id in [
-        "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P8-cql", "P9", "P10",
+        "P1", "P2", "P3", "P3′", "P4", "P5", "P6", "P7", "P8", "P8-cql", "P9", "P10",
     ] {
         let f = &json["figures"][id];
         let value = f["value"].as_f64().unwrap_or(0.0);

@@ -13,17 +13,19 @@ pub(super) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Waits until `meter`'s group has committed `target` (sum of offsets).
+/// Waits until `meter`'s group has committed `target` (sum of offsets); returns what it had
+/// committed then.
 pub(super) async fn wait_committed(
     meter: &OffsetMeter,
     target: i64,
     timeout: Duration,
     consumer: &mut ConsumerProcess,
-) -> Result<()> {
+) -> Result<i64> {
     let deadline = Instant::now() + timeout;
     loop {
-        if meter.committed()? >= target {
-            return Ok(());
+        let committed = meter.committed()?;
+        if committed >= target {
+            return Ok(committed);
         }
         if let Some(status) = consumer.exited() {
             bail!(

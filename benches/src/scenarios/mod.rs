@@ -53,10 +53,16 @@ pub async fn run(plan: &Plan) -> Result<Results> {
         run: run.clone(),
         session: session.clone(),
         keyspaces: vec![cql_e2e.keyspace.clone(), raw_ks.clone()],
-        topics: [topic.clone(), format!("{topic}_pp"), format!("{topic}.dlq")]
-            .into_iter()
-            .chain(p10::topics(&topic, plan.mutation_rounds))
-            .collect(),
+        topics: [
+            topic.clone(),
+            format!("{topic}_pp"),
+            format!("{topic}_ppu"),
+            format!("{topic}_pre"),
+            format!("{topic}.dlq"),
+        ]
+        .into_iter()
+        .chain(p10::topics(&topic, plan.mutation_rounds))
+        .collect(),
         groups: [format!("{topic}_e2e"), format!("{topic}_naive")]
             .into_iter()
             .chain(p10::groups(&topic, plan.mutation_rounds))
@@ -158,7 +164,9 @@ async fn scenarios(
 /// P3, P1, P4, P7 and P2: everything that runs through Kafka.
 async fn pipeline(cx: &Ctx<'_>, out: &mut Collect<'_>) -> Result<()> {
     chatlog::create_topic(cx.topic, cx.plan.partitions).await;
-    chatlog::create_topic(&format!("{}_pp", cx.topic), cx.plan.partitions).await;
+    for suffix in ["_pp", "_ppu", "_pre"] {
+        chatlog::create_topic(&format!("{}{suffix}", cx.topic), cx.plan.partitions).await;
+    }
     let (producer, stored) = p3::run(cx, out).await?;
     let Some(stored) = stored else {
         return Ok(());

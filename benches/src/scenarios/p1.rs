@@ -48,7 +48,12 @@ pub(super) struct Drain {
     ready_at: f64,
     drained_at: f64,
     settled_drain: f64,
+    /// CPU from the first commit to the last (start-up and group join excluded), and the
+    /// records committed in it.
     drain_cpu: BTreeMap<String, f64>,
+    drain_cpu_records: i64,
+    /// CPU from the consumer's start to the last commit.
+    drain_cpu_with_startup: BTreeMap<String, f64>,
     drain_machine: serde_json::Value,
     metrics_after_drain: String,
     hwm_drain: u64,
@@ -168,11 +173,30 @@ pub(super) async fn drain(cx: &Ctx<'_>) -> Result<Drain> {
         })
     };
     let ready_at = origin.elapsed().as_secs_f64();
+    // The CPU window opens at the first commit, as the rate's does: the consumer's start-up,
+    // its connections and the group join are not the drain's cost per message.
+    let first = wait_committed(&meter, 1, Duration::from_secs(300), &mut consumer).await?;
+    let at_first_commit = procs_c.snapshot();
+    let machine_at_first_commit = cpu::MachineCpu::now();
     wait_committed(&meter, pre, Duration::from_secs(900), &mut consumer).await?;
     let drained_at = origin.elapsed().as_secs_f64();
     let after_drain = procs_c.snapshot();
-    let drain_cpu = before_drain.until(&after_drain, &[]);
-    let drain_machine = machine_before_drain.until(&cpu::MachineCpu::now());
+    let machine_after = cpu::MachineCpu::now();
+    let drain_cpu_with_startup = before_drain.until(&after_drain, &[]);
+    // A drain done in one batch has no window after its first commit: start-up stays in.
+    let (drain_cpu, drain_cpu_records, drain_machine) = if first < pre {
+        (
+            at_first_commit.until(&after_drain, &[]),
+            pre - first,
+            machine_at_first_commit.until(&machine_after),
+        )
+    } else {
+        (
+            drain_cpu_with_startup.clone(),
+            pre,
+            machine_before_drain.until(&machine_after),
+        )
+    };
     let metrics_after_drain = consumer.get("/metrics").map(|(_, b)| b).unwrap_or_default();
     let hwm_drain = consumer.status_kib("VmHWM").unwrap_or(0);
     Ok(Drain {
@@ -186,6 +210,8 @@ pub(super) async fn drain(cx: &Ctx<'_>) -> Result<Drain> {
         drained_at,
         settled_drain,
         drain_cpu,
+        drain_cpu_records,
+        drain_cpu_with_startup,
         drain_machine,
         metrics_after_drain,
         hwm_drain,
@@ -379,7 +405,9 @@ pub(super) async fn finish(
             "rows_checked": rows,
             "settle_seconds_before_loader": reference.settled_loader,
             "settle_seconds_before_drain": drain.settled_drain,
-            "drain_cpu_us_per_msg": cpu::per_op_us(&drain.drain_cpu, pre as u64),
+            "drain_cpu_us_per_msg": cpu::per_op_us(&drain.drain_cpu, drain.drain_cpu_records as u64),
+            "drain_cpu_window_records": drain.drain_cpu_records,
+            "drain_cpu_us_per_msg_including_startup": cpu::per_op_us(&drain.drain_cpu_with_startup, pre as u64),
             "drain_machine_cpu": drain.drain_machine,
             "live_machine_cpu": live.live_machine,
             "live_cpu_us_per_msg": cpu::per_op_us(&live.live_cpu, live.live as u64),
