@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # chatlog's benchmarks, side by side with their references, in one run (issues 8, 16 and 17; see BENCHMARKS.md):
 #
-#   dev/bench.sh            the full run (~3-4 minutes on 2 cores, plus the release build)
+#   dev/bench.sh            the full run (~8 minutes on 2 cores since issue 18 made P1 10× larger, plus the release build)
 #   dev/bench.sh --quick    a smoke run (seconds)
 #   dev/bench.sh --only cache   P8 and P9 alone (the cached repositories: users, conversation lists)
 #   dev/bench.sh --only mutations   P10 alone (the consumer on edits/recalls/deletes vs appends)
+#   dev/bench.sh --only produce   P3 and P3′ alone (the producer, with and without seq allocation,
+#                           next to Kafka's Java producer keyed like ours; see BENCHMARKS.md "Method")
 #   dev/bench.sh --help     every size and setting (messages, sessions, consumer batch/linger, …)
 #
 # Brings the local stack up if it is not (dev/stack.sh up is idempotent), builds chatlog-bench and
@@ -26,6 +28,9 @@ dev/stack.sh up
 # shellcheck disable=SC1090
 eval "$(dev/stack.sh env)"
 command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is missing: apt-get install redis-tools" >&2; exit 1; }
+# P3's references run on the JVM: ProducerPerformance and benches/java/KeyedProducerPerf.java (a
+# single-file program, which needs a JDK's compiler, not only a JRE).
+command -v java >/dev/null 2>&1 || { echo "java is missing: apt-get install openjdk-17-jdk-headless" >&2; exit 1; }
 
 cargo build --release --locked -p chatlog-bench -p chatlog-consumer
 

@@ -32,6 +32,8 @@ pub(super) struct Reference {
     limits: BatchLimits,
     loader_rate_1: f64,
     loader_rate_2: f64,
+    /// Seconds of the second run.
+    seconds_2: f64,
     loader_rate: f64,
     settled_loader: f64,
     loader_cpu: BTreeMap<String, f64>,
@@ -129,6 +131,7 @@ pub(super) async fn loader_before(
         limits,
         loader_rate_1,
         loader_rate_2: 0.0,
+        seconds_2: 0.0,
         loader_rate: loader_rate_1,
         settled_loader,
         loader_cpu,
@@ -251,6 +254,7 @@ pub(super) async fn loader_after(
     );
     all_series.insert("P1 raw CQL loader, again (rows)".into(), reloaded.series);
     reference.loader_rate_2 = loader_rate_2;
+    reference.seconds_2 = reloaded.seconds;
     reference.loader_rate = loader_rate;
     Ok(())
 }
@@ -361,6 +365,20 @@ pub(super) async fn finish(
                 "ready to drained (one batch)",
             ),
         };
+    // Issue 18: each timed window of P1 should last ≥ 10 s (shorter ones weigh start-up and
+    // Cassandra's flushes too much); say so when the sizes did not give that.
+    let windows = [
+        ("loader", reference.seconds),
+        ("loader again", reference.seconds_2),
+        ("drain", t1 - t0),
+    ];
+    for (name, secs) in windows {
+        if secs < 10.0 && !plan.quick {
+            eprintln!(
+                "[bench]   note: P1's {name} window lasted {secs:.1} s (< 10 s): raise --messages"
+            );
+        }
+    }
     // Seqs are dense per session (round-robin sends, no Redis loss): one bucket of slack.
     let max_seq = final_end / s as i64 + 1000;
     let rows = loader::count_rows(session, e2e_ks, &workload.sessions, max_seq).await?;
@@ -398,6 +416,8 @@ pub(super) async fn finish(
             "live_producer_rate": live.live as f64 / live.live_producer_seconds,
             "live_consumer_stages": live_stages,
             "loader_rows": reference.rows, "loader_seconds": reference.seconds,
+            "loader_seconds_after_drain": reference.seconds_2,
+            "drain_window_seconds": t1 - t0,
             "loader_rate_before_drain": reference.loader_rate_1,
             "loader_rate_after_drain": reference.loader_rate_2,
             "loader_batches": reference.requests, "loader_concurrency": plan.loader_concurrency,

@@ -88,13 +88,16 @@ pub(super) async fn run(
     );
 
     // P3′: the same sends, the seqs given.
-    eprintln!("[bench] P3′: the produce path with pre-assigned seqs, {n} messages");
+    eprintln!(
+        "[bench] P3′: the produce path with pre-assigned seqs, {n} messages, {} in flight",
+        plan.pre_concurrency
+    );
     let pre = produce::Preassigned::new(&produce::producer_config(&format!("{topic}_pre")), s)?;
     let send_pre = move |i, m| {
         let pre = pre.clone();
         async move { pre.send(i, m).await }
     };
-    let conc = plan.producer_concurrency;
+    let conc = plan.pre_concurrency;
     let warm_pre = produce::burst_with(workload, 0..s, conc, origin, false, send_pre.clone()).await;
     let before = procs.snapshot();
     let pre_burst = produce::burst_with(workload, s..s + n, conc, origin, false, send_pre).await;
@@ -166,6 +169,7 @@ pub(super) async fn run(
     details.insert(
         "P3′".into(),
         json!({"seconds": pre_burst.seconds, "rate": pre_rate,
+               "in_flight": plan.pre_concurrency,
                "what": "harness code (benches/src/produce.rs Preassigned) repeating the producer's steps after allocation: NewMessage::validate, assign (msg_id, seq = i / sessions + 1, server time), Codec::encode (codec built as the producer builds it), FutureRecord keyed by session id with the timestamp (and the schema header if configured), FutureProducer from ProducerConfig::client_config(), delivery awaited in the sending task; the library has no public way to skip the allocation, so its turn queue, in-flight semaphore, fingerprint and metrics are not in this path",
                "cpu_us_per_msg": cpu::per_op_us(&pre_cpu, n as u64)}),
     );
