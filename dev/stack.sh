@@ -426,7 +426,10 @@ tools_install() {
   # promtool (Prometheus), amtool (Alertmanager), docker-compose (validates the compose file
   # without an engine), python3 + fastavro (the independent Avro implementation of the interop
   # test; pip to install it).
-  apt_install prometheus prometheus-alertmanager docker-compose python3 python3-pip openssl
+  # openjdk-17-jdk-headless: the DLQ replay test runs Kafka's own murmur2 through a single-file
+  # Java program (`java File.java` needs the JDK's compiler; the JRE that Kafka needs lacks it).
+  apt_install prometheus prometheus-alertmanager docker-compose python3 python3-pip openssl \
+    openjdk-17-jdk-headless
   debian_prometheus_off
   debian_alertmanager_off
   local py="${CHATLOG_PYTHON:-python3}"
