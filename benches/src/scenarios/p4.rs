@@ -107,9 +107,8 @@ const CPU_SHARE: f64 = 0.5;
 
 /// Finds the rate at which the stack's processes (those of `procs_c`: the harness — load
 /// generator and producer —, Redis, Kafka, Cassandra, the consumer) use [`CPU_SHARE`] of the
-/// machine's CPUs: paced steps from half the live rate, each rate scaled by target ÷ measured
-/// cores (at most ×2 or ÷4 a step; the cost per message rises as the rate falls, hence several
-/// steps). Sends messages from `next` on (advanced). Returns the rate and the steps.
+/// machine's CPUs: paced steps from half the live rate, each next rate from [`next_rate`].
+/// Sends messages from `next` on (advanced). Returns the rate and the steps.
 async fn calibrate(
     cx: &Ctx<'_>,
     running: &Running,
@@ -122,9 +121,11 @@ async fn calibrate(
     let step_seconds = (plan.latency_seconds / 5.0).clamp(0.5, 4.0);
     let mut rate = running.live.live_rate / 2.0;
     let mut steps = Vec::new();
+    let mut points = Vec::new();
     for _ in 0..3 {
         let before = procs_c.snapshot();
         let machine = cpu::MachineCpu::now();
+        let started = std::time::Instant::now();
         let step = latency::run(
             &running.producer,
             workload,
@@ -137,7 +138,9 @@ async fn calibrate(
         .await?;
         *next += step.sent as usize;
         let used = before.until(&procs_c.snapshot(), &[]);
-        let seconds = step.sent as f64 / step.achieved_rate.max(1e-9);
+        // Over the step's whole wall time: its CPU window also holds the wait until the last
+        // watched message is visible.
+        let seconds = started.elapsed().as_secs_f64();
         let cores = used.get("total").copied().unwrap_or(0.0) / seconds.max(1e-3);
         eprintln!(
             "[bench]   P4 calibration: {rate:.0} msg/s → the stack uses {cores:.2} of {cpus} CPUs"
@@ -146,15 +149,33 @@ async fn calibrate(
             serde_json::json!({"rate": rate, "achieved_rate": step.achieved_rate,
             "stack_cores": cores, "machine_cpu": machine.until(&cpu::MachineCpu::now())}),
         );
-        if cores > 0.0 {
-            rate *= (target / cores).clamp(0.25, 2.0);
-        }
+        points.push((rate, cores));
+        rate = next_rate(&points, target);
     }
     Ok((
         rate,
         serde_json::json!({"target_stack_cores": target, "cpus": cpus,
             "step_seconds": step_seconds, "steps": steps}),
     ))
+}
+
+/// The next rate to try for `target` cores, from the `(rate, cores)` measured so far: the secant
+/// through the last two points (the stack's CPU is roughly a fixed part — Cassandra, Kafka,
+/// the consumer's polls — plus a part per message, and the cost per message rises as batches
+/// shrink, so a rate scaled by target ÷ cores overshoots), else the rate scaled by target ÷ cores;
+/// at most ×2 or ÷4 the last rate, at least 1 msg/s.
+fn next_rate(points: &[(f64, f64)], target: f64) -> f64 {
+    let Some(&(r1, u1)) = points.last() else {
+        return 1.0;
+    };
+    let proportional = if u1 > 0.0 { r1 * target / u1 } else { r1 * 2.0 };
+    let guess = match points.len().checked_sub(2).map(|i| points[i]) {
+        Some((r0, u0)) if (r1 - r0).abs() > 1e-9 && (u1 - u0) / (r1 - r0) > 0.0 => {
+            r1 + (target - u1) * (r1 - r0) / (u1 - u0)
+        }
+        _ => proportional,
+    };
+    guess.clamp(r1 / 4.0, r1 * 2.0).max(1.0)
 }
 
 /// P4's figure, details and latency CDF.
@@ -208,5 +229,33 @@ pub(super) fn figures(cx: &Ctx<'_>, latency: &Latency, out: &mut Collect<'_>) {
     cdf.extend((1..100).map(|p| p as f64 / 100.0).map(|q| (q, ms(q))));
     for q in [0.995, 0.999, 0.9999, 1.0] {
         cdf.push((q, ms(q)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_rate;
+
+    #[test]
+    fn the_rate_follows_the_cpu_line_to_the_target() {
+        // cores = 0.6 + rate / 10 000: 1 core at 4 000 msg/s.
+        let cores = |r: f64| 0.6 + r / 10_000.0;
+        let mut points = vec![(15_000.0, cores(15_000.0))];
+        for _ in 0..3 {
+            let r = next_rate(&points, 1.0);
+            points.push((r, cores(r)));
+        }
+        let last = points.last().unwrap().0;
+        assert!((last - 4_000.0).abs() < 1.0, "{points:?}");
+    }
+
+    #[test]
+    fn one_point_scales_and_the_steps_are_bounded() {
+        assert_eq!(next_rate(&[(1000.0, 2.0)], 1.0), 500.0);
+        assert_eq!(next_rate(&[(1000.0, 0.1)], 1.0), 2000.0);
+        assert_eq!(next_rate(&[(1000.0, 40.0)], 1.0), 250.0);
+        // A line falling with the rate (noise): back to scaling.
+        assert_eq!(next_rate(&[(2000.0, 1.0), (1000.0, 2.0)], 1.0), 500.0);
+        assert_eq!(next_rate(&[(4.0, 9.0)], 1.0), 1.0);
     }
 }
