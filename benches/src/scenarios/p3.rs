@@ -110,6 +110,15 @@ pub(super) async fn run(
     let pre_cpu = before.until(&procs.snapshot(), &[]);
     let pre_rate = n as f64 / pre_burst.seconds;
     eprintln!("[bench]   pre-assigned seqs: {pre_rate:.0} msg/s");
+    // What the load generator alone costs per message (building each `NewMessage`), inside the
+    // sending process's CPU of P3 and P3′ but not the library's: timed on one thread.
+    let sample = n.min(200_000);
+    let built = std::time::Instant::now();
+    let bytes: usize = (s..s + sample)
+        .map(|i| std::hint::black_box(workload.message(i)).content.len())
+        .sum();
+    let build_us = built.elapsed().as_secs_f64() * 1e6 / sample.max(1) as f64;
+    std::hint::black_box(bytes);
 
     eprintln!(
         "[bench] P3 (supplementary): Kafka ProducerPerformance, {n} unkeyed records of {} bytes",
@@ -159,6 +168,7 @@ pub(super) async fn run(
                "java_keyed": java,
                "java_keyed_cpu_note": "JVM CPU over its timed window only (start-up, source compilation and one warm-up record per session excluded); the stack's processes over the JVM's whole run",
                "ours_cpu_us_per_msg": cpu::per_op_us(&ours_cpu, n as u64),
+               "load_generator_us_per_msg": build_us,
                "java_cpu_us_per_msg": cpu::per_op_us(&java_cpu, n as u64),
                "producer_performance_unkeyed": {
                    "rate": pp.records_per_s, "summary": pp.summary,
@@ -170,6 +180,7 @@ pub(super) async fn run(
         "P3′".into(),
         json!({"seconds": pre_burst.seconds, "rate": pre_rate,
                "in_flight": plan.pre_concurrency,
+               "load_generator_us_per_msg": build_us,
                "what": "harness code (benches/src/produce.rs Preassigned) repeating the producer's steps after allocation: NewMessage::validate, assign (msg_id, seq = i / sessions + 1, server time), Codec::encode (codec built as the producer builds it), FutureRecord keyed by session id with the timestamp (and the schema header if configured), FutureProducer from ProducerConfig::client_config(), delivery awaited in the sending task; the library has no public way to skip the allocation, so its turn queue, in-flight semaphore, fingerprint and metrics are not in this path",
                "cpu_us_per_msg": cpu::per_op_us(&pre_cpu, n as u64)}),
     );
