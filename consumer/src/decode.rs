@@ -1,13 +1,15 @@
 //! Stage 1: turn Kafka records into messages, or into poison with a reason. Never fails, never
 //! panics: every record ends up either persisted or in the DLQ.
 
+use std::sync::Arc;
+
 use chatlog_schemas::{ChatMessage, Codec};
 
 /// Where a record came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared by the records of a batch: no string per record).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -43,6 +45,13 @@ pub struct Good {
     pub avro: Vec<u8>,
 }
 
+impl Good {
+    /// Bytes of its record's key (the session id) and value.
+    pub fn bytes(&self) -> usize {
+        self.message.session_id.len() + self.avro.len()
+    }
+}
+
 /// A record that cannot be persisted, with why.
 #[derive(Debug, Clone)]
 pub struct Poison {
@@ -65,7 +74,7 @@ pub enum Decoded {
 }
 
 /// Now, in microseconds since the Unix epoch (the unit of `server_time`).
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -79,45 +88,86 @@ pub fn decode(codec: &Codec, record: Record) -> Decoded {
     decode_at(codec, record, now_us())
 }
 
-/// [`decode`] with the clock read by the caller (`now_us`, µs since the Unix epoch).
+/// [`decode`] with the clock read by the caller (`now_us`, µs since the Unix epoch). A good
+/// record's value moves into [`Good::avro`] (no copy).
 pub fn decode_at(codec: &Codec, record: Record, now_us: i64) -> Decoded {
-    let poison = |record: Record, reason: &'static str, detail: String| {
-        Decoded::Poison(Poison {
+    match check(
+        codec,
+        record.key.as_deref(),
+        record.payload.as_deref(),
+        now_us,
+    ) {
+        Ok(message) => Decoded::Good(Good {
+            origin: record.origin,
+            message,
+            avro: record.payload.unwrap_or_default(),
+        }),
+        Err((reason, detail)) => Decoded::Poison(Poison {
             record,
             reason,
             detail,
-        })
-    };
-    let Some(payload) = record.payload.as_deref() else {
-        return poison(record, "empty", "record has no value".into());
+        }),
+    }
+}
+
+/// [`decode_at`] of a record still in the Kafka client's memory (the consumer's path): decoded
+/// from the borrowed bytes, which are copied once — into [`Good::avro`], or into the poison's
+/// [`Record`] for the DLQ.
+pub fn decode_borrowed(
+    codec: &Codec,
+    origin: Origin,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    now_us: i64,
+) -> Decoded {
+    match check(codec, key, payload, now_us) {
+        Ok(message) => Decoded::Good(Good {
+            origin,
+            message,
+            avro: payload.unwrap_or_default().to_vec(),
+        }),
+        Err((reason, detail)) => Decoded::Poison(Poison {
+            record: Record {
+                origin,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.map(<[u8]>::to_vec),
+            },
+            reason,
+            detail,
+        }),
+    }
+}
+
+/// The message of a record, or the reason and detail it is poison.
+fn check(
+    codec: &Codec,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    now_us: i64,
+) -> Result<ChatMessage, (&'static str, String)> {
+    let Some(payload) = payload else {
+        return Err(("empty", "record has no value".into()));
     };
     // The producer keys every record by its session: a keyless record was partitioned by chance,
     // so the order of its session is not kept (and nothing can check which session it claims).
-    if record.key.is_none() {
-        return poison(
-            record,
+    let Some(key) = key else {
+        return Err((
             "no_key",
             "record has no key (chatlog producers key every record by session_id)".into(),
-        );
-    }
-    let message = match codec.decode(payload) {
-        Ok(m) => m,
-        Err(e) => {
-            let (reason, detail) = (e.reason(), e.to_string());
-            return poison(record, reason, detail);
-        }
+        ));
     };
+    let message = codec
+        .decode(payload)
+        .map_err(|e| (e.reason(), e.to_string()))?;
     // The key decides the partition, hence the order of a session: a record keyed for another
     // session was produced wrongly and would break ordering guarantees.
-    if let Some(key) = record.key.as_deref()
-        && key != message.session_id.as_bytes()
-    {
+    if key != message.session_id.as_bytes() {
         let detail = format!(
             "record key {:?} differs from session_id {:?}",
             String::from_utf8_lossy(key),
             message.session_id
         );
-        return poison(record, "key_mismatch", detail);
+        return Err(("key_mismatch", detail));
     }
     // A future server time would be written as the rows' write timestamp (no later correction
     // could win over it) and win every version comparison in the window; so would a future
@@ -129,14 +179,9 @@ pub fn decode_at(codec: &Codec, record: Record, now_us: i64) -> Decoded {
         .map_or(message.server_time_us, |at| at.max(message.server_time_us));
     if let Err(e) = codec.limits().check_server_time(newest_us, now_us) {
         let detail = format!("{e} (seq {} of {:?})", message.seq, message.session_id);
-        return poison(record, "skew", detail);
+        return Err(("skew", detail));
     }
-    let avro = payload.to_vec();
-    Decoded::Good(Good {
-        origin: record.origin,
-        message,
-        avro,
-    })
+    Ok(message)
 }
 
 /// A valid message for unit tests.
@@ -310,6 +355,48 @@ mod tests {
         match decode(&older, record(Some("s1"), Some(bytes))) {
             Decoded::Good(g) => assert_eq!(g.message, sent),
             Decoded::Poison(p) => panic!("the older release refused a message as sent: {p:?}"),
+        }
+    }
+
+    /// The consumer decodes records from the Kafka client's memory: same verdicts, same bytes
+    /// kept (the window member is built from them), same DLQ copy.
+    #[test]
+    fn borrowed_and_owned_decoding_agree() {
+        let codec = Codec::default();
+        let good = codec.encode(&message()).unwrap();
+        let cases: Vec<(Option<&str>, Option<Vec<u8>>)> = vec![
+            (Some("s1"), Some(good.clone())),
+            (Some("s1"), None),
+            (None, Some(good.clone())),
+            (Some("other"), Some(good.clone())),
+            (Some("s1"), Some(b"garbage!!!!!".to_vec())),
+            (Some("s1"), Some(good[..good.len() - 3].to_vec())),
+        ];
+        let now = now_us();
+        for (key, payload) in cases {
+            let r = record(key, payload);
+            let borrowed = decode_borrowed(
+                &codec,
+                r.origin.clone(),
+                r.key.as_deref(),
+                r.payload.as_deref(),
+                now,
+            );
+            match (decode_at(&codec, r.clone(), now), borrowed) {
+                (Decoded::Good(a), Decoded::Good(b)) => {
+                    assert_eq!(a.message, b.message);
+                    assert_eq!(a.avro, b.avro);
+                    assert_eq!(b.avro, good, "the record's bytes, as read");
+                    assert_eq!(a.origin, b.origin);
+                }
+                (Decoded::Poison(a), Decoded::Poison(b)) => {
+                    assert_eq!((a.reason, &a.detail), (b.reason, &b.detail));
+                    assert_eq!(b.record.key, r.key);
+                    assert_eq!(b.record.payload, r.payload);
+                    assert_eq!(b.record.origin, r.origin);
+                }
+                (a, b) => panic!("owned {a:?} vs borrowed {b:?}"),
+            }
         }
     }
 

@@ -358,6 +358,14 @@ pub fn plan_batches<'a>(
     messages: &'a [ChatMessage],
     limits: &BatchLimits,
 ) -> Vec<Vec<&'a ChatMessage>> {
+    plan_batches_of(messages, limits)
+}
+
+/// [`plan_batches`] of borrowed messages.
+pub fn plan_batches_of<'a>(
+    messages: impl IntoIterator<Item = &'a ChatMessage>,
+    limits: &BatchLimits,
+) -> Vec<Vec<&'a ChatMessage>> {
     let mut by_partition: BTreeMap<(&str, i64), Vec<&ChatMessage>> = BTreeMap::new();
     for m in messages {
         by_partition
@@ -436,16 +444,28 @@ impl MessageWriter {
 
     /// Writes every message; returns when all are acknowledged, or the first error.
     pub async fn write(&self, messages: &[ChatMessage]) -> Result<WriteStats> {
-        let groups = plan_batches(messages, &self.limits);
+        self.write_groups(plan_batches(messages, &self.limits), messages.len())
+            .await
+    }
+
+    /// [`write`](Self::write) of borrowed messages (the consumer's path: its messages stay
+    /// where they were decoded, no copy per row).
+    pub async fn write_borrowed(&self, messages: &[&ChatMessage]) -> Result<WriteStats> {
+        let groups = plan_batches_of(messages.iter().copied(), &self.limits);
+        self.write_groups(groups, messages.len()).await
+    }
+
+    async fn write_groups(
+        &self,
+        groups: Vec<Vec<&ChatMessage>>,
+        rows: usize,
+    ) -> Result<WriteStats> {
         let requests = groups.len();
         futures::stream::iter(groups.into_iter().map(|group| self.write_group(group)))
             .buffer_unordered(self.limits.concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(WriteStats {
-            rows: messages.len(),
-            requests,
-        })
+        Ok(WriteStats { rows, requests })
     }
 
     async fn write_group(&self, group: Vec<&ChatMessage>) -> Result<()> {

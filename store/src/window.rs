@@ -21,10 +21,42 @@ pub const VERSION_LEN: usize = 16;
 /// The window member of a message: version prefix ([`ChatMessage::version`](chatlog_schemas::ChatMessage::version)) + its Avro bytes.
 pub fn member(version: i64, avro: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(VERSION_LEN + avro.len());
-    m.extend_from_slice(format!("{:016x}", version.max(0) as u64).as_bytes());
+    m.extend_from_slice(&version_prefix(version));
     m.extend_from_slice(avro);
     m
 }
+
+/// The 16 lowercase hex digits of `version` (negative as 0) that start a member. Written by hand:
+/// the consumer builds one per message, and `format!` would allocate each time.
+pub fn version_prefix(version: i64) -> [u8; VERSION_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = version.max(0) as u64;
+    let mut out = [0u8; VERSION_LEN];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((v >> (4 * (VERSION_LEN - 1 - i))) & 0xf) as usize];
+    }
+    out
+}
+
+/// A window member written straight into a Redis command (one argument: prefix + Avro bytes),
+/// without building the member in a buffer of its own first.
+#[derive(Debug, Clone, Copy)]
+struct MemberArg<'a> {
+    version: i64,
+    avro: &'a [u8],
+}
+
+impl redis::ToRedisArgs for MemberArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = w.write_all(&version_prefix(self.version));
+        let _ = w.write_all(self.avro);
+    }
+}
+
+impl redis::ToSingleRedisArg for MemberArg<'_> {}
 
 /// Splits a member into its version and Avro bytes; `None` if it is not one of ours.
 pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
@@ -135,6 +167,71 @@ impl WindowEntry {
     }
 }
 
+/// One message to put in a window, borrowing the record's Avro bytes (see [`WindowEntry`]): the
+/// member is written straight into the Redis command, so a batch builds no member buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    /// The message's seq (the score).
+    pub seq: i64,
+    /// The member's version prefix ([`ChatMessage::version`](chatlog_schemas::ChatMessage::version)).
+    pub version: i64,
+    /// The record's Avro bytes, as read.
+    pub avro: &'a [u8],
+    /// As [`WindowEntry::replace_only`].
+    pub replace_only: bool,
+}
+
+impl<'a> EntryRef<'a> {
+    /// The entry of a message whose record bytes are `avro`; a mutated message replaces only.
+    pub fn of(message: &chatlog_schemas::ChatMessage, avro: &'a [u8]) -> EntryRef<'a> {
+        EntryRef {
+            seq: message.seq,
+            version: message.version(),
+            avro,
+            replace_only: message.is_mutated(),
+        }
+    }
+
+    /// The member it writes (see [`member`]).
+    pub fn member(&self) -> Vec<u8> {
+        member(self.version, self.avro)
+    }
+}
+
+/// What [`WindowWriter`] needs of an entry: its seq argument and its member argument.
+trait Entry {
+    fn seq(&self) -> i64;
+    fn replace_only(&self) -> bool;
+    fn push_member(&self, pipe: &mut redis::Pipeline);
+}
+
+impl Entry for WindowEntry {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn replace_only(&self) -> bool {
+        self.replace_only
+    }
+    fn push_member(&self, pipe: &mut redis::Pipeline) {
+        pipe.arg(&self.member);
+    }
+}
+
+impl Entry for EntryRef<'_> {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn replace_only(&self) -> bool {
+        self.replace_only
+    }
+    fn push_member(&self, pipe: &mut redis::Pipeline) {
+        pipe.arg(MemberArg {
+            version: self.version,
+            avro: self.avro,
+        });
+    }
+}
+
 /// Writes windows: one script call per session, all sessions of a batch pipelined in one round trip.
 #[derive(Clone)]
 pub struct WindowWriter {
@@ -162,10 +259,33 @@ impl WindowWriter {
         con: &mut C,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
     ) -> Result<()> {
-        if sessions.is_empty() {
+        self.append_any(con, || {
+            sessions.iter().map(|(s, e)| (s.as_str(), e.as_slice()))
+        })
+        .await
+    }
+
+    /// [`append`](Self::append) of entries that borrow the records' bytes (the consumer's path:
+    /// no member buffer per message). Idempotent; writes exactly what `append` writes.
+    pub async fn append_borrowed<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        sessions: &BTreeMap<&str, Vec<EntryRef<'_>>>,
+    ) -> Result<()> {
+        self.append_any(con, || sessions.iter().map(|(s, e)| (*s, e.as_slice())))
+            .await
+    }
+
+    async fn append_any<'s, C, E, I>(&self, con: &mut C, sessions: impl Fn() -> I) -> Result<()>
+    where
+        C: ConnectionLike + Send,
+        E: Entry + 's,
+        I: Iterator<Item = (&'s str, &'s [E])>,
+    {
+        if sessions().next().is_none() {
             return Ok(());
         }
-        match self.append_once(con, sessions).await {
+        match self.append_once(con, sessions()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The server lost its script cache (restart, SCRIPT FLUSH): load and go again.
                 self.script
@@ -173,7 +293,7 @@ impl WindowWriter {
                     .load_async(con)
                     .await
                     .map_err(Error::redis("load window script"))?;
-                self.append_once(con, sessions).await
+                self.append_once(con, sessions()).await
             }
             other => other,
         }
@@ -201,10 +321,10 @@ impl WindowWriter {
             .map_err(Error::redis("remove from a window"))
     }
 
-    async fn append_once<C: ConnectionLike + Send>(
+    async fn append_once<'s, C: ConnectionLike + Send, E: Entry + 's>(
         &self,
         con: &mut C,
-        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+        sessions: impl Iterator<Item = (&'s str, &'s [E])>,
     ) -> redis::RedisResult<()> {
         let ttl_ms = self.config.ttl.as_millis().min(i64::MAX as u128) as i64;
         let mut pipe = redis::pipe();
@@ -220,8 +340,9 @@ impl WindowWriter {
                 .arg(ttl_ms);
             for e in entries {
                 // A negative seq marks a replace-only entry (seqs are >= 1).
-                let seq = if e.replace_only { -e.seq } else { e.seq };
-                cmd.arg(seq).arg(&e.member);
+                let seq = if e.replace_only() { -e.seq() } else { e.seq() };
+                cmd.arg(seq);
+                e.push_member(cmd);
             }
             pipe.ignore();
         }
@@ -240,6 +361,43 @@ mod tests {
         assert_eq!(parse_member(&a), Some((5, &b"avro"[..])));
         assert!(a[..VERSION_LEN] < b[..VERSION_LEN]);
         assert_eq!(parse_member(b"short"), None);
+        assert_eq!(
+            &member(0x0123_4567_89ab_cdef, b"")[..],
+            format!("{:016x}", 0x0123_4567_89ab_cdef_u64).as_bytes()
+        );
+        assert_eq!(&version_prefix(-5), b"0000000000000000");
+        assert_eq!(
+            &version_prefix((1 << 62) | 1_700_000_000_000_000),
+            format!("{:016x}", (1u64 << 62) | 1_700_000_000_000_000).as_bytes()
+        );
+    }
+
+    /// The borrowed path sends byte for byte the command of the owned one.
+    #[test]
+    fn borrowed_entries_make_the_same_command() {
+        let avro = b"\xc3\x01avro bytes";
+        let owned = WindowEntry {
+            seq: 7,
+            member: member(0x5eed, avro),
+            replace_only: true,
+        };
+        let borrowed = EntryRef {
+            seq: 7,
+            version: 0x5eed,
+            avro,
+            replace_only: true,
+        };
+        assert_eq!(borrowed.member(), owned.member);
+        let packed = |e: &dyn Fn(&mut redis::Pipeline)| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVALSHA").arg("x");
+            e(&mut pipe);
+            pipe.get_packed_pipeline()
+        };
+        assert_eq!(
+            packed(&|p| owned.push_member(p)),
+            packed(&|p| borrowed.push_member(p))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! rewinding to its first offsets after a failure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -12,15 +13,33 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::Pipeline;
 use super::isolation::Progress;
 use crate::clock::BootInstant;
-use crate::decode::{Origin, Record};
+use crate::decode::{self, Decoded, Good, Origin, Poison};
 use crate::{Error, Result, kafka, telemetry};
 
-/// Records polled for one transaction.
+/// Records polled for one transaction, decoded as they were polled (from the Kafka client's
+/// memory: each record's bytes are copied once).
 pub(super) struct Batch {
-    pub(super) records: Vec<Record>,
+    /// Records that decoded into valid messages, in poll order.
+    pub(super) good: Vec<Good>,
+    /// Records for the DLQ, in poll order.
+    pub(super) poison: Vec<Poison>,
     /// When the poll that returned the first record started: the window fence counts from here,
     /// so a process frozen inside that poll or the linger after it resumes with an old fence.
     pub(super) polled_from: BootInstant,
+    /// Time spent decoding (the `decode` stage).
+    pub(super) decode_time: Duration,
+}
+
+impl Batch {
+    /// Where every record of the batch came from.
+    pub(super) fn origins(&self) -> impl Iterator<Item = &Origin> {
+        (self.good.iter().map(|g| &g.origin)).chain(self.poison.iter().map(|p| &p.record.origin))
+    }
+
+    /// Records in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.good.len() + self.poison.len()
+    }
 }
 
 /// How long [`Pipeline::collect`] polls an idle topic before it returns no batch.
@@ -28,10 +47,16 @@ const IDLE_RETURN: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     /// Polls until `max_records` records (`isolation.batch_records` while isolating) or
-    /// `max_bytes`, `linger` after the first one, or shutdown. `None`: no records. An error:
-    /// librdkafka reported a fatal consumer error (e.g. fenced by a newer member with the same
-    /// `group_instance_id`); the consumer is unusable.
-    pub(super) fn collect(&self, progress: &Progress) -> Result<Option<Batch>> {
+    /// `max_bytes`, `linger` after the first one, or shutdown, decoding each record as it comes.
+    /// `None`: no records. An error: librdkafka reported a fatal consumer error (e.g. fenced by a
+    /// newer member with the same `group_instance_id`); the consumer is unusable.
+    ///
+    /// `after_batch`: the loop has just written a batch. Records already queued then arrived
+    /// while it was written — they have waited about as long as linger would make them, and
+    /// more are fetched while this batch is written — so the batch takes what is queued (up to
+    /// `max_records` / `max_bytes`, however long polling and decoding them takes) and does not
+    /// linger for more.
+    pub(super) fn collect(&self, progress: &Progress, after_batch: bool) -> Result<Option<Batch>> {
         let max = if progress.isolating() {
             self.isolation
                 .batch_records
@@ -40,17 +65,29 @@ impl Pipeline {
             self.config.batch.max_records
         };
         let max_bytes = self.config.batch.max_bytes;
-        let mut batch = Vec::new();
+        let mut good: Vec<Good> = Vec::new();
+        let mut poison: Vec<Poison> = Vec::new();
         let mut bytes = 0;
         let mut deadline: Option<Instant> = None;
         let mut polled_from: Option<BootInstant> = None;
+        let mut decode_time = Duration::ZERO;
+        // The topic's name, shared by every record's origin.
+        let mut topic: Option<Arc<str>> = None;
+        // First poll without waiting: whether records are queued already.
+        let mut probe = after_batch;
+        let mut queued_only = false;
         let started = Instant::now();
-        while batch.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled() {
+        while good.len() + poison.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled()
+        {
             let wait = match deadline {
+                None if probe => Duration::ZERO,
                 // Idle: hand back to the loop now and then, for its periodic work (the summary
                 // line, stall reports).
                 None if started.elapsed() >= IDLE_RETURN => break,
                 None => Duration::from_millis(100),
+                // Not waiting for anything, so no linger to cut the batch short either: it ends
+                // when the queue is empty (below), full, or at `max_bytes`.
+                Some(_) if queued_only => Duration::ZERO,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -59,28 +96,45 @@ impl Pipeline {
                     left
                 }
             };
-            let poll_started = BootInstant::now();
+            let probing = std::mem::take(&mut probe);
+            let empty = good.is_empty() && poison.is_empty();
+            // Only a batch's first record needs the time its poll started (the fence).
+            let poll_started = empty.then(BootInstant::now);
+            let mut nothing = false;
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
-                    let record = Record {
-                        origin: Origin {
-                            topic: m.topic().to_owned(),
-                            partition: m.partition(),
-                            offset: m.offset(),
+                    let origin = Origin {
+                        topic: match &topic {
+                            Some(t) if **t == *m.topic() => t.clone(),
+                            _ => topic.insert(Arc::from(m.topic())).clone(),
                         },
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
+                        partition: m.partition(),
+                        offset: m.offset(),
                     };
-                    if batch.is_empty() {
+                    if empty {
                         tracing::debug!(
-                            partition = record.origin.partition,
-                            offset = record.origin.offset,
+                            partition = origin.partition,
+                            offset = origin.offset,
                             "first record of a batch polled"
                         );
+                        queued_only = probing;
                     }
-                    polled_from.get_or_insert(poll_started);
-                    bytes += record.bytes();
-                    batch.push(record);
+                    if let Some(at) = poll_started {
+                        polled_from.get_or_insert(at);
+                    }
+                    bytes += m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
+                    let decoding = Instant::now();
+                    match decode::decode_borrowed(
+                        &self.codec,
+                        origin,
+                        m.key(),
+                        m.payload(),
+                        decode::now_us(),
+                    ) {
+                        Decoded::Good(g) => good.push(g),
+                        Decoded::Poison(p) => poison.push(p),
+                    }
+                    decode_time += decoding.elapsed();
                     deadline.get_or_insert_with(|| Instant::now() + self.config.batch.linger);
                 }
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
@@ -92,7 +146,7 @@ impl Pipeline {
                     }
                     tracing::warn!(error = %e, "consumer error");
                 }
-                None => {}
+                None => nothing = true,
             }
             // librdkafka reports a rebalance protocol only once the member has joined its group.
             if !self.health.is_in_group() {
@@ -106,22 +160,31 @@ impl Pipeline {
             // belong to the next owner, which reads them again from the committed offset.
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
-                let before = batch.len();
-                batch.retain(|r| !revoked.contains(&(r.origin.topic.clone(), r.origin.partition)));
-                bytes = batch.iter().map(Record::bytes).sum();
-                if batch.is_empty() {
+                let before = good.len() + poison.len();
+                let kept = |o: &Origin| !revoked.contains(&(o.topic.to_string(), o.partition));
+                good.retain(|g| kept(&g.origin));
+                poison.retain(|p| kept(&p.record.origin));
+                bytes = good.iter().map(Good::bytes).sum::<usize>()
+                    + poison.iter().map(|p| p.record.bytes()).sum::<usize>();
+                if good.is_empty() && poison.is_empty() {
                     polled_from = None;
                 }
-                let dropped = before - batch.len();
+                let dropped = before - good.len() - poison.len();
                 if dropped > 0 {
                     metrics::counter!(telemetry::REVOKED_DROPPED).increment(dropped as u64);
                     tracing::info!(dropped, "dropped uncommitted records of revoked partitions");
                 }
             }
+            // The queue the previous batch left is drained: go and write this batch.
+            if queued_only && nothing {
+                break;
+            }
         }
         Ok(polled_from.map(|polled_from| Batch {
+            good,
+            poison,
             polled_from,
-            records: batch,
+            decode_time,
         }))
     }
 
@@ -160,24 +223,25 @@ impl Pipeline {
 }
 
 /// The first offset of each partition in the batch (where a rewind goes back to).
-pub(super) fn first_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
-    let mut first = BTreeMap::new();
-    for r in batch {
-        first
-            .entry((r.origin.topic.clone(), r.origin.partition))
-            .and_modify(|o: &mut i64| *o = (*o).min(r.origin.offset))
-            .or_insert(r.origin.offset);
-    }
-    first
+pub(super) fn first_offsets<'a>(
+    batch: impl IntoIterator<Item = &'a Origin>,
+) -> BTreeMap<(String, i32), i64> {
+    offset_range(batch)
+        .into_iter()
+        .map(|(tp, (first, _))| (tp, first))
+        .collect()
 }
 
 /// The first and last offset of each partition in the batch.
-pub(super) fn offset_range(batch: &[Record]) -> BTreeMap<(String, i32), (i64, i64)> {
-    let mut range: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for r in batch {
-        let o = r.origin.offset;
+pub(super) fn offset_range<'a>(
+    batch: impl IntoIterator<Item = &'a Origin>,
+) -> BTreeMap<(String, i32), (i64, i64)> {
+    // Keyed by the borrowed topic while scanning: no string per record.
+    let mut range: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+    for origin in batch {
+        let o = origin.offset;
         range
-            .entry((r.origin.topic.clone(), r.origin.partition))
+            .entry((&origin.topic, origin.partition))
             .and_modify(|(lo, hi)| {
                 *lo = (*lo).min(o);
                 *hi = (*hi).max(o);
@@ -185,16 +249,19 @@ pub(super) fn offset_range(batch: &[Record]) -> BTreeMap<(String, i32), (i64, i6
             .or_insert((o, o));
     }
     range
+        .into_iter()
+        .map(|((topic, partition), r)| ((topic.to_owned(), partition), r))
+        .collect()
 }
 
 /// The offsets to commit: last processed + 1 per partition.
-pub(super) fn next_offsets(batch: &[Record]) -> TopicPartitionList {
+pub(super) fn next_offsets<'a>(batch: impl IntoIterator<Item = &'a Origin>) -> TopicPartitionList {
     let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for r in batch {
+    for origin in batch {
         let e = last
-            .entry((r.origin.topic.as_str(), r.origin.partition))
-            .or_insert(r.origin.offset);
-        *e = (*e).max(r.origin.offset);
+            .entry((&origin.topic, origin.partition))
+            .or_insert(origin.offset);
+        *e = (*e).max(origin.offset);
     }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in last {

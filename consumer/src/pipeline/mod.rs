@@ -5,7 +5,9 @@
 //! loop:
 //!   collect   poll until max_records, max_bytes or linger   revoked partitions' records dropped
 //!             the batch's fence starts before the poll that returned its first record
-//!   decode    good messages | poison (reason)
+//!             right after a batch: only what is queued, no linger
+//!   decode    good messages | poison (reason)              each record as polled, from
+//!                                                          librdkafka's memory (one copy)
 //!   write     at the same time:
 //!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
 //!             then each session's latest            monotonic: USING TIMESTAMP seq
@@ -34,8 +36,8 @@
 //! The loop runs on a dedicated OS thread, because rdkafka's consumer and transactional calls
 //! block; the CQL and Redis writes run on the tokio runtime through its [`Handle`].
 //!
-//! Layout: this file holds the loop ([`Pipeline::run`]) and its setup; `collect` polls a batch
-//! and rewinds it, `write` decodes and writes it (and record by record when isolating), `plan`
+//! Layout: this file holds the loop ([`Pipeline::run`]) and its setup; `collect` polls and
+//! decodes a batch and rewinds it, `write` writes it (and record by record when isolating), `plan`
 //! orders rows before windows the trim would cut, `commit` runs the Kafka transaction with the
 //! DLQ records, `isolation` keeps the bookkeeping of rewinds, stalls and membership.
 
@@ -290,6 +292,8 @@ impl Pipeline {
         let mut backoff = self.config.retry.initial_backoff;
         let mut progress = Progress::default();
         let mut summary = summary::Summary::new(self.config.log.progress_interval, Instant::now());
+        // Whether the last round wrote a batch (see `collect`: what it left queued is not lingered on).
+        let mut after_batch = false;
         while !self.shutdown.is_cancelled() {
             self.report_stalls(&mut progress);
             if let Some(line) = summary.due(Instant::now()) {
@@ -306,18 +310,22 @@ impl Pipeline {
                     "progress"
                 );
             }
-            let batch = match self.collect(&progress) {
+            let batch = match self.collect(&progress, after_batch) {
                 Ok(Some(batch)) => batch,
-                Ok(None) => continue,
+                Ok(None) => {
+                    after_batch = false;
+                    continue;
+                }
                 Err(e) => {
                     self.health.set_ready(false);
                     return Err(e);
                 }
             };
-            let first_offsets = first_offsets(&batch.records);
-            let range = offset_range(&batch.records);
+            after_batch = true;
+            let first_offsets = first_offsets(batch.origins());
+            let range = offset_range(batch.origins());
             let isolate = progress.isolating();
-            let records = batch.records.len();
+            let records = batch.len();
             match self.process(batch, isolate) {
                 Ok(dlq) => {
                     summary.committed(records, dlq);

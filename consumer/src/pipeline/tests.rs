@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chatlog_schemas::ChatMessage;
-use chatlog_store::window::WindowEntry;
+use chatlog_store::window::EntryRef;
 use rdkafka::Offset;
 
 use super::MembershipGate;
@@ -38,7 +38,7 @@ fn good(session_id: &str, seq: i64, version: i64) -> Good {
     }
 }
 
-fn seqs_of(rows: &[ChatMessage], session_id: &str) -> Vec<i64> {
+fn seqs_of(rows: &[&ChatMessage], session_id: &str) -> Vec<i64> {
     let mut seqs: Vec<i64> = rows
         .iter()
         .filter(|m| m.session_id == session_id)
@@ -68,7 +68,7 @@ fn windows_go_with_the_rows_unless_the_append_would_trim_messages_of_the_batch()
     assert_eq!(seqs_of(&plan.rows, "many"), [3, 4, 5, 5]);
     assert_eq!(seqs_of(&plan.trimmed_rows, "many"), [1, 2]);
     assert!(seqs_of(&plan.trimmed_rows, "few").is_empty());
-    let window_seqs = |w: &BTreeMap<String, Vec<WindowEntry>>, s: &str| {
+    let window_seqs = |w: &BTreeMap<&str, Vec<EntryRef>>, s: &str| {
         let mut seqs: Vec<i64> = w.get(s).into_iter().flatten().map(|e| e.seq).collect();
         seqs.sort_unstable();
         seqs
@@ -149,7 +149,8 @@ fn a_partition_rewound_for_stall_after_is_reported_until_it_moves_or_leaves() {
 #[test]
 fn offsets_to_commit_are_last_plus_one() {
     let batch = [rec(0, 5), rec(1, 9), rec(0, 7), rec(0, 6)];
-    let tpl = next_offsets(&batch);
+    let origins = || batch.iter().map(|r| &r.origin);
+    let tpl = next_offsets(origins());
     assert_eq!(
         tpl.find_partition("t", 0).unwrap().offset(),
         Offset::Offset(8)
@@ -158,7 +159,7 @@ fn offsets_to_commit_are_last_plus_one() {
         tpl.find_partition("t", 1).unwrap().offset(),
         Offset::Offset(10)
     );
-    let first = first_offsets(&batch);
+    let first = first_offsets(origins());
     assert_eq!(first[&("t".to_owned(), 0)], 5);
     assert_eq!(first[&("t".to_owned(), 1)], 9);
 }

@@ -11,14 +11,14 @@ use rdkafka::consumer::Consumer;
 
 use chatlog_store::repo::latest::{LatestRow, latest_of};
 use chatlog_store::retention::Expiry;
-use chatlog_store::window::{self, WindowEntry};
+use chatlog_store::window::{self, EntryRef};
 
 use super::collect::{Batch, next_offsets};
 use super::isolation::MEMBERSHIP_IN_DOUBT;
 use super::plan::{WritePlan, by_session};
 use super::{Dead, Failed, Pipeline};
 use crate::clock::BootInstant;
-use crate::decode::{self, Decoded, Good, Origin};
+use crate::decode::{Good, Origin};
 use crate::{kafka, telemetry};
 
 /// Sessions written at once when a batch is written session by session.
@@ -40,26 +40,24 @@ impl Pipeline {
     /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ. Returns how
     /// many records of the committed batch went to the DLQ.
     pub(super) fn process(&self, batch: Batch, isolate: bool) -> Result<usize, Failed> {
-        let Batch {
-            records: batch,
-            polled_from,
-        } = batch;
         let records = batch.len();
-        let next_offsets = next_offsets(&batch);
-
-        let started = Instant::now();
-        let mut good: Vec<Good> = Vec::with_capacity(records);
-        let mut poison: Vec<Dead> = Vec::new();
-        for record in batch {
-            match decode::decode(&self.codec, record) {
-                Decoded::Good(g) => good.push(g),
-                Decoded::Poison(p) => poison.push(Dead {
-                    poison: p,
-                    stage: None,
-                }),
-            }
-        }
-        observe_stage("decode", started);
+        let next_offsets = next_offsets(batch.origins());
+        let Batch {
+            mut good,
+            poison,
+            polled_from,
+            decode_time,
+        } = batch;
+        // Decoded as it was polled (see `collect`).
+        metrics::histogram!(telemetry::STAGE_DURATION, "stage" => "decode")
+            .record(decode_time.as_secs_f64());
+        let mut poison: Vec<Dead> = poison
+            .into_iter()
+            .map(|p| Dead {
+                poison: p,
+                stage: None,
+            })
+            .collect();
         if self.config.retention.is_set() {
             // Past its retention: a replay must not bring it back (rows or window). Not poison.
             let now_us = chatlog_store::retention::now_us();
@@ -104,11 +102,16 @@ impl Pipeline {
             };
             let dead: BTreeSet<&Origin> = failed.iter().map(|d| &d.poison.record.origin).collect();
             let now_us = now_micros();
-            for g in good.iter().filter(|g| !dead.contains(&g.origin)) {
+            // One metric lookup per batch, not per message.
+            let e2e = metrics::histogram!(telemetry::E2E_LATENCY);
+            for g in good
+                .iter()
+                .filter(|g| dead.is_empty() || !dead.contains(&g.origin))
+            {
                 // A mutation's latency runs from the mutation, not from the original send.
                 let since = g.message.state.mutated_at_us();
                 let latency = (now_us - since.unwrap_or(g.message.server_time_us)).max(0);
-                metrics::histogram!(telemetry::E2E_LATENCY).record(latency as f64 / 1e6);
+                e2e.record(latency as f64 / 1e6);
                 if since.is_some() {
                     mutations[g.message.state.index() as usize - 1] += 1;
                 }
@@ -135,9 +138,16 @@ impl Pipeline {
                 metrics::counter!(telemetry::MUTATIONS, "state" => *state).increment(n);
             }
         }
+        // One increment per reason per batch.
+        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for d in &poison {
+            *by_reason.entry(d.poison.reason).or_default() += 1;
+        }
+        for (reason, n) in by_reason {
+            metrics::counter!(telemetry::DLQ_RECORDS, "reason" => reason).increment(n);
+        }
         for d in &poison {
             let p = &d.poison;
-            metrics::counter!(telemetry::DLQ_RECORDS, "reason" => p.reason).increment(1);
             // Rate-limited and cut: a flood of poison must not flood the logs.
             if let Some(suppressed) = self.dlq_warnings.admit(Instant::now()) {
                 tracing::warn!(
@@ -180,7 +190,7 @@ impl Pipeline {
             // idempotent): it never names a message whose row the batch failed to write (its
             // highest seq is always among `plan.rows`).
             let rows = self.retry("cql", None, budget, || async {
-                let written = self.writer.write(&plan.rows).await?;
+                let written = self.writer.write_borrowed(&plan.rows).await?;
                 self.latest.write(&latest).await?;
                 Ok(written)
             });
@@ -195,7 +205,7 @@ impl Pipeline {
                     return Ok(());
                 }
                 self.retry("cql", None, budget, || {
-                    self.writer.write(&plan.trimmed_rows)
+                    self.writer.write_borrowed(&plan.trimmed_rows)
                 })
                 .await?;
                 self.append_windows(&plan.windows_after_trimmed_rows, fence, budget)
@@ -271,13 +281,12 @@ impl Pipeline {
         let mut outcome = SessionOutcome::default();
         if !isolate {
             // The whole session at once first: most sessions of such a batch are fine.
-            let owned: Vec<Good> = messages.iter().map(|g| (*g).clone()).collect();
-            let plan = WritePlan::new(&owned, self.windows.config().size);
+            let plan = WritePlan::new(messages.iter().copied(), self.windows.config().size);
             let latest = latest_rows(messages.iter().copied());
             let written = async {
                 for rows in [&plan.trimmed_rows, &plan.rows] {
                     if !rows.is_empty() {
-                        self.retry("cql", None, budget, || self.writer.write(rows))
+                        self.retry("cql", None, budget, || self.writer.write_borrowed(rows))
                             .await?;
                     }
                 }
@@ -307,8 +316,8 @@ impl Pipeline {
             let failed = match row.await {
                 Err(e) => Some(("cql", e)),
                 Ok(_) => {
-                    let entry = WindowEntry::of(&g.message, &g.avro);
-                    let windows = BTreeMap::from([(session.to_owned(), vec![entry])]);
+                    let entry = EntryRef::of(&g.message, &g.avro);
+                    let windows = BTreeMap::from([(session, vec![entry])]);
                     self.append_windows(&windows, fence, budget)
                         .await
                         .err()
@@ -370,7 +379,7 @@ impl Pipeline {
     /// Appends to windows, retried like any write for up to `budget`, never after `fence`.
     pub(super) async fn append_windows(
         &self,
-        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+        sessions: &BTreeMap<&str, Vec<EntryRef<'_>>>,
         fence: BootInstant,
         budget: Duration,
     ) -> Result<(), Failed> {
@@ -379,7 +388,7 @@ impl Pipeline {
         }
         self.retry("redis", Some(fence), budget, || {
             let mut con = self.redis.clone();
-            async move { self.windows.append(&mut con, sessions).await }
+            async move { self.windows.append_borrowed(&mut con, sessions).await }
         })
         .await
     }
