@@ -5,8 +5,9 @@
 //! |---|---|---|---|
 //! | P1 | end-to-end persisted msgs/s (producer library → Kafka → `chatlog-consumer` → CQL + Redis) | a raw CQL loader writing the same rows (tuned UNLOGGED batches, high concurrency) | ≥ 0.8× |
 //! | P2 | the same end-to-end rate | a naive consumer: one INSERT and one synchronous offset commit per record | ≥ 5× |
-//! | P3 | producer library msgs/s | Kafka's `ProducerPerformance`, same record size, acks=all, idempotence | ≥ 1.0× |
-//! | P4 | acknowledgement → Redis window visibility at 50 % of the max rate, p99 | — | ≤ 100 ms |
+//! | P3 | producer library msgs/s (seq allocation included) | Kafka's Java producer fed like ours (`benches/java/KeyedProducerPerf.java`: session-id keys, our encoded records, acks=all, idempotence, lz4, linger 5 ms; CPU over its send window only) | ≥ 1.0× |
+//! | P3′ | the produce path with pre-assigned seqs (the producer's steps after allocation, repeated by the harness: [`produce::Preassigned`]) | the same Java producer | ≥ 1.2× |
+//! | P4 | acknowledgement → Redis window visibility at 50 % of the machine's CPU capacity (calibrated), p99 | — | ≤ 100 ms |
 //! | P5 | history `latest(50)` reads/s | `redis-benchmark ZREVRANGE <window> 0 49`, same concurrency | ≥ 0.5× |
 //! | P6 | seq allocations/s | `redis-benchmark INCR`, same concurrency | ≥ 0.5× |
 //! | P7 | consumer peak RSS (VmHWM) at max rate | — | ≤ 200 MiB |
@@ -17,12 +18,13 @@
 //!
 //! Order of a run: P5 and P6 (reads, on windows of their own), P8 and P9 (the cached
 //! repositories, on users and sessions of their own), then the producer library sends `messages` records (after one warm-up record per
-//! session) to a fresh topic (P3, ours), `ProducerPerformance` sends as many to another (P3,
-//! reference); the loader writes the stored rows into a fresh keyspace (P1 reference); the real
+//! session) to a fresh topic (P3, ours), the keyed Java producer as many to another (P3's and
+//! P3′'s reference), the pre-assigned path as many to a third (P3′), `ProducerPerformance` as
+//! many to a fourth (supplementary); the loader writes the stored rows into a fresh keyspace (P1 reference); the real
 //! `chatlog-consumer` then drains the pre-produced topic into another keyspace (P1 drain: committed
 //! offsets sampled every 50 ms, rate from the first commit to the last, start-up excluded), and
 //! keeps running while the producer sends `live_messages` more at full speed (P1 live, P7) and then
-//! paces at half the live rate (P4), then at a quarter (supplementary); the consumer is stopped; the naive consumer reads the same
+//! paces at the rate where the stack uses half the CPUs (P4), then at half that (supplementary); the consumer is stopped; the naive consumer reads the same
 //! topic with its own group (P2); last, P10 alternates appends and mutations, each pre-produced
 //! to a fresh topic and drained by a fresh consumer ([`mutations`] builds both loads). Everything the run created (topics, keyspaces, Redis keys, groups) is deleted at the end.
 #![forbid(unsafe_code)]

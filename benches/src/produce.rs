@@ -49,7 +49,7 @@ pub struct Burst {
 const BURST_TASKS: usize = 16;
 
 /// Sends messages `range` of `workload` through the producer library as fast as `concurrency`
-/// concurrent sends allow, from [`BURST_TASKS`] tasks.
+/// concurrent sends allow, from `BURST_TASKS` (16) tasks.
 pub async fn burst(
     producer: &Producer,
     workload: &Workload,
@@ -66,7 +66,7 @@ pub async fn burst(
 }
 
 /// Sends messages `range` of `workload` with `send` (given the message's index and the message)
-/// as fast as `concurrency` concurrent sends allow, from [`BURST_TASKS`] tasks: the same load
+/// as fast as `concurrency` concurrent sends allow, from `BURST_TASKS` (16) tasks: the same load
 /// generator for the library ([`burst`]) and for the pre-assigned path ([`Preassigned`]).
 /// `keep_stored`: rebuild the stored messages (after the clock stops) into [`Burst::stored`].
 pub async fn burst_with<F, Fut>(
