@@ -74,7 +74,7 @@ pub enum Decoded {
 }
 
 /// Now, in microseconds since the Unix epoch (the unit of `server_time`).
-pub(crate) fn now_us() -> i64 {
+fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -88,14 +88,40 @@ pub fn decode(codec: &Codec, record: Record) -> Decoded {
     decode_at(codec, record, now_us())
 }
 
+/// The wall clock of the skew check.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// This instant (µs since the Unix epoch), whatever the time (tests).
+    Fixed(i64),
+    /// A reading of the clock, read again when a record looks ahead of it. The check only bounds
+    /// `server_time` from above, so a record it accepts with an older reading it accepts with a
+    /// fresher one too: the verdicts are those of a reading per record, without the clock call
+    /// per record.
+    Cached(i64),
+}
+
+impl Clock {
+    /// A [`Clock::Cached`] read now.
+    pub fn cached() -> Clock {
+        Clock::Cached(now_us())
+    }
+
+    fn now_us(&self) -> i64 {
+        match *self {
+            Clock::Fixed(t) | Clock::Cached(t) => t,
+        }
+    }
+}
+
 /// [`decode`] with the clock read by the caller (`now_us`, µs since the Unix epoch). A good
 /// record's value moves into [`Good::avro`] (no copy).
 pub fn decode_at(codec: &Codec, record: Record, now_us: i64) -> Decoded {
+    let mut clock = Clock::Fixed(now_us);
     match check(
         codec,
         record.key.as_deref(),
         record.payload.as_deref(),
-        now_us,
+        &mut clock,
     ) {
         Ok(message) => Decoded::Good(Good {
             origin: record.origin,
@@ -118,9 +144,9 @@ pub fn decode_borrowed(
     origin: Origin,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-    now_us: i64,
+    clock: &mut Clock,
 ) -> Decoded {
-    match check(codec, key, payload, now_us) {
+    match check(codec, key, payload, clock) {
         Ok(message) => Decoded::Good(Good {
             origin,
             message,
@@ -143,7 +169,7 @@ fn check(
     codec: &Codec,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-    now_us: i64,
+    clock: &mut Clock,
 ) -> Result<ChatMessage, (&'static str, String)> {
     let Some(payload) = payload else {
         return Err(("empty", "record has no value".into()));
@@ -177,7 +203,14 @@ fn check(
         .state
         .mutated_at_us()
         .map_or(message.server_time_us, |at| at.max(message.server_time_us));
-    if let Err(e) = codec.limits().check_server_time(newest_us, now_us) {
+    let limits = codec.limits();
+    if let Clock::Cached(at) = clock
+        && limits.check_server_time(newest_us, *at).is_err()
+    {
+        // Ahead of the cached reading: read the clock again before calling it skew.
+        *at = now_us();
+    }
+    if let Err(e) = limits.check_server_time(newest_us, clock.now_us()) {
         let detail = format!("{e} (seq {} of {:?})", message.seq, message.session_id);
         return Err(("skew", detail));
     }
@@ -380,7 +413,7 @@ mod tests {
                 r.origin.clone(),
                 r.key.as_deref(),
                 r.payload.as_deref(),
-                now,
+                &mut Clock::Fixed(now),
             );
             match (decode_at(&codec, r.clone(), now), borrowed) {
                 (Decoded::Good(a), Decoded::Good(b)) => {
@@ -397,6 +430,45 @@ mod tests {
                 }
                 (a, b) => panic!("owned {a:?} vs borrowed {b:?}"),
             }
+        }
+    }
+
+    /// A cached clock reading gives the verdicts of a fresh one: a record ahead of an old reading
+    /// is checked against the clock read again, and a record truly ahead is still skew.
+    #[test]
+    fn a_cached_clock_is_read_again_before_a_record_is_called_skew() {
+        let codec = Codec::default();
+        let max = codec.limits().max_skew_us();
+        let real = now_us();
+        let rec = |server_time_us: i64| {
+            let bytes = codec
+                .encode(&test_message("s1", 1, server_time_us))
+                .unwrap();
+            record(Some("s1"), Some(bytes))
+        };
+        let borrowed = |r: &Record, clock: &mut Clock| {
+            decode_borrowed(
+                &codec,
+                r.origin.clone(),
+                r.key.as_deref(),
+                r.payload.as_deref(),
+                clock,
+            )
+        };
+        // A reading an hour old: a message of now is ahead of it, yet not skewed.
+        let mut clock = Clock::Cached(real - 3_600_000_000);
+        assert!(matches!(borrowed(&rec(real), &mut clock), Decoded::Good(_)));
+        assert!(clock.now_us() >= real, "read again");
+        let mut clock = Clock::Cached(real - 3_600_000_000);
+        match borrowed(&rec(real + max + 60_000_000), &mut clock) {
+            Decoded::Poison(p) => assert_eq!(p.reason, "skew"),
+            Decoded::Good(g) => panic!("accepted {:?}", g.message),
+        }
+        // A fixed clock is never read again (decode_at's instant).
+        let mut fixed = Clock::Fixed(real - 3_600_000_000);
+        match borrowed(&rec(real), &mut fixed) {
+            Decoded::Poison(p) => assert_eq!(p.reason, "skew"),
+            Decoded::Good(g) => panic!("accepted {:?}", g.message),
         }
     }
 
