@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use chatlog_consumer::cli::ConfigArgs;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use chatlog_consumer::cli::LogFormat;
+use clap::{Args, Parser, Subcommand};
 
 /// chatlog's operator tool: checks, migrations, inspection, window repair, DLQ replay, load.
 ///
@@ -34,15 +35,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -269,18 +261,4 @@ pub enum ConfigAction {
     Check,
     /// Print the effective configuration as TOML, secrets masked as "***".
     Print,
-}
-
-/// Logging to stderr: CHATLOG_LOG (tracing's EnvFilter syntax), default `warn` so that results on
-/// stdout are not drowned.
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CHATLOG_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

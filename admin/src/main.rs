@@ -8,6 +8,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = chatlog_admin::cli::Cli::parse();
-    chatlog_admin::cli::init_logging(cli.log_format);
+    chatlog_consumer::cli::init_logging(cli.log_format, "warn");
     ExitCode::from(chatlog_admin::run(cli).await)
 }

@@ -140,3 +140,29 @@ impl ConfigArgs {
         Ok(c)
     }
 }
+
+/// Log formats (`--log-format`, `CHATLOG_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `CHATLOG_LOG` (tracing's EnvFilter syntax; then
+/// `RUST_LOG`), else by `default` (the consumer: `info`; the operators' tool: `warn`, so that its
+/// results on stdout are not drowned).
+pub fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CHATLOG_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

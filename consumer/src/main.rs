@@ -8,11 +8,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chatlog_consumer::cli::ConfigArgs;
+use chatlog_consumer::cli::{ConfigArgs, LogFormat, init_logging};
 use chatlog_consumer::pipeline::Faults;
 use chatlog_consumer::telemetry::{self, Health};
 use chatlog_consumer::{Config, Error, Pipeline};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// chatlog's persistence consumer: Kafka (transactions) → CQL + Redis windows, poison → DLQ.
@@ -56,14 +56,6 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consume until SIGTERM (the default).
@@ -74,24 +66,10 @@ enum Command {
     Config,
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CHATLOG_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, "info");
     let config = match cli.settings.config() {
         Ok(c) => c,
         Err(e) => {
