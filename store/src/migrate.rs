@@ -95,16 +95,7 @@ pub async fn apply(session: &Session, config: &CqlConfig) -> Result<Report> {
         .await
         .map_err(|e| Error::cql("create schema_migrations", e))?;
     let select = format!("SELECT version, checksum FROM {ks}.schema_migrations");
-    let applied: Vec<(i32, i64)> = session
-        .query_unpaged(select, ())
-        .await
-        .map_err(|e| Error::cql("read schema_migrations", e))?
-        .into_rows_result()
-        .map_err(|e| Error::cql("read schema_migrations", e))?
-        .rows::<(i32, i64)>()
-        .map_err(|e| Error::cql("read schema_migrations", e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::cql("read schema_migrations", e))?;
+    let applied: Vec<(i32, i64)> = read_rows(session, select, (), "read schema_migrations").await?;
     for m in MIGRATIONS {
         if let Some((_, sum)) = applied.iter().find(|(v, _)| *v as u32 == m.version) {
             if *sum != m.checksum() {
@@ -203,6 +194,29 @@ impl Status {
     }
 }
 
+/// Every row `statement` (unpaged: the schema tables and `schema_migrations` are small) returns,
+/// typed; errors name `what` was being read.
+async fn read_rows<T>(
+    session: &Session,
+    statement: impl Into<scylla::statement::Statement>,
+    values: impl scylla::serialize::row::SerializeRow,
+    what: &'static str,
+) -> Result<Vec<T>>
+where
+    T: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+{
+    session
+        .query_unpaged(statement, values)
+        .await
+        .map_err(|e| Error::cql(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::cql(what, e))?
+        .rows::<T>()
+        .map_err(|e| Error::cql(what, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::cql(what, e))
+}
+
 /// Where each migration stands in `config.keyspace`, read-only: unlike [`apply`] it creates
 /// neither the keyspace nor `schema_migrations` (a missing one means every migration is pending),
 /// so an operator can look before changing anything.
@@ -211,52 +225,33 @@ pub async fn status(session: &Session, config: &CqlConfig) -> Result<Status> {
     let ks = &config.keyspace;
     let what = "read the schema (system_schema)";
     // The keyspace name is validated, but a bound value keeps the schema reads plain.
-    let keyspace_exists = !session
-        .query_unpaged(
-            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
-            (ks,),
-        )
-        .await
-        .map_err(|e| Error::cql(what, e))?
-        .into_rows_result()
-        .map_err(|e| Error::cql(what, e))?
-        .rows::<(String,)>()
-        .map_err(|e| Error::cql(what, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::cql(what, e))?
-        .is_empty();
+    let keyspace_exists = !read_rows::<(String,)>(
+        session,
+        "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+        (ks,),
+        what,
+    )
+    .await?
+    .is_empty();
     let table_exists = keyspace_exists
-        && !session
-            .query_unpaged(
-                "SELECT table_name FROM system_schema.tables \
-                 WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
-                (ks,),
-            )
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .rows::<(String,)>()
-            .map_err(|e| Error::cql(what, e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::cql(what, e))?
-            .is_empty();
+        && !read_rows::<(String,)>(
+            session,
+            "SELECT table_name FROM system_schema.tables \
+             WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
+            (ks,),
+            what,
+        )
+        .await?
+        .is_empty();
     type Row = (i32, Option<String>, Option<i64>, Option<CqlTimestamp>);
     let recorded: Vec<Row> = if table_exists {
-        let what = "read schema_migrations";
-        session
-            .query_unpaged(
-                format!("SELECT version, name, checksum, applied_at FROM {ks}.schema_migrations"),
-                (),
-            )
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .rows::<Row>()
-            .map_err(|e| Error::cql(what, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::cql(what, e))?
+        read_rows(
+            session,
+            format!("SELECT version, name, checksum, applied_at FROM {ks}.schema_migrations"),
+            (),
+            "read schema_migrations",
+        )
+        .await?
     } else {
         Vec::new()
     };
