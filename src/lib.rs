@@ -316,6 +316,56 @@ pub async fn redis_connection() -> redis::aio::ConnectionManager {
         .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Redis", &redis_url())))
 }
 
+/// Reads every partition of `topic` (`partitions` of them) from the beginning until `count`
+/// records arrived (panics after 30 s with what it got), then checks through the watermarks that
+/// the topic holds no other records. Runs on a blocking thread.
+pub async fn read_topic(
+    topic: &str,
+    partitions: i32,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("group.id", unique("read_topic"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                .expect("assign");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut got = Vec::new();
+        while got.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{topic}: {} of {count} records after 30 s",
+                got.len()
+            );
+            if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
+                got.push(m.expect("read").detach());
+            }
+        }
+        let total: i64 = (0..partitions)
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, std::time::Duration::from_secs(10))
+                    .expect("watermarks");
+                high - low
+            })
+            .sum();
+        assert_eq!(total, count as i64, "{topic} holds other records too");
+        got
+    })
+    .await
+    .expect("join")
+}
+
 /// Creates topic `name` with `partitions` partitions (replication 1) and waits until it exists.
 pub async fn create_topic(name: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

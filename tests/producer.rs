@@ -19,7 +19,6 @@ use chatlog_store::seq::AllocRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,55 +88,25 @@ fn message(session_id: &str, client_msg_id: &str, text: &str) -> NewMessage {
     }
 }
 
-/// Reads every partition of `topic` from the beginning until `count` records arrived.
+/// Every record of `topic` (`partitions` partitions) once `count` arrived, checked to be all it
+/// holds ([`chatlog::read_topic`]).
 async fn read_back(topic: &str, partitions: i32, count: usize) -> Vec<Record> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("group.id", unique("readback"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        let mut out = Vec::new();
-        while out.len() < count {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "read {} of {count} records from {topic}",
-                out.len()
-            );
-            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                let m = m.expect("consume");
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    timestamp: m.timestamp().to_millis(),
-                    schema_header: m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == SCHEMA_HEADER)
-                            .and_then(|h| h.value.map(<[u8]>::to_vec))
-                    }),
-                });
-            }
-        }
-        // Nothing beyond what was expected.
-        assert!(
-            consumer.poll(Duration::from_millis(500)).is_none(),
-            "more than {count} records in {topic}"
-        );
-        out
-    })
-    .await
-    .unwrap()
+    chatlog::read_topic(topic, partitions, count)
+        .await
+        .iter()
+        .map(|m| Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            timestamp: m.timestamp().to_millis(),
+            schema_header: m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == SCHEMA_HEADER)
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            }),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use chatlog_kafka::dlq;
 use chatlog_schemas::{ChatMessage, Codec, ContentType, MessageState, SessionType};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Partitions of the replay targets: a prime, so a wrong hash rarely agrees by chance.
 const PARTITIONS: i32 = 7;
@@ -163,54 +163,19 @@ struct Landed {
     timestamp_ms: i64,
 }
 
-/// Reads every record of `topic` (`partitions` partitions) until `expected` are there (30 s at
-/// most), and checks there are no more.
+/// Every record of `topic` (`partitions` partitions), once `expected` are there, checked to be all
+/// it holds ([`chatlog::read_topic`]).
 async fn read_topic(topic: &str, partitions: i32, expected: usize) -> Vec<Landed> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", chatlog::kafka_bootstrap())
-            .set("group.id", chatlog::unique("dlq_test_reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .expect("assign");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut got = Vec::new();
-        while got.len() < expected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{topic}: {} of {expected} records after 30 s: {got:?}",
-                got.len()
-            );
-            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                let m = m.expect("read");
-                got.push(Landed {
-                    partition: m.partition(),
-                    key: m.key().expect("keyed").to_vec(),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    timestamp_ms: m.timestamp().to_millis().expect("timestamp"),
-                });
-            }
-        }
-        let total: i64 = (0..partitions)
-            .map(|p| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .expect("watermarks");
-                high - low
-            })
-            .sum();
-        assert_eq!(total, expected as i64, "{topic} holds other records too");
-        got
-    })
-    .await
-    .expect("join")
+    chatlog::read_topic(topic, partitions, expected)
+        .await
+        .iter()
+        .map(|m| Landed {
+            partition: m.partition(),
+            key: m.key().expect("keyed").to_vec(),
+            value: m.payload().unwrap_or_default().to_vec(),
+            timestamp_ms: m.timestamp().to_millis().expect("timestamp"),
+        })
+        .collect()
 }
 
 /// Records in `topic` (its high watermarks summed).
