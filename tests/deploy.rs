@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use chatlog_consumer::{Config, telemetry};
 use chatlog_store::telemetry as store_telemetry;
 use deploy_files::{
-    dashboard_exprs, exported_series_names, metric_names_in, read, root, rule_exprs, run, tool,
-    yaml_file, yaml_to_json,
+    alert_rules, dashboard_exprs, exported_series_names, metric_names_in, read, root, rule_exprs,
+    run, tool, yaml_file, yaml_to_json,
 };
 use serde_json::Value;
 
@@ -276,17 +276,8 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     let anchors = markdown_anchors(&ops_text);
     let ops = ops_text.to_lowercase();
     let repository = repository_url();
-    let rules = yaml_file("deploy/prometheus/alerts.yml");
     let mut alerts = BTreeSet::new();
-    for rule in rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-    {
-        let Some(name) = rule["alert"].as_str() else {
-            continue;
-        };
+    for (name, rule) in &alert_rules() {
         alerts.insert(name.to_owned());
         let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
         assert!(
@@ -1105,17 +1096,8 @@ fn alertmanager_config_passes_amtool_and_routes_by_severity() {
 
     // Every alert of alerts.yml reaches a receiver chosen by its severity: critical ones the
     // pager, warnings the chat.
-    let rules = yaml_file("deploy/prometheus/alerts.yml");
     let mut routed = BTreeMap::new();
-    for rule in rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-    {
-        let Some(name) = rule["alert"].as_str() else {
-            continue;
-        };
+    for (name, rule) in &alert_rules() {
         let severity = rule["labels"]["severity"].as_str().unwrap();
         let receiver = amtool_route(
             &amtool,

@@ -247,6 +247,21 @@ pub fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// The alerting rules of deploy/prometheus/alerts.yml (recording rules left out): (alert name,
+/// the rule).
+pub fn alert_rules() -> Vec<(String, Value)> {
+    let rules = yaml_file("deploy/prometheus/alerts.yml");
+    let mut out = Vec::new();
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            if let Some(name) = rule["alert"].as_str() {
+                out.push((name.to_owned(), rule.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Alert and recording rule expressions of deploy/prometheus/alerts.yml: (rule name, expr).
 pub fn rule_exprs() -> Vec<(String, String)> {
     let rules = yaml_file("deploy/prometheus/alerts.yml");
