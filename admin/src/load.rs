@@ -15,6 +15,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::LoadArgs;
 use crate::connect::Ctx;
@@ -60,7 +61,7 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
             args.rate
         )));
     }
-    let metrics_shutdown = tokio_util::sync::CancellationToken::new();
+    let metrics_shutdown = CancellationToken::new();
     if let Some(listen) = args.metrics_listen {
         let addr = serve_metrics(listen, metrics_shutdown.clone()).await?;
         eprintln!("load: producer metrics on http://{addr}/metrics");
@@ -78,7 +79,10 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
             .map_or(0, |d| d.as_secs());
         format!("load-{secs}")
     });
-    let stop = stop_on_signal();
+    // Cancelled on SIGINT/SIGTERM: the current round stops starting sends, waits for those in
+    // flight, prints its summary, and the producer closes.
+    let stop = CancellationToken::new();
+    chatlog_consumer::cli::cancel_on_signal(stop.clone(), "load: finishing the round in flight");
     // Send latencies from 1 µs to 1 h, 3 significant digits.
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| Error::Other(format!("load: latency histogram: {e}")))?;
@@ -89,7 +93,7 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
         any_failed |= !summary.failed.is_empty();
         print_summary(args, round, &summary);
         round += 1;
-        if !args.forever || stop.is_stopped() {
+        if !args.forever || stop.is_cancelled() {
             break;
         }
     }
@@ -103,7 +107,7 @@ pub async fn run(ctx: &Ctx, args: &LoadArgs) -> Result<Outcome> {
 /// bounded HTTP endpoint.
 async fn serve_metrics(
     listen: std::net::SocketAddr,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> Result<std::net::SocketAddr> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     const BUCKETS: &[f64] = &[
@@ -144,7 +148,7 @@ async fn round_of_sends(
     args: &LoadArgs,
     prefix: &str,
     round: u64,
-    stop: &Stop,
+    stop: &CancellationToken,
     latencies: &mut Histogram<u64>,
 ) -> Summary {
     let bar = progress_bar(args);
@@ -153,7 +157,7 @@ async fn round_of_sends(
     latencies.reset();
     let mut summary = Summary::default();
     let mut sends = futures::stream::iter(0..args.messages)
-        .take_while(|_| std::future::ready(!stop.is_stopped()))
+        .take_while(|_| std::future::ready(!stop.is_cancelled()))
         .map(|i| {
             let producer = producer.clone();
             let session_id = format!("{prefix}-s{}", i % args.sessions);
@@ -253,35 +257,4 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Set once SIGINT or SIGTERM arrives: the current round stops starting sends, waits for those
-/// in flight, prints its summary, and the producer closes.
-#[derive(Clone)]
-struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Stop {
-    fn is_stopped(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-fn stop_on_signal() -> Stop {
-    let stop = Stop(Default::default());
-    let flag = stop.0.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        flag.store(true, std::sync::atomic::Ordering::Relaxed);
-    });
-    stop
 }

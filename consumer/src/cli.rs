@@ -166,3 +166,23 @@ pub fn init_logging(format: LogFormat, default: &str) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// Cancels `token` on the first SIGTERM or SIGINT, logging which one arrived and `then` (what the
+/// process does now). A process that cannot install the handlers logs it and runs on.
+pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken, then: &'static str) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: {then}"),
+            _ = int.recv() => tracing::info!("SIGINT: {then}"),
+        }
+        token.cancel();
+    });
+}

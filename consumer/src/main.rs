@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chatlog_consumer::cli::{ConfigArgs, LogFormat, init_logging};
+use chatlog_consumer::cli::{ConfigArgs, LogFormat, cancel_on_signal, init_logging};
 use chatlog_consumer::pipeline::Faults;
 use chatlog_consumer::telemetry::{self, Health};
 use chatlog_consumer::{Config, Error, Pipeline};
@@ -112,7 +112,7 @@ async fn migrate(config: &Config) -> Result<(), Error> {
 
 async fn run(config: Config, faults: Faults) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
+    cancel_on_signal(shutdown.clone(), "finishing the current batch");
     let health = Arc::new(Health::default());
     let metrics = telemetry::install_recorder()?;
     let http_shutdown = CancellationToken::new();
@@ -149,22 +149,4 @@ async fn run(config: Config, faults: Faults) -> Result<(), Error> {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) | Err(_) => Err(Error::Fatal("the pipeline thread panicked".into())),
     }
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing the current batch"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing the current batch"),
-        }
-        shutdown.cancel();
-    });
 }
