@@ -26,8 +26,6 @@ pub mod migrate;
 pub mod settings;
 pub mod verify;
 
-use std::fmt;
-
 /// What can stop a subcommand.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -119,15 +117,6 @@ impl Outcome {
             Outcome::Fine => 0,
             Outcome::Problems => 1,
         }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Outcome::Fine => "fine",
-            Outcome::Problems => "problems",
-        })
     }
 }
 
