@@ -20,6 +20,7 @@ use chatlog_store::history::{History, HistoryConfig, Page, Source};
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::verify::verify_window;
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
+use chatlog_store::window_start::WindowStarter;
 use chatlog_store::{CqlConfig, keys};
 use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
@@ -31,6 +32,7 @@ struct Fixture {
     codec: Codec,
     messages: MessageWriter,
     window: WindowWriter,
+    starter: WindowStarter,
     history: History,
     sid: String,
     written: BTreeMap<i64, ChatMessage>,
@@ -67,7 +69,17 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
     .await
     .expect("message writer");
     let history = history_reader(&cql, &config.keyspace, &redis, &codec, hc.clone()).await;
+    let starter = WindowStarter::new(
+        cql.clone(),
+        &config.keyspace,
+        bucket_size,
+        hc.window.clone(),
+        codec.clone(),
+    )
+    .await
+    .expect("window starter");
     Fixture {
+        starter,
         cql,
         config,
         redis,
@@ -146,7 +158,28 @@ impl Fixture {
         self.written.extend(msgs.iter().map(|m| (m.seq, m.clone())));
     }
 
-    /// Appends `msgs` to the window with the consumer's window writer.
+    /// Appends `msgs` to the window as the consumer does once their rows are written: an empty
+    /// window is started from the table's newest rows.
+    async fn consumer_append(&self, msgs: &[ChatMessage]) {
+        let entries = msgs
+            .iter()
+            .map(|m| WindowEntry::of(m, &self.codec.encode(m).expect("encode")))
+            .collect();
+        let mut con = self.redis.clone();
+        let not_started = self
+            .window
+            .append(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
+            .await
+            .expect("append window");
+        let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
+        self.starter
+            .start(&mut con, &not_started)
+            .await
+            .expect("start window");
+    }
+
+    /// Puts `msgs` in the window as the newest messages (proven: they may start it), with the
+    /// consumer's window writer.
     async fn append_window(&self, msgs: &[ChatMessage]) {
         let entries = msgs
             .iter()
@@ -154,7 +187,7 @@ impl Fixture {
             .collect();
         let mut con = self.redis.clone();
         self.window
-            .append(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
+            .append_proven(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
             .await
             .expect("append window");
     }
@@ -966,10 +999,11 @@ async fn delete_for_me_hides_messages_from_that_viewer_only() {
 /// A mutation (recall, edit) of an older message after the session's window was lost (FLUSHALL,
 /// failover, idle expiry) must not start the window at that old seq: history takes the window's
 /// newest member for the session's head, so `latest` would answer the recalled seq 3 instead of
-/// 10, and `after` would skip 4..=10. The chaos run found it (59 window mismatches). The row is in
-/// the table, where history reads it; the window restarts with the next new message.
+/// 10, and `after` would skip 4..=10. The chaos run found it (59 window mismatches). The
+/// consumer's append leaves the empty window alone and starts it from the table's newest rows,
+/// where the mutations already are.
 #[tokio::test]
-async fn recall_of_an_old_message_after_the_window_was_lost_does_not_restart_the_window() {
+async fn recall_of_an_old_message_after_the_window_was_lost_restarts_the_window_from_the_table() {
     use chatlog_schemas::testing::{edited, recalled};
 
     let mut f = fixture(5, 1000).await;
@@ -979,24 +1013,29 @@ async fn recall_of_an_old_message_after_the_window_was_lost_does_not_restart_the
     let recall = recalled(&f.written[&3], t + 1_000);
     let edit = edited(&f.written[&9], t + 2_000, 1, b"edited");
     f.write_rows(&[recall.clone(), edit.clone()]).await;
-    f.append_window(&[recall.clone(), edit.clone()]).await;
-    assert!(
-        f.window_seqs().await.is_empty(),
-        "a mutation never starts a window"
+    f.consumer_append(&[recall.clone(), edit.clone()]).await;
+    assert_eq!(
+        f.window_seqs().await,
+        (6..=10).collect::<Vec<_>>(),
+        "the table's newest rows, not the recalled seq"
     );
 
     let page = f.history.latest(&f.sid, 3).await.expect("latest");
-    f.assert_messages(&page, [8, 9, 10]);
+    f.assert_read(&page, Source::Window, [8, 9, 10]);
+    assert_eq!(page.messages[1], edit, "the edit, in the window");
     let page = f.history.after(&f.sid, 2, 10).await.expect("after");
     f.assert_messages(&page, 3..=10);
     assert_eq!(page.messages[0], recall, "the recall, from the table");
 
-    // The next new message restarts the window; a mutation of a seq it holds replaces it.
-    f.write(11..=12).await;
+    // New messages and a mutation of one of them go on into the window.
+    let next: Vec<ChatMessage> = (11..=12).map(|s| message(&f.sid, s)).collect();
+    f.write_rows(&next).await;
+    f.consumer_append(&next).await;
     let again = edited(&f.written[&12], t + 3_000, 1, b"edited 12");
     f.write_rows(std::slice::from_ref(&again)).await;
-    f.append_window(std::slice::from_ref(&again)).await;
-    assert_eq!(f.window_seqs().await, vec![11, 12]);
+    f.consumer_append(std::slice::from_ref(&again)).await;
+    assert_eq!(f.window_seqs().await, (8..=12).collect::<Vec<_>>());
     let page = f.history.latest(&f.sid, 2).await.expect("latest");
     f.assert_read(&page, Source::Window, [11, 12]);
+    assert_eq!(page.messages[1], again);
 }

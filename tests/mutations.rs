@@ -848,6 +848,48 @@ async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
     }
 }
 
+/// The same when the mutations are stored (committed) before their originals are even
+/// consumed: a window must not start from the originals alone — the table already holds the
+/// mutated rows, and a window started from the later records would show the content again.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_a_recall_and_an_edit_committed_before_their_originals_keeps_them_in_the_window() {
+    let w = World::new("mut_early2", Duration::from_secs(30)).await;
+    let group = unique("g");
+    let consumer = w.consumer(&group, &[]);
+    let sid = unique("s");
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+        - 60_000_000;
+    use chatlog_schemas::testing::{edited, message_at, recalled};
+    let one = message_at(&sid, 1, base, 0);
+    let two = message_at(&sid, 2, base, 0);
+    let one_recalled = recalled(&one, one.server_time_us + 500);
+    let two_edited = edited(&two, two.server_time_us + 500, 1, b"edited first");
+    for m in [&one_recalled, &two_edited] {
+        w.produce_raw(m).await;
+    }
+    // Stored and committed: a later batch holds the originals.
+    w.until_drained(&group, &[&consumer]).await;
+    for m in [&one, &two, &message_at(&sid, 3, base, 0)] {
+        w.produce_raw(m).await;
+    }
+    w.until_drained(&group, &[&consumer]).await;
+
+    for want in [&one_recalled, &two_edited] {
+        let seen = w.until_stored(&sid, want.seq, &[&consumer]).await;
+        assert_eq!(&seen, want, "history of seq {}", want.seq);
+        let (version, member) = w.window_member(&sid, want.seq).await.expect("member");
+        assert_eq!((version, &member), (want.version(), want));
+    }
+    let head = w
+        .window_member(&sid, 3)
+        .await
+        .expect("the head in the window");
+    assert_eq!(head.1.seq, 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last_acknowledged_state()
  {

@@ -19,20 +19,35 @@ fn writer() -> WindowWriter {
     })
 }
 
-/// Appends `seqs` of `sid` through the consumer's writer (members are opaque to the window).
-async fn append(con: &mut ConnectionManager, sid: &str, seqs: impl IntoIterator<Item = i64>) {
-    let entries = seqs
-        .into_iter()
+fn entries(seqs: impl IntoIterator<Item = i64>) -> Vec<WindowEntry> {
+    seqs.into_iter()
         .map(|seq| WindowEntry {
             seq,
             member: window::member(1_000 + seq, format!("message {seq}").as_bytes()),
-            replace_only: false,
         })
-        .collect();
-    writer()
-        .append(con, &BTreeMap::from([(sid.to_owned(), entries)]))
+        .collect()
+}
+
+/// Appends `seqs` of `sid` through the consumer's writer (members are opaque to the window);
+/// returns whether the window was left unstarted (it was empty).
+async fn append(
+    con: &mut ConnectionManager,
+    sid: &str,
+    seqs: impl IntoIterator<Item = i64>,
+) -> bool {
+    let not_started = writer()
+        .append(con, &BTreeMap::from([(sid.to_owned(), entries(seqs))]))
         .await
         .expect("append to the window");
+    not_started == [sid]
+}
+
+/// Appends `seqs` as the table's newest rows of `sid` (what the writer starts a window from).
+async fn start(con: &mut ConnectionManager, sid: &str, seqs: impl IntoIterator<Item = i64>) {
+    writer()
+        .append_proven(con, &BTreeMap::from([(sid.to_owned(), entries(seqs))]))
+        .await
+        .expect("start the window");
 }
 
 async fn window_seqs(con: &mut ConnectionManager, sid: &str) -> Vec<i64> {
@@ -48,18 +63,26 @@ async fn window_seqs(con: &mut ConnectionManager, sid: &str) -> Vec<i64> {
 }
 
 /// The window of `sid` went back to 1..100 while 101..150 had been appended (`why`); the next
-/// append, 151..160, starts it afresh instead of landing above a hole 101..150.
+/// append, 151..160, empties it (another epoch) and does not start it — the records alone do not
+/// prove they are the newest — instead of landing above a hole 101..150; then the writer starts
+/// it from the table's newest rows.
 async fn assert_lagging_window_starts_afresh(con: &mut ConnectionManager, sid: &str, why: &str) {
     assert_eq!(
         window_seqs(con, sid).await,
         (1..=100).collect::<Vec<_>>(),
         "{why}"
     );
-    append(con, sid, 151..=160).await;
+    assert!(append(con, sid, 151..=160).await, "reported as not started");
     assert_eq!(
         window_seqs(con, sid).await,
-        (151..=160).collect::<Vec<_>>(),
-        "no hole 101..150 inside the window's range"
+        Vec::<i64>::new(),
+        "no hole 101..150 inside the window's range, and no window started from 151..160"
+    );
+    start(con, sid, 1..=160).await;
+    assert_eq!(
+        window_seqs(con, sid).await,
+        (1..=160).collect::<Vec<_>>(),
+        "started from the table"
     );
 }
 
@@ -72,7 +95,7 @@ async fn window_rollback_to_an_rdb_snapshot_starts_afresh_instead_of_leaving_a_h
     let mut redis = TestRedis::start(&["--port".into(), port.to_string()], port);
     let mut con = connect_to(port).await;
     let sid = unique("win-rdb");
-    append(&mut con, &sid, 1..=100).await;
+    start(&mut con, &sid, 1..=100).await;
     let _: String = admin(&mut con, &["SAVE"]).await;
     append(&mut con, &sid, 101..=150).await;
 
@@ -91,7 +114,7 @@ async fn window_rollback_to_an_rdb_snapshot_starts_afresh_instead_of_leaving_a_h
 async fn window_failover_to_a_lagging_replica_starts_afresh_instead_of_leaving_a_hole() {
     let (primary, mut primary_con, _replica, mut replica_con) = primary_and_replica().await;
     let sid = unique("win-failover");
-    append(&mut primary_con, &sid, 1..=100).await;
+    start(&mut primary_con, &sid, 1..=100).await;
     let acked: i64 = admin(&mut primary_con, &["WAIT", "1", "10000"]).await;
     assert_eq!(acked, 1, "the replica holds 1..100");
     cut_replica_link(&mut primary_con).await;
@@ -108,7 +131,7 @@ async fn window_failover_to_a_lagging_replica_starts_afresh_instead_of_leaving_a
 async fn replayed_seq_below_the_window_after_rollback_is_left_to_the_table() {
     let mut con = redis_connection().await;
     let sid = unique("win-below");
-    append(&mut con, &sid, [150]).await;
+    start(&mut con, &sid, [150]).await;
     append(&mut con, &sid, [120]).await;
     assert_eq!(window_seqs(&mut con, &sid).await, vec![150]);
     append(&mut con, &sid, [149, 152]).await;

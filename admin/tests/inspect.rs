@@ -64,7 +64,6 @@ async fn inspect_session_shows_window_and_cql_side_by_side() {
     let entries = msgs
         .iter()
         .map(|m| WindowEntry {
-            replace_only: false,
             ..WindowEntry::of(m, &codec.encode(m).expect("encode"))
         })
         .collect();
@@ -73,7 +72,7 @@ async fn inspect_session_shows_window_and_cql_side_by_side() {
         size: W,
         ..WindowConfig::default()
     })
-    .append(&mut con, &BTreeMap::from([(sid.clone(), entries)]))
+    .append_proven(&mut con, &BTreeMap::from([(sid.clone(), entries)]))
     .await
     .expect("append window");
 

@@ -88,7 +88,7 @@ impl Fixture {
             .collect();
         let mut con = self.redis.clone();
         self.window
-            .append(&mut con, &BTreeMap::from([(sid.to_owned(), entries)]))
+            .append_proven(&mut con, &BTreeMap::from([(sid.to_owned(), entries)]))
             .await
             .expect("append window");
         msgs.into_iter().map(|m| (m.seq, m)).collect()

@@ -1,6 +1,6 @@
 //! The window script's fast path (one variadic ZADD for new seqs above the head) must leave exactly
-//! what the per-seq script leaves (the original, with the rule added since that a seq below a
-//! non-empty window's lowest member is not added). Differential test against the local stack's Redis:
+//! what the per-seq script leaves (the original, with the rules added since: a seq below a
+//! non-empty window's lowest member is not added; an empty window starts only in proven mode). Differential test against the local stack's Redis:
 //! random windows, random batches with replays, late seqs, duplicate seqs and older/newer
 //! versions, both scripts applied to twin keys, the resulting ZSETs compared. The fast script also
 //! keeps the session's latest (`KEYS[3]`): it must end at the highest (seq, version) appended,
@@ -10,20 +10,20 @@ use chatlog_store::window::APPEND_LUA;
 use redis::aio::ConnectionManager;
 
 /// The script before the fast path (store/src/window.rs at the consumer's first release), plus the
-/// lowest-member rule and replace-only entries (a negative seq: applied after the others, and only
-/// where the window holds the seq).
+/// lowest-member rule and the empty-window rule (an empty window is started only in proven mode,
+/// `ARGV[3] == 'p'`; otherwise nothing is written and the call returns -1).
 const REFERENCE_LUA: &str = r#"
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
-local function apply(seq, member, replace_only)
+if low == nil and ARGV[3] ~= 'p' then
+  return -1
+end
+local function apply(seq, member)
   local version = string.sub(member, 1, 16)
   if low == nil or tonumber(seq) >= low then
     local here = redis.call('ZRANGEBYSCORE', key, seq, seq)
-    if replace_only and #here == 0 then
-      return
-    end
     local keep_existing = false
     for _, existing in ipairs(here) do
       if existing ~= member then
@@ -39,17 +39,8 @@ local function apply(seq, member, replace_only)
     end
   end
 end
-for pass = 1, 2 do
-  for i = 3, #ARGV, 2 do
-    local seq = ARGV[i]
-    local replace_only = string.sub(seq, 1, 1) == '-'
-    if replace_only then
-      seq = string.sub(seq, 2)
-    end
-    if (pass == 1) ~= replace_only then
-      apply(seq, ARGV[i + 1], replace_only)
-    end
-  end
+for i = 4, #ARGV, 2 do
+  apply(ARGV[i], ARGV[i + 1])
 end
 local n = redis.call('ZCARD', key)
 if n > size then
@@ -88,13 +79,16 @@ async fn append(
     script: &redis::Script,
     keys: &[&str],
     size: u64,
+    proven: bool,
     entries: &[(i64, Vec<u8>)],
 ) -> i64 {
     let mut inv = script.prepare_invoke();
     for key in keys {
         inv.key(*key);
     }
-    inv.arg(size).arg(60_000);
+    inv.arg(size)
+        .arg(60_000)
+        .arg(if proven { "p" } else { "a" });
     for (seq, m) in entries {
         inv.arg(*seq).arg(m.as_slice());
     }
@@ -133,20 +127,16 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
         let top = 5 + rng.below(60);
         // Two or three appends per case: the state after one is the start of the next.
         for _ in 0..2 + rng.below(2) {
-            // One entry in four replace-only (a mutation: a negative seq on the wire).
+            // One call in three proven (the table's newest rows, as the writer starts a window).
+            let proven = rng.below(3) == 0;
             let entries: Vec<(i64, Vec<u8>)> = (0..rng.below(25))
                 .map(|_| {
                     let seq = 1 + rng.below(top + 10);
-                    let wire = if rng.below(4) == 0 {
-                        -(seq as i64)
-                    } else {
-                        seq as i64
-                    };
-                    (wire, member(seq, rng.below(4), rng.below(2)))
+                    (seq as i64, member(seq, rng.below(4), rng.below(2)))
                 })
                 .collect();
-            for (wire, m) in &entries {
-                let seq = wire.unsigned_abs();
+            for (seq, m) in &entries {
+                let seq = *seq as u64;
                 let version =
                     u64::from_str_radix(std::str::from_utf8(&m[..16]).unwrap(), 16).unwrap();
                 if expected
@@ -156,8 +146,16 @@ async fn the_fast_path_leaves_what_the_per_seq_script_leaves() {
                     expected = Some((seq, version, m.clone()));
                 }
             }
-            let na = append(&mut con, &reference, &[&a], size, &entries).await;
-            let nb = append(&mut con, &fast, &[&b, &epoch, &latest], size, &entries).await;
+            let na = append(&mut con, &reference, &[&a], size, proven, &entries).await;
+            let nb = append(
+                &mut con,
+                &fast,
+                &[&b, &epoch, &latest],
+                size,
+                proven,
+                &entries,
+            )
+            .await;
             assert_eq!(na, nb, "case {case}: cardinality");
             assert_eq!(
                 dump(&mut con, &a).await,

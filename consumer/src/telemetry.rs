@@ -64,6 +64,8 @@ pub const HTTP_REJECTED: &str = "chatlog_consumer_http_rejected_connections_tota
 pub const EXPIRED: &str = "chatlog_consumer_expired_records_total";
 /// Mutated messages (recall, edit, delete for everyone) among persisted records, by state.
 pub const MUTATIONS: &str = "chatlog_consumer_mutations_total";
+/// Windows started from the table's newest rows (a new session, or a window Redis lost).
+pub const WINDOWS_STARTED: &str = "chatlog_consumer_windows_started_total";
 
 /// Every metric family the consumer exports. Dashboards and alert rules may use only these (a
 /// histogram `h` is exported as `h_bucket`, `h_sum` and `h_count`).
@@ -85,6 +87,7 @@ pub const ALL: &[&str] = &[
     HTTP_REJECTED,
     EXPIRED,
     MUTATIONS,
+    WINDOWS_STARTED,
 ];
 
 /// Values of the `state` label of [`MUTATIONS`] (the Avro symbols of `chatlog.MessageState`,
@@ -228,6 +231,12 @@ fn describe() {
         MUTATIONS,
         "Mutated messages persisted, by state (edited, recalled, deleted)."
     );
+    describe_counter!(
+        WINDOWS_STARTED,
+        "Session windows started from the table's newest rows: once per new session, and for \
+         every active session after Redis lost its windows (expiry, FLUSHALL, a restart from a \
+         snapshot, a failover)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the consumer's version."
@@ -255,6 +264,7 @@ fn init_series() {
     metrics::counter!(DLQ_TRUNCATED).increment(0);
     metrics::counter!(HTTP_REJECTED).increment(0);
     metrics::counter!(EXPIRED).increment(0);
+    metrics::counter!(WINDOWS_STARTED).increment(0);
     for &state in MUTATION_STATES {
         metrics::counter!(MUTATIONS, "state" => state).increment(0);
     }
@@ -594,6 +604,7 @@ mod tests {
                 HTTP_REJECTED,
                 EXPIRED,
                 MUTATIONS,
+                WINDOWS_STARTED,
             ]
             .contains(name);
             assert_eq!(name.ends_with("_total"), counter, "{name}");

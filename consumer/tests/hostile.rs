@@ -168,19 +168,19 @@ async fn write_failed_row_the_table_refuses_leaves_no_window_entry() {
     let record = wide.encode(&bad).unwrap();
     // An earlier incarnation appended its window entry (windows and rows are written at the same
     // time) and died before the row write failed: the replay must take the entry out again.
+    // (Planted as proven: into a window that held older messages, an append adds it.)
     let mut redis = chatlog::redis_connection().await;
     chatlog_store::window::WindowWriter::new(chatlog_store::window::WindowConfig {
         size: 10,
         ..Default::default()
     })
-    .append(
+    .append_proven(
         &mut redis,
         &std::collections::BTreeMap::from([(
             huge_session.clone(),
             vec![chatlog_store::window::WindowEntry {
                 seq: 1,
                 member: chatlog_store::window::member(bad.server_time_us, &record),
-                replace_only: false,
             }],
         )]),
     )

@@ -211,3 +211,41 @@ async fn a_record_without_a_key_goes_to_the_dlq_as_no_key_and_its_partition_move
     assert_eq!(dlq[0].payload, keyless);
     drop(consumer);
 }
+
+/// A window lost (expired, FLUSHALL, a Redis rollback) while its session went on, then a late or
+/// replayed record of an old seq, and a newer version of another: the window must not start from
+/// those records alone — its head would claim to be the session's newest, hiding 26..30 from
+/// "latest" — but from the table's newest rows, with the newer version in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_record_after_the_window_was_lost_restarts_it_from_the_table_not_below_the_head() {
+    let env = Env::new("late", 1, 10).await;
+    let s = chatlog::unique("late");
+    let base = base_time_us();
+    let messages: Vec<_> = (1..=30).map(|seq| message(&s, seq, base, 0)).collect();
+    env.produce(&messages).await;
+    let consumer = env.spawn_consumer(&chatlog::unique("late_txn"), &[]);
+    env.wait_session(&s, 30, Duration::from_secs(120), &[&consumer])
+        .await;
+    wait_committed(&env, 30).await;
+
+    let mut con = chatlog::redis_connection().await;
+    let _: () = redis::cmd("DEL")
+        .arg(chatlog_store::keys::window(&s))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let newer = message(&s, 27, base, 5);
+    env.produce(&[message(&s, 25, base, 0), newer.clone()])
+        .await;
+    wait_committed(&env, 32).await;
+
+    let window = env.window(&s).await;
+    let seqs: Vec<i64> = window.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (21..=30).collect::<Vec<_>>(),
+        "the table's newest rows"
+    );
+    assert_eq!(window[6], newer, "the newer version of seq 27");
+    consumer.terminate_cleanly(Duration::from_secs(30)).unwrap();
+}

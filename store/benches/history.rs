@@ -80,7 +80,6 @@ async fn setup() -> Fixture {
                 .map(|m| WindowEntry {
                     seq: m.seq,
                     member: window::member(m.version(), &codec.encode(m).unwrap()),
-                    replace_only: false,
                 })
                 .collect();
             members = entries
@@ -99,14 +98,16 @@ async fn setup() -> Fixture {
                 WindowEntry {
                     seq: s,
                     member: window::member(m.version(), &codec.encode(&m).unwrap()),
-                    replace_only: false,
                 }
             })
             .collect();
         sessions.insert(sid.clone(), entries);
     }
     let mut con = redis.clone();
-    windows.append(&mut con, &sessions).await.expect("windows");
+    windows
+        .append_proven(&mut con, &sessions)
+        .await
+        .expect("windows");
     // The seq allocator's ceiling of the cold session: one segment above its head.
     cql.query_unpaged(
         format!(

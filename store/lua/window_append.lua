@@ -1,24 +1,23 @@
 -- Appends messages to a session's window (see APPEND_LUA in store/src/window.rs). Runs after epoch.lua.
 -- KEYS[3] (optional): the session's latest (store/src/repo/latest.rs), raised to this call's
 -- highest (seq, version): max wins, so a replay or a late batch never lowers it.
--- ARGV: size, ttl, then (seq, member) pairs; a negative seq -s marks a replace-only entry (a
--- mutation): it replaces the member at seq s under the version rule when the window holds s, and
--- is dropped otherwise — it never starts, extends or fills a window (its row is in the table).
+-- ARGV: size, ttl, mode, then (seq, member) pairs. Mode 'p' (proven): the entries are the table's
+-- newest rows of the session, a complete run ending at its head, so they may start an empty
+-- window. Any other mode: an empty window is left empty and the call returns -1 — the entries
+-- alone do not prove they are the session's newest messages (a late or replayed record, a
+-- mutation of an old message) nor its newest state (a mutation stored in an earlier batch); the
+-- writer then starts the window from the table (store/src/window_start.rs).
 local key = KEYS[1]
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local proven = ARGV[3] == 'p'
 -- seqs[k] as a number (to compare), texts[k] as given (a score: Lua would print a number above
--- 10^14 in exponent form), only[k] for replace-only.
-local seqs, texts, members, only = {}, {}, {}, {}
-for i = 3, #ARGV, 2 do
+-- 10^14 in exponent form).
+local seqs, texts, members = {}, {}, {}
+for i = 4, #ARGV, 2 do
   local k = #seqs + 1
-  local text = ARGV[i]
-  only[k] = string.sub(text, 1, 1) == '-'
-  if only[k] then
-    text = string.sub(text, 2)
-  end
-  texts[k] = text
-  seqs[k] = tonumber(text)
+  texts[k] = ARGV[i]
+  seqs[k] = tonumber(ARGV[i])
   members[k] = ARGV[i + 1]
 end
 local ep = server_epoch()
@@ -32,6 +31,13 @@ local low = nil
 if head ~= nil then
   low = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
 end
+-- An empty window is started only from proof (see the top).
+local refused = head == nil and not proven
+-- How many entries go to the window (none when refused; the latest below takes them all).
+local entries = #seqs
+if refused then
+  entries = 0
+end
 local times = {}
 for k = 1, #seqs do
   times[seqs[k]] = (times[seqs[k]] or 0) + 1
@@ -41,13 +47,11 @@ local fresh = {}
 -- with what the window holds at their seq, in their order.
 local slow = {}
 local lo, hi = nil, nil
-for k = 1, #seqs do
+for k = 1, entries do
   local n = seqs[k]
   if low ~= nil and n < low then
     -- below the window: its row is in the table
-  elseif only[k] and times[n] == 1 and (head == nil or n > head) then
-    -- a mutation of a seq the window does not hold, nor this call adds
-  elseif times[n] == 1 and not only[k] and (head == nil or n > head) then
+  elseif times[n] == 1 and (head == nil or n > head) then
     fresh[#fresh + 1] = texts[k]
     fresh[#fresh + 1] = members[k]
     if #fresh >= 1000 then
@@ -60,16 +64,6 @@ for k = 1, #seqs do
     if hi == nil or n > seqs[hi] then hi = k end
   end
 end
--- Replace-only entries after the others: a mutation whose original comes in the same call
--- finds it (their versions, not their order, decide which stays).
-local ordered = {}
-for _, k in ipairs(slow) do
-  if not only[k] then ordered[#ordered + 1] = k end
-end
-for _, k in ipairs(slow) do
-  if only[k] then ordered[#ordered + 1] = k end
-end
-slow = ordered
 if #fresh > 0 then
   redis.call('ZADD', key, unpack(fresh))
 end
@@ -110,8 +104,7 @@ if #slow > 0 then
     local n = seqs[k]
     local member = members[k]
     local version = string.sub(member, 1, 16)
-    -- A replace-only entry is dropped where the window holds nothing at its seq.
-    local keep_existing = only[k] and #(at[n] or {}) == 0
+    local keep_existing = false
     local present = false
     text_of[member] = texts[k]
     local kept = {}
@@ -189,6 +182,12 @@ if KEYS[3] then
       redis.call('PEXPIRE', KEYS[3], ttl)
     end
   end
+end
+if refused then
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  return -1
 end
 local n = redis.call('ZCARD', key)
 if n > size then

@@ -56,6 +56,7 @@ pub mod seq;
 pub mod telemetry;
 pub mod verify;
 pub mod window;
+pub mod window_start;
 
 pub use config::{CqlConfig, RedisConfig, RedisConnections};
 pub use secret::Secret;

@@ -39,7 +39,7 @@ use redis::aio::ConnectionLike;
 
 use crate::history::History;
 use crate::history::window_reader::WindowMember;
-use crate::window::{self, WindowEntry, WindowWriter};
+use crate::window::WindowWriter;
 use crate::{Error, Result, keys};
 
 /// A seq present in both the window and the table with different contents.
@@ -499,21 +499,21 @@ pub async fn delete_window<C: ConnectionLike + Send>(con: &mut C, session_id: &s
 /// with a consumer writing the session at the same time, a message in flight can still show (see
 /// below); repeating the repair is safe.
 ///
-/// Written through the consumer's own [`WindowWriter`] (members [`window::member`] of each row's
+/// Written through the consumer's own [`WindowWriter`] (members [`crate::window::member`] of each row's
 /// version and Avro bytes), in this order:
 /// 1. **`DEL` the window and its epoch key** (one command).
 /// 2. **Read the newest `W` rows** (from the head bound down).
-/// 3. **Append them**, as plain entries (`replace_only: false`).
+/// 3. **Append them** as proven entries (the table's newest rows may start a window).
 ///
 /// Why this order is safe with a consumer writing the same session concurrently (it writes a
 /// batch's rows and its window at the same time; every append runs atomically in Redis):
-/// - **A consumer append after the `DEL`** finds no window (no epoch) and starts a fresh one
-///   from its batch, or lands on ours: newer seqs above our head, equal seqs by the version
-///   rule. Our rows never go below a non-empty window's lowest member (the script drops them:
-///   history reads them from the table), so no interleaving leaves a member that claims seqs
-///   the window does not hold. One case ends stale: a mutation (replace-only) that arrives
-///   before our append finds no member and is dropped, and if its row landed after our read we
-///   write the older version — the re-verify sees the difference, and a repeat fixes it.
+/// - **A consumer append after the `DEL`** finds no window and leaves it empty (its records
+///   prove nothing about the head), then starts it from the table after its rows are written,
+///   as this repair does — or it lands on ours: newer seqs above our head, equal seqs by the
+///   version rule (a mutation included, so whichever of its row and our read comes first, the
+///   window ends at its version). Our rows never go below a non-empty window's lowest member
+///   (the script drops them: history reads them from the table), so no interleaving leaves a
+///   member that claims seqs the window does not hold.
 /// - **A consumer append before the `DEL`** is wiped; its rows, written at the same time, are
 ///   in our read unless they land after it. Then the window ends below those newer messages:
 ///   the re-verify sees them missing in the window if they have landed by then (a repeat takes
@@ -544,24 +544,14 @@ pub async fn repair_window<C: ConnectionLike + Send>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in rows.iter().rev() {
-        let avro = codec.encode(row).map_err(|e| {
-            Error::Request(format!(
-                "session {session_id:?} seq {}: the table's row does not encode ({e}); the \
-                 window was deleted and history reads the table",
-                row.seq
-            ))
-        })?;
-        entries.push(WindowEntry {
-            seq: row.seq,
-            member: window::member(row.version(), &avro),
-            replace_only: false,
-        });
-    }
+    let entries = crate::window_start::entries_of(codec, &rows).map_err(|why| {
+        Error::Request(format!(
+            "session {session_id:?} {why}; the window was deleted and history reads the table"
+        ))
+    })?;
     let appended = entries.len();
     WindowWriter::new(window_config)
-        .append(con, &BTreeMap::from([(session_id.to_owned(), entries)]))
+        .append_proven(con, &BTreeMap::from([(session_id.to_owned(), entries)]))
         .await?;
     Ok(appended)
 }

@@ -70,25 +70,39 @@ pub fn parse_member(member: &[u8]) -> Option<(i64, &[u8])> {
 
 /// Appends messages to one window. `KEYS[1]` = window, `KEYS[2]` = its epoch ([`keys::window_epoch`]),
 /// optional `KEYS[3]` = the session's latest ([`keys::latest`], see [`crate::repo::latest`]);
-/// `ARGV` = size, ttl_ms, then (seq, member) pairs. Returns the window's cardinality.
+/// `ARGV` = size, ttl_ms, mode, then (seq, member) pairs. Returns the window's cardinality, or -1
+/// when it declined to start an empty window (step 2).
 ///
 /// 1. **Epoch.** A window written in another epoch of Redis (see [`crate::epoch`]: a restart from
 ///    a snapshot, a failover to a lagging replica) may have lost its newest members: new members
 ///    above them would leave a hole that readers take for a gap. Such a window is deleted and
-///    starts again from this call's messages (history reads the table below it).
-/// 2. **Never below the lowest member.** A seq below a non-empty window's lowest member (a late
+///    is started again from the table (step 2).
+/// 2. **An empty window starts only from proof.** A window is complete for `[lowest, highest]` of
+///    its members and its highest is taken for the session's newest message, so the records of
+///    one batch may start it only if they are the session's newest rows in their newest state.
+///    Nothing in the records proves that: a late or replayed record of an old seq would make
+///    that seq the head (hiding everything above it from "latest"), and a record whose mutation
+///    was stored in an earlier batch (while the window was empty) would show the unmutated
+///    content. So an append (mode other than `p`) to an empty window writes nothing there and
+///    returns -1, and the writer starts the window from the table instead: the newest rows,
+///    read after its batch's rows are written, in one call with mode `p` (proven), see
+///    [`crate::window_start`]. A new session pays one such read, once.
+/// 3. **Never below the lowest member.** A seq below a non-empty window's lowest member (a late
 ///    send, a DLQ replay, a rewind after the window was trimmed or expired) is not added: the
 ///    window is complete for `[lowest, highest]` of its members, and a member below that range
 ///    would claim every seq between it and the old lowest, which the window does not hold. Its
 ///    row is in the table, where history finds it.
-/// 3. Per seq: drop older versions, keep a newer one, add ours. Then trim to the newest `size`
-///    seqs and refresh the TTL of both keys.
-/// 4. **The session's latest** (`KEYS[3]`): raised to the call's highest (seq, version) — max wins,
+/// 4. Per seq: drop older versions, keep a newer one, add ours — a mutation as any other
+///    record: its member is the whole message in its new state, and a seq above the head or
+///    missing inside the range is one whose original is still to come. Then trim to the newest
+///    `size` seqs and refresh the TTL of both keys.
+/// 5. **The session's latest** (`KEYS[3]`): raised to the call's highest (seq, version) — max wins,
 ///    so replays and late batches never lower it — in the same call, once per session per batch:
 ///    a hot session's latest is written through, never invalidated per message. Of another epoch
 ///    (or absent) it is started afresh from this call and flagged partial (`p`): readers complete
 ///    it from CQL, max wins ([`crate::repo::latest`]). It is written for every seq of the call,
-///    also those below the window's lowest member. Its TTL follows the window's.
+///    also those below the window's lowest member and when the window is not started (step 2).
+///    Its TTL follows the window's.
 ///
 /// The common case is a seq above the window's highest one (a new message): it has no member to
 /// compare with, so such seqs — when each appears once in the call — are added by one variadic
@@ -149,20 +163,14 @@ pub struct WindowEntry {
     pub seq: i64,
     /// The member: see [`member`].
     pub member: Vec<u8>,
-    /// Replace the member of `seq` only if the window holds one (a mutation): never start,
-    /// extend or fill a window. A mutation is usually of an older message; after the window
-    /// was lost or expired, adding it would make that old seq the window's head (history takes
-    /// the head for the session's newest) and leave a hole above it. Its row is in the table.
-    pub replace_only: bool,
 }
 
 impl WindowEntry {
-    /// The entry of a message: `member` its window member; a mutated message replaces only.
+    /// The entry of a message: `member` its window member.
     pub fn of(message: &chatlog_schemas::ChatMessage, avro: &[u8]) -> WindowEntry {
         WindowEntry {
             seq: message.seq,
             member: member(message.version(), avro),
-            replace_only: message.is_mutated(),
         }
     }
 }
@@ -177,18 +185,15 @@ pub struct EntryRef<'a> {
     pub version: i64,
     /// The record's Avro bytes, as read.
     pub avro: &'a [u8],
-    /// As [`WindowEntry::replace_only`].
-    pub replace_only: bool,
 }
 
 impl<'a> EntryRef<'a> {
-    /// The entry of a message whose record bytes are `avro`; a mutated message replaces only.
+    /// The entry of a message whose record bytes are `avro`.
     pub fn of(message: &chatlog_schemas::ChatMessage, avro: &'a [u8]) -> EntryRef<'a> {
         EntryRef {
             seq: message.seq,
             version: message.version(),
             avro,
-            replace_only: message.is_mutated(),
         }
     }
 
@@ -201,16 +206,12 @@ impl<'a> EntryRef<'a> {
 /// What [`WindowWriter`] needs of an entry: its seq argument and its member argument.
 trait Entry {
     fn seq(&self) -> i64;
-    fn replace_only(&self) -> bool;
     fn push_member(&self, pipe: &mut redis::Pipeline);
 }
 
 impl Entry for WindowEntry {
     fn seq(&self) -> i64 {
         self.seq
-    }
-    fn replace_only(&self) -> bool {
-        self.replace_only
     }
     fn push_member(&self, pipe: &mut redis::Pipeline) {
         pipe.arg(&self.member);
@@ -220,9 +221,6 @@ impl Entry for WindowEntry {
 impl Entry for EntryRef<'_> {
     fn seq(&self) -> i64 {
         self.seq
-    }
-    fn replace_only(&self) -> bool {
-        self.replace_only
     }
     fn push_member(&self, pipe: &mut redis::Pipeline) {
         pipe.arg(MemberArg {
@@ -254,38 +252,70 @@ impl WindowWriter {
     }
 
     /// Appends each session's entries to its window (sessions keyed by id). Idempotent.
+    /// Returns the sessions whose window was empty and so was not started ([`APPEND_LUA`],
+    /// step 2): start those from the table, after their rows are written
+    /// ([`crate::window_start::WindowStarter`]).
     pub async fn append<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
-    ) -> Result<()> {
-        self.append_any(con, || {
-            sessions.iter().map(|(s, e)| (s.as_str(), e.as_slice()))
-        })
-        .await
+    ) -> Result<Vec<String>> {
+        let refused = self
+            .append_any(con, Mode::Append, || {
+                sessions.iter().map(|(s, e)| (s.as_str(), e.as_slice()))
+            })
+            .await?;
+        Ok(pick(sessions.keys(), &refused).cloned().collect())
     }
 
     /// [`append`](Self::append) of entries that borrow the records' bytes (the consumer's path:
     /// no member buffer per message). Idempotent; writes exactly what `append` writes.
-    pub async fn append_borrowed<C: ConnectionLike + Send>(
+    pub async fn append_borrowed<'s, C: ConnectionLike + Send>(
         &self,
         con: &mut C,
-        sessions: &BTreeMap<&str, Vec<EntryRef<'_>>>,
-    ) -> Result<()> {
-        self.append_any(con, || sessions.iter().map(|(s, e)| (*s, e.as_slice())))
-            .await
+        sessions: &'s BTreeMap<&'s str, Vec<EntryRef<'_>>>,
+    ) -> Result<Vec<&'s str>> {
+        let refused = self
+            .append_any(con, Mode::Append, || {
+                sessions.iter().map(|(s, e)| (*s, e.as_slice()))
+            })
+            .await?;
+        Ok(pick(sessions.keys(), &refused).copied().collect())
     }
 
-    async fn append_any<'s, C, E, I>(&self, con: &mut C, sessions: impl Fn() -> I) -> Result<()>
+    /// Appends, to each session's window, entries that are the table's newest rows of that
+    /// session — every stored seq from the lowest entry up to the table's head, read after the
+    /// rows the caller wrote — so they may start an empty window ([`APPEND_LUA`], step 2).
+    /// Into a window that is not empty they go as [`append`](Self::append)'s do. Idempotent.
+    pub async fn append_proven<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        sessions: &BTreeMap<String, Vec<WindowEntry>>,
+    ) -> Result<()> {
+        self.append_any(con, Mode::Proven, || {
+            sessions.iter().map(|(s, e)| (s.as_str(), e.as_slice()))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs the script once per session; returns the positions (in `sessions()` order) of the
+    /// sessions whose window was not started.
+    async fn append_any<'s, C, E, I>(
+        &self,
+        con: &mut C,
+        mode: Mode,
+        sessions: impl Fn() -> I,
+    ) -> Result<Vec<usize>>
     where
         C: ConnectionLike + Send,
         E: Entry + 's,
         I: Iterator<Item = (&'s str, &'s [E])>,
     {
         if sessions().next().is_none() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        match self.append_once(con, sessions()).await {
+        let cards = match self.append_once(con, mode, sessions()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The server lost its script cache (restart, SCRIPT FLUSH): load and go again.
                 self.script
@@ -293,11 +323,17 @@ impl WindowWriter {
                     .load_async(con)
                     .await
                     .map_err(Error::redis("load window script"))?;
-                self.append_once(con, sessions()).await
+                self.append_once(con, mode, sessions()).await
             }
             other => other,
         }
-        .map_err(Error::redis("append to windows"))
+        .map_err(Error::redis("append to windows"))?;
+        Ok(cards
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n < 0)
+            .map(|(i, _)| i)
+            .collect())
     }
 
     /// Removes exact `members` from a session's window. For messages whose rows can never be
@@ -324,8 +360,9 @@ impl WindowWriter {
     async fn append_once<'s, C: ConnectionLike + Send, E: Entry + 's>(
         &self,
         con: &mut C,
+        mode: Mode,
         sessions: impl Iterator<Item = (&'s str, &'s [E])>,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<Vec<i64>> {
         let ttl_ms = self.config.ttl.as_millis().min(i64::MAX as u128) as i64;
         let mut pipe = redis::pipe();
         for (session_id, entries) in sessions {
@@ -337,17 +374,40 @@ impl WindowWriter {
                 .arg(keys::window_epoch(session_id))
                 .arg(keys::latest(session_id))
                 .arg(self.config.size)
-                .arg(ttl_ms);
+                .arg(ttl_ms)
+                .arg(mode.arg());
             for e in entries {
-                // A negative seq marks a replace-only entry (seqs are >= 1).
-                let seq = if e.replace_only() { -e.seq() } else { e.seq() };
-                cmd.arg(seq);
+                cmd.arg(e.seq());
                 e.push_member(cmd);
             }
-            pipe.ignore();
         }
-        pipe.query_async::<()>(con).await
+        pipe.query_async(con).await
     }
+}
+
+/// How [`APPEND_LUA`] may treat an empty window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Leave it empty (the entries prove nothing about the session's head).
+    Append,
+    /// Start it: the entries are the table's newest rows.
+    Proven,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Append => "a",
+            Mode::Proven => "p",
+        }
+    }
+}
+
+/// The items of `all` at the (ascending) positions `at`.
+fn pick<'a, T: 'a>(all: impl Iterator<Item = &'a T>, at: &[usize]) -> impl Iterator<Item = &'a T> {
+    all.enumerate()
+        .filter(move |(i, _)| at.binary_search(i).is_ok())
+        .map(|(_, t)| t)
 }
 
 #[cfg(test)]
@@ -379,13 +439,11 @@ mod tests {
         let owned = WindowEntry {
             seq: 7,
             member: member(0x5eed, avro),
-            replace_only: true,
         };
         let borrowed = EntryRef {
             seq: 7,
             version: 0x5eed,
             avro,
-            replace_only: true,
         };
         assert_eq!(borrowed.member(), owned.member);
         let packed = |e: &dyn Fn(&mut redis::Pipeline)| {

@@ -193,6 +193,7 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
     use chatlog_schemas::Codec;
     use chatlog_schemas::testing::{edited, recalled};
     use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
+    use chatlog_store::window_start::WindowStarter;
     use chatlog_store::{RedisConfig, keys};
 
     let (session, config, writer) = writer_in("store_mut").await;
@@ -205,6 +206,15 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
     .expect("Redis (start it with dev/stack.sh up)");
     let windows = WindowWriter::new(WindowConfig::default());
     let codec = Codec::default();
+    let starter = WindowStarter::new(
+        session.clone(),
+        &config.keyspace,
+        BatchLimits::default().bucket_size,
+        WindowConfig::default(),
+        codec.clone(),
+    )
+    .await
+    .expect("window starter");
     let run = config.keyspace.clone();
 
     let cases: Vec<(&str, Vec<ChatMessage>, usize)> = {
@@ -232,12 +242,18 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
                 .collect();
             for m in &each {
                 writer.write(std::slice::from_ref(m)).await.expect("write");
-                // As the consumer writes it: a mutation replaces only (see WindowEntry).
+                // As the consumer writes it: the first record finds no window, which is then
+                // started from the table (the row just written).
                 let entry = WindowEntry::of(m, &codec.encode(m).expect("encode"));
-                windows
+                let not_started = windows
                     .append(&mut redis, &BTreeMap::from([(sid.clone(), vec![entry])]))
                     .await
                     .expect("window");
+                let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
+                starter
+                    .start(&mut redis, &not_started)
+                    .await
+                    .expect("start window");
             }
             let (row, writetime) = stored(&session, &config.keyspace, &sid, want.seq).await;
             let want_here = ChatMessage {

@@ -47,7 +47,6 @@ pub(super) async fn populate_windows(
                 Ok(WindowEntry {
                     seq: seq as i64,
                     member: window::member(stored.version(), &avro),
-                    replace_only: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -57,7 +56,7 @@ pub(super) async fn populate_windows(
         ttl: Duration::from_secs(1800),
         ..WindowConfig::default()
     });
-    writer.append(&mut redis.clone(), &windows).await?;
+    writer.append_proven(&mut redis.clone(), &windows).await?;
     Ok(())
 }
 

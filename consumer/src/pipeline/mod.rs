@@ -49,6 +49,7 @@ use chatlog_schemas::Codec;
 use chatlog_store::messages::MessageWriter;
 use chatlog_store::repo::latest::LatestWriter;
 use chatlog_store::window::WindowWriter;
+use chatlog_store::window_start::WindowStarter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use tokio::runtime::Handle;
@@ -141,6 +142,8 @@ pub struct Pipeline {
     /// Each session's latest (`session_latest`), written after the batch's rows.
     latest: LatestWriter,
     windows: WindowWriter,
+    /// Starts the windows the batch's records could not start ([`WindowStarter`]).
+    starter: WindowStarter,
     redis: redis::aio::ConnectionManager,
     runtime: Handle,
     shutdown: CancellationToken,
@@ -171,6 +174,15 @@ impl Pipeline {
         config.publish_limits(&session).await?;
         let session = Arc::new(session);
         let latest = LatestWriter::new(session.clone(), &config.cql.keyspace).await?;
+        let codec = config.codec()?;
+        let starter = WindowStarter::new(
+            session.clone(),
+            &config.cql.keyspace,
+            config.writer.bucket_size,
+            config.window.clone(),
+            codec.clone(),
+        )
+        .await?;
         let writer = MessageWriter::new(session, &config.cql.keyspace, config.writer.clone())
             .await?
             .with_retention(config.retention.clone());
@@ -196,12 +208,12 @@ impl Pipeline {
         }
         let isolation = config.isolation.clone();
         isolation.validate()?;
-        let codec = config.codec()?;
         Ok(Pipeline {
             dlq_warnings: LogLimiter::new(isolation.dlq_warnings_per_second),
             isolation,
             dlq_capacity,
             windows: WindowWriter::new(config.window.clone()),
+            starter,
             config,
             faults: Faults::default(),
             consumer,

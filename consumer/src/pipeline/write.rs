@@ -194,15 +194,10 @@ impl Pipeline {
                 self.latest.write(&latest).await?;
                 Ok(written)
             });
-            let windows = async {
-                if plan.windows.is_empty() {
-                    return Ok(());
-                }
-                self.append_windows(&plan.windows, fence, budget).await
-            };
+            let windows = self.append_windows(&plan.windows, fence, budget);
             let trimmed_first = async {
                 if plan.trimmed_rows.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 self.retry("cql", None, budget, || {
                     self.writer.write_borrowed(&plan.trimmed_rows)
@@ -211,7 +206,10 @@ impl Pipeline {
                 self.append_windows(&plan.windows_after_trimmed_rows, fence, budget)
                     .await
             };
-            tokio::try_join!(rows, windows, trimmed_first).map(drop)
+            let (_, mut not_started, more) = tokio::try_join!(rows, windows, trimmed_first)?;
+            // Every row of the batch is written now: the table has what these windows need.
+            not_started.extend(more);
+            self.start_windows(&not_started, fence, budget).await
         })
     }
 
@@ -292,10 +290,11 @@ impl Pipeline {
                 }
                 self.retry("cql", None, budget, || self.latest.write(&latest))
                     .await?;
+                let mut not_started = Vec::new();
                 for windows in [&plan.windows_after_trimmed_rows, &plan.windows] {
-                    self.append_windows(windows, fence, budget).await?;
+                    not_started.extend(self.append_windows(windows, fence, budget).await?);
                 }
-                Ok::<(), Failed>(())
+                self.start_windows(&not_started, fence, budget).await
             };
             match written.await {
                 Ok(()) => {
@@ -318,10 +317,11 @@ impl Pipeline {
                 Ok(_) => {
                     let entry = EntryRef::of(&g.message, &g.avro);
                     let windows = BTreeMap::from([(session, vec![entry])]);
-                    self.append_windows(&windows, fence, budget)
-                        .await
-                        .err()
-                        .map(|e| ("redis", e))
+                    let written = async {
+                        let not_started = self.append_windows(&windows, fence, budget).await?;
+                        self.start_windows(&not_started, fence, budget).await
+                    };
+                    written.await.err().map(|e| ("redis", e))
                 }
             };
             match failed {
@@ -377,9 +377,29 @@ impl Pipeline {
     }
 
     /// Appends to windows, retried like any write for up to `budget`, never after `fence`.
-    pub(super) async fn append_windows(
+    /// Returns the sessions whose windows were empty and so not started: pass them to
+    /// [`start_windows`](Self::start_windows) once their rows are written.
+    pub(super) async fn append_windows<'s>(
         &self,
-        sessions: &BTreeMap<&str, Vec<EntryRef<'_>>>,
+        sessions: &'s BTreeMap<&'s str, Vec<EntryRef<'_>>>,
+        fence: BootInstant,
+        budget: Duration,
+    ) -> Result<Vec<&'s str>, Failed> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retry("redis", Some(fence), budget, || {
+            let mut con = self.redis.clone();
+            async move { self.windows.append_borrowed(&mut con, sessions).await }
+        })
+        .await
+    }
+
+    /// Starts the windows of `sessions` from the table's newest rows (their rows written), under
+    /// the same retries and fence as an append: see [`WindowStarter`].
+    pub(super) async fn start_windows(
+        &self,
+        sessions: &[&str],
         fence: BootInstant,
         budget: Duration,
     ) -> Result<(), Failed> {
@@ -388,9 +408,11 @@ impl Pipeline {
         }
         self.retry("redis", Some(fence), budget, || {
             let mut con = self.redis.clone();
-            async move { self.windows.append_borrowed(&mut con, sessions).await }
+            async move { self.starter.start(&mut con, sessions).await }
         })
-        .await
+        .await?;
+        metrics::counter!(telemetry::WINDOWS_STARTED).increment(sessions.len() as u64);
+        Ok(())
     }
 
     /// Runs a CQL/Redis write until it succeeds or `budget` is spent, and records the stage's

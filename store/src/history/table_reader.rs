@@ -85,11 +85,13 @@ pub(crate) struct TableReader {
     /// `K`: a walk stops after this many consecutive empty buckets.
     pub(super) max_empty_buckets: u32,
     db_queries: AtomicU64,
+    /// Whether reads count in history's metrics (not for the consumer's window starts).
+    metered: bool,
 }
 
 impl TableReader {
     /// Prepares the read statements of `keyspace`.
-    pub(super) async fn new(
+    pub(crate) async fn new(
         session: Arc<Session>,
         keyspace: &str,
         bucket_size: i64,
@@ -117,7 +119,15 @@ impl TableReader {
             bucket_size,
             max_empty_buckets,
             db_queries: AtomicU64::new(0),
+            metered: true,
         })
+    }
+
+    /// The same reader with its queries left out of history's metrics (for readers that are
+    /// not history: the consumer's window starts).
+    pub(crate) fn unmetered(mut self) -> TableReader {
+        self.metered = false;
+        self
     }
 
     /// CQL statements executed so far.
@@ -218,7 +228,9 @@ impl TableReader {
 
     fn count_query(&self) {
         self.db_queries.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::HISTORY_DB_QUERIES).increment(1);
+        if self.metered {
+            metrics::counter!(crate::telemetry::HISTORY_DB_QUERIES).increment(1);
+        }
     }
 
     /// Rows with `seq <= hi`, newest first, until `limit` rows, seq 1, or `K` consecutive empty

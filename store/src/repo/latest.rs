@@ -101,6 +101,12 @@ fn select_cql(keyspace: &str) -> String {
     format!("SELECT max_seq, message FROM {keyspace}.session_latest WHERE session_id = ?")
 }
 
+/// The session's highest persisted seq alone (the head a window is started below, see
+/// [`crate::window_start`]).
+pub(crate) fn select_head_cql(keyspace: &str) -> String {
+    format!("SELECT max_seq FROM {keyspace}.session_latest WHERE session_id = ?")
+}
+
 /// Writes `session_latest` (the consumer's CQL stage).
 #[derive(Clone)]
 pub struct LatestWriter {
