@@ -172,10 +172,12 @@ impl Fixture {
             .await
             .expect("append window");
         let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
-        self.starter
+        let started = self
+            .starter
             .start(&mut con, &not_started)
             .await
             .expect("start window");
+        assert_eq!(started.failed, 0, "{:?}", started.first_error);
     }
 
     /// Puts `msgs` in the window as the newest messages (proven: they may start it), with the

@@ -809,7 +809,8 @@ async fn replay_from_offset_0_after_mutations_leaves_rows_and_windows_as_they_we
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
     let w = World::new("mut_early", Duration::from_secs(30)).await;
-    let consumer = w.consumer(&unique("g"), &[]);
+    let group = unique("g");
+    let consumer = w.consumer(&group, &[]);
     let sid = unique("s");
     // A minute ago: realistic, distinct per run.
     let base = std::time::SystemTime::now()
@@ -829,6 +830,8 @@ async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
     let marker = message_at(&sid, 3, base, 0);
     w.produce_raw(&marker).await;
     w.until_stored(&sid, 3, &[&consumer]).await;
+    // Committed: the windows of every batch are written (a row is readable before its window).
+    w.until_drained(&group, &[&consumer]).await;
 
     for want in [&one_recalled, &two_edited] {
         let seen = w.until_stored(&sid, want.seq, &[&consumer]).await;

@@ -36,6 +36,11 @@ impl BootInstant {
     pub fn elapsed(self) -> Duration {
         BootInstant::now().0.saturating_sub(self.0)
     }
+
+    /// Time from now until `self` (zero if `self` has passed).
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_sub(BootInstant::now().0)
+    }
 }
 
 impl Add<Duration> for BootInstant {

@@ -10,7 +10,8 @@ pub fn window(session_id: &str) -> String {
 }
 
 /// The epoch ([`crate::epoch`]) a session's window was written in: a window of another epoch is
-/// started afresh by the next append (see [`crate::window::APPEND_LUA`]).
+/// emptied by the next append and started again from the table (see
+/// [`crate::window::APPEND_LUA`]).
 pub fn window_epoch(session_id: &str) -> String {
     format!("{PREFIX}:{{{session_id}}}:wep")
 }

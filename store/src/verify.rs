@@ -484,7 +484,8 @@ pub async fn inspect_session(history: &History, session_id: &str, n: usize) -> R
 }
 
 /// Deletes the window of `session_id` and its epoch key, in one command: history then reads the
-/// table, and the consumer's next append starts the window afresh. Safe at any moment.
+/// table, and the consumer's next batch of the session starts the window again from the table's
+/// newest rows. Safe at any moment.
 pub async fn delete_window<C: ConnectionLike + Send>(con: &mut C, session_id: &str) -> Result<()> {
     redis::cmd("DEL")
         .arg(keys::window(session_id))

@@ -2,8 +2,9 @@
 //!
 //! The window script leaves an empty window empty when the records of a batch come alone
 //! ([`crate::window::APPEND_LUA`], step 2): they do not prove they are the session's newest
-//! messages in their newest state. The writer then calls [`WindowStarter::start`] for those
-//! sessions once its batch's rows are written: it reads each session's head (`session_latest`,
+//! messages in their newest state. The writer then calls [`WindowStarter::read`] for those
+//! sessions once its batch's rows are written, and appends what it returns with its own fence
+//! ([`WindowStarter::start`] does both, for tools and tests): it reads each session's head (`session_latest`,
 //! which the consumer raises in the same stage as the rows), the newest rows below it (at most
 //! the window's size: a complete run of the stored seqs ending at the head), encodes them, and
 //! appends them in proven mode ([`WindowWriter::append_proven`]). Rows hold the state every
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chatlog_schemas::{ChatMessage, Codec};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use redis::aio::ConnectionLike;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -34,6 +35,25 @@ use crate::{Error, Result};
 
 /// Sessions read from the table at once.
 const CONCURRENCY: usize = 16;
+
+/// Sessions one [`WindowStarter::read`] starts at most: after Redis lost its windows a batch may
+/// touch thousands of sessions, and each start holds up to a window's rows; the rest start with
+/// their next message (bounded memory and time per batch: at W = 200 and ~300-byte members,
+/// ~30 MB and 2 × 512 reads at [`CONCURRENCY`]).
+pub const STARTS_PER_CALL: usize = 512;
+
+/// What [`WindowStarter::read`] found.
+#[derive(Debug, Default)]
+pub struct Started {
+    /// Each started session's entries, oldest first (sessions with no rows are absent).
+    pub windows: BTreeMap<String, Vec<WindowEntry>>,
+    /// Sessions left for later ([`STARTS_PER_CALL`]).
+    pub deferred: usize,
+    /// Sessions whose read failed (left empty).
+    pub failed: usize,
+    /// The first read error.
+    pub first_error: Option<String>,
+}
 
 /// Starts windows from the table's newest rows (see the module docs).
 pub struct WindowStarter {
@@ -77,43 +97,61 @@ impl WindowStarter {
         })
     }
 
-    /// Starts the windows of `sessions` (rows already written) from the table. A session whose
-    /// rows do not encode (they passed validation when written, so only an older codec's
-    /// limits can refuse one) is left without a window, with a warning: history reads the
-    /// table, which is correct, only slower. Returns how many members were appended.
+    /// Reads, for each of `sessions` (their rows already written), the entries its window starts
+    /// from: the newest rows, re-encoded. Best effort and bounded: at most
+    /// [`STARTS_PER_CALL`] sessions (the others stay empty until their next message asks
+    /// again — an empty window is always safe, history reads the table); a session whose read
+    /// fails stays empty too (counted in [`Started::failed`], first error kept). Rows that do
+    /// not encode (they passed validation when written, so only an older codec's limits can
+    /// refuse one) end the run there: the rows above the newest such row are still a complete
+    /// run ending at the head.
+    pub async fn read(&self, sessions: &[&str]) -> Started {
+        let mut started = Started::default();
+        let take = sessions.len().min(STARTS_PER_CALL);
+        started.deferred = sessions.len() - take;
+        let read: Vec<(&str, Result<Vec<ChatMessage>>)> = futures::stream::iter(&sessions[..take])
+            .map(|sid| async move { (*sid, self.newest_rows(sid).await) })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (sid, rows) in read {
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    started.failed += 1;
+                    started.first_error.get_or_insert_with(|| e.to_string());
+                    continue;
+                }
+            };
+            let entries = self.entries_from_head(&rows);
+            if !entries.is_empty() {
+                started.windows.insert(sid.to_owned(), entries);
+            }
+        }
+        started
+    }
+
+    /// [`read`](Self::read), then the windows appended in proven mode (no fence: for tools and
+    /// tests; the consumer appends with its own fence between the two). Returns what was read.
     pub async fn start<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
         sessions: &[&str],
-    ) -> Result<usize> {
-        let read: Vec<(&str, Vec<ChatMessage>)> = futures::stream::iter(sessions)
-            .map(|sid| async move { Ok::<_, Error>((*sid, self.newest_rows(sid).await?)) })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut windows = BTreeMap::new();
-        let mut members = 0;
-        for (sid, rows) in read {
-            match self.entries(&rows) {
-                Ok(entries) if !entries.is_empty() => {
-                    members += entries.len();
-                    windows.insert(sid.to_owned(), entries);
-                }
-                Ok(_) => {}
-                Err(why) => {
-                    tracing::warn!(session = sid, %why, "window left empty; history reads the table")
-                }
-            }
-        }
-        self.writer.append_proven(con, &windows).await?;
-        Ok(members)
+    ) -> Result<Started> {
+        let started = self.read(sessions).await;
+        self.writer.append_proven(con, &started.windows).await?;
+        Ok(started)
     }
 
     /// The newest rows of `session_id` (at most the window's size), newest first: every stored
-    /// seq from the last one returned up to the session's head.
+    /// seq from the last one returned up to the session's head. The walk starts at the higher of
+    /// `session_latest` (the consumer raised it with this batch's rows) and the allocator's
+    /// ceiling (above every seq handed out, so also above rows `session_latest` never counted:
+    /// rows from before it existed); with neither, a probe finds the head, as history's walks
+    /// do.
     pub async fn newest_rows(&self, session_id: &str) -> Result<Vec<ChatMessage>> {
         let what = "read the head in session_latest";
-        let head = self
+        let latest = self
             .session
             .execute_unpaged(&self.head, (session_id,))
             .await
@@ -123,9 +161,8 @@ impl WindowStarter {
             .maybe_first_row::<(Option<i64>,)>()
             .map_err(|e| Error::cql(what, e))?
             .and_then(|(seq,)| seq);
-        // No row there (rows written before session_latest existed): the allocator's ceiling,
-        // else a probe, as history's walks do.
-        let head = match head {
+        let ceiling = self.table.ceiling(session_id).await?;
+        let head = match latest.max(ceiling) {
             Some(h) => Some(h),
             None => self.table.head_bound(session_id).await?,
         };
@@ -136,9 +173,29 @@ impl WindowStarter {
         Ok(self.table.scan_desc(session_id, head, size).await?.rows)
     }
 
-    /// The window entries of `rows` (newest first), oldest first; see [`entries_of`].
-    pub fn entries(&self, rows: &[ChatMessage]) -> std::result::Result<Vec<WindowEntry>, String> {
-        entries_of(&self.codec, rows)
+    /// The entries of `rows` (newest first) down to the newest row that does not encode, oldest
+    /// first (logged once per call when some row did not).
+    fn entries_from_head(&self, rows: &[ChatMessage]) -> Vec<WindowEntry> {
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.codec.encode(row) {
+                Ok(avro) => entries.push(WindowEntry {
+                    seq: row.seq,
+                    member: window::member(row.version(), &avro),
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        session = %row.session_id,
+                        seq = row.seq,
+                        error = %e,
+                        "a table row does not encode; the window starts above it"
+                    );
+                    break;
+                }
+            }
+        }
+        entries.reverse();
+        entries
     }
 
     /// The writer it appends with.

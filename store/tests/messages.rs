@@ -250,10 +250,11 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
                     .await
                     .expect("window");
                 let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
-                starter
+                let started = starter
                     .start(&mut redis, &not_started)
                     .await
                     .expect("start window");
+                assert_eq!(started.failed, 0, "{:?}", started.first_error);
             }
             let (row, writetime) = stored(&session, &config.keyspace, &sid, want.seq).await;
             let want_here = ChatMessage {
@@ -363,4 +364,42 @@ async fn erasing_a_recalled_row_sticks_through_a_replay() {
         left, 0,
         "the erased row is gone, the replay notwithstanding"
     );
+}
+
+/// The window starter reads the newest rows below the head — also for a session without a
+/// `session_latest` row (rows from before it existed: a probe finds the head) — and starts at
+/// most `STARTS_PER_CALL` sessions per call, leaving the rest for their next message; sessions
+/// without rows get no window.
+#[tokio::test]
+async fn window_starts_read_the_newest_rows_and_are_bounded_per_call() {
+    use chatlog_schemas::Codec;
+    use chatlog_store::window::WindowConfig;
+    use chatlog_store::window_start::{STARTS_PER_CALL, WindowStarter};
+
+    let (session, config, writer) = writer_in("store_start").await;
+    let starter = WindowStarter::new(
+        session.clone(),
+        &config.keyspace,
+        BatchLimits::default().bucket_size,
+        WindowConfig {
+            size: 10,
+            ..WindowConfig::default()
+        },
+        Codec::default(),
+    )
+    .await
+    .expect("window starter");
+    let rows: Vec<ChatMessage> = (1..=30).map(|seq| message("legacy", seq)).collect();
+    writer.write(&rows).await.expect("write");
+
+    let started = starter.read(&["legacy", "never-written"]).await;
+    assert_eq!((started.failed, started.deferred), (0, 0), "{started:?}");
+    let seqs: Vec<i64> = started.windows["legacy"].iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (21..=30).collect::<Vec<_>>());
+    assert!(!started.windows.contains_key("never-written"));
+
+    let many: Vec<String> = (0..STARTS_PER_CALL + 7).map(|i| format!("n{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let started = starter.read(&many).await;
+    assert_eq!((started.failed, started.deferred), (0, 7), "{started:?}");
 }

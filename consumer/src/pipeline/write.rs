@@ -395,8 +395,11 @@ impl Pipeline {
         .await
     }
 
-    /// Starts the windows of `sessions` from the table's newest rows (their rows written), under
-    /// the same retries and fence as an append: see [`WindowStarter`].
+    /// Starts the windows of `sessions` from the table's newest rows (their rows written): see
+    /// [`WindowStarter`]. The reads come first and are best effort (a window left empty is always
+    /// safe: history reads the table, and the session's next message asks again); the append
+    /// then runs under the same retries and fence as any window write, so the fence is checked
+    /// right before Redis is written, after the reads, however long they took.
     pub(super) async fn start_windows(
         &self,
         sessions: &[&str],
@@ -406,12 +409,41 @@ impl Pipeline {
         if sessions.is_empty() {
             return Ok(());
         }
+        // The reads may take no longer than the fence leaves (a stalled Cassandra must not hold
+        // the batch past its poll interval); what they did not finish stays empty.
+        let Ok(started) =
+            tokio::time::timeout(fence.remaining(), self.starter.read(sessions)).await
+        else {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "windows left empty: reading their newest rows outlasted the window fence"
+            );
+            return Ok(());
+        };
+        if started.failed > 0 {
+            tracing::warn!(
+                failed = started.failed,
+                error = started.first_error.as_deref().unwrap_or(""),
+                "windows left empty: reading their newest rows failed (history reads the table; \
+                 the session's next message tries again)"
+            );
+        }
+        if started.deferred > 0 {
+            tracing::debug!(
+                deferred = started.deferred,
+                "windows left for the sessions' next messages"
+            );
+        }
+        if started.windows.is_empty() {
+            return Ok(());
+        }
+        let windows = &started.windows;
         self.retry("redis", Some(fence), budget, || {
             let mut con = self.redis.clone();
-            async move { self.starter.start(&mut con, sessions).await }
+            async move { self.windows.append_proven(&mut con, windows).await }
         })
         .await?;
-        metrics::counter!(telemetry::WINDOWS_STARTED).increment(sessions.len() as u64);
+        metrics::counter!(telemetry::WINDOWS_STARTED).increment(windows.len() as u64);
         Ok(())
     }
 

@@ -80,11 +80,13 @@
 //! window is empty or unreadable (expired, `FLUSHALL`, Redis down, a member that does not decode)
 //! the table answers alone: history degrades to the database, never to an error.
 //!
-//! **Holes.** The window is *not* trusted to be complete between its members. After a Redis
-//! rollback (a restart from an old RDB/AOF, a failover to a lagging replica) the window restarts
-//! from an older state and new messages land above the old head: `{1..100}` plus `{151..160}`,
-//! while 101..150 are in the table. A late old seq (a DLQ replay, a rewind, a zombie writer) can
-//! extend a short window downwards: `{150}` becomes `{120, 150}`. So every seq that a page's window
+//! **Holes.** The window is *not* trusted to be complete between its members, though the writer
+//! keeps it so (an empty window, or one of another Redis epoch, is started only from the table's
+//! newest rows; nothing is added below a window's lowest member): a window written before those
+//! rules, or by a writer without them, after a Redis rollback (a restart from an old RDB/AOF, a
+//! failover to a lagging replica) holds an older state with new messages above the old head:
+//! `{1..100}` plus `{151..160}`, while 101..150 are in the table; a late old seq written by such a
+//! writer makes `{150}` into `{120, 150}`. So every seq that a page's window
 //! part lacks between its lowest member and the top of the request is a *hole*, and holes are read
 //! from the table before anything is reported (`fill_holes`); rows found join the page (merge rules
 //! as above; the page keeps its newest `limit` for `latest`/`before`, its oldest for `after`), the

@@ -188,7 +188,7 @@ impl TableReader {
     }
 
     /// `session_seq.max_seq` of the session, if it has a row.
-    pub(super) async fn ceiling(&self, sid: &str) -> Result<Option<i64>> {
+    pub(crate) async fn ceiling(&self, sid: &str) -> Result<Option<i64>> {
         self.count_query();
         crate::seq::read_ceiling(&self.session, &self.statements.session_max, sid).await
     }
