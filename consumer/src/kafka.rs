@@ -166,16 +166,8 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig> {
 /// broker waits at most 10 ms (the default `batch.linger`) for them: light traffic waits about
 /// one linger more, the drain (always more than 64 KiB ready) nothing; an idle consumer sends
 /// ~100 empty fetches a second per broker, a negligible cost.
-///
-/// `queued.max.messages.kbytes` 16 MiB (librdkafka: 64 MiB): the prefetch queue is the largest
-/// buffer of a consumer with a backlog — with 64 MiB the peak RSS followed the data waiting in
-/// Kafka (P7 in BENCHMARKS.md: 238 MiB with 2 M records queued, 153 MiB with 200 k). 16 MiB still
-/// holds five full batches of 10 000 records of ~300 bytes, so a drain never waits for a fetch.
-pub const FETCH_DEFAULTS: [(&str, &str); 3] = [
-    ("fetch.min.bytes", "65536"),
-    ("fetch.wait.max.ms", "10"),
-    ("queued.max.messages.kbytes", "16384"),
-];
+pub const FETCH_DEFAULTS: [(&str, &str); 2] =
+    [("fetch.min.bytes", "65536"), ("fetch.wait.max.ms", "10")];
 
 /// The group consumer: manual offsets (committed by the transaction), read_committed,
 /// cooperative-sticky assignment, [`FETCH_DEFAULTS`].
@@ -505,7 +497,6 @@ mod tests {
         );
         assert_eq!(c.get("fetch.min.bytes"), Some("65536"));
         assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
         let mut own = KafkaConfig::default();
         own.properties
             .0
