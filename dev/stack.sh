@@ -512,4 +512,7 @@ main() {
   esac
 }
 
-main "$@"
+# Sourced (dev/cluster.sh uses the helpers above), it defines them and runs nothing.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
