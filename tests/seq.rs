@@ -406,6 +406,59 @@ async fn concurrent_requests_of_one_session_share_calls_and_keep_every_seq() {
     assert_eq!(unique_seqs.len(), done.len(), "no seq handed out twice");
 }
 
+/// The producer allocates a session's waiting sends as one turn (`allocate_many`). Turns of many
+/// sessions that wait at once must share fast-path calls (one `EVALSHA` for many sessions: the
+/// lanes), each session's seqs still increasing along its requests and turns, none repeated —
+/// also when a segment runs out halfway through a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turns_of_many_sessions_share_calls_and_keep_each_sessions_order() {
+    let (alloc, _) = allocator("seqturns", small(16, 64)).await;
+    let run = unique("turns");
+    const SESSIONS: usize = 64;
+    const TURNS: usize = 5;
+    const PER_TURN: usize = 8;
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|s| {
+            let (alloc, sid) = (alloc.clone(), format!("{run}-{s}"));
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for t in 0..TURNS {
+                    let requests: Vec<AllocRequest> = (0..PER_TURN)
+                        .map(|i| AllocRequest {
+                            client_msg_id: format!("c{t}-{i}"),
+                            sender_id: "u".into(),
+                            fingerprint: String::new(),
+                            candidate_msg_id: format!("m{t}-{i}"),
+                            server_time_us: 1,
+                        })
+                        .collect();
+                    for a in alloc.allocate_many(&sid, &requests).await {
+                        let a = a.expect("allocation");
+                        assert!(!a.duplicate);
+                        seqs.push(a.seq);
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert_eq!(
+            seqs,
+            (1..=(TURNS * PER_TURN) as i64).collect::<Vec<_>>(),
+            "one allocator: each session's seqs in request order, no gap, no repeat"
+        );
+    }
+    let calls = alloc.fast_calls();
+    eprintln!("{calls} fast-path calls for {} turns", SESSIONS * TURNS);
+    assert!(
+        calls < (SESSIONS * TURNS) as u64,
+        "{calls} fast-path calls for {} turns of {SESSIONS} sessions: no call served two sessions",
+        SESSIONS * TURNS
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_grow_when_used_up_quickly() {
     let config = SeqConfig {

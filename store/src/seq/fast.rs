@@ -72,48 +72,62 @@ pub(super) fn parse_record(record: &[u8]) -> Option<(i64, i64, String)> {
     Some((seq, time, msg_id.to_owned()))
 }
 
-/// A fast-path request waiting for its lane's next call.
+/// Fast-path requests of one session waiting for their lane's next call: one request of
+/// [`SeqAllocator::allocate`], or a turn of [`SeqAllocator::allocate_many`] (at most
+/// [`FAST_BATCH`], in order).
 pub(super) struct Request {
     session_id: String,
-    args: AllocRequest,
-    reply: tokio::sync::oneshot::Sender<Result<Fast>>,
+    args: Vec<AllocRequest>,
+    reply: tokio::sync::oneshot::Sender<Vec<Result<Fast>>>,
 }
 
 impl SeqAllocator {
-    /// One fast-path request. The first request of an idle lane calls Redis at once; requests
-    /// arriving while that call is in flight queue, whatever their session, and are served
-    /// together by the lane's next call.
+    /// One fast-path request (see [`lane_call`](Self::lane_call)).
     pub(super) async fn fast(&self, session_id: &str, args: &AllocRequest) -> Result<Fast> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = Request {
-            session_id: session_id.to_owned(),
-            args: args.clone(),
-            reply,
-        };
-        let lane = lane_of(session_id);
-        // The lane stays busy until `NextCall` drops.
-        let Some(request) = self.inner.queues.queue_or_lead(lane, request) else {
-            return answer.await.unwrap_or_else(|_| {
-                Err(fast_path_error(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "the call serving this request ended without an answer",
-                    "its task panicked or the runtime shut down".to_owned(),
-                ))))
-            });
-        };
-        let _next = NextCall {
-            allocator: self.clone(),
-            lane,
-        };
-        let mut results = self
-            .call_fast(&[(session_id, std::slice::from_ref(&request.args))])
-            .await;
+        let mut results = self.lane_call(session_id, vec![args.clone()]).await;
         results.pop().unwrap_or_else(|| {
             Err(fast_path_error(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "the fast-path call returned no result for its request",
             ))))
         })
+    }
+
+    /// Fast-path requests of one session (at most [`FAST_BATCH`], served in order): one result
+    /// per request. The first requests of an idle lane call Redis at once; requests arriving
+    /// while that call is in flight queue, whatever their session, and the lane's next call
+    /// serves them together — the turns of many sessions in one `EVALSHA`, each session once
+    /// with its requests in arrival order.
+    pub(super) async fn lane_call(
+        &self,
+        session_id: &str,
+        args: Vec<AllocRequest>,
+    ) -> Vec<Result<Fast>> {
+        let n = args.len();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = Request {
+            session_id: session_id.to_owned(),
+            args,
+            reply,
+        };
+        let lane = lane_of(session_id);
+        // The lane stays busy until `NextCall` drops.
+        let Some(request) = self.inner.queues.queue_or_lead(lane, request) else {
+            return answer.await.unwrap_or_else(|_| {
+                let e = fast_path_error(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the call serving this request ended without an answer",
+                    "its task panicked or the runtime shut down".to_owned(),
+                )));
+                (0..n).map(|_| Err(e.clone())).collect()
+            });
+        };
+        let _next = NextCall {
+            allocator: self.clone(),
+            lane,
+        };
+        self.call_fast(&[(session_id, request.args.as_slice())])
+            .await
     }
 
     /// One `EVALSHA` of the fast-path script for the requests of `sessions` (each session once,
@@ -241,12 +255,32 @@ impl Drop for NextCall {
 }
 
 impl SeqAllocator {
-    /// Serves queued requests of one lane with one call: grouped by session (a session's
-    /// requests keep their arrival order), each answer sent to its waiter.
+    /// Serves queued requests of one lane: in arrival order, as few calls as hold them
+    /// ([`FAST_BATCH`] requests each, one queued entry never split), each call grouped by
+    /// session (a session's requests keep their arrival order), each answer sent to its
+    /// waiter. The calls run one after the other, so a session's later requests get later seqs.
     async fn serve(&self, batch: Vec<Request>) {
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut group: Vec<Request> = Vec::new();
+            let mut total = 0;
+            while let Some(next) = rest.peek() {
+                if !group.is_empty() && total + next.args.len() > FAST_BATCH {
+                    break;
+                }
+                total += next.args.len();
+                group.extend(rest.next());
+            }
+            self.serve_call(group).await;
+        }
+    }
+
+    /// One call for `group`: its sessions in order of first arrival, each with the requests of
+    /// its entries in arrival order; each entry answered with its own results.
+    async fn serve_call(&self, group: Vec<Request>) {
         let mut order: Vec<String> = Vec::new();
         let mut by_session: HashMap<String, Vec<Request>> = HashMap::new();
-        for r in batch {
+        for r in group {
             by_session
                 .entry(r.session_id.clone())
                 .or_insert_with(|| {
@@ -258,11 +292,11 @@ impl SeqAllocator {
         let mut args: Vec<(String, Vec<AllocRequest>)> = Vec::with_capacity(order.len());
         let mut replies = Vec::new();
         for session_id in order {
-            let requests = by_session.remove(&session_id).unwrap_or_default();
-            let mut session_args = Vec::with_capacity(requests.len());
-            for r in requests {
-                session_args.push(r.args);
-                replies.push(r.reply);
+            let entries = by_session.remove(&session_id).unwrap_or_default();
+            let mut session_args = Vec::new();
+            for r in entries {
+                replies.push((r.args.len(), r.reply));
+                session_args.extend(r.args);
             }
             args.push((session_id, session_args));
         }
@@ -270,10 +304,10 @@ impl SeqAllocator {
             .iter()
             .map(|(s, r)| (s.as_str(), r.as_slice()))
             .collect();
-        let results = self.call_fast(&groups).await;
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A waiter that went away does not need its answer (its seq becomes a gap).
-            let _ = reply.send(result);
+        let mut results = self.call_fast(&groups).await.into_iter();
+        for (n, reply) in replies {
+            // A waiter that went away does not need its answer (its seqs become a gap).
+            let _ = reply.send(results.by_ref().take(n).collect());
         }
     }
 }

@@ -408,9 +408,11 @@ impl SeqAllocator {
     }
 
     /// Allocates one seq per request of `session_id`, in request order (seqs increase along
-    /// `requests`; duplicates get their first allocation back): one fast-path call per
-    /// [`FAST_BATCH`] requests, and the single-request path for any that the fast path could not
-    /// serve (segment used up, hash missing). Result `i` belongs to request `i`.
+    /// `requests`; duplicates get their first allocation back): through the session's fast-path
+    /// lane, [`FAST_BATCH`] requests at a time — a call then also serves the turns of other
+    /// sessions that queued meanwhile (one `EVALSHA` for many sessions) — and the
+    /// single-request path for any that the fast path could not serve (segment used up, hash
+    /// missing). Result `i` belongs to request `i`.
     ///
     /// For callers that must keep an order of their own, like the producer, which hands a
     /// session's records to Kafka in seq order.
@@ -423,7 +425,7 @@ impl SeqAllocator {
         while out.len() < requests.len() {
             let rest = &requests[out.len()..];
             let chunk = &rest[..rest.len().min(FAST_BATCH)];
-            let results = self.call_fast(&[(session_id, chunk)]).await;
+            let results = self.lane_call(session_id, chunk.to_vec()).await;
             for (r, result) in chunk.iter().zip(results) {
                 match result {
                     Ok(Fast::Allocated(seq)) => {
