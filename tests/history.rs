@@ -161,17 +161,12 @@ impl Fixture {
     /// Appends `msgs` to the window as the consumer does once their rows are written: an empty
     /// window is started from the table's newest rows.
     async fn consumer_append(&self, msgs: &[ChatMessage]) {
-        let entries = msgs
-            .iter()
-            .map(|m| WindowEntry::of(m, &self.codec.encode(m).expect("encode")))
-            .collect();
         let mut con = self.redis.clone();
         let not_started = self
             .window
-            .append(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
+            .append(&mut con, &self.window_entries(msgs))
             .await
             .expect("append window");
-        let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
         let started = self
             .starter
             .start(&mut con, &not_started)
@@ -183,15 +178,20 @@ impl Fixture {
     /// Puts `msgs` in the window as the newest messages (proven: they may start it), with the
     /// consumer's window writer.
     async fn append_window(&self, msgs: &[ChatMessage]) {
+        let mut con = self.redis.clone();
+        self.window
+            .append_proven(&mut con, &self.window_entries(msgs))
+            .await
+            .expect("append window");
+    }
+
+    /// The window entries of `msgs`, keyed by the fixture's session, as the writer takes them.
+    fn window_entries(&self, msgs: &[ChatMessage]) -> BTreeMap<String, Vec<WindowEntry>> {
         let entries = msgs
             .iter()
             .map(|m| WindowEntry::of(m, &self.codec.encode(m).expect("encode")))
             .collect();
-        let mut con = self.redis.clone();
-        self.window
-            .append_proven(&mut con, &BTreeMap::from([(self.sid.clone(), entries)]))
-            .await
-            .expect("append window");
+        BTreeMap::from([(self.sid.clone(), entries)])
     }
 
     /// Adds `msgs` to the window with a raw ZADD, bypassing the writer's rules (the state a

@@ -806,28 +806,69 @@ async fn replay_from_offset_0_after_mutations_leaves_rows_and_windows_as_they_we
     }
 }
 
+/// A world with a consumer, and in a new session two messages, seq 1 recalled and seq 2 edited:
+/// for the tests where mutations arrive before their originals. Nothing produced yet.
+struct EarlyMutations {
+    w: World,
+    group: String,
+    consumer: ConsumerProcess,
+    sid: String,
+    /// The messages' server time base: a minute ago (realistic, distinct per run).
+    base: i64,
+    one: ChatMessage,
+    two: ChatMessage,
+    one_recalled: ChatMessage,
+    two_edited: ChatMessage,
+}
+
+impl EarlyMutations {
+    async fn new(prefix: &str) -> EarlyMutations {
+        use chatlog_schemas::testing::{edited, message_at, recalled};
+        let w = World::new(prefix, Duration::from_secs(30)).await;
+        let group = unique("g");
+        let consumer = w.consumer(&group, &[]);
+        let sid = unique("s");
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+            - 60_000_000;
+        let one = message_at(&sid, 1, base, 0);
+        let two = message_at(&sid, 2, base, 0);
+        let one_recalled = recalled(&one, one.server_time_us + 500);
+        let two_edited = edited(&two, two.server_time_us + 500, 1, b"edited first");
+        EarlyMutations {
+            w,
+            group,
+            consumer,
+            sid,
+            base,
+            one,
+            two,
+            one_recalled,
+            two_edited,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
-    let w = World::new("mut_early", Duration::from_secs(30)).await;
-    let group = unique("g");
-    let consumer = w.consumer(&group, &[]);
-    let sid = unique("s");
-    // A minute ago: realistic, distinct per run.
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-        - 60_000_000;
-    use chatlog_schemas::testing::{edited, message_at, recalled};
-    let one = message_at(&sid, 1, base, 0);
-    let two = message_at(&sid, 2, base, 0);
-    let one_recalled = recalled(&one, one.server_time_us + 500);
-    let two_edited = edited(&two, two.server_time_us + 500, 1, b"edited first");
+    let EarlyMutations {
+        w,
+        group,
+        consumer,
+        sid,
+        base,
+        one,
+        two,
+        one_recalled,
+        two_edited,
+    } = EarlyMutations::new("mut_early").await;
     // Mutations first (a retried send, another producer), then the originals, then a marker.
     for m in [&one_recalled, &two_edited, &one, &two] {
         w.produce_raw(m).await;
     }
-    let marker = message_at(&sid, 3, base, 0);
+    let marker = chatlog_schemas::testing::message_at(&sid, 3, base, 0);
     w.produce_raw(&marker).await;
     w.until_stored(&sid, 3, &[&consumer]).await;
     // Committed: the windows of every batch are written (a row is readable before its window).
@@ -856,26 +897,24 @@ async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
 /// mutated rows, and a window started from the later records would show the content again.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_a_recall_and_an_edit_committed_before_their_originals_keeps_them_in_the_window() {
-    let w = World::new("mut_early2", Duration::from_secs(30)).await;
-    let group = unique("g");
-    let consumer = w.consumer(&group, &[]);
-    let sid = unique("s");
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-        - 60_000_000;
-    use chatlog_schemas::testing::{edited, message_at, recalled};
-    let one = message_at(&sid, 1, base, 0);
-    let two = message_at(&sid, 2, base, 0);
-    let one_recalled = recalled(&one, one.server_time_us + 500);
-    let two_edited = edited(&two, two.server_time_us + 500, 1, b"edited first");
+    let EarlyMutations {
+        w,
+        group,
+        consumer,
+        sid,
+        base,
+        one,
+        two,
+        one_recalled,
+        two_edited,
+    } = EarlyMutations::new("mut_early2").await;
+    let marker = chatlog_schemas::testing::message_at(&sid, 3, base, 0);
     for m in [&one_recalled, &two_edited] {
         w.produce_raw(m).await;
     }
     // Stored and committed: a later batch holds the originals.
     w.until_drained(&group, &[&consumer]).await;
-    for m in [&one, &two, &message_at(&sid, 3, base, 0)] {
+    for m in [&one, &two, &marker] {
         w.produce_raw(m).await;
     }
     w.until_drained(&group, &[&consumer]).await;

@@ -545,11 +545,12 @@ pub async fn repair_window<C: ConnectionLike + Send>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let entries = crate::window_start::entries_of(codec, &rows).map_err(|why| {
-        Error::Request(format!(
+    let (entries, refused) = crate::window_start::entries_of(codec, &rows);
+    if let Some(why) = refused {
+        return Err(Error::Request(format!(
             "session {session_id:?} {why}; the window was deleted and history reads the table"
-        ))
-    })?;
+        )));
+    }
     let appended = entries.len();
     WindowWriter::new(window_config)
         .append_proven(con, &BTreeMap::from([(session_id.to_owned(), entries)]))

@@ -27,11 +27,11 @@ use redis::aio::ConnectionLike;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::cql::prepare;
+use crate::Result;
+use crate::cql::{prepare, read_row};
 use crate::history::HistoryConfig;
 use crate::history::table_reader::TableReader;
 use crate::window::{self, WindowConfig, WindowEntry, WindowWriter};
-use crate::{Error, Result};
 
 /// Sessions read from the table at once.
 const CONCURRENCY: usize = 16;
@@ -105,12 +105,12 @@ impl WindowStarter {
     /// not encode (they passed validation when written, so only an older codec's limits can
     /// refuse one) end the run there: the rows above the newest such row are still a complete
     /// run ending at the head.
-    pub async fn read(&self, sessions: &[&str]) -> Started {
+    pub async fn read<S: AsRef<str>>(&self, sessions: &[S]) -> Started {
         let mut started = Started::default();
         let take = sessions.len().min(STARTS_PER_CALL);
         started.deferred = sessions.len() - take;
         let read: Vec<(&str, Result<Vec<ChatMessage>>)> = futures::stream::iter(&sessions[..take])
-            .map(|sid| async move { (*sid, self.newest_rows(sid).await) })
+            .map(|sid| async move { (sid.as_ref(), self.newest_rows(sid.as_ref()).await) })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
@@ -123,7 +123,10 @@ impl WindowStarter {
                     continue;
                 }
             };
-            let entries = self.entries_from_head(&rows);
+            let (entries, refused) = entries_of(&self.codec, &rows);
+            if let Some(why) = refused {
+                tracing::warn!(session = sid, %why, "the window starts above that row");
+            }
             if !entries.is_empty() {
                 started.windows.insert(sid.to_owned(), entries);
             }
@@ -133,10 +136,10 @@ impl WindowStarter {
 
     /// [`read`](Self::read), then the windows appended in proven mode (no fence: for tools and
     /// tests; the consumer appends with its own fence between the two). Returns what was read.
-    pub async fn start<C: ConnectionLike + Send>(
+    pub async fn start<C: ConnectionLike + Send, S: AsRef<str>>(
         &self,
         con: &mut C,
-        sessions: &[&str],
+        sessions: &[S],
     ) -> Result<Started> {
         let started = self.read(sessions).await;
         self.writer.append_proven(con, &started.windows).await?;
@@ -150,17 +153,14 @@ impl WindowStarter {
     /// rows from before it existed); with neither, a probe finds the head, as history's walks
     /// do.
     pub async fn newest_rows(&self, session_id: &str) -> Result<Vec<ChatMessage>> {
-        let what = "read the head in session_latest";
-        let latest = self
-            .session
-            .execute_unpaged(&self.head, (session_id,))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| Error::cql(what, e))?
-            .and_then(|(seq,)| seq);
+        let latest = read_row::<(Option<i64>,)>(
+            &self.session,
+            &self.head,
+            (session_id,),
+            "read the head in session_latest",
+        )
+        .await?
+        .and_then(|(seq,)| seq);
         let ceiling = self.table.ceiling(session_id).await?;
         let head = match latest.max(ceiling) {
             Some(h) => Some(h),
@@ -172,54 +172,33 @@ impl WindowStarter {
         let size = self.writer.config().size.max(1);
         Ok(self.table.scan_desc(session_id, head, size).await?.rows)
     }
-
-    /// The entries of `rows` (newest first) down to the newest row that does not encode, oldest
-    /// first (logged once per call when some row did not).
-    fn entries_from_head(&self, rows: &[ChatMessage]) -> Vec<WindowEntry> {
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            match self.codec.encode(row) {
-                Ok(avro) => entries.push(WindowEntry {
-                    seq: row.seq,
-                    member: window::member(row.version(), &avro),
-                }),
-                Err(e) => {
-                    tracing::warn!(
-                        session = %row.session_id,
-                        seq = row.seq,
-                        error = %e,
-                        "a table row does not encode; the window starts above it"
-                    );
-                    break;
-                }
-            }
-        }
-        entries.reverse();
-        entries
-    }
-
-    /// The writer it appends with.
-    pub fn writer(&self) -> &WindowWriter {
-        &self.writer
-    }
 }
 
 /// The window entries of table rows given newest first, oldest first (members encoded with
-/// `codec`, versioned by the row's state); `Err` names the row that does not encode.
+/// `codec`, versioned by the row's state), down to the newest row that does not encode — still a
+/// complete run ending at the head — and that row's seq and error, if any (rows passed
+/// validation when written, so only an older codec's limits can refuse one).
 pub(crate) fn entries_of(
     codec: &Codec,
     rows: &[ChatMessage],
-) -> std::result::Result<Vec<WindowEntry>, String> {
-    rows.iter()
-        .rev()
-        .map(|row| {
-            let avro = codec
-                .encode(row)
-                .map_err(|e| format!("seq {}: the table's row does not encode ({e})", row.seq))?;
-            Ok(WindowEntry {
+) -> (Vec<WindowEntry>, Option<String>) {
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut refused = None;
+    for row in rows {
+        match codec.encode(row) {
+            Ok(avro) => entries.push(WindowEntry {
                 seq: row.seq,
                 member: window::member(row.version(), &avro),
-            })
-        })
-        .collect()
+            }),
+            Err(e) => {
+                refused = Some(format!(
+                    "seq {}: the table's row does not encode ({e})",
+                    row.seq
+                ));
+                break;
+            }
+        }
+    }
+    entries.reverse();
+    (entries, refused)
 }

@@ -249,7 +249,6 @@ async fn recall_and_edits_converge_in_every_order_and_on_replay() {
                     .append(&mut redis, &BTreeMap::from([(sid.clone(), vec![entry])]))
                     .await
                     .expect("window");
-                let not_started: Vec<&str> = not_started.iter().map(String::as_str).collect();
                 let started = starter
                     .start(&mut redis, &not_started)
                     .await

@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::cql::read_row;
 use crate::messages::{self, MessageRow};
 use crate::{Error, Result};
 
@@ -213,16 +214,13 @@ impl TableReader {
 
     async fn bucket_max(&self, sid: &str, bucket: i64) -> Result<Option<i64>> {
         self.count_query();
-        let rows = self
-            .session
-            .execute_unpaged(&self.statements.bucket_max, (sid, bucket))
-            .await
-            .map_err(|e| Error::cql("probe bucket", e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql("probe bucket", e))?;
-        let row = rows
-            .maybe_first_row::<(i64,)>()
-            .map_err(|e| Error::cql("probe bucket", e))?;
+        let row = read_row::<(i64,)>(
+            &self.session,
+            &self.statements.bucket_max,
+            (sid, bucket),
+            "probe bucket",
+        )
+        .await?;
         Ok(row.map(|(seq,)| seq))
     }
 

@@ -26,7 +26,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::prepare;
+use super::{prepare, read_row};
 use crate::epoch::PinnedScript;
 use crate::flight::Flights;
 use crate::{Error, RedisConnections, Result, keys, telemetry, window};
@@ -347,17 +347,14 @@ impl LatestReader {
     }
 
     async fn select_one(&self, session_id: &str) -> Result<Option<(i64, Vec<u8>)>> {
-        let what = "read session_latest";
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let row = self
-            .session
-            .execute_unpaged(&self.select, (session_id,))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<(Option<i64>, Option<Vec<u8>>)>()
-            .map_err(|e| Error::cql(what, e))?;
+        let row = read_row::<(Option<i64>, Option<Vec<u8>>)>(
+            &self.session,
+            &self.select,
+            (session_id,),
+            "read session_latest",
+        )
+        .await?;
         Ok(row.and_then(|(seq, member)| Some((seq?, member.unwrap_or_default()))))
     }
 

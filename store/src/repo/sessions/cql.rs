@@ -224,17 +224,14 @@ impl CqlSessionRepo {
     /// Moves `member_count` by `delta` (compare-and-set from the value read at serial
     /// consistency; a lost race retries from the value the transaction saw).
     async fn adjust_count(&self, session_id: &str, delta: i64) -> Result<()> {
-        let what = "read sessions.member_count";
-        let mut current = self
-            .session
-            .execute_unpaged(&self.statements.count, (session_id,))
-            .await
-            .map_err(|e| Error::cql(what, e))?
-            .into_rows_result()
-            .map_err(|e| Error::cql(what, e))?
-            .maybe_first_row::<(Option<i64>,)>()
-            .map_err(|e| Error::cql(what, e))?
-            .and_then(|(c,)| c);
+        let mut current = read_row::<(Option<i64>,)>(
+            &self.session,
+            &self.statements.count,
+            (session_id,),
+            "read sessions.member_count",
+        )
+        .await?
+        .and_then(|(c,)| c);
         for _ in 0..COUNT_ATTEMPTS {
             let next = (current.unwrap_or(0) + delta).max(0);
             let (applied, seen) = self
