@@ -6,6 +6,8 @@
 //!
 //! - this file: the stack's addresses and logins, unique names, fresh keyspaces and topics,
 //!   private `redis-server`s, signals, temporary folders.
+//! - [`cluster`]: the cluster stack of `dev/cluster.sh` (3 Kafka brokers, a Redis Cluster): its
+//!   addresses and a Redis master failover.
 //! - [`process`]: the real `chatlog-consumer` as a child process (spawn, log, HTTP, stop,
 //!   memory), for the consumer's tests, the chaos fleet and the benchmarks.
 //! - [`http`]: the one HTTP GET (chunked bodies decoded) the harnesses speak.
@@ -13,6 +15,7 @@
 //!   histograms).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod prometheus;
@@ -225,7 +228,7 @@ pub fn history_config(window_size: usize) -> chatlog_store::history::HistoryConf
 pub async fn default_history(
     session: &std::sync::Arc<scylla::client::session::Session>,
     keyspace: &str,
-    redis: &redis::aio::ConnectionManager,
+    redis: &chatlog_store::RedisConnection,
 ) -> chatlog_store::history::History {
     chatlog_store::history::History::new(
         session.clone(),
@@ -309,7 +312,7 @@ pub async fn drop_cql_role(admin: &scylla::client::session::Session, role: &str)
 }
 
 /// A reconnecting connection to the local stack's Redis.
-pub async fn redis_connection() -> redis::aio::ConnectionManager {
+pub async fn redis_connection() -> chatlog_store::RedisConnection {
     redis_config()
         .connect()
         .await
@@ -368,24 +371,33 @@ pub async fn read_topic(
 
 /// Creates topic `name` with `partitions` partitions (replication 1) and waits until it exists.
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&kafka_bootstrap(), name, partitions, 1).await;
+}
+
+/// Creates topic `name` with `partitions` and `replication` on the Kafka at `bootstrap`.
+pub async fn create_topic_on(bootstrap: &str, name: &str, partitions: i32, replication: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let timeout = std::time::Duration::from_secs(30);
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = tokio::time::timeout(
         timeout,
         admin.create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(replication),
+            )],
             &opts,
         ),
     )
     .await
-    .unwrap_or_else(|_| panic!("{}", stack_hint("Kafka", &kafka_bootstrap())))
-    .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Kafka", &kafka_bootstrap())));
+    .unwrap_or_else(|_| panic!("{}", stack_hint("Kafka", bootstrap)))
+    .unwrap_or_else(|e| panic!("{}: {e}", stack_hint("Kafka", bootstrap)));
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
@@ -524,7 +536,7 @@ impl TestRedis {
 
 /// A connection to a private server on `port`, once it answers (it may still be starting or
 /// loading its data).
-pub async fn connect_to(port: u16) -> redis::aio::ConnectionManager {
+pub async fn connect_to(port: u16) -> chatlog_store::RedisConnection {
     let config = chatlog_store::RedisConfig {
         url: format!("redis://127.0.0.1:{port}/"),
         // Above the longest WAIT below: a loaded CI machine can take seconds to replicate.
@@ -556,7 +568,7 @@ pub async fn connect_to(port: u16) -> redis::aio::ConnectionManager {
 
 /// Waits until `con` (a connection manager that reconnects by itself) answers PING again after
 /// its server restarted or was promoted.
-pub async fn until_answers(con: &mut redis::aio::ConnectionManager) {
+pub async fn until_answers(con: &mut chatlog_store::RedisConnection) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while redis::cmd("PING").query_async::<String>(con).await.is_err() {
         assert!(
@@ -569,7 +581,7 @@ pub async fn until_answers(con: &mut redis::aio::ConnectionManager) {
 
 /// Runs one admin command on `con` and returns its reply.
 pub async fn admin<T: redis::FromRedisValue>(
-    con: &mut redis::aio::ConnectionManager,
+    con: &mut chatlog_store::RedisConnection,
     args: &[&str],
 ) -> T {
     let mut cmd = redis::cmd(args[0]);
@@ -584,9 +596,9 @@ pub async fn admin<T: redis::FromRedisValue>(
 /// A private primary with one replica, linked (`master_link_status:up` on the replica).
 pub async fn primary_and_replica() -> (
     TestRedis,
-    redis::aio::ConnectionManager,
+    chatlog_store::RedisConnection,
     TestRedis,
-    redis::aio::ConnectionManager,
+    chatlog_store::RedisConnection,
 ) {
     let primary_port = free_port();
     let primary = TestRedis::start(&["--port".into(), primary_port.to_string()], primary_port);
@@ -610,13 +622,13 @@ pub async fn primary_and_replica() -> (
 /// Cuts a replica off its primary, as a network partition would: the primary drops it and, from
 /// now on, refuses it (a password the replica does not have), while connections already open on
 /// the primary stay logged in. Writes after this never reach the replica.
-pub async fn cut_replica_link(primary: &mut redis::aio::ConnectionManager) {
+pub async fn cut_replica_link(primary: &mut chatlog_store::RedisConnection) {
     let _: () = admin(primary, &["CONFIG", "SET", "requirepass", "cut-the-link"]).await;
     let _: i64 = admin(primary, &["CLIENT", "KILL", "TYPE", "replica"]).await;
 }
 
 /// Waits until the replica behind `con` reports its link to its primary up (synced).
-pub async fn until_linked(con: &mut redis::aio::ConnectionManager) {
+pub async fn until_linked(con: &mut chatlog_store::RedisConnection) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let info: String = admin(con, &["INFO", "replication"]).await;

@@ -16,19 +16,19 @@ use chatlog::{
 };
 use chatlog_schemas::testing;
 use chatlog_schemas::{ChatMessage, Codec};
+use chatlog_store::RedisConnection;
 use chatlog_store::history::{History, HistoryConfig, Page, Source};
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::verify::verify_window;
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
 use chatlog_store::window_start::WindowStarter;
 use chatlog_store::{CqlConfig, keys};
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 
 struct Fixture {
     cql: Arc<Session>,
     config: CqlConfig,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     codec: Codec,
     messages: MessageWriter,
     window: WindowWriter,
@@ -54,7 +54,7 @@ async fn fixture(window_size: usize, bucket_size: i64) -> Fixture {
 }
 
 /// A fixture on the Redis behind `redis` (a private server, for tests that restart it).
-async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManager) -> Fixture {
+async fn fixture_on(window_size: usize, bucket_size: i64, redis: RedisConnection) -> Fixture {
     let (cql, config) = fresh_keyspace("history").await;
     let codec = Codec::default();
     let hc = history_config(window_size, bucket_size);
@@ -97,7 +97,7 @@ async fn fixture_on(window_size: usize, bucket_size: i64, redis: ConnectionManag
 async fn history_reader(
     cql: &Arc<Session>,
     keyspace: &str,
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     codec: &Codec,
     config: HistoryConfig,
 ) -> History {

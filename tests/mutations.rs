@@ -18,6 +18,7 @@ use chatlog_producer::{
     Producer, ProducerConfig, Sent,
 };
 use chatlog_schemas::Codec;
+use chatlog_store::RedisConnection;
 use chatlog_store::history::History;
 use chatlog_store::messages::{DEFAULT_BUCKET_SIZE, bucket_of};
 use chatlog_store::{CqlConfig, keys, window};
@@ -25,7 +26,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 
 /// How long the pipeline may take to show a write (consumer start and group join included).
@@ -73,7 +73,7 @@ struct World {
     history: History,
     raw: FutureProducer,
     codec: Codec,
-    redis: ConnectionManager,
+    redis: RedisConnection,
 }
 
 impl World {

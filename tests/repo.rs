@@ -38,7 +38,7 @@ async fn cql_users() -> Arc<CqlUserRepo> {
     )
 }
 
-fn cached<R: UserRepo>(inner: &Arc<R>, redis: redis::aio::ConnectionManager) -> CachedUserRepo<R> {
+fn cached<R: UserRepo>(inner: &Arc<R>, redis: chatlog_store::RedisConnection) -> CachedUserRepo<R> {
     let cache = Cache::new(redis.into(), CacheConfig::default(), "users").expect("cache");
     CachedUserRepo::new(inner.clone(), cache)
 }
@@ -261,7 +261,7 @@ async fn version(repo: &impl UserRepo, id: &str) -> Option<u64> {
 }
 
 /// A private Redis with a short command timeout, so reads while it is away degrade quickly.
-async fn private_redis(server: &TestRedis) -> redis::aio::ConnectionManager {
+async fn private_redis(server: &TestRedis) -> chatlog_store::RedisConnection {
     connect_to(server.port).await;
     RedisConfig {
         url: format!("redis://127.0.0.1:{}/", server.port),
@@ -296,7 +296,7 @@ async fn degraded_reads_while_redis_is_down_and_no_stale_value_after_it_restarts
     // Back from the snapshot: the entry says v1, filled in another lifetime of Redis.
     server.restart();
     let mut admin = connect_to(port).await;
-    let raw = |con: &mut redis::aio::ConnectionManager| {
+    let raw = |con: &mut chatlog_store::RedisConnection| {
         let key = chatlog_store::keys::user(&id);
         let mut con = con.clone();
         async move {
@@ -380,7 +380,7 @@ mod members {
 
     fn cached_sessions(
         db: &Arc<CqlSessionRepo>,
-        redis: redis::aio::ConnectionManager,
+        redis: chatlog_store::RedisConnection,
     ) -> CachedSessionRepo<CqlSessionRepo> {
         let cache = Cache::new(redis.into(), CacheConfig::default(), "sessions").expect("cache");
         CachedSessionRepo::new(db.clone(), cache, &SessionsConfig::default())

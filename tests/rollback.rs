@@ -8,9 +8,9 @@ use chatlog::{
     TestRedis, admin, connect_to, cut_replica_link, free_port, primary_and_replica,
     redis_connection, unique, until_answers,
 };
+use chatlog_store::RedisConnection;
 use chatlog_store::keys;
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
-use redis::aio::ConnectionManager;
 
 fn writer() -> WindowWriter {
     WindowWriter::new(WindowConfig {
@@ -30,11 +30,7 @@ fn entries(seqs: impl IntoIterator<Item = i64>) -> Vec<WindowEntry> {
 
 /// Appends `seqs` of `sid` through the consumer's writer (members are opaque to the window);
 /// returns whether the window was left unstarted (it was empty).
-async fn append(
-    con: &mut ConnectionManager,
-    sid: &str,
-    seqs: impl IntoIterator<Item = i64>,
-) -> bool {
+async fn append(con: &mut RedisConnection, sid: &str, seqs: impl IntoIterator<Item = i64>) -> bool {
     let not_started = writer()
         .append(con, &BTreeMap::from([(sid.to_owned(), entries(seqs))]))
         .await
@@ -43,14 +39,14 @@ async fn append(
 }
 
 /// Appends `seqs` as the table's newest rows of `sid` (what the writer starts a window from).
-async fn start(con: &mut ConnectionManager, sid: &str, seqs: impl IntoIterator<Item = i64>) {
+async fn start(con: &mut RedisConnection, sid: &str, seqs: impl IntoIterator<Item = i64>) {
     writer()
         .append_proven(con, &BTreeMap::from([(sid.to_owned(), entries(seqs))]))
         .await
         .expect("start the window");
 }
 
-async fn window_seqs(con: &mut ConnectionManager, sid: &str) -> Vec<i64> {
+async fn window_seqs(con: &mut RedisConnection, sid: &str) -> Vec<i64> {
     let scored: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
         .arg(keys::window(sid))
         .arg(0)
@@ -66,7 +62,7 @@ async fn window_seqs(con: &mut ConnectionManager, sid: &str) -> Vec<i64> {
 /// append, 151..160, empties it (another epoch) and does not start it — the records alone do not
 /// prove they are the newest — instead of landing above a hole 101..150; then the writer starts
 /// it from the table's newest rows.
-async fn assert_lagging_window_starts_afresh(con: &mut ConnectionManager, sid: &str, why: &str) {
+async fn assert_lagging_window_starts_afresh(con: &mut RedisConnection, sid: &str, why: &str) {
     assert_eq!(
         window_seqs(con, sid).await,
         (1..=100).collect::<Vec<_>>(),

@@ -11,11 +11,11 @@ use chatlog::{
     TestRedis, admin, connect_to, cut_replica_link, free_port, fresh_keyspace, primary_and_replica,
     redis_connection, unique, until_answers, until_linked,
 };
+use chatlog_store::RedisConnection;
 use chatlog_store::keys;
 use chatlog_store::seq::{
     AllocPath, AllocRequest, Allocation, INSTALL_LUA, SeqAllocator, SeqConfig,
 };
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 
 fn small(min: i64, max: i64) -> SeqConfig {
@@ -36,7 +36,7 @@ async fn allocator(keyspace_prefix: &str, config: SeqConfig) -> (SeqAllocator, S
 /// fails over makes a second allocator on the same ceiling table).
 async fn allocator_on(
     keyspace_prefix: &str,
-    con: ConnectionManager,
+    con: RedisConnection,
     config: SeqConfig,
 ) -> (SeqAllocator, Arc<Session>, String) {
     let (session, cql) = fresh_keyspace(keyspace_prefix).await;
@@ -47,7 +47,7 @@ async fn allocator_on(
 }
 
 /// Deletes every Redis key of one session (what FLUSHALL does to it, without touching others').
-async fn lose_redis_keys(con: &mut ConnectionManager, session_id: &str) -> usize {
+async fn lose_redis_keys(con: &mut RedisConnection, session_id: &str) -> usize {
     let pattern = format!("{}:{{{session_id}}}:*", keys::PREFIX);
     let mut cursor = 0u64;
     let mut found: Vec<String> = Vec::new();
@@ -77,7 +77,7 @@ async fn lose_redis_keys(con: &mut ConnectionManager, session_id: &str) -> usize
     found.len()
 }
 
-async fn redis_hash(con: &mut ConnectionManager, session_id: &str) -> (i64, i64, i64) {
+async fn redis_hash(con: &mut RedisConnection, session_id: &str) -> (i64, i64, i64) {
     let (cur, max, step): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
         .arg(keys::seq(session_id))
         .arg("cur")
@@ -540,14 +540,14 @@ async fn allocate_range(alloc: &SeqAllocator, sid: &str, from: i64, to: i64) -> 
 }
 
 /// Checks that the Redis behind `con` holds `sid` at `cur = 5` (`why` it went back there).
-async fn assert_back_at_5(con: &mut ConnectionManager, sid: &str, why: &str) {
+async fn assert_back_at_5(con: &mut RedisConnection, sid: &str, why: &str) {
     let (cur, _, _) = redis_hash(con, sid).await;
     assert_eq!(cur, 5, "{why}");
 }
 
 /// Promotes the replica behind `con` (`REPLICAOF NO ONE`), which lags: it holds `sid` at
 /// `cur = 5` (`why`).
-async fn promote_back_at_5(con: &mut ConnectionManager, sid: &str, why: &str) {
+async fn promote_back_at_5(con: &mut RedisConnection, sid: &str, why: &str) {
     let _: String = admin(con, &["REPLICAOF", "NO", "ONE"]).await;
     assert_back_at_5(con, sid, why).await;
 }
@@ -557,7 +557,7 @@ async fn promote_back_at_5(con: &mut ConnectionManager, sid: &str, why: &str) {
 async fn hand_out_5_replicated(
     alloc: &SeqAllocator,
     sid: &str,
-    primary: &mut ConnectionManager,
+    primary: &mut RedisConnection,
     why: &str,
 ) -> Vec<i64> {
     let seqs = allocate_range(alloc, sid, 0, 5).await;
@@ -593,7 +593,7 @@ async fn assert_no_seq_again(alloc: &SeqAllocator, sid: &str, handed_out: &[i64]
 /// session.
 struct Rollback {
     redis: TestRedis,
-    con: ConnectionManager,
+    con: RedisConnection,
     alloc: SeqAllocator,
     sid: String,
 }

@@ -16,7 +16,7 @@ pub struct Ctx {
     /// The effective configuration.
     pub config: Config,
     cql: OnceCell<Arc<Session>>,
-    redis: OnceCell<redis::aio::ConnectionManager>,
+    redis: OnceCell<chatlog_store::RedisConnection>,
     history: OnceCell<History>,
 }
 
@@ -40,7 +40,7 @@ impl Ctx {
     }
 
     /// A Redis connection (`redis.*`, login included), opened once.
-    pub async fn redis(&self) -> Result<redis::aio::ConnectionManager> {
+    pub async fn redis(&self) -> Result<chatlog_store::RedisConnection> {
         self.redis
             .get_or_try_init(|| async { Ok::<_, Error>(self.config.redis.connect().await?) })
             .await

@@ -797,7 +797,7 @@ fn role_check(replication: &str) -> Check {
     }
 }
 
-async fn redis_clock(con: &mut redis::aio::ConnectionManager) -> Result<Vec<Sample>, String> {
+async fn redis_clock(con: &mut chatlog_store::RedisConnection) -> Result<Vec<Sample>, String> {
     let mut samples = Vec::new();
     for _ in 0..3 {
         let sent = Instant::now();

@@ -126,7 +126,7 @@ impl Checked {
 /// The connections one check needs.
 struct Tools<'a> {
     history: &'a History,
-    redis: redis::aio::ConnectionManager,
+    redis: chatlog_store::RedisConnection,
     codec: Codec,
     repair: bool,
 }
@@ -263,7 +263,7 @@ async fn check(tools: &Tools<'_>, session_id: &str) -> Checked {
 /// inconsistent, up to [`REPAIR_ATTEMPTS`] times.
 async fn repair(
     tools: &Tools<'_>,
-    con: &mut redis::aio::ConnectionManager,
+    con: &mut chatlog_store::RedisConnection,
     session_id: &str,
 ) -> Action {
     let mut last = Err(String::new());

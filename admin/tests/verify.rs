@@ -14,19 +14,19 @@ use std::sync::Arc;
 
 use chatlog::{fresh_keyspace, history_config, redis_connection, unique};
 use chatlog_schemas::{ChatMessage, Codec, testing};
+use chatlog_store::RedisConnection;
 use chatlog_store::history::{History, Source};
 use chatlog_store::keys;
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::verify::verify_window;
 use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};
-use redis::aio::ConnectionManager;
 
 /// The window size of these tests (the binary is given the same).
 const W: usize = 10;
 
 struct Fixture {
     keyspace: String,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     codec: Codec,
     messages: MessageWriter,
     window: WindowWriter,

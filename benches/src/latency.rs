@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chatlog_producer::Producer;
+use chatlog_store::RedisConnection;
 use chatlog_store::keys;
 use hdrhistogram::Histogram;
-use redis::aio::ConnectionManager;
 
 use crate::series::{Sampler, Series};
 use crate::workload::Workload;
@@ -157,7 +157,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Reads the newest seq of every watched window with pending messages until sending is over and
 /// nothing is pending (or 30 s later). Returns how many stayed unseen.
 async fn poll(
-    mut redis: ConnectionManager,
+    mut redis: RedisConnection,
     keys: Vec<String>,
     pending: Arc<Mutex<Pending>>,
     hist: Arc<Mutex<Histogram<u64>>>,

@@ -37,7 +37,7 @@ fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>> {
 }
 
 /// The Redis server's process id (`INFO server`), when it runs on this machine.
-pub async fn redis_pid(redis: &mut redis::aio::ConnectionManager) -> Option<u32> {
+pub async fn redis_pid(redis: &mut chatlog_store::RedisConnection) -> Option<u32> {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(redis)

@@ -6,8 +6,8 @@
 //! keeps the session's latest (`KEYS[3]`): it must end at the highest (seq, version) appended,
 //! whatever the order, the first member of a tie kept.
 
+use chatlog_store::RedisConnection;
 use chatlog_store::window::APPEND_LUA;
-use redis::aio::ConnectionManager;
 
 /// The script before the fast path (store/src/window.rs at the consumer's first release), plus the
 /// lowest-member rule and the empty-window rule (an empty window is started only in proven mode,
@@ -75,7 +75,7 @@ fn member(seq: u64, version: u64, variant: u64) -> Vec<u8> {
 }
 
 async fn append(
-    con: &mut ConnectionManager,
+    con: &mut RedisConnection,
     script: &redis::Script,
     keys: &[&str],
     size: u64,
@@ -95,7 +95,7 @@ async fn append(
     inv.invoke_async(con).await.expect("script")
 }
 
-async fn dump(con: &mut ConnectionManager, key: &str) -> Vec<(Vec<u8>, f64)> {
+async fn dump(con: &mut RedisConnection, key: &str) -> Vec<(Vec<u8>, f64)> {
     redis::cmd("ZRANGE")
         .arg(key)
         .arg(0)

@@ -140,7 +140,7 @@ struct Setup {
     fleet: Fleet,
     /// Stops the fleet when the run ends, however it ends.
     _guard: FleetGuard,
-    redis: redis::aio::ConnectionManager,
+    redis: chatlog_store::RedisConnection,
 }
 
 /// A fresh keyspace and topics, the fleet consuming, the producer instances.

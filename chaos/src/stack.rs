@@ -184,7 +184,7 @@ impl Stack {
     }
 
     /// A reconnecting Redis connection, as the run's clients connect (through the proxy).
-    pub async fn redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+    pub async fn redis(&self) -> anyhow::Result<chatlog_store::RedisConnection> {
         let url = self.client_redis_url();
         chatlog_store::RedisConfig {
             url: url.to_owned(),

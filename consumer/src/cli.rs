@@ -62,6 +62,16 @@ pub struct ConfigArgs {
     /// the password with CHATLOG_REDIS_PASSWORD). Its value is never shown here.
     #[arg(long, env = "CHATLOG_REDIS_URL", hide_env_values = true, global = true)]
     redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster, comma-separated redis:// URLs (any few of its nodes); when
+    /// given, the Redis URL is not used. Its value is never shown here.
+    #[arg(
+        long,
+        env = "CHATLOG_REDIS_CLUSTER_NODES",
+        hide_env_values = true,
+        global = true,
+        value_delimiter = ','
+    )]
+    redis_cluster_nodes: Option<Vec<String>>,
     /// Redis password (prefer the environment variable; never printed).
     #[arg(
         long,
@@ -110,6 +120,9 @@ impl ConfigArgs {
         set(&mut c.redis.url, &self.redis_url);
         if let Some(v) = &self.cql_nodes {
             c.cql.nodes.clone_from(v);
+        }
+        if let Some(v) = &self.redis_cluster_nodes {
+            c.redis.cluster_nodes = v.iter().filter(|n| !n.is_empty()).cloned().collect();
         }
         if let Some(v) = &self.kafka_sasl_password {
             c.kafka.security.sasl_password = v.clone();

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use chatlog_store::RedisConnection;
 
 use crate::metrics::CLOCK_OFFSET;
 use crate::{Error, Result};
@@ -83,7 +83,7 @@ fn micros(d: Duration) -> i64 {
 }
 
 /// Reads Redis `TIME` and brackets it with the monotonic clock.
-async fn read(redis: &mut ConnectionManager) -> Result<Reading> {
+async fn read(redis: &mut RedisConnection) -> Result<Reading> {
     let before = Instant::now();
     let (secs, us): (i64, i64) = redis::cmd("TIME")
         .query_async(redis)
@@ -106,7 +106,7 @@ impl ClockCheck {
     /// Reads the reference clock once and checks the host clock against it.
     pub(crate) async fn start(
         clock: Clock,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConnection,
         max_skew: Duration,
     ) -> Result<ClockCheck> {
         let check = ClockCheck {
@@ -160,7 +160,7 @@ impl ClockCheck {
 
     /// Reads the reference clock again (a failed read keeps the last reading: the monotonic
     /// clock carries it on).
-    async fn refresh(&self, redis: &mut ConnectionManager) {
+    async fn refresh(&self, redis: &mut RedisConnection) {
         match read(redis).await {
             Ok(r) => {
                 *self.reading.lock().unwrap_or_else(|e| e.into_inner()) = r;
@@ -177,7 +177,7 @@ impl ClockCheck {
     /// Reads the reference every `interval` until the producer is dropped.
     pub(crate) fn spawn_refresh(
         this: &Arc<ClockCheck>,
-        mut redis: ConnectionManager,
+        mut redis: RedisConnection,
         interval: Duration,
     ) {
         let weak: Weak<ClockCheck> = Arc::downgrade(this);

@@ -10,10 +10,10 @@ use chatlog_schemas::{
     ChatMessage, Codec, DEFAULT_MAX_ENCODED_BYTES, FINAL_VERSION_BIT, Limits, MAX_SEQ,
     MessageState, ValidationError,
 };
+use chatlog_store::RedisConnection;
 use chatlog_store::hidden::{HiddenMessages, MAX_HIDE};
 use chatlog_store::history::{History, HistoryConfig};
 use chatlog_store::repo::sessions::MemberRole;
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 
 use crate::{Error, Producer, ProducerConfig, Result};
@@ -131,7 +131,7 @@ impl Mutations {
         config: &ProducerConfig,
         session: Arc<Session>,
         keyspace: &str,
-        redis: ConnectionManager,
+        redis: RedisConnection,
     ) -> Result<Mutations> {
         // Window members were written by consumers, whose limits may be above this producer's:
         // decode anything up to the record size bound (a member beyond it makes history read the

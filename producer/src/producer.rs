@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatlog_schemas::{ChatMessage, Codec, Limits, NewMessage, SchemaVersion};
+use chatlog_store::RedisConnection;
 use chatlog_store::queues::SessionQueues;
 use chatlog_store::seq::{AllocRequest, Allocation, SeqAllocator};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -129,7 +129,7 @@ impl Producer {
         config: ProducerConfig,
         session: Arc<Session>,
         keyspace: &str,
-        redis: ConnectionManager,
+        redis: RedisConnection,
     ) -> Result<Producer> {
         Producer::with_clock(config, session, keyspace, redis, Clock::system()).await
     }
@@ -140,7 +140,7 @@ impl Producer {
         config: ProducerConfig,
         session: Arc<Session>,
         keyspace: &str,
-        mut redis: ConnectionManager,
+        mut redis: RedisConnection,
         clock: Clock,
     ) -> Result<Producer> {
         config.validate()?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connection::RedisConnection;
 use crate::security::TlsFiles;
 use crate::{Error, Result, Secret};
 
@@ -125,7 +126,8 @@ fn cql_tls_context(tls: &TlsFiles) -> Result<openssl::ssl::SslContext> {
     Ok(ctx.build())
 }
 
-/// Redis (a single server or a proxy; keys are Cluster-ready through their hash tags).
+/// Redis: a single server (or a proxy) at `url`, or a Redis Cluster reached through
+/// `cluster_nodes` (see [`crate::connection`]).
 ///
 /// `Debug` shows the URL with any password replaced by `***`; a URL that carries a password is
 /// refused by [`RedisConfig::validate`] and [`RedisConfig::client`].
@@ -135,6 +137,11 @@ pub struct RedisConfig {
     /// `redis://[user@]host:port/db` or `rediss://` for TLS. Put the password in `password`: a URL
     /// with one (`redis://user:pass@host`) is refused, since URLs end up in logs and `ps`.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://` for TLS with the
+    /// system's trust store), any few of its masters or replicas: the client learns the rest from
+    /// them and follows `MOVED`/`ASK` and failovers. When set, `url` is not used. Empty: a single
+    /// server at `url`. From the environment, comma-separated.
+    pub cluster_nodes: Vec<String>,
     /// Password (Redis AUTH); empty for none.
     pub password: Secret,
     /// Timeout of one command.
@@ -151,6 +158,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6390/".to_owned(),
+            cluster_nodes: Vec::new(),
             password: Secret::default(),
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -163,6 +171,14 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>(),
+            )
             .field("password", &self.password)
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -215,14 +231,55 @@ pub fn redact_url(url: &str) -> String {
 impl RedisConfig {
     /// Refuses a URL that carries a password (the error shows the URL with it masked).
     pub fn validate(&self) -> Result<()> {
-        if !url_passwords(&self.url).is_empty() {
-            return Err(Error::Config(format!(
-                "redis.url {} carries a password: remove it from the URL and set redis.password \
-                 (or the CHATLOG_REDIS_PASSWORD environment variable) instead",
-                redact_url(&self.url)
-            )));
+        let urls = std::iter::once(("redis.url", &self.url)).chain(
+            self.cluster_nodes
+                .iter()
+                .map(|n| ("redis.cluster_nodes", n)),
+        );
+        for (what, url) in urls {
+            if !url_passwords(url).is_empty() {
+                return Err(Error::Config(format!(
+                    "{what} {} carries a password: remove it from the URL and set redis.password \
+                     (or the CHATLOG_REDIS_PASSWORD environment variable) instead",
+                    redact_url(url)
+                )));
+            }
+        }
+        if !self.cluster_nodes.is_empty() && self.tls.is_some() {
+            return Err(Error::Config(
+                "redis.tls is not supported with redis.cluster_nodes: use rediss:// node URLs \
+                 (certificates checked against the system's trust store)"
+                    .into(),
+            ));
         }
         Ok(())
+    }
+
+    /// Whether this config names a Redis Cluster (`cluster_nodes` set).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
+    /// The cluster client of `cluster_nodes` (connects lazily).
+    fn cluster_client(&self) -> Result<redis::cluster::ClusterClient> {
+        self.validate()?;
+        let mut nodes = Vec::with_capacity(self.cluster_nodes.len());
+        for node in &self.cluster_nodes {
+            let info: redis::ConnectionInfo = node.as_str().parse().map_err(|e| {
+                Error::Config(format!("redis.cluster_nodes {}: {e}", redact_url(node)))
+            })?;
+            nodes.push(info);
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout);
+        if !self.password.expose().is_empty() {
+            builder = builder.password(self.password.expose());
+        }
+        builder.build().map_err(|e| Error::Redis {
+            what: "open cluster client",
+            source: e,
+        })
     }
 
     /// The client for this config (connects lazily).
@@ -273,8 +330,25 @@ impl RedisConfig {
         })
     }
 
-    /// A multiplexed connection that reconnects by itself.
-    pub async fn connect(&self) -> Result<redis::aio::ConnectionManager> {
+    /// A multiplexed connection that reconnects by itself: to the server at `url`, or to the
+    /// Redis Cluster of `cluster_nodes`.
+    pub async fn connect(&self) -> Result<RedisConnection> {
+        if self.is_cluster() {
+            return self
+                .cluster_client()?
+                .get_async_connection()
+                .await
+                .map(RedisConnection::Cluster)
+                .map_err(|e| Error::Redis {
+                    what: "connect to the cluster",
+                    source: e,
+                });
+        }
+        self.connect_single().await.map(RedisConnection::Single)
+    }
+
+    /// A connection to the single server at `url` (never the cluster).
+    pub async fn connect_single(&self) -> Result<redis::aio::ConnectionManager> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_connection_timeout(Some(self.connect_timeout));
@@ -305,7 +379,7 @@ impl RedisConfig {
 /// connections spread the parsing over the runtime's threads. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisConnections {
-    all: Arc<[redis::aio::ConnectionManager]>,
+    all: Arc<[RedisConnection]>,
     next: Arc<AtomicUsize>,
 }
 
@@ -314,7 +388,7 @@ impl RedisConnections {
     ///
     /// # Panics
     /// If `all` is empty.
-    pub fn new(all: Vec<redis::aio::ConnectionManager>) -> RedisConnections {
+    pub fn new(all: Vec<RedisConnection>) -> RedisConnections {
         assert!(!all.is_empty(), "RedisConnections needs a connection");
         RedisConnections {
             all: all.into(),
@@ -323,15 +397,21 @@ impl RedisConnections {
     }
 
     /// The next connection in turn.
-    pub fn get(&self) -> redis::aio::ConnectionManager {
+    pub fn get(&self) -> RedisConnection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.all.len();
         self.all[i].clone()
     }
 }
 
+impl From<RedisConnection> for RedisConnections {
+    fn from(one: RedisConnection) -> Self {
+        RedisConnections::new(vec![one])
+    }
+}
+
 impl From<redis::aio::ConnectionManager> for RedisConnections {
     fn from(one: redis::aio::ConnectionManager) -> Self {
-        RedisConnections::new(vec![one])
+        RedisConnections::new(vec![one.into()])
     }
 }
 

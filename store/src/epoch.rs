@@ -41,6 +41,8 @@
 //! queued meanwhile across many sessions (see [`crate::seq`]). The segment installs and the window
 //! writer (once per session per batch) read both.
 
+use crate::connection::{Topology, by_slot};
+
 /// The Lua source of `server_epoch()`, as the scripts of [`crate::seq`] and [`crate::window`]
 /// include it.
 pub const EPOCH_LUA: &str = include_str!("../lua/epoch.lua");
@@ -99,11 +101,22 @@ impl PinnedScript {
     }
 
     /// The script of the Redis lifetime behind `con`, loaded into it if needed (see the type).
-    pub async fn get<C: redis::aio::ConnectionLike + Send>(
+    ///
+    /// On a Redis Cluster the script is not pinned: each node has its own `run_id`, and one
+    /// script text cannot carry them all, so there every call reads both ids (the cost in the
+    /// module docs) on whichever node serves its slot. `SCRIPT LOAD` goes to every master.
+    pub async fn get<C: redis::aio::ConnectionLike + Topology + Send>(
         &self,
         con: &mut C,
     ) -> redis::RedisResult<std::sync::Arc<redis::Script>> {
         if let Some(script) = self.lock().clone() {
+            return Ok(script);
+        }
+        if con.is_cluster() {
+            let script = redis::Script::new(&format!("{EPOCH_LUA}{}", self.body));
+            script.prepare_invoke().load_async(con).await?;
+            let script = std::sync::Arc::new(script);
+            *self.lock() = Some(script.clone());
             return Ok(script);
         }
         for _ in 0..3 {
@@ -139,7 +152,7 @@ impl PinnedScript {
     /// One atomic round trip: this script (no keys, no arguments), then every command of
     /// `reads`; the replies in that order. Loads the script again once if this Redis lifetime
     /// lacks it (`NOSCRIPT`).
-    pub async fn before<C: redis::aio::ConnectionLike + Send>(
+    pub async fn before<C: redis::aio::ConnectionLike + Topology + Send>(
         &self,
         con: &mut C,
         reads: &redis::Pipeline,
@@ -162,9 +175,42 @@ impl PinnedScript {
         }
     }
 
+    /// [`before`](Self::before) for reads of many sessions: `reads[i]` touches the keys of slot
+    /// `slots[i]`. One atomic round trip on a single server; on a Cluster one per slot,
+    /// concurrently, each with the epoch of the node that serves it. Returns each read's reply
+    /// with the epoch it was read under, in the order of `reads`.
+    pub async fn before_by_slot<C>(
+        &self,
+        con: &C,
+        slots: &[u16],
+        reads: &[redis::Cmd],
+    ) -> redis::RedisResult<Vec<(String, redis::Value)>>
+    where
+        C: redis::aio::ConnectionLike + Topology + Clone + Send,
+    {
+        by_slot(con, slots, |mut con, at| async move {
+            let mut pipe = redis::pipe();
+            for &i in &at {
+                pipe.add_command(reads[i].clone());
+            }
+            let mut replies = self.before(&mut con, &pipe).await?.into_iter();
+            let epoch = match replies.next() {
+                Some(value) => redis::from_redis_value::<String>(value)?,
+                None => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "epoch read: no reply",
+                    )));
+                }
+            };
+            Ok(replies.map(|v| (epoch.clone(), v)).collect())
+        })
+        .await
+    }
+
     /// Runs the script on `key` with `args`, loading it again once if this Redis lifetime lacks
     /// it (`NOSCRIPT`).
-    pub async fn run<C: redis::aio::ConnectionLike + Send, T: redis::FromRedisValue>(
+    pub async fn run<C: redis::aio::ConnectionLike + Topology + Send, T: redis::FromRedisValue>(
         &self,
         con: &mut C,
         key: &str,

@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: how to reach the CQL database and Redis (documented, `deny_unknown_fields`).
+//! - [`connection`]: one Redis connection type for a single server or a Redis Cluster, and the
+//!   per-slot grouping of calls that span sessions.
 //! - `cql`: small CQL helpers the table modules share (idempotent prepare, first-row read).
 //! - [`secret`]: a string that never prints (passwords, keys).
 //! - [`security`]: TLS files of the CQL and Redis clients (Kafka's live in `chatlog-kafka`).
@@ -38,6 +40,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod connection;
 mod cql;
 pub mod epoch;
 mod flight;
@@ -59,6 +62,7 @@ pub mod window;
 pub mod window_start;
 
 pub use config::{CqlConfig, RedisConfig, RedisConnections};
+pub use connection::RedisConnection;
 pub use secret::Secret;
 
 /// Errors of the storage layer. `Clone` (sources behind `Arc`): one failed call that served many

@@ -34,8 +34,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::connection::RedisLike;
 use chatlog_schemas::{ChatMessage, Codec, MessageState};
-use redis::aio::ConnectionLike;
 
 use crate::history::History;
 use crate::history::window_reader::WindowMember;
@@ -486,7 +486,7 @@ pub async fn inspect_session(history: &History, session_id: &str, n: usize) -> R
 /// Deletes the window of `session_id` and its epoch key, in one command: history then reads the
 /// table, and the consumer's next batch of the session starts the window again from the table's
 /// newest rows. Safe at any moment.
-pub async fn delete_window<C: ConnectionLike + Send>(con: &mut C, session_id: &str) -> Result<()> {
+pub async fn delete_window<C: RedisLike>(con: &mut C, session_id: &str) -> Result<()> {
     redis::cmd("DEL")
         .arg(keys::window(session_id))
         .arg(keys::window_epoch(session_id))
@@ -528,7 +528,7 @@ pub async fn delete_window<C: ConnectionLike + Send>(con: &mut C, session_id: &s
 /// A table row that does not encode (it passed validation when written, so only an older
 /// codec's limits can refuse it) stops the repair with an error, the window deleted: history
 /// then reads the table, which is correct, only slower.
-pub async fn repair_window<C: ConnectionLike + Send>(
+pub async fn repair_window<C: RedisLike>(
     history: &History,
     con: &mut C,
     codec: &Codec,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 
+use crate::connection::{RedisLike, by_slot};
 use crate::{Error, Result, keys};
 
 /// Bytes of the version prefix of a member.
@@ -255,7 +256,7 @@ impl WindowWriter {
     /// Returns the sessions whose window was empty and so was not started ([`APPEND_LUA`],
     /// step 2): start those from the table, after their rows are written
     /// ([`crate::window_start::WindowStarter`]).
-    pub async fn append<C: ConnectionLike + Send>(
+    pub async fn append<C: RedisLike>(
         &self,
         con: &mut C,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
@@ -270,7 +271,7 @@ impl WindowWriter {
 
     /// [`append`](Self::append) of entries that borrow the records' bytes (the consumer's path:
     /// no member buffer per message). Idempotent; writes exactly what `append` writes.
-    pub async fn append_borrowed<'s, C: ConnectionLike + Send>(
+    pub async fn append_borrowed<'s, C: RedisLike>(
         &self,
         con: &mut C,
         sessions: &'s BTreeMap<&'s str, Vec<EntryRef<'_>>>,
@@ -287,7 +288,7 @@ impl WindowWriter {
     /// session — every stored seq from the lowest entry up to the table's head, read after the
     /// rows the caller wrote — so they may start an empty window ([`APPEND_LUA`], step 2).
     /// Into a window that is not empty they go as [`append`](Self::append)'s do. Idempotent.
-    pub async fn append_proven<C: ConnectionLike + Send>(
+    pub async fn append_proven<C: RedisLike>(
         &self,
         con: &mut C,
         sessions: &BTreeMap<String, Vec<WindowEntry>>,
@@ -308,7 +309,7 @@ impl WindowWriter {
         sessions: impl Fn() -> I,
     ) -> Result<Vec<usize>>
     where
-        C: ConnectionLike + Send,
+        C: RedisLike,
         E: Entry + 's,
         I: Iterator<Item = (&'s str, &'s [E])>,
     {
@@ -357,31 +358,46 @@ impl WindowWriter {
             .map_err(Error::redis("remove from a window"))
     }
 
-    async fn append_once<'s, C: ConnectionLike + Send, E: Entry + 's>(
+    /// One pipeline of one script call per session (on a Redis Cluster one per slot,
+    /// concurrently): each session's window size after the call, `-1` when not started.
+    async fn append_once<'s, C, E: Entry + 's>(
         &self,
         con: &mut C,
         mode: Mode,
         sessions: impl Iterator<Item = (&'s str, &'s [E])>,
-    ) -> redis::RedisResult<Vec<i64>> {
+    ) -> redis::RedisResult<Vec<i64>>
+    where
+        C: RedisLike,
+    {
         let ttl_ms = self.config.ttl.as_millis().min(i64::MAX as u128) as i64;
-        let mut pipe = redis::pipe();
-        for (session_id, entries) in sessions {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(3)
-                .arg(keys::window(session_id))
-                .arg(keys::window_epoch(session_id))
-                .arg(keys::latest(session_id))
-                .arg(self.config.size)
-                .arg(ttl_ms)
-                .arg(mode.arg());
-            for e in entries {
-                cmd.arg(e.seq());
-                e.push_member(cmd);
+        let sessions: Vec<(&str, &[E])> = sessions.collect();
+        let slots: Vec<u16> = sessions
+            .iter()
+            .map(|(s, _)| keys::slot(&keys::window(s)))
+            .collect();
+        let sessions = &sessions;
+        by_slot(&*con, &slots, |mut con, at| async move {
+            let mut pipe = redis::pipe();
+            for &i in &at {
+                let (session_id, entries) = sessions[i];
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.script.get_hash())
+                    .arg(3)
+                    .arg(keys::window(session_id))
+                    .arg(keys::window_epoch(session_id))
+                    .arg(keys::latest(session_id))
+                    .arg(self.config.size)
+                    .arg(ttl_ms)
+                    .arg(mode.arg());
+                for e in entries {
+                    cmd.arg(e.seq());
+                    e.push_member(cmd);
+                }
             }
-        }
-        pipe.query_async(con).await
+            pipe.query_async::<Vec<i64>>(&mut con).await
+        })
+        .await
     }
 }
 

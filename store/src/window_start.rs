@@ -21,9 +21,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::connection::RedisLike;
 use chatlog_schemas::{ChatMessage, Codec};
 use futures::StreamExt;
-use redis::aio::ConnectionLike;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -136,7 +136,7 @@ impl WindowStarter {
 
     /// [`read`](Self::read), then the windows appended in proven mode (no fence: for tools and
     /// tests; the consumer appends with its own fence between the two). Returns what was read.
-    pub async fn start<C: ConnectionLike + Send, S: AsRef<str>>(
+    pub async fn start<C: RedisLike, S: AsRef<str>>(
         &self,
         con: &mut C,
         sessions: &[S],

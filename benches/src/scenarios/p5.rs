@@ -22,7 +22,7 @@ const HISTORY_CONNECTIONS: usize = 4;
 
 /// Full windows (200 members) for `sessions`, written the consumer's way.
 pub(super) async fn populate_windows(
-    redis: &redis::aio::ConnectionManager,
+    redis: &chatlog_store::RedisConnection,
     sessions: &[String],
 ) -> Result<()> {
     use chatlog_store::window::{self, WindowConfig, WindowEntry, WindowWriter};

@@ -21,7 +21,7 @@ pub(super) struct World {
     pub(super) keyspaces: Vec<String>,
     pub(super) topics: Vec<String>,
     pub(super) groups: Vec<String>,
-    pub(super) redis: redis::aio::ConnectionManager,
+    pub(super) redis: chatlog_store::RedisConnection,
 }
 
 impl World {

@@ -18,7 +18,7 @@ pub struct Inputs<'a> {
     /// CQL.
     pub cql: &'a Cql,
     /// Redis.
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: chatlog_store::RedisConnection,
     /// `W`.
     pub window_size: usize,
     /// Kafka bootstrap servers.

@@ -144,7 +144,7 @@ pub struct Pipeline {
     windows: WindowWriter,
     /// Starts the windows the batch's records could not start ([`WindowStarter`]).
     starter: WindowStarter,
-    redis: redis::aio::ConnectionManager,
+    redis: chatlog_store::RedisConnection,
     runtime: Handle,
     shutdown: CancellationToken,
     health: Arc<Health>,

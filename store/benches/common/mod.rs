@@ -42,7 +42,7 @@ pub struct Stack {
     /// The keyspace the migrations made.
     pub keyspace: String,
     /// The Redis connection (it reconnects by itself).
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: chatlog_store::RedisConnection,
 }
 
 /// Connects to the stack and applies the migrations to `keyspace` (the error names the service

@@ -40,6 +40,7 @@ use redis::Value;
 pub use config::CacheConfig;
 use pending::Pending;
 
+use crate::connection::by_slot;
 use crate::epoch::{PinnedScript, is_noscript};
 use crate::flight::Flights;
 use crate::{RedisConnections, Result, keys, telemetry};
@@ -328,29 +329,35 @@ impl Cache {
         }
     }
 
-    /// One atomic round trip: the epoch, then `HMGET v e` of each key (in slot order). `Some` for
-    /// a hit. Sends the marks kept for retry first.
+    /// One atomic round trip: the epoch, then `HMGET v e` of each key (on a Redis Cluster one
+    /// per slot, each with its node's epoch). `Some` for a hit. Sends the marks kept for retry
+    /// first.
     async fn probe(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Cached>>> {
         self.flush_pending().await?;
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
-        let mut reads = redis::pipe();
-        for &i in &order {
-            reads.cmd("HMGET").arg(&keys[i]).arg("v").arg("e");
-        }
-        let mut con = self.inner.redis.get();
-        let mut replies = self.inner.epoch.before(&mut con, &reads).await?;
-        if replies.len() != keys.len() + 1 {
-            return Err(unexpected("cache probe: reply count", &replies));
-        }
-        let epoch: String = redis::from_redis_value(replies.remove(0))?;
-        let mut probed: Vec<Option<Cached>> = vec![None; keys.len()];
-        for (&i, reply) in order.iter().zip(replies) {
+        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
+        let reads: Vec<redis::Cmd> = keys
+            .iter()
+            .map(|k| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(k).arg("v").arg("e");
+                cmd
+            })
+            .collect();
+        let con = self.inner.redis.get();
+        let replies = self
+            .inner
+            .epoch
+            .before_by_slot(&con, &slots, &reads)
+            .await?;
+        let mut probed: Vec<Option<Cached>> = Vec::with_capacity(keys.len());
+        for (epoch, reply) in replies {
             let (value, filled_in): (Option<Vec<u8>>, Option<String>) =
                 redis::from_redis_value(reply)?;
-            if filled_in.as_deref() == Some(epoch.as_str()) {
-                probed[i] = value.as_deref().and_then(decode);
-            }
+            probed.push(if filled_in.as_deref() == Some(epoch.as_str()) {
+                value.as_deref().and_then(decode)
+            } else {
+                None
+            });
         }
         Ok(probed)
     }
@@ -493,27 +500,35 @@ impl Cache {
         script.run(&mut self.inner.redis.get(), key, args).await
     }
 
-    /// Sends one mark per key in one round trip (loading the script first if Redis lacks it).
+    /// Sends one mark per key in one round trip (on a Redis Cluster one per slot), loading the
+    /// script first if Redis lacks it.
     async fn send_marks(&self, keys: &[String]) -> redis::RedisResult<()> {
-        let mut con = self.inner.redis.get();
+        let con = self.inner.redis.get();
         let ttl = self.inner.config.mark_ttl.as_millis().to_string();
-        let mut pipe = redis::pipe();
-        for key in keys {
-            let mut call = self.inner.mark.prepare_invoke();
-            call.key(key).arg(&ttl);
-            pipe.invoke_script(&call).ignore();
-        }
-        match pipe.query_async::<()>(&mut con).await {
-            Err(e) if is_noscript(&e) => {
-                self.inner
-                    .mark
-                    .prepare_invoke()
-                    .load_async(&mut con)
-                    .await?;
-                pipe.query_async(&mut con).await
+        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
+        let ttl = ttl.as_str();
+        by_slot(&con, &slots, |mut con, at| async move {
+            let mut pipe = redis::pipe();
+            for &i in &at {
+                let mut call = self.inner.mark.prepare_invoke();
+                call.key(&keys[i]).arg(ttl);
+                pipe.invoke_script(&call).ignore();
             }
-            other => other,
-        }
+            match pipe.query_async::<()>(&mut con).await {
+                Err(e) if is_noscript(&e) => {
+                    self.inner
+                        .mark
+                        .prepare_invoke()
+                        .load_async(&mut con)
+                        .await?;
+                    pipe.query_async::<()>(&mut con).await?
+                }
+                other => other?,
+            }
+            Ok::<_, redis::RedisError>(vec![(); at.len()])
+        })
+        .await
+        .map(drop)
     }
 
     /// Sends the marks kept for retry; `Err` while Redis still refuses them.

@@ -238,45 +238,47 @@ impl LatestReader {
         Ok(out)
     }
 
-    /// Epoch + `HMGET` of every session's entry in one atomic round trip (slot order); `Some` for
-    /// an entry of this epoch that is not partial.
+    /// Epoch + `HMGET` of every session's entry in one atomic round trip (on a Redis Cluster one
+    /// per slot, each with its node's epoch); `Some` for an entry of this epoch that is not
+    /// partial.
     async fn probe(
         &self,
         redis: &RedisConnections,
         sessions: &[String],
         messages: bool,
     ) -> redis::RedisResult<Vec<Option<Option<Latest>>>> {
-        let mut order: Vec<usize> = (0..sessions.len()).collect();
         let keys: Vec<String> = sessions.iter().map(|s| keys::latest(s)).collect();
-        order.sort_by_cached_key(|&i| keys::slot(&keys[i]));
-        let mut reads = redis::pipe();
-        for &i in &order {
-            let cmd = reads.cmd("HMGET").arg(&keys[i]).arg("s").arg("t").arg("e");
-            cmd.arg("p");
-            if messages {
-                cmd.arg("m");
-            }
-        }
-        let mut replies = self.epoch.before(&mut redis.get(), &reads).await?;
-        if replies.len() != sessions.len() + 1 {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "latest probe: reply count",
-            )));
-        }
-        let epoch: String = redis::from_redis_value(replies.remove(0))?;
-        let mut probed = vec![None; sessions.len()];
-        for (&i, reply) in order.iter().zip(replies) {
+        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
+        let reads: Vec<redis::Cmd> = keys
+            .iter()
+            .map(|k| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(k).arg("s").arg("t").arg("e").arg("p");
+                if messages {
+                    cmd.arg("m");
+                }
+                cmd
+            })
+            .collect();
+        let replies = self
+            .epoch
+            .before_by_slot(&redis.get(), &slots, &reads)
+            .await?;
+        let mut probed = Vec::with_capacity(sessions.len());
+        for (epoch, reply) in replies {
             let mut fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply)?;
             fields.resize(5, None);
             let member = fields.pop().flatten();
             let partial = fields.pop().flatten().is_some();
             let filled_in = fields.pop().flatten();
             let (s, t) = (fields.remove(0), fields.remove(0));
-            if partial || filled_in.as_deref() != Some(epoch.as_bytes()) {
-                continue;
-            }
-            probed[i] = parse_entry(s.as_deref(), t.as_deref(), member.as_deref(), messages);
+            probed.push(
+                if partial || filled_in.as_deref() != Some(epoch.as_bytes()) {
+                    None
+                } else {
+                    parse_entry(s.as_deref(), t.as_deref(), member.as_deref(), messages)
+                },
+            );
         }
         Ok(probed)
     }

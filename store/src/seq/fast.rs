@@ -7,10 +7,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 
-use redis::aio::ConnectionManager;
-
 use super::config::duration_ms;
 use super::{AllocPath, AllocRequest, Allocation, SeqAllocator};
+use crate::connection::{RedisConnection, Topology};
 use crate::{Error, Result, keys};
 
 /// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
@@ -131,15 +130,52 @@ impl SeqAllocator {
     }
 
     /// One `EVALSHA` of the fast-path script for the requests of `sessions` (each session once,
-    /// with its requests in order): one result per request, in the same order.
+    /// with its requests in order): one result per request, in the same order. On a Redis
+    /// Cluster, one `EVALSHA` per slot, concurrently (a session's requests stay in one call).
     pub(super) async fn call_fast(
         &self,
         sessions: &[(&str, &[AllocRequest])],
     ) -> Vec<Result<Fast>> {
         let inner = &*self.inner;
+        let con = inner.redis.clone();
+        if !con.is_cluster() {
+            return self.call_fast_slot(con, sessions).await;
+        }
+        let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, (session_id, _)) in sessions.iter().enumerate() {
+            groups
+                .entry(keys::slot(&keys::seq(session_id)))
+                .or_default()
+                .push(i);
+        }
+        if groups.len() == 1 {
+            return self.call_fast_slot(con, sessions).await;
+        }
+        let calls = groups.into_values().map(|at| {
+            let group: Vec<(&str, &[AllocRequest])> = at.iter().map(|&i| sessions[i]).collect();
+            let con = con.clone();
+            async move { (at, self.call_fast_slot(con, &group).await) }
+        });
+        let mut per_session: Vec<Vec<Result<Fast>>> = sessions.iter().map(|_| Vec::new()).collect();
+        for (at, results) in futures::future::join_all(calls).await {
+            let mut results = results.into_iter();
+            for i in at {
+                per_session[i] = results.by_ref().take(sessions[i].1.len()).collect();
+            }
+        }
+        per_session.into_iter().flatten().collect()
+    }
+
+    /// [`call_fast`](Self::call_fast) for sessions whose keys share one slot (or any sessions on
+    /// a single server).
+    async fn call_fast_slot(
+        &self,
+        mut con: RedisConnection,
+        sessions: &[(&str, &[AllocRequest])],
+    ) -> Vec<Result<Fast>> {
+        let inner = &*self.inner;
         inner.fast_calls.fetch_add(1, Ordering::Relaxed);
         let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
-        let mut con = inner.redis.clone();
         let mut result = Err(fast_path_error(redis::RedisError::from((
             redis::ErrorKind::Client,
             "seq fast path not attempted",
@@ -201,7 +237,7 @@ impl SeqAllocator {
     /// replies count only if enough replicas acknowledged.
     async fn invoke_fast(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut RedisConnection,
         call: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<FastReply>> {
         let config = &self.inner.config;

@@ -90,7 +90,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -178,7 +178,7 @@ pub struct SeqAllocator {
 
 struct Inner {
     session: Arc<Session>,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     config: SeqConfig,
     insert: PreparedStatement,
     update: PreparedStatement,
@@ -225,7 +225,7 @@ impl SeqAllocator {
     pub async fn new(
         session: Arc<Session>,
         keyspace: &str,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         config: SeqConfig,
     ) -> Result<Self> {
         config.validate()?;

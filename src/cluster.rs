@@ -1,0 +1,236 @@
+//! The cluster stack of `dev/cluster.sh`: three Kafka brokers (replication factor 3,
+//! `min.insync.replicas` 2) and a Redis Cluster of three masters with a replica each, from the
+//! `CHATLOG_CLUSTER_*` variables of `dev/cluster.sh env` (with the script's defaults). CQL stays
+//! the single node of `dev/stack.sh`.
+//!
+//! The Redis helpers read the cluster's own view (`CLUSTER NODES` on a plain connection) to find
+//! which node serves a slot, and drive a manual failover the way an operator would
+//! (`CLUSTER FAILOVER` sent to a replica), waiting on the cluster's state rather than on time.
+
+use std::time::{Duration, Instant};
+
+/// The cluster's Kafka bootstrap servers.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("CHATLOG_CLUSTER_KAFKA_BOOTSTRAP")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094".to_owned())
+}
+
+/// The Redis Cluster's nodes (`redis://127.0.0.1:<port>/`).
+pub fn redis_nodes() -> Vec<String> {
+    std::env::var("CHATLOG_CLUSTER_REDIS_NODES")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|| {
+            (16001..=16006)
+                .map(|p| format!("redis://127.0.0.1:{p}/"))
+                .collect()
+        })
+}
+
+/// Why a cluster service is unreachable, and what to do.
+pub fn hint(service: &str, address: &str) -> String {
+    format!(
+        "{service} of the cluster stack is not reachable at {address}: start it with \
+         `dev/cluster.sh up` (logs in ~/.cache/chatlog/stack/cluster/logs)"
+    )
+}
+
+/// A [`chatlog_store::RedisConfig`] for the Redis Cluster.
+pub fn redis_config() -> chatlog_store::RedisConfig {
+    chatlog_store::RedisConfig {
+        cluster_nodes: redis_nodes(),
+        // A failover takes the cluster's node timeout to be noticed; commands wait it out.
+        response_timeout: Duration::from_secs(10),
+        ..chatlog_store::RedisConfig::default()
+    }
+}
+
+/// A cluster connection (commands routed by slot).
+pub async fn redis_connection() -> chatlog_store::RedisConnection {
+    redis_config()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", hint("Redis", &redis_nodes().join(","))))
+}
+
+/// Creates `topic` on the cluster's Kafka with replication factor 3.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    crate::create_topic_on(&kafka_bootstrap(), topic, partitions, 3).await;
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The node id.
+    pub id: String,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+    /// Whether it is a master (else a replica).
+    pub master: bool,
+    /// Its master's id (replicas only).
+    pub master_id: Option<String>,
+    /// The slot ranges it serves (masters only), inclusive.
+    pub slots: Vec<(u16, u16)>,
+    /// Whether the cluster marks it failed (`fail` or `fail?`).
+    pub failed: bool,
+}
+
+impl Node {
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+
+    /// A plain (non-cluster) connection to this one node.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        direct(self.port)
+            .await
+            .unwrap_or_else(|e| panic!("redis node on {}: {e}", self.port))
+    }
+}
+
+async fn direct(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Parses the text of `CLUSTER NODES`.
+pub fn parse_nodes(text: &str) -> Vec<Node> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            let flags: Vec<&str> = f[2].split(',').collect();
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(Node {
+                id: f[0].to_owned(),
+                port,
+                master: flags.contains(&"master"),
+                master_id: (f[3] != "-").then(|| f[3].to_owned()),
+                slots,
+                failed: flags.iter().any(|f| f.starts_with("fail")),
+            })
+        })
+        .collect()
+}
+
+/// The cluster as one reachable node sees it.
+pub async fn nodes() -> Vec<Node> {
+    for url in redis_nodes() {
+        let Some(port) = url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if let Ok(mut con) = direct(port).await
+            && let Ok(text) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut con)
+                .await
+        {
+            return parse_nodes(&text);
+        }
+    }
+    panic!("{}", hint("Redis", &redis_nodes().join(",")))
+}
+
+/// The master serving `slot` and one replica of it.
+pub async fn master_and_replica(slot: u16) -> (Node, Node) {
+    let all = nodes().await;
+    let master = all
+        .iter()
+        .find(|n| n.master && !n.failed && n.serves(slot))
+        .unwrap_or_else(|| panic!("no master serves slot {slot}: {all:?}"))
+        .clone();
+    let replica = all
+        .iter()
+        .find(|n| !n.master && !n.failed && n.master_id.as_deref() == Some(master.id.as_str()))
+        .unwrap_or_else(|| panic!("master on {} has no replica: {all:?}", master.port))
+        .clone();
+    (master, replica)
+}
+
+/// A manual failover of the master serving `slot`, as an operator does it: `CLUSTER FAILOVER`
+/// sent to its replica, which takes over once it has every write of the master (no write is
+/// lost; the new master starts a new replication history, so the Redis epoch changes). Returns
+/// once the promoted node serves the slot in its own view and answers as master, with the old
+/// master's and the new master's ports.
+pub async fn failover(slot: u16) -> (u16, u16) {
+    let (master, replica) = master_and_replica(slot).await;
+    let mut con = replica.connect().await;
+    redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER FAILOVER on {}: {e}", replica.port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut con)
+            .await
+            .unwrap_or_default();
+        let promoted = parse_nodes(&text)
+            .into_iter()
+            .any(|n| n.id == replica.id && n.master && n.serves(slot));
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query_async(&mut con)
+            .await
+            .unwrap_or_default();
+        let answers_as_master =
+            matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        if promoted && answers_as_master {
+            return (master.port, replica.port);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica on {} did not take over slot {slot} in 30 s",
+            replica.port
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lines_parse() {
+        let text = "\
+a1 127.0.0.1:16001@26001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:16004@26004 slave a1 0 1700000000000 1 connected
+c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b2]
+";
+        let nodes = parse_nodes(text);
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes[0].master && nodes[0].serves(0) && nodes[0].serves(5460));
+        assert!(!nodes[0].serves(5461));
+        assert_eq!(nodes[1].master_id.as_deref(), Some("a1"));
+        assert!(!nodes[1].master && nodes[1].slots.is_empty());
+        assert_eq!(nodes[2].slots, vec![(5461, 10922), (12000, 12000)]);
+        assert!(nodes[2].failed);
+        assert_eq!(nodes[2].port, 16002);
+    }
+}
