@@ -5,17 +5,21 @@
 # per message of one consumer drain. Prints one JSON document and writes it to
 # benches/results/capacity.json (CAPACITY_OUT moves it).
 #
-#   dev/capacity.sh            # ~2-4 min on 2 cores; needs the stack up (dev/stack.sh up)
+#   dev/capacity.sh            # about a minute on 2 cores (after a release build of chatlog and
+#                              # chatlog-consumer, if missing); needs the stack up (dev/stack.sh up)
 #
 # How: `chatlog load` sends CAPACITY_MESSAGES (200 000) messages of CAPACITY_CONTENT_BYTES (160)
 # bytes over CAPACITY_SESSIONS (1 000) sessions through the producer library to a topic of its own
 # (8 partitions, as the benchmarks); then the release `chatlog-consumer` drains it twice, into two
 # keyspaces (capacity_lz4: the table as migrated; capacity_raw: the same with compression off),
-# each with its own group and Redis database. Cassandra's memtables are flushed with the table
-# option memtable_flush_period_in_ms (this stack has no JMX, so no nodetool), and the SSTables are
-# read offline with Cassandra's own SSTableMetadataViewer (rows, compression ratio). Everything
-# is named capacity* (topics, keyspaces, groups, Redis keys in databases 5-7) and removed at the
-# end (CAPACITY_KEEP=1 keeps it).
+# each with its own group and Redis database. The tables are flushed by a schema change (ALTER
+# TABLE … memtable_flush_period_in_ms, which also flushes periodically): this stack has no JMX, so
+# no nodetool. The SSTables are read offline with Cassandra's own SSTableMetadataViewer (rows,
+# compression ratio); CQL goes through the Python driver, installed from PyPI into
+# ~/.cache/chatlog/capacity-venv if missing. Everything is named capacity* (topics, keyspaces,
+# groups, Redis keys in databases 5-7) and removed at the end (CAPACITY_KEEP=1 keeps it).
+# CAPACITY_CHATLOG_BIN / CAPACITY_CONSUMER_BIN choose the binaries (the committed JSON's load ran
+# target/debug/chatlog; its send rate sets Kafka's records per batch, reported in the JSON).
 #
 # The load tool's content is one repeated letter, which LZ4 removes almost entirely: the LZ4
 # figures are the cost of everything but the content, the compression-off figures the upper bound.
@@ -279,7 +283,7 @@ doc = {
               "cpus": $(nproc), "loadavg_at_start": "$LOAD_AT_START",
               "note": "shared: other engineers' stacks, builds and tests ran on the same 2 cores"},
   "plan": {"messages": n, "sessions": $SESSIONS, "content_bytes": $SIZE, "content": "one repeated letter (chatlog load)",
-           "partitions": 8, "window_size": 200, "load": json.load(open("$WORK/load.json"))},
+           "partitions": 8, "window_size": ${CHATLOG_WINDOW_SIZE:-200}, "load": json.load(open("$WORK/load.json"))},
   "kafka": {
     "log_bytes": $KLOG_BYTES, "records": $KRECORDS,
     "log_bytes_per_record": per($KLOG_BYTES, $KRECORDS),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test, against the real local stack: brings the stack up (installing what is missing), checks
+# Every test, against the real local stack: brings the stack up (installing what is missing) and the
+# cluster stack (dev/cluster.sh: three Kafka brokers, a Redis Cluster) beside it, checks
 # formatting, lints and the dependency policy, runs the whole test suite of the workspace, then the
 # chaos harness's CI size (`dev/chaos.sh ci`, ~4 minutes, a replay from offset 0 included), which prints its summary line. Extra
 # arguments go to `cargo test`; CHATLOG_SKIP_CHAOS=1 skips the chaos step (e.g. a filtered test run).
@@ -36,6 +37,11 @@ fi
 dev/stack.sh up
 # shellcheck disable=SC1090
 eval "$(dev/stack.sh env)"
+
+step "cluster stack (3 Kafka brokers, Redis Cluster: tests/cluster.rs)"
+dev/cluster.sh up
+# shellcheck disable=SC1090
+eval "$(dev/cluster.sh env)"
 
 step "format"
 cargo fmt --all -- --check
