@@ -7,6 +7,11 @@
 #   dev/cluster.sh status                     what runs, on which port
 #   dev/cluster.sh env                        the CHATLOG_CLUSTER_* variables tests and tools read
 #   dev/cluster.sh reset                      down + delete the cluster's data
+#   dev/cluster.sh start-node redis N         start Redis node N (1..6) again after it died, with its
+#                                             cluster identity (nodes.conf): it rejoins, as a replica
+#                                             once its slots have failed over (the chaos harness's
+#                                             redis_master_kill); `up kafka` likewise starts only
+#                                             the brokers that are not running
 #
 # - Kafka: three nodes in KRaft combined mode (each a broker and a controller, static voters),
 #   replication factor 3 and min.insync.replicas 2 for every topic, the consumer offsets and the
@@ -103,6 +108,46 @@ cluster_kafka_wait() {
 
 redis_cli_node() { local port="$1"; shift; redis-cli -p "$port" "$@"; }
 
+# redis_node_launch I: starts redis-server I (daemonized) on its port, folder and nodes.conf.
+redis_node_launch() {
+  local i="$1" name="redis-$1" dir="$CLUSTER_DIR/data/redis-$1" port
+  port="$(redis_node_port "$i")"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000 \
+    --pidfile "$RUN_DIR/$name.pid" --logfile "$LOG_DIR/$name.log" --dir "$dir" \
+    || die "redis-server failed; log: $LOG_DIR/$name.log"
+}
+
+# One node again after it died (kill -9), the others running: same port, folder and cluster
+# identity (nodes.conf), no data (no persistence). It learns from the others' gossip that its
+# slots have a newer owner and becomes that node's replica (full sync). Started before its slots
+# failed over, it would serve them empty: wait for the failover first.
+cluster_redis_start_node() {
+  local i="$1" port n
+  [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le $REDIS_NODES ] || die "redis node number 1..$REDIS_NODES expected, got '$i'"
+  port="$(redis_node_port "$i")"
+  if pid_alive "redis-$i" && [ "$(redis_cli_node "$port" ping 2>/dev/null)" = PONG ]; then
+    log "cluster redis-$i already running on 127.0.0.1:$port"
+    return 0
+  fi
+  [ -f "$CLUSTER_DIR/data/redis-$i/nodes.conf" ] || die "redis-$i has no nodes.conf: run \`dev/cluster.sh up redis\`"
+  port_open "$port" && die "port $port is taken"
+  rm -f "$RUN_DIR/redis-$i.pid"
+  redis_node_launch "$i"
+  for n in $(seq 1 100); do
+    [ "$(redis_cli_node "$port" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+  done
+  for n in $(seq 1 300); do
+    if redis_cli_node "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+      log "cluster redis-$i back on 127.0.0.1:$port ($(redis_cli_node "$port" role 2>/dev/null | head -1))"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "redis-$i on $port never reported cluster_state:ok; log: $LOG_DIR/redis-$i.log"
+}
+
 cluster_redis_start() {
   apt_install redis-server redis-tools
   local i port fresh=0
@@ -129,10 +174,7 @@ cluster_redis_start() {
     mkdir -p "$dir"
     port_open "$port" && die "port $port is taken; set CHATLOG_CLUSTER_REDIS_PORT"
     port_open $((port + 10000)) && die "cluster bus port $((port + 10000)) is taken; set CHATLOG_CLUSTER_REDIS_PORT"
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000 \
-      --pidfile "$RUN_DIR/$name.pid" --logfile "$LOG_DIR/$name.log" --dir "$dir" \
-      || die "redis-server failed; log: $LOG_DIR/$name.log"
+    redis_node_launch "$i"
     nodes+=("127.0.0.1:$port")
   done
   for i in $(seq 1 $REDIS_NODES); do
@@ -237,13 +279,19 @@ cluster_main() {
       ;;
     status) cluster_status ;;
     env) cluster_env ;;
+    start-node)
+      case "$what" in
+        redis) cluster_redis_start_node "${3:-}" ;;
+        *) die "start-node redis N (kafka: \`dev/cluster.sh up kafka\` starts the brokers that are not running)" ;;
+      esac
+      ;;
     reset)
       cluster_redis_stop
       cluster_kafka_stop
       rm -rf "$CLUSTER_DIR/data" "$CLUSTER_DIR/conf" "$CLUSTER_DIR/kafka-cluster-id"
       log "cluster data deleted"
       ;;
-    *) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
   esac
 }
 

@@ -141,6 +141,24 @@ impl Fleet {
         let txn = format!("{}-{ordinal}", spec.txn_prefix);
         let cql_nodes = self.stack.cql_nodes.join(",");
         let window_size = spec.window_size.to_string();
+        // On the cluster: the Redis Cluster's nodes, and a group instance id (static membership)
+        // as distinct as the transactional id: a restarted instance takes its place back.
+        let (redis_flag, redis_value, env) = match &self.stack.cluster {
+            Some(cluster) => (
+                "--redis-cluster-nodes",
+                cluster.redis_nodes.join(","),
+                vec![
+                    ("CHATLOG_LOG", "info".to_owned()),
+                    ("CHATLOG__KAFKA__GROUP_INSTANCE_ID", txn.clone()),
+                ],
+            ),
+            None => (
+                "--redis-url",
+                self.stack.client_redis_url().to_owned(),
+                vec![("CHATLOG_LOG", "info".to_owned())],
+            ),
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let args = [
             "--config",
             &config,
@@ -158,14 +176,14 @@ impl Fleet {
             &cql_nodes,
             "--keyspace",
             &spec.keyspace,
-            "--redis-url",
-            self.stack.client_redis_url(),
+            redis_flag,
+            &redis_value,
             "--http-listen",
             "127.0.0.1:0",
             "--window-size",
             &window_size,
         ];
-        let child = ConsumerProcess::spawn(&spec.bin, args, &[("CHATLOG_LOG", "info")], &log_path)?;
+        let child = ConsumerProcess::spawn(&spec.bin, args, &env, &log_path)?;
         stats.spawns += 1;
         Ok(child)
     }
@@ -237,6 +255,32 @@ impl Fleet {
             }
         }
         true
+    }
+
+    /// Waits until every one of `ordinals` logged that it is consuming (its log since its start
+    /// mark); returns the seconds waited.
+    pub async fn wait_consuming(&self, ordinals: &[usize], limit: Duration) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        loop {
+            let waiting: Vec<usize> = ordinals
+                .iter()
+                .copied()
+                .filter(|&o| {
+                    let log = std::fs::read_to_string(self.log_path(o)).unwrap_or_default();
+                    let last_life = log.rsplit("===== chaos: start of").next().unwrap_or("");
+                    !last_life.contains("consuming")
+                })
+                .collect();
+            if waiting.is_empty() {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "consumers {waiting:?} did not start consuming within {limit:?} (logs in {})",
+                self.spec.log_dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Ordinals of the running instances (preferring those up for at least `min_uptime`).

@@ -17,12 +17,15 @@ use clap::Parser;
 ///
 /// DANGER: it restarts Kafka and Redis (FLUSHALL, rollback to a snapshot, failover to a replica on
 /// CHATLOG_REDIS_REPLICA_PORT) and pauses Cassandra of the stack that CHATLOG_STACK_DIR /
-/// CHATLOG_*_PORT select. Never point it at a stack others are using.
+/// CHATLOG_*_PORT select; the cluster sizes kill -9 brokers and Redis masters of the cluster
+/// stack (CHATLOG_CLUSTER_*_PORT). Never point it at a stack others are using.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, max_term_width = 100)]
 struct Cli {
-    /// The preset: ci (108k messages, every fault kind, mutations, the replay: ~4 minutes) or full
-    /// (1M messages).
+    /// The preset: ci (108k messages, every fault kind, mutations, the replay: ~4 minutes), full
+    /// (1M messages), cluster-ci (the cluster stack of dev/cluster.sh: 24k messages, the fleet
+    /// scaled 1 → 3 → 2, a partition leader broker and a Redis master killed, the replay: ≤ 6
+    /// minutes) or cluster (the same with 300k messages).
     #[arg(long, default_value = "ci")]
     size: Size,
     /// Messages to send.
@@ -49,6 +52,24 @@ struct Cli {
     /// Kafka broker restarts.
     #[arg(long)]
     kafka_restarts: Option<usize>,
+    /// Scale-ups of the fleet (each adds --scale-up-by consumers).
+    #[arg(long)]
+    scale_ups: Option<usize>,
+    /// Consumers each scale-up adds.
+    #[arg(long)]
+    scale_up_by: Option<usize>,
+    /// Scale-downs (a consumer leaves for good with SIGTERM), after the scale-ups.
+    #[arg(long)]
+    scale_downs: Option<usize>,
+    /// Cluster: kill -9 of a partition leader broker (brought back).
+    #[arg(long)]
+    broker_kills: Option<usize>,
+    /// Cluster: seconds a killed broker stays down once its partitions moved.
+    #[arg(long)]
+    broker_down_secs: Option<u64>,
+    /// Cluster: kill -9 of a Redis master (its replica takes over; brought back as a replica).
+    #[arg(long)]
+    redis_master_kills: Option<usize>,
     /// Redis restarts with FLUSHALL.
     #[arg(long)]
     redis_restarts: Option<usize>,
@@ -170,6 +191,11 @@ impl Cli {
             kills,
             rebalances,
             kafka_restarts,
+            scale_ups,
+            scale_up_by,
+            scale_downs,
+            broker_kills,
+            redis_master_kills,
             redis_restarts,
             cassandra_pauses,
             consumer_pauses,
@@ -209,6 +235,7 @@ impl Cli {
         secs(self.failover_lag_secs, &mut o.failover_lag);
         secs(self.two_producers_secs, &mut o.two_producers_for);
         secs(self.late_send_hold_secs, &mut o.late_send_hold);
+        secs(self.broker_down_secs, &mut o.broker_down);
         secs(self.settle_horizon_secs, &mut o.settle_horizon);
         if let Some(s) = self.drain_timeout_secs {
             o.drain_timeout = Duration::from_secs(s);

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// The two documented sizes.
+/// The documented sizes: two on the single-node stack of `dev/stack.sh`, two on the cluster
+/// stack of `dev/cluster.sh` (see [`Options::cluster`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Size {
     /// 108k messages, 5 consumer kills, 10 late sends and one of every other fault kind, W = 200:
     /// ~10 % of the messages mutated, then the replay: about 4 minutes, run by CI (`dev/test.sh`
@@ -17,6 +18,21 @@ pub enum Size {
     /// 2 two-producer periods, 50 late sends, 2 wrongtype sessions and one of each other kind, 1 %
     /// poison: run on demand (`dev/chaos.sh full`).
     Full,
+    /// The cluster stack (three Kafka brokers, a Redis Cluster of three masters with a replica
+    /// each), 300k messages: the fleet scaled 1 → 3 → 2, 2 kill -9 of a partition leader broker,
+    /// 2 kill -9 of a Redis master, 5 consumer kills and the faults that mean the same on a
+    /// cluster (`dev/chaos.sh cluster`, release build).
+    Cluster,
+    /// The cluster stack, reduced for CI: 24k messages, every cluster fault kind once, the
+    /// replay (`dev/chaos.sh cluster-ci`, debug build, ≤ 6 minutes).
+    ClusterCi,
+}
+
+impl Size {
+    /// Whether the size runs on the cluster stack.
+    pub fn cluster(self) -> bool {
+        matches!(self, Size::Cluster | Size::ClusterCi)
+    }
 }
 
 impl std::str::FromStr for Size {
@@ -26,7 +42,11 @@ impl std::str::FromStr for Size {
         match s {
             "ci" => Ok(Size::Ci),
             "full" => Ok(Size::Full),
-            other => Err(format!("unknown size {other:?} (ci|full)")),
+            "cluster" => Ok(Size::Cluster),
+            "cluster-ci" => Ok(Size::ClusterCi),
+            other => Err(format!(
+                "unknown size {other:?} (ci|full|cluster|cluster-ci)"
+            )),
         }
     }
 }
@@ -36,6 +56,12 @@ impl std::str::FromStr for Size {
 pub struct Options {
     /// The preset this started from.
     pub size: Size,
+    /// Run on the cluster stack (`dev/cluster.sh`): Kafka and Redis are the cluster's
+    /// (`CHATLOG_CLUSTER_KAFKA_BOOTSTRAP`, `CHATLOG_CLUSTER_REDIS_NODES`), topics have replication
+    /// factor 3, every Redis client connects to the Redis Cluster itself (no proxy), each consumer
+    /// has a group instance id beside its transactional id, and only the faults that mean
+    /// something on a cluster may be planned (see [`crate::faults::Kind::on_cluster`]).
+    pub cluster: bool,
     /// Messages sent through the producer library (each acknowledged once).
     pub messages: usize,
     /// Sessions they are spread over; each session sends sequentially (one in flight).
@@ -53,6 +79,22 @@ pub struct Options {
     pub rebalances: usize,
     /// Kafka broker restarts (`dev/stack.sh down kafka; up kafka`).
     pub kafka_restarts: usize,
+    /// Scale-ups of the fleet: `scale_up_by` consumers join at once.
+    pub scale_ups: usize,
+    /// Consumers each scale-up adds.
+    pub scale_up_by: usize,
+    /// Scale-downs: a random consumer retires with SIGTERM (not restarted). Planned after the
+    /// scale-ups.
+    pub scale_downs: usize,
+    /// Cluster: kill -9 of the Kafka broker that leads a partition of the topic, brought back
+    /// (`dev/cluster.sh up kafka`) `broker_down` after its partitions have a new leader.
+    pub broker_kills: usize,
+    /// How long a killed broker stays down once its partitions moved.
+    pub broker_down: Duration,
+    /// Cluster: kill -9 of a Redis master; its replica takes over after the cluster node timeout,
+    /// and the old node is started again (`dev/cluster.sh start-node redis N`) to rejoin as a
+    /// replica.
+    pub redis_master_kills: usize,
     /// Redis restarts followed by FLUSHALL (every window, seq hash and idempotency record lost).
     pub redis_restarts: usize,
     /// Cassandra SIGSTOP … SIGCONT pauses.
@@ -145,6 +187,7 @@ impl Options {
             .unwrap_or(7);
         let common = Options {
             size,
+            cluster: false,
             messages: 108_000,
             sessions: 250,
             concurrency: 250,
@@ -153,6 +196,12 @@ impl Options {
             kills: 5,
             rebalances: 1,
             kafka_restarts: 1,
+            scale_ups: 0,
+            scale_up_by: 2,
+            scale_downs: 0,
+            broker_kills: 0,
+            broker_down: Duration::from_secs(5),
+            redis_master_kills: 0,
             redis_restarts: 1,
             cassandra_pauses: 1,
             cassandra_pause: Duration::from_secs(10),
@@ -188,8 +237,54 @@ impl Options {
             run_dir: std::env::temp_dir().join("chatlog-chaos"),
             sabotage: false,
         };
+        // On a cluster: no single-Redis fault (the proxy, FLUSHALL, a restart, a rollback, the
+        // failover to a replica of the harness) and no restart of the single-node Kafka; the
+        // fleet starts with one consumer and is scaled 1 → 3 → 2.
+        let cluster = Options {
+            cluster: true,
+            consumers: 1,
+            scale_ups: 1,
+            scale_up_by: 2,
+            scale_downs: 1,
+            broker_kills: 1,
+            redis_master_kills: 1,
+            rebalances: 0,
+            kafka_restarts: 0,
+            redis_restarts: 0,
+            rollbacks: 0,
+            failovers: 0,
+            zombies: 0,
+            poll_zombies: 0,
+            pause_flush: false,
+            ..common.clone()
+        };
         match size {
             Size::Ci => common,
+            Size::ClusterCi => Options {
+                messages: 24_000,
+                sessions: 100,
+                concurrency: 100,
+                rate: 150.0,
+                kills: 1,
+                late_sends: 3,
+                oracle_rate: 5.0,
+                ..cluster
+            },
+            Size::Cluster => Options {
+                messages: 300_000,
+                sessions: 500,
+                concurrency: 500,
+                rate: 1000.0,
+                kills: 5,
+                broker_kills: 2,
+                redis_master_kills: 2,
+                two_producers: 2,
+                two_producers_for: Duration::from_secs(40),
+                late_sends: 20,
+                drain_timeout: Duration::from_secs(600),
+                consumer_bin: default_consumer_bin(&common.workspace, "release"),
+                ..cluster
+            },
             Size::Full => Options {
                 messages: 1_000_000,
                 sessions: 1000,
@@ -215,6 +310,13 @@ impl Options {
     /// How long the load should last at [`Options::rate`].
     pub fn load_duration(&self) -> Duration {
         Duration::from_secs_f64(self.messages as f64 / self.rate.max(1.0))
+    }
+
+    /// The fleet's size once every scale-up and scale-down is done (the replay's fleet).
+    pub fn final_consumers(&self) -> usize {
+        (self.consumers + self.scale_ups * self.scale_up_by)
+            .saturating_sub(self.scale_downs)
+            .max(1)
     }
 
     /// Poison records to produce.
@@ -249,6 +351,27 @@ impl Options {
         anyhow::ensure!(
             self.oracle_rate >= 0.0,
             "--oracle-rate must not be negative"
+        );
+        anyhow::ensure!(
+            self.consumers + self.scale_ups * self.scale_up_by > self.scale_downs,
+            "--scale-downs would retire every consumer"
+        );
+        for k in crate::faults::Kind::ALL {
+            if k.planned(self) > 0 && !k.applies(self.cluster) {
+                anyhow::bail!(
+                    "{} faults are not possible on the {} stack (set them to 0)",
+                    k.name(),
+                    if self.cluster {
+                        "cluster"
+                    } else {
+                        "single-node"
+                    }
+                );
+            }
+        }
+        anyhow::ensure!(
+            !(self.cluster && self.consumer_pauses > 0 && self.pause_flush),
+            "a consumer pause with FLUSHALL is a single-Redis fault: pass --no-pause-flush on a cluster"
         );
         Ok(())
     }

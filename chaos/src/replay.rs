@@ -21,7 +21,8 @@ use crate::options::Options;
 use crate::report::{Replayed, RunInfo};
 use crate::stack::Stack;
 
-/// Replays the run's topic from offset 0 with `opts.consumers` consumers of a new group; returns
+/// Replays the run's topic from offset 0 with the run's final fleet size
+/// ([`Options::final_consumers`]) of consumers of a new group; returns
 /// once the group committed the end of every partition and the fleet stopped.
 pub async fn replay(
     opts: &Options,
@@ -47,7 +48,7 @@ pub async fn replay(
         },
         stack.clone(),
         events.clone(),
-        opts.consumers,
+        opts.final_consumers(),
     )?;
     let _guard = FleetGuard(fleet.clone());
     let lag = || {
@@ -63,7 +64,7 @@ pub async fn replay(
     let records = lag().await?;
     events.log(format!(
         "replay: {records} records from offset 0 by group {group} ({} consumers, DLQ {dlq})",
-        opts.consumers
+        opts.final_consumers()
     ));
     // A kill -9 once a third is committed: a replay interrupted part-way, its open transaction
     // aborted, the rest replayed again by the restarted instance.

@@ -106,10 +106,23 @@ fn begin(opts: &mut Options, quiet: bool) -> anyhow::Result<Begun> {
 }
 
 /// The stack the `CHATLOG_*` variables name, and the proxy every Redis client of the run goes
-/// through.
-async fn connect(opts: &Options, events: &Events) -> anyhow::Result<(Stack, Proxy)> {
-    let mut stack = stack::Stack::from_env(&opts.workspace)?;
+/// through (none on the cluster stack: clients connect to the Redis Cluster, which fails over by
+/// itself).
+async fn connect(opts: &Options, events: &Events) -> anyhow::Result<(Stack, Option<Proxy>)> {
+    let stack = stack::Stack::from_env(&opts.workspace, opts.cluster)?;
     stack.preflight().await.context("the stack is not usable")?;
+    if let Some(cluster) = &stack.cluster {
+        events.log(format!(
+            "cluster stack: kafka {} (topics with replication factor 3), redis cluster {}, cql \
+             {}; state {}",
+            stack.kafka,
+            cluster.redis_nodes.join(","),
+            stack.cql_nodes.join(","),
+            cluster.dir.display()
+        ));
+        return Ok((stack, None));
+    }
+    let mut stack = stack;
     // Every Redis client of the run goes through the proxy, which a failover switches.
     let proxy = proxy::Proxy::start(stack.proxy_port, stack.redis_addr()?)
         .await
@@ -131,7 +144,7 @@ async fn connect(opts: &Options, events: &Events) -> anyhow::Result<(Stack, Prox
         stack.dir.display()
     ));
 
-    Ok((stack, proxy))
+    Ok((stack, Some(proxy)))
 }
 
 /// What the setup made.
@@ -268,7 +281,7 @@ async fn load_phase(
     opts: &Options,
     begun: &Begun,
     stack: &Stack,
-    proxy: &Proxy,
+    proxy: &Option<Proxy>,
     setup: &Setup,
     producers: load::Producers,
     phases: &mut Phases,
@@ -562,8 +575,13 @@ fn report(
         run_info,
         ..
     } = begun;
+    let name = if opts.cluster {
+        "chaos cluster"
+    } else {
+        "chaos"
+    };
     let summary = format!(
-        "chaos: {} acked, {}, {} faults injected {}",
+        "{name}: {} acked, {}, {} faults injected {}",
         findings.counts.acked,
         counts_text(&findings.counts),
         injected,
@@ -575,7 +593,7 @@ fn report(
         .all(|k| by_kind.get(k.name()).copied().unwrap_or(0) == k.planned(&opts));
     let replay = replay.map(|(replayed, findings)| ReplayReport {
         summary: format!(
-            "chaos: after a replay from offset 0 ({} records, kill={}, {:.0}s): {}",
+            "{name}: after a replay from offset 0 ({} records, kill={}, {:.0}s): {}",
             replayed.records,
             replayed.kills,
             replayed.secs,

@@ -37,6 +37,26 @@ pub struct Stack {
     pub script: PathBuf,
     /// The stack's state folder (`CHATLOG_STACK_DIR`, default `~/.cache/chatlog/stack`).
     pub dir: PathBuf,
+    /// The cluster stack of `dev/cluster.sh`, when the run is on it: Kafka ([`Stack::kafka`]) is
+    /// then the cluster's, and every Redis client connects to the Redis Cluster.
+    pub cluster: Option<ClusterStack>,
+}
+
+/// The cluster stack of `dev/cluster.sh` (its `CHATLOG_CLUSTER_*` variables and port defaults).
+#[derive(Debug, Clone)]
+pub struct ClusterStack {
+    /// The Redis Cluster's nodes (`redis://127.0.0.1:<port>/`), all six.
+    pub redis_nodes: Vec<String>,
+    /// The first Redis node's port (`CHATLOG_CLUSTER_REDIS_PORT`): node `i` (1-based) listens on
+    /// `redis_port + i - 1`.
+    pub redis_port: u16,
+    /// The first broker's port (`CHATLOG_CLUSTER_KAFKA_PORT`): broker (node id) `i` listens on
+    /// `kafka_port + i - 1`.
+    pub kafka_port: u16,
+    /// `dev/cluster.sh`.
+    pub script: PathBuf,
+    /// Its state folder (`<stack dir>/cluster`): pid files in `run/`.
+    pub dir: PathBuf,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -56,7 +76,7 @@ fn port_of(address: &str) -> Option<u16> {
 impl Stack {
     /// The stack named by the environment; refuses addresses that do not belong to the stack
     /// `dev/stack.sh` would act on.
-    pub fn from_env(workspace: &Path) -> anyhow::Result<Stack> {
+    pub fn from_env(workspace: &Path, cluster: bool) -> anyhow::Result<Stack> {
         let script = workspace.join("dev/stack.sh");
         anyhow::ensure!(
             script.is_file(),
@@ -81,8 +101,51 @@ impl Stack {
                 .unwrap_or(Ok(default))
         };
         let redis_port = port("CHATLOG_REDIS_PORT", 6390)?;
+        let cluster = if cluster {
+            let kafka_port = port("CHATLOG_CLUSTER_KAFKA_PORT", 19092)?;
+            let redis_port = port("CHATLOG_CLUSTER_REDIS_PORT", 16001)?;
+            let redis_nodes = chatlog::cluster::redis_nodes();
+            let kafka = chatlog::cluster::kafka_bootstrap();
+            for (var, address, port_var, port) in [
+                (
+                    "CHATLOG_CLUSTER_KAFKA_BOOTSTRAP",
+                    kafka.clone(),
+                    "CHATLOG_CLUSTER_KAFKA_PORT",
+                    kafka_port,
+                ),
+                (
+                    "CHATLOG_CLUSTER_REDIS_NODES",
+                    redis_nodes.join(","),
+                    "CHATLOG_CLUSTER_REDIS_PORT",
+                    redis_port,
+                ),
+            ] {
+                let first = address.split(',').next().unwrap_or_default();
+                if port_of(first) != Some(port) {
+                    bail!(
+                        "{var}={address} is not the cluster dev/cluster.sh drives ({port_var} = \
+                         {port}): the harness would kill one node and test another. Run \
+                         `eval \"$(dev/cluster.sh env)\"` with the same variables."
+                    );
+                }
+            }
+            let script = workspace.join("dev/cluster.sh");
+            anyhow::ensure!(script.is_file(), "{} not found", script.display());
+            Some(ClusterStack {
+                redis_nodes,
+                redis_port,
+                kafka_port,
+                script,
+                dir: dir.join("cluster"),
+            })
+        } else {
+            None
+        };
         let stack = Stack {
-            kafka: chatlog::kafka_bootstrap(),
+            kafka: match &cluster {
+                Some(_) => chatlog::cluster::kafka_bootstrap(),
+                None => chatlog::kafka_bootstrap(),
+            },
             cql_nodes: chatlog::cql_nodes(),
             redis_url: chatlog::redis_url(),
             client_redis_url: None,
@@ -90,6 +153,7 @@ impl Stack {
             proxy_port: port("CHATLOG_CHAOS_REDIS_PROXY_PORT", 0)?,
             script,
             dir,
+            cluster,
         };
         let pairs = [
             (
@@ -112,6 +176,9 @@ impl Stack {
             ),
         ];
         for (addr_var, address, port_var, port) in pairs {
+            if stack.cluster.is_some() && addr_var != "CHATLOG_CQL_NODES" {
+                continue; // the cluster's, checked above
+            }
             let first = address.split(',').next().unwrap_or_default();
             if port_of(first) != Some(port) {
                 bail!(
@@ -183,8 +250,23 @@ impl Stack {
             .with_context(|| format!("CHATLOG_REDIS_URL={} has no host:port", self.redis_url))
     }
 
-    /// A reconnecting Redis connection, as the run's clients connect (through the proxy).
+    /// A reconnecting Redis connection, as the run's clients connect (through the proxy; on the
+    /// cluster stack, to the Redis Cluster).
     pub async fn redis(&self) -> anyhow::Result<chatlog_store::RedisConnection> {
+        if let Some(cluster) = &self.cluster {
+            return chatlog_store::RedisConfig {
+                cluster_nodes: cluster.redis_nodes.clone(),
+                ..Self::cluster_redis_config()
+            }
+            .connect()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    chatlog::cluster::hint("Redis", &cluster.redis_nodes.join(","))
+                )
+            });
+        }
         let url = self.client_redis_url();
         chatlog_store::RedisConfig {
             url: url.to_owned(),
@@ -193,6 +275,37 @@ impl Stack {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", chatlog::stack_hint("Redis", url)))
+    }
+
+    /// The Redis settings of the harness's own cluster clients: those of the test kit (commands
+    /// wait out a failover, which takes the cluster's node timeout to be noticed).
+    fn cluster_redis_config() -> chatlog_store::RedisConfig {
+        chatlog::cluster::redis_config()
+    }
+
+    /// Topics' replication factor: 3 on the cluster (min.insync.replicas 2), else 1.
+    pub fn replication(&self) -> i32 {
+        if self.cluster.is_some() { 3 } else { 1 }
+    }
+
+    /// Runs `dev/cluster.sh <args>` with the current environment (which selects the cluster).
+    pub async fn cluster_script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let cluster = self.cluster.as_ref().context("not on the cluster stack")?;
+        let out = tokio::process::Command::new(&cluster.script)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("run {}", cluster.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "dev/cluster.sh {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Runs `dev/stack.sh <args>` with the current environment (which selects the stack).
@@ -242,7 +355,8 @@ impl Stack {
         Ok(pid)
     }
 
-    /// Creates a topic (replication 1) and waits until its metadata shows every partition.
+    /// Creates a topic ([`Stack::replication`]) and waits until its metadata shows every
+    /// partition with a leader.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.kafka)
@@ -251,7 +365,11 @@ impl Stack {
         let results = tokio::time::timeout(
             Duration::from_secs(60),
             admin.create_topics(
-                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+                &[NewTopic::new(
+                    name,
+                    partitions,
+                    TopicReplication::Fixed(self.replication()),
+                )],
                 &opts,
             ),
         )

@@ -11,7 +11,10 @@ fn ci_size_injects_every_fault_kind_with_the_production_window() {
     let opts = Options::preset(Size::Ci);
     assert_eq!(opts.window_size, 200, "W as in production");
     let plan = schedule(&opts);
-    for k in Kind::ALL {
+    for k in Kind::ALL
+        .into_iter()
+        .filter(|k| k.applies(false) && !matches!(k, Kind::ScaleUp | Kind::ScaleDown))
+    {
         assert!(
             plan.iter().any(|(_, p)| *p == k),
             "the ci size never injects {}",
@@ -23,6 +26,35 @@ fn ci_size_injects_every_fault_kind_with_the_production_window() {
     let load = opts.load_duration().as_secs_f64();
     assert!(
         (150.0..=240.0).contains(&load),
+        "load of {load:.0}s: CI time"
+    );
+}
+
+#[test]
+fn cluster_ci_size_injects_every_cluster_fault_kind_and_scales_1_3_2() {
+    let opts = Options::preset(Size::ClusterCi);
+    opts.validate().unwrap();
+    assert!(opts.cluster);
+    assert_eq!(opts.window_size, 200, "W as in production");
+    assert_eq!(opts.consumers, 1, "the fleet starts with one consumer");
+    assert_eq!(opts.consumers + opts.scale_ups * opts.scale_up_by, 3);
+    assert_eq!(opts.final_consumers(), 2);
+    let plan = schedule(&opts);
+    for k in Kind::ALL {
+        let wanted = k.applies(true) && k != Kind::Rebalance;
+        assert_eq!(
+            plan.iter().any(|(_, p)| *p == k),
+            wanted,
+            "the cluster-ci size and {}",
+            k.name()
+        );
+    }
+    let up = plan.iter().position(|(_, k)| *k == Kind::ScaleUp);
+    let down = plan.iter().position(|(_, k)| *k == Kind::ScaleDown);
+    assert!(up < down, "1 → 3 before 3 → 2: {plan:?}");
+    let load = opts.load_duration().as_secs_f64();
+    assert!(
+        (120.0..=200.0).contains(&load),
         "load of {load:.0}s: CI time"
     );
 }

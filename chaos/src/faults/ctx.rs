@@ -26,8 +26,8 @@ pub struct Ctx {
     pub events: Events,
     /// The load (held back, paired, late sends).
     pub load: Load,
-    /// The proxy every Redis client of the run goes through.
-    pub proxy: Proxy,
+    /// The proxy every Redis client of the run goes through (none on the cluster stack).
+    pub proxy: Option<Proxy>,
     /// Kafka topic and group (the poll zombie waits for the lag to be 0).
     pub topic: String,
     /// The consumer group.

@@ -170,6 +170,10 @@ fn offset(i: &BTreeMap<String, String>, key: &str) -> i64 {
 ///    promoted, the client proxy switches back and the replica is killed.
 pub(super) async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
     let events = &ctx.events;
+    let client_proxy = ctx
+        .proxy
+        .as_ref()
+        .context("failover: the clients' Redis proxy is not running (a cluster run)")?;
     let primary = ctx.stack.redis_addr()?;
     let mut pc = direct(primary).await?;
     // A replica's full sync starts at once rather than after Redis's default 5 s delay.
@@ -213,9 +217,9 @@ pub(super) async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
         .arg("ONE")
         .query_async(&mut rc)
         .await?;
-    ctx.proxy.switch(replica.addr);
+    client_proxy.switch(replica.addr);
     let mut proxy_back = ProxyBack {
-        proxy: ctx.proxy.clone(),
+        proxy: client_proxy.clone(),
         primary,
         armed: true,
     };
@@ -272,7 +276,7 @@ pub(super) async fn failover(ctx: &Ctx, n: usize) -> anyhow::Result<String> {
         .query_async(&mut pc)
         .await?;
     guard.armed = false;
-    ctx.proxy.switch(primary);
+    client_proxy.switch(primary);
     proxy_back.armed = false;
     let back = events.now();
     drop(replica); // still paused: nothing more is written there

@@ -37,6 +37,14 @@ pub enum Kind {
     LateSend,
     /// A session whose window keys have the wrong Redis type.
     WrongType,
+    /// Consumers join the fleet (`scale_up_by` at once).
+    ScaleUp,
+    /// A consumer leaves the fleet for good (SIGTERM).
+    ScaleDown,
+    /// Cluster: kill -9 of a partition leader broker, brought back later.
+    BrokerKill,
+    /// Cluster: kill -9 of a Redis master (its replica takes over), brought back as a replica.
+    RedisMasterKill,
 }
 
 /// Messages a `wrongtype` fault sends to its session.
@@ -44,7 +52,7 @@ pub const WRONGTYPE_MESSAGES: usize = 3;
 
 impl Kind {
     /// Every kind, in the order of the summary line.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Kill,
         Kind::Rebalance,
         Kind::KafkaRestart,
@@ -58,7 +66,29 @@ impl Kind {
         Kind::TwoProducers,
         Kind::LateSend,
         Kind::WrongType,
+        Kind::ScaleUp,
+        Kind::ScaleDown,
+        Kind::BrokerKill,
+        Kind::RedisMasterKill,
     ];
+
+    /// Whether the kind can be injected on the cluster stack (`cluster`) or on the single-node
+    /// one. Not on a cluster: the faults on the single Redis (through the harness's proxy:
+    /// FLUSHALL, restart, rollback, the failover to the harness's replica, and the zombies whose
+    /// point is a FLUSHALL while they are frozen) and the restart of the single Kafka broker. Not
+    /// on the single-node stack: the faults that need a second broker or a Redis Cluster.
+    pub fn applies(self, cluster: bool) -> bool {
+        match self {
+            Kind::KafkaRestart
+            | Kind::RedisFlushall
+            | Kind::Rollback
+            | Kind::Failover
+            | Kind::Zombie
+            | Kind::PollZombie => !cluster,
+            Kind::BrokerKill | Kind::RedisMasterKill => cluster,
+            _ => true,
+        }
+    }
 
     /// The name in the event log, the report and the summary line.
     pub fn name(self) -> &'static str {
@@ -76,6 +106,10 @@ impl Kind {
             Kind::TwoProducers => "two_producers",
             Kind::LateSend => "late_send",
             Kind::WrongType => "wrongtype",
+            Kind::ScaleUp => "scale_up",
+            Kind::ScaleDown => "scale_down",
+            Kind::BrokerKill => "broker_kill",
+            Kind::RedisMasterKill => "redis_master_kill",
         }
     }
 
@@ -95,6 +129,10 @@ impl Kind {
             Kind::TwoProducers => opts.two_producers,
             Kind::LateSend => opts.late_sends,
             Kind::WrongType => opts.wrongtypes,
+            Kind::ScaleUp => opts.scale_ups,
+            Kind::ScaleDown => opts.scale_downs,
+            Kind::BrokerKill => opts.broker_kills,
+            Kind::RedisMasterKill => opts.redis_master_kills,
         }
     }
 }
@@ -117,7 +155,8 @@ pub fn per_kind(opts: &Options, injected: &BTreeMap<String, usize>) -> String {
 }
 
 /// The faults of a run in a random order, each with its planned start (seconds after the load
-/// began), spread over 5 %…85 % of the load.
+/// began), spread over 5 %…85 % of the load. Every scale-up comes before every scale-down (so a
+/// fleet of 1 grows to 3 before it shrinks to 2).
 pub fn schedule(opts: &Options) -> Vec<(f64, Kind)> {
     let mut rng = StdRng::seed_from_u64(opts.seed ^ 0xFA_0175);
     let mut kinds = Vec::new();
@@ -125,6 +164,17 @@ pub fn schedule(opts: &Options) -> Vec<(f64, Kind)> {
         kinds.extend(std::iter::repeat_n(k, k.planned(opts)));
     }
     kinds.shuffle(&mut rng);
+    // The scale steps keep their slots, ups first.
+    let slots: Vec<usize> = (0..kinds.len())
+        .filter(|&i| matches!(kinds[i], Kind::ScaleUp | Kind::ScaleDown))
+        .collect();
+    for (n, &i) in slots.iter().enumerate() {
+        kinds[i] = if n < opts.scale_ups {
+            Kind::ScaleUp
+        } else {
+            Kind::ScaleDown
+        };
+    }
     let load = opts.load_duration().as_secs_f64();
     let n = kinds.len().max(1) as f64;
     let slot = load * 0.8 / n;
@@ -150,8 +200,9 @@ mod tests {
 
     #[test]
     fn schedules_every_fault_within_the_load() {
-        for size in [Size::Ci, Size::Full] {
+        for size in [Size::Ci, Size::Full, Size::Cluster, Size::ClusterCi] {
             let opts = Options::preset(size);
+            opts.validate().unwrap();
             let plan = schedule(&opts);
             assert_eq!(plan.len(), planned_total(&opts));
             let load = opts.load_duration().as_secs_f64();
@@ -160,8 +211,14 @@ mod tests {
             for k in Kind::ALL {
                 let n = plan.iter().filter(|(_, p)| *p == k).count();
                 assert_eq!(n, k.planned(&opts), "{k:?}");
-                assert!(n >= 1, "{size:?} lacks {k:?}");
+                let wanted = k.applies(size.cluster())
+                    && !(size.cluster() && k == Kind::Rebalance)
+                    && (size.cluster() || !matches!(k, Kind::ScaleUp | Kind::ScaleDown));
+                assert_eq!(n >= 1, wanted, "{size:?} and {k:?}");
             }
+            let last_up = plan.iter().rposition(|(_, k)| *k == Kind::ScaleUp);
+            let first_down = plan.iter().position(|(_, k)| *k == Kind::ScaleDown);
+            assert!(last_up < first_down || first_down.is_none(), "{plan:?}");
         }
     }
 

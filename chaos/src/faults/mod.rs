@@ -15,10 +15,15 @@
 //! | `poll_zombie` | the load holds new sends until the group's lag is 0 (every consumer is then inside poll, waiting for records); SIGSTOP to a random consumer; the load resumes; FLUSHALL 2 s before SIGCONT, `consumer_pause` later: it resumes inside the poll that returns its first stale records |
 //! | `two_producers` | for `two_producers_for`, a share of the sessions is sent to by two independent `Producer` instances at once (see [`crate::load`]) |
 //! | `wrongtype` | a fresh session's window key is SET to a string and its epoch key made a list (a key clash: Redis answers WRONGTYPE to every window write); [`WRONGTYPE_MESSAGES`] messages sent to it must each reach the DLQ once as `write_failed` while the other sessions go on; the key is deleted once the group committed past them |
+//! | `scale_up` | `scale_up_by` consumers join the fleet at once (on the cluster: 1 → 3) |
+//! | `scale_down` | a random consumer gets SIGTERM (must exit 0) and is not restarted (3 → 2); always after the scale-ups |
+//! | `broker_kill` | cluster: kill -9 of the broker that leads a random partition of the topic; once every partition has a leader again and `broker_down` later, `dev/cluster.sh up kafka` starts it again, and the fault waits until it is back in the ISR of every partition of the topic |
+//! | `redis_master_kill` | cluster: kill -9 of a random Redis master; its replica takes over after the cluster node timeout (5 s), then `dev/cluster.sh start-node redis N` starts the old node again, which rejoins as a replica of the new master (empty, no persistence: a full sync) |
 //! | `late_send` | one message is sent through a producer whose Kafka is unreachable (its seq is allocated, the produce fails), and `late_send_hold` later again through the working one with the same client_msg_id, after later seqs of the session landed |
 //!
 //! Each is logged with its start time and duration and counted once in "faults injected".
 
+mod cluster;
 mod ctx;
 mod failover;
 mod kind;
@@ -38,6 +43,9 @@ pub use kind::{Kind, WRONGTYPE_MESSAGES, per_kind, planned_total, schedule};
 
 use crate::events::Events;
 use crate::stack::{self, ResumeGuard};
+
+/// How long a scale-up lets the grown fleet work before it is over.
+const SCALE_HOLD: Duration = Duration::from_secs(10);
 
 /// Whether a kind runs beside the others rather than one after another: a two-producer period
 /// and a late send last while other faults go on.
@@ -138,6 +146,39 @@ async fn one(
             "dev/stack.sh down redis + up redis (no persistence: all keys lost), then FLUSHALL"
                 .to_owned()
         }
+        Kind::ScaleUp => {
+            let mut joined = Vec::new();
+            for _ in 0..ctx.opts.scale_up_by {
+                joined.push(ctx.fleet.add()?);
+            }
+            // Over once the new instances consume and the larger fleet has worked a while: a
+            // later scale-down (or any other fault) then acts on a fleet that really grew.
+            let consuming = ctx
+                .fleet
+                .wait_consuming(&joined, Duration::from_secs(90))
+                .await?;
+            tokio::time::sleep(SCALE_HOLD).await;
+            let size = ctx.fleet.running(Duration::ZERO).len();
+            format!(
+                "{} joined, consuming after {consuming:.1}s; {size} consumers {SCALE_HOLD:?} later",
+                joined
+                    .iter()
+                    .map(|o| format!("consumer-{o}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Kind::ScaleDown => {
+            let up = ctx.fleet.running(Duration::ZERO);
+            let Some(&leaver) = up.choose(rng) else {
+                anyhow::bail!("scale_down: no consumer is running");
+            };
+            let status = ctx.fleet.retire(leaver, Duration::from_secs(45)).await?;
+            let size = ctx.fleet.running(Duration::ZERO).len();
+            format!("consumer-{leaver} left with SIGTERM ({status}): {size} consumers")
+        }
+        Kind::BrokerKill => cluster::broker_kill(ctx, rng).await?,
+        Kind::RedisMasterKill => cluster::redis_master_kill(ctx, rng, began).await?,
         Kind::Rollback => redis_state::rollback(ctx, n).await?,
         Kind::WrongType => redis_state::wrongtype(ctx, n).await?,
         Kind::Failover => failover::failover(ctx, n).await?,
