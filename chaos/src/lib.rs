@@ -20,7 +20,9 @@
 //!    broker restart, a Redis restart + FLUSHALL, a Redis rollback to an earlier snapshot, a
 //!    failover to a lagging replica, Cassandra paused with SIGSTOP, consumers frozen (in a CQL
 //!    stage, inside poll, anywhere), two producers on the same sessions, late sends, a session
-//!    whose window keys have the wrong Redis type.
+//!    whose window keys have the wrong Redis type. On the cluster stack (`--size cluster|cluster-ci`,
+//!    [`Options::cluster`]): the fleet scaled 1 → 3 → 2, kill -9 of a partition leader broker and of
+//!    a Redis master, beside the faults that mean the same there.
 //! 5. **Oracle** ([`oracle`]): history read during the run, and every session once after it.
 //! 6. **Drain** ([`drain`]): the group's committed offsets reach the end of every partition; the
 //!    fleet stops; the CQL row count is stable.

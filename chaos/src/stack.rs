@@ -7,6 +7,10 @@
 //! anything it checks that those variables and the addresses it tests (`CHATLOG_KAFKA_BOOTSTRAP`,
 //! `CHATLOG_CQL_NODES`, `CHATLOG_REDIS_URL`) name the same stack: restarting one Kafka while
 //! testing another would be a meaningless (and, on a shared machine, harmful) run.
+//!
+//! On the cluster stack ([`ClusterStack`], `dev/cluster.sh`) Kafka and Redis are the cluster's
+//! (`CHATLOG_CLUSTER_KAFKA_BOOTSTRAP`, `CHATLOG_CLUSTER_REDIS_NODES`, checked against
+//! `CHATLOG_CLUSTER_*_PORT` the same way) and CQL is still `dev/stack.sh`'s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
