@@ -61,35 +61,16 @@ pub async fn create_topic(topic: &str, partitions: i32) {
     crate::create_topic_on(&kafka_bootstrap(), topic, partitions, 3).await;
 }
 
-/// One line of `CLUSTER NODES`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    /// The node id.
-    pub id: String,
-    /// Its client port on 127.0.0.1.
-    pub port: u16,
-    /// Whether it is a master (else a replica).
-    pub master: bool,
-    /// Its master's id (replicas only).
-    pub master_id: Option<String>,
-    /// The slot ranges it serves (masters only), inclusive.
-    pub slots: Vec<(u16, u16)>,
-    /// Whether the cluster marks it failed (`fail` or `fail?`).
-    pub failed: bool,
-}
+/// One node of the cluster, as `CLUSTER NODES` lists it.
+pub use chatlog_store::connection::ClusterNode as Node;
+/// Parses the text of `CLUSTER NODES`.
+pub use chatlog_store::connection::parse_cluster_nodes as parse_nodes;
 
-impl Node {
-    /// Whether it serves `slot`.
-    pub fn serves(&self, slot: u16) -> bool {
-        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
-    }
-
-    /// A plain (non-cluster) connection to this one node.
-    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
-        direct(self.port)
-            .await
-            .unwrap_or_else(|e| panic!("redis node on {}: {e}", self.port))
-    }
+/// A plain (non-cluster) connection to one node.
+pub async fn connect_node(node: &Node) -> redis::aio::MultiplexedConnection {
+    direct(node.port)
+        .await
+        .unwrap_or_else(|e| panic!("redis node on {}: {e}", node.port))
 }
 
 async fn direct(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
@@ -100,36 +81,6 @@ async fn direct(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnecti
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-}
-
-/// Parses the text of `CLUSTER NODES`.
-pub fn parse_nodes(text: &str) -> Vec<Node> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
-            let flags: Vec<&str> = f[2].split(',').collect();
-            let slots = f[8..]
-                .iter()
-                .filter(|s| !s.starts_with('['))
-                .filter_map(|s| match s.split_once('-') {
-                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                    None => s.parse().ok().map(|a| (a, a)),
-                })
-                .collect();
-            Some(Node {
-                id: f[0].to_owned(),
-                port,
-                master: flags.contains(&"master"),
-                master_id: (f[3] != "-").then(|| f[3].to_owned()),
-                slots,
-                failed: flags.iter().any(|f| f.starts_with("fail")),
-            })
-        })
-        .collect()
 }
 
 /// The cluster as one reachable node sees it.
@@ -178,7 +129,7 @@ pub async fn master_and_replica(slot: u16) -> (Node, Node) {
 /// master's and the new master's ports.
 pub async fn failover(slot: u16) -> (u16, u16) {
     let (master, replica) = master_and_replica(slot).await;
-    let mut con = replica.connect().await;
+    let mut con = connect_node(&replica).await;
     redis::cmd("CLUSTER")
         .arg("FAILOVER")
         .query_async::<()>(&mut con)
@@ -212,25 +163,30 @@ pub async fn failover(slot: u16) -> (u16, u16) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_nodes_lines_parse() {
-        let text = "\
-a1 127.0.0.1:16001@26001 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:16004@26004 slave a1 0 1700000000000 1 connected
-c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b2]
-";
-        let nodes = parse_nodes(text);
-        assert_eq!(nodes.len(), 3);
-        assert!(nodes[0].master && nodes[0].serves(0) && nodes[0].serves(5460));
-        assert!(!nodes[0].serves(5461));
-        assert_eq!(nodes[1].master_id.as_deref(), Some("a1"));
-        assert!(!nodes[1].master && nodes[1].slots.is_empty());
-        assert_eq!(nodes[2].slots, vec![(5461, 10922), (12000, 12000)]);
-        assert!(nodes[2].failed);
-        assert_eq!(nodes[2].port, 16002);
+/// Session ids whose keys cover every master of the cluster, `per_master` on each (named
+/// `<unique(prefix)>_<n>`, so a `<prefix>_*` glob matches them).
+pub async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<String> {
+    let masters: Vec<Node> = nodes()
+        .await
+        .into_iter()
+        .filter(|n| n.master && !n.failed)
+        .collect();
+    assert!(masters.len() >= 3, "a cluster of 3 masters: {masters:?}");
+    let base = crate::unique(prefix);
+    let mut by_master: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    let mut i = 0;
+    while by_master.len() < masters.len() || by_master.values().any(|s| s.len() < per_master) {
+        let sid = format!("{base}_{i}");
+        i += 1;
+        let slot = chatlog_store::keys::slot(&chatlog_store::keys::seq(&sid));
+        let master = masters
+            .iter()
+            .find(|m| m.serves(slot))
+            .expect("a master per slot");
+        let on = by_master.entry(master.port).or_default();
+        if on.len() < per_master {
+            on.push(sid);
+        }
     }
+    by_master.into_values().flatten().collect()
 }

@@ -122,32 +122,6 @@ fn message(session_id: &str, i: usize) -> NewMessage {
     }
 }
 
-/// Sessions whose keys cover every master of the cluster (`per_master` each).
-async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<String> {
-    let masters: Vec<cluster::Node> = cluster::nodes()
-        .await
-        .into_iter()
-        .filter(|n| n.master && !n.failed)
-        .collect();
-    assert!(masters.len() >= 3, "a cluster of 3 masters: {masters:?}");
-    let mut by_master: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    let mut i = 0;
-    while by_master.len() < masters.len() || by_master.values().any(|s| s.len() < per_master) {
-        let sid = format!("{}_{i}", unique(prefix));
-        i += 1;
-        let slot = keys::slot(&keys::seq(&sid));
-        let master = masters
-            .iter()
-            .find(|m| m.serves(slot))
-            .expect("a master per slot");
-        let on = by_master.entry(master.port).or_default();
-        if on.len() < per_master {
-            on.push(sid);
-        }
-    }
-    by_master.into_values().flatten().collect()
-}
-
 /// Every session's history, once it holds `n` messages (read from `source` when given):
 /// `(seq, content)` in order.
 async fn read_all(
@@ -198,7 +172,7 @@ async fn read_all(
 async fn cluster_pipeline_spreads_sessions_over_every_master_end_to_end() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let world = World::new("cluster_e2e").await;
-    let sessions = sessions_on_every_master("cl", 6).await;
+    let sessions = cluster::sessions_on_every_master("cl", 6).await;
     let producer = world.producer().await;
     let dal = Dal::new(
         world.session.clone(),

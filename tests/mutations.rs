@@ -199,6 +199,21 @@ impl World {
     }
 
     /// The row of `sid`/`seq` as raw CQL reads it.
+    /// The row of `seq` once it holds `version` (its cells' write time), or as it is after 30 s.
+    /// A batch's rows and window entries are written concurrently, so history may show a
+    /// version a moment before the table holds it.
+    async fn row_at(&self, sid: &str, seq: i64, version: i64) -> Option<Row> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = self.row(sid, seq).await;
+            let there = row.as_ref().is_some_and(|r| r.writetime >= version);
+            if there || std::time::Instant::now() > deadline {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn row(&self, sid: &str, seq: i64) -> Option<Row> {
         let cql = format!(
             "SELECT content, ext, state, edit_count, mutated_by, writetime(content) \
@@ -440,7 +455,10 @@ async fn recall_removes_content_from_cql_and_the_window_and_history_shows_it_rec
         }
         s => panic!("{s:?}"),
     }
-    let row = w.row(&sid, sent.seq).await.expect("row");
+    let row = w
+        .row_at(&sid, sent.seq, recalled.version)
+        .await
+        .expect("row");
     assert!(row.content.is_empty(), "content left in CQL: {row:?}");
     assert_eq!((row.state, row.writetime), (2, recalled.version), "{row:?}");
     let (version, member) = w.window_member(&sid, sent.seq).await.expect("member");
@@ -500,7 +518,7 @@ async fn edit_twice_counts_two_keeps_the_last_content_and_writes_at_its_version(
         s => panic!("{s:?}"),
     }
     assert_eq!(seen, two.message);
-    let row = w.row(&sid, sent.seq).await.expect("row");
+    let row = w.row_at(&sid, sent.seq, two.version).await.expect("row");
     assert_eq!(
         (
             row.content.as_slice(),
@@ -990,7 +1008,7 @@ async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last
             .until_history(&sid, *seq, &[&consumer], |s| s.version() >= m.version)
             .await;
         assert_eq!(&seen, &m.message, "seq {seq}");
-        let row = w.row(&sid, *seq).await.expect("row");
+        let row = w.row_at(&sid, *seq, m.version).await.expect("row");
         assert_eq!(row.writetime, m.version, "{row:?}");
         assert_eq!(row.content, m.message.content);
         let (version, member) = w.window_member(&sid, *seq).await.expect("member");

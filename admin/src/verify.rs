@@ -168,7 +168,9 @@ pub async fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<Outcome> {
                 return Err(Error::Usage("--concurrency must be at least 1".into()));
             }
             let matching = matching.as_deref().unwrap_or("*");
-            walk(&tools, matching, *concurrency, &mut summary).await?;
+            // SCAN walks one node's keyspace: on a Redis Cluster, every master's in turn.
+            let masters = ctx.config.redis.connect_masters(&tools.redis).await?;
+            walk(&tools, &masters, matching, *concurrency, &mut summary).await?;
         }
         _ => {
             return Err(Error::Usage(
@@ -184,33 +186,37 @@ pub async fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<Outcome> {
 /// window that is not consistent.
 async fn walk(
     tools: &Tools<'_>,
+    nodes: &[chatlog_store::RedisConnection],
     matching: &str,
     concurrency: usize,
     summary: &mut Summary,
 ) -> Result<()> {
     let pattern = keys::window(matching);
-    let pages = futures::stream::try_unfold(
-        (Some(0u64), tools.redis.clone()),
-        move |(cursor, mut con)| {
-            let pattern = pattern.clone();
-            async move {
-                let Some(cursor) = cursor else {
-                    return Ok(None);
-                };
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_PAGE)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(Error::redis(format!("SCAN the window keys ({pattern})")))?;
-                let next = (next != 0).then_some(next);
-                Ok::<_, Error>(Some((keys, (next, con))))
-            }
-        },
-    );
+    // (cursor, node): a cursor of `None` moves on to the next node; past the last, the end.
+    let pages = futures::stream::try_unfold((Some(0u64), 0usize), move |(cursor, node)| {
+        let pattern = pattern.clone();
+        async move {
+            let (cursor, node) = match cursor {
+                Some(cursor) => (cursor, node),
+                None => (0, node + 1),
+            };
+            let Some(con) = nodes.get(node) else {
+                return Ok(None);
+            };
+            let mut con = con.clone();
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async(&mut con)
+                .await
+                .map_err(Error::redis(format!("SCAN the window keys ({pattern})")))?;
+            let next = (next != 0).then_some(next);
+            Ok::<_, Error>(Some((keys, (next, node))))
+        }
+    });
     // SCAN may return a key twice: each window is checked once.
     let mut seen = HashSet::new();
     let results = pages

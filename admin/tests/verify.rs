@@ -34,8 +34,11 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(redis_connection().await).await
+}
+
+async fn fixture_on(redis: RedisConnection) -> Fixture {
     let (cql, config) = fresh_keyspace("admin_verify").await;
-    let redis = redis_connection().await;
     let codec = Codec::default();
     let history = History::new(
         Arc::clone(&cql),
@@ -328,4 +331,56 @@ async fn verify_reports_a_window_of_another_epoch_as_such() {
     let page = fx.history.latest(&sid, 5).await.expect("latest");
     assert_eq!(page.source, Source::Database, "{page:?}");
     assert_eq!(page.seqs(), (11..=15).collect::<Vec<_>>());
+}
+
+/// `--all` on a Redis Cluster: `SCAN` walks one node, so the tool walks every master; windows
+/// on each of the three are found, the damaged ones repaired.
+#[tokio::test]
+async fn verify_all_walks_every_master_of_a_cluster() {
+    let fx = fixture_on(chatlog::cluster::redis_connection().await).await;
+    let sids = chatlog::cluster::sessions_on_every_master("vcl", 2).await;
+    let glob = format!("{}*", sids[0].rsplit_once('_').expect("a numbered id").0);
+    for (i, sid) in sids.iter().enumerate() {
+        let written = fx.write(sid, 1..=15).await;
+        if i % 2 == 0 {
+            fx.damage(&written, 8, 12).await;
+        }
+    }
+    let cluster = || {
+        let mut cmd = fx.chatlog();
+        cmd.env(
+            "CHATLOG_REDIS_CLUSTER_NODES",
+            chatlog::cluster::redis_nodes().join(","),
+        );
+        cmd
+    };
+    let found = common::run(cluster(), &["verify", "windows", "--all", "--match", &glob]).await;
+    assert_eq!(found.code, Some(1), "{found}");
+    assert!(
+        found
+            .stdout
+            .contains("checked 6: 3 consistent, 3 inconsistent"),
+        "{found}"
+    );
+    for (i, sid) in sids.iter().enumerate() {
+        assert_eq!(
+            lines_of(&found.stdout, sid).len(),
+            usize::from(i % 2 == 0),
+            "{found}"
+        );
+    }
+    let repaired = common::run(
+        cluster(),
+        &["verify", "windows", "--all", "--match", &glob, "--repair"],
+    )
+    .await;
+    assert_eq!(repaired.code, Some(0), "{repaired}");
+    assert!(repaired.stdout.contains("3 repaired"), "{repaired}");
+    for sid in &sids {
+        let report = verify_window(&fx.history, sid).await.expect("verify");
+        assert!(
+            report.is_consistent() && report.window_epoch_current,
+            "{report}"
+        );
+    }
 }

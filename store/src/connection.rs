@@ -186,9 +186,181 @@ fn count_error(got: usize, wanted: usize) -> redis::RedisError {
     ))
 }
 
+/// One node of a Redis Cluster, as `CLUSTER NODES` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node id.
+    pub id: String,
+    /// Its client address, `host:port`.
+    pub address: String,
+    /// Its client port.
+    pub port: u16,
+    /// Whether it is a master (else a replica).
+    pub master: bool,
+    /// Its master's id (replicas only).
+    pub master_id: Option<String>,
+    /// The slot ranges it serves (masters only), inclusive.
+    pub slots: Vec<(u16, u16)>,
+    /// Whether the cluster marks it failed (`fail` or `fail?`).
+    pub failed: bool,
+}
+
+impl ClusterNode {
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+}
+
+/// Parses the text of `CLUSTER NODES` (lines it cannot read are skipped).
+pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let address = f[1].split('@').next()?.to_owned();
+            let port = address.rsplit(':').next()?.parse().ok()?;
+            let flags: Vec<&str> = f[2].split(',').collect();
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: f[0].to_owned(),
+                address,
+                port,
+                master: flags.contains(&"master"),
+                master_id: (f[3] != "-").then(|| f[3].to_owned()),
+                slots,
+                failed: flags.iter().any(|f| f.starts_with("fail")),
+            })
+        })
+        .collect()
+}
+
+impl crate::RedisConfig {
+    /// One connection per node that holds keys: the server itself, or on a Redis Cluster every
+    /// master that serves slots (as `con`, a connection to it, lists them), each reached with
+    /// this config's password. For what acts on one node's keyspace only, such as `SCAN`.
+    pub async fn connect_masters(
+        &self,
+        con: &RedisConnection,
+    ) -> crate::Result<Vec<RedisConnection>> {
+        if !con.is_cluster() {
+            return Ok(vec![con.clone()]);
+        }
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut con.clone())
+            .await
+            .map_err(crate::Error::redis("read CLUSTER NODES"))?;
+        let scheme = if self
+            .cluster_nodes
+            .iter()
+            .any(|n| n.starts_with("rediss://"))
+        {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let mut masters = Vec::new();
+        for node in parse_cluster_nodes(&text) {
+            if node.master && !node.failed && !node.slots.is_empty() {
+                let one = crate::RedisConfig {
+                    url: format!("{scheme}://{}/", node.address),
+                    cluster_nodes: Vec::new(),
+                    ..self.clone()
+                };
+                masters.push(RedisConnection::Single(one.connect_single().await?));
+            }
+        }
+        Ok(masters)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_nodes_lines_parse() {
+        let text = "\
+a1 127.0.0.1:16001@26001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:16004@26004 slave a1 0 1700000000000 1 connected
+c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b2]
+";
+        let nodes = parse_cluster_nodes(text);
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes[0].master && nodes[0].serves(0) && nodes[0].serves(5460));
+        assert!(!nodes[0].serves(5461));
+        assert_eq!(nodes[0].address, "127.0.0.1:16001");
+        assert_eq!(nodes[1].master_id.as_deref(), Some("a1"));
+        assert!(!nodes[1].master && nodes[1].slots.is_empty());
+        assert_eq!(nodes[2].slots, vec![(5461, 10922), (12000, 12000)]);
+        assert!(nodes[2].failed);
+        assert_eq!(nodes[2].port, 16002);
+    }
+
+    #[derive(Clone)]
+    struct Fake {
+        cluster: bool,
+        calls: std::sync::Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
+    }
+
+    impl Topology for Fake {
+        fn is_cluster(&self) -> bool {
+            self.cluster
+        }
+    }
+
+    /// Runs `by_slot` over `slots`, each output naming its position; returns the outputs and the
+    /// groups `run` was called with.
+    fn run_by_slot(cluster: bool, slots: &[u16]) -> (Vec<String>, Vec<Vec<usize>>) {
+        let fake = Fake {
+            cluster,
+            calls: Default::default(),
+        };
+        let out = futures::executor::block_on(by_slot(&fake, slots, |con, at| async move {
+            con.calls.lock().unwrap().push(at.clone());
+            Ok::<_, redis::RedisError>(at.iter().map(|i| format!("#{i}")).collect())
+        }))
+        .unwrap();
+        let mut calls = fake.calls.lock().unwrap().clone();
+        calls.sort();
+        (out, calls)
+    }
+
+    #[test]
+    fn by_slot_puts_every_reply_back_in_place() {
+        let slots = [7, 3, 7, 9, 3];
+        let want: Vec<String> = (0..5).map(|i| format!("#{i}")).collect();
+        assert_eq!(
+            run_by_slot(false, &slots),
+            (want.clone(), vec![vec![0, 1, 2, 3, 4]])
+        );
+        assert_eq!(
+            run_by_slot(true, &slots),
+            (want, vec![vec![0, 2], vec![1, 4], vec![3]])
+        );
+        let short = futures::executor::block_on(by_slot(
+            &Fake {
+                cluster: true,
+                calls: Default::default(),
+            },
+            &slots,
+            |_, at| async move { Ok::<_, redis::RedisError>(vec![0; at.len() - 1]) },
+        ));
+        assert!(
+            short.is_err(),
+            "a group answering short is an error, not a shifted reply"
+        );
+    }
 
     #[test]
     fn one_group_on_a_single_server_one_per_slot_on_a_cluster() {

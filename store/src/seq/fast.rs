@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::config::duration_ms;
 use super::{AllocPath, AllocRequest, Allocation, SeqAllocator};
-use crate::connection::{RedisConnection, Topology};
+use crate::connection::{RedisConnection, by_slot};
 use crate::{Error, Result, keys};
 
 /// The fast path for up to [`FAST_BATCH`] requests of one or more sessions. KEYS: per session,
@@ -136,34 +136,27 @@ impl SeqAllocator {
         &self,
         sessions: &[(&str, &[AllocRequest])],
     ) -> Vec<Result<Fast>> {
-        let inner = &*self.inner;
-        let con = inner.redis.clone();
-        if !con.is_cluster() {
-            return self.call_fast_slot(con, sessions).await;
-        }
-        let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
-        for (i, (session_id, _)) in sessions.iter().enumerate() {
-            groups
-                .entry(keys::slot(&keys::seq(session_id)))
-                .or_default()
-                .push(i);
-        }
-        if groups.len() == 1 {
-            return self.call_fast_slot(con, sessions).await;
-        }
-        let calls = groups.into_values().map(|at| {
+        let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
+        let slots: Vec<u16> = sessions
+            .iter()
+            .map(|(session_id, _)| keys::slot(&keys::seq(session_id)))
+            .collect();
+        let per_session = by_slot(&self.inner.redis, &slots, |con, at| async move {
             let group: Vec<(&str, &[AllocRequest])> = at.iter().map(|&i| sessions[i]).collect();
-            let con = con.clone();
-            async move { (at, self.call_fast_slot(con, &group).await) }
-        });
-        let mut per_session: Vec<Vec<Result<Fast>>> = sessions.iter().map(|_| Vec::new()).collect();
-        for (at, results) in futures::future::join_all(calls).await {
-            let mut results = results.into_iter();
-            for i in at {
-                per_session[i] = results.by_ref().take(sessions[i].1.len()).collect();
-            }
+            let mut results = self.call_fast_slot(con, &group).await.into_iter();
+            let per_session: Vec<Vec<Result<Fast>>> = at
+                .iter()
+                .map(|&i| results.by_ref().take(sessions[i].1.len()).collect())
+                .collect();
+            Ok::<_, redis::RedisError>(per_session)
+        })
+        .await;
+        match per_session {
+            Ok(per_session) => per_session.into_iter().flatten().collect(),
+            Err(e) => (0..total)
+                .map(|_| Err(fast_path_error(e.clone())))
+                .collect(),
         }
-        per_session.into_iter().flatten().collect()
     }
 
     /// [`call_fast`](Self::call_fast) for sessions whose keys share one slot (or any sessions on
