@@ -190,3 +190,87 @@ pub async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<St
     }
     by_master.into_values().flatten().collect()
 }
+
+/// The first port of the cluster's Redis nodes (node `N` listens on `first + N - 1`).
+fn first_redis_port() -> u16 {
+    std::env::var("CHATLOG_CLUSTER_REDIS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(16001)
+}
+
+/// A master stopped by [`stop_master`].
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The stopped master.
+    pub master: Node,
+    /// Its replica, which takes its slots over.
+    pub replica: Node,
+}
+
+/// Stops the master serving `slot` at once (`SHUTDOWN NOSAVE`: the nodes keep no data on disk,
+/// so this is a crash as far as the cluster is concerned). Its replica takes over once the others
+/// have not heard from it for the cluster's node timeout ([`until_promoted`]).
+pub async fn stop_master(slot: u16) -> Stopped {
+    let (master, replica) = master_and_replica(slot).await;
+    let mut con = connect_node(&master).await;
+    // The server closes the connection instead of answering.
+    let _ = redis::cmd("SHUTDOWN")
+        .arg("NOSAVE")
+        .query_async::<()>(&mut con)
+        .await;
+    Stopped { master, replica }
+}
+
+/// Waits until the replica of a [`stop_master`] serves `slot` as a master, in its own view.
+pub async fn until_promoted(stopped: &Stopped, slot: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut con) = direct(stopped.replica.port).await
+            && let Ok(text) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut con)
+                .await
+            && parse_nodes(&text)
+                .iter()
+                .any(|n| n.id == stopped.replica.id && n.master && n.serves(slot))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica on {} never took slot {slot} over",
+            stopped.replica.port
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a [`stop_master`]'s node again (`dev/cluster.sh start-node`): it rejoins as the new
+/// master's replica. Returns once it answers.
+pub fn restart(stopped: &Stopped) {
+    let ordinal = stopped.master.port - first_redis_port() + 1;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/cluster.sh");
+    let status = std::process::Command::new(script)
+        .args(["start-node", "redis", &ordinal.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(
+        status.success(),
+        "{script} start-node redis {ordinal}: {status}"
+    );
+}
+
+/// The process id of a node (`INFO server`).
+pub async fn pid_of(node: &Node) -> u32 {
+    let mut con = connect_node(node).await;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await
+        .unwrap_or_else(|e| panic!("INFO server on {}: {e}", node.port));
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no process_id in INFO server of {}", node.port))
+}

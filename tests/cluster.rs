@@ -346,3 +346,127 @@ async fn cluster_master_failover_keeps_seqs_rising_and_the_window_whole() {
     assert_eq!(messages, &expected, "every message once, in send order");
     consumer.stop().await;
 }
+
+/// A client built while a master is down (a process that starts, or restarts, in the middle of a
+/// failover — found by the cluster chaos run, where a consumer restarted 0.1 s before a master
+/// was killed): its first map of the slots names the dead master. Once the replica has taken
+/// over, and again once the old node is back as a replica, commands on those slots must reach
+/// the new master, not time out against a map that is never refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_client_built_during_a_failover_reaches_the_new_master() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let sid = unique("cluster_late");
+    let key = keys::latest(&sid);
+    let slot = keys::slot(&key);
+    // The consumer's settings: the default response timeout.
+    let connecting = chatlog_store::RedisConfig {
+        cluster_nodes: cluster::redis_nodes(),
+        ..chatlog_store::RedisConfig::default()
+    };
+    let connecting = tokio::spawn(async move { connecting.connect().await });
+    let stopped = cluster::stop_master(slot).await;
+    let mut late = connecting
+        .await
+        .unwrap()
+        .expect("a cluster client while a master is down");
+    cluster::until_promoted(&stopped, slot).await;
+    let set = |mut con: RedisConnection, value: &'static str| {
+        let key = key.clone();
+        async move {
+            // A pipeline, as the window writer sends.
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query_async::<(String,)>(&mut con)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || set(late.clone(), "after the failover"),
+        |e| format!("a client built during the failover never reached the new master: {e}"),
+    )
+    .await;
+    cluster::restart(&stopped);
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || set(late.clone(), "after the old master came back"),
+        |e| format!("a client built during the failover lost the slot again: {e}"),
+    )
+    .await;
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut late)
+        .await
+        .expect("GET");
+    assert_eq!(value, "after the old master came back");
+}
+
+/// A master that hangs instead of dying (a stalled VM, a full disk, `SIGSTOP`): its sockets stay
+/// open and nothing answers, so a client only sees timeouts — never the refused connection or the
+/// `MOVED` that make it read the slots again. Once the replica has taken the slots over, a client
+/// that was talking to the hung master must find the new one by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_client_leaves_a_hung_master_for_its_replica() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let sid = unique("cluster_hung");
+    let key = keys::latest(&sid);
+    let slot = keys::slot(&key);
+    // The consumer's settings: the default response timeout.
+    let mut con = chatlog_store::RedisConfig {
+        cluster_nodes: cluster::redis_nodes(),
+        ..chatlog_store::RedisConfig::default()
+    }
+    .connect()
+    .await
+    .expect("a cluster client");
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("before")
+        .query_async::<()>(&mut con)
+        .await
+        .expect("SET before the hang");
+    let (master, replica) = cluster::master_and_replica(slot).await;
+    let pid = cluster::pid_of(&master).await;
+    chatlog::signal(pid, "-STOP").expect("SIGSTOP the master");
+    let stopped = cluster::Stopped { master, replica };
+    cluster::until_promoted(&stopped, slot).await;
+    let wrote = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            let set = redis::cmd("SET")
+                .arg(&key)
+                .arg("after")
+                .query_async::<()>(&mut con.clone())
+                .await;
+            match set {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_timeout() || e.is_io_error() => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    chatlog::signal(pid, "-CONT").expect("SIGCONT the old master");
+    wrote
+        .expect("the client kept timing out against the hung master for 40 s")
+        .expect("SET after the failover");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .expect("GET");
+    assert_eq!(value, "after");
+    match &con {
+        RedisConnection::Cluster(handle) => {
+            assert!(handle.rebuilds() >= 1, "found through a new client")
+        }
+        RedisConnection::Single(_) => panic!("a cluster connection"),
+    }
+}

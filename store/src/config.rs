@@ -334,15 +334,19 @@ impl RedisConfig {
     /// Redis Cluster of `cluster_nodes`.
     pub async fn connect(&self) -> Result<RedisConnection> {
         if self.is_cluster() {
-            return self
-                .cluster_client()?
-                .get_async_connection()
-                .await
-                .map(RedisConnection::Cluster)
-                .map_err(|e| Error::Redis {
-                    what: "connect to the cluster",
-                    source: e,
-                });
+            // A client still failing after two response timeouts is rebuilt (see the type).
+            let patience = (self.response_timeout * 2).max(Duration::from_secs(1));
+            return crate::connection::ClusterHandle::connect(
+                self.cluster_client()?,
+                patience,
+                self.connect_timeout * 3,
+            )
+            .await
+            .map(RedisConnection::Cluster)
+            .map_err(|e| Error::Redis {
+                what: "connect to the cluster",
+                source: e,
+            });
         }
         self.connect_single().await.map(RedisConnection::Single)
     }

@@ -17,6 +17,7 @@
 //! epoch's ([`crate::epoch`]): each script reads the epoch of the node that serves its slot.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -27,9 +28,9 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 pub enum RedisConnection {
     /// One server (redis-rs `ConnectionManager`).
     Single(redis::aio::ConnectionManager),
-    /// A Redis Cluster (redis-rs `cluster_async::ClusterConnection`): commands routed by slot,
-    /// `MOVED`/`ASK` followed, the topology refreshed after a failover.
-    Cluster(redis::cluster_async::ClusterConnection),
+    /// A Redis Cluster: commands routed by slot, `MOVED`/`ASK` followed, and a client that is
+    /// rebuilt when it keeps failing ([`ClusterHandle`]).
+    Cluster(ClusterHandle),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -47,9 +48,164 @@ impl From<redis::aio::ConnectionManager> for RedisConnection {
     }
 }
 
-impl From<redis::cluster_async::ClusterConnection> for RedisConnection {
-    fn from(cluster: redis::cluster_async::ClusterConnection) -> Self {
-        RedisConnection::Cluster(cluster)
+/// A redis-rs `cluster-async` connection that is replaced by a new one, built from the seed
+/// nodes, when its commands have kept failing with timeouts or I/O errors for `patience`.
+///
+/// # Why
+///
+/// The cluster client reads the slots again on `MOVED`, on a refused connection and on a lost
+/// one, but not on a timeout, and its slot refresh can itself hang (the cluster chaos run: a
+/// consumer whose refresh began while a master was being killed timed out on that master's
+/// slots for minutes after its replica had taken over). A master that hangs instead of dying
+/// (`SIGSTOP`, a stalled VM) answers nothing, so every command to its slots times out and the
+/// client never learns about the failover (`tests/cluster.rs`). A new client asks the live
+/// nodes for the slots, so after a failover it reaches the new master; before the failover
+/// completes it may still name the old one, and the next `patience` of failures rebuilds again.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    inner: std::sync::Arc<ClusterInner>,
+}
+
+struct ClusterInner {
+    client: redis::cluster::ClusterClient,
+    current: std::sync::RwLock<redis::cluster_async::ClusterConnection>,
+    health: std::sync::Mutex<Health>,
+    /// How long commands may keep failing before the client is rebuilt (also the least time
+    /// between two rebuilds).
+    patience: Duration,
+    /// Longest wait for a new client (redis-rs' connection setup can hang on a hung node).
+    connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Health {
+    /// When the current run of failures (timeouts, I/O errors) began.
+    failing_since: Option<Instant>,
+    /// The latest failure.
+    last_failure: Option<Instant>,
+    /// A rebuild is under way.
+    rebuilding: bool,
+    /// When the last rebuild ended.
+    rebuilt_at: Option<Instant>,
+    /// Rebuilds done.
+    rebuilds: u64,
+}
+
+impl ClusterHandle {
+    /// Connects `client` (within `connect_timeout`, which redis-rs does not bound by itself).
+    pub async fn connect(
+        client: redis::cluster::ClusterClient,
+        patience: Duration,
+        connect_timeout: Duration,
+    ) -> redis::RedisResult<ClusterHandle> {
+        let first = connect_within(&client, connect_timeout).await?;
+        Ok(ClusterHandle {
+            inner: std::sync::Arc::new(ClusterInner {
+                client,
+                current: std::sync::RwLock::new(first),
+                health: std::sync::Mutex::new(Health::default()),
+                patience,
+                connect_timeout,
+            }),
+        })
+    }
+
+    /// Clients built after the first (for tests and operators).
+    pub fn rebuilds(&self) -> u64 {
+        self.health().rebuilds
+    }
+
+    fn current(&self) -> redis::cluster_async::ClusterConnection {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes how a command ended; starts a rebuild once failures have kept coming for
+    /// `patience`. Successes do not end a run of failures: while one master hangs, commands to
+    /// the others succeed, and only the hung one's slots fail — a quiet `patience` without any
+    /// failure does.
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        let Err(e) = result else {
+            return;
+        };
+        let unreachable = e.is_timeout()
+            || e.is_io_error()
+            || e.is_connection_dropped()
+            || e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+        if !unreachable {
+            return;
+        }
+        let now = Instant::now();
+        let patience = self.inner.patience;
+        let mut health = self.health();
+        let quiet_before = health
+            .last_failure
+            .is_none_or(|at| now.duration_since(at) >= patience);
+        if quiet_before {
+            health.failing_since = Some(now);
+        }
+        health.last_failure = Some(now);
+        let since = *health.failing_since.get_or_insert(now);
+        let rested = health
+            .rebuilt_at
+            .is_none_or(|at| now.duration_since(at) >= patience);
+        if health.rebuilding || now.duration_since(since) < patience || !rested {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        health.rebuilding = true;
+        drop(health);
+        let this = self.clone();
+        runtime.spawn(async move {
+            let built = connect_within(&this.inner.client, this.inner.connect_timeout).await;
+            let mut health = this.health();
+            health.rebuilding = false;
+            health.rebuilt_at = Some(Instant::now());
+            match built {
+                Ok(fresh) => {
+                    *this
+                        .inner
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    health.rebuilds += 1;
+                    health.failing_since = None;
+                    health.last_failure = None;
+                    tracing::warn!(
+                        rebuilds = health.rebuilds,
+                        "redis cluster client rebuilt after its commands kept failing"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis cluster client rebuild failed; retrying");
+                }
+            }
+        });
+    }
+}
+
+async fn connect_within(
+    client: &redis::cluster::ClusterClient,
+    limit: Duration,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    match tokio::time::timeout(limit, client.get_async_connection()).await {
+        Ok(connected) => connected,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "connecting to the redis cluster timed out",
+        ))),
     }
 }
 
@@ -57,7 +213,11 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Single(c) => c.req_packed_command(cmd),
-            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => Box::pin(async move {
+                let result = c.current().req_packed_command(cmd).await;
+                c.observe(&result);
+                result
+            }),
         }
     }
 
@@ -69,14 +229,18 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
-            RedisConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConnection::Cluster(c) => Box::pin(async move {
+                let result = c.current().req_packed_commands(cmd, offset, count).await;
+                c.observe(&result);
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConnection::Single(c) => c.get_db(),
-            RedisConnection::Cluster(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.current().get_db(),
         }
     }
 }
@@ -107,6 +271,12 @@ impl Topology for redis::aio::MultiplexedConnection {
 }
 
 impl Topology for redis::cluster_async::ClusterConnection {
+    fn is_cluster(&self) -> bool {
+        true
+    }
+}
+
+impl Topology for ClusterHandle {
     fn is_cluster(&self) -> bool {
         true
     }
