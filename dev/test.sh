@@ -2,7 +2,8 @@
 # Every test, against the real local stack: brings the stack up (installing what is missing) and the
 # cluster stack (dev/cluster.sh: three Kafka brokers, a Redis Cluster) beside it, checks
 # formatting, lints and the dependency policy, runs the whole test suite of the workspace, then the
-# chaos harness's CI size (`dev/chaos.sh ci`, ~4 minutes, a replay from offset 0 included), which prints its summary line. Extra
+# chaos harness's CI sizes (`dev/chaos.sh ci`, ~4 minutes, a replay from offset 0 included, and
+# `dev/chaos.sh cluster-ci` on the cluster stack, ~4 minutes), which print their summary lines. Extra
 # arguments go to `cargo test`; CHATLOG_SKIP_CHAOS=1 skips the chaos step (e.g. a filtered test run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -74,4 +75,8 @@ cargo test --workspace --all-targets --locked "$@"
 if [ "${CHATLOG_SKIP_CHAOS:-0}" != 1 ]; then
   step "chaos harness, ci size (docs/RELIABILITY.md)"
   CHATLOG_CHAOS_BUILD=0 dev/chaos.sh ci
+  # The consumer fleet on the cluster stack (scale 1 -> 3 -> 2, a partition leader's broker and a
+  # Redis master killed, a consumer kill -9): ~4 minutes.
+  step "chaos harness, cluster-ci size (docs/RELIABILITY.md)"
+  CHATLOG_CHAOS_BUILD=0 dev/chaos.sh cluster-ci
 fi

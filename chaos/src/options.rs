@@ -60,7 +60,7 @@ pub struct Options {
     /// (`CHATLOG_CLUSTER_KAFKA_BOOTSTRAP`, `CHATLOG_CLUSTER_REDIS_NODES`), topics have replication
     /// factor 3, every Redis client connects to the Redis Cluster itself (no proxy), each consumer
     /// has a group instance id beside its transactional id, and only the faults that mean
-    /// something on a cluster may be planned (see [`crate::faults::Kind::on_cluster`]).
+    /// something on a cluster may be planned (which kinds apply where: `faults::check_plan`).
     pub cluster: bool,
     /// Messages sent through the producer library (each acknowledged once).
     pub messages: usize,
@@ -356,19 +356,6 @@ impl Options {
             self.consumers + self.scale_ups * self.scale_up_by > self.scale_downs,
             "--scale-downs would retire every consumer"
         );
-        for k in crate::faults::Kind::ALL {
-            if k.planned(self) > 0 && !k.applies(self.cluster) {
-                anyhow::bail!(
-                    "{} faults are not possible on the {} stack (set them to 0)",
-                    k.name(),
-                    if self.cluster {
-                        "cluster"
-                    } else {
-                        "single-node"
-                    }
-                );
-            }
-        }
         anyhow::ensure!(
             !(self.cluster && self.consumer_pauses > 0 && self.pause_flush),
             "a consumer pause with FLUSHALL is a single-Redis fault: pass --no-pause-flush on a cluster"

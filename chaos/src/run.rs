@@ -27,6 +27,7 @@ use crate::{drain, events, faults, load, poison, replay, sabotage};
 /// `<run dir>/events.log`).
 pub async fn run(mut opts: Options, quiet: bool) -> anyhow::Result<Report> {
     opts.validate()?;
+    crate::faults::check_plan(&opts)?;
     let started = Instant::now();
     let begun = begin(&mut opts, quiet)?;
     let (stack, proxy) = connect(&opts, &begun.events).await?;

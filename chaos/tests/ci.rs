@@ -34,6 +34,7 @@ fn ci_size_injects_every_fault_kind_with_the_production_window() {
 fn cluster_ci_size_injects_every_cluster_fault_kind_and_scales_1_3_2() {
     let opts = Options::preset(Size::ClusterCi);
     opts.validate().unwrap();
+    chatlog_chaos::faults::check_plan(&opts).unwrap();
     assert!(opts.cluster);
     assert_eq!(opts.window_size, 200, "W as in production");
     assert_eq!(opts.consumers, 1, "the fleet starts with one consumer");

@@ -137,6 +137,26 @@ impl Kind {
     }
 }
 
+/// Refuses a plan with faults that are not possible on its stack (the single-Redis faults on a
+/// cluster, the cluster faults on the single-node stack). Checked with [`Options::validate`]
+/// before a run.
+pub fn check_plan(opts: &Options) -> anyhow::Result<()> {
+    for k in Kind::ALL {
+        if k.planned(opts) > 0 && !k.applies(opts.cluster) {
+            anyhow::bail!(
+                "{} faults are not possible on the {} stack (set them to 0)",
+                k.name(),
+                if opts.cluster {
+                    "cluster"
+                } else {
+                    "single-node"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `(kill=5, rebalance=1, …)`: the kinds planned or injected, in the order of [`Kind::ALL`];
 /// `(none)` when there are none.
 pub fn per_kind(opts: &Options, injected: &BTreeMap<String, usize>) -> String {
@@ -203,6 +223,7 @@ mod tests {
         for size in [Size::Ci, Size::Full, Size::Cluster, Size::ClusterCi] {
             let opts = Options::preset(size);
             opts.validate().unwrap();
+            check_plan(&opts).unwrap();
             let plan = schedule(&opts);
             assert_eq!(plan.len(), planned_total(&opts));
             let load = opts.load_duration().as_secs_f64();

@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 
 pub use ctx::Ctx;
 use ctx::{flushall, pause_then_resume, pick, wait_lag_zero};
-pub use kind::{Kind, WRONGTYPE_MESSAGES, per_kind, planned_total, schedule};
+pub use kind::{Kind, WRONGTYPE_MESSAGES, check_plan, per_kind, planned_total, schedule};
 
 use crate::events::Events;
 use crate::stack::{self, ResumeGuard};
