@@ -68,12 +68,13 @@ pub use chatlog_store::connection::parse_cluster_nodes as parse_nodes;
 
 /// A plain (non-cluster) connection to one node.
 pub async fn connect_node(node: &Node) -> redis::aio::MultiplexedConnection {
-    direct(node.port)
+    connect_port(node.port)
         .await
         .unwrap_or_else(|e| panic!("redis node on {}: {e}", node.port))
 }
 
-async fn direct(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+/// A plain (non-cluster) connection to the node on `port` of 127.0.0.1.
+pub async fn connect_port(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -81,6 +82,51 @@ async fn direct(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnecti
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
+}
+
+/// `CLUSTER NODES` as the node on `port` sees it.
+pub async fn nodes_seen_by(port: u16) -> redis::RedisResult<Vec<Node>> {
+    let mut con = connect_port(port).await?;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut con)
+        .await?;
+    Ok(parse_nodes(&text))
+}
+
+/// The first element of `ROLE` (`master`, `slave`) of the node on `port`.
+pub async fn role_of(port: u16) -> redis::RedisResult<String> {
+    let mut con = connect_port(port).await?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+    match role.first() {
+        Some(redis::Value::BulkString(r)) => Ok(String::from_utf8_lossy(r).into_owned()),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "ROLE",
+            format!("{other:?}"),
+        ))),
+    }
+}
+
+/// Waits up to `limit` until `replica` serves `slot` as a master in its own view of the cluster
+/// and answers `ROLE` as a master.
+async fn until_serves(replica: &Node, slot: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let promoted = nodes_seen_by(replica.port).await.is_ok_and(|seen| {
+            seen.iter()
+                .any(|n| n.id == replica.id && n.master && n.serves(slot))
+        });
+        if promoted && role_of(replica.port).await.is_ok_and(|r| r == "master") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica on {} did not take over slot {slot} in {limit:?}",
+            replica.port
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The cluster as one reachable node sees it.
@@ -94,13 +140,8 @@ pub async fn nodes() -> Vec<Node> {
         else {
             continue;
         };
-        if let Ok(mut con) = direct(port).await
-            && let Ok(text) = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async::<String>(&mut con)
-                .await
-        {
-            return parse_nodes(&text);
+        if let Ok(seen) = nodes_seen_by(port).await {
+            return seen;
         }
     }
     panic!("{}", hint("Redis", &redis_nodes().join(",")))
@@ -135,32 +176,8 @@ pub async fn failover(slot: u16) -> (u16, u16) {
         .query_async::<()>(&mut con)
         .await
         .unwrap_or_else(|e| panic!("CLUSTER FAILOVER on {}: {e}", replica.port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut con)
-            .await
-            .unwrap_or_default();
-        let promoted = parse_nodes(&text)
-            .into_iter()
-            .any(|n| n.id == replica.id && n.master && n.serves(slot));
-        let role: Vec<redis::Value> = redis::cmd("ROLE")
-            .query_async(&mut con)
-            .await
-            .unwrap_or_default();
-        let answers_as_master =
-            matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-        if promoted && answers_as_master {
-            return (master.port, replica.port);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica on {} did not take over slot {slot} in 30 s",
-            replica.port
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_serves(&replica, slot, Duration::from_secs(30)).await;
+    (master.port, replica.port)
 }
 
 /// Session ids whose keys cover every master of the cluster, `per_master` on each (named
@@ -224,26 +241,7 @@ pub async fn stop_master(slot: u16) -> Stopped {
 
 /// Waits until the replica of a [`stop_master`] serves `slot` as a master, in its own view.
 pub async fn until_promoted(stopped: &Stopped, slot: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut con) = direct(stopped.replica.port).await
-            && let Ok(text) = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async::<String>(&mut con)
-                .await
-            && parse_nodes(&text)
-                .iter()
-                .any(|n| n.id == stopped.replica.id && n.master && n.serves(slot))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica on {} never took slot {slot} over",
-            stopped.replica.port
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_serves(&stopped.replica, slot, Duration::from_secs(60)).await;
 }
 
 /// Starts a [`stop_master`]'s node again (`dev/cluster.sh start-node`): it rejoins as the new

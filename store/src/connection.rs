@@ -264,24 +264,6 @@ impl Topology for redis::aio::ConnectionManager {
     }
 }
 
-impl Topology for redis::aio::MultiplexedConnection {
-    fn is_cluster(&self) -> bool {
-        false
-    }
-}
-
-impl Topology for redis::cluster_async::ClusterConnection {
-    fn is_cluster(&self) -> bool {
-        true
-    }
-}
-
-impl Topology for ClusterHandle {
-    fn is_cluster(&self) -> bool {
-        true
-    }
-}
-
 /// What chatlog's generic Redis code takes: a connection that knows its [`Topology`] and can be
 /// cloned for concurrent per-slot calls ([`RedisConnection`], or a plain `ConnectionManager` in
 /// tests and tools).
@@ -289,24 +271,29 @@ pub trait RedisLike: ConnectionLike + Topology + Clone + Send + Sync {}
 
 impl<C: ConnectionLike + Topology + Clone + Send + Sync> RedisLike for C {}
 
-/// Runs `run` once per group of `slots` — one group of every position on a single server (one
-/// call, as before), one group per distinct slot on a Cluster, those concurrently — and returns
-/// the outputs in position order. `run` gets a connection of its own and the positions of its
-/// group (ascending) and must return one output per position.
-pub async fn by_slot<C, T, E, F, Fut>(con: &C, slots: &[u16], run: F) -> Result<Vec<T>, E>
+/// Runs `run` once per group of the positions `0..n` — one group of them all on a single server
+/// (one call, as before), one group per distinct slot on a Cluster (`slot_of(i)`, asked only
+/// there), those concurrently — and returns the outputs in position order. `run` gets a
+/// connection of its own and the positions of its group (ascending) and must return one output
+/// per position.
+pub async fn by_slot<C, T, E, F, Fut>(
+    con: &C,
+    n: usize,
+    slot_of: impl Fn(usize) -> u16,
+    run: F,
+) -> Result<Vec<T>, E>
 where
     C: Topology + Clone,
     F: Fn(C, Vec<usize>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, E>>,
     E: From<redis::RedisError>,
 {
-    let groups = slot_groups(con.is_cluster(), slots);
+    let groups = slot_groups(con.is_cluster(), n, slot_of);
     if groups.len() == 1 {
         let (_, at) = groups.into_iter().next().expect("one group");
         let out = run(con.clone(), at).await?;
-        return check_count(out, slots.len());
+        return check_count(out, n);
     }
-    let n = slots.len();
     let calls = groups.into_values().map(|at| {
         let fut = run(con.clone(), at.clone());
         async move { fut.await.map(|out| (at, out)) }
@@ -326,16 +313,20 @@ where
         .collect()
 }
 
-/// Positions grouped by slot (one group of all positions unless `cluster`); an empty input is
-/// one empty group.
-fn slot_groups(cluster: bool, slots: &[u16]) -> BTreeMap<u16, Vec<usize>> {
+/// The positions `0..n` grouped by `slot_of` (one group of them all unless `cluster`); no
+/// positions are one empty group.
+fn slot_groups(
+    cluster: bool,
+    n: usize,
+    slot_of: impl Fn(usize) -> u16,
+) -> BTreeMap<u16, Vec<usize>> {
     let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    if !cluster || slots.is_empty() {
-        groups.insert(0, (0..slots.len()).collect());
+    if !cluster || n == 0 {
+        groups.insert(0, (0..n).collect());
         return groups;
     }
-    for (i, &slot) in slots.iter().enumerate() {
-        groups.entry(slot).or_default().push(i);
+    for i in 0..n {
+        groups.entry(slot_of(i)).or_default().push(i);
     }
     groups
 }
@@ -496,10 +487,15 @@ c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b
             cluster,
             calls: Default::default(),
         };
-        let out = futures::executor::block_on(by_slot(&fake, slots, |con, at| async move {
-            con.calls.lock().unwrap().push(at.clone());
-            Ok::<_, redis::RedisError>(at.iter().map(|i| format!("#{i}")).collect())
-        }))
+        let out = futures::executor::block_on(by_slot(
+            &fake,
+            slots.len(),
+            |i| slots[i],
+            |con, at| async move {
+                con.calls.lock().unwrap().push(at.clone());
+                Ok::<_, redis::RedisError>(at.iter().map(|i| format!("#{i}")).collect())
+            },
+        ))
         .unwrap();
         let mut calls = fake.calls.lock().unwrap().clone();
         calls.sort();
@@ -523,7 +519,8 @@ c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b
                 cluster: true,
                 calls: Default::default(),
             },
-            &slots,
+            slots.len(),
+            |i| slots[i],
             |_, at| async move { Ok::<_, redis::RedisError>(vec![0; at.len() - 1]) },
         ));
         assert!(
@@ -535,16 +532,16 @@ c3 127.0.0.1:16002@26002 master,fail? - 0 0 2 connected 5461-10922 12000 [93->-b
     #[test]
     fn one_group_on_a_single_server_one_per_slot_on_a_cluster() {
         let slots = [7, 3, 7, 9, 3];
-        let single = slot_groups(false, &slots);
+        let single = slot_groups(false, slots.len(), |i| slots[i]);
         assert_eq!(
             single.into_values().collect::<Vec<_>>(),
             vec![vec![0, 1, 2, 3, 4]]
         );
-        let cluster = slot_groups(true, &slots);
+        let cluster = slot_groups(true, slots.len(), |i| slots[i]);
         assert_eq!(
             cluster.into_iter().collect::<Vec<_>>(),
             vec![(3, vec![1, 4]), (7, vec![0, 2]), (9, vec![3])]
         );
-        assert_eq!(slot_groups(true, &[]).len(), 1);
+        assert_eq!(slot_groups(true, 0, |_| unreachable!()).len(), 1);
     }
 }

@@ -176,19 +176,19 @@ impl PinnedScript {
     }
 
     /// [`before`](Self::before) for reads of many sessions: `reads[i]` touches the keys of slot
-    /// `slots[i]`. One atomic round trip on a single server; on a Cluster one per slot,
+    /// `slot_of(i)`. One atomic round trip on a single server; on a Cluster one per slot,
     /// concurrently, each with the epoch of the node that serves it. Returns each read's reply
     /// with the epoch it was read under, in the order of `reads`.
     pub async fn before_by_slot<C>(
         &self,
         con: &C,
-        slots: &[u16],
         reads: &[redis::Cmd],
+        slot_of: impl Fn(usize) -> u16,
     ) -> redis::RedisResult<Vec<(String, redis::Value)>>
     where
         C: redis::aio::ConnectionLike + Topology + Clone + Send,
     {
-        by_slot(con, slots, |mut con, at| async move {
+        by_slot(con, reads.len(), slot_of, |mut con, at| async move {
             let mut pipe = redis::pipe();
             for &i in &at {
                 pipe.add_command(reads[i].clone());

@@ -371,12 +371,9 @@ impl WindowWriter {
     {
         let ttl_ms = self.config.ttl.as_millis().min(i64::MAX as u128) as i64;
         let sessions: Vec<(&str, &[E])> = sessions.collect();
-        let slots: Vec<u16> = sessions
-            .iter()
-            .map(|(s, _)| keys::slot(&keys::window(s)))
-            .collect();
         let sessions = &sessions;
-        by_slot(&*con, &slots, |mut con, at| async move {
+        let slot_of = |i: usize| keys::slot(&keys::window(sessions[i].0));
+        by_slot(&*con, sessions.len(), slot_of, |mut con, at| async move {
             let mut pipe = redis::pipe();
             for &i in &at {
                 let (session_id, entries) = sessions[i];

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chatlog::cluster::{Node, parse_nodes};
+use chatlog::cluster::{Node, connect_port, nodes_seen_by, role_of};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -183,68 +183,24 @@ pub(super) async fn broker_kill(ctx: &Ctx, rng: &mut StdRng) -> anyhow::Result<S
     ))
 }
 
-/// A plain connection to one Redis node.
-async fn direct(port: u16) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
-
-/// `CLUSTER NODES` as the node on `port` sees it.
-async fn nodes_seen_by(port: u16) -> anyhow::Result<Vec<Node>> {
-    let mut con = direct(port).await?;
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut con)
-        .await?;
-    Ok(parse_nodes(&text))
-}
-
 /// The cluster as the first reachable node sees it.
 async fn nodes(cluster: &ClusterStack) -> anyhow::Result<Vec<Node>> {
     let mut last = None;
     for i in 0..cluster.redis_nodes.len() {
         match nodes_seen_by(cluster.redis_port + i as u16).await {
             Ok(n) => return Ok(n),
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(e.into()),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no Redis node")))
 }
 
-/// The first element of `ROLE` (`master`, `slave`) of the node on `port`.
-async fn role(port: u16) -> anyhow::Result<String> {
-    let mut con = direct(port).await?;
-    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-    match role.first() {
-        Some(redis::Value::BulkString(r)) => Ok(String::from_utf8_lossy(r).into_owned()),
-        other => anyhow::bail!("ROLE answered {other:?}"),
-    }
-}
-
-/// `INFO <section>` of the node on `port`, as a map.
-async fn info(port: u16, section: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut con = direct(port).await?;
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(&mut con)
-        .await?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect())
-}
-
-/// `CLUSTER INFO` of the node on `port`, as a map.
-async fn cluster_info(port: u16) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut con = direct(port).await?;
-    let text: String = redis::cmd("CLUSTER")
-        .arg("INFO")
+/// The `field:value` lines of a command's reply (`INFO <section>`, `CLUSTER INFO`) on the node
+/// on `port`, as a map.
+async fn fields(port: u16, command: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut con = connect_port(port).await?;
+    let text: String = redis::cmd(command[0])
+        .arg(&command[1..])
         .query_async(&mut con)
         .await?;
     Ok(text
@@ -319,8 +275,8 @@ pub(super) async fn redis_master_kill(
     )?;
     // The replica has every write the master had a moment ago (asynchronous replication).
     let lag = {
-        let m = info(master.port, "replication").await?;
-        let r = info(replica.port, "replication").await?;
+        let m = fields(master.port, &["INFO", "replication"]).await?;
+        let r = fields(replica.port, &["INFO", "replication"]).await?;
         let get = |i: &BTreeMap<String, String>, k: &str| -> i64 {
             i.get(k).and_then(|v| v.parse().ok()).unwrap_or(-1)
         };
@@ -346,11 +302,11 @@ pub(super) async fn redis_master_kill(
                 let serves = seen.iter().any(|n| {
                     n.id == replica_id && n.master && slots.iter().all(|&(a, _)| n.serves(a))
                 });
-                let ok = cluster_info(replica_port)
+                let ok = fields(replica_port, &["CLUSTER", "INFO"])
                     .await?
                     .get("cluster_state")
                     .is_some_and(|s| s == "ok");
-                Ok(serves && ok && role(replica_port).await? == "master")
+                Ok(serves && ok && role_of(replica_port).await? == "master")
             }
         },
     )
@@ -372,10 +328,10 @@ pub(super) async fn redis_master_kill(
         Duration::from_secs(90),
         "redis_master_kill: the old master did not rejoin as a synced replica",
         || async move {
-            if role(old_port).await? != "slave" {
+            if role_of(old_port).await? != "slave" {
                 return Ok(false);
             }
-            let i = info(old_port, "replication").await?;
+            let i = fields(old_port, &["INFO", "replication"]).await?;
             Ok(i.get("master_link_status").is_some_and(|s| s == "up")
                 && i.get("master_sync_in_progress").is_some_and(|s| s == "0")
                 && i.get("master_port")

@@ -334,7 +334,6 @@ impl Cache {
     /// first.
     async fn probe(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Cached>>> {
         self.flush_pending().await?;
-        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
         let reads: Vec<redis::Cmd> = keys
             .iter()
             .map(|k| {
@@ -347,7 +346,7 @@ impl Cache {
         let replies = self
             .inner
             .epoch
-            .before_by_slot(&con, &slots, &reads)
+            .before_by_slot(&con, &reads, |i| keys::slot(&keys[i]))
             .await?;
         let mut probed: Vec<Option<Cached>> = Vec::with_capacity(keys.len());
         for (epoch, reply) in replies {
@@ -505,9 +504,9 @@ impl Cache {
     async fn send_marks(&self, keys: &[String]) -> redis::RedisResult<()> {
         let con = self.inner.redis.get();
         let ttl = self.inner.config.mark_ttl.as_millis().to_string();
-        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
         let ttl = ttl.as_str();
-        by_slot(&con, &slots, |mut con, at| async move {
+        let slot_of = |i: usize| keys::slot(&keys[i]);
+        by_slot(&con, keys.len(), slot_of, |mut con, at| async move {
             let mut pipe = redis::pipe();
             for &i in &at {
                 let mut call = self.inner.mark.prepare_invoke();

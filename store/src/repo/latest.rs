@@ -248,7 +248,6 @@ impl LatestReader {
         messages: bool,
     ) -> redis::RedisResult<Vec<Option<Option<Latest>>>> {
         let keys: Vec<String> = sessions.iter().map(|s| keys::latest(s)).collect();
-        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
         let reads: Vec<redis::Cmd> = keys
             .iter()
             .map(|k| {
@@ -262,7 +261,7 @@ impl LatestReader {
             .collect();
         let replies = self
             .epoch
-            .before_by_slot(&redis.get(), &slots, &reads)
+            .before_by_slot(&redis.get(), &reads, |i| keys::slot(&keys[i]))
             .await?;
         let mut probed = Vec::with_capacity(sessions.len());
         for (epoch, reply) in replies {

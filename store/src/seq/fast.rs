@@ -137,19 +137,21 @@ impl SeqAllocator {
         sessions: &[(&str, &[AllocRequest])],
     ) -> Vec<Result<Fast>> {
         let total: usize = sessions.iter().map(|(_, r)| r.len()).sum();
-        let slots: Vec<u16> = sessions
-            .iter()
-            .map(|(session_id, _)| keys::slot(&keys::seq(session_id)))
-            .collect();
-        let per_session = by_slot(&self.inner.redis, &slots, |con, at| async move {
-            let group: Vec<(&str, &[AllocRequest])> = at.iter().map(|&i| sessions[i]).collect();
-            let mut results = self.call_fast_slot(con, &group).await.into_iter();
-            let per_session: Vec<Vec<Result<Fast>>> = at
-                .iter()
-                .map(|&i| results.by_ref().take(sessions[i].1.len()).collect())
-                .collect();
-            Ok::<_, redis::RedisError>(per_session)
-        })
+        let slot_of = |i: usize| keys::slot(&keys::seq(sessions[i].0));
+        let per_session = by_slot(
+            &self.inner.redis,
+            sessions.len(),
+            slot_of,
+            |con, at| async move {
+                let group: Vec<(&str, &[AllocRequest])> = at.iter().map(|&i| sessions[i]).collect();
+                let mut results = self.call_fast_slot(con, &group).await.into_iter();
+                let per_session: Vec<Vec<Result<Fast>>> = at
+                    .iter()
+                    .map(|&i| results.by_ref().take(sessions[i].1.len()).collect())
+                    .collect();
+                Ok::<_, redis::RedisError>(per_session)
+            },
+        )
         .await;
         match per_session {
             Ok(per_session) => per_session.into_iter().flatten().collect(),
