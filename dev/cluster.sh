@@ -6,6 +6,7 @@
 #   dev/cluster.sh down   [kafka|redis|all]   stop (data is kept)
 #   dev/cluster.sh status                     what runs, on which port
 #   dev/cluster.sh env                        the CHATLOG_CLUSTER_* variables tests and tools read
+#   dev/cluster.sh is-up                      exit 0 if all three brokers and six Redis nodes run
 #   dev/cluster.sh reset                      down + delete the cluster's data
 #   dev/cluster.sh start-node redis N         start Redis node N (1..6) again after it died, with its
 #                                             cluster identity (nodes.conf): it rejoins, as a replica
@@ -139,7 +140,7 @@ cluster_redis_start_node() {
     sleep 0.1
   done
   for n in $(seq 1 300); do
-    if redis_cli_node "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+    if grep -q '^cluster_state:ok' < <(redis_cli_node "$port" cluster info 2>/dev/null); then
       log "cluster redis-$i back on 127.0.0.1:$port ($(redis_cli_node "$port" role 2>/dev/null | head -1))"
       return 0
     fi
@@ -194,7 +195,7 @@ cluster_redis_start() {
     port="$(redis_node_port "$i")"
     local n ok=0
     for n in $(seq 1 200); do
-      if redis_cli_node "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then ok=1; break; fi
+      if grep -q '^cluster_state:ok' < <(redis_cli_node "$port" cluster info 2>/dev/null); then ok=1; break; fi
       sleep 0.1
     done
     [ "$ok" = 1 ] || die "redis node $port never reported cluster_state:ok; log: $LOG_DIR/redis-$i.log"
@@ -278,6 +279,10 @@ cluster_main() {
       esac
       ;;
     status) cluster_status ;;
+    is-up)
+      for i in $(seq 1 $KAFKA_NODES); do pid_alive "kafka-$i" || exit 1; done
+      for i in $(seq 1 $REDIS_NODES); do pid_alive "redis-$i" || exit 1; done
+      ;;
     env) cluster_env ;;
     start-node)
       case "$what" in
@@ -291,7 +296,7 @@ cluster_main() {
       rm -rf "$CLUSTER_DIR/data" "$CLUSTER_DIR/conf" "$CLUSTER_DIR/kafka-cluster-id"
       log "cluster data deleted"
       ;;
-    *) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
   esac
 }
 

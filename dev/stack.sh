@@ -119,7 +119,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_for_line() {
   local name="$1" file="$2" from="$3" pattern="$4" timeout="$5" waited=0
   while true; do
-    if [ -f "$file" ] && tail -c "+$((from + 1))" "$file" | grep -q -- "$pattern"; then
+    # grep reads from a process substitution, not a pipe: `grep -q` leaves at its first match, and
+    # under pipefail the SIGPIPE that then kills a tail still writing a long log fails the test.
+    if [ -f "$file" ] && grep -q -- "$pattern" < <(tail -c "+$((from + 1))" "$file"); then
       return 0
     fi
     pid_alive "$name" || { tail -n 40 "$file" >&2 || true; die "$name exited during start-up; log: $file"; }

@@ -40,6 +40,12 @@ dev/stack.sh up
 eval "$(dev/stack.sh env)"
 
 step "cluster stack (3 Kafka brokers, Redis Cluster: tests/cluster.rs)"
+# Same rule as the local stack: a stopped cluster restarts on empty data. A previous session's
+# brokers, killed with the machine, leave registrations that a restart waits out, and chaos left
+# its topics behind.
+if ! dev/cluster.sh is-up; then
+  dev/cluster.sh reset
+fi
 dev/cluster.sh up
 # shellcheck disable=SC1090
 eval "$(dev/cluster.sh env)"
