@@ -2,9 +2,10 @@
 //! classification of transactional errors.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -33,7 +34,18 @@ pub struct Context {
     assignments: AtomicU64,
     /// The lag of this member's partitions, summed, at the last statistics (-1: none yet).
     lag: AtomicI64,
+    /// Whether a batch's transaction is being closed on the commit thread (see
+    /// `Pipeline::run`), and its end. A revocation waits for it: a batch's offsets are committed
+    /// or not before its partitions leave this member, as with a commit on the pipeline thread.
+    closing: Mutex<bool>,
+    closed: Condvar,
 }
+
+/// The longest a revocation waits for a transaction being closed. Closing takes at most
+/// `isolation.commit_deadline` plus one `kafka.transaction_timeout` in a healthy process; past
+/// this the revocation goes on (the commit then fails on the broker's generation check, and the
+/// new owner redoes the batch: idempotent).
+const REVOKE_WAITS_FOR_COMMIT: Duration = Duration::from_secs(120);
 
 impl Context {
     /// The lag of this member's partitions, summed, at librdkafka's last statistics; `None`
@@ -50,6 +62,45 @@ impl Context {
     /// How many assignments (one per completed rebalance, possibly empty) this member has had.
     pub fn assignments(&self) -> u64 {
         self.assignments.load(Ordering::Acquire)
+    }
+
+    /// A batch's transaction is about to be closed on the commit thread.
+    pub(crate) fn closing(&self) {
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// The transaction being closed is closed (committed or failed).
+    pub(crate) fn closed(&self) {
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.closed.notify_all();
+    }
+
+    /// Waits until no transaction is being closed (at most [`REVOKE_WAITS_FOR_COMMIT`]).
+    fn wait_closed(&self) {
+        let started = Instant::now();
+        let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+        while *closing {
+            let left = REVOKE_WAITS_FOR_COMMIT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                tracing::warn!(
+                    waited = ?REVOKE_WAITS_FOR_COMMIT,
+                    "revocation: the last batch's commit has not ended; revoking anyway"
+                );
+                return;
+            }
+            closing = self
+                .closed
+                .wait_timeout(closing, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(1) {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                "revocation waited for the last batch's commit"
+            );
+        }
     }
 
     /// The partitions currently assigned.
@@ -74,6 +125,8 @@ impl Default for Context {
             assigned: Mutex::default(),
             assignments: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
+            closing: Mutex::new(false),
+            closed: Condvar::new(),
         }
     }
 }
@@ -118,6 +171,8 @@ impl ConsumerContext for Context {
                 "revoke"
             };
             metrics::counter!(telemetry::REBALANCES, "kind" => kind).increment(1);
+            // The partitions' last batch may be committing on the commit thread: let it end.
+            self.wait_closed();
             let gone: Vec<Tp> = tps(tpl).collect();
             tracing::info!(kind, partitions = ?gone, "partitions leaving this consumer");
             let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatlog_consumer::cli::{ConfigArgs, LogFormat, cancel_on_signal, init_logging};
 use chatlog_consumer::pipeline::Faults;
@@ -44,6 +45,15 @@ struct Cli {
     /// `chatlog_consumer::pipeline::Faults`).
     #[arg(long, env = "CHATLOG_FAULT_FAIL_SEEKS", hide = true, global = true)]
     fault_fail_seeks: bool,
+    /// Fault injection for tests only: every transaction waits this many milliseconds before
+    /// its offsets are sent.
+    #[arg(
+        long,
+        env = "CHATLOG_FAULT_COMMIT_DELAY_MS",
+        hide = true,
+        global = true
+    )]
+    fault_commit_delay_ms: Option<u64>,
     /// Log format.
     #[arg(
         long,
@@ -81,6 +91,7 @@ async fn main() -> ExitCode {
         Command::Run => {
             let faults = Faults {
                 fail_seeks: cli.fault_fail_seeks,
+                commit_delay: Duration::from_millis(cli.fault_commit_delay_ms.unwrap_or(0)),
             };
             run(config, faults).await
         }

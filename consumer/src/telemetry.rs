@@ -26,6 +26,12 @@ use crate::{Error, Result};
 
 /// Records by outcome (`persisted`, `dlq`), counted when their transaction committed.
 pub const RECORDS: &str = "chatlog_consumer_records_total";
+
+/// How often [`serve_with_limits`] drains the recorder's histogram samples into their buckets.
+/// `PrometheusBuilder::install_recorder` leaves this upkeep to the caller (only the exporter's
+/// own listener runs it): without it every sample stays in memory until a scrape renders it —
+/// ~8 bytes per message for the end-to-end latency, without bound in a process nobody scrapes.
+pub const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 /// Records per committed batch (histogram).
 pub const BATCH_RECORDS: &str = "chatlog_consumer_batch_records";
 /// Time spent per stage (`decode`, `cql`, `redis`, `commit`), histogram in seconds. `cql` and
@@ -437,7 +443,8 @@ pub async fn serve(
 }
 
 /// Binds the HTTP endpoint and serves it until `shutdown` with `limits`; returns the bound
-/// address. HTTP/1.1 only (Prometheus and probes speak it).
+/// address. HTTP/1.1 only (Prometheus and probes speak it). Also runs the recorder's upkeep
+/// ([`METRICS_UPKEEP`]), scraped or not.
 pub async fn serve_with_limits(
     listen: SocketAddr,
     limits: HttpLimits,
@@ -447,6 +454,7 @@ pub async fn serve_with_limits(
 ) -> Result<SocketAddr> {
     limits.validate()?;
     let request_timeout = limits.request_timeout;
+    let metrics_upkeep = metrics.clone();
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -472,8 +480,21 @@ pub async fn serve_with_limits(
         what: "configuration: the listening address".into(),
         source,
     })?;
+    tokio::spawn(upkeep(metrics_upkeep, shutdown.clone()));
     tokio::spawn(accept_loop(listener, app, limits, shutdown));
     Ok(addr)
+}
+
+/// Drains the recorder's histogram samples every [`METRICS_UPKEEP`] until `shutdown`.
+async fn upkeep(metrics: PrometheusHandle, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => metrics.run_upkeep(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Accepts connections while fewer than `max_connections` are open, each served by hyper with a

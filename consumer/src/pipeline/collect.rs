@@ -150,7 +150,7 @@ impl Pipeline {
                 }
                 Some(Err(e)) => {
                     if kafka::means_membership_lost(&e) {
-                        self.doubt_membership(&e);
+                        self.doubt_membership(&e, self.consumer.context().assignments());
                     }
                     tracing::warn!(error = %e, "consumer error");
                 }

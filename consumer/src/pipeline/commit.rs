@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -12,78 +12,95 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::{Dead, Failed, Pipeline};
 use crate::Error;
 use crate::decode::Origin;
-use crate::kafka::{self, DlqPayload, TxnFailure};
+use crate::kafka::{self, DlqPayload, TxProducer, TxnFailure};
 use crate::telemetry;
+
+/// An open transaction: the group metadata its offsets go with, and the assignments this member
+/// had seen when it was read.
+pub(super) struct Opened {
+    pub(super) group: ConsumerGroupMetadata,
+    pub(super) assignments: u64,
+}
 
 /// The shortest wait given to one `commit_transaction` call near the commit deadline.
 pub(super) const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Pipeline {
-    /// One Kafka transaction: DLQ records + the consumed offsets. A commit failing with retriable
-    /// errors is retried until `isolation.commit_deadline`, then aborted (the batch rewinds).
+    /// One Kafka transaction: DLQ records + the consumed offsets, on this thread
+    /// ([`open`](Self::open), [`close`], [`settle`](Self::settle)). A commit failing with
+    /// retriable errors is retried until `isolation.commit_deadline`, then aborted (the batch
+    /// rewinds).
     pub(super) fn commit(
         &self,
         poison: &[Dead],
         next_offsets: &TopicPartitionList,
     ) -> Result<(), Failed> {
-        let timeout = self.config.kafka.transaction_timeout;
+        let opened = self.open(poison)?;
+        std::thread::sleep(self.faults.commit_delay);
+        let closed = close(
+            &self.producer,
+            next_offsets,
+            &opened.group,
+            self.config.kafka.transaction_timeout,
+            self.isolation.commit_deadline,
+        );
+        self.settle(closed, opened.assignments)
+    }
+
+    /// Opens a batch's transaction: begins it, sends the DLQ records into it, and returns the
+    /// group metadata its offsets go with (read now: fresh, as the broker checks it). On a failure
+    /// the transaction is aborted.
+    pub(super) fn open(&self, poison: &[Dead]) -> Result<Opened, Failed> {
         self.producer
             .begin_transaction()
             .map_err(|e| self.fail("begin_transaction", &e))?;
-        let attempt = (|| {
+        let assignments = self.consumer.context().assignments();
+        let opened = (|| {
             for p in poison {
                 self.send_dlq(p)?;
             }
             // No group metadata: not (or no longer) in the group; abort and rejoin.
-            let group = self
-                .consumer
+            self.consumer
                 .group_metadata()
-                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-            self.producer
-                .send_offsets_to_transaction(next_offsets, &group, timeout)?;
-            let deadline = Instant::now() + self.isolation.commit_deadline;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self
-                    .producer
-                    .commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT)))
-                {
-                    Ok(()) => return Ok(()),
-                    Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
-                        if Instant::now() >= deadline {
-                            tracing::warn!(
-                                error = %e,
-                                deadline = ?self.isolation.commit_deadline,
-                                "commit_transaction still failing at isolation.commit_deadline; \
-                                 aborting the transaction and rewinding"
-                            );
-                            return Err(e);
-                        }
-                        metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
-                        tracing::warn!(error = %e, "commit_transaction failed; retrying");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))
         })();
-        match attempt {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let failed = self.fail("commit", &e);
-                if !matches!(failed, Failed::Fatal(_)) {
-                    metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
-                    if let Err(abort) = self.producer.abort_transaction(timeout) {
-                        // After a transaction timeout librdkafka can refuse to abort; only a new
-                        // producer (a restart of this instance) recovers.
-                        return Err(Failed::Fatal(Error::kafka_fatal(
-                            format!("abort_transaction failed after `{e}`"),
-                            abort,
-                        )));
-                    }
-                }
-                Err(failed)
+        match opened {
+            Ok(group) => Ok(Opened { group, assignments }),
+            Err(e) => Err(self.abort(e, assignments)),
+        }
+    }
+
+    /// What a transaction's [`close`] came to: `Ok` if it committed; otherwise it is aborted and
+    /// the error says what the batch does next. `opened_at`: [`Opened::assignments`].
+    pub(super) fn settle(
+        &self,
+        closed: Result<(), KafkaError>,
+        opened_at: u64,
+    ) -> Result<(), Failed> {
+        closed.map_err(|e| self.abort(e, opened_at))
+    }
+
+    /// Aborts the open transaction after `e` (unless `e` is fatal: nothing can be aborted then).
+    /// A membership error speaks of the group generation of the transaction's metadata: an
+    /// assignment after `opened_at` (the rebalance that failed it, while the commit was closed on
+    /// its thread) already answers it.
+    fn abort(&self, e: KafkaError, opened_at: u64) -> Failed {
+        let failed = self.fail_since("commit", &e, opened_at);
+        if !matches!(failed, Failed::Fatal(_)) {
+            metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+            if let Err(abort) = self
+                .producer
+                .abort_transaction(self.config.kafka.transaction_timeout)
+            {
+                // After a transaction timeout librdkafka can refuse to abort; only a new
+                // producer (a restart of this instance) recovers.
+                return Failed::Fatal(Error::kafka_fatal(
+                    format!("abort_transaction failed after `{e}`"),
+                    abort,
+                ));
             }
         }
+        failed
     }
 
     /// Sends one DLQ record: whole if it fits in the DLQ, else a truncated copy (a prefix of the
@@ -166,14 +183,53 @@ impl Pipeline {
     }
 
     pub(super) fn fail(&self, what: &str, e: &KafkaError) -> Failed {
+        self.fail_since(what, e, self.consumer.context().assignments())
+    }
+
+    /// [`fail`](Self::fail) for a call made while `assignments` assignments had been seen.
+    fn fail_since(&self, what: &str, e: &KafkaError, assignments: u64) -> Failed {
         if kafka::means_membership_lost(e) {
-            self.doubt_membership(e);
+            self.doubt_membership(e, assignments);
         }
         match kafka::classify(e) {
             TxnFailure::Fatal => Failed::Fatal(Error::kafka_fatal(what, e.clone())),
             // Not the records' fault: never counts towards isolating them.
             _ if kafka::means_membership_lost(e) => Failed::Fenced(format!("{what}: {e}")),
             TxnFailure::Abort | TxnFailure::Retry => Failed::Rewind(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Closes a transaction [`Pipeline::open`] opened: sends the batch's offsets and commits, retrying
+/// a commit that fails with retriable errors until `commit_deadline`. Touches only the producer,
+/// so the loop runs it on another thread while it collects and writes the next batch.
+pub(super) fn close(
+    producer: &TxProducer,
+    next_offsets: &TopicPartitionList,
+    group: &ConsumerGroupMetadata,
+    timeout: Duration,
+    commit_deadline: Duration,
+) -> Result<(), KafkaError> {
+    producer.send_offsets_to_transaction(next_offsets, group, timeout)?;
+    let deadline = Instant::now() + commit_deadline;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match producer.commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT))) {
+            Ok(()) => return Ok(()),
+            Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        error = %e,
+                        deadline = ?commit_deadline,
+                        "commit_transaction still failing at isolation.commit_deadline; \
+                         aborting the transaction and rewinding"
+                    );
+                    return Err(e);
+                }
+                metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
+                tracing::warn!(error = %e, "commit_transaction failed; retrying");
+            }
+            Err(e) => return Err(e),
         }
     }
 }

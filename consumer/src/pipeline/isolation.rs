@@ -114,7 +114,8 @@ pub(super) struct MembershipGate {
 impl MembershipGate {
     /// A membership error, with `assignments` assignments seen so far.
     pub(super) fn close(&mut self, assignments: u64) {
-        self.closed_at = Some(assignments);
+        // A later error already closed it further: keep that.
+        self.closed_at = Some(self.closed_at.map_or(assignments, |at| at.max(assignments)));
     }
 
     /// Whether windows may be written with `assignments` assignments seen so far; reopens once
@@ -136,9 +137,10 @@ pub(super) const MEMBERSHIP_IN_DOUBT: &str = "an error said this member may no l
      instead";
 
 impl Pipeline {
-    /// An error said this member may no longer own its partitions: no window writes until its
-    /// next assignment (a rejoin follows such errors).
-    pub(super) fn doubt_membership(&self, e: &KafkaError) {
+    /// An error said this member may no longer own its partitions: no window writes until an
+    /// assignment after the `assignments` seen when the failed call was made (a rejoin follows
+    /// such errors).
+    pub(super) fn doubt_membership(&self, e: &KafkaError, assignments: u64) {
         let mut gate = self.membership.get();
         if gate.closed_at.is_none() {
             tracing::warn!(
@@ -147,7 +149,7 @@ impl Pipeline {
                  assignment"
             );
         }
-        gate.close(self.consumer.context().assignments());
+        gate.close(assignments);
         self.membership.set(gate);
     }
 

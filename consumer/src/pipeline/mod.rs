@@ -13,8 +13,10 @@
 //!             then each session's latest            monotonic: USING TIMESTAMP seq
 //!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq,
 //!             (window and the session's latest)       the latest max (seq, version) wins
-//!   commit    begin; DLQ records; send_offsets(last + 1, fresh group metadata); commit
-//!   on abortable error: abort, rewind to the batch's first offsets, back off, poll again
+//!   commit    begin; DLQ records; then on a commit thread, while the next batch is collected
+//!             and written: send_offsets(last + 1, fresh group metadata); commit
+//!   settle    before the next transaction opens; on abortable error: abort, drop the next
+//!             batch, rewind to this batch's first offsets, back off, poll again
 //!   a rewind that cannot seek is fatal → exit; the next instance starts from the committed offsets
 //! ```
 //!
@@ -34,7 +36,8 @@
 //! only after both writes; 0 duplicated: every write is keyed by (session, seq) and deterministic).
 //!
 //! The loop runs on a dedicated OS thread, because rdkafka's consumer and transactional calls
-//! block; the CQL and Redis writes run on the tokio runtime through its [`Handle`].
+//! block, and each batch's commit on a scoped thread beside it (`Pipeline::consume`); the CQL
+//! and Redis writes run on the tokio runtime through its [`Handle`].
 //!
 //! Layout: this file holds the loop ([`Pipeline::run`]) and its setup; `collect` polls and
 //! decodes a batch and rewinds it, `write` writes it (and record by record when isolating), `plan`
@@ -42,6 +45,7 @@
 //! DLQ records, `isolation` keeps the bookkeeping of rewinds, stalls and membership.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +55,7 @@ use chatlog_store::repo::latest::LatestWriter;
 use chatlog_store::window::WindowWriter;
 use chatlog_store::window_start::WindowStarter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -129,6 +134,40 @@ pub struct Faults {
     /// no longer fetches (`Local: Erroneous state`) or when its broker thread does not answer
     /// within the timeout; a test can bring about neither reliably.
     pub fail_seeks: bool,
+    /// Every transaction waits this long before its offsets are sent
+    /// (`CHATLOG_FAULT_COMMIT_DELAY_MS`): a slow commit on demand, for the tests of what runs
+    /// while one is being closed (the next batch's writes, a revocation).
+    pub commit_delay: Duration,
+}
+
+/// What the loop carries from batch to batch.
+struct LoopState {
+    backoff: Duration,
+    progress: Progress,
+    summary: summary::Summary,
+}
+
+/// A batch whose transaction is being closed on the commit thread (see [`Pipeline::consume`]).
+struct Closing<'scope> {
+    /// Closing it: `commit::close`'s result.
+    thread: std::thread::ScopedJoinHandle<'scope, std::result::Result<(), KafkaError>>,
+    /// The assignments seen when its transaction opened ([`commit::Opened`]).
+    opened_at: u64,
+    written: write::Written,
+    /// Its first offset per partition (where a rewind goes back to).
+    first: BTreeMap<kafka::Tp, i64>,
+    /// Its first and last offset per partition.
+    range: BTreeMap<kafka::Tp, (i64, i64)>,
+    records: usize,
+}
+
+/// Marks the transaction being closed as closed when dropped (see [`Context::closing`]).
+struct Closed<'a>(&'a Context);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 /// A connected consumer instance, ready to [`run`](Pipeline::run).
@@ -242,6 +281,9 @@ impl Pipeline {
         if faults.fail_seeks {
             tracing::warn!("fault injection: every rewind seek fails");
         }
+        if !faults.commit_delay.is_zero() {
+            tracing::warn!(delay = ?faults.commit_delay, "fault injection: every commit is delayed");
+        }
         self.faults = faults;
         self
     }
@@ -301,14 +343,49 @@ impl Pipeline {
             transactional_id = %kafka.transactional_id,
             "consuming"
         );
-        let mut backoff = self.config.retry.initial_backoff;
-        let mut progress = Progress::default();
-        let mut summary = summary::Summary::new(self.config.log.progress_interval, Instant::now());
+        let mut st = LoopState {
+            backoff: self.config.retry.initial_backoff,
+            progress: Progress::default(),
+            summary: summary::Summary::new(self.config.log.progress_interval, Instant::now()),
+        };
+        let ended = std::thread::scope(|scope| self.consume(scope, &mut st));
+        self.health.set_ready(false);
+        ended?;
+        tracing::info!("shutdown: last batch committed, leaving the group");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// The loop of [`run`](Self::run): collect → write → commit, with each batch's commit on
+    /// another thread of `scope` while the next batch is collected and written.
+    ///
+    /// # Why the commit overlaps the next batch
+    ///
+    /// A transaction's commit is round trips to the coordinator and markers in every partition:
+    /// ~3 ms on average on the local stack, but its slow tail (tens of milliseconds) held up
+    /// every message that arrived meanwhile, and in a drain it was time the writes stood still.
+    /// So batch N's transaction is closed ([`commit::close`]: offsets, commit) on a thread while
+    /// batch N+1 is collected and written, and settled before N+1's transaction opens.
+    ///
+    /// What stays as it was: a batch's offsets commit only after its rows and windows are
+    /// written (it is closed only after its own writes); each session's writes keep their order
+    /// (N+1 is written after N's writes ended); one transaction at a time (N+1's opens after N's
+    /// settled). If N's commit fails, N+1 is dropped unread and both rewind to N's first offsets
+    /// (N+1's writes were the same idempotent writes a replay makes). A revocation waits in the
+    /// rebalance callback for the commit being closed (`Context::closing`), so partitions leave
+    /// with their last batch committed or not, never in between. While isolating, batches run
+    /// one at a time, as before.
+    fn consume<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        st: &mut LoopState,
+    ) -> Result<()> {
         // Whether the last round wrote a batch (see `collect`: what it left queued is not lingered on).
         let mut after_batch = false;
+        let mut closing: Option<Closing<'scope>> = None;
         while !self.shutdown.is_cancelled() {
-            self.report_stalls(&mut progress);
-            if let Some(line) = summary.due(Instant::now()) {
+            self.report_stalls(&mut st.progress);
+            if let Some(line) = st.summary.due(Instant::now()) {
                 tracing::info!(
                     records_per_s = format_args!("{:.1}", line.records_per_s),
                     batches = line.batches,
@@ -322,78 +399,191 @@ impl Pipeline {
                     "progress"
                 );
             }
-            let batch = match self.collect(&progress, after_batch) {
-                Ok(Some(batch)) => batch,
-                Ok(None) => {
+            let batch = match self.collect(&st.progress, after_batch)? {
+                Some(batch) => batch,
+                None => {
                     after_batch = false;
+                    // Idle: settle the last commit rather than leave it pending.
+                    if let Some(c) = closing.take() {
+                        self.conclude(c, None, st)?;
+                    }
                     continue;
-                }
-                Err(e) => {
-                    self.health.set_ready(false);
-                    return Err(e);
                 }
             };
             after_batch = true;
-            let first_offsets = first_offsets(batch.origins());
+            let first = first_offsets(batch.origins());
             let range = offset_range(batch.origins());
-            let isolate = progress.isolating();
             let records = batch.len();
-            match self.process(batch, isolate) {
-                Ok(dlq) => {
-                    summary.committed(records, dlq);
-                    backoff = self.config.retry.initial_backoff;
-                    if isolate || !progress.stuck.is_empty() {
-                        tracing::info!(isolating = isolate, "batch committed after rewinds");
-                    }
-                    progress.committed(&range);
-                    for ((topic, partition), (_, last)) in &range {
-                        self.producer
-                            .context()
-                            .forget_through(topic, *partition, *last);
-                    }
+            if st.progress.isolating() {
+                // One at a time: the record-by-record bookkeeping follows each commit.
+                if let Some(c) = closing.take()
+                    && !self.conclude(c, Some(&first), st)?
+                {
+                    continue;
                 }
-                Err(Failed::Fatal(e)) => {
-                    self.health.set_ready(false);
-                    return Err(self.explain_fatal(e));
+                match self.process(batch, true) {
+                    Ok(dlq) => self.on_committed(&range, records, dlq, true, st),
+                    Err(failed) => self.on_rewound(failed, &range, &first, st)?,
                 }
+                continue;
+            }
+            let written = self.write_batch(batch, false);
+            if let Some(c) = closing.take()
+                && !self.conclude(c, Some(&first), st)?
+            {
+                // The previous batch rewound, and this one with it.
+                continue;
+            }
+            let written = match written {
+                Ok(w) => w,
                 Err(failed) => {
-                    let (why, blame) = match failed {
-                        Failed::Fenced(why) => (why, false),
-                        Failed::Rewind(why) | Failed::Permanent(why) => (why, true),
-                        Failed::Fatal(e) => (e.to_string(), true),
-                    };
-                    let was_isolating = progress.isolating();
-                    progress.rewound(&range, blame, self.isolation.rewinds);
-                    tracing::warn!(
-                        reason = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
-                        ?backoff,
-                        rewinds_in_a_row = progress.strikes,
-                        isolating = progress.isolating(),
-                        "batch not committed; rewinding"
-                    );
-                    if progress.isolating() && !was_isolating {
-                        tracing::warn!(
-                            rewinds = progress.strikes,
-                            through = ?progress.isolate_through,
-                            "a batch was rewound isolation.rewinds times in a row: redoing it \
-                             in small pieces, record by record; a record whose write fails while \
-                             others succeed goes to the DLQ as write_failed"
-                        );
-                    }
-                    if let Err(e) = self.rewind(&first_offsets) {
-                        // Polling on would read past the batch, and the next commit would cover
-                        // it unwritten. A new instance starts from the committed offsets instead.
-                        self.health.set_ready(false);
-                        return Err(e);
-                    }
-                    self.pause(backoff);
-                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                    self.on_rewound(failed, &range, &first, st)?;
+                    continue;
                 }
+            };
+            let opened = match self.open(&written.poison) {
+                Ok(opened) => opened,
+                Err(failed) => {
+                    self.on_rewound(failed, &range, &first, st)?;
+                    continue;
+                }
+            };
+            closing = Some(self.close_on(scope, opened, written, first, range, records));
+        }
+        if let Some(c) = closing.take() {
+            self.conclude(c, None, st)?;
+        }
+        Ok(())
+    }
+
+    /// Starts closing a batch's opened transaction on a thread of `scope`.
+    fn close_on<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        opened: commit::Opened,
+        written: write::Written,
+        first: BTreeMap<kafka::Tp, i64>,
+        range: BTreeMap<kafka::Tp, (i64, i64)>,
+        records: usize,
+    ) -> Closing<'scope> {
+        let context = self.consumer.context();
+        let producer = &self.producer;
+        let offsets = written.next_offsets.clone();
+        let timeout = self.config.kafka.transaction_timeout;
+        let deadline = self.isolation.commit_deadline;
+        let delay = self.faults.commit_delay;
+        // Marks the end even if closing panics (or the thread cannot start), so that no
+        // revocation waits for it.
+        let guard = Closed(context);
+        context.closing();
+        let thread = scope.spawn(move || {
+            let _closed = guard;
+            let started = Instant::now();
+            std::thread::sleep(delay);
+            let closed = commit::close(producer, &offsets, &opened.group, timeout, deadline);
+            write::observe_stage("commit", started);
+            closed
+        });
+        Closing {
+            thread,
+            opened_at: opened.assignments,
+            written,
+            first,
+            range,
+            records,
+        }
+    }
+
+    /// Settles a batch whose transaction was being closed: on success its bookkeeping; on a
+    /// failure the rewind, to its first offsets and those of `next` (the batch collected since,
+    /// dropped with it). Returns whether it committed.
+    fn conclude(
+        &self,
+        c: Closing<'_>,
+        next: Option<&BTreeMap<kafka::Tp, i64>>,
+        st: &mut LoopState,
+    ) -> Result<bool> {
+        let closed = c
+            .thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match self.settle(closed, c.opened_at) {
+            Ok(()) => {
+                let dlq = self.committed(c.written);
+                self.on_committed(&c.range, c.records, dlq, false, st);
+                Ok(true)
+            }
+            Err(failed) => {
+                let mut first = c.first;
+                for (tp, offset) in next.into_iter().flatten() {
+                    // A partition of both: the earlier batch's first offset.
+                    first.entry(tp.clone()).or_insert(*offset);
+                }
+                self.on_rewound(failed, &c.range, &first, st)?;
+                Ok(false)
             }
         }
-        self.health.set_ready(false);
-        tracing::info!("shutdown: last batch committed, leaving the group");
-        self.consumer.unsubscribe();
+    }
+
+    /// Bookkeeping after a batch committed.
+    fn on_committed(
+        &self,
+        range: &BTreeMap<kafka::Tp, (i64, i64)>,
+        records: usize,
+        dlq: usize,
+        isolated: bool,
+        st: &mut LoopState,
+    ) {
+        st.summary.committed(records, dlq);
+        st.backoff = self.config.retry.initial_backoff;
+        if isolated || !st.progress.stuck.is_empty() {
+            tracing::info!(isolating = isolated, "batch committed after rewinds");
+        }
+        st.progress.committed(range);
+        for ((topic, partition), (_, last)) in range {
+            self.producer
+                .context()
+                .forget_through(topic, *partition, *last);
+        }
+    }
+
+    /// After a batch that did not commit: rewinds to `first` and backs off; `Err` when the
+    /// instance must exit (a fatal error, or a rewind that cannot seek).
+    fn on_rewound(
+        &self,
+        failed: Failed,
+        range: &BTreeMap<kafka::Tp, (i64, i64)>,
+        first: &BTreeMap<kafka::Tp, i64>,
+        st: &mut LoopState,
+    ) -> Result<()> {
+        let (why, blame) = match failed {
+            Failed::Fatal(e) => return Err(self.explain_fatal(e)),
+            Failed::Fenced(why) => (why, false),
+            Failed::Rewind(why) | Failed::Permanent(why) => (why, true),
+        };
+        let was_isolating = st.progress.isolating();
+        st.progress.rewound(range, blame, self.isolation.rewinds);
+        tracing::warn!(
+            reason = %kafka::truncate_detail(&why, kafka::DLQ_DETAIL_MAX_BYTES),
+            backoff = ?st.backoff,
+            rewinds_in_a_row = st.progress.strikes,
+            isolating = st.progress.isolating(),
+            "batch not committed; rewinding"
+        );
+        if st.progress.isolating() && !was_isolating {
+            tracing::warn!(
+                rewinds = st.progress.strikes,
+                through = ?st.progress.isolate_through,
+                "a batch was rewound isolation.rewinds times in a row: redoing it \
+                 in small pieces, record by record; a record whose write fails while \
+                 others succeed goes to the DLQ as write_failed"
+            );
+        }
+        // Polling on would read past the batch, and the next commit would cover it unwritten;
+        // when the seek fails, a new instance starts from the committed offsets instead.
+        self.rewind(first)?;
+        self.pause(st.backoff);
+        st.backoff = (st.backoff * 2).min(self.config.retry.max_backoff);
         Ok(())
     }
 

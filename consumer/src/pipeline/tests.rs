@@ -101,6 +101,24 @@ fn a_membership_error_closes_window_writes_until_a_newer_assignment() {
 }
 
 #[test]
+fn a_commit_failed_by_a_rebalance_it_overlapped_leaves_window_writes_open() {
+    // Batch N's transaction opened after 3 assignments and was closed on the commit thread; the
+    // poll of batch N+1 meanwhile took part in a rebalance (assignment 4), whose new generation
+    // failed N's commit. The error speaks of generation 3: assignment 4 answers it already.
+    let mut gate = MembershipGate::default();
+    gate.close(3);
+    assert!(
+        gate.open(4),
+        "the assignment that failed the commit reopens"
+    );
+    // An error of an older call never undoes a later one's closure.
+    gate.close(5);
+    gate.close(3);
+    assert!(!gate.open(5), "closed at 5, not reopened by an error at 3");
+    assert!(gate.open(6));
+}
+
+#[test]
 fn rewinds_in_a_row_start_isolating_until_a_commit_passes_the_failed_batch() {
     let tp = |p: i32| ("t".to_owned(), p);
     let batch = BTreeMap::from([(tp(0), (10, 20)), (tp(1), (5, 9))]);

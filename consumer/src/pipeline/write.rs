@@ -24,6 +24,20 @@ use crate::{kafka, telemetry};
 /// Sessions written at once when a batch is written session by session.
 pub(super) const SESSIONS_AT_ONCE: usize = 32;
 
+/// A written batch: what its transaction carries, and what its metrics count once it commits.
+pub(super) struct Written {
+    /// Its DLQ records (decoder poison and `write_failed`).
+    pub(super) poison: Vec<Dead>,
+    /// The offsets its transaction commits (each partition's last + 1).
+    pub(super) next_offsets: rdkafka::TopicPartitionList,
+    /// Records in the batch.
+    records: usize,
+    /// Records written (rows and windows).
+    persisted: usize,
+    /// Mutations among them, by state (edited, recalled, deleted).
+    mutations: [u64; 3],
+}
+
 /// What one session of [`Pipeline::write_each`] could not write.
 #[derive(Default)]
 pub(super) struct SessionOutcome {
@@ -35,11 +49,22 @@ pub(super) struct SessionOutcome {
 }
 
 impl Pipeline {
-    /// decode → write (cql ‖ redis) → commit, for one batch. A write that can never succeed
-    /// (or, when `isolate`, any failed write) is redone session by session and record by record
-    /// ([`write_each`](Self::write_each)); the records that still fail go to the DLQ. Returns how
-    /// many records of the committed batch went to the DLQ.
+    /// decode → write (cql ‖ redis) → commit, for one batch, all on this thread (the loop's
+    /// path while isolating; otherwise it overlaps the commit with the next batch, see
+    /// [`Pipeline::run`]). Returns how many records of the committed batch went to the DLQ.
     pub(super) fn process(&self, batch: Batch, isolate: bool) -> Result<usize, Failed> {
+        let written = self.write_batch(batch, isolate)?;
+        let started = Instant::now();
+        self.commit(&written.poison, &written.next_offsets)?;
+        observe_stage("commit", started);
+        Ok(self.committed(written))
+    }
+
+    /// decode → write (cql ‖ redis) for one batch: what its transaction must then carry. A write
+    /// that can never succeed (or, when `isolate`, any failed write) is redone session by session
+    /// and record by record ([`write_each`](Self::write_each)); the records that still fail go to
+    /// the DLQ with the decoder's poison.
+    pub(super) fn write_batch(&self, batch: Batch, isolate: bool) -> Result<Written, Failed> {
         let records = batch.len();
         let next_offsets = next_offsets(batch.origins());
         let Batch {
@@ -119,10 +144,25 @@ impl Pipeline {
             persisted -= failed.len();
             poison.extend(failed);
         }
+        Ok(Written {
+            poison,
+            next_offsets,
+            records,
+            persisted,
+            mutations,
+        })
+    }
 
-        let started = Instant::now();
-        self.commit(&poison, &next_offsets)?;
-        observe_stage("commit", started);
+    /// After a batch's transaction committed: its offsets in librdkafka's store, its metrics and
+    /// DLQ warnings. Returns how many of its records went to the DLQ.
+    pub(super) fn committed(&self, written: Written) -> usize {
+        let Written {
+            poison,
+            next_offsets,
+            records,
+            persisted,
+            mutations,
+        } = written;
         // Mirror the committed offsets into librdkafka's offset store: its statistics then report
         // the lag (`consumer_lag_stored`); auto-commit is off, so nothing else reads them.
         if let Err(e) = self.consumer.store_offsets(&next_offsets) {
@@ -162,7 +202,7 @@ impl Pipeline {
             }
         }
         tracing::debug!(records, persisted, dlq = poison.len(), "batch committed");
-        Ok(poison.len())
+        poison.len()
     }
 
     /// Writes a batch's good messages: rows to CQL and each session's window to Redis, at the same

@@ -317,12 +317,24 @@ impl Env {
 
     /// The partitions of the topic whose committed offset is not at their end (empty ones never).
     fn partitions_behind(&self) -> Vec<i32> {
+        let timeout = Duration::from_secs(10);
+        let probe = self.group_probe();
+        self.committed_offsets()
+            .into_iter()
+            .filter(|(partition, offset)| {
+                let (_, high) = probe
+                    .fetch_watermarks(&self.topic, *partition, timeout)
+                    .unwrap();
+                high > 0 && *offset != high
+            })
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
+    /// The group's committed offset of each partition of the topic (-1: none yet).
+    pub fn committed_offsets(&self) -> BTreeMap<i32, i64> {
         use rdkafka::{Offset, TopicPartitionList};
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", chatlog::kafka_bootstrap())
-            .set("group.id", &self.group)
-            .create()
-            .unwrap();
+        let probe = self.group_probe();
         let timeout = Duration::from_secs(10);
         let metadata = probe.fetch_metadata(Some(&self.topic), timeout).unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -333,14 +345,23 @@ impl Env {
         committed
             .elements()
             .iter()
-            .filter(|e| {
-                let (_, high) = probe
-                    .fetch_watermarks(&self.topic, e.partition(), timeout)
-                    .unwrap();
-                high > 0 && e.offset() != Offset::Offset(high)
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (e.partition(), offset)
             })
-            .map(|e| e.partition())
             .collect()
+    }
+
+    /// A client of the group that only reads its offsets and the topic's watermarks.
+    fn group_probe(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", chatlog::kafka_bootstrap())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap()
     }
 
     /// The messages in `session`'s window, ascending by seq, decoded.

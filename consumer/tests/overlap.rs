@@ -1,0 +1,165 @@
+//! A batch's commit overlaps the next batch (see `Pipeline::consume` in the consumer): the next
+//! batch is collected and written while the previous transaction is being closed on its own
+//! thread, and a revocation waits for that commit before the partitions leave. Both tests make
+//! the commit slow on demand with the hidden fault `CHATLOG_FAULT_COMMIT_DELAY_MS`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, base_time_us, dump_logs, message, poll_until};
+
+/// How long each transaction waits before its offsets are sent (the fault).
+const COMMIT_DELAY: Duration = Duration::from_secs(10);
+
+/// Waits until `session`'s window holds `seq`.
+async fn until_in_window(
+    env: &Env,
+    session: &str,
+    seq: i64,
+    c: &chatlog::process::ConsumerProcess,
+) {
+    poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let window = env.window(session).await;
+            if window.iter().any(|m| m.seq == seq) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+        |()| {
+            dump_logs(&[c]);
+            format!("{session}/{seq} never reached its window")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_written_while_the_previous_commit_is_in_flight() {
+    let env = Env::new("overlap", 1, 25).await;
+    let delay = COMMIT_DELAY.as_millis().to_string();
+    let c = env.spawn_consumer_with_env(
+        &chatlog::unique("overlap"),
+        &["--linger", "5ms"],
+        &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
+    );
+    c.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    let base = base_time_us();
+    let (a, b) = (chatlog::unique("ov_a"), chatlog::unique("ov_b"));
+
+    env.produce(&[message(&a, 1, base, 0)]).await;
+    until_in_window(&env, &a, 1, &c).await;
+    // A's batch is written; its transaction is now being closed, for COMMIT_DELAY at least.
+    let sent_b = Instant::now();
+    env.produce(&[message(&b, 1, base, 0)]).await;
+    until_in_window(&env, &b, 1, &c).await;
+    let b_visible = sent_b.elapsed();
+    let committed = env.committed_offsets();
+    assert!(
+        committed.get(&0).copied().unwrap_or(-1) < 1,
+        "B's window must be written while A's commit is still in flight (B visible {b_visible:?} \
+         after its send, the commit takes over {COMMIT_DELAY:?}); committed offsets: {committed:?}"
+    );
+
+    // Both commit in the end, each once, and nothing was rewound on the way.
+    env.wait_for_rows(
+        &[a.clone(), b.clone()],
+        1,
+        2,
+        Duration::from_secs(90),
+        &[&c],
+    )
+    .await;
+    assert_eq!(env.rows(&a, 1).await.len(), 1);
+    assert_eq!(env.rows(&b, 1).await.len(), 1);
+    let log = c.log_text();
+    assert!(
+        !log.contains("batch not committed"),
+        "no batch rewound:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_waits_for_the_commit_in_flight() {
+    let env = Env::new("overlap_rv", 2, 25).await;
+    let delay = COMMIT_DELAY.as_millis().to_string();
+    let args = ["--linger", "5ms"];
+    let first = env.spawn_consumer_with_env(
+        &chatlog::unique("overlap_rv_a"),
+        &args,
+        &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
+    );
+    first
+        .wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    let base = base_time_us();
+    let sessions: Vec<String> = (0..8).map(|i| chatlog::unique(&format!("rv{i}"))).collect();
+    let messages: Vec<_> = sessions.iter().map(|s| message(s, 1, base, 0)).collect();
+    env.produce(&messages).await;
+    for s in &sessions {
+        until_in_window(&env, s, 1, &first).await;
+    }
+    // The batch is written and its commit is in flight; a second member joins and takes one of
+    // the two partitions from the first.
+    let joined = Instant::now();
+    let second = env.spawn_consumer(&chatlog::unique("overlap_rv_b"), &args);
+    poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || async {
+            if first
+                .log_text()
+                .contains("partitions leaving this consumer")
+            {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+        |()| {
+            dump_logs(&[&first, &second]);
+            "the first member never gave a partition up".to_owned()
+        },
+    )
+    .await;
+    let log = first.log_text();
+    let waited_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("revocation waited for the last batch's commit"))
+        .and_then(|l| l.split("waited_ms=").nth(1))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            dump_logs(&[&first, &second]);
+            panic!(
+                "the revocation did not wait for the commit in flight (joined {:?} ago)",
+                joined.elapsed()
+            )
+        });
+    assert!(waited_ms > 0, "waited {waited_ms} ms");
+    // The revocation came after the commit ended, not before: the line that says the partition
+    // leaves follows the wait.
+    let wait_at = log.find("revocation waited").unwrap();
+    let leave_at = log.find("partitions leaving this consumer").unwrap();
+    assert!(
+        wait_at < leave_at,
+        "the partitions left before the commit ended:\n{log}"
+    );
+
+    env.wait_for_rows(
+        &sessions,
+        1,
+        sessions.len(),
+        Duration::from_secs(120),
+        &[&first, &second],
+    )
+    .await;
+    for s in &sessions {
+        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
+    }
+}
