@@ -17,7 +17,7 @@ use common::deploy_files::{
     dashboard_exprs, grafana_to_promql, metric_names_in, read, rule_exprs, tool,
 };
 use common::prometheus::Prometheus;
-use common::{Env, poll_until, workload};
+use common::{Env, poll_until, strip_ansi, workload};
 use serde_json::Value;
 
 // -------------------------------------------------------------------------------- the live endpoint
@@ -269,24 +269,6 @@ async fn lag_gauge_reaches_zero_once_everything_is_committed() {
         line.contains("records_per_s=") && line.contains("mean_batch=") && line.contains("dlq=0"),
         "{line}"
     );
-}
-
-/// `text` without ANSI colour codes (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// /healthz answers as soon as the process runs; /readyz stays 503 (and the ready gauge 0) while

@@ -384,6 +384,11 @@ impl Pipeline {
         let mut after_batch = false;
         let mut closing: Option<Closing<'scope>> = None;
         while !self.shutdown.is_cancelled() {
+            // A commit that ended while the loop waited for records: settle it now. The loop
+            // never blocks on one while idle, so rebalance callbacks keep being served.
+            if let Some(c) = closing.take_if(|c| c.thread.is_finished()) {
+                self.conclude(c, None, st)?;
+            }
             self.report_stalls(&mut st.progress);
             if let Some(line) = st.summary.due(Instant::now()) {
                 tracing::info!(
@@ -403,10 +408,6 @@ impl Pipeline {
                 Some(batch) => batch,
                 None => {
                     after_batch = false;
-                    // Idle: settle the last commit rather than leave it pending.
-                    if let Some(c) = closing.take() {
-                        self.conclude(c, None, st)?;
-                    }
                     continue;
                 }
             };

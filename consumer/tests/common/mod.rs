@@ -522,6 +522,24 @@ pub fn all_messages(sessions: &[String], per_session: i64, base_us: i64) -> Vec<
     out
 }
 
+/// `text` without its ANSI colour sequences (the consumer's human log format colours field names).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The distinct partitions a log reports as assigned.
 pub fn assigned_partitions(log: &str) -> BTreeSet<String> {
     log.lines()
