@@ -127,7 +127,7 @@ pub(super) async fn run(
             ours: "history",
             reference: "redis-benchmark ZREVRANGE 0 49",
             unit: "req/s",
-            goal: 0.5,
+            goal: 0.8,
         },
         json!({"connections": HISTORY_CONNECTIONS, "settle_seconds_before": settled,
                "one_connection": {"history": reads_one_connection,

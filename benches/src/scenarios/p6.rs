@@ -55,7 +55,7 @@ pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
             ours: "allocate",
             reference: "redis-benchmark INCR",
             unit: "op/s",
-            goal: 0.5,
+            goal: 0.8,
         },
         json!({}),
         out,
