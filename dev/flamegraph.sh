@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Flamegraphs of the figures that miss their goal (issue 18, item 8), from one profiled run of
+# dev/bench.sh: when the bench's log says a phase began, `perf record --call-graph dwarf` samples
+# the process that does the phase's work for a few seconds:
+#
+#   p1-consumer     the consumer draining the pre-produced records (P1)
+#   p3-library      the bench process sending through the producer library, seq allocation
+#                   included, and the Redis server beside it (P3)
+#   p3prime         the bench process on the produce path with pre-assigned seqs (P3′)
+#   p5-history      the bench process reading history latest(50) with 50 callers, and Redis (P5)
+#   p6-allocate     the bench process allocating seqs with 50 callers, and Redis (P6)
+#
+#   dev/flamegraph.sh [bench arguments]   → target/bench/flamegraphs/<name>.svg (+ .folded)
+#
+# The figures of a profiled run are perturbed by the sampling (dwarf stacks are copied at every
+# sample): read the bench's numbers from an unprofiled dev/bench.sh run, and these graphs for
+# where the time goes. The sampling waits (sleep) are pacing into a phase, not synchronisation:
+# the bench prints when a phase starts, nothing tells when it is under way.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FREQ="${CHATLOG_FLAME_FREQ:-199}"
+out=target/bench/flamegraphs
+mkdir -p "$out"
+log="$out/bench.log"
+
+if ! command -v perf >/dev/null 2>&1; then
+  echo "[flame] installing perf (linux-perf)" >&2
+  sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if apt-get install -y -q linux-perf >/dev/null
+fi
+if ! command -v inferno-flamegraph >/dev/null 2>&1; then
+  echo "[flame] installing inferno (flamegraph rendering) with cargo" >&2
+  cargo install --locked inferno@0.12.8 >/dev/null
+fi
+
+dev/stack.sh up >/dev/null
+# shellcheck disable=SC1090
+eval "$(dev/stack.sh env)"
+redis_pid() {
+  redis-cli -u "$CHATLOG_REDIS_URL" info server 2>/dev/null | sed -n 's/^process_id:\([0-9]*\).*/\1/p'
+}
+
+dev/bench.sh "$@" >"$log" 2>&1 &
+bench_pid=$!
+echo "[flame] bench running (log: $log)" >&2
+
+# wait_for PATTERN: until the bench log has PATTERN; fails if the bench ended first.
+wait_for() {
+  while ! grep -qF -- "$1" "$log"; do
+    kill -0 "$bench_pid" 2>/dev/null || { echo "[flame] the bench ended before: $1" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+# profile NAME PATTERN DELAY SECONDS PIDS...: DELAY s after PATTERN, samples PIDS for SECONDS.
+profile() {
+  local name="$1" pattern="$2" delay="$3" secs="$4"
+  shift 4
+  wait_for "$pattern" || return 0
+  sleep "$delay"
+  local pids
+  pids="$(printf '%s,' "$@" | sed 's/,*$//')"
+  echo "[flame] $name: sampling pids $pids for ${secs}s" >&2
+  perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$pids" -o "$out/$name.data" -- sleep "$secs" \
+    >/dev/null 2>&1 || echo "[flame] $name: perf record failed" >&2
+}
+
+bench_proc() {
+  local pid=""
+  while [ -z "$pid" ]; do
+    pid="$(pgrep -n -x chatlog-bench || true)"
+    [ -n "$pid" ] || sleep 0.2
+  done
+  echo "$pid"
+}
+
+# The consumer the drain starts (after the bench lets Cassandra settle). By process name, which
+# the kernel cuts to 15 characters (the bench's own command line names the consumer's binary).
+consumer_proc() {
+  local pid=""
+  while [ -z "$pid" ]; do
+    pid="$(pgrep -n -x chatlog-consume || true)"
+    [ -n "$pid" ] || sleep 0.2
+  done
+  echo "$pid"
+}
+
+rpid="$(redis_pid)"
+profile p5-history "[bench] P5: history latest(50)" 1 4 "$(bench_proc)" "$rpid"
+profile p6-allocate "[bench] P6: seq allocations" 1 4 "$(bench_proc)" "$rpid"
+profile p3-library "[bench] P3: producer library" 3 8 "$(bench_proc)" "$rpid"
+profile p3prime "[bench] P3′: the produce path with pre-assigned seqs" 1 4 "$(bench_proc)"
+wait_for "[bench] P1: chatlog-consumer drains" && profile p1-consumer "[bench] P1: chatlog-consumer drains" 0 10 "$(consumer_proc)"
+
+wait "$bench_pid" || echo "[flame] the bench failed: $log" >&2
+for data in "$out"/*.data; do
+  [ -f "$data" ] || continue
+  name="$(basename "$data" .data)"
+  perf script -i "$data" 2>/dev/null | inferno-collapse-perf >"$out/$name.folded"
+  inferno-flamegraph --title "$name (dev/flamegraph.sh, perf -F $FREQ, dwarf)" \
+    <"$out/$name.folded" >"$out/$name.svg"
+  rm -f "$data"
+  echo "[flame] $out/$name.svg" >&2
+done
