@@ -1041,3 +1041,55 @@ async fn recall_of_an_old_message_after_the_window_was_lost_restarts_the_window_
     f.assert_read(&page, Source::Window, [11, 12]);
     assert_eq!(page.messages[1], again);
 }
+
+/// `latest` reads of many sessions at once share round trips (issue 18, P5): the reads queued
+/// while a call is in flight go out together, one epoch read for all of them, instead of a
+/// transaction each. On a private Redis, so its command counts are this test's alone; the reads
+/// are started on one task (`join_all`), so all are queued before any is sent.
+#[tokio::test]
+async fn concurrent_latest_reads_of_many_sessions_share_round_trips() {
+    let port = free_port();
+    let _redis = TestRedis::start(&["--port".into(), port.to_string()], port);
+    let mut con = connect_to(port).await;
+    let mut fx = fixture_on(200, 1000, con.clone()).await;
+    let sessions: Vec<String> = (0..16).map(|i| unique(&format!("many{i}"))).collect();
+    for sid in &sessions {
+        fx.sid = sid.clone();
+        fx.write(1..=10).await;
+    }
+    // The window epoch script loaded once beforehand, as by an earlier read.
+    let warm = fx.history.latest(&sessions[0], 5).await.expect("latest");
+    assert_eq!(warm.seqs(), (6..=10).collect::<Vec<_>>());
+    let _: String = admin(&mut con, &["CONFIG", "RESETSTAT"]).await;
+
+    let pages = futures::future::join_all(sessions.iter().map(|s| fx.history.latest(s, 5))).await;
+    for (sid, page) in sessions.iter().zip(pages) {
+        let page = page.expect("latest");
+        assert_eq!(
+            (page.seqs(), page.source),
+            ((6..=10).collect(), Source::Window),
+            "{sid}"
+        );
+        assert!(page.messages.iter().all(|m| &m.session_id == sid), "{sid}");
+    }
+    let stats: String = admin(&mut con, &["INFO", "commandstats"]).await;
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Sixteen reads: one transaction each before; now one for them all (two if the first read
+    // went out before the others were queued).
+    assert!(
+        calls("exec") <= 2 && calls("evalsha") <= 2,
+        "{} EXEC and {} EVALSHA for {} reads:\n{stats}",
+        calls("exec"),
+        calls("evalsha"),
+        sessions.len()
+    );
+    assert_eq!(calls("zrevrange"), sessions.len() as u64, "{stats}");
+    assert_eq!(fx.history.db_reads(), 0);
+}

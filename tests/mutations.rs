@@ -867,35 +867,43 @@ impl EarlyMutations {
             two_edited,
         }
     }
+
+    /// History and the window show the recall of seq 1 and the edit of seq 2, whatever order
+    /// their records came in.
+    async fn assert_the_mutations_won(&self) {
+        for want in [&self.one_recalled, &self.two_edited] {
+            let seen = self
+                .w
+                .until_stored(&self.sid, want.seq, &[&self.consumer])
+                .await;
+            assert_eq!(&seen, want, "history of seq {}", want.seq);
+            let (version, member) = self
+                .w
+                .window_member(&self.sid, want.seq)
+                .await
+                .expect("member");
+            assert_eq!((version, &member), (want.version(), want));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
-    let EarlyMutations {
-        w,
-        group,
-        consumer,
-        sid,
-        base,
-        one,
-        two,
-        one_recalled,
-        two_edited,
-    } = EarlyMutations::new("mut_early").await;
+    let e = EarlyMutations::new("mut_early").await;
+    let w = &e.w;
     // Mutations first (a retried send, another producer), then the originals, then a marker.
-    for m in [&one_recalled, &two_edited, &one, &two] {
+    for m in [&e.one_recalled, &e.two_edited, &e.one, &e.two] {
         w.produce_raw(m).await;
     }
-    let marker = chatlog_schemas::testing::message_at(&sid, 3, base, 0);
+    let marker = chatlog_schemas::testing::message_at(&e.sid, 3, e.base, 0);
     w.produce_raw(&marker).await;
-    w.until_stored(&sid, 3, &[&consumer]).await;
+    w.until_stored(&e.sid, 3, &[&e.consumer]).await;
     // Committed: the windows of every batch are written (a row is readable before its window).
-    w.until_drained(&group, &[&consumer]).await;
+    w.until_drained(&e.group, &[&e.consumer]).await;
 
-    for want in [&one_recalled, &two_edited] {
-        let seen = w.until_stored(&sid, want.seq, &[&consumer]).await;
-        assert_eq!(&seen, want, "history of seq {}", want.seq);
-        let row = w.row(&sid, want.seq).await.expect("row");
+    e.assert_the_mutations_won().await;
+    for want in [&e.one_recalled, &e.two_edited] {
+        let row = w.row(&e.sid, want.seq).await.expect("row");
         assert_eq!(
             (row.content.as_slice(), row.writetime, i32::from(row.state)),
             (
@@ -905,8 +913,6 @@ async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
             ),
             "{row:?}"
         );
-        let (version, member) = w.window_member(&sid, want.seq).await.expect("member");
-        assert_eq!((version, &member), (want.version(), want));
     }
 }
 
@@ -915,36 +921,22 @@ async fn replay_a_mutation_before_its_original_converges_to_the_mutation() {
 /// mutated rows, and a window started from the later records would show the content again.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_a_recall_and_an_edit_committed_before_their_originals_keeps_them_in_the_window() {
-    let EarlyMutations {
-        w,
-        group,
-        consumer,
-        sid,
-        base,
-        one,
-        two,
-        one_recalled,
-        two_edited,
-    } = EarlyMutations::new("mut_early2").await;
-    let marker = chatlog_schemas::testing::message_at(&sid, 3, base, 0);
-    for m in [&one_recalled, &two_edited] {
+    let e = EarlyMutations::new("mut_early2").await;
+    let w = &e.w;
+    let marker = chatlog_schemas::testing::message_at(&e.sid, 3, e.base, 0);
+    for m in [&e.one_recalled, &e.two_edited] {
         w.produce_raw(m).await;
     }
     // Stored and committed: a later batch holds the originals.
-    w.until_drained(&group, &[&consumer]).await;
-    for m in [&one, &two, &marker] {
+    w.until_drained(&e.group, &[&e.consumer]).await;
+    for m in [&e.one, &e.two, &marker] {
         w.produce_raw(m).await;
     }
-    w.until_drained(&group, &[&consumer]).await;
+    w.until_drained(&e.group, &[&e.consumer]).await;
 
-    for want in [&one_recalled, &two_edited] {
-        let seen = w.until_stored(&sid, want.seq, &[&consumer]).await;
-        assert_eq!(&seen, want, "history of seq {}", want.seq);
-        let (version, member) = w.window_member(&sid, want.seq).await.expect("member");
-        assert_eq!((version, &member), (want.version(), want));
-    }
+    e.assert_the_mutations_won().await;
     let head = w
-        .window_member(&sid, 3)
+        .window_member(&e.sid, 3)
         .await
         .expect("the head in the window");
     assert_eq!(head.1.seq, 3);

@@ -400,6 +400,11 @@ impl RedisConnections {
         }
     }
 
+    /// How many connections are used in turn.
+    pub fn count(&self) -> usize {
+        self.all.len()
+    }
+
     /// The next connection in turn.
     pub fn get(&self) -> RedisConnection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.all.len();

@@ -47,6 +47,11 @@ use crate::connection::{Topology, by_slot};
 /// include it.
 pub const EPOCH_LUA: &str = include_str!("../lua/epoch.lua");
 
+/// The body of a [`PinnedScript`] that only returns the epoch: the first command of the atomic
+/// reads of [`PinnedScript::before`] and [`PinnedScript::before_by_slot`], whose callers compare
+/// it with the epochs their keys were written in.
+pub const EPOCH_READ_BODY: &str = "return server_epoch()\n";
+
 /// Field of a session's seq hash holding the epoch its `cur`/`max` were written in.
 pub const SEQ_FIELD: &str = "ep";
 

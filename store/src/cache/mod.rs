@@ -64,7 +64,6 @@ pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 /// The fields of an entry's hash the engine itself uses (never an in-place field).
 const ENGINE_FIELDS: [&[u8]; 5] = [b"v", b"e", b"o", b"u", b"d"];
 
-const EPOCH_BODY: &str = "return server_epoch()\n";
 const LOCK_BODY: &str = include_str!("../../lua/cache_lock.lua");
 const FILL_BODY: &str = include_str!("../../lua/cache_fill.lua");
 const MARK_LUA: &str = include_str!("../../lua/cache_mark.lua");
@@ -123,7 +122,7 @@ impl Cache {
                 redis,
                 config,
                 repo,
-                epoch: PinnedScript::new(EPOCH_BODY, "cache epoch"),
+                epoch: PinnedScript::new(crate::epoch::EPOCH_READ_BODY, "cache epoch"),
                 lock: PinnedScript::new(LOCK_BODY, "cache get-or-lock"),
                 fill: PinnedScript::new(FILL_BODY, "cache fill"),
                 mark: redis::Script::new(MARK_LUA),

@@ -180,6 +180,7 @@ use scylla::client::session::Session;
 pub mod config;
 mod flight;
 mod holes;
+mod latest_batch;
 mod page;
 mod requests;
 pub(crate) mod table_reader;

@@ -148,7 +148,6 @@ impl LatestWriter {
     }
 }
 
-const EPOCH_BODY: &str = "return server_epoch()\n";
 const FILL_BODY: &str = include_str!("../../lua/latest_fill.lua");
 
 /// Reads sessions' latests: Redis first (one pipelined round trip), CQL for what Redis does not
@@ -181,7 +180,7 @@ impl LatestReader {
             session,
             redis,
             ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
-            epoch: Arc::new(PinnedScript::new(EPOCH_BODY, "latest epoch")),
+            epoch: Arc::new(PinnedScript::new(crate::epoch::EPOCH_READ_BODY, "latest epoch")),
             fill: Arc::new(PinnedScript::new(FILL_BODY, "latest fill")),
             flights: Arc::new(Flights::new(telemetry::LATEST_COALESCED)),
             reads: Arc::new(AtomicU64::new(0)),
