@@ -180,7 +180,10 @@ impl LatestReader {
             session,
             redis,
             ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
-            epoch: Arc::new(PinnedScript::new(crate::epoch::EPOCH_READ_BODY, "latest epoch")),
+            epoch: Arc::new(PinnedScript::new(
+                crate::epoch::EPOCH_READ_BODY,
+                "latest epoch",
+            )),
             fill: Arc::new(PinnedScript::new(FILL_BODY, "latest fill")),
             flights: Arc::new(Flights::new(telemetry::LATEST_COALESCED)),
             reads: Arc::new(AtomicU64::new(0)),
