@@ -35,7 +35,7 @@ pub struct Context {
     /// The lag of this member's partitions, summed, at the last statistics (-1: none yet).
     lag: AtomicI64,
     /// Whether a batch's transaction is being closed on the commit thread (see
-    /// `Pipeline::run`), and its end. A revocation waits for it: a batch's offsets are committed
+    /// `Pipeline::consume`), and its end. A revocation waits for it: a batch's offsets are committed
     /// or not before its partitions leave this member, as with a commit on the pipeline thread.
     closing: Mutex<bool>,
     closed: Condvar,

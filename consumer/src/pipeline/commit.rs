@@ -27,7 +27,7 @@ pub(super) const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     /// One Kafka transaction: DLQ records + the consumed offsets, on this thread
-    /// ([`open`](Self::open), [`close`], [`settle`](Self::settle)). A commit failing with
+    /// ([`open`](Self::open), [`Closer::close`], [`settle`](Self::settle)). A commit failing with
     /// retriable errors is retried until `isolation.commit_deadline`, then aborted (the batch
     /// rewinds).
     pub(super) fn commit(
@@ -36,15 +36,18 @@ impl Pipeline {
         next_offsets: &TopicPartitionList,
     ) -> Result<(), Failed> {
         let opened = self.open(poison)?;
-        std::thread::sleep(self.faults.commit_delay);
-        let closed = close(
-            &self.producer,
-            next_offsets,
-            &opened.group,
-            self.config.kafka.transaction_timeout,
-            self.isolation.commit_deadline,
-        );
+        let closed = self.closer().close(next_offsets, &opened.group);
         self.settle(closed, opened.assignments)
+    }
+
+    /// What closing a transaction needs from the pipeline (the commit thread borrows it).
+    pub(super) fn closer(&self) -> Closer<'_> {
+        Closer {
+            producer: &self.producer,
+            timeout: self.config.kafka.transaction_timeout,
+            commit_deadline: self.isolation.commit_deadline,
+            fault_delay: self.faults.commit_delay,
+        }
     }
 
     /// Opens a batch's transaction: begins it, sends the DLQ records into it, and returns the
@@ -70,7 +73,7 @@ impl Pipeline {
         }
     }
 
-    /// What a transaction's [`close`] came to: `Ok` if it committed; otherwise it is aborted and
+    /// What a transaction's [`Closer::close`] came to: `Ok` if it committed; otherwise it is aborted and
     /// the error says what the batch does next. `opened_at`: [`Opened::assignments`].
     pub(super) fn settle(
         &self,
@@ -200,36 +203,49 @@ impl Pipeline {
     }
 }
 
-/// Closes a transaction [`Pipeline::open`] opened: sends the batch's offsets and commits, retrying
-/// a commit that fails with retriable errors until `commit_deadline`. Touches only the producer,
-/// so the loop runs it on another thread while it collects and writes the next batch.
-pub(super) fn close(
-    producer: &TxProducer,
-    next_offsets: &TopicPartitionList,
-    group: &ConsumerGroupMetadata,
+/// Closes transactions [`Pipeline::open`] opened. Touches only the producer, so the loop runs
+/// it on another thread while it collects and writes the next batch.
+pub(super) struct Closer<'a> {
+    producer: &'a TxProducer,
     timeout: Duration,
     commit_deadline: Duration,
-) -> Result<(), KafkaError> {
-    producer.send_offsets_to_transaction(next_offsets, group, timeout)?;
-    let deadline = Instant::now() + commit_deadline;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match producer.commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT))) {
-            Ok(()) => return Ok(()),
-            Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        error = %e,
-                        deadline = ?commit_deadline,
-                        "commit_transaction still failing at isolation.commit_deadline; \
-                         aborting the transaction and rewinding"
-                    );
-                    return Err(e);
+    /// [`super::Faults::commit_delay`] (zero but in tests).
+    fault_delay: Duration,
+}
+
+impl Closer<'_> {
+    /// Sends the batch's offsets and commits, retrying a commit that fails with retriable errors
+    /// until `isolation.commit_deadline`.
+    pub(super) fn close(
+        &self,
+        next_offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        let (producer, timeout) = (self.producer, self.timeout);
+        if !self.fault_delay.is_zero() {
+            std::thread::sleep(self.fault_delay);
+        }
+        producer.send_offsets_to_transaction(next_offsets, group, timeout)?;
+        let deadline = Instant::now() + self.commit_deadline;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match producer.commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT))) {
+                Ok(()) => return Ok(()),
+                Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            error = %e,
+                            deadline = ?self.commit_deadline,
+                            "commit_transaction still failing at isolation.commit_deadline; \
+                             aborting the transaction and rewinding"
+                        );
+                        return Err(e);
+                    }
+                    metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
+                    tracing::warn!(error = %e, "commit_transaction failed; retrying");
                 }
-                metrics::counter!(telemetry::RETRIES, "stage" => "commit").increment(1);
-                tracing::warn!(error = %e, "commit_transaction failed; retrying");
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
 }

@@ -149,7 +149,7 @@ struct LoopState {
 
 /// A batch whose transaction is being closed on the commit thread (see [`Pipeline::consume`]).
 struct Closing<'scope> {
-    /// Closing it: `commit::close`'s result.
+    /// Closing it: [`commit::Closer::close`]'s result.
     thread: std::thread::ScopedJoinHandle<'scope, std::result::Result<(), KafkaError>>,
     /// The assignments seen when its transaction opened ([`commit::Opened`]).
     opened_at: u64,
@@ -364,7 +364,7 @@ impl Pipeline {
     /// A transaction's commit is round trips to the coordinator and markers in every partition:
     /// ~3 ms on average on the local stack, but its slow tail (tens of milliseconds) held up
     /// every message that arrived meanwhile, and in a drain it was time the writes stood still.
-    /// So batch N's transaction is closed ([`commit::close`]: offsets, commit) on a thread while
+    /// So batch N's transaction is closed ([`commit::Closer`]: offsets, commit) on a thread while
     /// batch N+1 is collected and written, and settled before N+1's transaction opens.
     ///
     /// What stays as it was: a batch's offsets commit only after its rows and windows are
@@ -468,11 +468,8 @@ impl Pipeline {
         records: usize,
     ) -> Closing<'scope> {
         let context = self.consumer.context();
-        let producer = &self.producer;
+        let closer = self.closer();
         let offsets = written.next_offsets.clone();
-        let timeout = self.config.kafka.transaction_timeout;
-        let deadline = self.isolation.commit_deadline;
-        let delay = self.faults.commit_delay;
         // Marks the end even if closing panics (or the thread cannot start), so that no
         // revocation waits for it.
         let guard = Closed(context);
@@ -480,8 +477,7 @@ impl Pipeline {
         let thread = scope.spawn(move || {
             let _closed = guard;
             let started = Instant::now();
-            std::thread::sleep(delay);
-            let closed = commit::close(producer, &offsets, &opened.group, timeout, deadline);
+            let closed = closer.close(&offsets, &opened.group);
             write::observe_stage("commit", started);
             closed
         });

@@ -319,7 +319,7 @@ impl Env {
     fn partitions_behind(&self) -> Vec<i32> {
         let timeout = Duration::from_secs(10);
         let probe = self.group_probe();
-        self.committed_offsets()
+        self.committed_offsets_on(&probe)
             .into_iter()
             .filter(|(partition, offset)| {
                 let (_, high) = probe
@@ -333,8 +333,12 @@ impl Env {
 
     /// The group's committed offset of each partition of the topic (-1: none yet).
     pub fn committed_offsets(&self) -> BTreeMap<i32, i64> {
+        self.committed_offsets_on(&self.group_probe())
+    }
+
+    /// [`committed_offsets`](Self::committed_offsets) read through `probe`.
+    fn committed_offsets_on(&self, probe: &BaseConsumer) -> BTreeMap<i32, i64> {
         use rdkafka::{Offset, TopicPartitionList};
-        let probe = self.group_probe();
         let timeout = Duration::from_secs(10);
         let metadata = probe.fetch_metadata(Some(&self.topic), timeout).unwrap();
         let mut tpl = TopicPartitionList::new();
