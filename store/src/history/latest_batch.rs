@@ -31,10 +31,10 @@ use crate::epoch::{EPOCH_READ_BODY, PinnedScript};
 use crate::{RedisConnection, RedisConnections, keys};
 
 /// Reads one call serves at most.
-pub(super) const MAX_READS: usize = 64;
+const MAX_READS: usize = 64;
 
 /// Window members one call asks for at most (the sum of its reads' `n`): bounds its reply.
-pub(super) const MAX_MEMBERS: usize = 4096;
+const MAX_MEMBERS: usize = 4096;
 
 /// Reads waiting for a call, at most; a read beyond waits for room.
 const QUEUE: usize = 1024;

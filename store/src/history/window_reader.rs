@@ -102,6 +102,10 @@ impl WindowReader {
     /// trip. `None` when the window is empty or cannot be used (Redis error, undecodable member):
     /// the caller then reads the table.
     pub(super) async fn read(&self, sid: &str, query: WindowQuery<'_>) -> Option<WindowView> {
+        // Its own read, batched with other sessions' (the newest members are also the bounds).
+        if let WindowQuery::Latest(n) = query {
+            return self.read_latest(sid, n).await;
+        }
         let key = keys::window(sid);
         let mut pipe = redis::pipe();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
@@ -111,8 +115,8 @@ impl WindowReader {
             .arg(-1)
             .arg("WITHSCORES");
         match query {
-            // Its own read: the newest members and the bounds in one script call.
-            WindowQuery::Latest(n) => return self.read_latest(sid, n).await,
+            // Answered above.
+            WindowQuery::Latest(_) => {}
             WindowQuery::Before(x, limit) | WindowQuery::After(x, limit) => {
                 // The `limit` members nearest to x: below it newest first, above it oldest first.
                 let (cmd, end) = match query {
