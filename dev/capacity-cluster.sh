@@ -33,6 +33,9 @@ WORK=$(mktemp -d /tmp/capacity-cluster.XXXXXX)
 PIDS=()
 
 log() { printf 'capacity-cluster: %s\n' "$*" >&2; }
+# consumer_http_addr, consumer_persisted
+# shellcheck source=dev/consumer-probe.sh
+source dev/consumer-probe.sh
 kafka_tool() { java -cp "$CHATLOG_KAFKA_LIB/*" "$@" 2>/dev/null; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(ticks "$p"))); done; echo "$t"; }
@@ -115,15 +118,9 @@ measure() { # measure MODE: load then drain against that Redis; prints one JSON 
     --transactional-id "capc-$mode-$$" $(redis_args "$mode") --http-listen 127.0.0.1:0 run 2>"$logf" &
   pid=$!
   PIDS+=("$pid")
-  for i in $(seq 1 300); do
-    addr=$(sed -n 's/.*http listening on \([0-9.:]*\).*/\1/p' "$logf" | head -1)
-    [ -n "$addr" ] && break
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2; exit 1; }
-    sleep 0.1
-  done
-  committed() { curl -s "http://$addr/metrics" | awk '/^chatlog_consumer_records_total\{.*persisted/{s+=$NF} END{print s+0}'; }
+  addr=$(consumer_http_addr "$pid" "$logf")
   for i in $(seq 1 12000); do
-    cur=$(committed)
+    cur=$(consumer_persisted "$addr")
     if [ "$first" = 0 ] && [ "$cur" -gt 0 ]; then
       first=$cur; r0=$(sum_ticks "${pids[@]}"); t0=$(date +%s.%N)
     fi

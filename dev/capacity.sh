@@ -46,6 +46,9 @@ WORK=$(mktemp -d /tmp/capacity.XXXXXX)
 PIDS=()
 
 log() { printf 'capacity: %s\n' "$*" >&2; }
+# consumer_http_addr, consumer_persisted
+# shellcheck source=dev/consumer-probe.sh
+source dev/consumer-probe.sh
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 kafka_tool() { java -cp "$KAFKA_LIB/*" "$@" 2>/dev/null; }
 
@@ -154,19 +157,11 @@ drain() { # drain KEYSPACE DB: run a consumer of its own group until it committe
     --http-listen 127.0.0.1:0 run 2>"$logf" &
   pid=$!
   PIDS+=("$pid")
-  for i in $(seq 1 300); do
-    addr=$(sed -n 's/.*http listening on \([0-9.:]*\).*/\1/p' "$logf" | head -1)
-    [ -n "$addr" ] && break
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2; exit 1; }
-    sleep 0.1
-  done
-  committed() {
-    curl -s "http://$addr/metrics" | awk '/^chatlog_consumer_records_total\{.*persisted/{s+=$NF} END{print s+0}'
-  }
+  addr=$(consumer_http_addr "$pid" "$logf")
   # CPU from the first commit seen to the last one: start-up and the group join are outside.
   first=0
   for i in $(seq 1 6000); do
-    cur=$(committed)
+    cur=$(consumer_persisted "$addr")
     if [ "$first" = 0 ] && [ "$cur" -gt 0 ]; then
       first=$cur
       c0="$(cpu_ticks "$pid") $(cpu_ticks "$(cat "$STACK_DIR/run/cassandra.pid")") $(cpu_ticks "$(cat "$STACK_DIR/run/redis.pid")") $(cpu_ticks "$(cat "$STACK_DIR/run/kafka.pid")")"

@@ -53,45 +53,42 @@ wait_for() {
   done
 }
 
-# profile NAME PATTERN DELAY SECONDS PIDS...: DELAY s after PATTERN, samples PIDS for SECONDS.
+# newest_proc NAME: the pid of the newest process called NAME, once there is one. By process
+# name, which the kernel cuts to 15 characters (`chatlog-consume` is the consumer; the bench's own
+# command line names the consumer's binary, so a match on it would find the bench).
+newest_proc() {
+  local pid=""
+  while [ -z "$pid" ]; do
+    pid="$(pgrep -n -x "$1" || true)"
+    [ -n "$pid" ] || sleep 0.2
+  done
+  echo "$pid"
+}
+
+# profile NAME PATTERN DELAY SECONDS PROCS...: DELAY s after PATTERN, samples PROCS (process
+# names, or pids) for SECONDS. The names are looked up after PATTERN: the phase may start them.
 profile() {
-  local name="$1" pattern="$2" delay="$3" secs="$4"
+  local name="$1" pattern="$2" delay="$3" secs="$4" proc pids=""
   shift 4
   wait_for "$pattern" || return 0
   sleep "$delay"
-  local pids
-  pids="$(printf '%s,' "$@" | sed 's/,*$//')"
+  for proc in "$@"; do
+    case "$proc" in
+      *[!0-9]*) pids="${pids:+$pids,}$(newest_proc "$proc")" ;;
+      *) pids="${pids:+$pids,}$proc" ;;
+    esac
+  done
   echo "[flame] $name: sampling pids $pids for ${secs}s" >&2
   perf record -q -F "$FREQ" --call-graph dwarf,16384 -p "$pids" -o "$out/$name.data" -- sleep "$secs" \
     >/dev/null 2>&1 || echo "[flame] $name: perf record failed" >&2
 }
 
-bench_proc() {
-  local pid=""
-  while [ -z "$pid" ]; do
-    pid="$(pgrep -n -x chatlog-bench || true)"
-    [ -n "$pid" ] || sleep 0.2
-  done
-  echo "$pid"
-}
-
-# The consumer the drain starts (after the bench lets Cassandra settle). By process name, which
-# the kernel cuts to 15 characters (the bench's own command line names the consumer's binary).
-consumer_proc() {
-  local pid=""
-  while [ -z "$pid" ]; do
-    pid="$(pgrep -n -x chatlog-consume || true)"
-    [ -n "$pid" ] || sleep 0.2
-  done
-  echo "$pid"
-}
-
 rpid="$(redis_pid)"
-profile p5-history "[bench] P5: history latest(50)" 1 4 "$(bench_proc)" "$rpid"
-profile p6-allocate "[bench] P6: seq allocations" 1 4 "$(bench_proc)" "$rpid"
-profile p3-library "[bench] P3: producer library" 3 8 "$(bench_proc)" "$rpid"
-profile p3prime "[bench] P3′: the produce path with pre-assigned seqs" 1 4 "$(bench_proc)"
-wait_for "[bench] P1: chatlog-consumer drains" && profile p1-consumer "[bench] P1: chatlog-consumer drains" 0 10 "$(consumer_proc)"
+profile p5-history "[bench] P5: history latest(50)" 1 4 chatlog-bench "$rpid"
+profile p6-allocate "[bench] P6: seq allocations" 1 4 chatlog-bench "$rpid"
+profile p3-library "[bench] P3: producer library" 3 8 chatlog-bench "$rpid"
+profile p3prime "[bench] P3′: the produce path with pre-assigned seqs" 1 4 chatlog-bench
+profile p1-consumer "[bench] P1: chatlog-consumer drains" 0 10 chatlog-consume
 
 wait "$bench_pid" || echo "[flame] the bench failed: $log" >&2
 for data in "$out"/*.data; do
