@@ -129,17 +129,17 @@ async fn until_serves(replica: &Node, slot: u16, limit: Duration) {
     }
 }
 
+/// The ports of [`redis_nodes`].
+fn node_ports() -> Vec<u16> {
+    redis_nodes()
+        .iter()
+        .filter_map(|url| url.trim_end_matches('/').rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
 /// The cluster as one reachable node sees it.
 pub async fn nodes() -> Vec<Node> {
-    for url in redis_nodes() {
-        let Some(port) = url
-            .trim_end_matches('/')
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-        else {
-            continue;
-        };
+    for port in node_ports() {
         if let Ok(seen) = nodes_seen_by(port).await {
             return seen;
         }
@@ -147,8 +147,103 @@ pub async fn nodes() -> Vec<Node> {
     panic!("{}", hint("Redis", &redis_nodes().join(",")))
 }
 
-/// The master serving `slot` and one replica of it.
+/// The `field:value` lines of what `command` (`INFO replication`, `CLUSTER INFO`) answers on the
+/// node on `port`.
+async fn fields_of(
+    port: u16,
+    command: &[&str],
+) -> redis::RedisResult<std::collections::HashMap<String, String>> {
+    let mut con = connect_port(port).await?;
+    let text: String = redis::cmd(command[0])
+        .arg(&command[1..])
+        .query_async(&mut con)
+        .await?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// What keeps the cluster from being whole, as `port` sees it (`None` once it is): the node
+/// answers, says `cluster_state:ok`, sees three live masters serving every slot and, if it is a
+/// replica, holds its master's full copy (`master_link_status:up`, no sync in progress).
+async fn unsettled_at(port: u16) -> Option<String> {
+    let seen = match nodes_seen_by(port).await {
+        Ok(seen) => seen,
+        Err(e) => return Some(format!("{port}: {e}")),
+    };
+    let masters: Vec<&Node> = seen.iter().filter(|n| n.master && !n.failed).collect();
+    let slots: usize = masters
+        .iter()
+        .flat_map(|n| n.slots.iter())
+        .map(|&(a, b)| usize::from(b - a) + 1)
+        .sum();
+    if masters.len() != 3 || slots != 16384 || seen.iter().any(|n| n.failed) {
+        return Some(format!(
+            "{port} sees {} live masters serving {slots} slots: {seen:?}",
+            masters.len()
+        ));
+    }
+    match fields_of(port, &["CLUSTER", "INFO"]).await {
+        Ok(i) if i.get("cluster_state").is_some_and(|s| s == "ok") => {}
+        Ok(i) => {
+            return Some(format!(
+                "{port}: cluster_state {:?}",
+                i.get("cluster_state")
+            ));
+        }
+        Err(e) => return Some(format!("{port}: {e}")),
+    }
+    let me = seen.iter().find(|n| n.port == port)?;
+    if me.master {
+        return None;
+    }
+    match fields_of(port, &["INFO", "replication"]).await {
+        Ok(i)
+            if i.get("master_link_status").is_some_and(|s| s == "up")
+                && i.get("master_sync_in_progress").is_some_and(|s| s == "0") =>
+        {
+            None
+        }
+        Ok(i) => Some(format!(
+            "replica {port}: link {:?}, sync in progress {:?}",
+            i.get("master_link_status"),
+            i.get("master_sync_in_progress")
+        )),
+        Err(e) => Some(format!("replica {port}: {e}")),
+    }
+}
+
+/// Waits up to 90 s until the whole cluster is settled: every node answers and agrees that three
+/// masters serve every slot, and every replica holds its master's full copy. A fault test starts
+/// from there: a replica still in its first sync (a node just restarted; the master waits a few
+/// seconds before a diskless transfer) has no data to take over with, and Redis never promotes
+/// it — by design, however long its master stays down.
+pub async fn settled() {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let ports = node_ports();
+    loop {
+        let mut why = None;
+        for &port in &ports {
+            why = unsettled_at(port).await;
+            if why.is_some() {
+                break;
+            }
+        }
+        let Some(why) = why else { return };
+        assert!(
+            Instant::now() < deadline,
+            "the Redis Cluster did not settle in 90s: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The master serving `slot` and one replica of it, once the cluster is [`settled`] (so the
+/// replica can take over).
 pub async fn master_and_replica(slot: u16) -> (Node, Node) {
+    settled().await;
     let all = nodes().await;
     let master = all
         .iter()
@@ -183,16 +278,22 @@ pub async fn failover(slot: u16) -> (u16, u16) {
 /// Session ids whose keys cover every master of the cluster, `per_master` on each (named
 /// `<unique(prefix)>_<n>`, so a `<prefix>_*` glob matches them).
 pub async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<String> {
+    settled().await;
+    // Masters with slots: a node just demoted may still be listed as a master without any.
     let masters: Vec<Node> = nodes()
         .await
         .into_iter()
-        .filter(|n| n.master && !n.failed)
+        .filter(|n| n.master && !n.failed && !n.slots.is_empty())
         .collect();
     assert!(masters.len() >= 3, "a cluster of 3 masters: {masters:?}");
     let base = crate::unique(prefix);
     let mut by_master: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
     let mut i = 0;
     while by_master.len() < masters.len() || by_master.values().any(|s| s.len() < per_master) {
+        assert!(
+            i < 1_000_000,
+            "no {per_master} sessions on every master after {i} ids: {masters:?}"
+        );
         let sid = format!("{base}_{i}");
         i += 1;
         let slot = chatlog_store::keys::slot(&chatlog_store::keys::seq(&sid));
@@ -245,8 +346,8 @@ pub async fn until_promoted(stopped: &Stopped, slot: u16) {
 }
 
 /// Starts a [`stop_master`]'s node again (`dev/cluster.sh start-node`): it rejoins as the new
-/// master's replica. Returns once it answers.
-pub fn restart(stopped: &Stopped) {
+/// master's replica. Returns once the cluster is [`settled`] (the node holds a full copy).
+pub async fn restart(stopped: &Stopped) {
     let ordinal = stopped.master.port - first_redis_port() + 1;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/cluster.sh");
     let status = std::process::Command::new(script)
@@ -257,6 +358,7 @@ pub fn restart(stopped: &Stopped) {
         status.success(),
         "{script} start-node redis {ordinal}: {status}"
     );
+    settled().await;
 }
 
 /// The process id of a node (`INFO server`).

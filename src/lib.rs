@@ -670,6 +670,16 @@ pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends SIGCONT to a process when dropped, so a failing test (or harness) never leaves a stopped
+/// process behind for the tests that follow.
+pub struct Resume(pub u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "-CONT");
+    }
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();

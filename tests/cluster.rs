@@ -393,7 +393,7 @@ async fn cluster_client_built_during_a_failover_reaches_the_new_master() {
         |e| format!("a client built during the failover never reached the new master: {e}"),
     )
     .await;
-    cluster::restart(&stopped);
+    cluster::restart(&stopped).await;
     poll_until(
         Duration::from_secs(30),
         Duration::from_millis(200),
@@ -436,6 +436,8 @@ async fn cluster_client_leaves_a_hung_master_for_its_replica() {
     let (master, replica) = cluster::master_and_replica(slot).await;
     let pid = cluster::pid_of(&master).await;
     chatlog::signal(pid, "-STOP").expect("SIGSTOP the master");
+    // Continued even if the test fails before it does, so the cluster is whole for the next test.
+    let resume = chatlog::Resume(pid);
     let stopped = cluster::Stopped { master, replica };
     cluster::until_promoted(&stopped, slot).await;
     let wrote = tokio::time::timeout(Duration::from_secs(40), async {
@@ -453,7 +455,7 @@ async fn cluster_client_leaves_a_hung_master_for_its_replica() {
         }
     })
     .await;
-    chatlog::signal(pid, "-CONT").expect("SIGCONT the old master");
+    drop(resume);
     wrote
         .expect("the client kept timing out against the hung master for 40 s")
         .expect("SET after the failover");

@@ -406,17 +406,9 @@ impl Stack {
     }
 }
 
-pub use chatlog::signal;
-
-/// Sends SIGCONT to a paused process when dropped: Cassandra is never left stopped, even if the
-/// harness fails or panics during the pause.
-pub struct ResumeGuard(pub u32);
-
-impl Drop for ResumeGuard {
-    fn drop(&mut self) {
-        let _ = signal(self.0, "-CONT");
-    }
-}
+/// SIGCONT on drop: Cassandra (or a consumer) is never left stopped, even if the harness fails
+/// or panics during a pause.
+pub use chatlog::{Resume, signal};
 
 #[cfg(test)]
 mod tests {

@@ -62,7 +62,7 @@ async fn a_zombie_frozen_while_lingering_on_polled_records_writes_no_window() {
         .wait_log("first record of a batch polled", Duration::from_secs(60))
         .unwrap();
     zombie.signal("-STOP").unwrap();
-    let _resume = Resume(zombie.pid());
+    let _resume = chatlog::Resume(zombie.pid());
 
     // Its partition moves on once its session times out: the new owner writes seqs 1..5, then
     // 6..10.
@@ -153,15 +153,6 @@ async fn a_zombie_replaced_under_its_static_group_instance_id_exits_and_writes_n
         window_seqs(&chatlog::redis_url(), &s, &env).await,
         (1..=10).collect::<Vec<_>>()
     );
-}
-
-/// SIGCONT on drop, so a failing test leaves no stopped process behind.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = chatlog::signal(self.0, "-CONT");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

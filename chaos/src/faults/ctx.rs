@@ -11,7 +11,7 @@ use crate::fleet::Fleet;
 use crate::load::Load;
 use crate::options::Options;
 use crate::proxy::Proxy;
-use crate::stack::{ResumeGuard, Stack};
+use crate::stack::{Resume, Stack};
 
 /// What the faults act on.
 #[derive(Clone)]
@@ -55,7 +55,7 @@ pub(super) async fn flushall(ctx: &Ctx) -> anyhow::Result<()> {
 /// `flush`), then SIGCONT (dropping `guard`).
 pub(super) async fn pause_then_resume(
     ctx: &Ctx,
-    guard: ResumeGuard,
+    guard: Resume,
     flush: bool,
     detail: &mut String,
 ) -> anyhow::Result<()> {

@@ -42,7 +42,7 @@ use ctx::{flushall, pause_then_resume, pick, wait_lag_zero};
 pub use kind::{Kind, WRONGTYPE_MESSAGES, check_plan, per_kind, planned_total, schedule};
 
 use crate::events::Events;
-use crate::stack::{self, ResumeGuard};
+use crate::stack::{self, Resume};
 
 /// How long a scale-up lets the grown fleet work before it is over.
 const SCALE_HOLD: Duration = Duration::from_secs(10);
@@ -185,7 +185,7 @@ async fn one(
         Kind::CassandraPause => {
             let pid = ctx.stack.cassandra_pid()?;
             stack::signal(pid, "-STOP")?;
-            let guard = ResumeGuard(pid);
+            let guard = Resume(pid);
             tokio::time::sleep(ctx.opts.cassandra_pause).await;
             drop(guard); // SIGCONT
             format!(
@@ -200,7 +200,7 @@ async fn one(
                 .pid(victim)
                 .context("consumer_pause: victim gone")?;
             stack::signal(pid, "-STOP")?;
-            let guard = ResumeGuard(pid);
+            let guard = Resume(pid);
             let mut detail = format!("SIGSTOP to consumer-{victim} (pid {pid})");
             pause_then_resume(ctx, guard, ctx.opts.pause_flush, &mut detail).await?;
             detail
@@ -208,12 +208,12 @@ async fn one(
         Kind::Zombie => {
             let cassandra = ctx.stack.cassandra_pid()?;
             stack::signal(cassandra, "-STOP")?;
-            let cassandra_guard = ResumeGuard(cassandra);
+            let cassandra_guard = Resume(cassandra);
             tokio::time::sleep(Duration::from_secs(3)).await;
             let victim = pick(&ctx.fleet, rng, "zombie")?;
             let pid = ctx.fleet.pid(victim).context("zombie: victim gone")?;
             stack::signal(pid, "-STOP")?;
-            let consumer_guard = ResumeGuard(pid);
+            let consumer_guard = Resume(pid);
             drop(cassandra_guard); // SIGCONT Cassandra
             tokio::time::sleep(Duration::from_secs(13)).await;
             flushall(ctx).await?;
@@ -233,7 +233,7 @@ async fn one(
             let stopped = victim.and_then(|v| {
                 let pid = ctx.fleet.pid(v).context("poll_zombie: victim gone")?;
                 stack::signal(pid, "-STOP")?;
-                Ok((v, pid, ResumeGuard(pid)))
+                Ok((v, pid, Resume(pid)))
             });
             ctx.load.resume();
             let (victim, pid, guard) = stopped?;
