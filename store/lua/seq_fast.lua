@@ -1,10 +1,28 @@
 -- The seq fast path (see FAST_BODY in store/src/seq/). Runs after a pinned server_epoch().
+-- Per request, the cost that counts is Lua's: every redis.call and every table the reply holds.
+-- So the records are read with one MGET, and an allocated request's reply is its seq alone (an
+-- integer); only the rare answers (duplicate, conflict, missing, used up) are tables.
 local ep = server_epoch()
 local groups = tonumber(ARGV[3])
+-- The idempotency records of every request, in KEYS order, in one call.
+local record_keys = {}
+local k = 1
+for g = 1, groups do
+  local n = tonumber(ARGV[3 + g])
+  for i = 1, n do
+    record_keys[#record_keys + 1] = KEYS[k + i]
+  end
+  k = k + n + 1
+end
+local held_records = {}
+if #record_keys > 0 then
+  held_records = redis.call('MGET', unpack(record_keys))
+end
 local out = {}
 local writes = {}
-local k = 1
+local r = 1
 local a = 4 + groups
+k = 1
 -- Reads only: an error here (say WRONGTYPE) changes nothing.
 for g = 1, groups do
   local n = tonumber(ARGV[3 + g])
@@ -22,7 +40,7 @@ for g = 1, groups do
   local new = {}
   for _ = 1, n do
     local key = KEYS[k]
-    local rec = records[key] or redis.call('GET', key)
+    local rec = records[key] or held_records[r]
     if rec then
       -- A record of another message (its fingerprint differs): refused, never acknowledged.
       local held = string.match(rec, '^%-?%d+:%-?%d+:#(%x*):')
@@ -40,9 +58,10 @@ for g = 1, groups do
       rec = string.format('%d', cur) .. ':' .. ARGV[a + 1] .. ':#' .. ARGV[a + 2] .. ':' .. ARGV[a]
       records[key] = rec
       new[#new + 1] = key
-      out[#out + 1] = {0, '', cur, 0, 0}
+      out[#out + 1] = cur
     end
     k = k + 1
+    r = r + 1
     a = a + 3
   end
   if exists and cur > first then

@@ -17,7 +17,8 @@ use crate::{Error, Result, keys};
 /// ms (0 = none), the number of sessions `G`, then `G` request counts, then per request (in KEYS
 /// order) its candidate msg_id and server_time_us.
 ///
-/// Returns one `{status, record, a, b, c}` per request, in order: `0` allocated (`a` = seq); `1`
+/// Returns one reply per request, in order: the seq alone (an integer) when it allocated one, else
+/// `{status, record, a, b, c}` (a table per request cost Lua more than the rest of its work): `1`
 /// duplicate (`record` = `"<seq>:<server_time_us>:<msg_id>"`, also when an earlier request of
 /// the same call had the same id); `2` hash missing or written in another epoch (see
 /// [`crate::epoch`]: Redis went back in time, so its `cur` may be below seqs already handed out);
@@ -351,12 +352,17 @@ fn fast_path_error(source: redis::RedisError) -> Error {
     }
 }
 
-/// One request's reply of [`FAST_BODY`]: `{status, record, a, b, c}`.
-type FastReply = (i64, Vec<u8>, i64, i64, i64);
+/// One request's reply of [`FAST_BODY`]: its seq (the common answer, one integer), or
+/// `{status, record, a, b, c}`.
+type FastReply = redis::Value;
 
-fn fast_result((status, record, a, b, c): FastReply) -> Result<Fast> {
+fn fast_result(reply: FastReply) -> Result<Fast> {
+    let (status, record, a, b, c) = match reply {
+        redis::Value::Int(seq) => return Ok(Fast::Allocated(seq)),
+        other => redis::from_redis_value::<(i64, Vec<u8>, i64, i64, i64)>(other)
+            .map_err(|e| fast_path_error(e.into()))?,
+    };
     match status {
-        0 => Ok(Fast::Allocated(a)),
         1 => {
             let (seq, server_time_us, msg_id) =
                 parse_record(&record).ok_or_else(|| bad_reply("idempotency record", &record))?;
@@ -404,4 +410,47 @@ fn bad_reply(what: &'static str, got: &[u8]) -> Error {
         what,
         String::from_utf8_lossy(got).into_owned(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn an_allocation_is_one_integer_and_the_rare_answers_are_tables() {
+        assert_eq!(fast_result(Value::Int(42)).unwrap(), Fast::Allocated(42));
+        let table = |status: i64, record: &str, a: i64, b: i64, c: i64| {
+            Value::Array(vec![
+                Value::Int(status),
+                Value::BulkString(record.as_bytes().to_vec()),
+                Value::Int(a),
+                Value::Int(b),
+                Value::Int(c),
+            ])
+        };
+        assert_eq!(
+            fast_result(table(3, "", 100, 50, 7)).unwrap(),
+            Fast::Exhausted {
+                max: 100,
+                step: 50,
+                at_ms: 7
+            }
+        );
+        assert_eq!(fast_result(table(2, "", 0, 0, 0)).unwrap(), Fast::Missing);
+        match fast_result(table(1, "9:1700:#ab:m-9", 0, 0, 0)).unwrap() {
+            Fast::Duplicate(a) => assert_eq!(
+                (a.seq, a.server_time_us, a.msg_id.as_str()),
+                (9, 1700, "m-9")
+            ),
+            other => panic!("a duplicate: {other:?}"),
+        }
+        assert!(matches!(
+            fast_result(table(4, "9:1700:#ab:m-9", 0, 0, 0)),
+            Err(Error::IdempotencyConflict { seq: 9, .. })
+        ));
+        // A status this client does not know, or a reply of another shape, is an error.
+        assert!(fast_result(table(0, "", 5, 0, 0)).is_err());
+        assert!(fast_result(Value::Nil).is_err());
+    }
 }
