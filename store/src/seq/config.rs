@@ -52,8 +52,9 @@ pub struct SeqConfig {
     /// Largest segment reserved per LWT; also the largest gap a Redis loss can cause. Default
     /// 10 000.
     pub max_segment: i64,
-    /// A segment used up faster than this makes the next one twice as large; one that lasted more
-    /// than twice this makes the next one half as large. Default 1 minute.
+    /// A segment used up faster than this makes the next one as large as would last this long at
+    /// the rate the last one was used (at least twice, at most [`GROWTH_MAX`] times as large); one
+    /// that lasted more than twice this makes the next one half as large. Default 1 minute.
     #[serde(with = "humantime_serde")]
     pub segment_target_lifetime: Duration,
     /// How long an idempotency record `(session, sender, client_msg_id) → allocation` is kept: a retried
@@ -138,10 +139,20 @@ impl SeqConfig {
         if installed_at_ms <= 0 {
             return prev;
         }
-        let lived = now_ms.saturating_sub(installed_at_ms).max(0);
+        let lived = now_ms.saturating_sub(installed_at_ms);
         let target = duration_ms(self.segment_target_lifetime).max(1);
         let next = if lived < target {
-            prev.saturating_mul(2)
+            // Sized by the rate, not doubled: a session that starts busy reaches its size in one
+            // or two reservations instead of one per doubling (each an LWT, the allocation's
+            // dearest step). Bounded per step, so a burst does not jump to the largest gap. A
+            // segment installed "in the future" (clock skew between instances) has no rate: it
+            // counts as fast, twice as large.
+            let factor = if lived < 0 {
+                2
+            } else {
+                (target / lived.max(1)).clamp(2, GROWTH_MAX)
+            };
+            prev.saturating_mul(factor)
         } else if lived > target.saturating_mul(2) {
             prev / 2
         } else {
@@ -150,6 +161,10 @@ impl SeqConfig {
         next.clamp(min, max)
     }
 }
+
+/// The most a segment may grow over the previous one (see
+/// [`SeqConfig::segment_target_lifetime`]).
+pub const GROWTH_MAX: i64 = 16;
 
 pub(super) fn duration_ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64

@@ -27,8 +27,10 @@
 //!   installed with [`INSTALL_LUA`], which only ever moves `cur` and `max` **up**. A lost race
 //!   returns the current ceiling in the LWT's own result row, so no separate SERIAL read is needed.
 //!   The step adapts between [`SeqConfig::min_segment`] and [`SeqConfig::max_segment`] (Meituan
-//!   Leaf style): doubled when the previous segment lasted less than
-//!   [`SeqConfig::segment_target_lifetime`], halved when it lasted more than twice that.
+//!   Leaf style, sized by rate): when the previous segment lasted less than
+//!   [`SeqConfig::segment_target_lifetime`], the next is as large as would last that long at the
+//!   rate it was used (×2 at least, ×[`GROWTH_MAX`] at most — doubling took a busy new session
+//!   one LWT per doubling to reach its size); halved when it lasted more than twice that.
 //! - **Recover**: the hash is missing, or was written in another epoch of Redis (see
 //!   [`crate::epoch`]: a restart from an RDB snapshot or an AOF, a failover to a lagging replica,
 //!   a restored backup — its `cur` may be below seqs already handed out), but the CQL ceiling
@@ -103,7 +105,7 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
-pub use config::{SeqConfig, SerialMode};
+pub use config::{GROWTH_MAX, SeqConfig, SerialMode};
 pub use fast::{FAST_BATCH, FAST_BODY, FAST_LANES};
 pub(crate) use segment::read_ceiling;
 pub use segment::{INSTALL_LUA, insert_ceiling_cql, select_ceiling_cql, update_ceiling_cql};

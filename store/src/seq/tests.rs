@@ -15,11 +15,31 @@ fn config(min: i64, max: i64) -> SeqConfig {
 }
 
 #[test]
-fn step_doubles_when_fast_halves_when_slow_and_stays_in_bounds() {
+fn step_grows_by_the_rate_when_fast_halves_when_slow_and_stays_in_bounds() {
     let c = config(100, 1000);
     let now = 10_000_000;
     assert_eq!(c.next_step(0, 0, now), 100, "first segment is the minimum");
-    assert_eq!(c.next_step(100, now - 1_000, now), 200);
+    let wide = config(100, 1_000_000);
+    assert_eq!(
+        wide.next_step(100, now - 20_000, now),
+        300,
+        "used in a third of the target: three times as large"
+    );
+    assert_eq!(
+        wide.next_step(100, now - 40_000, now),
+        200,
+        "used a little faster than the target: at least twice"
+    );
+    assert_eq!(
+        wide.next_step(100, now - 1_000, now),
+        100 * GROWTH_MAX,
+        "a burst grows it at most GROWTH_MAX times"
+    );
+    assert_eq!(
+        wide.next_step(100, now, now),
+        100 * GROWTH_MAX,
+        "used within the millisecond"
+    );
     assert_eq!(c.next_step(800, now - 1_000, now), 1000, "capped");
     assert_eq!(
         c.next_step(400, now - 90_000, now),
