@@ -45,12 +45,15 @@ dev/bench.sh "$@" >"$log" 2>&1 &
 bench_pid=$!
 echo "[flame] bench running (log: $log)" >&2
 
-# wait_for PATTERN: until the bench log has PATTERN; fails if the bench ended first.
+# wait_for PATTERN: until the bench log has PATTERN; fails if the bench ended first, or ended
+# while an earlier phase was waited for (with --only, phases that never come are waited for
+# until the end: the phase that did run is then over, and nothing is left to sample).
 wait_for() {
   while ! grep -qF -- "$1" "$log"; do
     kill -0 "$bench_pid" 2>/dev/null || { echo "[flame] the bench ended before: $1" >&2; return 1; }
     sleep 0.2
   done
+  kill -0 "$bench_pid" 2>/dev/null || { echo "[flame] the bench ended after: $1 (not sampled)" >&2; return 1; }
 }
 
 # newest_proc NAME: the pid of the newest process called NAME, once there is one. By process
@@ -60,7 +63,9 @@ newest_proc() {
   local pid=""
   while [ -z "$pid" ]; do
     pid="$(pgrep -n -x "$1" || true)"
-    [ -n "$pid" ] || sleep 0.2
+    [ -n "$pid" ] && break
+    kill -0 "$bench_pid" 2>/dev/null || { echo "[flame] no $1 process: the bench ended" >&2; return 1; }
+    sleep 0.2
   done
   echo "$pid"
 }
@@ -68,13 +73,13 @@ newest_proc() {
 # profile NAME PATTERN DELAY SECONDS PROCS...: DELAY s after PATTERN, samples PROCS (process
 # names, or pids) for SECONDS. The names are looked up after PATTERN: the phase may start them.
 profile() {
-  local name="$1" pattern="$2" delay="$3" secs="$4" proc pids=""
+  local name="$1" pattern="$2" delay="$3" secs="$4" proc pid pids=""
   shift 4
   wait_for "$pattern" || return 0
   sleep "$delay"
   for proc in "$@"; do
     case "$proc" in
-      *[!0-9]*) pids="${pids:+$pids,}$(newest_proc "$proc")" ;;
+      *[!0-9]*) pid="$(newest_proc "$proc")" || return 0; pids="${pids:+$pids,}$pid" ;;
       *) pids="${pids:+$pids,}$proc" ;;
     esac
   done
@@ -84,13 +89,17 @@ profile() {
 }
 
 rpid="$(redis_pid)"
-profile p5-history "[bench] P5: history latest(50)" 1 4 chatlog-bench "$rpid"
-profile p6-allocate "[bench] P6: seq allocations" 1 4 chatlog-bench "$rpid"
-profile p3-library "[bench] P3: producer library" 3 8 chatlog-bench "$rpid"
-profile p3prime "[bench] P3′: the produce path with pre-assigned seqs" 1 4 chatlog-bench
-profile p1-consumer "[bench] P1: chatlog-consumer drains" 0 10 chatlog-consume
+# Each waits for its own phase, side by side: with --only, a phase that never comes must not hold
+# up the ones that do (the phases themselves never overlap).
+samplers=()
+profile p5-history "[bench] P5: history latest(50)" 1 4 chatlog-bench "$rpid" & samplers+=($!)
+profile p6-allocate "[bench] P6: seq allocations" 1 4 chatlog-bench "$rpid" & samplers+=($!)
+profile p3-library "[bench] P3: producer library" 3 8 chatlog-bench "$rpid" & samplers+=($!)
+profile p3prime "[bench] P3′: the produce path with pre-assigned seqs" 1 4 chatlog-bench & samplers+=($!)
+profile p1-consumer "[bench] P1: chatlog-consumer drains" 0 10 chatlog-consume & samplers+=($!)
 
 wait "$bench_pid" || echo "[flame] the bench failed: $log" >&2
+wait "${samplers[@]}" || true
 for data in "$out"/*.data; do
   [ -f "$data" ] || continue
   name="$(basename "$data" .data)"
