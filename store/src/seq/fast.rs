@@ -185,15 +185,21 @@ impl SeqAllocator {
                     break;
                 }
             };
-            let mut call = script.prepare_invoke();
+            // `EVALSHA` written straight into one command: a `ScriptInvocation` keeps each key
+            // and argument as a vector of its own and copies them again into the command.
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(script.get_hash()).arg(sessions.len() + total);
+            for (session_id, requests) in sessions {
+                call.arg(keys::seq(session_id));
+                for r in *requests {
+                    call.arg(keys::client_msg(session_id, &r.sender_id, &r.client_msg_id));
+                }
+            }
             call.arg(duration_ms(inner.config.dedup_ttl).max(1))
                 .arg(duration_ms(inner.config.idle_ttl))
                 .arg(sessions.len());
-            for (session_id, requests) in sessions {
-                call.key(keys::seq(session_id)).arg(requests.len());
-                for r in *requests {
-                    call.key(keys::client_msg(session_id, &r.sender_id, &r.client_msg_id));
-                }
+            for (_, requests) in sessions {
+                call.arg(requests.len());
             }
             for (_, requests) in sessions {
                 for r in *requests {
@@ -202,7 +208,7 @@ impl SeqAllocator {
                         .arg(&r.fingerprint);
                 }
             }
-            result = self.invoke_fast(&mut con, &call).await;
+            result = self.invoke_fast(&mut con, call).await;
             match &result {
                 Err(Error::Redis { source: e, .. })
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -234,12 +240,12 @@ impl SeqAllocator {
     async fn invoke_fast(
         &self,
         con: &mut RedisConnection,
-        call: &redis::ScriptInvocation<'_>,
+        call: redis::Cmd,
     ) -> Result<Vec<FastReply>> {
         let config = &self.inner.config;
         let redis_err = fast_path_error;
         let mut pipe = redis::pipe();
-        pipe.invoke_script(call);
+        pipe.add_command(call);
         if config.wait_replicas == 0 {
             let (replies,): (Vec<FastReply>,) = pipe.query_async(con).await.map_err(redis_err)?;
             return Ok(replies);
