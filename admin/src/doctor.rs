@@ -684,31 +684,11 @@ async fn redis(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check) {
             );
         }
     };
-    let info = bounded(args.timeout, async {
-        let server: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut con)
-            .await?;
-        let replication: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut con)
-            .await?;
-        Ok::<_, redis::RedisError>((server, replication))
-    })
-    .await;
     let mut out = Vec::new();
-    match info {
-        Err(e) => {
-            out.push(Check::fail(
-                "redis",
-                format!("{url} ({auth}): connected, but INFO failed: {e}"),
-            ));
-            out.push(Check::fail("redis role", "not checked: INFO failed"));
-        }
-        Ok((server, replication)) => {
-            out.push(version_check(&url, auth, &server, &replication));
-            out.push(role_check(&replication));
-        }
+    if ctx.config.redis.cluster_nodes.is_empty() {
+        out.extend(redis_server(&mut con, args, &url, auth).await);
+    } else {
+        out.extend(redis_cluster(ctx, &mut con, args, auth).await);
     }
     let clock = skew_check(
         "clock redis",
@@ -717,6 +697,135 @@ async fn redis(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check) {
         bounded(args.timeout, redis_clock(&mut con)).await,
     );
     (out, clock)
+}
+
+/// `redis` and `redis role` of the server behind `con` (`url` as shown).
+async fn redis_server(
+    con: &mut chatlog_store::RedisConnection,
+    args: &DoctorArgs,
+    url: &str,
+    auth: &str,
+) -> Vec<Check> {
+    let info = bounded(args.timeout, async {
+        let server: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(con)
+            .await?;
+        Ok::<_, redis::RedisError>((server, replication))
+    })
+    .await;
+    match info {
+        Err(e) => vec![
+            Check::fail(
+                "redis",
+                format!("{url} ({auth}): connected, but INFO failed: {e}"),
+            ),
+            Check::fail("redis role", "not checked: INFO failed"),
+        ],
+        Ok((server, replication)) => vec![
+            version_check(url, auth, &server, &replication),
+            role_check(&replication),
+        ],
+    }
+}
+
+/// On a Redis Cluster: `redis cluster` (the slots, masters and replicas, as the cluster sees
+/// itself), then `redis` and `redis role` of every master serving slots — the scripts and the
+/// windows run on each of them, so one node's answer says nothing of the others.
+async fn redis_cluster(
+    ctx: &Ctx,
+    con: &mut chatlog_store::RedisConnection,
+    args: &DoctorArgs,
+    auth: &str,
+) -> Vec<Check> {
+    let text = bounded(args.timeout, async {
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(con)
+            .await
+    })
+    .await;
+    let nodes = match text {
+        Ok(text) => chatlog_store::connection::parse_cluster_nodes(&text),
+        Err(e) => {
+            return vec![Check::fail(
+                "redis cluster",
+                format!(
+                    "CLUSTER NODES failed: {e}; are redis.cluster_nodes nodes of a Redis Cluster?"
+                ),
+            )];
+        }
+    };
+    let mut out = vec![cluster_check(&nodes)];
+    let config = &ctx.config.redis;
+    for master in nodes
+        .iter()
+        .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+    {
+        let url = chatlog_store::config::redact_url(&config.node_url(&master.address));
+        match bounded(args.timeout, config.connect_node(&master.address)).await {
+            Ok(mut one) => out.extend(redis_server(&mut one, args, &url, auth).await),
+            Err(e) => out.push(Check::fail(
+                "redis",
+                format!("{url} ({auth}): a master serving slots, unreachable: {e}"),
+            )),
+        }
+    }
+    out
+}
+
+/// `redis cluster`: every slot served by a live master, no failed node, a live replica per master.
+fn cluster_check(nodes: &[chatlog_store::connection::ClusterNode]) -> Check {
+    const NAME: &str = "redis cluster";
+    const SLOTS: usize = 16384;
+    let masters: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+        .collect();
+    let served: usize = masters
+        .iter()
+        .flat_map(|n| n.slots.iter())
+        .map(|&(a, b)| usize::from(b.saturating_sub(a)) + 1)
+        .sum();
+    let replicas = |m: &chatlog_store::connection::ClusterNode| {
+        nodes
+            .iter()
+            .filter(|r| !r.master && !r.failed && r.master_id.as_deref() == Some(m.id.as_str()))
+            .count()
+    };
+    let failed: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.failed)
+        .map(|n| n.address.as_str())
+        .collect();
+    let alone: Vec<&str> = masters
+        .iter()
+        .filter(|m| replicas(m) == 0)
+        .map(|m| m.address.as_str())
+        .collect();
+    let live_replicas: usize = masters.iter().map(|m| replicas(m)).sum();
+    let head = format!(
+        "{} masters serving {served} of {SLOTS} slots, {live_replicas} live replicas",
+        masters.len()
+    );
+    if served < SLOTS {
+        return Check::fail(
+            NAME,
+            format!(
+                "{head}; failed: {failed:?}: commands on the other slots fail until a replica                  takes them over (or an operator reassigns them: redis-cli --cluster fix)"
+            ),
+        );
+    }
+    if !failed.is_empty() || !alone.is_empty() {
+        return Check::warn(
+            NAME,
+            format!(
+                "{head}; failed nodes: {failed:?}; masters without a live replica: {alone:?}                  (a master's failure then leaves its slots unserved)"
+            ),
+        );
+    }
+    Check::ok(NAME, format!("{head}, one or more per master"))
 }
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
@@ -903,6 +1012,49 @@ fn plural(n: usize) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    fn cluster(text: &str) -> Check {
+        cluster_check(&chatlog_store::connection::parse_cluster_nodes(text))
+    }
+
+    #[test]
+    fn the_cluster_check_wants_every_slot_served_and_a_replica_per_master() {
+        let whole = "\
+a 127.0.0.1:16001@26001 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:16002@26002 master - 0 0 2 connected 5461-10922
+c 127.0.0.1:16003@26003 master - 0 0 3 connected 10923-16383
+d 127.0.0.1:16004@26004 slave a 0 0 1 connected
+e 127.0.0.1:16005@26005 slave b 0 0 2 connected
+f 127.0.0.1:16006@26006 slave c 0 0 3 connected
+";
+        let ok = cluster(whole);
+        assert_eq!(ok.verdict, Verdict::Ok, "{}", ok.detail);
+        assert!(
+            ok.detail
+                .starts_with("3 masters serving 16384 of 16384 slots, 3 live replicas")
+        );
+
+        // A master failed and no replica took over yet: its slots are not served.
+        let down = whole.replace(
+            "b 127.0.0.1:16002@26002 master -",
+            "b 127.0.0.1:16002@26002 master,fail -",
+        );
+        let fail = cluster(&down);
+        assert_eq!(fail.verdict, Verdict::Fail, "{}", fail.detail);
+        assert!(
+            fail.detail.contains("10922 of 16384 slots"),
+            "{}",
+            fail.detail
+        );
+        assert!(fail.detail.contains("127.0.0.1:16002"), "{}", fail.detail);
+
+        // Every slot served, but a replica is gone: one more failure would lose slots.
+        let lonely = whole.replace("slave c 0 0 3 connected", "slave,fail c 0 0 3 connected");
+        let warn = cluster(&lonely);
+        assert_eq!(warn.verdict, Verdict::Warn, "{}", warn.detail);
+        assert!(warn.detail.contains("127.0.0.1:16003"), "{}", warn.detail);
+        assert!(warn.detail.contains("127.0.0.1:16006"), "{}", warn.detail);
+    }
+
     use super::*;
 
     fn sample(skew_ms: i64, rtt_ms: u64) -> Sample {

@@ -279,3 +279,63 @@ async fn doctor_fails_when_kafka_and_cql_are_unreachable() {
         assert_eq!(line(&checks, name, &ran).0, "ok", "{name}\n{ran}");
     }
 }
+
+/// On a Redis Cluster (`dev/cluster.sh up`) the doctor checks the cluster as a whole — every slot
+/// served, a replica per master — and every master serving slots, not whichever node answered.
+#[tokio::test]
+async fn cluster_doctor_checks_the_slots_and_every_master() {
+    chatlog::cluster::settled().await;
+    let (_session, cql) = chatlog::fresh_keyspace("doctor_cluster").await;
+    let topic = chatlog::unique("doctor_topic");
+    let dlq = chatlog::unique("doctor_dlq");
+    chatlog::create_topic(&topic, 1).await;
+    create_dlq_topic(&dlq).await;
+    let mut cmd = common::chatlog(&cql.keyspace);
+    cmd.env(
+        "CHATLOG_REDIS_CLUSTER_NODES",
+        chatlog::cluster::redis_nodes().join(","),
+    );
+
+    let ran = common::run(cmd, &["--topic", &topic, "--dlq-topic", &dlq, "doctor"]).await;
+
+    let (checks, _) = lines(&ran.stdout);
+    let (verdict, detail) = line(&checks, "redis cluster", &ran);
+    assert_eq!(verdict, "ok", "{ran}");
+    assert!(
+        detail.starts_with("3 masters serving 16384 of 16384 slots, 3 live replicas"),
+        "{ran}"
+    );
+    let masters: Vec<String> = chatlog::cluster::nodes()
+        .await
+        .into_iter()
+        .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+        .map(|n| n.address)
+        .collect();
+    let versions: Vec<&(String, String, String)> =
+        checks.iter().filter(|(n, _, _)| n == "redis").collect();
+    assert_eq!(
+        versions.len(),
+        masters.len(),
+        "a `redis` line per master\n{ran}"
+    );
+    for address in &masters {
+        assert!(
+            versions
+                .iter()
+                .any(|(_, v, d)| v == "ok" && d.contains(address.as_str())),
+            "no ok `redis` line for master {address}\n{ran}"
+        );
+    }
+    let roles: Vec<&(String, String, String)> = checks
+        .iter()
+        .filter(|(n, _, _)| n == "redis role")
+        .collect();
+    assert_eq!(roles.len(), masters.len(), "{ran}");
+    assert!(
+        roles
+            .iter()
+            .all(|(_, v, d)| v == "ok" && d.starts_with("master")),
+        "{ran}"
+    );
+    assert_eq!(ran.code, Some(0), "{ran}");
+}

@@ -421,27 +421,34 @@ impl crate::RedisConfig {
             .query_async(&mut con.clone())
             .await
             .map_err(crate::Error::redis("read CLUSTER NODES"))?;
-        let scheme = if self
-            .cluster_nodes
-            .iter()
-            .any(|n| n.starts_with("rediss://"))
-        {
-            "rediss"
-        } else {
-            "redis"
-        };
         let mut masters = Vec::new();
         for node in parse_cluster_nodes(&text) {
             if node.master && !node.failed && !node.slots.is_empty() {
-                let one = crate::RedisConfig {
-                    url: format!("{scheme}://{}/", node.address),
-                    cluster_nodes: Vec::new(),
-                    ..self.clone()
-                };
-                masters.push(RedisConnection::Single(one.connect_single().await?));
+                masters.push(self.connect_node(&node.address).await?);
             }
         }
         Ok(masters)
+    }
+
+    /// The URL of one node of this config's Redis Cluster (`host:port`, as `CLUSTER NODES` lists
+    /// it): `rediss://` when the seed nodes use TLS.
+    pub fn node_url(&self, address: &str) -> String {
+        let tls = self
+            .cluster_nodes
+            .iter()
+            .any(|n| n.starts_with("rediss://"));
+        format!("{}://{address}/", if tls { "rediss" } else { "redis" })
+    }
+
+    /// A plain connection to one node of this config's Redis Cluster (see [`node_url`](Self::node_url)),
+    /// with this config's password and timeouts.
+    pub async fn connect_node(&self, address: &str) -> crate::Result<RedisConnection> {
+        let one = crate::RedisConfig {
+            url: self.node_url(address),
+            cluster_nodes: Vec::new(),
+            ..self.clone()
+        };
+        Ok(RedisConnection::Single(one.connect_single().await?))
     }
 }
 
