@@ -148,11 +148,11 @@ pub async fn nodes() -> Vec<Node> {
 }
 
 /// The `field:value` lines of what `command` (`INFO replication`, `CLUSTER INFO`) answers on the
-/// node on `port`.
-async fn fields_of(
+/// node on `port`, as a map (values trimmed).
+pub async fn fields_of(
     port: u16,
     command: &[&str],
-) -> redis::RedisResult<std::collections::HashMap<String, String>> {
+) -> redis::RedisResult<std::collections::BTreeMap<String, String>> {
     let mut con = connect_port(port).await?;
     let text: String = redis::cmd(command[0])
         .arg(&command[1..])
@@ -160,8 +160,8 @@ async fn fields_of(
         .await?;
     Ok(text
         .lines()
-        .filter_map(|l| l.trim().split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect())
 }
 
@@ -174,11 +174,7 @@ async fn unsettled_at(port: u16) -> Option<String> {
         Err(e) => return Some(format!("{port}: {e}")),
     };
     let masters: Vec<&Node> = seen.iter().filter(|n| n.master && !n.failed).collect();
-    let slots: usize = masters
-        .iter()
-        .flat_map(|n| n.slots.iter())
-        .map(|&(a, b)| usize::from(b - a) + 1)
-        .sum();
+    let slots: usize = masters.iter().map(|n| n.slot_count()).sum();
     if masters.len() != 3 || slots != 16384 || seen.iter().any(|n| n.failed) {
         return Some(format!(
             "{port} sees {} live masters serving {slots} slots: {seen:?}",

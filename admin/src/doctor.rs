@@ -783,11 +783,7 @@ fn cluster_check(nodes: &[chatlog_store::connection::ClusterNode]) -> Check {
         .iter()
         .filter(|n| n.master && !n.failed && !n.slots.is_empty())
         .collect();
-    let served: usize = masters
-        .iter()
-        .flat_map(|n| n.slots.iter())
-        .map(|&(a, b)| usize::from(b.saturating_sub(a)) + 1)
-        .sum();
+    let served: usize = masters.iter().map(|n| n.slot_count()).sum();
     let replicas = |m: &chatlog_store::connection::ClusterNode| {
         nodes
             .iter()

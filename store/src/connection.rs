@@ -371,6 +371,14 @@ impl ClusterNode {
     pub fn serves(&self, slot: u16) -> bool {
         self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
     }
+
+    /// How many slots it serves.
+    pub fn slot_count(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|&(a, b)| usize::from(b.saturating_sub(a)) + 1)
+            .sum()
+    }
 }
 
 /// Parses the text of `CLUSTER NODES` (lines it cannot read are skipped).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chatlog::cluster::{Node, connect_port, nodes_seen_by, role_of};
+use chatlog::cluster::{Node, fields_of as fields, nodes_seen_by, role_of};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -193,21 +193,6 @@ async fn nodes(cluster: &ClusterStack) -> anyhow::Result<Vec<Node>> {
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no Redis node")))
-}
-
-/// The `field:value` lines of a command's reply (`INFO <section>`, `CLUSTER INFO`) on the node
-/// on `port`, as a map.
-async fn fields(port: u16, command: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut con = connect_port(port).await?;
-    let text: String = redis::cmd(command[0])
-        .arg(&command[1..])
-        .query_async(&mut con)
-        .await?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect())
 }
 
 /// Polls `check` every 100 ms until it holds, up to `limit`.
