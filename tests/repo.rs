@@ -249,6 +249,87 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_after_a_write_retur
     );
 }
 
+/// A users table whose reads never finish: the loader of another process that holds its lease.
+struct StuckReads;
+
+impl UserRepo for StuckReads {
+    async fn get(&self, _: &str) -> chatlog_store::Result<Option<User>> {
+        std::future::pending().await
+    }
+    async fn get_many(&self, _: &[String]) -> chatlog_store::Result<Vec<Option<User>>> {
+        std::future::pending().await
+    }
+    async fn upsert(&self, _: &User) -> chatlog_store::Result<()> {
+        Ok(())
+    }
+    async fn delete(&self, _: &str) -> chatlog_store::Result<()> {
+        Ok(())
+    }
+}
+
+/// The load every read of a process shares is not always a locked one: a read tired of waiting
+/// for another process's loader reads the database itself, uncached. A read that joins that load
+/// after a write returned must not get what it read before the write.
+#[tokio::test]
+async fn stale_value_never_reaches_a_read_that_joined_a_load_which_gave_up_waiting() {
+    let db = cql_users().await;
+    let id = unique("u");
+    db.upsert(&user(&id, 1)).await.unwrap();
+    // Process B locks the entry and never finishes its load (its lease outlives the test).
+    let stuck = {
+        let config = CacheConfig {
+            lease: Duration::from_secs(60),
+            mark_ttl: Duration::from_secs(60),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(redis_connection().await.into(), config, "users").expect("cache");
+        let b = CachedUserRepo::new(Arc::new(StuckReads), cache);
+        let id = id.clone();
+        tokio::spawn(async move { b.get(&id).await })
+    };
+    let mut con = redis_connection().await;
+    let key = chatlog_store::keys::user(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("o")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if owner.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never locked the entry");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Process A waits 50 ms for B, then reads v1 itself and holds it for 300 ms.
+    let slow = Arc::new(SlowReads::new(&db, Duration::from_millis(300)));
+    let config = CacheConfig {
+        max_wait: Duration::from_millis(50),
+        ..CacheConfig::default()
+    };
+    let cache = Cache::new(redis_connection().await.into(), config, "users").expect("cache");
+    let repo = Arc::new(CachedUserRepo::new(slow.clone(), cache));
+    let first = {
+        let (repo, id) = (repo.clone(), id.clone());
+        tokio::spawn(async move { version(&*repo, &id).await })
+    };
+    while slow.reads.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "A never read the database");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The write returns while A holds v1; a read that starts now joins A's load.
+    repo.upsert(&user(&id, 2)).await.unwrap();
+    assert_eq!(
+        version(&*repo, &id).await,
+        Some(2),
+        "a read after the write"
+    );
+    assert_eq!(first.await.unwrap(), Some(1), "the read before the write");
+    stuck.abort();
+}
+
 /// A private `redis-server` for a test that stops or freezes it.
 fn private_server() -> TestRedis {
     let port = free_port();

@@ -36,6 +36,9 @@ pub const CACHE_MARKS_FAILED: &str = "chatlog_cache_marks_failed_total";
 pub const CACHE_PENDING_MARKS: &str = "chatlog_cache_pending_marks";
 /// Cache misses that joined a load of the same key in flight in this process.
 pub const CACHE_COALESCED: &str = "chatlog_cache_coalesced_total";
+/// Cache misses that joined a load after its value was asked for, and loaded again on their own
+/// (the value might predate a write that returned before they began), by `repo`.
+pub const CACHE_LATE_JOINS: &str = "chatlog_cache_late_joins_total";
 
 /// Member pages read from CQL because the group has more members than the cache holds.
 pub const REPO_MEMBERS_UNCACHED_PAGES: &str = "chatlog_repo_members_uncached_pages_total";
@@ -113,6 +116,10 @@ pub fn describe() {
         "Cache misses that joined a load of the same key in flight in this process."
     );
     describe_counter!(
+        CACHE_LATE_JOINS,
+        "Cache misses that joined a load after its value was asked for and loaded again, by repository."
+    );
+    describe_counter!(
         REPO_MEMBERS_UNCACHED_PAGES,
         "Member pages read from the database because the group outgrows the cache."
     );
@@ -159,6 +166,7 @@ mod tests {
             CACHE_FILLS_REFUSED,
             CACHE_MARKS_FAILED,
             CACHE_COALESCED,
+            CACHE_LATE_JOINS,
             REPO_MEMBERS_UNCACHED_PAGES,
             CACHE_UPDATES,
             CONVERSATIONS_TRUNCATED,

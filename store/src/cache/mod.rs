@@ -16,6 +16,10 @@
 //!   value and the owner and marks the entry deleted, so a loader holding the old row cannot fill.
 //! - **Redis away**: reads go to the database (counted); marks that could not be sent are kept
 //!   and retried every 100 ms and before this process's next read ([`pending`]).
+//! - **a shared load is fresh for whoever joined it before it asked**: a read that joins this
+//!   process's load of a key takes its value only if the Redis call or database read that produced
+//!   it was sent after the read joined ([`Cache::load_key`]); one that joined later (the value may
+//!   predate a write that returned before the read began) loads again on its own.
 //! - **coalesced reads** ([`coalesce`]): single-key reads that arrive while one is under way share
 //!   the next round trip, one epoch check for all of them.
 //! - **Redis back in time** (restart, failover): entries of another epoch are never hits.
@@ -32,6 +36,7 @@ mod pending;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -88,7 +93,9 @@ struct Inner {
     fill: PinnedScript,
     mark: redis::Script,
     update: PinnedScript,
-    flights: Flights<String, Entry>,
+    flights: Flights<String, (Entry, Tick)>,
+    /// Orders the reads that join a load against the calls that load sends (see [`Tick`]).
+    ticks: AtomicU64,
     pending: Pending,
     lanes: coalesce::Lanes,
 }
@@ -101,6 +108,12 @@ impl std::fmt::Debug for Cache {
             .finish_non_exhaustive()
     }
 }
+
+/// A point in the order of joins and sends: a read takes a ticket (a new tick) before it joins a
+/// load, a load notes the tick before each call it sends. A value whose call was sent at a tick at
+/// or past a read's ticket was sent after the read joined, so Redis or the database answered it
+/// after the read began.
+type Tick = u64;
 
 /// The answer of the get-or-lock script.
 enum Lock {
@@ -128,6 +141,7 @@ impl Cache {
                 mark: redis::Script::new(MARK_LUA),
                 update: PinnedScript::new(UPDATE_BODY, "cache update in place"),
                 flights: Flights::new(telemetry::CACHE_COALESCED),
+                ticks: AtomicU64::new(0),
                 pending,
                 lanes: coalesce::lanes(),
             }),
@@ -373,27 +387,48 @@ impl Cache {
 
     /// A miss: one load of `key` in flight in this process, through the get-or-lock protocol
     /// (`whole`: the hit of another loader comes with its in-place fields, the fill drops them).
+    ///
+    /// A read that joins a load takes its value only if the call that produced it was sent after
+    /// the read joined. Joined later (while the fill's or the lock's answer travels back, or while
+    /// a load that gave up waiting for another process holds what it read), the value may predate
+    /// a write that returned before this read began: the read then loads on its own.
     async fn load_key<L, F>(&self, key: String, load: L, whole: bool) -> Result<Entry>
     where
         L: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Cached>> + Send + 'static,
     {
+        let ticket = self.inner.ticks.fetch_add(1, Ordering::SeqCst) + 1;
         let this = self.clone();
+        let load = Arc::new(load);
+        let shared = load.clone();
         // Plain and whole loads of one key never share a flight (a plain one has no fields).
         let flight = if whole { format!("{key}\0all") } else { key };
-        self.inner
+        let (entry, sent) = self
+            .inner
             .flights
-            .run(flight, move |flight| {
+            .run(flight.clone(), move |flight| {
                 async move {
                     let key = flight.strip_suffix("\0all").unwrap_or(&flight);
-                    this.lock_and_load(key, load, whole).await
+                    this.lock_and_load(key, move || shared(), whole).await
                 }
                 .boxed()
             })
-            .await
+            .await?;
+        if sent >= ticket {
+            return Ok(entry);
+        }
+        metrics::counter!(telemetry::CACHE_LATE_JOINS, "repo" => self.inner.repo).increment(1);
+        let key = flight.strip_suffix("\0all").unwrap_or(&flight);
+        Ok(self.lock_and_load(key, move || load(), whole).await?.0)
     }
 
-    async fn lock_and_load<L, F>(&self, key: &str, load: L, whole: bool) -> Result<Entry>
+    /// The tick a call is sent at (see [`Tick`]).
+    fn tick(&self) -> Tick {
+        self.inner.ticks.load(Ordering::SeqCst)
+    }
+
+    /// The entry of `key` and the tick its producing call was sent at.
+    async fn lock_and_load<L, F>(&self, key: &str, load: L, whole: bool) -> Result<(Entry, Tick)>
     where
         L: Fn() -> F,
         F: Future<Output = Result<Cached>>,
@@ -403,13 +438,14 @@ impl Cache {
         let token = uuid::Uuid::now_v7().simple().to_string();
         let started = Instant::now();
         let mut pause = WAIT_FIRST;
-        let plain = |value: Cached| Entry {
-            value,
-            fields: Vec::new(),
+        let plain = |value: Cached, sent: Tick| {
+            let fields = Vec::new();
+            (Entry { value, fields }, sent)
         };
         let flag: &[u8] = if whole { b"1" } else { b"0" };
         loop {
             let lease = config.lease.as_millis().to_string();
+            let sent = self.tick();
             let answer = self
                 .run_pinned(
                     &self.inner.lock,
@@ -419,7 +455,7 @@ impl Cache {
                 .await
                 .and_then(parse_lock);
             match answer {
-                Ok(Lock::Hit(entry)) => return Ok(entry),
+                Ok(Lock::Hit(entry)) => return Ok((entry, sent)),
                 Ok(Lock::Wait) if started.elapsed() < config.max_wait => {
                     metrics::counter!(telemetry::CACHE_LOCK_WAITS, "repo" => repo).increment(1);
                     tokio::time::sleep(pause).await;
@@ -428,23 +464,29 @@ impl Cache {
                 Ok(Lock::Wait) => {
                     tracing::warn!(repo, waited = ?started.elapsed(), "cache loader too slow; reading the database");
                     metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
-                    return load().await.map(plain);
+                    let sent = self.tick();
+                    return load().await.map(|v| plain(v, sent));
                 }
                 Ok(Lock::Owned) => {
                     metrics::counter!(telemetry::CACHE_LOADS, "repo" => repo).increment(1);
                     let loaded = load().await;
+                    // Filled: no write marked the entry since the lock, so the read holds every
+                    // write whose mark came before the fill.
+                    let sent = self.tick();
                     if self.fill(key, &token, &loaded, whole).await || loaded.is_err() {
-                        return loaded.map(plain);
+                        return loaded.map(|v| plain(v, sent));
                     }
                     // A write marked the entry after the lock (or the fill's fate is unknown):
                     // what was read may predate it, and reads that joined this load after the
                     // write returned must not get it. Read again, now, uncached.
-                    return load().await.map(plain);
+                    let sent = self.tick();
+                    return load().await.map(|v| plain(v, sent));
                 }
                 Err(e) => {
                     tracing::warn!(repo, error = %e, "cache unreadable; reading the database");
                     metrics::counter!(telemetry::CACHE_DEGRADED_READS, "repo" => repo).increment(1);
-                    return load().await.map(plain);
+                    let sent = self.tick();
+                    return load().await.map(|v| plain(v, sent));
                 }
             }
         }
