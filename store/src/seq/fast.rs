@@ -42,9 +42,10 @@ pub const FAST_BATCH: usize = 128;
 /// Fast-path calls of one allocator that may be in flight at once. Sessions are spread over the
 /// lanes by hash; each lane has one call in flight, and the requests that arrive meanwhile, of any
 /// of its sessions, are served together by its next call. Fewer lanes mean larger calls (the epoch
-/// check and the round trip paid once per call); more lanes, more calls in flight. One call then
-/// touches keys of several sessions (several hash tags): right for the one Redis node chatlog
-/// supports today; Redis Cluster support must make lanes per hash slot (`CROSSSLOT` otherwise).
+/// check and the round trip paid once per call); more lanes, more calls in flight. One lane call
+/// then holds sessions of several hash tags: on one Redis server it is one `EVALSHA`; on a Redis
+/// Cluster `call_fast` splits it with [`by_slot`] into one `EVALSHA` per slot, sent concurrently,
+/// so no call spans slots (no `CROSSSLOT`). Lanes stay by hash of the session id, not per slot.
 pub const FAST_LANES: usize = 4;
 
 /// What the fast script said.
