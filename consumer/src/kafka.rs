@@ -32,6 +32,10 @@ pub struct Context {
     /// Assignments completed so far, empty ones included: librdkafka delivers one after every
     /// rebalance this member takes part in, so a new one proves membership again.
     assignments: AtomicU64,
+    /// Revocations (and losses) so far: a batch written before one may hold records of a
+    /// partition that left, or that left and came back (its position reset to the committed
+    /// offset), so it is not committed after one (see `Pipeline::consume`).
+    revocations: AtomicU64,
     /// The lag of this member's partitions, summed, at the last statistics (-1: none yet).
     lag: AtomicI64,
     /// Whether a batch's transaction is being closed on the commit thread (see
@@ -62,6 +66,11 @@ impl Context {
     /// How many assignments (one per completed rebalance, possibly empty) this member has had.
     pub fn assignments(&self) -> u64 {
         self.assignments.load(Ordering::Acquire)
+    }
+
+    /// How many revocations (or losses) of partitions this member has had.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// A batch's transaction is about to be closed on the commit thread.
@@ -124,6 +133,7 @@ impl Default for Context {
             revoked: Mutex::default(),
             assigned: Mutex::default(),
             assignments: AtomicU64::new(0),
+            revocations: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
             closing: Mutex::new(false),
             closed: Condvar::new(),
@@ -181,6 +191,7 @@ impl ConsumerContext for Context {
                 assigned.remove(&tp);
                 revoked.insert(tp);
             }
+            self.revocations.fetch_add(1, Ordering::AcqRel);
         }
     }
 

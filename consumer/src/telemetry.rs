@@ -60,6 +60,10 @@ pub const DLQ_TRUNCATED: &str = "chatlog_consumer_dlq_truncated_records_total";
 /// Connections to the HTTP endpoint closed at once because `max_connections` were open.
 pub const HTTP_REJECTED: &str = "chatlog_consumer_http_rejected_connections_total";
 
+/// Batches written while the previous transaction was still committing, and committed with the
+/// next one (several batches per transaction while a commit is slow).
+pub const BATCHES_HELD: &str = "chatlog_consumer_batches_held_total";
+
 /// Records past their session type's retention, skipped (not written, not poison).
 pub const EXPIRED: &str = "chatlog_consumer_expired_records_total";
 /// Mutated messages (recall, edit, delete for everyone) among persisted records, by state.
@@ -85,6 +89,7 @@ pub const ALL: &[&str] = &[
     STALLED_PARTITIONS,
     DLQ_TRUNCATED,
     HTTP_REJECTED,
+    BATCHES_HELD,
     EXPIRED,
     MUTATIONS,
     WINDOWS_STARTED,
@@ -224,6 +229,11 @@ fn describe() {
         "HTTP connections closed at once because http max_connections were open."
     );
     describe_counter!(
+        BATCHES_HELD,
+        "Batches written while the previous transaction was still committing, committed with \
+         the next transaction."
+    );
+    describe_counter!(
         EXPIRED,
         "Records skipped because their session type's retention had passed."
     );
@@ -263,6 +273,7 @@ fn init_series() {
     metrics::counter!(REVOKED_DROPPED).increment(0);
     metrics::counter!(DLQ_TRUNCATED).increment(0);
     metrics::counter!(HTTP_REJECTED).increment(0);
+    metrics::counter!(BATCHES_HELD).increment(0);
     metrics::counter!(EXPIRED).increment(0);
     metrics::counter!(WINDOWS_STARTED).increment(0);
     for &state in MUTATION_STATES {
@@ -624,6 +635,7 @@ mod tests {
                 REVOKED_DROPPED,
                 DLQ_TRUNCATED,
                 HTTP_REJECTED,
+                BATCHES_HELD,
                 EXPIRED,
                 MUTATIONS,
                 WINDOWS_STARTED,

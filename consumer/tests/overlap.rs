@@ -1,7 +1,9 @@
 //! A batch's commit overlaps the next batch (see `Pipeline::consume` in the consumer): the next
 //! batch is collected and written while the previous transaction is being closed on its own
-//! thread, and a revocation waits for that commit before the partitions leave. Both tests make
-//! the commit slow on demand with the hidden fault `CHATLOG_FAULT_COMMIT_DELAY_MS`.
+//! thread, and a revocation waits for that commit before the partitions leave; batches written
+//! while a commit is still slow are held and committed together by the next transaction, never
+//! after a revocation. The tests make the commit slow on demand with the hidden fault
+//! `CHATLOG_FAULT_COMMIT_DELAY_MS`.
 
 mod common;
 
@@ -164,4 +166,147 @@ async fn a_revocation_waits_for_the_commit_in_flight() {
     for s in &sessions {
         assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
     }
+}
+
+/// The value of the counter `name` (with `labels`, e.g. `result="committed"`) on `c`'s
+/// `/metrics`, 0 when absent.
+async fn counter(c: &chatlog::process::ConsumerProcess, name: &str, labels: &str) -> f64 {
+    let (_, text) = c.get_async("/metrics").await.expect("/metrics");
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(&series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until the group's committed offset of partition 0 is `want`.
+async fn until_committed(env: &Env, want: i64, c: &chatlog::process::ConsumerProcess) {
+    poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(50),
+        || async {
+            let at = env.committed_offsets().get(&0).copied().unwrap_or(-1);
+            if at == want { Ok(()) } else { Err(at) }
+        },
+        |at| {
+            dump_logs(&[c]);
+            format!("committed offset {at}, never {want}")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_written_during_a_slow_commit_are_held_and_committed_together() {
+    const DELAY: Duration = Duration::from_secs(8);
+    let env = Env::new("held", 1, 25).await;
+    let delay = DELAY.as_millis().to_string();
+    let c = env.spawn_consumer_with_env(
+        &chatlog::unique("held"),
+        &["--linger", "5ms"],
+        &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
+    );
+    c.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    let base = base_time_us();
+    let (a, b, d) = (
+        chatlog::unique("held_a"),
+        chatlog::unique("held_b"),
+        chatlog::unique("held_d"),
+    );
+    env.produce(&[message(&a, 1, base, 0)]).await;
+    until_in_window(&env, &a, 1, &c).await;
+    // A's transaction is being closed (DELAY at least). B, then a poison record and D, each
+    // produced once the one before is written: batches of their own.
+    let started = Instant::now();
+    env.produce(&[message(&b, 1, base, 0)]).await;
+    until_in_window(&env, &b, 1, &c).await;
+    let d_record = env.record(&message(&d, 1, base, 0));
+    env.produce_raw(&[(Some(d.clone()), Some(b"not avro".to_vec())), d_record])
+        .await;
+    until_in_window(&env, &d, 1, &c).await;
+    let written = started.elapsed();
+    let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
+    assert!(
+        committed < 1,
+        "B and D must both be written while A's commit is in flight (written within \
+         {written:?}, the commit takes over {DELAY:?}); committed offset {committed}"
+    );
+    // A commits, then everything written since in one transaction.
+    until_committed(&env, 4, &c).await;
+    assert_eq!(
+        counter(
+            &c,
+            "chatlog_consumer_transactions_total",
+            "result=\"committed\""
+        )
+        .await,
+        2.0,
+        "A's transaction, then one for B, the poison record and D"
+    );
+    assert!(counter(&c, "chatlog_consumer_batches_held_total", "").await >= 1.0);
+    for s in [&a, &b, &d] {
+        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
+    }
+    let dlq = env.read_dlq(1);
+    assert_eq!(dlq.len(), 1, "the poison record, once: {dlq:?}");
+    let log = c.log_text();
+    assert!(
+        !log.contains("batch not committed"),
+        "no batch rewound:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_batches_are_not_committed_after_a_revocation() {
+    // Long enough for the second member to start and join while A's commit is in flight.
+    const DELAY: Duration = Duration::from_secs(25);
+    let env = Env::new("held_rv", 2, 25).await;
+    let delay = DELAY.as_millis().to_string();
+    let args = ["--linger", "5ms"];
+    let first = env.spawn_consumer_with_env(
+        &chatlog::unique("held_rv_a"),
+        &args,
+        &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
+    );
+    first
+        .wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    let base = base_time_us();
+    let a = chatlog::unique("hrv_a");
+    env.produce(&[message(&a, 1, base, 0)]).await;
+    until_in_window(&env, &a, 1, &first).await;
+    // Written while A's commit is in flight, so held: a poison record and B's message.
+    let b = chatlog::unique("hrv_b");
+    let b_record = env.record(&message(&b, 1, base, 0));
+    env.produce_raw(&[(Some(b.clone()), Some(b"not avro".to_vec())), b_record])
+        .await;
+    until_in_window(&env, &b, 1, &first).await;
+    // A second member joins: a partition leaves the first while B waits for a transaction.
+    let second = env.spawn_consumer(&chatlog::unique("held_rv_b"), &args);
+    env.wait_drained(Duration::from_secs(120), &[&first, &second])
+        .await;
+    let log = strip_ansi(&first.log_text());
+    assert!(
+        log.contains("partitions were revoked while written batches waited"),
+        "the held batch was not rewound after the revocation:\n{log}"
+    );
+    for s in [&a, &b] {
+        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
+    }
+    let dlq = env.read_dlq(1);
+    assert_eq!(
+        dlq.len(),
+        1,
+        "the poison record once, though it was written twice: {dlq:?}"
+    );
 }

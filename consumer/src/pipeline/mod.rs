@@ -147,18 +147,58 @@ struct LoopState {
     summary: summary::Summary,
 }
 
-/// A batch whose transaction is being closed on the commit thread (see [`Pipeline::consume`]).
-struct Closing<'scope> {
-    /// Closing it: [`commit::Closer::close`]'s result.
-    thread: std::thread::ScopedJoinHandle<'scope, std::result::Result<(), KafkaError>>,
-    /// The assignments seen when its transaction opened ([`commit::Opened`]).
-    opened_at: u64,
+/// Batches written while a commit was slow that wait for the next transaction, at most; then
+/// the loop waits for the commit (see [`Pipeline::consume`]).
+const MAX_HELD: usize = 4;
+
+/// A written batch, or several merged, on its way to one transaction.
+struct Ready {
     written: write::Written,
     /// Its first offset per partition (where a rewind goes back to).
     first: BTreeMap<kafka::Tp, i64>,
     /// Its first and last offset per partition.
     range: BTreeMap<kafka::Tp, (i64, i64)>,
     records: usize,
+    /// Batches merged into it.
+    batches: usize,
+    /// This member's revocations when its first batch was collected
+    /// ([`Context::revocations`]).
+    revocations: u64,
+}
+
+impl Ready {
+    /// Takes `later`, collected after this one, into this one's transaction.
+    fn absorb(&mut self, later: Ready) {
+        self.written.absorb(later.written);
+        for (tp, offset) in later.first {
+            self.first.entry(tp).or_insert(offset);
+        }
+        for (tp, (lo, hi)) in later.range {
+            let r = self.range.entry(tp).or_insert((lo, hi));
+            *r = (r.0.min(lo), r.1.max(hi));
+        }
+        self.records += later.records;
+        self.batches += later.batches;
+        self.revocations = self.revocations.min(later.revocations);
+    }
+}
+
+/// The first offsets of `ready` and then of `also` (the earlier batch's where both have one).
+fn first_of(ready: Option<&Ready>, also: &BTreeMap<kafka::Tp, i64>) -> BTreeMap<kafka::Tp, i64> {
+    let mut first = ready.map(|r| r.first.clone()).unwrap_or_default();
+    for (tp, offset) in also {
+        first.entry(tp.clone()).or_insert(*offset);
+    }
+    first
+}
+
+/// A batch whose transaction is being closed on the commit thread (see [`Pipeline::consume`]).
+struct Closing<'scope> {
+    /// Closing it: [`commit::Closer::close`]'s result.
+    thread: std::thread::ScopedJoinHandle<'scope, std::result::Result<(), KafkaError>>,
+    /// The assignments seen when its transaction opened ([`commit::Opened`]).
+    opened_at: u64,
+    ready: Ready,
 }
 
 /// Marks the transaction being closed as closed when dropped (see [`Context::closing`]).
@@ -359,22 +399,27 @@ impl Pipeline {
     /// The loop of [`run`](Self::run): collect → write → commit, with each batch's commit on
     /// another thread of `scope` while the next batch is collected and written.
     ///
-    /// # Why the commit overlaps the next batch
+    /// # Why the commit overlaps the next batches
     ///
     /// A transaction's commit is round trips to the coordinator and markers in every partition:
-    /// ~3 ms on average on the local stack, but its slow tail (tens of milliseconds) held up
-    /// every message that arrived meanwhile, and in a drain it was time the writes stood still.
-    /// So batch N's transaction is closed ([`commit::Closer`]: offsets, commit) on a thread while
-    /// batch N+1 is collected and written, and settled before N+1's transaction opens.
+    /// ~3 ms on average on the local stack, but its slow tail (tens to hundreds of milliseconds)
+    /// held up every message that arrived meanwhile, and in a drain it was time the writes stood
+    /// still. So batch N's transaction is closed ([`commit::Closer`]: offsets, commit) on a
+    /// thread while batch N+1 is collected and written. If N's commit is still running then, N+1
+    /// is held and N+2 collected and written too, up to [`MAX_HELD`] batches; once N's commit
+    /// ends, the held batches go into one transaction (their DLQ records, each partition's
+    /// highest offset).
     ///
     /// What stays as it was: a batch's offsets commit only after its rows and windows are
     /// written (it is closed only after its own writes); each session's writes keep their order
-    /// (N+1 is written after N's writes ended); one transaction at a time (N+1's opens after N's
-    /// settled). If N's commit fails, N+1 is dropped unread and both rewind to N's first offsets
-    /// (N+1's writes were the same idempotent writes a replay makes). A revocation waits in the
-    /// rebalance callback for the commit being closed (`Context::closing`), so partitions leave
-    /// with their last batch committed or not, never in between. While isolating, batches run
-    /// one at a time, as before.
+    /// (a batch is written after the previous one's writes ended); one transaction at a time (the
+    /// next opens after the previous settled). If N's commit fails, the batches written since are
+    /// dropped with it and all rewind to N's first offsets (their writes were the same idempotent
+    /// writes a replay makes). A revocation waits in the rebalance callback for the commit being
+    /// closed (`Context::closing`), so partitions leave with their last transaction committed or
+    /// not, never in between; held batches are never committed after a revocation (a partition of
+    /// theirs may have left, or left and come back from its committed offset): they rewind, and
+    /// what is still assigned is read again. While isolating, batches run one at a time.
     fn consume<'scope>(
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
@@ -383,11 +428,22 @@ impl Pipeline {
         // Whether the last round wrote a batch (see `collect`: what it left queued is not lingered on).
         let mut after_batch = false;
         let mut closing: Option<Closing<'scope>> = None;
+        // Written while `closing` was still being closed: the next transaction's.
+        let mut held: Option<Ready> = None;
         while !self.shutdown.is_cancelled() {
             // A commit that ended while the loop waited for records: settle it now. The loop
             // never blocks on one while idle, so rebalance callbacks keep being served.
             if let Some(c) = closing.take_if(|c| c.thread.is_finished()) {
-                self.conclude(c, None, st)?;
+                let next = held.as_ref().map(|h| h.first.clone());
+                if !self.conclude(c, next.as_ref(), st)? {
+                    // The held batches rewound with it.
+                    held = None;
+                }
+            }
+            if closing.is_none()
+                && let Some(ready) = held.take()
+            {
+                closing = self.open_ready(scope, ready, st)?;
             }
             self.report_stalls(&mut st.progress);
             if let Some(line) = st.summary.due(Instant::now()) {
@@ -412,14 +468,28 @@ impl Pipeline {
                 }
             };
             after_batch = true;
+            // Read after the polls that collected the batch: rebalance callbacks run in them.
+            let revocations = self.consumer.context().revocations();
             let first = first_offsets(batch.origins());
             let range = offset_range(batch.origins());
             let records = batch.len();
             if st.progress.isolating() {
-                // One at a time: the record-by-record bookkeeping follows each commit.
+                // One at a time: the record-by-record bookkeeping follows each commit. (Nothing
+                // is held: a rewind drops what was, and isolating starts with one.)
+                let first = first_of(held.as_ref(), &first);
                 if let Some(c) = closing.take()
                     && !self.conclude(c, Some(&first), st)?
                 {
+                    held = None;
+                    continue;
+                }
+                if let Some(ready) = held.take() {
+                    self.on_rewound(
+                        Failed::Fenced("batches held when isolation began".into()),
+                        &ready.range,
+                        &first,
+                        st,
+                    )?;
                     continue;
                 }
                 match self.process(batch, true) {
@@ -429,32 +499,88 @@ impl Pipeline {
                 continue;
             }
             let written = self.write_batch(batch, false);
-            if let Some(c) = closing.take()
-                && !self.conclude(c, Some(&first), st)?
+            let ready = match written {
+                Ok(written) => Ready {
+                    written,
+                    first,
+                    range,
+                    records,
+                    batches: 1,
+                    revocations,
+                },
+                Err(failed) => {
+                    // This batch and every held one rewind, after the commit being closed.
+                    let all_first = first_of(held.as_ref(), &first);
+                    let mut all_range = range;
+                    if let Some(h) = held.take() {
+                        all_range.extend(h.range);
+                    }
+                    if let Some(c) = closing.take()
+                        && !self.conclude(c, Some(&all_first), st)?
+                    {
+                        continue;
+                    }
+                    self.on_rewound(failed, &all_range, &all_first, st)?;
+                    continue;
+                }
+            };
+            let ready = match held.take() {
+                Some(mut earlier) => {
+                    earlier.absorb(ready);
+                    earlier
+                }
+                None => ready,
+            };
+            // The commit being closed is slow: write on, and commit this with what follows.
+            if closing.as_ref().is_some_and(|c| !c.thread.is_finished()) && ready.batches < MAX_HELD
             {
-                // The previous batch rewound, and this one with it.
+                metrics::counter!(telemetry::BATCHES_HELD).increment(1);
+                held = Some(ready);
                 continue;
             }
-            let written = match written {
-                Ok(w) => w,
-                Err(failed) => {
-                    self.on_rewound(failed, &range, &first, st)?;
-                    continue;
-                }
-            };
-            let opened = match self.open(&written.poison) {
-                Ok(opened) => opened,
-                Err(failed) => {
-                    self.on_rewound(failed, &range, &first, st)?;
-                    continue;
-                }
-            };
-            closing = Some(self.close_on(scope, opened, written, first, range, records));
+            if let Some(c) = closing.take()
+                && !self.conclude(c, Some(&ready.first), st)?
+            {
+                // The previous batch rewound, and these with it.
+                continue;
+            }
+            closing = self.open_ready(scope, ready, st)?;
         }
         if let Some(c) = closing.take() {
+            let next = held.as_ref().map(|h| h.first.clone());
+            if !self.conclude(c, next.as_ref(), st)? {
+                held = None;
+            }
+        }
+        if let Some(ready) = held.take()
+            && let Some(c) = self.open_ready(scope, ready, st)?
+        {
             self.conclude(c, None, st)?;
         }
         Ok(())
+    }
+
+    /// Opens the transaction of `ready` and starts closing it on a thread of `scope`; `None`
+    /// when it rewound instead (its transaction failed to open, or a partition was revoked
+    /// since its first batch was collected).
+    fn open_ready<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        ready: Ready,
+        st: &mut LoopState,
+    ) -> Result<Option<Closing<'scope>>> {
+        if ready.revocations != self.consumer.context().revocations() {
+            let why = "partitions were revoked while written batches waited for their transaction";
+            self.on_rewound(Failed::Fenced(why.into()), &ready.range, &ready.first, st)?;
+            return Ok(None);
+        }
+        match self.open(&ready.written.poison) {
+            Ok(opened) => Ok(Some(self.close_on(scope, opened, ready))),
+            Err(failed) => {
+                self.on_rewound(failed, &ready.range, &ready.first, st)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Starts closing a batch's opened transaction on a thread of `scope`.
@@ -462,14 +588,11 @@ impl Pipeline {
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
         opened: commit::Opened,
-        written: write::Written,
-        first: BTreeMap<kafka::Tp, i64>,
-        range: BTreeMap<kafka::Tp, (i64, i64)>,
-        records: usize,
+        ready: Ready,
     ) -> Closing<'scope> {
         let context = self.consumer.context();
         let closer = self.closer();
-        let offsets = written.next_offsets.clone();
+        let offsets = ready.written.next_offsets.clone();
         // Marks the end even if closing panics (or the thread cannot start), so that no
         // revocation waits for it.
         let guard = Closed(context);
@@ -484,10 +607,7 @@ impl Pipeline {
         Closing {
             thread,
             opened_at: opened.assignments,
-            written,
-            first,
-            range,
-            records,
+            ready,
         }
     }
 
@@ -504,19 +624,26 @@ impl Pipeline {
             .thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let Ready {
+            written,
+            first,
+            range,
+            records,
+            ..
+        } = c.ready;
         match self.settle(closed, c.opened_at) {
             Ok(()) => {
-                let dlq = self.committed(c.written);
-                self.on_committed(&c.range, c.records, dlq, false, st);
+                let dlq = self.committed(written);
+                self.on_committed(&range, records, dlq, false, st);
                 Ok(true)
             }
             Err(failed) => {
-                let mut first = c.first;
+                let mut first = first;
                 for (tp, offset) in next.into_iter().flatten() {
                     // A partition of both: the earlier batch's first offset.
                     first.entry(tp.clone()).or_insert(*offset);
                 }
-                self.on_rewound(failed, &c.range, &first, st)?;
+                self.on_rewound(failed, &range, &first, st)?;
                 Ok(false)
             }
         }

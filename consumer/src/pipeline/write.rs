@@ -48,6 +48,39 @@ pub(super) struct SessionOutcome {
     pub(super) suspects: Vec<Dead>,
 }
 
+impl Written {
+    /// Takes `later` (a batch collected after this one) into this one's transaction: its DLQ
+    /// records after this one's, each partition's offset to commit the higher of the two.
+    pub(super) fn absorb(&mut self, later: Written) {
+        self.poison.extend(later.poison);
+        for e in later.next_offsets.elements() {
+            let (topic, partition, offset) = (e.topic(), e.partition(), e.offset());
+            let ours = (self.next_offsets.find_partition(topic, partition)).map(|o| o.offset());
+            let higher = match (ours, offset) {
+                (Some(rdkafka::Offset::Offset(a)), rdkafka::Offset::Offset(b)) => b > a,
+                (Some(_), _) => false,
+                (None, _) => true,
+            };
+            if !higher {
+                continue;
+            }
+            // Offsets of a collected batch are always concrete, so neither call can fail.
+            let _ = if ours.is_some() {
+                self.next_offsets
+                    .set_partition_offset(topic, partition, offset)
+            } else {
+                self.next_offsets
+                    .add_partition_offset(topic, partition, offset)
+            };
+        }
+        self.records += later.records;
+        self.persisted += later.persisted;
+        for (ours, theirs) in self.mutations.iter_mut().zip(later.mutations) {
+            *ours += theirs;
+        }
+    }
+}
+
 impl Pipeline {
     /// decode → write (cql ‖ redis) → commit, for one batch, all on this thread (the loop's
     /// path while isolating; otherwise it overlaps the commit with the next batch, see
