@@ -274,6 +274,17 @@ pub async fn failover(slot: u16) -> (u16, u16) {
 /// Session ids whose keys cover every master of the cluster, `per_master` on each (named
 /// `<unique(prefix)>_<n>`, so a `<prefix>_*` glob matches them).
 pub async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<String> {
+    ids_on_every_master(prefix, per_master, chatlog_store::keys::seq).await
+}
+
+/// Ids whose key `key(id)` (`keys::seq` for a session, `keys::user` for a user, …) lands on
+/// every master of the cluster, `per_master` on each, grouped by master (named
+/// `<unique(prefix)>_<n>`, so a `<prefix>_*` glob matches them).
+pub async fn ids_on_every_master(
+    prefix: &str,
+    per_master: usize,
+    key: impl Fn(&str) -> String,
+) -> Vec<String> {
     settled().await;
     // Masters with slots: a node just demoted may still be listed as a master without any.
     let masters: Vec<Node> = nodes()
@@ -288,21 +299,31 @@ pub async fn sessions_on_every_master(prefix: &str, per_master: usize) -> Vec<St
     while by_master.len() < masters.len() || by_master.values().any(|s| s.len() < per_master) {
         assert!(
             i < 1_000_000,
-            "no {per_master} sessions on every master after {i} ids: {masters:?}"
+            "no {per_master} ids on every master after {i} ids: {masters:?}"
         );
-        let sid = format!("{base}_{i}");
+        let id = format!("{base}_{i}");
         i += 1;
-        let slot = chatlog_store::keys::slot(&chatlog_store::keys::seq(&sid));
+        let slot = chatlog_store::keys::slot(&key(&id));
         let master = masters
             .iter()
             .find(|m| m.serves(slot))
             .expect("a master per slot");
         let on = by_master.entry(master.port).or_default();
         if on.len() < per_master {
-            on.push(sid);
+            on.push(id);
         }
     }
     by_master.into_values().flatten().collect()
+}
+
+/// The master that serves `key`'s slot, as the cluster sees it now.
+pub async fn master_of(key: &str) -> Node {
+    let slot = chatlog_store::keys::slot(key);
+    let all = nodes().await;
+    all.iter()
+        .find(|n| n.master && !n.failed && n.serves(slot))
+        .unwrap_or_else(|| panic!("no master serves slot {slot} of {key}: {all:?}"))
+        .clone()
 }
 
 /// The first port of the cluster's Redis nodes (node `N` listens on `first + N - 1`).

@@ -173,13 +173,21 @@ impl Ready {
         for (tp, offset) in later.first {
             self.first.entry(tp).or_insert(offset);
         }
-        for (tp, (lo, hi)) in later.range {
-            let r = self.range.entry(tp).or_insert((lo, hi));
-            *r = (r.0.min(lo), r.1.max(hi));
-        }
+        merge_ranges(&mut self.range, Some(later.range));
         self.records += later.records;
         self.batches += later.batches;
         self.revocations = self.revocations.min(later.revocations);
+    }
+}
+
+/// Widens each partition's range in `into` to cover its range in `from`.
+fn merge_ranges(
+    into: &mut BTreeMap<kafka::Tp, (i64, i64)>,
+    from: Option<BTreeMap<kafka::Tp, (i64, i64)>>,
+) {
+    for (tp, (lo, hi)) in from.into_iter().flatten() {
+        let r = into.entry(tp).or_insert((lo, hi));
+        *r = (r.0.min(lo), r.1.max(hi));
     }
 }
 
@@ -512,9 +520,7 @@ impl Pipeline {
                     // This batch and every held one rewind, after the commit being closed.
                     let all_first = first_of(held.as_ref(), &first);
                     let mut all_range = range;
-                    if let Some(h) = held.take() {
-                        all_range.extend(h.range);
-                    }
+                    merge_ranges(&mut all_range, held.take().map(|h| h.range));
                     if let Some(c) = closing.take()
                         && !self.conclude(c, Some(&all_first), st)?
                     {
