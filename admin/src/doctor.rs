@@ -1,10 +1,11 @@
 //! `doctor`: every dependency checked the way the consumer will use it — Kafka with the configured
 //! security (brokers, the topic and the DLQ topic, the transaction log), CQL with the login
 //! (server version, keyspace, migrations, published consumer limits), Redis with its password
-//! (version, role), and this host's clock against Redis and CQL. One line per check with a verdict
-//! (`ok`, `warn`, `FAIL`); exit 1 if any check fails. The three services are checked at once,
-//! each step bounded by `--timeout`, so one that does not answer neither hides nor delays the
-//! others' lines.
+//! (version, role), and this host's clock against Redis and CQL. Kafka's version (its finalized
+//! `metadata.version`) is asked by [`kafka_version`] itself, since librdkafka does not tell it.
+//! One line per check with a verdict (`ok`, `warn`, `FAIL`); exit 1 if any check fails. The three
+//! services are checked at once, each step bounded by `--timeout`, so one that does not answer
+//! neither hides nor delays the others' lines.
 
 use std::fmt;
 use std::future::Future;
@@ -20,6 +21,8 @@ use scylla::client::session::Session;
 use crate::cli::DoctorArgs;
 use crate::connect::Ctx;
 use crate::{Outcome, Result};
+
+pub mod kafka_version;
 
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +175,7 @@ async fn kafka(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
     ];
     let probe = base.clone();
     // librdkafka's metadata calls block: off the runtime's threads, each bounded by `timeout`.
-    let fetched = tokio::task::spawn_blocking(move || {
+    let fetch = tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = probe
             .create()
             .map_err(|e| format!("cannot create a client: {e}"))?;
@@ -184,9 +187,13 @@ async fn kafka(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
                     .map_err(|e| format!("metadata request: {e}"))
             })
             .collect::<Result<Vec<Metadata>, String>>()
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("metadata task failed: {e}")));
+    });
+    // The version is asked meanwhile, so it adds nothing to the time the metadata takes.
+    let (fetched, version) = tokio::join!(
+        fetch,
+        version_part(&security, &k.bootstrap_servers, timeout)
+    );
+    let fetched = fetched.unwrap_or_else(|e| Err(format!("metadata task failed: {e}")));
     let metas = match fetched {
         Ok(m) => m,
         Err(e) => {
@@ -199,10 +206,12 @@ async fn kafka(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
         }
     };
     let brokers = metas[0].brokers();
-    let mut out = vec![Check::ok(
+    let (version_verdict, version) = version;
+    let mut out = vec![Check::new(
         "kafka",
+        version_verdict,
         format!(
-            "{} ({security}): {} broker{} ({})",
+            "{} ({security}): {} broker{} ({}), {version}",
             k.bootstrap_servers,
             brokers.len(),
             plural(brokers.len()),
@@ -250,6 +259,29 @@ async fn kafka(ctx: &Ctx, args: &DoctorArgs) -> Vec<Check> {
     });
     out.push(transactions(&base, &metas[0], &metas[2], timeout).await);
     out
+}
+
+/// The `kafka` line's version part and its verdict. Only a PLAINTEXT listener is asked (see
+/// [`kafka_version`]): with TLS or SASL the version is unknown, which is no problem of the cluster.
+/// A plaintext broker that lists its topics but does not answer ApiVersions (or answers something
+/// else) is worth a look: a warning.
+async fn version_part(security: &str, bootstrap: &str, timeout: Duration) -> (Verdict, String) {
+    if security != "plaintext" {
+        return (
+            Verdict::Ok,
+            format!(
+                "version unknown: the doctor asks it over plaintext only, and the listener is \
+                 {security}"
+            ),
+        );
+    }
+    match bounded(timeout, kafka_version::probe(bootstrap)).await {
+        Ok(version) => (Verdict::Ok, version.to_string()),
+        Err(e) => (
+            Verdict::Warn,
+            format!("version unknown: ApiVersions request: {e}"),
+        ),
+    }
 }
 
 enum TopicState {

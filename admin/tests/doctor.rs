@@ -128,6 +128,14 @@ async fn doctor_reports_a_healthy_stack() {
     ] {
         line(&checks, name, &ran);
     }
+    // The local stack runs Kafka 4.x: its finalized metadata.version is named 4.<minor>-IV<n>,
+    // read with the doctor's own ApiVersions request (librdkafka does not tell it).
+    let (_, detail) = line(&checks, "kafka", &ran);
+    let version = detail
+        .split_once("metadata.version ")
+        .map(|(_, v)| v.split([',', ' ']).next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("the kafka line names no metadata.version\n{ran}"));
+    assert!(version.starts_with("4."), "version {version:?}\n{ran}");
     let (_, detail) = line(&checks, "kafka topic", &ran);
     assert!(detail.contains(&format!("{topic}: 3 partitions")), "{ran}");
     let (_, detail) = line(&checks, "kafka dlq topic", &ran);
