@@ -16,7 +16,7 @@
 # TABLE … memtable_flush_period_in_ms, which also flushes periodically): this stack has no JMX, so
 # no nodetool. The SSTables are read offline with Cassandra's own SSTableMetadataViewer (rows,
 # compression ratio); CQL goes through the Python driver, installed from PyPI into
-# ~/.cache/chatlog/capacity-venv if missing. Everything is named capacity* (topics, keyspaces,
+# ~/.cache/chatlog/capacity-venv if missing (with Debian's python3-venv first, if missing). Everything is named capacity* (topics, keyspaces,
 # groups, Redis keys in databases 5-7) and removed at the end (CAPACITY_KEEP=1 keeps it).
 # CAPACITY_CHATLOG_BIN / CAPACITY_CONSUMER_BIN choose the binaries (the committed JSON's load ran
 # target/debug/chatlog; its send rate sets Kafka's records per batch, reported in the JSON).
@@ -58,6 +58,14 @@ if [ ! -x "$CONSUMER_BIN" ] || [ ! -x "$CHATLOG_BIN" ]; then
   cargo build --release -q -p chatlog-consumer -p chatlog-admin
 fi
 if ! "$VENV/bin/python" -c 'import cassandra' 2>/dev/null; then
+  # `python3 -m venv` needs Debian's python3-venv (ensurepip), which nothing else installs:
+  # dev/stack.sh's apt_install adds it when missing. In a subshell, so that sourcing stack.sh
+  # leaves this script's variables and its log() alone.
+  (
+    # shellcheck source=dev/stack.sh
+    source dev/stack.sh
+    apt_install python3-venv
+  )
   log "installing the Python CQL driver into $VENV"
   python3 -m venv "$VENV" && "$VENV/bin/pip" install -q cassandra-driver
 fi
