@@ -16,8 +16,9 @@
 # TABLE … memtable_flush_period_in_ms, which also flushes periodically): this stack has no JMX, so
 # no nodetool. The SSTables are read offline with Cassandra's own SSTableMetadataViewer (rows,
 # compression ratio); CQL goes through the Python driver, installed from PyPI into
-# ~/.cache/chatlog/capacity-venv if missing (with Debian's python3-venv first, if missing). Everything is named capacity* (topics, keyspaces,
-# groups, Redis keys in databases 5-7) and removed at the end (CAPACITY_KEEP=1 keeps it).
+# ~/.cache/chatlog/capacity-venv if missing (Debian's python3-venv first, if missing). Everything
+# is named capacity* (topics, keyspaces, groups, Redis keys in databases 5-7) and removed at the
+# end (CAPACITY_KEEP=1 keeps it).
 # CAPACITY_CHATLOG_BIN / CAPACITY_CONSUMER_BIN choose the binaries (the committed JSON's load ran
 # target/debug/chatlog; its send rate sets Kafka's records per batch, reported in the JSON).
 #
