@@ -54,6 +54,15 @@ struct Cli {
         global = true
     )]
     fault_commit_delay_ms: Option<u64>,
+    /// Fault injection for tests only: every committed transaction's commit call returns this
+    /// many milliseconds late.
+    #[arg(
+        long,
+        env = "CHATLOG_FAULT_COMMIT_RETURN_DELAY_MS",
+        hide = true,
+        global = true
+    )]
+    fault_commit_return_delay_ms: Option<u64>,
     /// Log format.
     #[arg(
         long,
@@ -92,6 +101,9 @@ async fn main() -> ExitCode {
             let faults = Faults {
                 fail_seeks: cli.fault_fail_seeks,
                 commit_delay: Duration::from_millis(cli.fault_commit_delay_ms.unwrap_or(0)),
+                commit_return_delay: Duration::from_millis(
+                    cli.fault_commit_return_delay_ms.unwrap_or(0),
+                ),
             };
             run(config, faults).await
         }

@@ -268,7 +268,10 @@ async fn batches_written_during_a_slow_commit_are_held_and_committed_together() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_batches_are_not_committed_after_a_revocation() {
-    // Long enough for the second member to start and join while A's commit is in flight.
+    // A's commit is made at once but returns late: the loop sees it in flight for DELAY, so B
+    // is held, and the revocation (which waits for A's commit) lands while B waits. Under
+    // cooperative-sticky a commit *sent* after the rebalance began fails on the generation
+    // instead, and B would rewind with it: not the path under test.
     const DELAY: Duration = Duration::from_secs(25);
     let env = Env::new("held_rv", 2, 25).await;
     let delay = DELAY.as_millis().to_string();
@@ -276,7 +279,7 @@ async fn held_batches_are_not_committed_after_a_revocation() {
     let first = env.spawn_consumer_with_env(
         &chatlog::unique("held_rv_a"),
         &args,
-        &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
+        &[("CHATLOG_FAULT_COMMIT_RETURN_DELAY_MS", delay.as_str())],
     );
     first
         .wait_log("partitions assigned", Duration::from_secs(60))
@@ -285,15 +288,16 @@ async fn held_batches_are_not_committed_after_a_revocation() {
     let a = chatlog::unique("hrv_a");
     env.produce(&[message(&a, 1, base, 0)]).await;
     until_in_window(&env, &a, 1, &first).await;
-    // Written while A's commit is in flight, so held: a poison record and B's message.
+    // Written while A's commit call has not returned, so held: a poison record and B's message.
     let b = chatlog::unique("hrv_b");
     let b_record = env.record(&message(&b, 1, base, 0));
     env.produce_raw(&[(Some(b.clone()), Some(b"not avro".to_vec())), b_record])
         .await;
     until_in_window(&env, &b, 1, &first).await;
+    assert!(counter(&first, "chatlog_consumer_batches_held_total", "").await >= 1.0);
     // A second member joins: a partition leaves the first while B waits for a transaction.
     let second = env.spawn_consumer(&chatlog::unique("held_rv_b"), &args);
-    env.wait_drained(Duration::from_secs(120), &[&first, &second])
+    env.wait_drained(Duration::from_secs(180), &[&first, &second])
         .await;
     let log = strip_ansi(&first.log_text());
     assert!(

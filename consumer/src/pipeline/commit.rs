@@ -47,6 +47,7 @@ impl Pipeline {
             timeout: self.config.kafka.transaction_timeout,
             commit_deadline: self.isolation.commit_deadline,
             fault_delay: self.faults.commit_delay,
+            fault_return_delay: self.faults.commit_return_delay,
         }
     }
 
@@ -211,6 +212,8 @@ pub(super) struct Closer<'a> {
     commit_deadline: Duration,
     /// [`super::Faults::commit_delay`] (zero but in tests).
     fault_delay: Duration,
+    /// [`super::Faults::commit_return_delay`] (zero but in tests).
+    fault_return_delay: Duration,
 }
 
 impl Closer<'_> {
@@ -230,7 +233,12 @@ impl Closer<'_> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match producer.commit_transaction(timeout.min(left.max(MIN_COMMIT_WAIT))) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if !self.fault_return_delay.is_zero() {
+                        std::thread::sleep(self.fault_return_delay);
+                    }
+                    return Ok(());
+                }
                 Err(e) if kafka::classify(&e) == TxnFailure::Retry => {
                     if Instant::now() >= deadline {
                         tracing::warn!(

@@ -138,6 +138,10 @@ pub struct Faults {
     /// (`CHATLOG_FAULT_COMMIT_DELAY_MS`): a slow commit on demand, for the tests of what runs
     /// while one is being closed (the next batch's writes, a revocation).
     pub commit_delay: Duration,
+    /// Every committed transaction's commit call returns this long late
+    /// (`CHATLOG_FAULT_COMMIT_RETURN_DELAY_MS`): a commit the broker has made that the loop
+    /// still sees in flight, for the test of a revocation while written batches are held.
+    pub commit_return_delay: Duration,
 }
 
 /// What the loop carries from batch to batch.
@@ -331,6 +335,12 @@ impl Pipeline {
         }
         if !faults.commit_delay.is_zero() {
             tracing::warn!(delay = ?faults.commit_delay, "fault injection: every commit is delayed");
+        }
+        if !faults.commit_return_delay.is_zero() {
+            tracing::warn!(
+                delay = ?faults.commit_return_delay,
+                "fault injection: every commit returns late"
+            );
         }
         self.faults = faults;
         self
