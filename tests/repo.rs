@@ -109,6 +109,18 @@ impl SlowReads {
         }
     }
 
+    /// Returns once a load has read the database (polled: the read happens inside the cache).
+    async fn until_first_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.reads.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the first load never read the database"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     fn pause(&self) -> Duration {
         // A cheap spread of 0–15 ms (xorshift of a counter): interleavings differ per read.
         let mut x = self.seed.fetch_add(0x9E37_79B9, Ordering::Relaxed) | 1;
@@ -225,14 +237,7 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_after_a_write_retur
         let (repo, id) = (repo.clone(), id.clone());
         tokio::spawn(async move { version(&*repo, &id).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while slow.reads.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first load never read the database"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    slow.until_first_read().await;
     // The write returns while A still holds v1.
     repo.upsert(&user(&id, 2)).await.unwrap();
     // B starts after the write returned and joins A's load in this process: it must get v2.
@@ -315,10 +320,7 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_which_gave_up_waiti
         let (repo, id) = (repo.clone(), id.clone());
         tokio::spawn(async move { version(&*repo, &id).await })
     };
-    while slow.reads.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "A never read the database");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    slow.until_first_read().await;
     // The write returns while A holds v1; a read that starts now joins A's load.
     repo.upsert(&user(&id, 2)).await.unwrap();
     assert_eq!(
