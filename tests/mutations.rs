@@ -947,9 +947,17 @@ async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last
  {
     let w = World::new("mut_kill", Duration::from_secs(30)).await;
     let group = unique("g");
-    // Small transactions, committed late: a kill right after an acknowledgement lands before
-    // its commit.
-    let flags = ["--max-records", "4", "--linger", "300ms"];
+    // Small transactions, committed late — each waits a second before its offsets are sent (the
+    // hidden fault): a kill right after an acknowledgement lands before its commit, however
+    // fast or slow the machine is.
+    let flags = [
+        "--max-records",
+        "4",
+        "--linger",
+        "300ms",
+        "--fault-commit-delay-ms",
+        "1000",
+    ];
     let mut consumer = w.consumer(&group, &flags);
     let sid = unique("s");
     let mut seqs = Vec::new();
@@ -961,6 +969,7 @@ async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last
     }
     let mut last: BTreeMap<i64, Mutated> = BTreeMap::new();
     let mut killed_uncommitted = false;
+    let mut probes = Vec::new();
     for round in 0..6 {
         // Every message edited once more (concurrently), odd ones recalled in round 3.
         let edits = seqs.iter().map(|&seq| {
@@ -987,13 +996,15 @@ async fn recall_and_edit_after_kill_9_between_produce_and_commit_end_in_the_last
         if !killed_uncommitted {
             consumer.kill();
             // Proven only by an answer: a broker too busy to say leaves it to the next round.
-            killed_uncommitted = w.drained(&group) == Ok(false);
+            let drained = w.drained(&group);
+            killed_uncommitted = drained == Ok(false);
+            probes.push(format!("round {round}: drained {drained:?}"));
             consumer = w.consumer(&group, &flags);
         }
     }
     assert!(
         killed_uncommitted,
-        "no kill landed between an acknowledged mutation and its commit"
+        "no kill landed between an acknowledged mutation and its commit: {probes:?}"
     );
     for (seq, m) in &last {
         let seen = w
