@@ -174,10 +174,8 @@ impl Ready {
     /// Takes `later`, collected after this one, into this one's transaction.
     fn absorb(&mut self, later: Ready) {
         self.written.absorb(later.written);
-        for (tp, offset) in later.first {
-            self.first.entry(tp).or_insert(offset);
-        }
-        merge_ranges(&mut self.range, Some(later.range));
+        merge_firsts(&mut self.first, &later.first);
+        merge_ranges(&mut self.range, later.range);
         self.records += later.records;
         self.batches += later.batches;
         self.revocations = self.revocations.min(later.revocations);
@@ -185,22 +183,25 @@ impl Ready {
 }
 
 /// Widens each partition's range in `into` to cover its range in `from`.
-fn merge_ranges(
-    into: &mut BTreeMap<kafka::Tp, (i64, i64)>,
-    from: Option<BTreeMap<kafka::Tp, (i64, i64)>>,
-) {
-    for (tp, (lo, hi)) in from.into_iter().flatten() {
+fn merge_ranges(into: &mut BTreeMap<kafka::Tp, (i64, i64)>, from: BTreeMap<kafka::Tp, (i64, i64)>) {
+    for (tp, (lo, hi)) in from {
         let r = into.entry(tp).or_insert((lo, hi));
         *r = (r.0.min(lo), r.1.max(hi));
+    }
+}
+
+/// Adds the first offsets of a later batch to `into`: where both have a partition, the earlier
+/// batch's offset stays (a rewind goes back to it).
+fn merge_firsts(into: &mut BTreeMap<kafka::Tp, i64>, later: &BTreeMap<kafka::Tp, i64>) {
+    for (tp, offset) in later {
+        into.entry(tp.clone()).or_insert(*offset);
     }
 }
 
 /// The first offsets of `ready` and then of `also` (the earlier batch's where both have one).
 fn first_of(ready: Option<&Ready>, also: &BTreeMap<kafka::Tp, i64>) -> BTreeMap<kafka::Tp, i64> {
     let mut first = ready.map(|r| r.first.clone()).unwrap_or_default();
-    for (tp, offset) in also {
-        first.entry(tp.clone()).or_insert(*offset);
-    }
+    merge_firsts(&mut first, also);
     first
 }
 
@@ -451,12 +452,11 @@ impl Pipeline {
         while !self.shutdown.is_cancelled() {
             // A commit that ended while the loop waited for records: settle it now. The loop
             // never blocks on one while idle, so rebalance callbacks keep being served.
-            if let Some(c) = closing.take_if(|c| c.thread.is_finished()) {
-                let next = held.as_ref().map(|h| h.first.clone());
-                if !self.conclude(c, next.as_ref(), st)? {
-                    // The held batches rewound with it.
-                    held = None;
-                }
+            if let Some(c) = closing.take_if(|c| c.thread.is_finished())
+                && !self.conclude(c, held.as_ref().map(|h| &h.first), st)?
+            {
+                // The held batches rewound with it.
+                held = None;
             }
             if closing.is_none()
                 && let Some(ready) = held.take()
@@ -530,7 +530,9 @@ impl Pipeline {
                     // This batch and every held one rewind, after the commit being closed.
                     let all_first = first_of(held.as_ref(), &first);
                     let mut all_range = range;
-                    merge_ranges(&mut all_range, held.take().map(|h| h.range));
+                    if let Some(h) = held.take() {
+                        merge_ranges(&mut all_range, h.range);
+                    }
                     if let Some(c) = closing.take()
                         && !self.conclude(c, Some(&all_first), st)?
                     {
@@ -562,11 +564,10 @@ impl Pipeline {
             }
             closing = self.open_ready(scope, ready, st)?;
         }
-        if let Some(c) = closing.take() {
-            let next = held.as_ref().map(|h| h.first.clone());
-            if !self.conclude(c, next.as_ref(), st)? {
-                held = None;
-            }
+        if let Some(c) = closing.take()
+            && !self.conclude(c, held.as_ref().map(|h| &h.first), st)?
+        {
+            held = None;
         }
         if let Some(ready) = held.take()
             && let Some(c) = self.open_ready(scope, ready, st)?
@@ -655,9 +656,8 @@ impl Pipeline {
             }
             Err(failed) => {
                 let mut first = first;
-                for (tp, offset) in next.into_iter().flatten() {
-                    // A partition of both: the earlier batch's first offset.
-                    first.entry(tp.clone()).or_insert(*offset);
+                if let Some(next) = next {
+                    merge_firsts(&mut first, next);
                 }
                 self.on_rewound(failed, &range, &first, st)?;
                 Ok(false)
