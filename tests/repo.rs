@@ -233,25 +233,35 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_after_a_write_retur
     let id = unique("u");
     db.upsert(&user(&id, 1)).await.unwrap();
     // A loads: it reads v1, then holds it for 300 ms before filling.
-    let first = {
-        let (repo, id) = (repo.clone(), id.clone());
-        tokio::spawn(async move { version(&*repo, &id).await })
-    };
-    slow.until_first_read().await;
-    // The write returns while A still holds v1.
-    repo.upsert(&user(&id, 2)).await.unwrap();
-    // B starts after the write returned and joins A's load in this process: it must get v2.
-    assert_eq!(
-        version(&*repo, &id).await,
-        Some(2),
-        "a read after the write"
-    );
+    let first = write_while_a_load_holds_v1(&repo, &slow, &id).await;
     first.await.unwrap();
     assert_eq!(
         version(&*repo, &id).await,
         Some(2),
         "and the cache holds v2"
     );
+}
+
+/// Starts a read of `id` (user v1 in the table) through `repo`, waits until its load has read
+/// the database, writes v2 while that load holds v1, and asserts that a read started after the
+/// write returned — it joins the load in this process — gets v2. Returns the first read.
+async fn write_while_a_load_holds_v1<R: UserRepo + Send + Sync + 'static>(
+    repo: &Arc<CachedUserRepo<R>>,
+    slow: &SlowReads,
+    id: &str,
+) -> tokio::task::JoinHandle<Option<u64>> {
+    let first = {
+        let (repo, id) = (repo.clone(), id.to_owned());
+        tokio::spawn(async move { version(&*repo, &id).await })
+    };
+    slow.until_first_read().await;
+    repo.upsert(&user(id, 2)).await.unwrap();
+    assert_eq!(
+        version(&**repo, id).await,
+        Some(2),
+        "a read after the write"
+    );
+    first
 }
 
 /// A users table whose reads never finish: the loader of another process that holds its lease.
@@ -316,18 +326,7 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_which_gave_up_waiti
     };
     let cache = Cache::new(redis_connection().await.into(), config, "users").expect("cache");
     let repo = Arc::new(CachedUserRepo::new(slow.clone(), cache));
-    let first = {
-        let (repo, id) = (repo.clone(), id.clone());
-        tokio::spawn(async move { version(&*repo, &id).await })
-    };
-    slow.until_first_read().await;
-    // The write returns while A holds v1; a read that starts now joins A's load.
-    repo.upsert(&user(&id, 2)).await.unwrap();
-    assert_eq!(
-        version(&*repo, &id).await,
-        Some(2),
-        "a read after the write"
-    );
+    let first = write_while_a_load_holds_v1(&repo, &slow, &id).await;
     assert_eq!(first.await.unwrap(), Some(1), "the read before the write");
     stuck.abort();
 }
