@@ -194,6 +194,8 @@ struct Inner {
     queues: Arc<SessionQueues<Request>>,
     /// Fast-path calls made (each serves one or more requests).
     fast_calls: AtomicU64,
+    /// Segments reserved (LWTs applied).
+    reservations: AtomicU64,
 }
 
 /// One allocation asked of [`SeqAllocator::allocate_many`].
@@ -272,6 +274,7 @@ impl SeqAllocator {
                     .collect(),
                 queues: Arc::new(SessionQueues::new(FAST_LANES)),
                 fast_calls: AtomicU64::new(0),
+                reservations: AtomicU64::new(0),
             }),
         })
     }
@@ -285,6 +288,14 @@ impl SeqAllocator {
     /// allocations when concurrent requests of a session were coalesced.
     pub fn fast_calls(&self) -> u64 {
         self.inner.fast_calls.load(Ordering::Relaxed)
+    }
+
+    /// Segments reserved so far (CQL LWTs applied) by this allocator and its clones. Not the
+    /// number of allocations on [`AllocPath::Segment`]: when several processes share a session, a
+    /// segment one of them reserved can be used up by the others before its reserver asks again,
+    /// and the reserver then reserves once more for the same allocation.
+    pub fn reservations(&self) -> u64 {
+        self.inner.reservations.load(Ordering::Relaxed)
     }
 
     /// Allocates the next seq of `session_id` for `client_msg_id`, or returns the first allocation

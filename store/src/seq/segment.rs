@@ -4,6 +4,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
 
 use chatlog_schemas::MAX_SEQ;
 use scylla::client::session::Session;
@@ -127,6 +128,7 @@ impl SeqAllocator {
             .map_err(|e| Error::cql(format!("{what}: LWT result"), e))?;
         let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
         if applied {
+            inner.reservations.fetch_add(1, Ordering::Relaxed);
             return Ok(Reserve::Won {
                 low: base + 1,
                 high: base + size,
