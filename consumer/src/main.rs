@@ -63,6 +63,19 @@ struct Cli {
         global = true
     )]
     fault_commit_return_delay_ms: Option<u64>,
+    /// Fault injection for tests only: the first this many writes fail as a transient error
+    /// would.
+    #[arg(long, env = "CHATLOG_FAULT_FAIL_WRITES", hide = true, global = true)]
+    fault_fail_writes: Option<u32>,
+    /// Fault injection for tests only: every write that includes a message with this seq fails
+    /// as a transient error would.
+    #[arg(
+        long,
+        env = "CHATLOG_FAULT_FAIL_WRITES_OF_SEQ",
+        hide = true,
+        global = true
+    )]
+    fault_fail_writes_of_seq: Option<i64>,
     /// Log format.
     #[arg(
         long,
@@ -104,6 +117,8 @@ async fn main() -> ExitCode {
                 commit_return_delay: Duration::from_millis(
                     cli.fault_commit_return_delay_ms.unwrap_or(0),
                 ),
+                fail_writes: cli.fault_fail_writes.unwrap_or(0),
+                fail_writes_of_seq: cli.fault_fail_writes_of_seq,
             };
             run(config, faults).await
         }

@@ -4,10 +4,11 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chatlog::prometheus::sample;
-use common::{DlqRecord, Env, config_file, message, workload};
+use common::{DlqRecord, Env, config_file, dump_logs, message, poll_until, workload};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -425,5 +426,105 @@ async fn write_failed_is_never_claimed_in_an_outage_and_a_stalled_partition_is_r
             .map(|m| m.seq)
             .collect();
         assert_eq!(seqs, (1..=per_session).collect::<Vec<_>>(), "window of {s}");
+    }
+}
+
+/// Runs one consumer with isolation after a single rewind and a write fault (`fault`: a hidden
+/// `CHATLOG_FAULT_FAIL_WRITES*` variable and its value), over 3 sessions of 2 records produced
+/// before it starts; returns the DLQ records and the log once everything is committed.
+async fn isolate_with_failing_writes(
+    prefix: &str,
+    fault: (&str, &str),
+    dlq_expected: usize,
+) -> (Env, Vec<String>, Vec<DlqRecord>, String) {
+    let env = Env::new(prefix, 1, 10).await;
+    let (sessions, _, good) = workload(prefix, 3, 2);
+    env.produce(&good).await;
+    let (_dir, config) = config_file(
+        &format!("{prefix}_config"),
+        "[retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n\
+         [isolation]\nrewinds = 1\n",
+    );
+    let consumer = env.spawn_consumer_with_env(
+        &chatlog::unique(&format!("{prefix}_txn")),
+        &["--config", config.as_str()],
+        &[fault],
+    );
+    poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            if env.committed_to_end().await {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+        |()| {
+            dump_logs(&[&consumer]);
+            "the consumer never committed to the end".to_owned()
+        },
+    )
+    .await;
+    let dlq = env.read_dlq_records(dlq_expected);
+    let log = consumer.log_text();
+    drop(consumer);
+    (env, sessions, dlq, log)
+}
+
+/// Written first on the old code, where it failed (2 good records in the DLQ): an outage that
+/// ends while an isolating pass runs fails some records while others are written, and the
+/// records were blamed for it. Now the records that failed are written once more before any is
+/// given up: none goes to the DLQ and every one is persisted, rows and windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolating_does_not_blame_records_for_an_outage_that_ends_mid_pass() {
+    // The batch's write, then the first two records' writes of the isolating pass (sessions
+    // are written side by side: two first records fail, the third is written).
+    let (env, sessions, dlq, log) =
+        isolate_with_failing_writes("midpass", ("CHATLOG_FAULT_FAIL_WRITES", "3"), 0).await;
+    assert!(dlq.is_empty(), "good records sent to the DLQ: {dlq:?}");
+    assert!(
+        log.contains("records failed while others were written; writing them once more"),
+        "the isolating pass never saw records fail while others were written:\n{log}"
+    );
+    for s in &sessions {
+        let rows: Vec<i64> = env.rows(s, 2).await.iter().map(|r| r.0).collect();
+        assert_eq!(rows, vec![1, 2], "rows of {s}");
+        // A window holds its session's newest seqs from where it started: a session whose
+        // seq 1 failed at first started its window at seq 2 (the table had no row 1 then), and
+        // history reads seq 1 from the table.
+        let window: Vec<i64> = env.window(s).await.iter().map(|m| m.seq).collect();
+        assert!(
+            window == vec![1, 2] || window == vec![2],
+            "window of {s}: {window:?}"
+        );
+    }
+}
+
+/// A record whose write fails again on its second try, while a record written before is
+/// written again after it (the probe), is at fault: it goes to the DLQ as `write_failed`, the
+/// others are persisted, and the partition moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolating_gives_up_a_record_that_fails_twice_while_the_probe_succeeds() {
+    // Every write of a seq 2 fails: the batch's, then each session's second record, twice.
+    let (env, sessions, dlq, log) =
+        isolate_with_failing_writes("twice", ("CHATLOG_FAULT_FAIL_WRITES_OF_SEQ", "2"), 3).await;
+    assert!(log.contains("writing them once more"), "{log}");
+    assert_eq!(dlq.len(), 3, "{dlq:?}\n{log}");
+    let mut given_up = BTreeSet::new();
+    for r in &dlq {
+        assert_eq!(r.header("chatlog-dlq-reason"), "write_failed", "{r:?}");
+        assert_eq!(r.header("chatlog-dlq-stage"), "cql", "{r:?}");
+        let m = env.codec.decode(r.payload.as_deref().unwrap()).unwrap();
+        given_up.insert((m.session_id, m.seq));
+    }
+    let want: BTreeSet<(String, i64)> = sessions.iter().map(|s| (s.clone(), 2)).collect();
+    assert_eq!(given_up, want, "each session's seq 2, once: {dlq:?}");
+    for s in &sessions {
+        let rows: Vec<i64> = env.rows(s, 2).await.iter().map(|r| r.0).collect();
+        let want: Vec<i64> = (1..=2)
+            .filter(|seq| !given_up.contains(&(s.clone(), *seq)))
+            .collect();
+        assert_eq!(rows, want, "rows of {s}: all but the records given up");
     }
 }

@@ -142,6 +142,14 @@ pub struct Faults {
     /// (`CHATLOG_FAULT_COMMIT_RETURN_DELAY_MS`): a commit the broker has made that the loop
     /// still sees in flight, for the test of a revocation while written batches are held.
     pub commit_return_delay: Duration,
+    /// The first this many writes fail as a transient error would
+    /// (`CHATLOG_FAULT_FAIL_WRITES`): a batch's write, or one record's while isolating. An
+    /// outage that ends (or begins) in the middle of an isolating pass, on demand.
+    pub fail_writes: u32,
+    /// Every write that includes a message with this seq fails as a transient error would
+    /// (`CHATLOG_FAULT_FAIL_WRITES_OF_SEQ`): records that fail every time while others are
+    /// written, on demand.
+    pub fail_writes_of_seq: Option<i64>,
 }
 
 /// What the loop carries from batch to batch.
@@ -227,6 +235,8 @@ impl Drop for Closed<'_> {
 pub struct Pipeline {
     config: Config,
     faults: Faults,
+    /// Writes still to fail ([`Faults::fail_writes`]).
+    writes_to_fail: std::sync::atomic::AtomicU32,
     consumer: BaseConsumer<Context>,
     producer: TxProducer,
     codec: Codec,
@@ -308,6 +318,7 @@ impl Pipeline {
             starter,
             config,
             faults: Faults::default(),
+            writes_to_fail: std::sync::atomic::AtomicU32::new(0),
             consumer,
             producer,
             codec,
@@ -343,8 +354,38 @@ impl Pipeline {
                 "fault injection: every commit returns late"
             );
         }
+        if let Some(seq) = faults.fail_writes_of_seq {
+            tracing::warn!(seq, "fault injection: every write of this seq fails");
+        }
+        if faults.fail_writes > 0 {
+            tracing::warn!(
+                writes = faults.fail_writes,
+                "fault injection: the first writes fail"
+            );
+        }
+        self.writes_to_fail = std::sync::atomic::AtomicU32::new(faults.fail_writes);
         self.faults = faults;
         self
+    }
+
+    /// Whether the write of `messages` fails by [`Faults::fail_writes`] or
+    /// [`Faults::fail_writes_of_seq`] (tests only).
+    fn injected_write_failure<'a>(
+        &self,
+        mut messages: impl Iterator<Item = &'a Good>,
+    ) -> Option<Failed> {
+        use std::sync::atomic::Ordering;
+        if let Some(seq) = self.faults.fail_writes_of_seq
+            && messages.any(|g| g.message.seq == seq)
+        {
+            return Some(Failed::Rewind(format!(
+                "injected write failure of seq {seq} (CHATLOG_FAULT_FAIL_WRITES_OF_SEQ)"
+            )));
+        }
+        self.writes_to_fail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Failed::Rewind("injected write failure (CHATLOG_FAULT_FAIL_WRITES)".into()))
     }
 
     /// A fatal error as the operator should read it: being fenced by another producer with this

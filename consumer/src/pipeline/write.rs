@@ -254,6 +254,9 @@ impl Pipeline {
             metrics::counter!(telemetry::RETRIES, "stage" => "fenced").increment(1);
             return Err(Failed::Fenced(MEMBERSHIP_IN_DOUBT.into()));
         }
+        if let Some(failed) = self.injected_write_failure(good.iter()) {
+            return Err(failed);
+        }
         let plan = WritePlan::new(good, self.windows.config().size);
         let fence = polled_from + self.config.kafka.window_fence();
         let budget = self.config.retry.stage_budget;
@@ -292,11 +295,18 @@ impl Pipeline {
     /// or `redis` (the row is written, the window is not). Everything else is written.
     ///
     /// A record is given up only on proof that it is at fault: an error that can never succeed,
-    /// or — when isolating — a failure while other records of the same attempt were written. If
-    /// nothing was written and some failure is transient, the whole batch is rewound instead
-    /// (Redis or CQL down is no reason to drop anything). Writes are idempotent and keyed by
-    /// (session, seq), so writing later records before an earlier one is decided changes nothing
-    /// for readers, and a replay writes the same again.
+    /// or — when isolating — a transient failure twice, the second time followed by a write that
+    /// succeeded. If nothing was written and some failure is transient, the whole batch is
+    /// rewound instead (Redis or CQL down is no reason to drop anything). Writes are idempotent
+    /// and keyed by (session, seq), so writing later records before an earlier one is decided
+    /// changes nothing for readers, and a replay writes the same again.
+    ///
+    /// Why twice: an outage that ends (or begins) while a pass runs also fails some records
+    /// while others are written — records that are not at fault. So the records that failed
+    /// (the suspects) are written once more, and then one record the pass did write is written
+    /// again (idempotent) as a probe of the stores: a suspect that fails again while the probe,
+    /// written after it, succeeds goes to the DLQ; if the probe fails too, the stores are
+    /// failing and the batch rewinds.
     pub(super) fn write_each(
         &self,
         good: &[Good],
@@ -322,16 +332,65 @@ impl Pipeline {
             dead.extend(o.dead);
             suspects.extend(o.suspects);
         }
-        if !suspects.is_empty() {
-            if !any_written.load(Ordering::Acquire) {
-                return Err(Failed::Rewind(format!(
-                    "isolating: no record of the batch could be written ({} failed), so the \
-                     records are not at fault; rewinding",
-                    suspects.len()
-                )));
-            }
-            dead.extend(suspects);
+        if suspects.is_empty() {
+            return Ok(dead);
         }
+        if !any_written.load(Ordering::Acquire) {
+            return Err(Failed::Rewind(format!(
+                "isolating: no record of the batch could be written ({} failed), so the \
+                 records are not at fault; rewinding",
+                suspects.len()
+            )));
+        }
+        let failed: BTreeSet<&Origin> = suspects
+            .iter()
+            .chain(&dead)
+            .map(|d| &d.poison.record.origin)
+            .collect();
+        let probe = good.iter().find(|g| !failed.contains(&g.origin));
+        let again: Vec<&Good> = good
+            .iter()
+            .filter(|g| suspects.iter().any(|d| d.poison.record.origin == g.origin))
+            .collect();
+        tracing::info!(
+            records = again.len(),
+            "isolating: records failed while others were written; writing them once more"
+        );
+        let second = AtomicBool::new(false);
+        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
+            futures::stream::iter(by_session(again).into_iter().map(|(session, messages)| {
+                self.write_session_each(session, messages, fence, true, &second)
+            }))
+            .buffer_unordered(SESSIONS_AT_ONCE)
+            .try_collect(),
+        )?;
+        let mut suspects = Vec::new();
+        for o in outcomes {
+            dead.extend(o.dead);
+            suspects.extend(o.suspects);
+        }
+        if suspects.is_empty() {
+            return Ok(dead);
+        }
+        // The probe: a record this pass wrote, written again after the suspects failed again.
+        let probed = AtomicBool::new(false);
+        if let Some(g) = probe {
+            self.runtime.block_on(self.write_session_each(
+                &g.message.session_id,
+                vec![g],
+                fence,
+                true,
+                &probed,
+            ))?;
+        }
+        if !probed.load(Ordering::Acquire) {
+            return Err(Failed::Rewind(format!(
+                "isolating: {} record(s) failed twice and a record written before failed too: \
+                 the stores are failing, not the records; rewinding",
+                suspects.len()
+            )));
+        }
+        dead.extend(suspects);
         Ok(dead)
     }
 
@@ -385,7 +444,11 @@ impl Pipeline {
                 self.writer.write(std::slice::from_ref(&g.message)).await?;
                 self.latest.write(&latest).await
             });
-            let failed = match row.await {
+            let row = match self.injected_write_failure(std::iter::once(g)) {
+                Some(failed) => Err(failed),
+                None => row.await,
+            };
+            let failed = match row {
                 Err(e) => Some(("cql", e)),
                 Ok(_) => {
                     let entry = EntryRef::of(&g.message, &g.avro);
