@@ -196,10 +196,17 @@ async fn conversation_list_of_5000_is_complete_and_ordered() {
     };
     assert_eq!(ids(&from_db), ids(&walk(&cached, &user, 1000).await));
 
-    // A limit above the page bound is capped; a warm whole-list page stays fast.
+    // A limit above the page bound is capped; a warm whole-list page comes from the cache. (Its
+    // time is printed, not asserted: speed is the benchmarks' business, P9.)
+    let reads_before = w.db.db_reads();
     let started = Instant::now();
     let page = cached.conversations(&user, 100_000, None).await.unwrap();
     let elapsed = started.elapsed();
+    assert_eq!(
+        w.db.db_reads(),
+        reads_before,
+        "a warm page of a 5,000-conversation list read the database"
+    );
     eprintln!(
         "warm first page of {} in {elapsed:?}",
         page.conversations.len()
@@ -207,10 +214,6 @@ async fn conversation_list_of_5000_is_complete_and_ordered() {
     assert_eq!(page.conversations.len(), 500, "limit capped at max_page");
     assert_eq!(page.total, n);
     assert!(!page.truncated);
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "a warm page of a 5,000-conversation list took {elapsed:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

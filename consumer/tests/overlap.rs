@@ -14,6 +14,11 @@ use common::{Env, base_time_us, dump_logs, message, poll_until, strip_ansi};
 /// How long each transaction waits before its offsets are sent (the fault).
 const COMMIT_DELAY: Duration = Duration::from_secs(10);
 
+/// The same for the revocation test: the second member must start (CQL login and statements,
+/// Kafka admin calls, its transactional producer) and join, and the first see the rebalance,
+/// while the commit is still in flight — on a loaded 2-CPU machine that can take over 10 s.
+const REVOKE_COMMIT_DELAY: Duration = Duration::from_secs(40);
+
 /// Waits until `session`'s window holds `seq`.
 async fn until_in_window(
     env: &Env,
@@ -89,7 +94,7 @@ async fn the_next_batch_is_written_while_the_previous_commit_is_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_waits_for_the_commit_in_flight() {
     let env = Env::new("overlap_rv", 2, 25).await;
-    let delay = COMMIT_DELAY.as_millis().to_string();
+    let delay = REVOKE_COMMIT_DELAY.as_millis().to_string();
     let args = ["--linger", "5ms"];
     let first = env.spawn_consumer_with_env(
         &chatlog::unique("overlap_rv_a"),
@@ -188,6 +193,23 @@ async fn counter(c: &chatlog::process::ConsumerProcess, name: &str, labels: &str
         .unwrap_or(0.0)
 }
 
+/// Waits until `chatlog_consumer_records_total{labels}` on `c` is `want`.
+async fn until_counted(c: &chatlog::process::ConsumerProcess, labels: &str, want: f64) {
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let n = counter(c, "chatlog_consumer_records_total", labels).await;
+            if n == want { Ok(()) } else { Err(n) }
+        },
+        |n| {
+            dump_logs(&[c]);
+            format!("chatlog_consumer_records_total{{{labels}}} is {n}, never {want}")
+        },
+    )
+    .await;
+}
+
 /// Waits until the group's committed offset of partition 0 is `want`.
 async fn until_committed(env: &Env, want: i64, c: &chatlog::process::ConsumerProcess) {
     poll_until(
@@ -243,6 +265,11 @@ async fn batches_written_during_a_slow_commit_are_held_and_committed_together() 
     );
     // A commits, then everything written since in one transaction.
     until_committed(&env, 4, &c).await;
+    // The loop counts a transaction when it next comes round after the broker committed it
+    // (up to a second later on an idle topic): wait for the records' counters, which go up
+    // with it, before reading the count.
+    until_counted(&c, "outcome=\"persisted\"", 3.0).await;
+    until_counted(&c, "outcome=\"dlq\"", 1.0).await;
     assert_eq!(
         counter(
             &c,

@@ -185,7 +185,17 @@ async fn unread_counts_stay_exact_across_marks_clears_kill_9_and_a_full_replay()
     // Four records per transaction: step 3's 180 records take 45 transactions, so the test sees
     // the consumer part-way through before it kills it (with 40 per transaction, a fast run
     // finished them before the first count).
-    let args = ["--max-records", "4", "--linger", "10ms"];
+    // And each transaction's offsets wait 250 ms (a hidden fault): with at most 4 batches held
+    // meanwhile, at most ~64 records a second, so the count that triggers the kill lands
+    // part-way even when the test is slow to look.
+    let args = [
+        "--max-records",
+        "4",
+        "--linger",
+        "10ms",
+        "--fault-commit-delay-ms",
+        "250",
+    ];
     let txn = chatlog::unique("unread_txn");
     let consumer = env.spawn_consumer(&txn, &args);
     env.wait_all(&sessions, 30, &[&consumer]).await;
