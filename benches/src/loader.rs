@@ -25,7 +25,14 @@ pub struct Loaded {
     pub requests: usize,
     /// Cumulative rows over time.
     pub series: Series,
+    /// Slices written again after a failed write (a CQL timeout of an overloaded node): the
+    /// rows are idempotent, and the time lost counts in `seconds`, so a retry lowers the
+    /// reference (it flatters P1, and the run says so).
+    pub retries: usize,
 }
+
+/// Attempts of one slice before the load fails.
+const SLICE_ATTEMPTS: usize = 3;
 
 /// Writes `messages` into `keyspace` in slices of `slice` rows (each grouped into full partition
 /// batches), `slices` slices at a time, `concurrency` batches in flight per slice.
@@ -46,14 +53,29 @@ pub async fn load(
         Some(counter.load(Ordering::Relaxed) as f64)
     });
     let started = Instant::now();
+    let retries = AtomicU64::new(0);
     let requests: Vec<usize> = futures::stream::iter(messages.chunks(slice.max(1)))
         .map(|chunk| {
             let writer = writer.clone();
             let done = done.clone();
+            let retries = &retries;
             async move {
-                let stats = writer.write(chunk).await?;
-                done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                Ok::<_, chatlog_store::Error>(stats.requests)
+                let mut attempt = 1;
+                loop {
+                    match writer.write(chunk).await {
+                        Ok(stats) => {
+                            done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            return Ok::<_, chatlog_store::Error>(stats.requests);
+                        }
+                        Err(e) if attempt < SLICE_ATTEMPTS => {
+                            eprintln!("[bench]   loader: slice write failed ({e}); again");
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         })
         .buffered(2)
@@ -66,6 +88,7 @@ pub async fn load(
         seconds,
         requests: requests.iter().sum(),
         series: sampler.finish(),
+        retries: retries.load(Ordering::Relaxed) as usize,
     })
 }
 

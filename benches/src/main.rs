@@ -4,6 +4,14 @@
 
 use clap::Parser;
 
+/// The harness stands for a Logic process, and allocates like one that is set up for it: with
+/// jemalloc, the allocator `redis-benchmark` (the reference of P5, P6, P8 and P9) and Redis
+/// itself run on. Under glibc's malloc the client CPU of a history read was 52–76 µs and
+/// varied from run to run (`malloc_consolidate` on every 10 KB page); under jemalloc 40–42 µs
+/// (BENCHMARKS.md, "The harness's allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = chatlog_bench::Options::parse();
