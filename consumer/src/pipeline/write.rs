@@ -319,19 +319,7 @@ impl Pipeline {
         }
         let fence = polled_from + self.config.kafka.window_fence();
         let any_written = AtomicBool::new(false);
-        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
-            futures::stream::iter(by_session(good).into_iter().map(|(session, messages)| {
-                self.write_session_each(session, messages, fence, isolate, &any_written)
-            }))
-            .buffer_unordered(SESSIONS_AT_ONCE)
-            .try_collect(),
-        )?;
-        let mut dead = Vec::new();
-        let mut suspects = Vec::new();
-        for o in outcomes {
-            dead.extend(o.dead);
-            suspects.extend(o.suspects);
-        }
+        let (mut dead, suspects) = self.write_sessions(good, fence, isolate, &any_written)?;
         if suspects.is_empty() {
             return Ok(dead);
         }
@@ -348,27 +336,16 @@ impl Pipeline {
             .map(|d| &d.poison.record.origin)
             .collect();
         let probe = good.iter().find(|g| !failed.contains(&g.origin));
-        let again: Vec<&Good> = good
-            .iter()
-            .filter(|g| suspects.iter().any(|d| d.poison.record.origin == g.origin))
-            .collect();
+        let suspected: BTreeSet<&Origin> =
+            suspects.iter().map(|d| &d.poison.record.origin).collect();
+        let again = good.iter().filter(|g| suspected.contains(&g.origin));
         tracing::info!(
-            records = again.len(),
+            records = suspected.len(),
             "isolating: records failed while others were written; writing them once more"
         );
-        let second = AtomicBool::new(false);
-        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
-            futures::stream::iter(by_session(again).into_iter().map(|(session, messages)| {
-                self.write_session_each(session, messages, fence, true, &second)
-            }))
-            .buffer_unordered(SESSIONS_AT_ONCE)
-            .try_collect(),
-        )?;
-        let mut suspects = Vec::new();
-        for o in outcomes {
-            dead.extend(o.dead);
-            suspects.extend(o.suspects);
-        }
+        let (dead_again, suspects) =
+            self.write_sessions(again, fence, true, &AtomicBool::new(false))?;
+        dead.extend(dead_again);
         if suspects.is_empty() {
             return Ok(dead);
         }
@@ -392,6 +369,30 @@ impl Pipeline {
         }
         dead.extend(suspects);
         Ok(dead)
+    }
+
+    /// [`write_session_each`](Self::write_session_each) for each session of `good`, several at
+    /// once: the records that can never be written, and the suspects.
+    fn write_sessions<'g>(
+        &self,
+        good: impl IntoIterator<Item = &'g Good>,
+        fence: BootInstant,
+        isolate: bool,
+        any_written: &AtomicBool,
+    ) -> Result<(Vec<Dead>, Vec<Dead>), Failed> {
+        let outcomes: Vec<SessionOutcome> = self.runtime.block_on(
+            futures::stream::iter(by_session(good).into_iter().map(|(session, messages)| {
+                self.write_session_each(session, messages, fence, isolate, any_written)
+            }))
+            .buffer_unordered(SESSIONS_AT_ONCE)
+            .try_collect(),
+        )?;
+        let (mut dead, mut suspects) = (Vec::new(), Vec::new());
+        for o in outcomes {
+            dead.extend(o.dead);
+            suspects.extend(o.suspects);
+        }
+        Ok((dead, suspects))
     }
 
     /// One session of [`write_each`](Self::write_each).
