@@ -39,7 +39,15 @@ async fn cql_users() -> Arc<CqlUserRepo> {
 }
 
 fn cached<R: UserRepo>(inner: &Arc<R>, redis: chatlog_store::RedisConnection) -> CachedUserRepo<R> {
-    let cache = Cache::new(redis.into(), CacheConfig::default(), "users").expect("cache");
+    cached_with(inner, redis, CacheConfig::default())
+}
+
+fn cached_with<R: UserRepo>(
+    inner: &Arc<R>,
+    redis: chatlog_store::RedisConnection,
+    config: CacheConfig,
+) -> CachedUserRepo<R> {
+    let cache = Cache::new(redis.into(), config, "users").expect("cache");
     CachedUserRepo::new(inner.clone(), cache)
 }
 
@@ -56,12 +64,8 @@ async fn stampede_of_a_thousand_cold_gets_from_two_processes_reads_the_database_
         mark_ttl: Duration::from_secs(60),
         ..CacheConfig::default()
     };
-    let cached_patiently = |redis: chatlog_store::RedisConnection| {
-        let cache = Cache::new(redis.into(), patient.clone(), "users").expect("cache");
-        CachedUserRepo::new(db.clone(), cache)
-    };
-    let a = cached_patiently(redis_connection().await);
-    let b = cached_patiently(redis_connection().await);
+    let a = cached_with(&db, redis_connection().await, patient.clone());
+    let b = cached_with(&db, redis_connection().await, patient);
     let gets = (0..1000).map(|i| {
         let repo = if i % 2 == 0 { &a } else { &b };
         repo.get(&id)
@@ -309,8 +313,7 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_which_gave_up_waiti
             mark_ttl: Duration::from_secs(60),
             ..CacheConfig::default()
         };
-        let cache = Cache::new(redis_connection().await.into(), config, "users").expect("cache");
-        let b = CachedUserRepo::new(Arc::new(StuckReads), cache);
+        let b = cached_with(&Arc::new(StuckReads), redis_connection().await, config);
         let id = id.clone();
         tokio::spawn(async move { b.get(&id).await })
     };
@@ -336,8 +339,7 @@ async fn stale_value_never_reaches_a_read_that_joined_a_load_which_gave_up_waiti
         max_wait: Duration::from_millis(50),
         ..CacheConfig::default()
     };
-    let cache = Cache::new(redis_connection().await.into(), config, "users").expect("cache");
-    let repo = Arc::new(CachedUserRepo::new(slow.clone(), cache));
+    let repo = Arc::new(cached_with(&slow, redis_connection().await, config));
     let first = write_while_a_load_holds_v1(&repo, &slow, &id).await;
     assert_eq!(first.await.unwrap(), Some(1), "the read before the write");
     stuck.abort();

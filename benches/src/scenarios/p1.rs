@@ -251,7 +251,6 @@ pub(super) async fn loader_after(
     )
     .await?;
     let loader_rate_2 = reloaded.rows as f64 / reloaded.seconds;
-    let loader_rate = (loader_rate_1 + loader_rate_2) / 2.0;
     all_series.insert("P1 raw CQL loader, again (rows)".into(), reloaded.series);
     reference.loader_rate_2 = loader_rate_2;
     reference.seconds_2 = reloaded.seconds;
@@ -271,7 +270,7 @@ pub(super) async fn loader_after(
             "[bench]   both loader runs wrote slices again after failed writes: the reference \
              is their mean, and P1 is flattered"
         );
-        loader_rate
+        (loader_rate_1 + loader_rate_2) / 2.0
     } else {
         if reference.retries > 0 {
             eprintln!(

@@ -363,7 +363,7 @@ impl Pipeline {
                 "fault injection: the first writes fail"
             );
         }
-        self.writes_to_fail = std::sync::atomic::AtomicU32::new(faults.fail_writes);
+        *self.writes_to_fail.get_mut() = faults.fail_writes;
         self.faults = faults;
         self
     }
