@@ -7,6 +7,8 @@
 #   dev/bench.sh --only mutations   P10 alone (the consumer on edits/recalls/deletes vs appends)
 #   dev/bench.sh --only produce   P3 and P3′ alone (the producer, with and without seq allocation,
 #                           next to Kafka's Java producer keyed like ours; see BENCHMARKS.md "Method")
+#   dev/bench.sh --only pipeline   everything through Kafka: P3, P1, P2, P4, P7 (the consumer's
+#                           figures, for A/B runs of consumer changes; ~5 minutes)
 #   dev/bench.sh --help     every size and setting (messages, sessions, consumer batch/linger, …)
 #
 # Brings the local stack up if it is not (dev/stack.sh up is idempotent), builds chatlog-bench and

@@ -255,9 +255,15 @@ pub async fn fresh_keyspace(
             stack_hint("CQL database", &cql_nodes().join(","))
         )
     });
-    chatlog_store::migrate::apply(&session, &config)
-        .await
-        .expect("apply migrations");
+    // Three tries: a schema change can outlast the request timeout on a loaded machine (a GC
+    // pause), and the migrations are re-runnable (IF NOT EXISTS, columns already added).
+    for attempt in 1.. {
+        match chatlog_store::migrate::apply(&session, &config).await {
+            Ok(_) => break,
+            Err(e) if attempt < 3 => eprintln!("fresh_keyspace: migrations failed ({e}); again"),
+            Err(e) => panic!("apply migrations: {e}"),
+        }
+    }
     (std::sync::Arc::new(session), config)
 }
 

@@ -87,8 +87,8 @@ pub struct Options {
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
     /// Run only some scenarios (for profiling): `all`, `reads` (P5 and P6 alone, on windows the
-    /// harness writes itself), `cache` (P8 and P9 alone), `produce` (P3 alone) or `mutations`
-    /// (P10 alone).
+    /// harness writes itself), `cache` (P8 and P9 alone), `produce` (P3 alone), `pipeline` (P3,
+    /// P1, P2, P4 and P7) or `mutations` (P10 alone).
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
 }
@@ -106,6 +106,9 @@ pub enum Only {
     Cache,
     /// P3 alone.
     Produce,
+    /// Everything through Kafka: P3, P1, P2, P4 and P7 (the consumer's figures; for A/B runs of
+    /// consumer changes without the read and cache scenarios).
+    Pipeline,
     /// P10 alone (the consumer on mutations vs appends).
     Mutations,
 }

@@ -35,7 +35,9 @@ use world::{Collect, Ctx, Reads, World};
 /// Runs every scenario of `plan`; cleans up what it created even when a scenario fails.
 pub async fn run(plan: &Plan) -> Result<Results> {
     std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("create {:?}", plan.out_dir))?;
-    if matches!(plan.only, Only::All | Only::Mutations) && !plan.consumer_bin.exists() {
+    if matches!(plan.only, Only::All | Only::Pipeline | Only::Mutations)
+        && !plan.consumer_bin.exists()
+    {
         bail!(
             "{:?} does not exist: build it with `cargo build --release -p chatlog-consumer`",
             plan.consumer_bin
@@ -142,7 +144,7 @@ async fn scenarios(
         origin,
         procs,
     };
-    if matches!(plan.only, Only::All | Only::Produce) {
+    if matches!(plan.only, Only::All | Only::Produce | Only::Pipeline) {
         pipeline(&cx, &mut out).await?;
     }
     // Last: P10's drains are compared with each other, not with what ran before.
