@@ -206,7 +206,7 @@ impl Options {
                 chatlog_producer::ProducerConfig::default().max_in_flight
             }),
             consumer: ConsumerSettings {
-                max_records: pick(self.max_records, 10_000, 2000),
+                max_records: pick(self.max_records, 20_000, 2000),
                 linger_ms: self.linger_ms.unwrap_or(5),
                 writer_concurrency: pick(self.writer_concurrency, 16, 16),
                 writer_max_rows: 100,

@@ -153,7 +153,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_records: 10_000,
+            max_records: 20_000,
             max_bytes: 32 * 1024 * 1024,
             linger: Duration::from_millis(10),
             max_record_bytes: 1024 * 1024,

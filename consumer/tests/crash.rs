@@ -36,8 +36,19 @@ async fn kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing() {
         env.produce_raw(chunk).await;
     }
 
-    // Small batches: many transactions, so kills land between and inside them.
-    let args = ["--max-records", "100", "--linger", "10ms"];
+    // Small batches: many transactions, so kills land between and inside them. Each
+    // transaction's offsets wait 250 ms (a hidden fault; at most 4 batches are held meanwhile, so
+    // ~2 000 records a second): the count that triggers a kill lands part-way through the records
+    // even when counting is slow, where an unthrottled consumer could finish between two counts
+    // and leave too few kills.
+    let args = [
+        "--max-records",
+        "100",
+        "--linger",
+        "10ms",
+        "--fault-commit-delay-ms",
+        "250",
+    ];
     let txn = chatlog::unique("crash_txn");
     let mut kills = 0;
     let mut last = 0;
