@@ -236,9 +236,9 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig> {
 /// The prefetch queue is capped at 16 MiB of payload instead of 64: in a drain librdkafka keeps
 /// it full, and each queued record costs about twice its payload (its op and its share of the
 /// decompressed batch) — a heap profile of a 1 M-record drain (heaptrack) found 116 of the 148 MB
-/// peak heap there. 16 MiB is still ~55 000 records of 300 bytes, several batches ahead of the
-/// writer: the same 1 M-record drain took 15.3 and 16.5 s against 16.1 and 22.6 s, with a peak
-/// RSS of 150–156 MiB against 174–176 (BENCHMARKS.md, P7).
+/// peak heap there. 16 MiB is still ~55 000 records of 300 bytes, batches ahead of the writer
+/// (nearly three of `batch.max_records`' 20 000): the same 1 M-record drain took 15.3 and 16.5 s
+/// against 16.1 and 22.6 s, with a peak RSS of 150–156 MiB against 174–176 (BENCHMARKS.md, P7).
 ///
 /// A fetch response is capped at 2 MiB instead of 50 (`fetch.max.bytes`). The queue's cap is
 /// checked before a fetch, and what the fetch brings is added whatever its size: up to
@@ -286,11 +286,27 @@ pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
     Ok(c)
 }
 
+/// The transactional producer's settings unless `kafka.properties` sets them.
+///
+/// `retry.backoff.ms` 20 (librdkafka: 100): back-to-back transactions meet
+/// `CONCURRENT_TRANSACTIONS` — the coordinator still completing the previous commit when the next
+/// transaction adds its offsets — and librdkafka retries `AddOffsetsToTxn` after
+/// `retry.backoff.ms`. The Java client waits 20 ms there (KAFKA-5477); at 100 ms the commit of a
+/// lightly loaded consumer took 51 ms on average with a p99 bucket of 250 ms (BENCHMARKS.md, P4).
+/// Other retries (produce requests) start at 20 ms too and still back off exponentially up to
+/// `retry.backoff.max.ms` (1 s).
+pub const TRANSACTION_DEFAULTS: [(&str, &str); 1] = [("retry.backoff.ms", "20")];
+
 /// The transactional producer (one per consumer instance, KIP-447). Its `message.max.bytes` is
 /// sized from `max_record_bytes` (see [`dlq_producer_max_bytes`]), so that a record the decoder
 /// accepts as `oversize`-free always fits in the DLQ; user `properties` cannot lower it.
 pub fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> Result<ClientConfig> {
     let mut c = client_config(config)?;
+    for (k, v) in TRANSACTION_DEFAULTS {
+        if !config.properties.0.contains_key(k) {
+            c.set(k, v);
+        }
+    }
     c.set("transactional.id", &config.transactional_id)
         .set(
             "transaction.timeout.ms",
@@ -598,6 +614,7 @@ mod tests {
         );
         assert_eq!(c.get("fetch.min.bytes"), Some("65536"));
         let p = producer_config(&KafkaConfig::default(), 1 << 20).unwrap();
+        assert_eq!(p.get("retry.backoff.ms"), Some("20"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("fetch.min.bytes"), None, "consumer settings only");
         assert_eq!(p.get("transactional.id"), Some("chatlog-consumer-0"));
