@@ -138,9 +138,10 @@ const STAGE_BUCKETS: &[f64] = &[
 const E2E_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
-/// Buckets of the batch size, up to well above the default `batch.max_records` (10 000).
+/// Buckets of the batch size, up to above the default `batch.max_records` (20 000).
 const RECORDS_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
+    50000.0,
 ];
 
 /// Installs the global Prometheus recorder, describes every metric and records the known label
