@@ -256,15 +256,21 @@ pub const FETCH_DEFAULTS: [(&str, &str); 4] = [
     ("fetch.max.bytes", "2097152"),
 ];
 
-/// The group consumer: manual offsets (committed by the transaction), read_committed,
-/// cooperative-sticky assignment, [`FETCH_DEFAULTS`].
-pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
-    let mut c = client_config(config)?;
-    for (k, v) in FETCH_DEFAULTS {
+/// Sets each of `defaults` that `config.properties` does not set (those were set by
+/// [`client_config`] and win).
+fn set_defaults(c: &mut ClientConfig, config: &KafkaConfig, defaults: &[(&str, &str)]) {
+    for &(k, v) in defaults {
         if !config.properties.0.contains_key(k) {
             c.set(k, v);
         }
     }
+}
+
+/// The group consumer: manual offsets (committed by the transaction), read_committed,
+/// cooperative-sticky assignment, [`FETCH_DEFAULTS`].
+pub fn consumer_config(config: &KafkaConfig) -> Result<ClientConfig> {
+    let mut c = client_config(config)?;
+    set_defaults(&mut c, config, &FETCH_DEFAULTS);
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -302,11 +308,7 @@ pub const TRANSACTION_DEFAULTS: [(&str, &str); 1] = [("retry.backoff.ms", "20")]
 /// accepts as `oversize`-free always fits in the DLQ; user `properties` cannot lower it.
 pub fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> Result<ClientConfig> {
     let mut c = client_config(config)?;
-    for (k, v) in TRANSACTION_DEFAULTS {
-        if !config.properties.0.contains_key(k) {
-            c.set(k, v);
-        }
-    }
+    set_defaults(&mut c, config, &TRANSACTION_DEFAULTS);
     c.set("transactional.id", &config.transactional_id)
         .set(
             "transaction.timeout.ms",
