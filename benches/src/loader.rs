@@ -1,7 +1,8 @@
 //! P1's reference: the same rows written straight into CQL with tuned UNLOGGED single-partition
-//! batches and high concurrency (the store's own batch writer, given the whole data set at once so
-//! every batch is as full as the limits allow) — the ceiling the pipeline is compared with.
-//! Also the row counter that checks what a scenario persisted.
+//! batches (the store's own batch writer, given a large slice at once so every batch is as full as
+//! the limits allow) — the ceiling the pipeline is compared with. Its concurrency is found by a
+//! short ramp ([`ramp`]): a loader that overloads the node into write timeouts measures the
+//! node's overload, not its capacity. Also the row counter that checks what a scenario persisted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,95 @@ pub struct Loaded {
 /// Attempts of one slice before the load fails.
 const SLICE_ATTEMPTS: usize = 3;
 
+/// One level of the ramp: batches in flight, and what the sample's write gave.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RampLevel {
+    /// Batches in flight.
+    pub concurrency: usize,
+    /// Rows per second of the sample (0 when the write failed).
+    pub rate: f64,
+    /// The write failed (a CQL timeout of an overloaded node): the level is not a reference.
+    pub failed: bool,
+}
+
+/// The ramp's result: the levels tried and the one picked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ramp {
+    /// Levels in the order tried.
+    pub levels: Vec<RampLevel>,
+    /// The clean level with the best rate (the first candidate if none was clean).
+    pub picked: usize,
+}
+
+/// Concurrencies the ramp tries, in order: from below the consumer's default (16) up to twice
+/// the loader's old fixed setting (two slices of 64 in flight), where one node on two cores
+/// timed out in runs 9–11.
+pub const RAMP_LEVELS: [usize; 6] = [8, 16, 32, 64, 128, 256];
+
+/// Writes `sample` once per level of [`RAMP_LEVELS`] (one slice, no retry) and picks the
+/// concurrency with the best clean rate. The ramp stops at the first failed write, or when a
+/// level is well past the knee (below 90 % of the best rate so far): more in flight only queues.
+/// The rows are the reference's own (rewriting them is the same work for an LSM store).
+pub async fn ramp(
+    session: Arc<Session>,
+    keyspace: &str,
+    sample: &[ChatMessage],
+    limits: &BatchLimits,
+) -> Result<Ramp> {
+    let mut levels = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    for concurrency in RAMP_LEVELS {
+        let writer = MessageWriter::new(
+            session.clone(),
+            keyspace,
+            BatchLimits {
+                concurrency,
+                ..limits.clone()
+            },
+        )
+        .await
+        .context("loader ramp writer")?;
+        let started = Instant::now();
+        let outcome = writer.write(sample).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let level = match outcome {
+            Ok(_) => RampLevel {
+                concurrency,
+                rate: sample.len() as f64 / seconds.max(1e-6),
+                failed: false,
+            },
+            Err(e) => {
+                eprintln!("[bench]   loader ramp: {concurrency} in flight failed ({e})");
+                RampLevel {
+                    concurrency,
+                    rate: 0.0,
+                    failed: true,
+                }
+            }
+        };
+        eprintln!(
+            "[bench]   loader ramp: {concurrency} in flight: {:.0} rows/s",
+            level.rate
+        );
+        let (failed, rate) = (level.failed, level.rate);
+        levels.push(level);
+        if failed {
+            break;
+        }
+        match best {
+            Some((_, top)) if rate < 0.9 * top => break,
+            Some((_, top)) if rate <= top => {}
+            _ => best = Some((concurrency, rate)),
+        }
+    }
+    Ok(Ramp {
+        levels,
+        picked: best.map_or(RAMP_LEVELS[0], |(c, _)| c),
+    })
+}
+
 /// Writes `messages` into `keyspace` in slices of `slice` rows (each grouped into full partition
-/// batches), `slices` slices at a time, `concurrency` batches in flight per slice.
+/// batches), one slice after the other, `limits.concurrency` batches in flight.
 pub async fn load(
     session: Arc<Session>,
     keyspace: &str,
@@ -78,7 +166,9 @@ pub async fn load(
                 }
             }
         })
-        .buffered(2)
+        // One slice at a time: `limits.concurrency` is then the batches in flight, as in the
+        // ramp that chose it (a slice's tail, the last batches draining, is ~0.5 % of it).
+        .buffered(1)
         .try_collect()
         .await
         .context("loader write")?;

@@ -49,7 +49,8 @@ pub struct Options {
     /// The consumer's `writer.concurrency` (CQL batches in flight).
     #[arg(long)]
     pub writer_concurrency: Option<usize>,
-    /// The raw loader's batches in flight (per slice; two slices overlap).
+    /// The raw loader's batches in flight (default: found by a ramp over 8…256 before P1's
+    /// first loader run; the best rate without a failed write).
     #[arg(long)]
     pub loader_concurrency: Option<usize>,
     /// Seconds of the paced latency run (P4).
@@ -136,8 +137,8 @@ pub struct Plan {
     pub pre_concurrency: usize,
     /// Consumer settings.
     pub consumer: ConsumerSettings,
-    /// Loader batches in flight per slice.
-    pub loader_concurrency: usize,
+    /// Loader batches in flight (`None`: the ramp picks it).
+    pub loader_concurrency: Option<usize>,
     /// Rows the loader groups at once (a slice).
     pub loader_slice: usize,
     /// P4 seconds.
@@ -211,7 +212,7 @@ impl Options {
                 writer_concurrency: pick(self.writer_concurrency, 16, 16),
                 writer_max_rows: 100,
             },
-            loader_concurrency: pick(self.loader_concurrency, 64, 64),
+            loader_concurrency: self.loader_concurrency,
             loader_slice: (messages / 4).max(1000),
             latency_seconds: pickf(self.latency_seconds, 20.0, 3.0),
             latency_probes: 32.min(sessions),

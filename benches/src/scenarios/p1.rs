@@ -39,6 +39,8 @@ pub(super) struct Reference {
     loader_rate: f64,
     settled_loader: f64,
     loader_cpu: BTreeMap<String, f64>,
+    /// The ramp that chose the loader's concurrency (`None`: given with `--loader-concurrency`).
+    ramp: Option<loader::Ramp>,
 }
 
 /// The consumer draining the pre-produced topic, and what the drain measured.
@@ -102,8 +104,29 @@ pub(super) async fn loader_before(
         (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
     let all_series = &mut *out.series;
     eprintln!("[bench] P1: raw CQL loader, {} rows", stored.len());
+    let ramp = match plan.loader_concurrency {
+        Some(_) => None,
+        None => {
+            // An eighth of the rows (at most 250 000: a few seconds per level).
+            let sample = &stored[..(stored.len() / 8).clamp(1, 250_000).min(stored.len())];
+            procs
+                .settle("cassandra", 0.3, Duration::from_secs(20))
+                .await;
+            let ramp =
+                loader::ramp(session.clone(), raw_ks, sample, &BatchLimits::default()).await?;
+            eprintln!(
+                "[bench]   loader ramp over {} rows: {} in flight",
+                sample.len(),
+                ramp.picked
+            );
+            Some(ramp)
+        }
+    };
     let limits = BatchLimits {
-        concurrency: plan.loader_concurrency,
+        concurrency: plan
+            .loader_concurrency
+            .or(ramp.as_ref().map(|r| r.picked))
+            .unwrap_or(loader::RAMP_LEVELS[0]),
         ..BatchLimits::default()
     };
     let settled_loader = procs
@@ -138,6 +161,7 @@ pub(super) async fn loader_before(
         loader_rate: loader_rate_1,
         settled_loader,
         loader_cpu,
+        ramp,
     })
 }
 
@@ -449,7 +473,8 @@ pub(super) async fn finish(
             "drain_window_seconds": t1 - t0,
             "loader_rate_before_drain": reference.loader_rate_1,
             "loader_rate_after_drain": reference.loader_rate_2,
-            "loader_batches": reference.requests, "loader_concurrency": plan.loader_concurrency,
+            "loader_batches": reference.requests, "loader_concurrency": reference.limits.concurrency,
+            "loader_ramp": reference.ramp,
             "loader_slice_retries": reference.retries,
             "loader_slice": plan.loader_slice,
             "rows_checked": rows,
