@@ -415,6 +415,63 @@ async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
     }
 }
 
+/// The consumer writes the latests of many sessions at once, in UNLOGGED batches of sessions
+/// with the same replicas: each session must end at its own highest (seq, version), whatever
+/// else shares its batch — a row below what is stored, two rows of one session in one call, a
+/// row too large to share a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_latest_batched_writes_keep_each_sessions_highest() {
+    let w = world().await;
+    let reader = LatestReader::new(w.cql.clone(), &w.keyspace, None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let row = |s: &str, seq: i64, time: i64, pad: usize| LatestRow {
+        session_id: s.to_owned(),
+        seq,
+        version: time,
+        member: window::member(
+            time,
+            format!("{s}-{seq}-{time}{}", "x".repeat(pad)).as_bytes(),
+        ),
+    };
+    // More sessions than one batch holds (10), so several batches per call.
+    let sessions: Vec<String> = (0..37).map(|_| unique("b")).collect();
+    let first: Vec<LatestRow> = sessions.iter().map(|s| row(s, 10, 100, 0)).collect();
+    w.latest.write(&first).await.unwrap();
+    // Second call: even sessions move up to seq 12; odd ones get an older seq 9 (a replay of
+    // an old batch), which must not win; session 0 also gets a lower row after its higher one
+    // in the same call, and session 1 a row of 40 KiB (too large to share a batch).
+    let mut second: Vec<LatestRow> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i % 2 == 0 {
+                row(s, 12, 300, 0)
+            } else {
+                row(s, 9, 900, 0)
+            }
+        })
+        .collect();
+    second.push(row(&sessions[0], 11, 950, 0));
+    second.push(row(&sessions[1], 13, 400, 40 * 1024));
+    w.latest.write(&second).await.unwrap();
+    let got = reader.read(&sessions, true).await.unwrap();
+    for (i, (s, l)) in sessions.iter().zip(got).enumerate() {
+        let l = l.unwrap_or_else(|| panic!("{s}: no latest"));
+        let (seq, time, pad) = match i {
+            1 => (13, 400, 40 * 1024),
+            i if i % 2 == 0 => (12, 300, 0),
+            _ => (10, 100, 0),
+        };
+        assert_eq!((l.seq, l.version), (seq, time), "{s}");
+        assert_eq!(
+            l.avro,
+            format!("{s}-{seq}-{time}{}", "x".repeat(pad)).into_bytes(),
+            "{s}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_latest_cold_reads_of_one_session_load_it_once() {
     let w = world().await;

@@ -51,6 +51,7 @@ pub mod limits;
 pub mod messages;
 pub mod migrate;
 pub mod queues;
+pub mod replicas;
 pub mod repo;
 pub mod retention;
 pub mod secret;

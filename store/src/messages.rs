@@ -8,8 +8,10 @@
 //! replay), and a replay of an older version can never overwrite a newer one. A mutation writes
 //! *every* column (a recalled row's content becomes the empty blob), so cell-by-cell last-writer-
 //! wins never leaves a row mixed from two versions. A message as sent leaves the state columns
-//! unset (no tombstones). Batches are UNLOGGED and hold rows of one partition only, capped by
-//! count and bytes (Cassandra fails batches over 50 KiB by default, ScyllaDB over 1 MiB).
+//! unset (no tombstones). Batches are UNLOGGED, capped by count and bytes (Cassandra fails batches
+//! over 50 KiB by default, ScyllaDB over 1 MiB): a partition's rows together, and small groups of
+//! partitions with the same replicas packed together, at most ten partitions a batch (see
+//! [`crate::replicas`]). A batch is not atomic and nothing here needs it to be.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use scylla::value::{CqlTimestamp, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 use serde::{Deserialize, Serialize};
 
+use crate::replicas::{self, MAX_BATCH_PARTITIONS};
 use crate::retention::Retention;
 use crate::{Error, Result};
 
@@ -373,26 +376,68 @@ pub fn plan_batches_of<'a>(
             .or_default()
             .push(m);
     }
-    let mut groups = Vec::new();
-    for rows in by_partition.into_values() {
-        let mut current: Vec<&ChatMessage> = Vec::new();
-        let mut bytes = 0;
-        for m in rows {
-            let size = approx_row_bytes(m);
-            if !current.is_empty()
-                && (current.len() >= limits.max_rows.max(1) || bytes + size > limits.max_bytes)
-            {
-                groups.push(std::mem::take(&mut current));
-                bytes = 0;
-            }
-            bytes += size;
-            current.push(m);
-        }
-        if !current.is_empty() {
-            groups.push(current);
-        }
+    by_partition
+        .into_values()
+        .flat_map(|rows| {
+            crate::cql::chunk_by(rows, limits.max_rows, limits.max_bytes, |m| {
+                approx_row_bytes(m)
+            })
+        })
+        .collect()
+}
+
+/// Packs the partition groups of [`plan_batches`] that are at most half full and whose partitions
+/// have the same `replicas` (of a group's first row; `None`: unknown) into shared batches — at most
+/// [`MAX_BATCH_PARTITIONS`] partitions, `max_rows` rows and `max_bytes` each. A group more than
+/// half full, or of unknown replicas, stays a batch of its own (sharing would save little). Rows
+/// keep their order within their partition.
+pub fn pack_groups<'a, K: Ord>(
+    groups: Vec<Vec<&'a ChatMessage>>,
+    limits: &BatchLimits,
+    mut replicas: impl FnMut(&ChatMessage) -> Option<K>,
+) -> Vec<Vec<&'a ChatMessage>> {
+    struct Open<'a> {
+        rows: Vec<&'a ChatMessage>,
+        bytes: usize,
+        partitions: usize,
     }
-    groups
+    let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes);
+    let mut batches = Vec::with_capacity(groups.len());
+    let mut open: BTreeMap<K, Open<'a>> = BTreeMap::new();
+    for group in groups {
+        let bytes: usize = group.iter().map(|m| approx_row_bytes(m)).sum();
+        let key = if group.len() * 2 > max_rows || bytes * 2 > max_bytes {
+            None
+        } else {
+            group.first().and_then(|m| replicas(m))
+        };
+        let Some(key) = key else {
+            batches.push(group);
+            continue;
+        };
+        let slot = open.entry(key).or_insert_with(|| Open {
+            rows: Vec::new(),
+            bytes: 0,
+            partitions: 0,
+        });
+        if slot.partitions == MAX_BATCH_PARTITIONS
+            || slot.rows.len() + group.len() > max_rows
+            || slot.bytes + bytes > max_bytes
+        {
+            batches.push(std::mem::take(&mut slot.rows));
+            slot.bytes = 0;
+            slot.partitions = 0;
+        }
+        slot.rows.extend(group);
+        slot.bytes += bytes;
+        slot.partitions += 1;
+    }
+    batches.extend(
+        open.into_values()
+            .map(|o| o.rows)
+            .filter(|rows| !rows.is_empty()),
+    );
+    batches
 }
 
 /// What one [`MessageWriter::write`] did.
@@ -404,11 +449,16 @@ pub struct WriteStats {
     pub requests: usize,
 }
 
-/// Writes messages as UNLOGGED single-partition batches with bounded concurrency.
+/// Writes messages as UNLOGGED batches with bounded concurrency: a partition's rows together (at
+/// most [`BatchLimits::max_rows`] and [`BatchLimits::max_bytes`] a batch), and the small
+/// partition groups whose partitions have the same replicas packed together, at most
+/// [`MAX_BATCH_PARTITIONS`] partitions a batch (see [`crate::replicas`]: under live load a batch
+/// holds a few rows of many sessions, and one request per row is what Cassandra spent most on).
 #[derive(Clone)]
 pub struct MessageWriter {
     session: Arc<Session>,
     insert: PreparedStatement,
+    keyspace: String,
     limits: BatchLimits,
     retention: Retention,
 }
@@ -425,6 +475,7 @@ impl MessageWriter {
         Ok(MessageWriter {
             session,
             insert,
+            keyspace: keyspace.to_owned(),
             limits,
             retention: Retention::default(),
         })
@@ -460,12 +511,25 @@ impl MessageWriter {
         groups: Vec<Vec<&ChatMessage>>,
         rows: usize,
     ) -> Result<WriteStats> {
-        let requests = groups.len();
-        futures::stream::iter(groups.into_iter().map(|group| self.write_group(group)))
+        let batches = self.pack(groups);
+        let requests = batches.len();
+        futures::stream::iter(batches.into_iter().map(|batch| self.write_group(batch)))
             .buffer_unordered(self.limits.concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
         Ok(WriteStats { rows, requests })
+    }
+
+    /// [`pack_groups`] by the replicas of each group's partition, as the driver knows them.
+    fn pack<'a>(&self, groups: Vec<Vec<&'a ChatMessage>>) -> Vec<Vec<&'a ChatMessage>> {
+        let cluster = self.session.get_cluster_state();
+        pack_groups(groups, &self.limits, |m| {
+            let token = self
+                .insert
+                .calculate_token(&insert_bind_ttl(m, self.limits.bucket_size, 0))
+                .ok()??;
+            replicas::of_token(&cluster, &self.keyspace, "messages", token)
+        })
     }
 
     async fn write_group(&self, group: Vec<&ChatMessage>) -> Result<()> {
@@ -525,6 +589,69 @@ mod tests {
         assert_eq!(bucket_of(0, 1000), 0);
         assert_eq!(bucket_of(999, 1000), 0);
         assert_eq!(bucket_of(1000, 1000), 1);
+    }
+
+    #[test]
+    fn small_partitions_of_the_same_replicas_share_batches() {
+        let limits = BatchLimits {
+            bucket_size: 1000,
+            max_rows: 10,
+            max_bytes: 4000,
+            concurrency: 1,
+        };
+        // Replicas by the session's first letter: `a…` and `b…` sessions live apart.
+        let replicas = |m: &ChatMessage| m.session_id.chars().next();
+        let mut msgs: Vec<ChatMessage> = Vec::new();
+        for i in 0..14 {
+            msgs.push(msg(&format!("a{i:02}"), 1, 10));
+        }
+        for i in 0..3 {
+            msgs.push(msg(&format!("b{i:02}"), 1, 10));
+        }
+        // A partition more than half full stays alone.
+        for seq in 1..=6 {
+            msgs.push(msg("a-full", seq, 10));
+        }
+        let batches = pack_groups(plan_batches(&msgs, &limits), &limits, replicas);
+        let shapes: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|b| {
+                let mut s: Vec<&str> = b.iter().map(|m| m.session_id.as_str()).collect();
+                s.dedup();
+                s
+            })
+            .collect();
+        // Every row once.
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), msgs.len());
+        // The full partition alone; the 14 `a` singles as 10 + 4 (the partition cap), the
+        // 3 `b` singles together; no batch mixes replicas.
+        assert!(shapes.contains(&vec!["a-full"]), "{shapes:?}");
+        let mut sizes: Vec<usize> = shapes.iter().map(Vec::len).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [1, 3, 4, 10], "{shapes:?}");
+        for s in &shapes {
+            let first: Vec<char> = s.iter().map(|id| id.chars().next().unwrap()).collect();
+            assert!(
+                first.iter().all(|c| *c == first[0]),
+                "mixed replicas: {s:?}"
+            );
+        }
+        // Rows and bytes cap a shared batch too: 2 rows per partition, 3 partitions fit 6 rows
+        // of max_rows 6; 4 partitions of 2 rows give 6 + 2.
+        let limits6 = BatchLimits {
+            max_rows: 6,
+            ..limits.clone()
+        };
+        let two_each: Vec<ChatMessage> = (0..4)
+            .flat_map(|i| (1..=2).map(move |seq| msg(&format!("c{i}"), seq, 10)))
+            .collect();
+        let batches = pack_groups(plan_batches(&two_each, &limits6), &limits6, replicas);
+        let mut sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [2, 6]);
+        // Unknown replicas: every group alone.
+        let alone = pack_groups(plan_batches(&msgs, &limits), &limits, |_| None::<char>);
+        assert_eq!(alone.len(), plan_batches(&msgs, &limits).len());
     }
 
     #[test]

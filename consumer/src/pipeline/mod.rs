@@ -10,6 +10,7 @@
 //!                                                          librdkafka's memory (one copy)
 //!   write     at the same time:
 //!     cql     UNLOGGED batches per partition        idempotent: USING TIMESTAMP server_time
+//!             (small ones of the same replicas packed)
 //!             then each session's latest            monotonic: USING TIMESTAMP seq
 //!     redis   one Lua call per session, pipelined   idempotent: one versioned member per seq,
 //!             (window and the session's latest)       the latest max (seq, version) wins

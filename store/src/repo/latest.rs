@@ -24,11 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{prepare, read_row};
 use crate::epoch::PinnedScript;
 use crate::flight::Flights;
+use crate::replicas::{self, MAX_BATCH_PARTITIONS};
 use crate::{Error, RedisConnections, Result, keys, telemetry, window};
 
 /// CQL reads (misses) and writes a reader or writer runs at once.
@@ -107,11 +109,25 @@ pub(crate) fn select_head_cql(keyspace: &str) -> String {
     format!("SELECT max_seq FROM {keyspace}.session_latest WHERE session_id = ?")
 }
 
+/// Estimated bytes of one such batch at most (its members and ids); kept well below Cassandra's
+/// `batch_size_fail_threshold` (50 KiB). A larger row goes alone.
+const LATEST_BATCH_BYTES: usize = 32 * 1024;
+
 /// Writes `session_latest` (the consumer's CQL stage).
+///
+/// # Why rows of several sessions share a batch
+///
+/// One row per session per batch was one CQL request per session, each paying Cassandra's
+/// per-request cost for one small row. So the rows whose partitions have the same replicas go
+/// together in UNLOGGED batches of at most [`MAX_BATCH_PARTITIONS`] (see [`crate::replicas`]).
+/// Each statement keeps its own `USING TIMESTAMP <seq>`, so a batch writes exactly the cells the
+/// single writes did (unlogged: no atomicity is promised or needed; a failed batch fails the
+/// stage, which is retried as before).
 #[derive(Clone)]
 pub struct LatestWriter {
     session: Arc<Session>,
     upsert: PreparedStatement,
+    keyspace: String,
 }
 
 impl LatestWriter {
@@ -120,32 +136,91 @@ impl LatestWriter {
         Ok(LatestWriter {
             upsert: prepare(&session, upsert_cql(keyspace), "session_latest upsert").await?,
             session,
+            keyspace: keyspace.to_owned(),
         })
     }
 
-    /// Writes each row `USING TIMESTAMP <seq>` (idempotent, monotonic), 32 at a time.
+    /// Writes each row `USING TIMESTAMP <seq>` (idempotent, monotonic): rows of the same replicas
+    /// in batches (see the type's docs), 32 requests at a time.
     pub async fn write(&self, rows: &[LatestRow]) -> Result<()> {
-        futures::stream::iter(rows.iter().map(|r| async move {
-            self.session
-                .execute_unpaged(
-                    &self.upsert,
-                    (
-                        r.seq,
-                        r.seq,
-                        r.version,
-                        r.member.as_slice(),
-                        r.session_id.as_str(),
-                    ),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| Error::cql("write session_latest", e))
+        futures::stream::iter(self.batches(rows).into_iter().map(|batch| async move {
+            match batch.as_slice() {
+                [one] => self
+                    .session
+                    .execute_unpaged(&self.upsert, upsert_values(one))
+                    .await
+                    .map(drop)
+                    .map_err(|e| Error::cql("write session_latest", e)),
+                rows => {
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    batch.set_is_idempotent(true);
+                    let values: Vec<_> = rows
+                        .iter()
+                        .map(|r| {
+                            batch.append_statement(self.upsert.clone());
+                            upsert_values(r)
+                        })
+                        .collect();
+                    self.session
+                        .batch(&batch, values)
+                        .await
+                        .map(drop)
+                        .map_err(|e| Error::cql("unlogged batch of session_latest", e))
+                }
+            }
         }))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
         Ok(())
     }
+
+    /// `rows` grouped by the replicas of their partitions, in batches of at most
+    /// [`MAX_BATCH_PARTITIONS`] rows and [`LATEST_BATCH_BYTES`]. A row whose replicas the driver does
+    /// not know (no token map yet) is a group of its own.
+    fn batches<'a>(&self, rows: &'a [LatestRow]) -> Vec<Vec<&'a LatestRow>> {
+        let cluster = self.session.get_cluster_state();
+        let mut groups: BTreeMap<Vec<(uuid::Uuid, u32)>, Vec<&LatestRow>> = BTreeMap::new();
+        let mut alone = Vec::new();
+        for row in rows {
+            let replicas = self
+                .upsert
+                .calculate_token(&upsert_values(row))
+                .ok()
+                .flatten()
+                .and_then(|token| {
+                    replicas::of_token(&cluster, &self.keyspace, "session_latest", token)
+                });
+            match replicas {
+                Some(r) => groups.entry(r).or_default().push(row),
+                None => alone.push(vec![row]),
+            }
+        }
+        let mut batches = alone;
+        for group in groups.into_values() {
+            batches.extend(chunk_by_size(group));
+        }
+        batches
+    }
+}
+
+/// The bound values of [`upsert_cql`] for `r`.
+fn upsert_values(r: &LatestRow) -> (i64, i64, i64, &[u8], &str) {
+    (
+        r.seq,
+        r.seq,
+        r.version,
+        r.member.as_slice(),
+        r.session_id.as_str(),
+    )
+}
+
+/// Splits one replica group into batches of at most [`MAX_BATCH_PARTITIONS`] rows and
+/// [`LATEST_BATCH_BYTES`] (estimated: member and id); a row over the bytes goes alone.
+fn chunk_by_size(group: Vec<&LatestRow>) -> Vec<Vec<&LatestRow>> {
+    crate::cql::chunk_by(group, MAX_BATCH_PARTITIONS, LATEST_BATCH_BYTES, |row| {
+        row.member.len() + row.session_id.len() + 32
+    })
 }
 
 const FILL_BODY: &str = include_str!("../../lua/latest_fill.lua");
@@ -436,6 +511,44 @@ mod tests {
         );
         assert_eq!(rows[0].member, window::member(95, b"a7-edit"));
         assert_eq!((rows[1].session_id.as_str(), rows[1].seq), ("b", 1));
+    }
+
+    #[test]
+    fn latest_batches_respect_rows_and_bytes() {
+        let row = |i: usize, bytes: usize| LatestRow {
+            session_id: format!("s{i}"),
+            seq: 1,
+            version: 1,
+            member: vec![b'm'; bytes],
+        };
+        let rows: Vec<LatestRow> = (0..25).map(|i| row(i, 100)).collect();
+        let sizes: Vec<usize> = chunk_by_size(rows.iter().collect())
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [MAX_BATCH_PARTITIONS, MAX_BATCH_PARTITIONS, 5]);
+        // A row over the byte bound goes alone; the bound also cuts a batch short of the rows.
+        let rows = [
+            row(0, 100),
+            row(1, 40 * 1024),
+            row(2, 20 * 1024),
+            row(3, 20 * 1024),
+        ];
+        let batches = chunk_by_size(rows.iter().collect());
+        let ids: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.session_id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, [vec!["s0"], vec!["s1"], vec!["s2"], vec!["s3"]]);
+        // Every row once, in order.
+        let rows: Vec<LatestRow> = (0..33).map(|i| row(i, 3000)).collect();
+        let flat: Vec<&str> = chunk_by_size(rows.iter().collect())
+            .into_iter()
+            .flatten()
+            .map(|r| r.session_id.as_str())
+            .collect();
+        let want: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
+        assert_eq!(flat, want.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     #[test]
