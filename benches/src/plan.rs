@@ -50,7 +50,7 @@ pub struct Options {
     #[arg(long)]
     pub writer_concurrency: Option<usize>,
     /// The raw loader's batches in flight (default: found by a ramp over 8…256 before P1's
-    /// first loader run; the best rate without a failed write).
+    /// first loader run; the fewest in flight within 5 % of the best clean rate).
     #[arg(long)]
     pub loader_concurrency: Option<usize>,
     /// Seconds of the paced latency run (P4).
