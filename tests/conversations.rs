@@ -40,7 +40,33 @@ async fn world() -> World {
     }
 }
 
+/// The latest row of `s` at (`seq`, `time`) whose message is `"<s>-<seq>-<time>"` followed by
+/// `pad` bytes.
+fn latest_row(s: &str, seq: i64, time: i64, pad: usize) -> LatestRow {
+    LatestRow {
+        session_id: s.to_owned(),
+        seq,
+        version: time,
+        member: window::member(
+            time,
+            format!("{s}-{seq}-{time}{}", "x".repeat(pad)).as_bytes(),
+        ),
+    }
+}
+
 impl World {
+    /// A latest reader straight from CQL (no Redis).
+    async fn uncached_latest(&self) -> LatestReader {
+        LatestReader::new(
+            self.cql.clone(),
+            &self.keyspace,
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("latest reader")
+    }
+
     /// A cached repository over `inner` with a Redis connection of its own ("a process").
     async fn cached<R: ConversationRepo>(&self, inner: &Arc<R>) -> CachedConversationRepo<R> {
         let redis = redis_connection().await;
@@ -385,15 +411,8 @@ async fn conversation_cache_has_no_stale_fill_after_mark_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
     let w = world().await;
-    let reader = LatestReader::new(w.cql.clone(), &w.keyspace, None, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let row = |s: &str, seq: i64, time: i64| LatestRow {
-        session_id: s.to_owned(),
-        seq,
-        version: time,
-        member: window::member(time, format!("{s}-{seq}-{time}").as_bytes()),
-    };
+    let reader = w.uncached_latest().await;
+    let row = |s: &str, seq: i64, time: i64| latest_row(s, seq, time, 0);
     // Two sessions, the same writes in opposite orders (an edit of seq 5, a late seq 4): the
     // timestamp is the seq, so the versions of seq 5 tie and the database keeps the greater
     // value — the newer version, for the time and for the version-prefixed message alike.
@@ -422,18 +441,8 @@ async fn conversation_latest_keeps_the_newest_version_of_the_highest_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_latest_batched_writes_keep_each_sessions_highest() {
     let w = world().await;
-    let reader = LatestReader::new(w.cql.clone(), &w.keyspace, None, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let row = |s: &str, seq: i64, time: i64, pad: usize| LatestRow {
-        session_id: s.to_owned(),
-        seq,
-        version: time,
-        member: window::member(
-            time,
-            format!("{s}-{seq}-{time}{}", "x".repeat(pad)).as_bytes(),
-        ),
-    };
+    let reader = w.uncached_latest().await;
+    let row = latest_row;
     // More sessions than one batch holds (10), so several batches per call.
     let sessions: Vec<String> = (0..37).map(|_| unique("b")).collect();
     let first: Vec<LatestRow> = sessions.iter().map(|s| row(s, 10, 100, 0)).collect();
