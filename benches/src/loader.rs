@@ -72,7 +72,8 @@ pub async fn ramp(
     limits: &BatchLimits,
 ) -> Result<Ramp> {
     let mut levels = Vec::new();
-    let mut best: Option<(usize, f64)> = None;
+    // The best clean rate so far.
+    let mut top: Option<f64> = None;
     for concurrency in RAMP_LEVELS {
         let writer = MessageWriter::new(
             session.clone(),
@@ -111,20 +112,17 @@ pub async fn ramp(
         if failed {
             break;
         }
-        match best {
-            Some((_, top)) if rate < 0.9 * top => break,
-            Some((_, top)) if rate <= top => {}
-            _ => best = Some((concurrency, rate)),
+        match top {
+            Some(best) if rate < 0.9 * best => break,
+            Some(best) if rate <= best => {}
+            _ => top = Some(rate),
         }
     }
     // The fewest in flight that come within 5 % of the best: a level at the node's edge in a
     // short sample (run 13: 128 and 256 both at 69 k rows/s) timed out in the long runs.
-    let picked = best.map_or(RAMP_LEVELS[0], |(_, top)| {
-        levels
-            .iter()
-            .find(|l| !l.failed && l.rate >= 0.95 * top)
-            .map_or(RAMP_LEVELS[0], |l| l.concurrency)
-    });
+    let picked = top
+        .and_then(|best| levels.iter().find(|l| !l.failed && l.rate >= 0.95 * best))
+        .map_or(RAMP_LEVELS[0], |l| l.concurrency);
     Ok(Ramp { levels, picked })
 }
 

@@ -1,7 +1,9 @@
 //! Small CQL helpers every table module shares: an idempotent prepare, a first-row read, the
-//! split of rows into batches capped by count and bytes.
+//! split of rows into batches capped by count and bytes, and the write of such a batch.
 
 use scylla::client::session::Session;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::{Error, Result};
@@ -64,4 +66,34 @@ pub(crate) fn chunk_by<T>(
         batches.push(batch);
     }
     batches
+}
+
+/// Writes `rows` of `statement`: one row as a single statement (errors named `one`), more as one
+/// idempotent UNLOGGED batch (errors named `batch`); none, nothing.
+pub(crate) async fn write_unlogged<V: SerializeRow>(
+    session: &Session,
+    statement: &PreparedStatement,
+    mut rows: Vec<V>,
+    one: &'static str,
+    batch: &'static str,
+) -> Result<()> {
+    if rows.len() <= 1 {
+        if let Some(row) = rows.pop() {
+            session
+                .execute_unpaged(statement, row)
+                .await
+                .map_err(|e| Error::cql(one, e))?;
+        }
+        return Ok(());
+    }
+    let mut unlogged = Batch::new(BatchType::Unlogged);
+    unlogged.set_is_idempotent(true);
+    for _ in &rows {
+        unlogged.append_statement(statement.clone());
+    }
+    session
+        .batch(&unlogged, rows)
+        .await
+        .map_err(|e| Error::cql(batch, e))?;
+    Ok(())
 }

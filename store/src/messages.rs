@@ -19,13 +19,12 @@ use std::sync::Arc;
 use chatlog_schemas::{ChatMessage, ContentType, MessageState, SessionType};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 use serde::{Deserialize, Serialize};
 
-use crate::replicas::{self, MAX_BATCH_PARTITIONS};
+use crate::replicas;
 use crate::retention::Retention;
 use crate::{Error, Result};
 
@@ -388,56 +387,27 @@ pub fn plan_batches_of<'a>(
 
 /// Packs the partition groups of [`plan_batches`] that are at most half full and whose partitions
 /// have the same `replicas` (of a group's first row; `None`: unknown) into shared batches — at most
-/// [`MAX_BATCH_PARTITIONS`] partitions, `max_rows` rows and `max_bytes` each. A group more than
-/// half full, or of unknown replicas, stays a batch of its own (sharing would save little). Rows
-/// keep their order within their partition.
+/// [`MAX_BATCH_PARTITIONS`](replicas::MAX_BATCH_PARTITIONS) partitions, `max_rows` rows and `max_bytes` each ([`replicas::pack`]).
+/// A group more than half full, or of unknown replicas, stays a batch of its own (sharing would
+/// save little). Rows keep their order within their partition.
 pub fn pack_groups<'a, K: Ord>(
     groups: Vec<Vec<&'a ChatMessage>>,
     limits: &BatchLimits,
     mut replicas: impl FnMut(&ChatMessage) -> Option<K>,
 ) -> Vec<Vec<&'a ChatMessage>> {
-    struct Open<'a> {
-        rows: Vec<&'a ChatMessage>,
-        bytes: usize,
-        partitions: usize,
-    }
     let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes);
-    let mut batches = Vec::with_capacity(groups.len());
-    let mut open: BTreeMap<K, Open<'a>> = BTreeMap::new();
-    for group in groups {
-        let bytes: usize = group.iter().map(|m| approx_row_bytes(m)).sum();
-        let key = if group.len() * 2 > max_rows || bytes * 2 > max_bytes {
-            None
-        } else {
+    replicas::pack(
+        groups,
+        max_rows,
+        max_bytes,
+        approx_row_bytes,
+        |group, bytes| {
+            if group.len() * 2 > max_rows || bytes * 2 > max_bytes {
+                return None;
+            }
             group.first().and_then(|m| replicas(m))
-        };
-        let Some(key) = key else {
-            batches.push(group);
-            continue;
-        };
-        let slot = open.entry(key).or_insert_with(|| Open {
-            rows: Vec::new(),
-            bytes: 0,
-            partitions: 0,
-        });
-        if slot.partitions == MAX_BATCH_PARTITIONS
-            || slot.rows.len() + group.len() > max_rows
-            || slot.bytes + bytes > max_bytes
-        {
-            batches.push(std::mem::take(&mut slot.rows));
-            slot.bytes = 0;
-            slot.partitions = 0;
-        }
-        slot.rows.extend(group);
-        slot.bytes += bytes;
-        slot.partitions += 1;
-    }
-    batches.extend(
-        open.into_values()
-            .map(|o| o.rows)
-            .filter(|rows| !rows.is_empty()),
-    );
-    batches
+        },
+    )
 }
 
 /// What one [`MessageWriter::write`] did.
@@ -452,7 +422,7 @@ pub struct WriteStats {
 /// Writes messages as UNLOGGED batches with bounded concurrency: a partition's rows together (at
 /// most [`BatchLimits::max_rows`] and [`BatchLimits::max_bytes`] a batch), and the small
 /// partition groups whose partitions have the same replicas packed together, at most
-/// [`MAX_BATCH_PARTITIONS`] partitions a batch (see [`crate::replicas`]: under live load a batch
+/// [`MAX_BATCH_PARTITIONS`](replicas::MAX_BATCH_PARTITIONS) partitions a batch (see [`crate::replicas`]: under live load a batch
 /// holds a few rows of many sessions, and one request per row is what Cassandra spent most on).
 #[derive(Clone)]
 pub struct MessageWriter {
@@ -540,34 +510,18 @@ impl MessageWriter {
                 .expiry(m.session_type, m.server_time_us, now_us)
                 .ttl_secs()
         };
-        let group: Vec<(&ChatMessage, i32)> = group
+        let rows: Vec<_> = group
             .into_iter()
-            .filter_map(|m| Some((m, ttl(m)?)))
+            .filter_map(|m| Some(insert_bind_ttl(m, bucket_size, ttl(m)?)))
             .collect();
-        if let [(only, ttl)] = group.as_slice() {
-            self.session
-                .execute_unpaged(&self.insert, insert_bind_ttl(only, bucket_size, *ttl))
-                .await
-                .map_err(|e| Error::cql("insert message", e))?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        if group.is_empty() {
-            return Ok(());
-        }
-        let values: Vec<_> = group
-            .iter()
-            .map(|(m, ttl)| {
-                batch.append_statement(self.insert.clone());
-                insert_bind_ttl(m, bucket_size, *ttl)
-            })
-            .collect();
-        self.session
-            .batch(&batch, values)
-            .await
-            .map_err(|e| Error::cql("unlogged batch of messages", e))?;
-        Ok(())
+        crate::cql::write_unlogged(
+            &self.session,
+            &self.insert,
+            rows,
+            "insert message",
+            "unlogged batch of messages",
+        )
+        .await
     }
 }
 

@@ -107,8 +107,8 @@ pub(super) async fn loader_before(
         (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
     let all_series = &mut *out.series;
     eprintln!("[bench] P1: raw CQL loader, {} rows", stored.len());
-    let ramp = match plan.loader_concurrency {
-        Some(_) => None,
+    let (ramp, concurrency) = match plan.loader_concurrency {
+        Some(given) => (None, given),
         None => {
             // An eighth of the rows (at most 250 000: a few seconds per level).
             let sample = &stored[..(stored.len() / 8).clamp(1, 250_000).min(stored.len())];
@@ -122,14 +122,12 @@ pub(super) async fn loader_before(
                 sample.len(),
                 ramp.picked
             );
-            Some(ramp)
+            let picked = ramp.picked;
+            (Some(ramp), picked)
         }
     };
     let limits = BatchLimits {
-        concurrency: plan
-            .loader_concurrency
-            .or(ramp.as_ref().map(|r| r.picked))
-            .unwrap_or(loader::RAMP_LEVELS[0]),
+        concurrency,
         ..BatchLimits::default()
     };
     let settled_loader = procs

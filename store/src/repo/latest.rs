@@ -24,14 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{prepare, read_row};
 use crate::epoch::PinnedScript;
 use crate::flight::Flights;
 use crate::replicas::{self, MAX_BATCH_PARTITIONS};
-use crate::{Error, RedisConnections, Result, keys, telemetry, window};
+use crate::{RedisConnections, Result, keys, telemetry, window};
 
 /// CQL reads (misses) and writes a reader or writer runs at once.
 const CONCURRENCY: usize = 32;
@@ -143,64 +142,24 @@ impl LatestWriter {
     /// Writes each row `USING TIMESTAMP <seq>` (idempotent, monotonic): rows of the same replicas
     /// in batches (see the type's docs), 32 requests at a time.
     pub async fn write(&self, rows: &[LatestRow]) -> Result<()> {
-        futures::stream::iter(self.batches(rows).into_iter().map(|batch| async move {
-            match batch.as_slice() {
-                [one] => self
-                    .session
-                    .execute_unpaged(&self.upsert, upsert_values(one))
-                    .await
-                    .map(drop)
-                    .map_err(|e| Error::cql("write session_latest", e)),
-                rows => {
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    batch.set_is_idempotent(true);
-                    let values: Vec<_> = rows
-                        .iter()
-                        .map(|r| {
-                            batch.append_statement(self.upsert.clone());
-                            upsert_values(r)
-                        })
-                        .collect();
-                    self.session
-                        .batch(&batch, values)
-                        .await
-                        .map(drop)
-                        .map_err(|e| Error::cql("unlogged batch of session_latest", e))
-                }
-            }
+        let cluster = self.session.get_cluster_state();
+        let batches = pack_rows(rows, |row| {
+            let token = self.upsert.calculate_token(&upsert_values(row)).ok()??;
+            replicas::of_token(&cluster, &self.keyspace, "session_latest", token)
+        });
+        futures::stream::iter(batches.into_iter().map(|batch| {
+            crate::cql::write_unlogged(
+                &self.session,
+                &self.upsert,
+                batch.into_iter().map(upsert_values).collect(),
+                "write session_latest",
+                "unlogged batch of session_latest",
+            )
         }))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
         Ok(())
-    }
-
-    /// `rows` grouped by the replicas of their partitions, in batches of at most
-    /// [`MAX_BATCH_PARTITIONS`] rows and [`LATEST_BATCH_BYTES`]. A row whose replicas the driver does
-    /// not know (no token map yet) is a group of its own.
-    fn batches<'a>(&self, rows: &'a [LatestRow]) -> Vec<Vec<&'a LatestRow>> {
-        let cluster = self.session.get_cluster_state();
-        let mut groups: BTreeMap<Vec<(uuid::Uuid, u32)>, Vec<&LatestRow>> = BTreeMap::new();
-        let mut alone = Vec::new();
-        for row in rows {
-            let replicas = self
-                .upsert
-                .calculate_token(&upsert_values(row))
-                .ok()
-                .flatten()
-                .and_then(|token| {
-                    replicas::of_token(&cluster, &self.keyspace, "session_latest", token)
-                });
-            match replicas {
-                Some(r) => groups.entry(r).or_default().push(row),
-                None => alone.push(vec![row]),
-            }
-        }
-        let mut batches = alone;
-        for group in groups.into_values() {
-            batches.extend(chunk_by_size(group));
-        }
-        batches
     }
 }
 
@@ -215,12 +174,22 @@ fn upsert_values(r: &LatestRow) -> (i64, i64, i64, &[u8], &str) {
     )
 }
 
-/// Splits one replica group into batches of at most [`MAX_BATCH_PARTITIONS`] rows and
-/// [`LATEST_BATCH_BYTES`] (estimated: member and id); a row over the bytes goes alone.
-fn chunk_by_size(group: Vec<&LatestRow>) -> Vec<Vec<&LatestRow>> {
-    crate::cql::chunk_by(group, MAX_BATCH_PARTITIONS, LATEST_BATCH_BYTES, |row| {
-        row.member.len() + row.session_id.len() + 32
-    })
+/// `rows` packed by their `replicas` ([`replicas::pack`]: each row is its session's partition) in
+/// batches of at most [`MAX_BATCH_PARTITIONS`] rows and [`LATEST_BATCH_BYTES`] (estimated: member
+/// and id); a row over the bytes goes alone, and a row whose replicas the driver does not know
+/// (no token map yet) too.
+fn pack_rows<K: Ord>(
+    rows: &[LatestRow],
+    mut replicas: impl FnMut(&LatestRow) -> Option<K>,
+) -> Vec<Vec<&LatestRow>> {
+    let groups = rows.iter().map(|row| vec![row]).collect();
+    replicas::pack(
+        groups,
+        MAX_BATCH_PARTITIONS,
+        LATEST_BATCH_BYTES,
+        |row: &LatestRow| row.member.len() + row.session_id.len() + 32,
+        |group, _| group.first().and_then(|row| replicas(row)),
+    )
 }
 
 const FILL_BODY: &str = include_str!("../../lua/latest_fill.lua");
@@ -522,7 +491,7 @@ mod tests {
             member: vec![b'm'; bytes],
         };
         let rows: Vec<LatestRow> = (0..25).map(|i| row(i, 100)).collect();
-        let sizes: Vec<usize> = chunk_by_size(rows.iter().collect())
+        let sizes: Vec<usize> = pack_rows(&rows, |_| Some(()))
             .iter()
             .map(Vec::len)
             .collect();
@@ -534,7 +503,7 @@ mod tests {
             row(2, 20 * 1024),
             row(3, 20 * 1024),
         ];
-        let batches = chunk_by_size(rows.iter().collect());
+        let batches = pack_rows(&rows, |_| Some(()));
         let ids: Vec<Vec<&str>> = batches
             .iter()
             .map(|b| b.iter().map(|r| r.session_id.as_str()).collect())
@@ -542,7 +511,7 @@ mod tests {
         assert_eq!(ids, [vec!["s0"], vec!["s1"], vec!["s2"], vec!["s3"]]);
         // Every row once, in order.
         let rows: Vec<LatestRow> = (0..33).map(|i| row(i, 3000)).collect();
-        let flat: Vec<&str> = chunk_by_size(rows.iter().collect())
+        let flat: Vec<&str> = pack_rows(&rows, |_| Some(()))
             .into_iter()
             .flatten()
             .map(|r| r.session_id.as_str())
