@@ -56,6 +56,28 @@ pub struct Ramp {
     pub picked: usize,
 }
 
+/// One timed run of the loader: its concurrency, rate, and slices written again.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Run {
+    /// Batches in flight.
+    pub concurrency: usize,
+    /// Rows per second (the lost time of retried slices included).
+    pub rate: f64,
+    /// Slices written again after a failed write: 0 for a clean run.
+    pub retries: usize,
+}
+
+/// The ramp level below `concurrency` (the lowest level stays itself): where a loader run goes
+/// after one that overloaded the node into write timeouts.
+pub fn level_below(concurrency: usize) -> usize {
+    RAMP_LEVELS
+        .iter()
+        .rev()
+        .copied()
+        .find(|&level| level < concurrency)
+        .unwrap_or(RAMP_LEVELS[0].min(concurrency))
+}
+
 /// Concurrencies the ramp tries, in order: from below the consumer's default (16) up to twice
 /// the loader's old fixed setting (two slices of 64 in flight), where one node on two cores
 /// timed out in runs 9–11.
@@ -218,4 +240,21 @@ pub async fn count_rows(
         .try_collect()
         .await?;
     Ok(counts.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_after_timeouts_goes_one_ramp_level_lower() {
+        assert_eq!(level_below(256), 128);
+        assert_eq!(level_below(32), 16);
+        // A concurrency given with --loader-concurrency, between levels: the level below it.
+        assert_eq!(level_below(48), 32);
+        assert_eq!(level_below(1000), 256);
+        // Nothing below the lowest level: it stays.
+        assert_eq!(level_below(8), 8);
+        assert_eq!(level_below(3), 3);
+    }
 }
