@@ -22,33 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use chatlog::process::arg_or;
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::repo::latest::{LatestRow, LatestWriter};
 use futures::{StreamExt, TryStreamExt};
 
-/// Cassandra's CPU seconds so far (user + system), from `/proc/<pid>/stat`.
+/// Cassandra's CPU seconds so far (user + system).
 fn cassandra_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn cassandra_pid() -> anyhow::Result<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "CassandraDaemon"])
-        .output()?;
-    String::from_utf8(out.stdout)?
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no Cassandra process (pgrep -f CassandraDaemon)"))
+    chatlog::process::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 const SESSIONS: usize = 200;
@@ -70,19 +51,15 @@ fn latest_rows(chunk: &[chatlog_schemas::ChatMessage]) -> Vec<LatestRow> {
         })
         .collect()
 }
+
 /// Records of a consumer batch in P1's drain (run 12: 18 193 on average).
 const DRAIN_BATCH: usize = 18_200;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: usize| {
-        std::env::args()
-            .nth(i)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (rows, reps) = (arg(1, 400_000), arg(2, 2));
-    let pid = cassandra_pid()?;
+    let (rows, reps) = (arg_or(1, 500_000), arg_or(2, 3));
+    let pid = chatlog::process::stack_pid("cassandra")
+        .ok_or_else(|| anyhow::anyhow!("no Cassandra of the local stack (dev/stack.sh up)"))?;
     let (cql, config) = chatlog::fresh_keyspace("drainab").await;
     let writer = |concurrency| {
         MessageWriter::new(

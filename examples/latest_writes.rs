@@ -18,47 +18,21 @@
 
 use std::time::Instant;
 
+use chatlog::process::arg_or;
 use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::repo::latest::{LatestRow, LatestWriter};
 use futures::{StreamExt, TryStreamExt};
 
-/// Cassandra's CPU seconds so far (user + system), from `/proc/<pid>/stat`.
+/// Cassandra's CPU seconds so far (user + system).
 fn cassandra_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn cassandra_pid() -> anyhow::Result<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "CassandraDaemon"])
-        .output()?;
-    String::from_utf8(out.stdout)?
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no Cassandra process (pgrep -f CassandraDaemon)"))
+    chatlog::process::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: usize| {
-        std::env::args()
-            .nth(i)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (sessions, rounds, reps) = (arg(1, 200), arg(2, 100), arg(3, 3));
-    let pid = cassandra_pid()?;
+    let (sessions, rounds, reps) = (arg_or(1, 200), arg_or(2, 100), arg_or(3, 3));
+    let pid = chatlog::process::stack_pid("cassandra")
+        .ok_or_else(|| anyhow::anyhow!("no Cassandra of the local stack (dev/stack.sh up)"))?;
     let (cql, config) = chatlog::fresh_keyspace("latestab").await;
     let writer = LatestWriter::new(cql.clone(), &config.keyspace).await?;
     let messages =

@@ -294,9 +294,62 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat`, USER_HZ = 100); `None` once
+/// it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses) start after the last ')'.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm)": state is index 0, utime index 11, stime index 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The `i`-th command-line argument as a number, or `default` (the examples' optional sizes).
+pub fn arg_or(i: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The pid of the local stack's `service` (`kafka`, `cassandra`) from `dev/stack.sh`'s pid files
+/// (`$CHATLOG_STACK_DIR`, else `~/.cache/chatlog/stack`); `None` unless it is running.
+pub fn stack_pid(service: &str) -> Option<u32> {
+    let dir = std::env::var_os("CHATLOG_STACK_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatlog/stack"))
+        })?;
+    std::fs::read_to_string(dir.join("run").join(format!("{service}.pid")))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|pid| cpu_seconds(*pid).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_seconds_grow_with_work_and_end_with_the_process() {
+        let me = std::process::id();
+        let before = cpu_seconds(me).expect("this process's CPU");
+        // Spin until the kernel's tick (1/100 s) has counted some of it.
+        let started = Instant::now();
+        while cpu_seconds(me).expect("this process's CPU") <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "CPU time never grew"
+            );
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        }
+        assert_eq!(cpu_seconds(u32::MAX), None, "no such process");
+    }
 
     #[test]
     fn proc_status_reads_this_process_memory() {

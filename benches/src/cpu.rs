@@ -4,18 +4,8 @@
 //! which is what these figures show next to each rate.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat`, USER_HZ = 100).
-pub fn seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm)": state is index 0, utime index 11, stime index 12.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
+pub use chatlog::process::cpu_seconds as seconds;
 
 /// The processes watched.
 #[derive(Debug, Clone, Default)]
@@ -35,20 +25,9 @@ impl Procs {
         if let Some(pid) = redis_pid {
             procs.push(("redis".to_owned(), pid));
         }
-        let stack = std::env::var_os("CHATLOG_STACK_DIR")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatlog/stack"))
-            });
-        if let Some(dir) = stack {
-            for name in ["kafka", "cassandra"] {
-                let pid = std::fs::read_to_string(dir.join("run").join(format!("{name}.pid")))
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u32>().ok())
-                    .filter(|pid| seconds(*pid).is_some());
-                if let Some(pid) = pid {
-                    procs.push((name.to_owned(), pid));
-                }
+        for name in ["kafka", "cassandra"] {
+            if let Some(pid) = chatlog::process::stack_pid(name) {
+                procs.push((name.to_owned(), pid));
             }
         }
         Procs { procs }

@@ -105,8 +105,7 @@ pub(super) async fn loader_before(
     stored: &[ChatMessage],
     out: &mut Collect<'_>,
 ) -> Result<Reference> {
-    let (plan, session, raw_ks, origin, procs) =
-        (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
+    let (plan, session, raw_ks, procs) = (cx.plan, &cx.world.session, cx.raw_ks, &cx.procs);
     let all_series = &mut *out.series;
     eprintln!("[bench] P1: raw CQL loader, {} rows", stored.len());
     let (ramp, concurrency) = match plan.loader_concurrency {
@@ -132,20 +131,7 @@ pub(super) async fn loader_before(
         concurrency,
         ..BatchLimits::default()
     };
-    let settled_loader = procs
-        .settle("cassandra", 0.3, Duration::from_secs(20))
-        .await;
-    let before = procs.snapshot();
-    let loaded = loader::load(
-        session.clone(),
-        raw_ks,
-        stored,
-        limits.clone(),
-        plan.loader_slice,
-        origin,
-    )
-    .await?;
-    let loader_cpu = before.until(&procs.snapshot(), &[]);
+    let (loaded, settled_loader, loader_cpu) = timed_load(cx, stored, &limits).await?;
     let loader_rate_1 = loaded.rows as f64 / loaded.seconds;
     eprintln!(
         "[bench]   loader: {loader_rate_1:.0} rows/s ({} batches)",
@@ -168,6 +154,30 @@ pub(super) async fn loader_before(
         after_drain: Vec::new(),
         clean: true,
     })
+}
+
+/// One timed run of the loader over `stored` at `limits`, once Cassandra has settled (below 0.3
+/// CPU, at most 20 s): the run, the seconds the settle took, and the stack's CPU during the run.
+async fn timed_load(
+    cx: &Ctx<'_>,
+    stored: &[ChatMessage],
+    limits: &BatchLimits,
+) -> Result<(loader::Loaded, f64, BTreeMap<String, f64>)> {
+    let procs = &cx.procs;
+    let settled = procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    let before = procs.snapshot();
+    let loaded = loader::load(
+        cx.world.session.clone(),
+        cx.raw_ks,
+        stored,
+        limits.clone(),
+        cx.plan.loader_slice,
+        cx.origin,
+    )
+    .await?;
+    Ok((loaded, settled, before.until(&procs.snapshot(), &[])))
 }
 
 /// Starts the consumer and waits until it has committed every pre-produced record.
@@ -267,8 +277,6 @@ pub(super) async fn loader_after(
     stored: &[ChatMessage],
     out: &mut Collect<'_>,
 ) -> Result<()> {
-    let (plan, session, raw_ks, origin, procs) =
-        (cx.plan, &cx.world.session, cx.raw_ks, cx.origin, &cx.procs);
     let all_series = &mut *out.series;
     let mut clean: Vec<f64> = Vec::new();
     if reference.retries == 0 {
@@ -280,18 +288,7 @@ pub(super) async fn loader_after(
     }
     // The first run after the drain, and one more if no run so far was clean.
     for attempt in 0..2 {
-        procs
-            .settle("cassandra", 0.3, Duration::from_secs(20))
-            .await;
-        let run = loader::load(
-            session.clone(),
-            raw_ks,
-            stored,
-            limits.clone(),
-            plan.loader_slice,
-            origin,
-        )
-        .await?;
+        let (run, _, _) = timed_load(cx, stored, &limits).await?;
         let rate = run.rows as f64 / run.seconds;
         reference.retries += run.retries;
         reference.after_drain.push(loader::Run {
