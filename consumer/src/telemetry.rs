@@ -64,6 +64,9 @@ pub const HTTP_REJECTED: &str = "chatlog_consumer_http_rejected_connections_tota
 /// next one (several batches per transaction while a commit is slow).
 pub const BATCHES_HELD: &str = "chatlog_consumer_batches_held_total";
 
+/// Values of the `reason` label of [`BATCHES_HELD`].
+pub const HELD_REASONS: &[&str] = &["commit", "interval"];
+
 /// Records past their session type's retention, skipped (not written, not poison).
 pub const EXPIRED: &str = "chatlog_consumer_expired_records_total";
 /// Mutated messages (recall, edit, delete for everyone) among persisted records, by state.
@@ -231,8 +234,9 @@ fn describe() {
     );
     describe_counter!(
         BATCHES_HELD,
-        "Batches written while the previous transaction was still committing, committed with \
-         the next transaction."
+        "Batches committed with the next transaction instead of their own, by reason: commit \
+         (written while the previous transaction was still committing) or interval (written \
+         within batch.commit_interval of the last transaction)."
     );
     describe_counter!(
         EXPIRED,
@@ -274,7 +278,9 @@ fn init_series() {
     metrics::counter!(REVOKED_DROPPED).increment(0);
     metrics::counter!(DLQ_TRUNCATED).increment(0);
     metrics::counter!(HTTP_REJECTED).increment(0);
-    metrics::counter!(BATCHES_HELD).increment(0);
+    for &reason in HELD_REASONS {
+        metrics::counter!(BATCHES_HELD, "reason" => reason).increment(0);
+    }
     metrics::counter!(EXPIRED).increment(0);
     metrics::counter!(WINDOWS_STARTED).increment(0);
     for &state in MUTATION_STATES {

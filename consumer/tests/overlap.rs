@@ -3,7 +3,8 @@
 //! thread, and a revocation waits for that commit before the partitions leave; batches written
 //! while a commit is still slow are held and committed together by the next transaction, never
 //! after a revocation. The tests make the commit slow on demand with the hidden fault
-//! `CHATLOG_FAULT_COMMIT_DELAY_MS`.
+//! `CHATLOG_FAULT_COMMIT_DELAY_MS`. Batches written within `batch.commit_interval` of the last
+//! transaction are held the same way, visible at once and committed together.
 
 mod common;
 
@@ -280,7 +281,15 @@ async fn batches_written_during_a_slow_commit_are_held_and_committed_together() 
         2.0,
         "A's transaction, then one for B, the poison record and D"
     );
-    assert!(counter(&c, "chatlog_consumer_batches_held_total", "").await >= 1.0);
+    assert!(
+        counter(
+            &c,
+            "chatlog_consumer_batches_held_total",
+            "reason=\"commit\""
+        )
+        .await
+            >= 1.0
+    );
     for s in [&a, &b, &d] {
         assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
     }
@@ -321,7 +330,15 @@ async fn held_batches_are_not_committed_after_a_revocation() {
     env.produce_raw(&[(Some(b.clone()), Some(b"not avro".to_vec())), b_record])
         .await;
     until_in_window(&env, &b, 1, &first).await;
-    assert!(counter(&first, "chatlog_consumer_batches_held_total", "").await >= 1.0);
+    assert!(
+        counter(
+            &first,
+            "chatlog_consumer_batches_held_total",
+            "reason=\"commit\""
+        )
+        .await
+            >= 1.0
+    );
     // A second member joins: a partition leaves the first while B waits for a transaction.
     let second = env.spawn_consumer(&chatlog::unique("held_rv_b"), &args);
     env.wait_drained(Duration::from_secs(180), &[&first, &second])
@@ -339,5 +356,80 @@ async fn held_batches_are_not_committed_after_a_revocation() {
         dlq.len(),
         1,
         "the poison record once, though it was written twice: {dlq:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_traffic_batches_share_a_transaction_per_commit_interval() {
+    // Long enough for B and C to be written inside it on a loaded machine.
+    const INTERVAL: Duration = Duration::from_secs(8);
+    let env = Env::new("interval", 1, 25).await;
+    let interval = format!("{}s", INTERVAL.as_secs());
+    let c = env.spawn_consumer_with_env(
+        &chatlog::unique("interval"),
+        &["--linger", "5ms"],
+        &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
+    );
+    c.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    let base = base_time_us();
+    let (a, b, d) = (
+        chatlog::unique("iv_a"),
+        chatlog::unique("iv_b"),
+        chatlog::unique("iv_d"),
+    );
+    // A is the first batch: its transaction opens at once.
+    env.produce(&[message(&a, 1, base, 0)]).await;
+    until_in_window(&env, &a, 1, &c).await;
+    until_committed(&env, 1, &c).await;
+    let a_committed = Instant::now();
+    // B, then D, each produced once the one before is visible: batches of their own, written
+    // (and visible) within the interval of A's transaction, so neither commits yet.
+    env.produce(&[message(&b, 1, base, 0)]).await;
+    until_in_window(&env, &b, 1, &c).await;
+    env.produce(&[message(&d, 1, base, 0)]).await;
+    until_in_window(&env, &d, 1, &c).await;
+    let written = a_committed.elapsed();
+    let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
+    assert_eq!(
+        committed, 1,
+        "B and D are visible but wait for the commit interval (written {written:?} after A's \
+         commit, the interval is {INTERVAL:?})"
+    );
+    // With no record arriving after them, the two are committed when the interval ends, in one
+    // transaction.
+    until_committed(&env, 3, &c).await;
+    let waited = a_committed.elapsed();
+    assert!(
+        waited + Duration::from_secs(1) >= INTERVAL,
+        "B and D committed {waited:?} after A, before the interval ({INTERVAL:?}) ended"
+    );
+    until_counted(&c, "outcome=\"persisted\"", 3.0).await;
+    assert_eq!(
+        counter(
+            &c,
+            "chatlog_consumer_transactions_total",
+            "result=\"committed\""
+        )
+        .await,
+        2.0,
+        "A's transaction, then one for B and D"
+    );
+    assert!(
+        counter(
+            &c,
+            "chatlog_consumer_batches_held_total",
+            "reason=\"interval\""
+        )
+        .await
+            >= 1.0
+    );
+    for s in [&a, &b, &d] {
+        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
+    }
+    let log = c.log_text();
+    assert!(
+        !log.contains("batch not committed"),
+        "no batch rewound:\n{log}"
     );
 }

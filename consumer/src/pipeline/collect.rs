@@ -48,6 +48,9 @@ const DECODE_SAMPLE: u32 = 16;
 /// How long [`Pipeline::collect`] polls an idle topic before it returns no batch.
 const IDLE_RETURN: Duration = Duration::from_secs(1);
 
+/// One poll's wait on an idle topic.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
 impl Pipeline {
     /// Polls until `max_records` records (`isolation.batch_records` while isolating) or
     /// `max_bytes`, `linger` after the first one, or shutdown, decoding each record as it comes.
@@ -59,7 +62,15 @@ impl Pipeline {
     /// more are fetched while this batch is written — so the batch takes what is queued (up to
     /// `max_records` / `max_bytes`, however long polling and decoding them takes) and does not
     /// linger for more.
-    pub(super) fn collect(&self, progress: &Progress, after_batch: bool) -> Result<Option<Batch>> {
+    ///
+    /// `hand_back`: while no record has come, return no batch at this instant (held batches
+    /// wait for it to be committed; see `batch.commit_interval`).
+    pub(super) fn collect(
+        &self,
+        progress: &Progress,
+        after_batch: bool,
+        hand_back: Option<Instant>,
+    ) -> Result<Option<Batch>> {
         let max = if progress.isolating() {
             self.isolation
                 .batch_records
@@ -86,12 +97,14 @@ impl Pipeline {
         let started = Instant::now();
         while good.len() + poison.len() < max && bytes < max_bytes && !self.shutdown.is_cancelled()
         {
+            let now = Instant::now();
             let wait = match deadline {
                 None if probe => Duration::ZERO,
                 // Idle: hand back to the loop now and then, for its periodic work (the summary
-                // line, stall reports).
+                // line, stall reports), and when held batches are due.
                 None if started.elapsed() >= IDLE_RETURN => break,
-                None => Duration::from_millis(100),
+                None if hand_back.is_some_and(|t| now >= t) => break,
+                None => hand_back.map_or(IDLE_POLL, |t| IDLE_POLL.min(t - now)),
                 // Not waiting for anything, so no linger to cut the batch short either: it ends
                 // when the queue is empty (below), full, or at `max_bytes`.
                 Some(_) if queued_only => Duration::ZERO,

@@ -160,8 +160,9 @@ struct LoopState {
     summary: summary::Summary,
 }
 
-/// Batches written while a commit was slow that wait for the next transaction, at most; then
-/// the loop waits for the commit (see [`Pipeline::consume`]).
+/// Batches that wait for the next transaction, at most — written while a commit was slow, or
+/// within `batch.commit_interval` of the last transaction; then the loop waits for the commit
+/// or commits at once (see [`Pipeline::consume`]).
 const MAX_HELD: usize = 4;
 
 /// A written batch, or several merged, on its way to one transaction.
@@ -481,6 +482,17 @@ impl Pipeline {
     /// not, never in between; held batches are never committed after a revocation (a partition of
     /// theirs may have left, or left and come back from its committed offset): they rewind, and
     /// what is still assigned is read again. While isolating, batches run one at a time.
+    ///
+    /// # Why a batch may wait for the commit interval
+    ///
+    /// Under light traffic a batch holds a few records, and a transaction per batch made the
+    /// broker's transaction work most of the stack's cost (run 2 of BENCHMARKS: Kafka 0.39 CPU at
+    /// ~1 000 msg/s, ~56 transactions a second). So a batch written within
+    /// `batch.commit_interval` of the last transaction's opening is held like one written during
+    /// a slow commit, and the next transaction takes it with the batches written meanwhile (at
+    /// most [`MAX_HELD`]); while batches are held and none is being committed, `collect` hands
+    /// back when the interval ends so that they do not wait for the next record. Held batches'
+    /// windows and rows are already written, so visibility does not wait for the interval.
     fn consume<'scope>(
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
@@ -489,8 +501,14 @@ impl Pipeline {
         // Whether the last round wrote a batch (see `collect`: what it left queued is not lingered on).
         let mut after_batch = false;
         let mut closing: Option<Closing<'scope>> = None;
-        // Written while `closing` was still being closed: the next transaction's.
+        // Written while `closing` was still being closed, or within the commit interval: the
+        // next transaction's.
         let mut held: Option<Ready> = None;
+        let interval = self.config.batch.commit_interval;
+        // When the last transaction was opened: the next may open `interval` later.
+        let mut last_opened: Option<Instant> = None;
+        let next_due = |last: Option<Instant>| last.map(|t| t + interval);
+        let due = |last: Option<Instant>| next_due(last).is_none_or(|t| Instant::now() >= t);
         while !self.shutdown.is_cancelled() {
             // A commit that ended while the loop waited for records: settle it now. The loop
             // never blocks on one while idle, so rebalance callbacks keep being served.
@@ -501,9 +519,11 @@ impl Pipeline {
                 held = None;
             }
             if closing.is_none()
+                && due(last_opened)
                 && let Some(ready) = held.take()
             {
                 closing = self.open_ready(scope, ready, st)?;
+                last_opened = Some(Instant::now());
             }
             self.report_stalls(&mut st.progress);
             if let Some(line) = st.summary.due(Instant::now()) {
@@ -520,7 +540,12 @@ impl Pipeline {
                     "progress"
                 );
             }
-            let batch = match self.collect(&st.progress, after_batch)? {
+            // Held batches waiting only for the interval: hand back when it ends.
+            let hand_back = match (&closing, &held) {
+                (None, Some(_)) => next_due(last_opened),
+                _ => None,
+            };
+            let batch = match self.collect(&st.progress, after_batch, hand_back)? {
                 Some(batch) => batch,
                 None => {
                     after_batch = false;
@@ -591,10 +616,12 @@ impl Pipeline {
                 }
                 None => ready,
             };
-            // The commit being closed is slow: write on, and commit this with what follows.
-            if closing.as_ref().is_some_and(|c| !c.thread.is_finished()) && ready.batches < MAX_HELD
-            {
-                metrics::counter!(telemetry::BATCHES_HELD).increment(1);
+            // The commit being closed is slow, or the last transaction opened less than the
+            // commit interval ago: write on, and commit this with what follows.
+            let slow_commit = closing.as_ref().is_some_and(|c| !c.thread.is_finished());
+            if (slow_commit || !due(last_opened)) && ready.batches < MAX_HELD {
+                let reason = if slow_commit { "commit" } else { "interval" };
+                metrics::counter!(telemetry::BATCHES_HELD, "reason" => reason).increment(1);
                 held = Some(ready);
                 continue;
             }
@@ -605,6 +632,7 @@ impl Pipeline {
                 continue;
             }
             closing = self.open_ready(scope, ready, st)?;
+            last_opened = Some(Instant::now());
         }
         if let Some(c) = closing.take()
             && !self.conclude(c, held.as_ref().map(|h| &h.first), st)?
