@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use chatlog::process::ConsumerProcess;
 use common::{Env, base_time_us, dump_logs, message, poll_until, strip_ansi};
 
 /// How long each transaction waits before its offsets are sent (the fault).
@@ -228,35 +229,76 @@ async fn until_committed(env: &Env, want: i64, c: &chatlog::process::ConsumerPro
     .await;
 }
 
+/// Starts a consumer of `env` (linger 5 ms, group `group`-…) with `vars` in its environment;
+/// returns once its partitions are assigned.
+fn consumer_assigned(env: &Env, group: &str, vars: &[(&str, &str)]) -> ConsumerProcess {
+    let c = env.spawn_consumer_with_env(&chatlog::unique(group), &["--linger", "5ms"], vars);
+    c.wait_log("partitions assigned", Duration::from_secs(60))
+        .unwrap();
+    c
+}
+
+/// Three fresh session ids named after `prefix`.
+fn three_sessions(prefix: &str) -> [String; 3] {
+    ["a", "b", "d"].map(|s| chatlog::unique(&format!("{prefix}_{s}")))
+}
+
+/// Once held batches are committed: `transactions` committed in all (`why`), at least one batch
+/// held for `reason`, a row for each of `sessions`, and no batch rewound.
+async fn assert_held_then_committed(
+    env: &Env,
+    c: &ConsumerProcess,
+    transactions: f64,
+    why: &str,
+    reason: &str,
+    sessions: &[String],
+) {
+    assert_eq!(
+        counter(
+            c,
+            "chatlog_consumer_transactions_total",
+            "result=\"committed\""
+        )
+        .await,
+        transactions,
+        "{why}"
+    );
+    let held = format!("reason=\"{reason}\"");
+    assert!(counter(c, "chatlog_consumer_batches_held_total", &held).await >= 1.0);
+    for s in sessions {
+        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
+    }
+    let log = c.log_text();
+    assert!(
+        !log.contains("batch not committed"),
+        "no batch rewound:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_written_during_a_slow_commit_are_held_and_committed_together() {
     const DELAY: Duration = Duration::from_secs(8);
     let env = Env::new("held", 1, 25).await;
     let delay = DELAY.as_millis().to_string();
-    let c = env.spawn_consumer_with_env(
-        &chatlog::unique("held"),
-        &["--linger", "5ms"],
+    let c = consumer_assigned(
+        &env,
+        "held",
         &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
     );
-    c.wait_log("partitions assigned", Duration::from_secs(60))
-        .unwrap();
     let base = base_time_us();
-    let (a, b, d) = (
-        chatlog::unique("held_a"),
-        chatlog::unique("held_b"),
-        chatlog::unique("held_d"),
-    );
-    env.produce(&[message(&a, 1, base, 0)]).await;
-    until_in_window(&env, &a, 1, &c).await;
+    let sessions = three_sessions("held");
+    let [a, b, d] = &sessions;
+    env.produce(&[message(a, 1, base, 0)]).await;
+    until_in_window(&env, a, 1, &c).await;
     // A's transaction is being closed (DELAY at least). B, then a poison record and D, each
     // produced once the one before is written: batches of their own.
     let started = Instant::now();
-    env.produce(&[message(&b, 1, base, 0)]).await;
-    until_in_window(&env, &b, 1, &c).await;
-    let d_record = env.record(&message(&d, 1, base, 0));
+    env.produce(&[message(b, 1, base, 0)]).await;
+    until_in_window(&env, b, 1, &c).await;
+    let d_record = env.record(&message(d, 1, base, 0));
     env.produce_raw(&[(Some(d.clone()), Some(b"not avro".to_vec())), d_record])
         .await;
-    until_in_window(&env, &d, 1, &c).await;
+    until_in_window(&env, d, 1, &c).await;
     let written = started.elapsed();
     let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
     assert!(
@@ -271,35 +313,17 @@ async fn batches_written_during_a_slow_commit_are_held_and_committed_together() 
     // with it, before reading the count.
     until_counted(&c, "outcome=\"persisted\"", 3.0).await;
     until_counted(&c, "outcome=\"dlq\"", 1.0).await;
-    assert_eq!(
-        counter(
-            &c,
-            "chatlog_consumer_transactions_total",
-            "result=\"committed\""
-        )
-        .await,
+    assert_held_then_committed(
+        &env,
+        &c,
         2.0,
-        "A's transaction, then one for B, the poison record and D"
-    );
-    assert!(
-        counter(
-            &c,
-            "chatlog_consumer_batches_held_total",
-            "reason=\"commit\""
-        )
-        .await
-            >= 1.0
-    );
-    for s in [&a, &b, &d] {
-        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
-    }
+        "A's transaction, then one for B, the poison record and D",
+        "commit",
+        &sessions,
+    )
+    .await;
     let dlq = env.read_dlq(1);
     assert_eq!(dlq.len(), 1, "the poison record, once: {dlq:?}");
-    let log = c.log_text();
-    assert!(
-        !log.contains("batch not committed"),
-        "no batch rewound:\n{log}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,34 +385,29 @@ async fn held_batches_are_not_committed_after_a_revocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn light_traffic_batches_share_a_transaction_per_commit_interval() {
-    // Long enough for B and C to be written inside it on a loaded machine.
+    // Long enough for B and D to be written inside it on a loaded machine.
     const INTERVAL: Duration = Duration::from_secs(8);
     let env = Env::new("interval", 1, 25).await;
     let interval = format!("{}s", INTERVAL.as_secs());
-    let c = env.spawn_consumer_with_env(
-        &chatlog::unique("interval"),
-        &["--linger", "5ms"],
+    let c = consumer_assigned(
+        &env,
+        "interval",
         &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
     );
-    c.wait_log("partitions assigned", Duration::from_secs(60))
-        .unwrap();
     let base = base_time_us();
-    let (a, b, d) = (
-        chatlog::unique("iv_a"),
-        chatlog::unique("iv_b"),
-        chatlog::unique("iv_d"),
-    );
+    let sessions = three_sessions("iv");
+    let [a, b, d] = &sessions;
     // A is the first batch: its transaction opens at once.
-    env.produce(&[message(&a, 1, base, 0)]).await;
-    until_in_window(&env, &a, 1, &c).await;
+    env.produce(&[message(a, 1, base, 0)]).await;
+    until_in_window(&env, a, 1, &c).await;
     until_committed(&env, 1, &c).await;
     let a_committed = Instant::now();
     // B, then D, each produced once the one before is visible: batches of their own, written
     // (and visible) within the interval of A's transaction, so neither commits yet.
-    env.produce(&[message(&b, 1, base, 0)]).await;
-    until_in_window(&env, &b, 1, &c).await;
-    env.produce(&[message(&d, 1, base, 0)]).await;
-    until_in_window(&env, &d, 1, &c).await;
+    env.produce(&[message(b, 1, base, 0)]).await;
+    until_in_window(&env, b, 1, &c).await;
+    env.produce(&[message(d, 1, base, 0)]).await;
+    until_in_window(&env, d, 1, &c).await;
     let written = a_committed.elapsed();
     let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
     assert_eq!(
@@ -405,31 +424,13 @@ async fn light_traffic_batches_share_a_transaction_per_commit_interval() {
         "B and D committed {waited:?} after A, before the interval ({INTERVAL:?}) ended"
     );
     until_counted(&c, "outcome=\"persisted\"", 3.0).await;
-    assert_eq!(
-        counter(
-            &c,
-            "chatlog_consumer_transactions_total",
-            "result=\"committed\""
-        )
-        .await,
+    assert_held_then_committed(
+        &env,
+        &c,
         2.0,
-        "A's transaction, then one for B and D"
-    );
-    assert!(
-        counter(
-            &c,
-            "chatlog_consumer_batches_held_total",
-            "reason=\"interval\""
-        )
-        .await
-            >= 1.0
-    );
-    for s in [&a, &b, &d] {
-        assert_eq!(env.rows(s, 1).await.len(), 1, "rows of {s}");
-    }
-    let log = c.log_text();
-    assert!(
-        !log.contains("batch not committed"),
-        "no batch rewound:\n{log}"
-    );
+        "A's transaction, then one for B and D",
+        "interval",
+        &sessions,
+    )
+    .await;
 }
