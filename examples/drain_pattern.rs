@@ -27,6 +27,18 @@ use chatlog_store::messages::{BatchLimits, MessageWriter};
 use chatlog_store::repo::latest::{LatestRow, LatestWriter};
 use futures::{StreamExt, TryStreamExt};
 
+/// Waits until Cassandra (`pid`) is idle: under a tenth of a core over 2 s, at most 3 min.
+async fn until_idle(pid: u32) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(180) {
+        let before = cassandra_cpu(pid);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if cassandra_cpu(pid) - before < 0.2 {
+            return;
+        }
+    }
+}
+
 /// Cassandra's CPU seconds so far (user + system).
 fn cassandra_cpu(pid: u32) -> f64 {
     chatlog::process::cpu_seconds(pid).unwrap_or(0.0)
@@ -92,11 +104,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Warm-up.
     w32.write(&batch(100_000)).await?;
-    while {
-        let before = cassandra_cpu(pid);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        cassandra_cpu(pid) - before >= 0.2
-    } {}
+    until_idle(pid).await;
     let ways = ["loader", "drain", "drain-x2", "drain-c32", "loader+burn"];
     println!("{rows} rows per measurement, {reps} reps");
     for rep in 0..reps {
@@ -126,33 +134,24 @@ async fn main() -> anyhow::Result<()> {
                 "loader" | "loader+burn" => {
                     w32.write(&all).await?;
                 }
-                "drain-x2" => {
-                    // Two batches in flight: the next batch's rows go out while the last ones
-                    // of the previous batch are still being written.
-                    let chunks: Vec<&[chatlog_schemas::ChatMessage]> =
-                        all.chunks(DRAIN_BATCH).collect();
-                    futures::stream::iter(chunks.into_iter().map(|chunk| {
-                        let (w16, latest) = (&w16, &latest);
+                _ => {
+                    let w = if way == "drain-c32" { &w32 } else { &w16 };
+                    // drain-x2: two batches in flight, the next batch's rows go out while the
+                    // last ones of the previous batch are still being written.
+                    let in_flight = if way == "drain-x2" { 2 } else { 1 };
+                    futures::stream::iter(all.chunks(DRAIN_BATCH).map(|chunk| {
+                        let latest = &latest;
                         async move {
                             let rows = latest_rows(chunk);
-                            let (a, b) = tokio::join!(w16.write(chunk), latest.write(&rows));
+                            let (a, b) = tokio::join!(w.write(chunk), latest.write(&rows));
                             a?;
                             b?;
                             anyhow::Ok(())
                         }
                     }))
-                    .buffered(2)
+                    .buffered(in_flight)
                     .try_collect::<Vec<()>>()
                     .await?;
-                }
-                _ => {
-                    let w = if way == "drain" { &w16 } else { &w32 };
-                    for chunk in all.chunks(DRAIN_BATCH) {
-                        let rows = latest_rows(chunk);
-                        let (a, b) = tokio::join!(w.write(chunk), latest.write(&rows));
-                        a?;
-                        b?;
-                    }
                 }
             }
             let (cpu, secs) = (cassandra_cpu(pid) - cpu0, t0.elapsed().as_secs_f64());
@@ -161,14 +160,7 @@ async fn main() -> anyhow::Result<()> {
             // Then until Cassandra is idle (under a tenth of a core over 2 s, at most 3 min):
             // the flushes and compactions these rows caused count as theirs.
             let settle = Instant::now();
-            loop {
-                let before = cassandra_cpu(pid);
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if cassandra_cpu(pid) - before < 0.2 || settle.elapsed() > Duration::from_secs(180)
-                {
-                    break;
-                }
-            }
+            until_idle(pid).await;
             let with_settle = cassandra_cpu(pid) - cpu0;
             println!(
                 "rep {rep} {way:>12}: Cassandra {:6.2} µs CPU per row while writing, {:6.2} with \

@@ -51,13 +51,11 @@ async fn until_in_window(
 async fn the_next_batch_is_written_while_the_previous_commit_is_in_flight() {
     let env = Env::new("overlap", 1, 25).await;
     let delay = COMMIT_DELAY.as_millis().to_string();
-    let c = env.spawn_consumer_with_env(
-        &chatlog::unique("overlap"),
-        &["--linger", "5ms"],
+    let c = consumer_assigned(
+        &env,
+        "overlap",
         &[("CHATLOG_FAULT_COMMIT_DELAY_MS", delay.as_str())],
     );
-    c.wait_log("partitions assigned", Duration::from_secs(60))
-        .unwrap();
     let base = base_time_us();
     let (a, b) = (chatlog::unique("ov_a"), chatlog::unique("ov_b"));
 

@@ -279,11 +279,10 @@ pub(super) async fn loader_after(
 ) -> Result<()> {
     let all_series = &mut *out.series;
     let mut clean: Vec<f64> = Vec::new();
+    let mut limits = reference.limits.clone();
     if reference.retries == 0 {
         clean.push(reference.loader_rate_1);
-    }
-    let mut limits = reference.limits.clone();
-    if reference.retries > 0 {
+    } else {
         limits.concurrency = loader::level_below(limits.concurrency);
     }
     // The first run after the drain, and one more if no run so far was clean.
