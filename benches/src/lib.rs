@@ -38,6 +38,7 @@ pub mod mutations;
 pub mod naive;
 pub mod plan;
 pub mod produce;
+pub mod quiesce;
 pub mod reads;
 pub mod report;
 mod scenarios;

@@ -65,6 +65,10 @@ pub struct Options {
     /// Concurrent callers of P5, P6, P8 and P9 (and redis-benchmark clients).
     #[arg(long)]
     pub callers: Option<usize>,
+    /// Alternating rounds of ours and the reference at the plan's callers in P5, P6, P8 and P9
+    /// (the figure is the median of each side's rounds).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Records of each P10 load (appends, and as many mutations of them).
     #[arg(long)]
     pub mutation_messages: Option<usize>,
@@ -151,6 +155,8 @@ pub struct Plan {
     pub loop_seconds: f64,
     /// P5/P6/P8/P9 callers.
     pub callers: usize,
+    /// P5/P6/P8/P9 alternating rounds at `callers`.
+    pub rounds: usize,
     /// Records of each P10 load.
     pub mutation_messages: usize,
     /// Sessions of each P10 round.
@@ -219,6 +225,7 @@ impl Options {
             naive_seconds: pickf(self.naive_seconds, 10.0, 2.0),
             loop_seconds: pickf(self.loop_seconds, 5.0, 1.0),
             callers: pick(self.callers, 50, 50).min(sessions).max(1),
+            rounds: pick(self.rounds, 3, 1).max(1),
             mutation_messages,
             mutation_sessions: self
                 .mutation_sessions

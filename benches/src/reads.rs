@@ -80,9 +80,20 @@ pub struct Loops<'a> {
     pub sessions: &'a [String],
     /// How long each measurement runs.
     pub seconds: f64,
+    /// Alternating rounds of ours and the reference when a figure compares them (at least 1).
+    pub rounds: usize,
 }
 
-impl Loops<'_> {
+impl<'a> Loops<'a> {
+    /// The plan's loops (its seconds and rounds) on `sessions`, with `redis`'s CPU counted.
+    pub fn of(plan: &crate::plan::Plan, redis: Option<u32>, sessions: &'a [String]) -> Self {
+        Loops {
+            redis,
+            sessions,
+            seconds: plan.loop_seconds,
+            rounds: plan.rounds,
+        }
+    }
     /// `latest(session, 50)` reads/s of `callers` callers; every page must come from the window
     /// alone with 50 messages.
     pub async fn history_reads(&self, history: &History, callers: usize) -> Result<Measured> {
@@ -162,6 +173,7 @@ impl Loops<'_> {
             redis,
             sessions,
             seconds,
+            ..
         } = *self;
         if sessions.len() < callers {
             bail!(

@@ -16,7 +16,7 @@ use crate::child::{self, ConsumerProcess, ConsumerTarget};
 use crate::kafka::OffsetMeter;
 use crate::report::{Figure, Goal};
 use crate::series::{self, Sampler};
-use crate::{cpu, loader, produce};
+use crate::{cpu, loader, produce, quiesce};
 
 use super::measure::{mib, wait_committed};
 use super::world::{Collect, Ctx};
@@ -37,7 +37,9 @@ pub(super) struct Reference {
     /// Seconds of the second run.
     seconds_2: f64,
     loader_rate: f64,
-    settled_loader: f64,
+    settled_loader: Rested,
+    /// How each run after the drain found the node (flush, compactions, CPU settle).
+    settled_after: Vec<Rested>,
     loader_cpu: BTreeMap<String, f64>,
     /// The ramp that chose the loader's concurrency (`None`: given with `--loader-concurrency`).
     ramp: Option<loader::Ramp>,
@@ -58,7 +60,7 @@ pub(super) struct Drain {
     pre: i64,
     ready_at: f64,
     drained_at: f64,
-    settled_drain: f64,
+    settled_drain: Rested,
     /// CPU from the first commit to the last (start-up and group join excluded), and the
     /// records committed in it.
     drain_cpu: BTreeMap<String, f64>,
@@ -149,6 +151,7 @@ pub(super) async fn loader_before(
         seconds_2: 0.0,
         loader_rate: loader_rate_1,
         settled_loader,
+        settled_after: Vec::new(),
         loader_cpu,
         ramp,
         after_drain: Vec::new(),
@@ -156,17 +159,46 @@ pub(super) async fn loader_before(
     })
 }
 
-/// One timed run of the loader over `stored` at `limits`, once Cassandra has settled (below 0.3
-/// CPU, at most 20 s): the run, the seconds the settle took, and the stack's CPU during the run.
+/// How a timed phase found Cassandra: what bringing it to rest took (every table of the run
+/// flushed, no flush or compaction left: see [`quiesce`]), then the seconds until its CPU settled.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(super) struct Rested {
+    rest: quiesce::Rest,
+    settle_seconds: f64,
+}
+
+/// Brings Cassandra to rest before a timed phase, so that no phase pays for the flushes and
+/// compactions the one before it left (at most 120 s), then waits until its CPU settles (below
+/// 0.3 CPU, at most 20 s).
+async fn rest(cx: &Ctx<'_>) -> Result<Rested> {
+    let keyspaces: Vec<&str> = cx.world.keyspaces.iter().map(String::as_str).collect();
+    let rest =
+        quiesce::flush_and_wait(&cx.world.session, &keyspaces, Duration::from_secs(120)).await?;
+    if !rest.at_rest {
+        eprintln!(
+            "[bench]   Cassandra still flushing or compacting after {:.0} s: the phase starts anyway",
+            rest.seconds
+        );
+    }
+    let settle_seconds = cx
+        .procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    Ok(Rested {
+        rest,
+        settle_seconds,
+    })
+}
+
+/// One timed run of the loader over `stored` at `limits`, once Cassandra is at rest ([`rest`]):
+/// the run, how the node was brought to rest, and the stack's CPU during the run.
 async fn timed_load(
     cx: &Ctx<'_>,
     stored: &[ChatMessage],
     limits: &BatchLimits,
-) -> Result<(loader::Loaded, f64, BTreeMap<String, f64>)> {
+) -> Result<(loader::Loaded, Rested, BTreeMap<String, f64>)> {
     let procs = &cx.procs;
-    let settled = procs
-        .settle("cassandra", 0.3, Duration::from_secs(20))
-        .await;
+    let settled = rest(cx).await?;
     let before = procs.snapshot();
     let loaded = loader::load(
         cx.world.session.clone(),
@@ -193,9 +225,7 @@ pub(super) async fn drain(cx: &Ctx<'_>) -> Result<Drain> {
     let meter = OffsetMeter::new(&target.group, topic, plan.partitions)?;
     let pre = meter.end()?;
     eprintln!("[bench] P1: chatlog-consumer drains {pre} pre-produced records");
-    let settled_drain = procs
-        .settle("cassandra", 0.3, Duration::from_secs(20))
-        .await;
+    let settled_drain = rest(cx).await?;
     let committed_sampler = {
         let m = OffsetMeter::new(&target.group, topic, plan.partitions)?;
         Sampler::start(origin, Duration::from_millis(50), move || {
@@ -287,7 +317,8 @@ pub(super) async fn loader_after(
     }
     // The first run after the drain, and one more if no run so far was clean.
     for attempt in 0..2 {
-        let (run, _, _) = timed_load(cx, stored, &limits).await?;
+        let (run, settled, _) = timed_load(cx, stored, &limits).await?;
+        reference.settled_after.push(settled);
         let rate = run.rows as f64 / run.seconds;
         reference.retries += run.retries;
         reference.after_drain.push(loader::Run {
@@ -525,8 +556,9 @@ pub(super) async fn finish(
             "loader_clean": reference.clean,
             "loader_slice": plan.loader_slice,
             "rows_checked": rows,
-            "settle_seconds_before_loader": reference.settled_loader,
-            "settle_seconds_before_drain": drain.settled_drain,
+            "rest_before_loader": reference.settled_loader,
+            "rest_before_drain": drain.settled_drain,
+            "rest_before_loader_runs_after_drain": reference.settled_after,
             "drain_cpu_us_per_msg": cpu::per_op_us(&drain.drain_cpu, drain.drain_cpu_records as u64),
             "drain_cpu_window_records": drain.drain_cpu_records,
             "drain_cpu_us_per_msg_including_startup": cpu::per_op_us(&drain.drain_cpu_with_startup, pre as u64),

@@ -85,7 +85,6 @@ pub(super) async fn run(
         HistoryConfig::default(),
     )
     .await?;
-    let secs = plan.loop_seconds;
     let rpid = reads::redis_pid(&mut redis.clone()).await;
     // Cassandra may still be compacting (a previous run, the stack's start); neither P5 nor P6 uses
     // it, but it takes CPU from whichever side runs first. Wait for it as the loader does, and run
@@ -96,11 +95,7 @@ pub(super) async fn run(
         .await;
     let window_key = chatlog_store::keys::window(&sessions[0]);
     let zrev = ["ZREVRANGE", window_key.as_str(), "0", "49"];
-    let loops = reads::Loops {
-        redis: rpid,
-        sessions,
-        seconds: secs,
-    };
+    let loops = reads::Loops::of(plan, rpid, sessions);
     let measured = versus::measure(&loops, callers, 4, &zrev, |c| {
         loops.history_reads(&history, c)
     })

@@ -16,7 +16,6 @@ pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     let session = cx.world.session.clone();
     let redis = cx.world.redis.clone();
     let callers = cx.plan.callers;
-    let secs = cx.plan.loop_seconds;
     eprintln!("[bench] P6: seq allocations, {callers} callers");
     let alloc = SeqAllocator::new(
         session.clone(),
@@ -39,11 +38,7 @@ pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     }
     let incr_key = format!("chatlog:{{{}_incr}}:n", cx.world.run);
     let incr = ["INCR", incr_key.as_str()];
-    let loops = reads::Loops {
-        redis: cx.rpid,
-        sessions: &seq_sessions,
-        seconds: secs,
-    };
+    let loops = reads::Loops::of(cx.plan, cx.rpid, &seq_sessions);
     let measured = versus::measure(&loops, callers, 1, &incr, |c| {
         loops.seq_allocations(&alloc, c)
     })

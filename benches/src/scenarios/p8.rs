@@ -41,7 +41,6 @@ fn user(user_id: &str) -> User {
 /// Runs P8 against Redis (`rpid`, its pid) and the run's keyspace `e2e_ks`.
 pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     let callers = cx.plan.callers;
-    let secs = cx.plan.loop_seconds;
     eprintln!(
         "[bench] P8: cached get_user, {callers} callers, {CACHE_CONNECTIONS} Redis connections"
     );
@@ -75,11 +74,7 @@ pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
         .arg(1800)
         .query_async::<()>(&mut cx.world.redis.clone())
         .await?;
-    let loops = reads::Loops {
-        redis: cx.rpid,
-        sessions: &users,
-        seconds: secs,
-    };
+    let loops = reads::Loops::of(cx.plan, cx.rpid, &users);
     let reads_before = db.db_reads();
     let measured = versus::measure(&loops, callers, 1, &["GET", get_key.as_str()], |c| {
         loops.user_reads(&cached, c)

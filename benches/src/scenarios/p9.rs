@@ -140,11 +140,7 @@ pub(super) async fn run(cx: Reads<'_>, out: &mut Collect<'_>) -> Result<()> {
     let keys = reference_keys(cx.world, member_bytes).await?;
     let mut mget = vec!["MGET"];
     mget.extend(keys.iter().map(String::as_str));
-    let loops = reads::Loops {
-        redis: cx.rpid,
-        sessions: &users,
-        seconds: cx.plan.loop_seconds,
-    };
+    let loops = reads::Loops::of(cx.plan, cx.rpid, &users);
     let lists_before = db.db_reads();
     let measured = versus::measure(&loops, callers, 1, &mget, |c| {
         loops.conversation_lists(&cached, CONVERSATIONS, c)
