@@ -7,6 +7,9 @@ use serde_json::json;
 
 use crate::child::ConsumerProcess;
 use crate::kafka::OffsetMeter;
+use crate::quiesce;
+
+use super::world::Ctx;
 
 /// KiB → MiB.
 pub(super) fn mib(kib: u64) -> f64 {
@@ -69,4 +72,35 @@ pub(super) fn add_percentiles(to: &mut serde_json::Value, h: &hdrhistogram::Hist
         to[key] = json!(ms_at(h, q));
     }
     to["max_ms"] = json!(h.max() as f64 / 1000.0);
+}
+
+/// How a timed phase found Cassandra: what bringing it to rest took (every table of the run
+/// flushed, no flush or compaction left: see [`quiesce`]), then the seconds until its CPU settled.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(super) struct Rested {
+    rest: quiesce::Rest,
+    settle_seconds: f64,
+}
+
+/// Brings Cassandra to rest before a timed phase, so that no phase pays for the flushes and
+/// compactions the one before it left (at most 120 s), then waits until its CPU settles (below
+/// 0.3 CPU, at most 20 s).
+pub(super) async fn rest(cx: &Ctx<'_>) -> Result<Rested> {
+    let keyspaces: Vec<&str> = cx.world.keyspaces.iter().map(String::as_str).collect();
+    let rest =
+        quiesce::flush_and_wait(&cx.world.session, &keyspaces, Duration::from_secs(120)).await?;
+    if !rest.at_rest {
+        eprintln!(
+            "[bench]   Cassandra still flushing or compacting after {:.0} s: the phase starts anyway",
+            rest.seconds
+        );
+    }
+    let settle_seconds = cx
+        .procs
+        .settle("cassandra", 0.3, Duration::from_secs(20))
+        .await;
+    Ok(Rested {
+        rest,
+        settle_seconds,
+    })
 }

@@ -16,9 +16,9 @@ use crate::child::{self, ConsumerProcess, ConsumerTarget};
 use crate::kafka::OffsetMeter;
 use crate::report::{Figure, Goal};
 use crate::series::{self, Sampler};
-use crate::{cpu, loader, produce, quiesce};
+use crate::{cpu, loader, produce};
 
-use super::measure::{mib, wait_committed};
+use super::measure::{Rested, mib, rest, wait_committed};
 use super::world::{Collect, Ctx};
 
 /// The raw CQL loader's runs: P1's reference.
@@ -156,37 +156,6 @@ pub(super) async fn loader_before(
         ramp,
         after_drain: Vec::new(),
         clean: true,
-    })
-}
-
-/// How a timed phase found Cassandra: what bringing it to rest took (every table of the run
-/// flushed, no flush or compaction left: see [`quiesce`]), then the seconds until its CPU settled.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub(super) struct Rested {
-    rest: quiesce::Rest,
-    settle_seconds: f64,
-}
-
-/// Brings Cassandra to rest before a timed phase, so that no phase pays for the flushes and
-/// compactions the one before it left (at most 120 s), then waits until its CPU settles (below
-/// 0.3 CPU, at most 20 s).
-async fn rest(cx: &Ctx<'_>) -> Result<Rested> {
-    let keyspaces: Vec<&str> = cx.world.keyspaces.iter().map(String::as_str).collect();
-    let rest =
-        quiesce::flush_and_wait(&cx.world.session, &keyspaces, Duration::from_secs(120)).await?;
-    if !rest.at_rest {
-        eprintln!(
-            "[bench]   Cassandra still flushing or compacting after {:.0} s: the phase starts anyway",
-            rest.seconds
-        );
-    }
-    let settle_seconds = cx
-        .procs
-        .settle("cassandra", 0.3, Duration::from_secs(20))
-        .await;
-    Ok(Rested {
-        rest,
-        settle_seconds,
     })
 }
 

@@ -27,7 +27,7 @@ use crate::mutations::{Kind, MODERATOR, MUTATION_DELAY_US, Mix, MutationLoad};
 use crate::report::{Figure, Goal};
 use crate::{cpu, produce, series};
 
-use super::measure::wait_committed;
+use super::measure::{rest, wait_committed};
 use super::world::{Collect, Ctx};
 
 /// Records in flight while pre-producing a load.
@@ -178,9 +178,7 @@ async fn drain(cx: &Ctx<'_>, topic: &str, label: &str, out: &mut Collect<'_>) ->
     std::fs::write(&config_path, child::config_toml(&target, &plan.consumer))?;
     let meter = OffsetMeter::new(&target.group, topic, plan.partitions)?;
     let pre = meter.end()?;
-    let settled = procs
-        .settle("cassandra", 0.3, Duration::from_secs(20))
-        .await;
+    let settled = rest(cx).await?;
     let sampler = {
         let m = OffsetMeter::new(&target.group, topic, plan.partitions)?;
         series::Sampler::start(origin, Duration::from_millis(50), move || {
@@ -217,7 +215,7 @@ async fn drain(cx: &Ctx<'_>, topic: &str, label: &str, out: &mut Collect<'_>) ->
         details: json!({
             "records": pre, "rate": rate, "rate_method": method,
             "seconds_including_startup": drained_at - ready_at,
-            "settle_seconds_before": settled,
+            "rest_before": settled,
             "cpu_us_per_msg": cpu::per_op_us(&used, pre as u64),
             "machine_cpu": machine,
             "consumer_stages": child::stage_summary("", &metrics),
