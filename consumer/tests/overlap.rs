@@ -382,6 +382,58 @@ async fn held_batches_are_not_committed_after_a_revocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_four_batches_within_a_commit_interval_share_one_transaction() {
+    // Until stop 26 interval holds stopped at four batches (the slow-commit cap): the fifth
+    // batch within the interval opened a transaction of its own.
+    // The longest interval the consumer takes.
+    const INTERVAL: Duration = Duration::from_secs(10);
+    const BATCHES: usize = 6;
+    let env = Env::new("interval_many", 1, 25).await;
+    let interval = format!("{}s", INTERVAL.as_secs());
+    let c = consumer_assigned(
+        &env,
+        "interval_many",
+        &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
+    );
+    let base = base_time_us();
+    let sessions: Vec<String> = (0..=BATCHES)
+        .map(|i| chatlog::unique(&format!("ivm_{i}")))
+        .collect();
+    // The first batch opens its transaction at once.
+    env.produce(&[message(&sessions[0], 1, base, 0)]).await;
+    until_in_window(&env, &sessions[0], 1, &c).await;
+    until_committed(&env, 1, &c).await;
+    let first_committed = Instant::now();
+    // Then one batch after another, each produced once the one before is visible.
+    for s in &sessions[1..] {
+        env.produce(&[message(s, 1, base, 0)]).await;
+        until_in_window(&env, s, 1, &c).await;
+    }
+    let written = first_committed.elapsed();
+    let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
+    assert!(
+        written < INTERVAL,
+        "the {BATCHES} batches took {written:?}, longer than the interval: nothing to check"
+    );
+    assert_eq!(
+        committed, 1,
+        "{BATCHES} batches are visible and all wait for the commit interval (written {written:?} \
+         after the first commit, the interval is {INTERVAL:?})"
+    );
+    until_committed(&env, 1 + BATCHES as i64, &c).await;
+    until_counted(&c, "outcome=\"persisted\"", (1 + BATCHES) as f64).await;
+    assert_held_then_committed(
+        &env,
+        &c,
+        2.0,
+        "the first batch's transaction, then one for all the others",
+        "interval",
+        &sessions,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn light_traffic_batches_share_a_transaction_per_commit_interval() {
     // Long enough for B and D to be written inside it on a loaded machine.
     const INTERVAL: Duration = Duration::from_secs(8);
