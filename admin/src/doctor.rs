@@ -449,6 +449,7 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
                              right?"
                         ),
                     ),
+                    Check::fail("cql batch size", why),
                     Check::fail("cql keyspace", why),
                     Check::fail("cql migrations", why),
                 ],
@@ -465,6 +466,10 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
             format!("{nodes} ({login}): connected, but system.local cannot be read: {e}"),
         ),
     }];
+    out.push(batch_size_check(
+        ctx.config.writer.max_bytes,
+        bounded(args.timeout, batch_thresholds(&session)).await,
+    ));
     let status = bounded(args.timeout, migrate::status(&session, c)).await;
     let ks = &c.keyspace;
     let mut limits_readable = false;
@@ -555,6 +560,86 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
         )
     };
     (out, clock, vec![limits])
+}
+
+/// The node's batch size thresholds, KiB: (warn, fail). Apache Cassandra 4.0+ shows its
+/// settings in `system_views.settings` (also under the `_in_kb` names), ScyllaDB in `system.config`.
+async fn batch_thresholds(session: &Session) -> Result<(u64, u64), String> {
+    const NAMES: &str =
+        "name IN ('batch_size_warn_threshold_in_kb', 'batch_size_fail_threshold_in_kb')";
+    let mut tried = Vec::new();
+    for table in ["system_views.settings", "system.config"] {
+        let rows = match session
+            .query_unpaged(format!("SELECT name, value FROM {table} WHERE {NAMES}"), ())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tried.push(format!("{table}: {e}"));
+                continue;
+            }
+        };
+        let rows = rows.into_rows_result().map_err(|e| e.to_string())?;
+        let (mut warn, mut fail) = (None, None);
+        for row in rows
+            .rows::<(String, Option<String>)>()
+            .map_err(|e| e.to_string())?
+        {
+            let (name, value) = row.map_err(|e| e.to_string())?;
+            let kib = value.as_deref().and_then(kib_setting);
+            if name.starts_with("batch_size_warn") {
+                warn = kib;
+            } else {
+                fail = kib;
+            }
+        }
+        return match (warn, fail) {
+            (Some(w), Some(f)) => Ok((w, f)),
+            _ => Err(format!("{table} does not give both thresholds as KiB")),
+        };
+    }
+    Err(tried.join("; "))
+}
+
+/// A setting in KiB as the node shows it: `5` (Cassandra), `"128"` (ScyllaDB's JSON text).
+fn kib_setting(value: &str) -> Option<u64> {
+    value.trim().trim_matches('"').parse().ok()
+}
+
+/// The verdict on the node's batch thresholds against `writer.max_bytes`: a batch above the fail
+/// threshold is refused (the consumer would retry it, then isolate, then dead-letter it), one
+/// above the warn threshold is logged by the node as a `WARN`, once per batch.
+fn batch_size_check(max_bytes: usize, read: Result<(u64, u64), String>) -> Check {
+    const NAME: &str = "cql batch size";
+    let max_kib = max_bytes.div_ceil(1024);
+    match read {
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read the node's batch thresholds: {e}"),
+        ),
+        Ok((_, fail)) if (max_bytes as u64) > fail * 1024 => Check::fail(
+            NAME,
+            format!(
+                "writer.max_bytes is {max_kib} KiB, above the node's batch_size_fail_threshold \
+                 ({fail} KiB): full partition batches would be refused; lower writer.max_bytes \
+                 or raise the threshold"
+            ),
+        ),
+        Ok((warn, fail)) if (max_bytes as u64) > warn * 1024 => Check::ok(
+            NAME,
+            format!(
+                "writer.max_bytes {max_kib} KiB is below the fail threshold ({fail} KiB); the \
+                 node logs a WARN for each batch above {warn} KiB (expected: docs/OPERATIONS.md, \
+                 \"Sizing\")"
+            ),
+        ),
+        Ok((warn, fail)) => Check::ok(
+            NAME,
+            format!(
+                "writer.max_bytes {max_kib} KiB is below both thresholds ({warn} and {fail} KiB)"
+            ),
+        ),
+    }
 }
 
 /// What ScyllaDB says of `keyspace`'s tablets: `Ok(None)` on a database without
@@ -1040,6 +1125,28 @@ fn plural(n: usize) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_batch_size_check_fails_above_the_fail_threshold_and_notes_the_warn_one() {
+        let defaults = batch_size_check(40 * 1024, Ok((5, 50)));
+        assert_eq!(defaults.verdict, Verdict::Ok, "{}", defaults.detail);
+        assert!(defaults.detail.contains("WARN for each batch above 5 KiB"));
+        let quiet = batch_size_check(40 * 1024, Ok((128, 1024)));
+        assert_eq!(quiet.verdict, Verdict::Ok);
+        assert!(quiet.detail.contains("below both"), "{}", quiet.detail);
+        let refused = batch_size_check(60 * 1024, Ok((5, 50)));
+        assert_eq!(refused.verdict, Verdict::Fail, "{}", refused.detail);
+        assert!(refused.detail.contains("60 KiB"), "{}", refused.detail);
+        assert_eq!(
+            batch_size_check(50 * 1024, Ok((5, 50))).verdict,
+            Verdict::Ok
+        );
+        let unread = batch_size_check(40 * 1024, Err("no table".into()));
+        assert_eq!(unread.verdict, Verdict::Warn);
+        assert_eq!(kib_setting("5"), Some(5));
+        assert_eq!(kib_setting(" \"128\" "), Some(128));
+        assert_eq!(kib_setting("5KiB"), None);
+    }
+
     fn cluster(text: &str) -> Check {
         cluster_check(&chatlog_store::connection::parse_cluster_nodes(text))
     }

@@ -118,6 +118,7 @@ async fn doctor_reports_a_healthy_stack() {
         "kafka dlq topic",
         "kafka transactions",
         "cql",
+        "cql batch size",
         "cql keyspace",
         "cql migrations",
         "redis",
@@ -145,9 +146,39 @@ async fn doctor_reports_a_healthy_stack() {
     assert!(detail.contains(&format!("all {total} applied")), "{ran}");
     let (_, detail) = line(&checks, "consumer limits", &ran);
     assert!(detail.contains("1 instance published"), "{ran}");
+    // The stack's Cassandra keeps the default thresholds (dev/conf/cassandra/cassandra.yaml).
+    let (_, detail) = line(&checks, "cql batch size", &ran);
+    assert!(
+        detail.contains("fail threshold (50 KiB)") && detail.contains("above 5 KiB"),
+        "{ran}"
+    );
     assert_eq!(
         summary,
         format!("doctor: {} ok, 0 warn, 0 FAIL", checks.len()),
+        "{ran}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_fails_when_batches_would_exceed_the_nodes_fail_threshold() {
+    // writer.max_bytes above Cassandra's batch_size_fail_threshold (50 KiB): full partition
+    // batches would be refused by the node.
+    let (_session, cql) = chatlog::fresh_keyspace("doctor_batch").await;
+    let topic = chatlog::unique("doctor_batch_topic");
+    let dlq = chatlog::unique("doctor_dlq");
+    chatlog::create_topic(&topic, 1).await;
+    create_dlq_topic(&dlq).await;
+    let mut cmd = common::chatlog(&cql.keyspace);
+    cmd.env("CHATLOG__WRITER__MAX_BYTES", (60 * 1024).to_string());
+
+    let ran = common::run(cmd, &["--topic", &topic, "--dlq-topic", &dlq, "doctor"]).await;
+
+    assert_eq!(ran.code, Some(1), "{ran}");
+    let (checks, _) = lines(&ran.stdout);
+    let (verdict, detail) = line(&checks, "cql batch size", &ran);
+    assert_eq!(verdict, "FAIL", "{ran}");
+    assert!(
+        detail.contains("60 KiB") && detail.contains("(50 KiB)"),
         "{ran}"
     );
 }
