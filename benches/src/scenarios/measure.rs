@@ -83,12 +83,14 @@ pub(super) struct Rested {
 }
 
 /// Brings Cassandra to rest before a timed phase, so that no phase pays for the flushes and
-/// compactions the one before it left (at most 120 s), then waits until its CPU settles (below
-/// 0.3 CPU, at most 20 s).
+/// compactions the one before it left (at most 120 s; 10 s with `--quick`), then waits until its
+/// CPU settles (below 0.3 CPU, at most 20 s).
 pub(super) async fn rest(cx: &Ctx<'_>) -> Result<Rested> {
     let keyspaces: Vec<&str> = cx.world.keyspaces.iter().map(String::as_str).collect();
-    let rest =
-        quiesce::flush_and_wait(&cx.world.session, &keyspaces, Duration::from_secs(120)).await?;
+    // A `--quick` run (the smoke test, in CI after the other tests) measures nothing: it flushes
+    // but does not wait long for compactions those tests left.
+    let patience = Duration::from_secs(if cx.plan.quick { 10 } else { 120 });
+    let rest = quiesce::flush_and_wait(&cx.world.session, &keyspaces, patience).await?;
     if !rest.at_rest {
         eprintln!(
             "[bench]   Cassandra still flushing or compacting after {:.0} s: the phase starts anyway",

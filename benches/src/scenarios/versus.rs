@@ -33,7 +33,7 @@ pub(super) struct Sides {
 }
 
 /// One round at the plan's callers: ours and the reference, back to back.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy)]
 struct Round {
     ours: Measured,
     reference: Measured,
