@@ -563,7 +563,8 @@ async fn cql(ctx: &Ctx, args: &DoctorArgs) -> (Vec<Check>, Check, Vec<Check>) {
 }
 
 /// The node's batch size thresholds, KiB: (warn, fail). Apache Cassandra 4.0+ shows its
-/// settings in `system_views.settings` (also under the `_in_kb` names), ScyllaDB in `system.config`.
+/// settings in `system_views.settings` (also under the `_in_kb` names), ScyllaDB in
+/// `system.config`.
 async fn batch_thresholds(session: &Session) -> Result<(u64, u64), String> {
     const NAMES: &str =
         "name IN ('batch_size_warn_threshold_in_kb', 'batch_size_fail_threshold_in_kb')";
@@ -593,10 +594,10 @@ async fn batch_thresholds(session: &Session) -> Result<(u64, u64), String> {
                 fail = kib;
             }
         }
-        return match (warn, fail) {
-            (Some(w), Some(f)) => Ok((w, f)),
-            _ => Err(format!("{table} does not give both thresholds as KiB")),
-        };
+        match (warn, fail) {
+            (Some(w), Some(f)) => return Ok((w, f)),
+            _ => tried.push(format!("{table} does not give both thresholds as KiB")),
+        }
     }
     Err(tried.join("; "))
 }
@@ -608,16 +609,19 @@ fn kib_setting(value: &str) -> Option<u64> {
 
 /// The verdict on the node's batch thresholds against `writer.max_bytes`: a batch above the fail
 /// threshold is refused (the consumer would retry it, then isolate, then dead-letter it), one
-/// above the warn threshold is logged by the node as a `WARN`, once per batch.
+/// above the warn threshold is logged by the node as a `WARN`, once per batch. `writer.max_bytes`
+/// caps the writer's *estimate* of a batch, not the node's own measure: the check says "below",
+/// never "safe".
 fn batch_size_check(max_bytes: usize, read: Result<(u64, u64), String>) -> Check {
     const NAME: &str = "cql batch size";
     let max_kib = max_bytes.div_ceil(1024);
+    let bytes = |kib: u64| kib.saturating_mul(1024);
     match read {
         Err(e) => Check::warn(
             NAME,
             format!("cannot read the node's batch thresholds: {e}"),
         ),
-        Ok((_, fail)) if (max_bytes as u64) > fail * 1024 => Check::fail(
+        Ok((_, fail)) if (max_bytes as u64) > bytes(fail) => Check::fail(
             NAME,
             format!(
                 "writer.max_bytes is {max_kib} KiB, above the node's batch_size_fail_threshold \
@@ -625,7 +629,7 @@ fn batch_size_check(max_bytes: usize, read: Result<(u64, u64), String>) -> Check
                  or raise the threshold"
             ),
         ),
-        Ok((warn, fail)) if (max_bytes as u64) > warn * 1024 => Check::ok(
+        Ok((warn, fail)) if (max_bytes as u64) > bytes(warn) => Check::ok(
             NAME,
             format!(
                 "writer.max_bytes {max_kib} KiB is below the fail threshold ({fail} KiB); the \

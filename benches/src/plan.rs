@@ -66,7 +66,7 @@ pub struct Options {
     #[arg(long)]
     pub callers: Option<usize>,
     /// Alternating rounds of ours and the reference at the plan's callers in P5, P6, P8 and P9
-    /// (the figure is the median of each side's rounds).
+    /// (the figure is the median of each side's rounds; an even number is raised by one).
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Records of each P10 load (appends, and as many mutations of them).
@@ -225,7 +225,8 @@ impl Options {
             naive_seconds: pickf(self.naive_seconds, 10.0, 2.0),
             loop_seconds: pickf(self.loop_seconds, 5.0, 1.0),
             callers: pick(self.callers, 50, 50).min(sessions).max(1),
-            rounds: pick(self.rounds, 3, 1).max(1),
+            // Odd, so that each side's median is one round's measurement.
+            rounds: pick(self.rounds, 3, 1).max(1) | 1,
             mutation_messages,
             mutation_sessions: self
                 .mutation_sessions

@@ -112,10 +112,16 @@ impl<'a> Loops<'a> {
     }
 
     /// Seq allocations/s of `callers` callers (segments must be large enough that the fast path
-    /// answers every call).
+    /// answers every call). Every call's `client_msg_id` is new — the measurement's number is in
+    /// it — so none is answered from an earlier measurement's idempotency record (a cheaper path:
+    /// until stop 26's review, P6's later rounds reused the first round's ids).
     pub async fn seq_allocations(&self, alloc: &SeqAllocator, callers: usize) -> Result<Measured> {
-        self.run(alloc, callers, |alloc, sid, c, n| async move {
-            alloc.allocate(&sid, &format!("b{c}-{n}"), "m", 1).await?;
+        static MEASUREMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let m = MEASUREMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.run(alloc, callers, move |alloc, sid, c, n| async move {
+            alloc
+                .allocate(&sid, &format!("b{m}-{c}-{n}"), "m", 1)
+                .await?;
             Ok(())
         })
         .await

@@ -93,7 +93,7 @@ pub(super) async fn rest(cx: &Ctx<'_>) -> Result<Rested> {
     let rest = quiesce::flush_and_wait(&cx.world.session, &keyspaces, patience).await?;
     if !rest.at_rest {
         eprintln!(
-            "[bench]   Cassandra still flushing or compacting after {:.0} s: the phase starts anyway",
+            "[bench]   Cassandra not known at rest after {:.0} s: the phase starts anyway",
             rest.seconds
         );
     }

@@ -60,7 +60,8 @@ fn n_for(m: &Measured, secs: f64) -> usize {
     (m.rate * secs).max(2000.0) as usize
 }
 
-/// The measurement with the median rate (the upper middle of an even count).
+/// The measurement with the median rate (the plan's rounds are odd; of an even count, the upper
+/// middle).
 fn median(mut of: Vec<Measured>) -> Measured {
     of.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     of.get(of.len() / 2).copied().unwrap_or_default()
@@ -88,18 +89,18 @@ where
     };
     let mut rounds: Vec<Round> = Vec::with_capacity(loops.rounds);
     for i in 0..loops.rounds.max(1) {
-        let reference_first = i % 2 == 1;
-        let round = match rounds.last() {
-            Some(previous) if reference_first => {
-                let reference = reference(callers, &previous.ours)?;
-                let ours = ours(callers).await?;
+        // The reference first in odd rounds, sized like the round before's ours.
+        let previous = rounds.last().map(|r| r.ours);
+        let round = match previous.filter(|_| i % 2 == 1) {
+            Some(like) => {
+                let reference = reference(callers, &like)?;
                 Round {
-                    ours,
+                    ours: ours(callers).await?,
                     reference,
-                    reference_first,
+                    reference_first: true,
                 }
             }
-            _ => {
+            None => {
                 let ours = ours(callers).await?;
                 Round {
                     reference: reference(callers, &ours)?,
