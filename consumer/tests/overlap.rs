@@ -241,6 +241,25 @@ fn three_sessions(prefix: &str) -> [String; 3] {
     ["a", "b", "d"].map(|s| chatlog::unique(&format!("{prefix}_{s}")))
 }
 
+/// A consumer of `env` with `batch.commit_interval` = `interval` (whole seconds), assigned.
+fn interval_consumer(env: &Env, group: &str, interval: Duration) -> ConsumerProcess {
+    let interval = format!("{}s", interval.as_secs());
+    consumer_assigned(
+        env,
+        group,
+        &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
+    )
+}
+
+/// One message (seq 1) for each of `sessions`, each produced once the one before is visible in
+/// its window: a batch each.
+async fn one_batch_each(env: &Env, c: &ConsumerProcess, sessions: &[String], base: i64) {
+    for s in sessions {
+        env.produce(&[message(s, 1, base, 0)]).await;
+        until_in_window(env, s, 1, c).await;
+    }
+}
+
 /// Once held batches are committed: `transactions` committed in all (`why`), at least one batch
 /// held for `reason`, a row for each of `sessions`, and no batch rewound.
 async fn assert_held_then_committed(
@@ -389,12 +408,7 @@ async fn more_than_four_batches_within_a_commit_interval_share_one_transaction()
     const INTERVAL: Duration = Duration::from_secs(10);
     const BATCHES: usize = 6;
     let env = Env::new("interval_many", 1, 25).await;
-    let interval = format!("{}s", INTERVAL.as_secs());
-    let c = consumer_assigned(
-        &env,
-        "interval_many",
-        &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
-    );
+    let c = interval_consumer(&env, "interval_many", INTERVAL);
     let base = base_time_us();
     let sessions: Vec<String> = (0..=BATCHES)
         .map(|i| chatlog::unique(&format!("ivm_{i}")))
@@ -402,14 +416,10 @@ async fn more_than_four_batches_within_a_commit_interval_share_one_transaction()
     // The first batch opens its transaction at once (after this instant: the interval is
     // measured from here, a bound on its start).
     let first_sent = Instant::now();
-    env.produce(&[message(&sessions[0], 1, base, 0)]).await;
-    until_in_window(&env, &sessions[0], 1, &c).await;
+    one_batch_each(&env, &c, &sessions[..1], base).await;
     until_committed(&env, 1, &c).await;
-    // Then one batch after another, each produced once the one before is visible.
-    for s in &sessions[1..] {
-        env.produce(&[message(s, 1, base, 0)]).await;
-        until_in_window(&env, s, 1, &c).await;
-    }
+    // Then one batch after another.
+    one_batch_each(&env, &c, &sessions[1..], base).await;
     let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
     let written = first_sent.elapsed();
     assert!(
@@ -439,26 +449,16 @@ async fn light_traffic_batches_share_a_transaction_per_commit_interval() {
     // Long enough for B and D to be written inside it on a loaded machine.
     const INTERVAL: Duration = Duration::from_secs(8);
     let env = Env::new("interval", 1, 25).await;
-    let interval = format!("{}s", INTERVAL.as_secs());
-    let c = consumer_assigned(
-        &env,
-        "interval",
-        &[("CHATLOG__BATCH__COMMIT_INTERVAL", interval.as_str())],
-    );
+    let c = interval_consumer(&env, "interval", INTERVAL);
     let base = base_time_us();
     let sessions = three_sessions("iv");
-    let [a, b, d] = &sessions;
     // A is the first batch: its transaction opens at once.
-    env.produce(&[message(a, 1, base, 0)]).await;
-    until_in_window(&env, a, 1, &c).await;
+    one_batch_each(&env, &c, &sessions[..1], base).await;
     until_committed(&env, 1, &c).await;
     let a_committed = Instant::now();
     // B, then D, each produced once the one before is visible: batches of their own, written
     // (and visible) within the interval of A's transaction, so neither commits yet.
-    env.produce(&[message(b, 1, base, 0)]).await;
-    until_in_window(&env, b, 1, &c).await;
-    env.produce(&[message(d, 1, base, 0)]).await;
-    until_in_window(&env, d, 1, &c).await;
+    one_batch_each(&env, &c, &sessions[1..], base).await;
     let written = a_committed.elapsed();
     let committed = env.committed_offsets().get(&0).copied().unwrap_or(-1);
     assert_eq!(

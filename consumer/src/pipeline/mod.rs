@@ -496,8 +496,8 @@ impl Pipeline {
     /// `batch.commit_interval` of the last transaction's opening is held like one written during
     /// a slow commit, and the next transaction takes it with the batches written meanwhile (at
     /// most [`MAX_HELD_INTERVAL`]: the interval, not a count, bounds them); while batches are
-    /// held and none is being committed, `collect` hands
-    /// back when the interval ends so that they do not wait for the next record. Held batches'
+    /// held and none is being committed, `collect` hands back when the interval ends so that
+    /// they do not wait for the next record. Held batches'
     /// windows and rows are already written, so visibility does not wait for the interval.
     fn consume<'scope>(
         &'scope self,
@@ -625,13 +625,12 @@ impl Pipeline {
             // The commit being closed is slow, or the last transaction opened less than the
             // commit interval ago: write on, and commit this with what follows.
             let slow_commit = closing.as_ref().is_some_and(|c| !c.thread.is_finished());
-            let most = if slow_commit {
-                MAX_HELD
+            let (reason, most) = if slow_commit {
+                ("commit", MAX_HELD)
             } else {
-                MAX_HELD_INTERVAL
+                ("interval", MAX_HELD_INTERVAL)
             };
             if (slow_commit || !due(last_opened)) && ready.batches < most {
-                let reason = if slow_commit { "commit" } else { "interval" };
                 metrics::counter!(telemetry::BATCHES_HELD, "reason" => reason).increment(1);
                 held = Some(ready);
                 continue;
